@@ -1,0 +1,3 @@
+from merklesync.cli import main
+
+main()

@@ -1,0 +1,23 @@
+"""The `merklesync` command group."""
+
+from __future__ import annotations
+
+import click
+
+from merklesync import __version__
+from merklesync.cli import diff_cmd, init_cmd, push_cmd, status_cmd
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="merklesync")
+def cli() -> None:
+    """Keep replicas of file trees in sync: Merkle trees find what differs,
+    version vectors make sure nothing is silently overwritten."""
+
+
+for command in (init_cmd.init, status_cmd.status, diff_cmd.diff, push_cmd.push, push_cmd.pull):
+    cli.add_command(command)
+
+
+def main() -> None:
+    cli(prog_name="merklesync")

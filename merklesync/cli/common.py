@@ -1,0 +1,121 @@
+"""What every command shares: options, output, progress, error handling."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, ParamSpec, TypeVar
+
+import click
+from tqdm import tqdm
+
+from merklesync.errors import EXIT_USAGE, MerklesyncError
+from merklesync.model import Change, Stats
+from merklesync.peer import Progress
+
+P = ParamSpec("P")
+R = TypeVar("R")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Output:
+    """Where a command's words go: stdout for results, stderr for the rest."""
+
+    def __init__(self, quiet: bool = False, as_json: bool = False, verbose: bool = False) -> None:
+        self.quiet = quiet
+        self.json = as_json
+        self.verbose = verbose
+
+    def line(self, text: str) -> None:
+        if not self.json:
+            click.echo(text)
+
+    def info(self, text: str) -> None:
+        if not self.quiet and not self.json:
+            click.echo(text, err=True)
+
+    def warn(self, text: str) -> None:
+        if not self.quiet:
+            click.echo(f"merklesync: {text}", err=True)
+
+    def emit_json(self, payload: dict[str, Any]) -> None:
+        if self.json:
+            click.echo(json.dumps(payload, indent=None, sort_keys=True))
+
+    @contextmanager
+    def progress(self, desc: str, unit: str = "it", scale: bool = False) -> Iterator[Progress]:
+        """A tqdm bar on a terminal; nothing in cron, under --quiet or --json."""
+        if self.quiet or self.json or not sys.stderr.isatty():
+            yield lambda n: None
+            return
+        bar = tqdm(desc=desc, unit=unit, unit_scale=scale, leave=False, file=sys.stderr)
+        try:
+            yield bar.update
+        finally:
+            bar.close()
+
+
+def output_options(func: F) -> F:
+    func = click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")(func)
+    func = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")(
+        func
+    )
+    return func
+
+
+def stats_option(func: F) -> F:
+    return click.option(
+        "--stats", is_flag=True, help="Print round trips, nodes compared and bytes exchanged."
+    )(func)
+
+
+def exclude_option(func: F) -> F:
+    return click.option(
+        "--exclude",
+        "excludes",
+        multiple=True,
+        metavar="PATTERN",
+        help="Leave out paths matching PATTERN (gitignore syntax) in this run; repeatable.",
+    )(func)
+
+
+def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """A MerklesyncError becomes one line on stderr and its exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except MerklesyncError as exc:
+            click.echo(f"merklesync: error: {exc.message}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("merklesync: interrupted", err=True)
+            sys.exit(130)
+        except BrokenPipeError:
+            sys.exit(EXIT_USAGE)
+
+    return wrapper
+
+
+def print_stats(out: Output, stats: Stats) -> None:
+    if out.json:
+        return
+    for name, value in stats.as_dict().items():
+        click.echo(f"{name.replace('_', ' ')}: {value}", err=True)
+
+
+def change_json(change: Change, ok: bool | None = None, reason: str = "") -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "path": change.path,
+        "change": change.kind.value,
+        "action": change.action.value,
+    }
+    if ok is not None:
+        item["ok"] = ok
+    if reason:
+        item["reason"] = reason
+    return item

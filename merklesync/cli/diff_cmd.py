@@ -1,0 +1,66 @@
+"""merklesync diff"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from merklesync.cli.common import (
+    Output,
+    change_json,
+    handle_errors,
+    output_options,
+    print_stats,
+    stats_option,
+)
+from merklesync.errors import EXIT_DIFFERENT, EXIT_OK
+from merklesync.model import Stats
+from merklesync.peer.open import combined_stats, open_peer
+from merklesync.reconcile import diff as diff_peers
+
+
+@click.command()
+@click.argument("a")
+@click.argument("b", required=False)
+@click.option("--checksum", is_flag=True, help="Re-hash every file instead of trusting the stat cache.")
+@stats_option
+@output_options
+@handle_errors
+def diff(a: str, b: str | None, checksum: bool, stats: bool, quiet: bool, as_json: bool) -> None:
+    """Show how replica A differs from replica B (with one argument: how the
+    replica around the current directory differs from A).
+
+    One line per path: `A path` only in A, `D path` only in B (or deleted in
+    A), `M path` different content, `T path` type changed. Exit 0 when the
+    content is the same, 1 when it differs, 2 or more on error, as diff(1)."""
+    out = Output(quiet, as_json)
+    left_spec, right_spec = (None, a) if b is None else (a, b)
+    left = open_peer(left_spec)
+    try:
+        right = open_peer(right_spec)
+        try:
+            with out.progress("scanning", "files") as progress:
+                left.refresh(checksum=checksum, progress=progress)
+                right.refresh(checksum=checksum, progress=progress)
+            engine = Stats()
+            changes = diff_peers(left, right, engine)
+            totals = combined_stats(engine, left, right)
+        finally:
+            right.close()
+    finally:
+        left.close()
+    for change in changes:
+        out.line(f"{change.kind.value} {change.path}")
+    if stats:
+        print_stats(out, totals)
+    out.emit_json(
+        {
+            "a": left.name,
+            "b": right.name,
+            "identical": not changes,
+            "changes": [change_json(c) for c in changes],
+            "stats": totals.as_dict(),
+        }
+    )
+    sys.exit(EXIT_DIFFERENT if changes else EXIT_OK)

@@ -1,0 +1,149 @@
+"""merklesync push, merklesync pull"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from merklesync.cli.common import (
+    Output,
+    change_json,
+    exclude_option,
+    handle_errors,
+    output_options,
+    print_stats,
+    stats_option,
+)
+from merklesync.errors import EXIT_DIFFERENT, EXIT_OK
+from merklesync.ignore import exclude_predicate
+from merklesync.model import Stats
+from merklesync.peer.open import check_apart, combined_stats, open_peer
+from merklesync.transfer import TransferResult
+from merklesync.transfer import push as push_peers
+
+
+def transfer_options(func):  # type: ignore[no-untyped-def]
+    for option in reversed(
+        [
+            click.option("-n", "--dry-run", is_flag=True, help="Show what would change; write nothing."),
+            click.option("-v", "--verbose", is_flag=True, help="List every change made."),
+            click.option(
+                "--checksum", is_flag=True, help="Re-hash every file instead of trusting the stat cache."
+            ),
+            exclude_option,
+            stats_option,
+            output_options,
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+def run_transfer(
+    src_spec: str | None,
+    dst_spec: str | None,
+    *,
+    dry_run: bool,
+    verbose: bool,
+    checksum: bool,
+    excludes: tuple[str, ...],
+    stats: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    out = Output(quiet, as_json, verbose)
+    src = open_peer(src_spec, excludes=excludes)
+    try:
+        dst = open_peer(dst_spec, create=True, excludes=excludes)
+        try:
+            check_apart(src, dst)
+            with out.progress("scanning", "files") as progress:
+                warnings = src.refresh(checksum=checksum, progress=progress).warnings
+                warnings += dst.refresh(checksum=checksum, progress=progress).warnings
+            include = exclude_predicate(excludes)
+            with out.progress("transferring", "B", scale=True) as progress:
+                result = push_peers(src, dst, dry_run=dry_run, include=include, progress=progress)
+            totals = combined_stats(result.stats, src, dst)
+        finally:
+            dst.close()
+    finally:
+        src.close()
+    report(out, result, totals, warnings, dry_run=dry_run, stats=stats, src=src.name, dst=dst.name)
+
+
+def report(
+    out: Output,
+    result: TransferResult,
+    totals: Stats,
+    warnings: list[str],
+    *,
+    dry_run: bool,
+    stats: bool,
+    src: str,
+    dst: str,
+) -> None:
+    for warning in warnings:
+        out.warn(warning)
+    left = result.left_alone()
+    left_paths = {c.path for c, _ in left}
+    if dry_run or out.verbose:
+        for change in result.changes:
+            if change.path not in left_paths and change.kind.value != "=":
+                out.line(f"{change.kind.value} {change.path}")
+    for change, reason in left:
+        out.warn(f"left alone: {change.path}: {reason}")
+    applied = result.applied()
+    verb = "would copy" if dry_run else "copied"
+    count = sum(1 for c in result.changes if c.path not in left_paths) if dry_run else len(applied)
+    out.info(f"{verb} {count} entries from {src} to {dst}; {len(left)} left alone")
+    if stats:
+        print_stats(out, totals)
+    out.emit_json(
+        {
+            "source": src,
+            "destination": dst,
+            "dry_run": dry_run,
+            "changes": [
+                change_json(
+                    c,
+                    None if dry_run else result.outcomes.get(c.path) is not None
+                    and result.outcomes[c.path].ok,
+                    dict((x.path, r) for x, r in left).get(c.path, ""),
+                )
+                for c in result.changes
+            ],
+            "left_alone": len(left),
+            "warnings": warnings,
+            "stats": totals.as_dict(),
+        }
+    )
+    sys.exit(EXIT_DIFFERENT if left else EXIT_OK)
+
+
+@click.command()
+@click.argument("replicas", nargs=-1, required=True, metavar="[SRC] DST")
+@transfer_options
+@handle_errors
+def push(replicas: tuple[str, ...], **options: object) -> None:
+    """Copy to DST whatever SRC (default: the replica around the current
+    directory) has newer. Only fast-forwards: where DST has a newer or a
+    concurrent version, it is left alone, listed, and the exit code is 1.
+    DST is initialised when it is not a replica yet."""
+    if len(replicas) > 2:
+        raise click.UsageError("push takes at most two replicas: [SRC] DST")
+    src, dst = (None, replicas[0]) if len(replicas) == 1 else replicas
+    run_transfer(src, dst, **options)  # type: ignore[arg-type]
+
+
+@click.command()
+@click.argument("replicas", nargs=-1, required=True, metavar="SRC [DST]")
+@transfer_options
+@handle_errors
+def pull(replicas: tuple[str, ...], **options: object) -> None:
+    """Copy from SRC whatever it has newer into DST (default: the replica
+    around the current directory). Only fast-forwards, as push."""
+    if len(replicas) > 2:
+        raise click.UsageError("pull takes at most two replicas: SRC [DST]")
+    src, dst = (replicas[0], None) if len(replicas) == 1 else replicas
+    run_transfer(src, dst, **options)  # type: ignore[arg-type]

@@ -1,0 +1,47 @@
+"""merklesync status"""
+
+from __future__ import annotations
+
+import click
+
+from merklesync.cli.common import Output, handle_errors, output_options
+from merklesync.peer.open import open_peer
+
+
+@click.command()
+@click.argument("replica", required=False)
+@click.option("--checksum", is_flag=True, help="Re-hash every file instead of trusting the stat cache.")
+@output_options
+@handle_errors
+def status(replica: str | None, checksum: bool, quiet: bool, as_json: bool) -> None:
+    """Scan REPLICA (default: the one around the current directory) and print
+    its root fingerprint, its entry count and what changed since the last scan."""
+    out = Output(quiet, as_json)
+    peer = open_peer(replica)
+    try:
+        with out.progress("scanning", "files") as progress:
+            report = peer.refresh(checksum=checksum, progress=progress)
+        root = peer.root()
+    finally:
+        peer.close()
+    for warning in report.warnings:
+        out.warn(warning)
+    out.line(f"replica {peer.replica_id} at {peer.name}")
+    out.line(f"root {root.fingerprint.hex()}  entries {root.count}")
+    for mark, paths in (("A", report.added), ("M", report.modified), ("D", report.deleted)):
+        for path in paths:
+            out.line(f"{mark} {path}")
+    out.emit_json(
+        {
+            "replica_id": peer.replica_id,
+            "replica": peer.name,
+            "fingerprint": root.fingerprint.hex(),
+            "entries": root.count,
+            "added": report.added,
+            "modified": report.modified,
+            "deleted": report.deleted,
+            "scanned": report.scanned,
+            "hashed": report.hashed,
+            "warnings": report.warnings,
+        }
+    )

@@ -1,0 +1,120 @@
+"""Version vectors and the hybrid logical clock.
+
+A version vector maps a replica id to the number of writes that replica made
+to one entry. Only replicas that actually wrote the entry appear in it, so
+vectors stay small however many replicas exist.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+
+class Order(enum.Enum):
+    """How two version vectors relate."""
+
+    EQUAL = "equal"
+    BEFORE = "before"  # the left one is dominated by the right one
+    AFTER = "after"  # the left one dominates the right one
+    CONCURRENT = "concurrent"
+
+
+@dataclass(frozen=True, slots=True)
+class VersionVector:
+    """An immutable version vector; ``pairs`` is sorted by replica id."""
+
+    pairs: tuple[tuple[str, int], ...] = ()
+
+    @classmethod
+    def of(cls, counters: Mapping[str, int] | Iterable[tuple[str, int]]) -> VersionVector:
+        items = counters.items() if isinstance(counters, Mapping) else counters
+        return cls(tuple(sorted((str(r), int(c)) for r, c in items if int(c) > 0)))
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.pairs)
+
+    def get(self, replica: str) -> int:
+        for r, c in self.pairs:
+            if r == replica:
+                return c
+        return 0
+
+    def bump(self, replica: str) -> VersionVector:
+        """One more write by ``replica``."""
+        d = self.as_dict()
+        d[replica] = d.get(replica, 0) + 1
+        return VersionVector.of(d)
+
+    def merge(self, other: VersionVector) -> VersionVector:
+        """The least vector that dominates or equals both."""
+        d = self.as_dict()
+        for r, c in other.pairs:
+            if c > d.get(r, 0):
+                d[r] = c
+        return VersionVector.of(d)
+
+    def compare(self, other: VersionVector) -> Order:
+        mine, theirs = self.as_dict(), other.as_dict()
+        less = greater = False
+        for r in mine.keys() | theirs.keys():
+            a, b = mine.get(r, 0), theirs.get(r, 0)
+            if a < b:
+                less = True
+            elif a > b:
+                greater = True
+        if less and greater:
+            return Order.CONCURRENT
+        if less:
+            return Order.BEFORE
+        if greater:
+            return Order.AFTER
+        return Order.EQUAL
+
+    def dominates(self, other: VersionVector) -> bool:
+        """True when self is at least as new as other (self >= other)."""
+        return self.compare(other) in (Order.AFTER, Order.EQUAL)
+
+    def to_wire(self) -> list[list[str | int]]:
+        return [[r, c] for r, c in self.pairs]
+
+    @classmethod
+    def from_wire(cls, value: object) -> VersionVector:
+        if not isinstance(value, list | tuple):
+            raise ValueError("version vector must be a list")
+        pairs: list[tuple[str, int]] = []
+        for item in value:
+            if (
+                not isinstance(item, list | tuple)
+                or len(item) != 2
+                or not isinstance(item[0], str)
+                or not isinstance(item[1], int)
+                or isinstance(item[1], bool)
+                or item[1] < 0
+                or len(item[0]) > 64
+            ):
+                raise ValueError("malformed version vector")
+            pairs.append((item[0], item[1]))
+        return cls.of(pairs)
+
+    def __str__(self) -> str:
+        return "{" + ", ".join(f"{r}:{c}" for r, c in self.pairs) + "}"
+
+
+class HybridClock:
+    """A hybrid logical clock (Kulkarni et al.): physical time in ns, never
+    going backwards, and always later than any stamp it has seen."""
+
+    def __init__(self, last: int = 0, now: Callable[[], int] = time.time_ns) -> None:
+        self.last = last
+        self._now = now
+
+    def tick(self) -> int:
+        self.last = max(self._now(), self.last + 1)
+        return self.last
+
+    def observe(self, stamp: int) -> None:
+        """Remember a stamp received from elsewhere."""
+        self.last = max(self.last, stamp)

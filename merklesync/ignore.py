@@ -1,0 +1,71 @@
+"""Which paths a replica leaves out: `.merklesyncignore` files (gitignore
+syntax, in any directory, relative to it) and `--exclude` patterns."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pathspec
+
+from merklesync.errors import UsageError
+
+IGNORE_FILE = ".merklesyncignore"
+STATE_DIR = ".merklesync"
+TEMP_PREFIX = ".merklesync-tmp-"
+
+
+class IgnoreRules:
+    def __init__(self, root: Path, excludes: Sequence[str] = ()) -> None:
+        self.root = root
+        self._specs: dict[str, pathspec.PathSpec | None] = {}
+        try:
+            self._excludes = pathspec.GitIgnoreSpec.from_lines(list(excludes)) if excludes else None
+        except (ValueError, TypeError) as exc:
+            raise UsageError(f"bad --exclude pattern: {exc}") from exc
+
+    def _spec(self, directory: str) -> pathspec.PathSpec | None:
+        if directory not in self._specs:
+            path = self.root / directory / IGNORE_FILE if directory else self.root / IGNORE_FILE
+            spec = None
+            try:
+                lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+                spec = pathspec.GitIgnoreSpec.from_lines(lines)
+            except (OSError, ValueError, TypeError):
+                spec = None
+            self._specs[directory] = spec
+        return self._specs[directory]
+
+    def ignored(self, rel: str, is_dir: bool) -> bool:
+        """True when ``rel`` (a relative POSIX path) is left out."""
+        name = rel.rpartition("/")[2]
+        if name == STATE_DIR or name.startswith(TEMP_PREFIX):
+            return True
+        probe = rel + "/" if is_dir else rel
+        if self._excludes is not None and self._excludes.match_file(probe):
+            return True
+        parts = rel.split("/")
+        for depth in range(len(parts)):
+            directory = "/".join(parts[:depth])
+            spec = self._spec(directory)
+            if spec is not None:
+                sub = "/".join(parts[depth:]) + ("/" if is_dir else "")
+                if spec.match_file(sub):
+                    return True
+        return False
+
+    def excluded_by_option(self, rel: str, is_dir: bool) -> bool:
+        """True when only a command-line --exclude leaves ``rel`` out."""
+        probe = rel + "/" if is_dir else rel
+        return self._excludes is not None and self._excludes.match_file(probe)
+
+
+def exclude_predicate(excludes: Sequence[str]) -> Callable[[str], bool]:
+    """A filter for paths in a plan: False for what --exclude leaves out."""
+    if not excludes:
+        return lambda path: True
+    try:
+        spec = pathspec.GitIgnoreSpec.from_lines(list(excludes))
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"bad --exclude pattern: {exc}") from exc
+    return lambda path: not spec.match_file(path)

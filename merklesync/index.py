@@ -1,0 +1,402 @@
+"""The replica index: SQLite in ``.merklesync/index.db``.
+
+It holds one row per entry (live or tombstone) with its version vector and
+stat cache, the node sums of the bucketed Merkle tree (levels 0..depth), and
+a few facts about the replica (id, format, hybrid clock). Queries stream;
+nothing loads the whole tree into memory.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import msgpack
+
+from merklesync import merkle
+from merklesync.clock import VersionVector
+from merklesync.errors import CorruptIndex, LocalIOError, NewerFormat
+from merklesync.merkle import NodeId
+from merklesync.model import Entry, EntryKind, key_of
+
+FORMAT = 1
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS entries (
+    path TEXT PRIMARY KEY,
+    parent TEXT NOT NULL,
+    key BLOB NOT NULL,
+    leaf BLOB NOT NULL,
+    kind INTEGER NOT NULL,
+    deleted INTEGER NOT NULL,
+    vv BLOB NOT NULL,
+    digest BLOB NOT NULL,
+    size INTEGER NOT NULL,
+    mode INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    target TEXT NOT NULL,
+    stamp INTEGER NOT NULL,
+    stat BLOB
+);
+CREATE INDEX IF NOT EXISTS entries_key ON entries (key);
+CREATE INDEX IF NOT EXISTS entries_parent ON entries (parent);
+CREATE TABLE IF NOT EXISTS nodes (
+    level INTEGER NOT NULL,
+    prefix INTEGER NOT NULL,
+    total BLOB NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (level, prefix)
+) WITHOUT ROWID;
+"""
+
+_ENTRY_COLUMNS = "path, kind, deleted, vv, digest, size, mode, mtime_ns, target, stamp"
+
+
+def parent_of(path: str) -> str:
+    return path.rpartition("/")[0]
+
+
+def _guard(func: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Turn SQLite failures into the errors a user can act on."""
+
+    @functools.wraps(func)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return func(*args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            text = str(exc)
+            if "full" in text or "disk I/O" in text or "readonly" in text:
+                raise LocalIOError(f"cannot write the replica index: {text}") from exc
+            raise CorruptIndex(_corrupt_message(args[0], text)) from exc
+        except sqlite3.DatabaseError as exc:
+            raise CorruptIndex(_corrupt_message(args[0], str(exc))) from exc
+
+    return wrapper
+
+
+def _corrupt_message(index: object, detail: str) -> str:
+    where = getattr(index, "path", "the replica index")
+    return (
+        f"the replica index {where} is unreadable ({detail}); "
+        "rebuild it from the files with `merklesync init --rebuild`"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Cached:
+    """What the index remembers of one path, for the scanner."""
+
+    entry: Entry
+    stat: tuple[int, ...] | None  # None: never scanned here, or racy
+
+
+def _to_entry(row: Sequence[Any]) -> Entry:
+    path, kind, deleted, vv, digest, size, mode, mtime_ns, target, stamp = row
+    return Entry(
+        path=path,
+        kind=EntryKind(kind),
+        vv=VersionVector.from_wire(msgpack.unpackb(vv)),
+        digest=digest,
+        size=size,
+        mode=mode,
+        mtime_ns=mtime_ns,
+        target=target,
+        deleted=bool(deleted),
+        stamp=stamp,
+    )
+
+
+class Index:
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self.conn = conn
+        self._pending = merkle.Accumulator(self.depth)
+        self._dirty = False
+
+    # -- opening ---------------------------------------------------------
+
+    @classmethod
+    @_guard
+    def create(cls, path: Path, replica_id: str) -> Index:
+        conn = cls._connect(path)
+        conn.executescript(SCHEMA)
+        conn.execute("BEGIN")
+        conn.executemany(
+            "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+            [("format", FORMAT), ("replica_id", replica_id), ("depth", 1), ("hlc", 0)],
+        )
+        conn.execute("COMMIT")
+        conn.execute("BEGIN")
+        return cls(path, conn)
+
+    @classmethod
+    def open(cls, path: Path) -> Index:
+        if not path.exists():
+            raise CorruptIndex(_corrupt_message(path, "missing"))
+        return cls._open(path)
+
+    @classmethod
+    @_guard
+    def _open(cls, path: Path) -> Index:
+        conn = cls._connect(path)
+        conn.execute("BEGIN")
+        row = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+        if row is None or not isinstance(row[0], int):
+            raise CorruptIndex(_corrupt_message(path, "no format version"))
+        if row[0] > FORMAT:
+            raise NewerFormat(
+                f"the replica index {path} has format {row[0]}, this merklesync reads "
+                f"format {FORMAT}: upgrade merklesync, or rebuild with `merklesync init --rebuild`"
+            )
+        return cls(path, conn)
+
+    @staticmethod
+    def _connect(path: Path) -> sqlite3.Connection:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA busy_timeout = 5000")
+        return conn
+
+    @_guard
+    def close(self) -> None:
+        self.commit()
+        self.conn.execute("COMMIT")
+        self.conn.close()
+
+    # -- facts -----------------------------------------------------------
+
+    @_guard
+    def meta(self, key: str) -> Any:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    @_guard
+    def set_meta(self, key: str, value: Any) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    @property
+    def replica_id(self) -> str:
+        return str(self.meta("replica_id"))
+
+    @property
+    def depth(self) -> int:
+        return int(self.meta("depth") or 1)
+
+    # -- entries ---------------------------------------------------------
+
+    @_guard
+    def get(self, path: str) -> Cached | None:
+        row = self.conn.execute(
+            f"SELECT {_ENTRY_COLUMNS}, stat FROM entries WHERE path = ?", (path,)
+        ).fetchone()
+        if row is None:
+            return None
+        return Cached(_to_entry(row[:-1]), _unpack_stat(row[-1]))
+
+    @_guard
+    def children_of_dir(self, parent: str) -> dict[str, Cached]:
+        """The entries directly inside directory ``parent`` ("" is the root)."""
+        rows = self.conn.execute(
+            f"SELECT {_ENTRY_COLUMNS}, stat FROM entries WHERE parent = ?", (parent,)
+        )
+        return {r[0]: Cached(_to_entry(r[:-1]), _unpack_stat(r[-1])) for r in rows}
+
+    @_guard
+    def live_under(self, directory: str) -> list[Entry]:
+        """Live entries strictly below a directory, deepest first."""
+        lo, hi = directory + "/", directory + "0"  # "0" follows "/" in byte order
+        rows = self.conn.execute(
+            f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE path >= ? AND path < ? AND NOT deleted "
+            "ORDER BY path DESC",
+            (lo, hi),
+        )
+        return [_to_entry(r) for r in rows]
+
+    @_guard
+    def by_keys(self, keys: Sequence[bytes]) -> list[Entry]:
+        out: list[Entry] = []
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self.conn.execute(
+                f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE key IN ({marks}) ORDER BY key, path",
+                chunk,
+            )
+            out.extend(_to_entry(r) for r in rows)
+        return out
+
+    @_guard
+    def iter_entries(self, live_only: bool = False) -> Iterator[Entry]:
+        where = " WHERE NOT deleted" if live_only else ""
+        cursor = self.conn.execute(f"SELECT {_ENTRY_COLUMNS} FROM entries{where} ORDER BY path")
+        for row in cursor:
+            yield _to_entry(row)
+
+    @_guard
+    def count(self, live_only: bool = False) -> int:
+        where = " WHERE NOT deleted" if live_only else ""
+        return int(self.conn.execute(f"SELECT count(*) FROM entries{where}").fetchone()[0])
+
+    @_guard
+    def put(self, entry: Entry, stat: tuple[int, ...] | None, old: Entry | None) -> None:
+        """Store ``entry`` (replacing ``old``, the entry the caller read)."""
+        key = key_of(entry.path)
+        leaf = entry.leaf_hash()
+        self.conn.execute(
+            "INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                entry.path,
+                parent_of(entry.path),
+                key,
+                leaf,
+                int(entry.kind),
+                int(entry.deleted),
+                msgpack.packb(entry.vv.to_wire()),
+                entry.digest,
+                entry.size,
+                entry.mode,
+                entry.mtime_ns,
+                entry.target,
+                entry.stamp,
+                _pack_stat(stat),
+            ),
+        )
+        self._pending.change(key, None if old is None else old.leaf_hash(), leaf)
+        self._dirty = True
+
+    @_guard
+    def set_stat(self, path: str, stat: tuple[int, ...] | None) -> None:
+        """Refresh only the stat cache (content unchanged)."""
+        self.conn.execute("UPDATE entries SET stat = ? WHERE path = ?", (_pack_stat(stat), path))
+
+    @_guard
+    def forget(self, entry: Entry) -> None:
+        """Drop an entry without a tombstone (it became ignored)."""
+        self.conn.execute("DELETE FROM entries WHERE path = ?", (entry.path,))
+        self._pending.change(entry.key, entry.leaf_hash(), None)
+        self._dirty = True
+
+    # -- the tree --------------------------------------------------------
+
+    @_guard
+    def commit(self) -> None:
+        """Fold pending leaf changes into the tree and make them durable."""
+        if self._dirty:
+            depth = self.depth
+            wanted = merkle.depth_for(self.count())
+            if wanted > depth or wanted < depth - 1:
+                self._rebuild_nodes(wanted)
+            else:
+                self._apply_pending()
+            self._pending = merkle.Accumulator(self.depth)
+            self._dirty = False
+        self.conn.execute("COMMIT")
+        self.conn.execute("BEGIN")
+
+    def _apply_pending(self) -> None:
+        for (level, prefix), (delta, dcount) in self._pending.nodes.items():
+            row = self.conn.execute(
+                "SELECT total, count FROM nodes WHERE level = ? AND prefix = ?", (level, prefix)
+            ).fetchone()
+            total, count = (int.from_bytes(row[0], "big"), row[1]) if row else (0, 0)
+            total, count = (total + delta) % merkle.MODULUS, count + dcount
+            if count:
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?)",
+                    (level, prefix, total.to_bytes(32, "big"), count),
+                )
+            else:
+                self.conn.execute(
+                    "DELETE FROM nodes WHERE level = ? AND prefix = ?", (level, prefix)
+                )
+
+    def _rebuild_nodes(self, depth: int) -> None:
+        acc = merkle.Accumulator(depth)
+        for key, leaf in self.conn.execute("SELECT key, leaf FROM entries"):
+            acc.add(key, leaf)
+        self.conn.execute("DELETE FROM nodes")
+        self.conn.executemany(
+            "INSERT INTO nodes VALUES (?, ?, ?, ?)",
+            (
+                (lvl, pfx, (total % merkle.MODULUS).to_bytes(32, "big"), cnt)
+                for (lvl, pfx), (total, cnt) in acc.nodes.items()
+                if cnt
+            ),
+        )
+        self.set_meta("depth", depth)
+
+    @_guard
+    def node(self, node: NodeId) -> tuple[int, int]:
+        """(sum, count) of a node, from the stored levels or from its leaves."""
+        level, prefix = node
+        if level <= self.depth:
+            row = self.conn.execute(
+                "SELECT total, count FROM nodes WHERE level = ? AND prefix = ?", (level, prefix)
+            ).fetchone()
+            return (int.from_bytes(row[0], "big"), row[1]) if row else (0, 0)
+        total = count = 0
+        for _key, leaf in self.leaves(node):
+            total += merkle.leaf_value(leaf)
+            count += 1
+        return total % merkle.MODULUS, count
+
+    @_guard
+    def children(self, node: NodeId) -> list[tuple[bytes, int]]:
+        """Fingerprint and count of each of the 16 children of a node."""
+        level, prefix = node
+        if level + 1 <= self.depth:
+            found = {
+                p: (int.from_bytes(t, "big"), c)
+                for p, t, c in self.conn.execute(
+                    "SELECT prefix, total, count FROM nodes "
+                    "WHERE level = ? AND prefix >= ? AND prefix < ?",
+                    (level + 1, prefix * merkle.FANOUT, (prefix + 1) * merkle.FANOUT),
+                )
+            }
+            sums = [found.get(prefix * merkle.FANOUT + i, (0, 0)) for i in range(merkle.FANOUT)]
+        else:
+            sums = [(0, 0)] * merkle.FANOUT
+            for key, leaf in self.leaves(node):
+                i = merkle.prefix_of(key, level + 1) % merkle.FANOUT
+                total, count = sums[i]
+                sums[i] = ((total + merkle.leaf_value(leaf)) % merkle.MODULUS, count + 1)
+        return [(merkle.fingerprint(t, c), c) for t, c in sums]
+
+    @_guard
+    def entries_in(self, node: NodeId) -> list[Entry]:
+        lo, hi = merkle.key_range(node)
+        bound, args = ("key >= ?", (lo,)) if hi is None else ("key >= ? AND key < ?", (lo, hi))
+        rows = self.conn.execute(
+            f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE {bound} ORDER BY key, path", args
+        )
+        return [_to_entry(r) for r in rows]
+
+    @_guard
+    def leaves(self, node: NodeId) -> list[tuple[bytes, bytes]]:
+        lo, hi = merkle.key_range(node)
+        bound, args = ("key >= ?", (lo,)) if hi is None else ("key >= ? AND key < ?", (lo, hi))
+        cursor = self.conn.execute(
+            f"SELECT key, leaf FROM entries WHERE {bound} ORDER BY key, leaf", args
+        )
+        return [(bytes(k), bytes(v)) for k, v in cursor]
+
+    def root(self) -> tuple[bytes, int]:
+        total, count = self.node(merkle.ROOT)
+        return merkle.fingerprint(total, count), count
+
+
+def _pack_stat(stat: tuple[int, ...] | None) -> bytes | None:
+    return None if stat is None else msgpack.packb(list(stat))
+
+
+def _unpack_stat(blob: bytes | None) -> tuple[int, ...] | None:
+    return None if blob is None else tuple(msgpack.unpackb(blob))
+

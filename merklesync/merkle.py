@@ -1,0 +1,123 @@
+"""The bucketed Merkle tree, as pure arithmetic.
+
+Leaves are placed by their key (the first bytes of blake3(path)), so the
+tree is balanced whatever the folder layout. A node is identified by
+``(level, prefix)``: the leaves whose key starts with the ``level`` hex
+digits ``prefix``. Its fingerprint is derived from the SUM modulo 2**256 of
+its leaves' hashes and their count (as Riak's TicTac trees and Negentropy
+do), which gives three properties:
+
+- a node's fingerprint depends only on the leaves under it, not on how deep
+  either replica stores its tree, so replicas of different sizes compare;
+- a leaf change updates every ancestor by a delta: O(depth), no rebuild;
+- the root is independent of the order leaves were added or edited in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import blake3
+
+from merklesync.model import KEY_BYTES
+
+FANOUT = 16  # one hex digit per level
+BITS_PER_LEVEL = 4
+MODULUS = 1 << 256
+MAX_DEPTH = 2 * KEY_BYTES  # a prefix can never be longer than the key
+TARGET_BUCKET = 32  # entries per bucket the depth aims at
+FINGERPRINT_BYTES = 16
+
+NodeId = tuple[int, int]
+ROOT: NodeId = (0, 0)
+
+
+def depth_for(count: int) -> int:
+    """How many levels below the root to store for ``count`` leaves."""
+    if count <= TARGET_BUCKET:
+        return 1
+    return min(6, max(1, math.ceil(math.log(count / TARGET_BUCKET, FANOUT))))
+
+
+def prefix_of(key: bytes, level: int) -> int:
+    """The first ``level`` hex digits of ``key`` as an integer."""
+    if level == 0:
+        return 0
+    return int.from_bytes(key, "big") >> (KEY_BYTES * 8 - BITS_PER_LEVEL * level)
+
+
+def key_range(node: NodeId) -> tuple[bytes, bytes | None]:
+    """The keys under a node: ``lo <= key < hi``; hi is None for the end."""
+    level, prefix = node
+    shift = KEY_BYTES * 8 - BITS_PER_LEVEL * level
+    lo = (prefix << shift).to_bytes(KEY_BYTES, "big")
+    end = (prefix + 1) << shift
+    hi = None if end >= 1 << (KEY_BYTES * 8) else end.to_bytes(KEY_BYTES, "big")
+    return lo, hi
+
+
+def children_of(node: NodeId) -> list[NodeId]:
+    level, prefix = node
+    return [(level + 1, prefix * FANOUT + i) for i in range(FANOUT)]
+
+
+def check_node(node: object) -> NodeId:
+    """Validate a node id that came from elsewhere."""
+    if (
+        not isinstance(node, tuple | list)
+        or len(node) != 2
+        or not all(isinstance(x, int) and not isinstance(x, bool) for x in node)
+    ):
+        raise ValueError("malformed node id")
+    level, prefix = node
+    if not 0 <= level < MAX_DEPTH or not 0 <= prefix < FANOUT**level:
+        raise ValueError("node id out of range")
+    return (level, prefix)
+
+
+def leaf_value(leaf: bytes) -> int:
+    return int.from_bytes(leaf, "big")
+
+
+def fingerprint(total: int, count: int) -> bytes:
+    """What is compared between replicas for one node."""
+    if count == 0:
+        return bytes(FINGERPRINT_BYTES)
+    data = (total % MODULUS).to_bytes(32, "big") + count.to_bytes(8, "big")
+    return blake3.blake3(data).digest(FINGERPRINT_BYTES)
+
+
+class Accumulator:
+    """Sums and counts for the nodes of levels 0..depth, from leaves or deltas."""
+
+    def __init__(self, depth: int) -> None:
+        self.depth = depth
+        self.nodes: dict[NodeId, list[int]] = {}
+
+    def add(self, key: bytes, leaf: bytes, sign: int = 1) -> None:
+        value = leaf_value(leaf) * sign
+        full = int.from_bytes(key, "big")
+        for level in range(self.depth + 1):
+            node = (level, full >> (KEY_BYTES * 8 - BITS_PER_LEVEL * level) if level else 0)
+            slot = self.nodes.get(node)
+            if slot is None:
+                self.nodes[node] = [value % MODULUS, sign]
+            else:
+                slot[0] = (slot[0] + value) % MODULUS
+                slot[1] += sign
+
+    def change(self, key: bytes, old: bytes | None, new: bytes | None) -> None:
+        if old is not None:
+            self.add(key, old, -1)
+        if new is not None:
+            self.add(key, new, 1)
+
+
+def root_of(leaves: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """The root fingerprint of a set of (key, leaf hash) pairs."""
+    total = count = 0
+    for _key, leaf in leaves:
+        total += leaf_value(leaf)
+        count += 1
+    return fingerprint(total, count)

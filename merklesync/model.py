@@ -1,0 +1,183 @@
+"""Small value types shared by every layer."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+
+import blake3
+import msgpack
+
+from merklesync.clock import VersionVector
+
+KEY_BYTES = 8  # leaves are bucketed by the first bytes of blake3(path)
+LEAF_BYTES = 32
+DIGEST_BYTES = 32
+
+
+class EntryKind(enum.IntEnum):
+    FILE = 0
+    DIR = 1
+    LINK = 2
+
+
+def key_of(path: str) -> bytes:
+    """The bucketing key of a path: independent of the folder layout."""
+    return blake3.blake3(path.encode()).digest(KEY_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One leaf: a file, directory or symlink (or a record of a dataset),
+    live or deleted (a tombstone), with the version vector of its state."""
+
+    path: str
+    kind: EntryKind
+    vv: VersionVector
+    digest: bytes = b""  # blake3 of the content; of the target for a link
+    size: int = 0
+    mode: int = 0  # permission bits only
+    mtime_ns: int = 0
+    target: str = ""  # symlink target
+    deleted: bool = False
+    stamp: int = 0  # hybrid logical clock of the write that made this version
+
+    @property
+    def key(self) -> bytes:
+        return key_of(self.path)
+
+    def content(self) -> tuple[object, ...]:
+        """What two replicas must agree on for the entry to be the same."""
+        if self.deleted:
+            return (True,)
+        return (False, int(self.kind), self.mode, self.digest, self.target)
+
+    def same_content(self, other: Entry | None) -> bool:
+        if other is None:
+            return self.deleted
+        return self.content() == other.content()
+
+    def leaf_hash(self) -> bytes:
+        """The hash this entry contributes to the Merkle tree: content and
+        version, not mtime or size (those follow from the content)."""
+        data = msgpack.packb([self.path, list(self.content()), self.vv.to_wire()])
+        return blake3.blake3(data).digest(LEAF_BYTES)
+
+    def tombstone(self, vv: VersionVector, stamp: int) -> Entry:
+        return Entry(self.path, self.kind, vv, deleted=True, stamp=stamp)
+
+    def with_version(self, vv: VersionVector, stamp: int | None = None) -> Entry:
+        return replace(self, vv=vv, stamp=self.stamp if stamp is None else stamp)
+
+    def to_wire(self) -> list[object]:
+        return [
+            self.path,
+            int(self.kind),
+            self.vv.to_wire(),
+            self.digest,
+            self.size,
+            self.mode,
+            self.mtime_ns,
+            self.target,
+            self.deleted,
+            self.stamp,
+        ]
+
+    @classmethod
+    def from_wire(cls, value: object) -> Entry:
+        """Parse an entry from the peer; raises ValueError when malformed."""
+        if not isinstance(value, list | tuple) or len(value) != 10:
+            raise ValueError("malformed entry")
+        path, kind, vv, digest, size, mode, mtime_ns, target, deleted, stamp = value
+        if not isinstance(path, str) or not isinstance(target, str):
+            raise ValueError("malformed entry path")
+        if not isinstance(digest, bytes) or len(digest) not in (0, DIGEST_BYTES):
+            raise ValueError("malformed entry digest")
+        ints = (kind, size, mode, mtime_ns, stamp)
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in ints):
+            raise ValueError("malformed entry field")
+        if not isinstance(deleted, bool) or size < 0 or not 0 <= mode <= 0o7777:
+            raise ValueError("malformed entry field")
+        return cls(
+            path=path,
+            kind=EntryKind(kind),
+            vv=VersionVector.from_wire(vv),
+            digest=digest,
+            size=size,
+            mode=mode,
+            mtime_ns=mtime_ns,
+            target=target,
+            deleted=deleted,
+            stamp=stamp,
+        )
+
+
+class ChangeKind(enum.Enum):
+    """How the destination differs from the source, as ``diff`` prints it."""
+
+    ADDED = "A"  # only in the source
+    DELETED = "D"  # only in the destination (or deleted in the source)
+    MODIFIED = "M"
+    TYPE = "T"  # a file became a directory or a link, or the reverse
+    NONE = "="  # same content; only the versions differ
+
+
+class Action(enum.Enum):
+    """What a one-way transfer does with a difference."""
+
+    COPY = "copy"  # write the source's version (file, dir, link or tombstone)
+    MERGE_VERSION = "merge-version"  # same content, concurrent vectors
+    DEST_NEWER = "dest-newer"  # the destination has a newer version: leave it
+    CONFLICT = "conflict"  # concurrent versions with different content
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    path: str
+    kind: ChangeKind
+    src: Entry | None
+    dst: Entry | None
+    action: Action
+
+
+def classify(src: Entry | None, dst: Entry | None) -> ChangeKind:
+    src_live = src is not None and not src.deleted
+    dst_live = dst is not None and not dst.deleted
+    if src_live and not dst_live:
+        return ChangeKind.ADDED
+    if dst_live and not src_live:
+        return ChangeKind.DELETED
+    if not src_live:
+        return ChangeKind.NONE
+    assert src is not None and dst is not None
+    if src.kind != dst.kind:
+        return ChangeKind.TYPE
+    if src.content() != dst.content():
+        return ChangeKind.MODIFIED
+    return ChangeKind.NONE
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters a command can print with ``--stats``."""
+
+    round_trips: int = 0
+    nodes_compared: int = 0
+    entries_compared: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    files_transferred: int = 0
+    bytes_transferred: int = 0
+    files_scanned: int = 0
+    files_hashed: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+
+
+@dataclass(slots=True)
+class Plan:
+    changes: list[Change] = field(default_factory=list)
+
+    def by_action(self, action: Action) -> list[Change]:
+        return [c for c in self.changes if c.action is action]

@@ -1,0 +1,97 @@
+"""One interface for "a replica I can talk to".
+
+`LocalPeer` opens a replica in-process; `RemotePeer` speaks the protocol over
+a transport. The engine never knows which one it has. Every method that takes
+a sequence is one batched request: one round trip for a remote peer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from merklesync.merkle import NodeId
+from merklesync.model import Entry, Stats
+
+Progress = Callable[[int], None]  # called with an amount of work just done
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    fingerprint: bytes
+    count: int
+
+
+@dataclass(slots=True)
+class ScanReport:
+    """What a scan of a replica found."""
+
+    scanned: int = 0
+    hashed: int = 0
+    added: list[str] = field(default_factory=list)
+    modified: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # skipped, unreadable...
+
+    def to_wire(self) -> list[object]:
+        return [self.scanned, self.hashed, self.added, self.modified, self.deleted, self.warnings]
+
+
+@dataclass(frozen=True, slots=True)
+class WriteItem:
+    """Make ``entry`` the destination's version of ``entry.path``, provided
+    the destination still holds ``expect`` (compare-and-swap). ``data`` is
+    the file content for a file, None otherwise."""
+
+    entry: Entry
+    expect: Entry | None
+    data: Iterable[bytes] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    path: str
+    ok: bool
+    reason: str = ""
+
+
+class Peer(Protocol):
+    name: str  # for messages: a path or an address
+    replica_id: str
+    stats: Stats
+
+    def refresh(self, *, checksum: bool = False, progress: Progress | None = None) -> ScanReport:
+        """Bring the index up to date with the data (a scan)."""
+        ...
+
+    def root(self) -> Node:
+        """The root of the tree: fingerprint and entry count (tombstones too)."""
+        ...
+
+    def children(self, nodes: Sequence[NodeId]) -> list[list[Node]]:
+        """For each node, its 16 children in order."""
+        ...
+
+    def leaves(self, nodes: Sequence[NodeId]) -> list[list[tuple[bytes, bytes]]]:
+        """For each node, the (key, leaf hash) pairs under it, sorted."""
+        ...
+
+    def entries(self, keys: Sequence[bytes]) -> list[Entry]:
+        """Every entry (live or tombstone) whose key is in ``keys``."""
+        ...
+
+    def entries_under(self, nodes: Sequence[NodeId]) -> list[Entry]:
+        """Every entry under the given nodes (for subtrees the other side lacks)."""
+        ...
+
+    def read(self, entries: Sequence[Entry]) -> Iterator[tuple[Entry, Iterator[bytes] | None]]:
+        """Stream the content of the given files, in order; None for a file
+        that is gone or changed since the scan."""
+        ...
+
+    def write(self, items: Iterable[WriteItem], progress: Progress | None = None) -> list[Outcome]:
+        """Apply versions: verified, atomic, compare-and-swap per entry."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,83 @@
+"""A replica opened in this process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+from merklesync.model import Entry, EntryKind, Stats
+from merklesync.peer import Node, NodeId, Outcome, Progress, ScanReport, WriteItem
+from merklesync.replica import Replica
+
+COMMIT_EVERY = 2000  # entries written between index commits: progress survives a crash
+
+
+class LocalPeer:
+    def __init__(self, replica: Replica, name: str | None = None) -> None:
+        self.replica = replica
+        self.name = name or str(replica.root)
+        self.replica_id = replica.replica_id
+        self.stats = Stats()
+
+    @classmethod
+    def open(
+        cls, root: Path, *, create: bool = False, excludes: Sequence[str] = ()
+    ) -> LocalPeer:
+        return cls(Replica.open(root, create=create, excludes=excludes))
+
+    def refresh(self, *, checksum: bool = False, progress: Progress | None = None) -> ScanReport:
+        r = self.replica
+        report = r.source.scan(r.index, r.replica_id, r.clock, checksum=checksum, progress=progress)
+        self.stats.files_scanned += report.scanned
+        self.stats.files_hashed += report.hashed
+        return report
+
+    def root(self) -> Node:
+        fingerprint, count = self.replica.index.root()
+        return Node(fingerprint, count)
+
+    def children(self, nodes: Sequence[NodeId]) -> list[list[Node]]:
+        self.stats.round_trips += 1
+        index = self.replica.index
+        return [[Node(fp, count) for fp, count in index.children(node)] for node in nodes]
+
+    def leaves(self, nodes: Sequence[NodeId]) -> list[list[tuple[bytes, bytes]]]:
+        self.stats.round_trips += 1
+        return [self.replica.index.leaves(node) for node in nodes]
+
+    def entries(self, keys: Sequence[bytes]) -> list[Entry]:
+        self.stats.round_trips += 1
+        return self.replica.index.by_keys(keys)
+
+    def entries_under(self, nodes: Sequence[NodeId]) -> list[Entry]:
+        self.stats.round_trips += 1
+        index = self.replica.index
+        return [entry for node in nodes for entry in index.entries_in(node)]
+
+    def read(self, entries: Sequence[Entry]) -> Iterator[tuple[Entry, Iterator[bytes] | None]]:
+        self.stats.round_trips += 1
+        for entry in entries:
+            yield entry, self.replica.source.read(entry)
+
+    def write(self, items: Iterable[WriteItem], progress: Progress | None = None) -> list[Outcome]:
+        self.stats.round_trips += 1
+        r = self.replica
+        outcomes: list[Outcome] = []
+        try:
+            for n, item in enumerate(items, 1):
+                outcome = r.source.write(item, r.index, r.clock)
+                outcomes.append(outcome)
+                if outcome.ok and item.entry.kind is EntryKind.FILE and item.data is not None:
+                    self.stats.files_transferred += 1
+                    self.stats.bytes_transferred += item.entry.size
+                if progress is not None:
+                    progress(item.entry.size if item.data is not None else 0)
+                if n % COMMIT_EVERY == 0:
+                    r.index.commit()
+        finally:
+            r.index.commit()
+        return outcomes
+
+    def close(self) -> None:
+        self.replica.close()
+

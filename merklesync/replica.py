@@ -1,0 +1,123 @@
+"""A replica on this machine: its root, its index, its lock."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from merklesync.clock import HybridClock
+from merklesync.errors import LocalIOError, NotAReplica, UsageError
+from merklesync.ignore import STATE_DIR, IgnoreRules
+from merklesync.index import Index
+from merklesync.lock import ReplicaLock
+from merklesync.sources.directory import DirectorySource
+
+INDEX_FILE = "index.db"
+LOCK_FILE = "lock"
+
+
+def new_replica_id() -> str:
+    return secrets.token_hex(8)
+
+
+def is_replica(root: Path) -> bool:
+    return (root / STATE_DIR / INDEX_FILE).exists()
+
+
+def find_root(start: Path) -> Path:
+    """The replica around ``start``, looking upwards as git does."""
+    here = start.resolve()
+    for candidate in (here, *here.parents):
+        if is_replica(candidate):
+            return candidate
+    raise NotAReplica(f"not a merklesync replica (or any parent up to /): {start}")
+
+
+class Replica:
+    def __init__(self, root: Path, index: Index, lock: ReplicaLock, excludes: Sequence[str]) -> None:
+        self.root = root
+        self.index = index
+        self.lock = lock
+        self.source = DirectorySource(root, IgnoreRules(root, excludes))
+        self.clock = HybridClock(int(index.meta("hlc") or 0))
+
+    @property
+    def replica_id(self) -> str:
+        return self.index.replica_id
+
+    @classmethod
+    def open(cls, root: Path, *, create: bool = False, excludes: Sequence[str] = ()) -> Replica:
+        """Open (and lock) the replica at ``root``; create it when asked."""
+        root = root.resolve()
+        if not root.is_dir():
+            if create and not root.exists():
+                try:
+                    root.mkdir(parents=True)
+                except OSError as exc:
+                    raise LocalIOError(f"cannot create {root}: {exc.strerror}") from exc
+            elif root.exists():
+                raise UsageError(f"not a directory: {root}")
+            else:
+                raise LocalIOError(f"no such directory: {root}")
+        state = root / STATE_DIR
+        if not (state / INDEX_FILE).exists() and not create:
+            raise NotAReplica(
+                f"{root} is not a merklesync replica (run `merklesync init {root}`)"
+            )
+        try:
+            state.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise LocalIOError(f"cannot create {state}: {exc.strerror}") from exc
+        lock = ReplicaLock(state / LOCK_FILE)
+        lock.acquire()
+        try:
+            if (state / INDEX_FILE).exists():
+                index = Index.open(state / INDEX_FILE)
+            else:
+                index = Index.create(state / INDEX_FILE, new_replica_id())
+        except BaseException:
+            lock.release()
+            raise
+        return cls(root, index, lock, excludes)
+
+    @classmethod
+    def rebuild(cls, root: Path) -> tuple[Replica, Path | None]:
+        """Set a broken index aside and start a fresh one (with a new
+        replica id, since the old counters are lost); the next scan reads
+        every file again."""
+        root = root.resolve()
+        state = root / STATE_DIR
+        lock = ReplicaLock(state / LOCK_FILE)
+        state.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+        moved: Path | None = None
+        try:
+            old = state / INDEX_FILE
+            if old.exists():
+                moved = state / f"{INDEX_FILE}.broken-{time.strftime('%Y%m%dT%H%M%S')}"
+                os.replace(old, moved)
+                for suffix in ("-wal", "-shm"):
+                    side = state / f"{INDEX_FILE}{suffix}"
+                    if side.exists():
+                        os.replace(side, state / f"{moved.name}{suffix}")
+            index = Index.create(old, new_replica_id())
+        except BaseException:
+            lock.release()
+            raise
+        return cls(root, index, lock, ()), moved
+
+    def close(self) -> None:
+        try:
+            self.index.set_meta("hlc", self.clock.last)
+            self.index.close()
+        finally:
+            self.lock.release()
+
+    def __enter__(self) -> Replica:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

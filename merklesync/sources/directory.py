@@ -1,0 +1,466 @@
+"""A directory tree as a source of entries: scanning it into the index,
+reading file content, and writing versions into it safely.
+
+Writes go to a temp file in the destination directory, are verified against
+the blake3 digest, get their mode and mtime, and are renamed into place only
+if the destination still holds what the index says it holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import stat as st_mod
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import blake3
+
+from merklesync.clock import HybridClock, VersionVector
+from merklesync.errors import LocalIOError, MerklesyncError
+from merklesync.ignore import TEMP_PREFIX, IgnoreRules
+from merklesync.index import Cached, Index
+from merklesync.model import Entry, EntryKind
+from merklesync.peer import Outcome, ScanReport, WriteItem
+from merklesync.protocol.paths import check_relpath
+
+CHUNK = 1 << 20
+RACY_NS = 2_000_000_000  # an mtime this close to the scan may hide a same-tick edit
+HASH_RETRIES = 3
+THREADED_HASH = 8 << 20
+
+StatKey = tuple[int, ...]
+
+
+def stat_key(st: os.stat_result) -> StatKey:
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode)
+
+
+def kind_of(mode: int) -> EntryKind | None:
+    if st_mod.S_ISREG(mode):
+        return EntryKind.FILE
+    if st_mod.S_ISDIR(mode):
+        return EntryKind.DIR
+    if st_mod.S_ISLNK(mode):
+        return EntryKind.LINK
+    return None
+
+
+def link_digest(target: str) -> bytes:
+    return blake3.blake3(os.fsencode(target)).digest()
+
+
+class FileChanged(Exception):
+    """The file changed while it was read."""
+
+
+def hash_open_file(fd: int, size_hint: int) -> tuple[bytes, os.stat_result]:
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO if size_hint > THREADED_HASH else 1)
+    with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
+        while chunk := f.read(CHUNK):
+            hasher.update(chunk)
+    return hasher.digest(), os.fstat(fd)
+
+
+class DirectorySource:
+    def __init__(self, root: Path, ignore: IgnoreRules) -> None:
+        self.root = root
+        self.ignore = ignore
+
+    def abs(self, rel: str) -> str:
+        return os.path.join(self.root, rel) if rel else str(self.root)
+
+    # -- scanning --------------------------------------------------------
+
+    def hash_file(self, rel: str) -> tuple[bytes, os.stat_result]:
+        """blake3 of a file, read without following links; retried while
+        the file keeps changing under us."""
+        for _ in range(HASH_RETRIES):
+            fd = os.open(self.abs(rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                before = os.fstat(fd)
+                digest, after = hash_open_file(fd, before.st_size)
+            finally:
+                os.close(fd)
+            if stat_key(before) == stat_key(after) and after.st_mtime_ns == before.st_mtime_ns:
+                return digest, after
+        raise FileChanged(rel)
+
+    def scan(
+        self,
+        index: Index,
+        replica_id: str,
+        clock: HybridClock,
+        *,
+        checksum: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> ScanReport:
+        report = ScanReport()
+        racy_after = time.time_ns() - RACY_NS
+        pending_progress = 0
+        stack = [""]
+        while stack:
+            directory = stack.pop()
+            known = index.children_of_dir(directory)
+            seen: set[str] = set()
+            try:
+                with os.scandir(self.abs(directory)) as it:
+                    dirents = list(it)
+            except FileNotFoundError:
+                dirents = []
+            except OSError as exc:
+                report.warnings.append(f"{directory or '.'}: cannot list: {exc.strerror}")
+                continue  # keep what we knew: unreadable is not deleted
+            for de in dirents:
+                rel = f"{directory}/{de.name}" if directory else de.name
+                if de.name.startswith(TEMP_PREFIX):
+                    _unlink_quietly(de.path)  # left by an interrupted run; we hold the lock
+                    continue
+                try:
+                    rel.encode()
+                except UnicodeEncodeError:
+                    report.warnings.append(f"{rel!r}: name is not valid UTF-8; skipped")
+                    continue
+                try:
+                    st = de.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    report.warnings.append(f"{rel}: cannot stat: {exc.strerror}")
+                    seen.add(rel)
+                    continue
+                kind = kind_of(st.st_mode)
+                if kind is None:
+                    if not self.ignore.ignored(rel, False):
+                        report.warnings.append(f"{rel}: not a file, directory or link; skipped")
+                    continue
+                is_dir = kind is EntryKind.DIR
+                if self.ignore.ignored(rel, is_dir):
+                    seen.add(rel)
+                    old = known.get(rel)
+                    if old is not None and not self.ignore.excluded_by_option(rel, is_dir):
+                        self._forget(index, old.entry)
+                    continue
+                seen.add(rel)
+                report.scanned += 1
+                pending_progress += 1
+                if pending_progress >= 512 and progress is not None:
+                    progress(pending_progress)
+                    pending_progress = 0
+                if is_dir:
+                    stack.append(rel)
+                cached = known.get(rel)
+                key = stat_key(st)
+                if (
+                    not checksum
+                    and cached is not None
+                    and cached.stat == key
+                    and not cached.entry.deleted
+                ):
+                    continue
+                self._rescan(index, replica_id, clock, rel, kind, st, cached, racy_after, report)
+            for rel, cached in known.items():
+                if rel not in seen and not cached.entry.deleted:
+                    self._tombstone(index, replica_id, clock, cached.entry, report)
+        if progress is not None and pending_progress:
+            progress(pending_progress)
+        index.set_meta("hlc", clock.last)
+        index.commit()
+        return report
+
+    def _rescan(
+        self,
+        index: Index,
+        replica_id: str,
+        clock: HybridClock,
+        rel: str,
+        kind: EntryKind,
+        st: os.stat_result,
+        cached: Cached | None,
+        racy_after: int,
+        report: ScanReport,
+    ) -> None:
+        digest, target = b"", ""
+        try:
+            if kind is EntryKind.FILE:
+                digest, st = self.hash_file(rel)
+                report.hashed += 1
+            elif kind is EntryKind.LINK:
+                target = os.readlink(self.abs(rel))
+                digest = link_digest(target)
+        except FileNotFoundError:
+            return
+        except FileChanged:
+            report.warnings.append(f"{rel}: kept changing while it was read; skipped this time")
+            return
+        except OSError as exc:
+            report.warnings.append(f"{rel}: cannot read: {exc.strerror}")
+            return
+        stat = None if st.st_mtime_ns >= racy_after else stat_key(st)
+        old = cached.entry if cached is not None else None
+        fresh = Entry(
+            path=rel,
+            kind=kind,
+            vv=VersionVector(),
+            digest=digest,
+            size=st.st_size if kind is EntryKind.FILE else 0,
+            mode=st_mod.S_IMODE(st.st_mode),
+            mtime_ns=st.st_mtime_ns if kind is EntryKind.FILE else 0,
+            target=target,
+        )
+        if old is not None and not old.deleted and old.content() == fresh.content():
+            # Touched, not changed: no new version.
+            index.put(fresh.with_version(old.vv, old.stamp), stat, old)
+            return
+        vv = (old.vv if old is not None else VersionVector()).bump(replica_id)
+        index.put(fresh.with_version(vv, clock.tick()), stat, old)
+        if old is None or old.deleted:
+            report.added.append(rel)
+        else:
+            report.modified.append(rel)
+
+    def _tombstone(
+        self, index: Index, replica_id: str, clock: HybridClock, entry: Entry, report: ScanReport
+    ) -> None:
+        if entry.kind is EntryKind.DIR:
+            for child in index.live_under(entry.path):
+                index.put(child.tombstone(child.vv.bump(replica_id), clock.tick()), None, child)
+                report.deleted.append(child.path)
+        index.put(entry.tombstone(entry.vv.bump(replica_id), clock.tick()), None, entry)
+        report.deleted.append(entry.path)
+
+    def _forget(self, index: Index, entry: Entry) -> None:
+        if entry.kind is EntryKind.DIR:
+            for child in index.live_under(entry.path):
+                index.forget(child)
+        index.forget(entry)
+
+    # -- reading ---------------------------------------------------------
+
+    def read(self, entry: Entry) -> Iterator[bytes] | None:
+        """The content of a file as the index knows it, or None when it is
+        gone or no longer matches (size or mtime changed since the scan)."""
+        try:
+            fd = os.open(self.abs(entry.path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None
+        st = os.fstat(fd)
+        if not st_mod.S_ISREG(st.st_mode) or st.st_size != entry.size:
+            os.close(fd)
+            return None
+        return _chunks(fd)
+
+    # -- writing ---------------------------------------------------------
+
+    def write(self, item: WriteItem, index: Index, clock: HybridClock) -> Outcome:
+        entry = item.entry
+        rel = check_relpath(entry.path)
+        if self.ignore.ignored(rel, entry.kind is EntryKind.DIR and not entry.deleted):
+            return Outcome(rel, False, "ignored on this replica")
+        cached = index.get(rel)
+        current = cached.entry if cached is not None else None
+        if _leaf(current) != _leaf(item.expect):
+            return Outcome(rel, False, "changed on the destination since the comparison")
+        try:
+            on_disk = self._verify_unchanged(rel, cached)
+        except _Refused as refusal:
+            _drain(item)
+            return Outcome(rel, False, str(refusal))
+        try:
+            self._make_parents(rel)
+            if entry.deleted:
+                self._remove(rel, on_disk)
+            elif entry.kind is EntryKind.DIR:
+                self._put_dir(rel, entry, on_disk)
+            elif entry.kind is EntryKind.LINK:
+                self._put_link(rel, entry, on_disk)
+            else:
+                self._put_file(rel, entry, on_disk, item.data, current)
+        except _Refused as refusal:
+            _drain(item)
+            return Outcome(rel, False, str(refusal))
+        except OSError as exc:
+            _drain(item)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                raise LocalIOError(f"{self.abs(rel)}: {exc.strerror}") from exc
+            return Outcome(rel, False, exc.strerror or str(exc))
+        clock.observe(entry.stamp)
+        stat = None
+        if not entry.deleted:
+            st = os.lstat(self.abs(rel))
+            stat = None if st.st_mtime_ns >= time.time_ns() - RACY_NS else stat_key(st)
+            if entry.kind is EntryKind.FILE:
+                entry = dataclasses.replace(entry, mtime_ns=st.st_mtime_ns)
+        index.put(entry, stat, current)
+        return Outcome(rel, True)
+
+    def _verify_unchanged(self, rel: str, cached: Cached | None) -> os.stat_result | None:
+        """The destination must hold exactly what its index says."""
+        try:
+            st = os.lstat(self.abs(rel))
+        except FileNotFoundError:
+            st = None
+        known = cached is not None and not cached.entry.deleted
+        if st is None:
+            if known:
+                raise _Refused("deleted on the destination since the scan")
+            return None
+        if not known:
+            raise _Refused("an unscanned file is in the way on the destination")
+        assert cached is not None
+        if cached.stat == stat_key(st):
+            return st
+        if cached.entry.kind is EntryKind.FILE and kind_of(st.st_mode) is EntryKind.FILE:
+            try:
+                digest, st2 = self.hash_file(rel)
+            except (OSError, FileChanged):
+                raise _Refused("changed on the destination since the scan") from None
+            if digest == cached.entry.digest and st_mod.S_IMODE(st2.st_mode) == cached.entry.mode:
+                return st2
+        elif cached.entry.kind is EntryKind.DIR and kind_of(st.st_mode) is EntryKind.DIR:
+            return st
+        raise _Refused("changed on the destination since the scan")
+
+    def _make_parents(self, rel: str) -> None:
+        """Create missing parent directories; never go through a symlink."""
+        parts = rel.split("/")[:-1]
+        current = str(self.root)
+        for part in parts:
+            current = os.path.join(current, part)
+            try:
+                st = os.lstat(current)
+            except FileNotFoundError:
+                os.mkdir(current, 0o755)
+                continue
+            if not st_mod.S_ISDIR(st.st_mode):
+                raise _Refused(f"parent {current} is not a directory")
+
+    def _remove(self, rel: str, on_disk: os.stat_result | None) -> None:
+        if on_disk is None:
+            return
+        path = self.abs(rel)
+        if st_mod.S_ISDIR(on_disk.st_mode):
+            try:
+                os.rmdir(path)
+            except OSError as exc:
+                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise _Refused("directory is not empty on the destination") from None
+                raise
+        else:
+            os.unlink(path)
+
+    def _clear_other_kind(self, rel: str, on_disk: os.stat_result | None, kind: EntryKind) -> None:
+        if on_disk is not None and kind_of(on_disk.st_mode) is not kind:
+            self._remove(rel, on_disk)
+
+    def _put_dir(self, rel: str, entry: Entry, on_disk: os.stat_result | None) -> None:
+        path = self.abs(rel)
+        self._clear_other_kind(rel, on_disk, EntryKind.DIR)
+        if on_disk is None or kind_of(on_disk.st_mode) is not EntryKind.DIR:
+            os.mkdir(path, 0o700)
+        os.chmod(path, entry.mode, follow_symlinks=False)
+
+    def _put_link(self, rel: str, entry: Entry, on_disk: os.stat_result | None) -> None:
+        if link_digest(entry.target) != entry.digest:
+            raise _Refused("link target does not match its digest")
+        tmp = self._temp_name(rel)
+        os.symlink(entry.target, tmp)
+        try:
+            self._clear_dir_in_way(rel, on_disk)
+            self._recheck(rel, on_disk)
+            os.replace(tmp, self.abs(rel))
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+
+    def _put_file(
+        self,
+        rel: str,
+        entry: Entry,
+        on_disk: os.stat_result | None,
+        data: Iterable[bytes] | None,
+        current: Entry | None,
+    ) -> None:
+        path = self.abs(rel)
+        if data is None:
+            # Same bytes already there (a mode or version change).
+            if current is None or current.deleted or current.digest != entry.digest:
+                raise _Refused("content missing for a changed file")
+            os.chmod(path, entry.mode, follow_symlinks=False)
+            os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
+            return
+        tmp = self._temp_name(rel)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            hasher = blake3.blake3()
+            try:
+                with os.fdopen(fd, "wb", closefd=False) as f:
+                    for chunk in data:
+                        hasher.update(chunk)
+                        f.write(chunk)
+            finally:
+                os.close(fd)
+            if hasher.digest() != entry.digest:
+                raise _Refused("content does not match its digest (changed during transfer)")
+            os.chmod(tmp, entry.mode)
+            os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns))
+            self._clear_dir_in_way(rel, on_disk)
+            self._recheck(rel, on_disk)
+            os.replace(tmp, path)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+
+    def _clear_dir_in_way(self, rel: str, on_disk: os.stat_result | None) -> None:
+        if on_disk is not None and st_mod.S_ISDIR(on_disk.st_mode):
+            self._remove(rel, on_disk)
+
+    def _recheck(self, rel: str, on_disk: os.stat_result | None) -> None:
+        """Compare-and-swap: the destination is as we saw it just now."""
+        try:
+            st = os.lstat(self.abs(rel))
+        except FileNotFoundError:
+            st = None
+        if on_disk is not None and st_mod.S_ISDIR(on_disk.st_mode):
+            on_disk = None  # we removed it ourselves
+        if (st is None) != (on_disk is None) or (
+            st is not None and on_disk is not None and stat_key(st) != stat_key(on_disk)
+        ):
+            raise _Refused("changed on the destination during the transfer")
+
+    def _temp_name(self, rel: str) -> str:
+        head, _, name = rel.rpartition("/")
+        base = f"{TEMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}-{name[:80]}"
+        return self.abs(f"{head}/{base}" if head else base)
+
+
+class _Refused(MerklesyncError):
+    """The write was refused for this entry; the run goes on."""
+
+
+def _leaf(entry: Entry | None) -> bytes | None:
+    return None if entry is None else entry.leaf_hash()
+
+
+def _drain(item: WriteItem) -> None:
+    """Consume the rest of a refused item's data so a stream stays in step."""
+    if item.data is not None:
+        for _ in item.data:
+            pass
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _chunks(fd: int) -> Iterator[bytes]:
+    try:
+        while chunk := os.read(fd, CHUNK):
+            yield chunk
+    finally:
+        os.close(fd)
