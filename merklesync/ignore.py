@@ -60,12 +60,12 @@ class IgnoreRules:
         return self._excludes is not None and self._excludes.match_file(probe)
 
 
-def exclude_predicate(excludes: Sequence[str]) -> Callable[[str], bool]:
+def exclude_predicate(excludes: Sequence[str]) -> Callable[[str, bool], bool]:
     """A filter for paths in a plan: False for what --exclude leaves out."""
     if not excludes:
-        return lambda path: True
+        return lambda path, is_dir: True
     try:
         spec = pathspec.GitIgnoreSpec.from_lines(list(excludes))
     except (ValueError, TypeError) as exc:
         raise UsageError(f"bad --exclude pattern: {exc}") from exc
-    return lambda path: not spec.match_file(path)
+    return lambda path, is_dir: not spec.match_file(path + "/" if is_dir else path)

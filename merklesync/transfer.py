@@ -74,7 +74,7 @@ def push(
     dst: Peer,
     *,
     dry_run: bool = False,
-    include: Callable[[str], bool] = lambda path: True,
+    include: Callable[[str, bool], bool] = lambda path, is_dir: True,
     progress: Progress | None = None,
 ) -> TransferResult:
     """Make ``dst`` hold ``src``'s version of everything, where that is a
@@ -85,7 +85,11 @@ def push(
         todo: list[Change] = []
         for s, d in pairs:
             change = plan_one_way(s, d)
-            if not include(change.path):
+            entry = s or d
+            assert entry is not None
+            if change.action is Action.DEST_NEWER and change.kind is ChangeKind.NONE:
+                continue  # the destination knows more, and the content is the same
+            if not include(change.path, entry.kind is EntryKind.DIR and not entry.deleted):
                 continue
             result.changes.append(change)
             if change.action in (Action.COPY, Action.MERGE_VERSION):

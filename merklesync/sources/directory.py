@@ -214,6 +214,8 @@ class DirectorySource:
             # Touched, not changed: no new version.
             index.put(fresh.with_version(old.vv, old.stamp), stat, old)
             return
+        if old is not None and not old.deleted and old.kind is EntryKind.DIR:
+            self._tombstone_under(index, replica_id, clock, old.path, report)
         vv = (old.vv if old is not None else VersionVector()).bump(replica_id)
         index.put(fresh.with_version(vv, clock.tick()), stat, old)
         if old is None or old.deleted:
@@ -225,11 +227,16 @@ class DirectorySource:
         self, index: Index, replica_id: str, clock: HybridClock, entry: Entry, report: ScanReport
     ) -> None:
         if entry.kind is EntryKind.DIR:
-            for child in index.live_under(entry.path):
-                index.put(child.tombstone(child.vv.bump(replica_id), clock.tick()), None, child)
-                report.deleted.append(child.path)
+            self._tombstone_under(index, replica_id, clock, entry.path, report)
         index.put(entry.tombstone(entry.vv.bump(replica_id), clock.tick()), None, entry)
         report.deleted.append(entry.path)
+
+    def _tombstone_under(
+        self, index: Index, replica_id: str, clock: HybridClock, directory: str, report: ScanReport
+    ) -> None:
+        for child in index.live_under(directory):
+            index.put(child.tombstone(child.vv.bump(replica_id), clock.tick()), None, child)
+            report.deleted.append(child.path)
 
     def _forget(self, index: Index, entry: Entry) -> None:
         if entry.kind is EntryKind.DIR:

@@ -1,0 +1,217 @@
+"""One-way push/pull and diff between local replicas, checked with an oracle
+that does not use merklesync."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.clirun import ms
+from tests.treegen import assert_same_tree, make_tree, mutate, rsync_itemize
+
+
+def write(path: Path, text: str, mtime: int | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+
+
+@pytest.fixture
+def src(tmp_path: Path) -> Path:
+    root = tmp_path / "src"
+    make_tree(root, files=60, dirs=8, seed=3)
+    assert ms("init", root).code == 0
+    return root
+
+
+def test_first_push_copies_everything(src: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "dst"
+    r = ms("push", src, dst)
+    assert r.code == 0, r.err
+    assert_same_tree(src, dst)
+    # File times are kept; directory times are not synced (as Unison).
+    assert [line for line in rsync_itemize(src, dst) if not line.startswith(".d..t")] == []
+    assert ms("diff", src, dst).code == 0
+
+
+def test_second_push_changes_nothing(src: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "dst"
+    ms("push", src, dst)
+    r = ms("push", src, dst, "--json")
+    assert r.code == 0
+    assert r.json()["changes"] == []
+    assert r.json()["stats"]["round_trips"] == 1
+    assert r.json()["stats"]["files_hashed"] == 0
+
+
+def test_edits_deletes_and_adds_propagate(src: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "dst"
+    ms("push", src, dst)
+    mutate(src, modify=5, add=4, delete=3, seed=9)
+    r = ms("diff", src, dst, "--json")
+    assert r.code == 1
+    kinds = {c["change"] for c in r.json()["changes"]}
+    assert kinds <= {"A", "M", "D"} and len(r.json()["changes"]) >= 12
+    assert ms("push", src, dst).code == 0
+    assert_same_tree(src, dst)
+    assert ms("diff", src, dst).code == 0
+
+
+def test_diff_lines_and_exit_codes(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "same", "x")
+    write(a / "changed", "one")
+    write(a / "only-a", "a")
+    write(a / "kind", "file")
+    ms("init", a)
+    ms("push", a, b)
+    write(a / "changed", "two")
+    (a / "only-a").unlink()
+    write(a / "new", "n")
+    (a / "kind").unlink()
+    (a / "kind").mkdir()
+    r = ms("diff", a, b)
+    assert r.code == 1
+    assert r.lines() == ["M changed", "T kind", "A new", "D only-a"]
+
+
+def test_symlinks_modes_and_empty_dirs(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "d/file", "content")
+    os.chmod(a / "d/file", 0o640)
+    (a / "empty").mkdir()
+    os.symlink("../d/file", a / "d/link")
+    os.symlink("/etc/passwd", a / "abs-link")
+    ms("init", a)
+    assert ms("push", a, b).code == 0
+    assert_same_tree(a, b)
+    assert os.readlink(b / "abs-link") == "/etc/passwd"
+    os.chmod(a / "d/file", 0o600)
+    assert ms("push", a, b, "--json").json()["stats"]["files_transferred"] == 0
+    assert (b / "d/file").stat().st_mode & 0o777 == 0o600
+
+
+def test_type_changes_both_ways(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "x/inner", "i")
+    write(a / "y", "file")
+    ms("init", a)
+    ms("push", a, b)
+    (a / "x/inner").unlink()
+    (a / "x").rmdir()
+    write(a / "x", "now a file")
+    (a / "y").unlink()
+    write(a / "y/deep/z", "now a dir")
+    assert ms("push", a, b).code == 0, ms("diff", a, b).out
+    assert_same_tree(a, b)
+
+
+def test_dest_newer_is_left_alone(src: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "dst"
+    ms("push", src, dst)
+    victim = sorted(p for p in dst.rglob("*") if p.is_file() and ".merklesync" not in p.parts)[0]
+    rel = victim.relative_to(dst).as_posix()
+    victim.write_text("edited on the destination")
+    r = ms("push", src, dst)
+    assert r.code == 1
+    assert f"left alone: {rel}: the destination has a newer version" in r.err
+    assert victim.read_text() == "edited on the destination"
+
+
+def test_concurrent_edits_are_a_conflict_not_an_overwrite(src: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "dst"
+    ms("push", src, dst)
+    rel = sorted(p.relative_to(src) for p in src.rglob("*") if p.is_file() and ".merklesync" not in p.parts)[0]
+    (src / rel).write_text("source edit")
+    (dst / rel).write_text("destination edit")
+    r = ms("push", src, dst, "--json")
+    assert r.code == 1
+    [change] = [c for c in r.json()["changes"] if c["path"] == rel.as_posix()]
+    assert change["action"] == "conflict"
+    assert (dst / rel).read_text() == "destination edit"
+
+
+def test_same_content_on_both_sides_merges_versions(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "f", "same")
+    write(b / "f", "same")
+    ms("init", a)
+    ms("init", b)
+    r = ms("push", a, b, "--json")
+    assert r.code == 0
+    assert [c["action"] for c in r.json()["changes"]] == ["merge-version"]
+    # a learns the merged version: a version-only change, no data moved.
+    back = ms("push", b, a, "--json").json()
+    assert [c["change"] for c in back["changes"]] == ["="]
+    assert back["stats"]["files_transferred"] == 0
+    assert ms("push", a, b, "--json").json()["changes"] == []
+    assert ms("push", b, a, "--json").json()["changes"] == []
+
+
+def test_pushing_into_an_unrelated_nonempty_directory_never_overwrites(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "f", "mine")
+    write(b / "f", "theirs")
+    ms("init", a)
+    assert ms("push", a, b).code == 1
+    assert (b / "f").read_text() == "theirs"
+
+
+def test_dry_run_writes_nothing(src: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    r = ms("push", src, dst, "--dry-run")
+    assert r.code == 0
+    assert len(r.lines()) > 60 and all(line.startswith("A ") for line in r.lines())
+    assert [p.name for p in dst.iterdir()] == [".merklesync"]
+
+
+def test_pull_is_push_reversed(src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dst = tmp_path / "dst"
+    ms("init", dst)
+    monkeypatch.chdir(dst)
+    assert ms("pull", src).code == 0
+    assert_same_tree(src, dst)
+    mutate(src, modify=2, seed=4)
+    monkeypatch.chdir(src)
+    assert ms("push", dst, "--json").code == 0
+    assert_same_tree(src, dst)
+
+
+def test_ignore_file_and_exclude(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / ".merklesyncignore", "*.log\nbuild/\n")
+    write(a / "keep.txt", "k")
+    write(a / "x.log", "noise")
+    write(a / "build/out.o", "obj")
+    write(a / "secret/key", "s")
+    ms("init", a)
+    assert ms("push", a, b, "--exclude", "secret/").code == 0
+    assert sorted(p.relative_to(b).as_posix() for p in b.rglob("*") if ".merklesync" not in p.parts) == [
+        ".merklesyncignore",
+        "keep.txt",
+    ]
+    assert ms("push", a, b).code == 0
+    assert (b / "secret/key").read_text() == "s"
+
+
+def test_destination_inside_source_is_refused(src: Path) -> None:
+    r = ms("push", src, src / "inner")
+    assert r.code == 2
+    assert "inside the source" in r.err and "Traceback" not in r.err
+
+
+def test_missing_source_is_a_clear_error(tmp_path: Path) -> None:
+    r = ms("push", tmp_path / "nope", tmp_path / "dst")
+    assert r.code == 5
+    assert r.err.startswith("merklesync: error: no such directory")
+
+
+def test_not_a_replica(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    r = ms("status")
+    assert r.code == 3
+    assert "not a merklesync replica" in r.err
