@@ -403,10 +403,9 @@ class DirectorySource:
         try:
             hasher = blake3.blake3()
             try:
-                with os.fdopen(fd, "wb", closefd=False) as f:
-                    for chunk in data:
-                        hasher.update(chunk)
-                        f.write(chunk)
+                for chunk in data:
+                    hasher.update(chunk)
+                    write_all(fd, chunk)
             finally:
                 os.close(fd)
             if hasher.digest() != entry.digest:
@@ -463,6 +462,12 @@ def _unlink_quietly(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _chunks(fd: int) -> Iterator[bytes]:

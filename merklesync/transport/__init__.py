@@ -1,0 +1,73 @@
+"""Byte pipes to a peer: a local subprocess or an SSH exec channel.
+
+A transport moves opaque bytes; framing lives in `merklesync.protocol`.
+`pipes.SubprocessTransport` runs a local command; `ssh.open_ssh` runs one on a
+remote host through paramiko (the only place paramiko is imported).
+
+Contract shared by every transport:
+
+- `send` writes all the bytes or raises `ConnectionFailed`.
+- `recv(n)` blocks until it has 1..n bytes, or returns ``b""`` at end of
+  stream.  If the peer command could not be started (it was not found, or it
+  exited with an error before writing anything), `recv` and `send` raise
+  `RemoteCommandMissing` carrying the command's own error line.
+- `send` and `recv` may be called from two different threads (one each).
+- `close` is idempotent; `stderr_text` and `exit_status` work after it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Protocol, runtime_checkable
+
+__all__ = ["STDERR_LIMIT", "Transport", "error_line"]
+
+#: How much of the peer's stderr is kept (the last bytes win).
+STDERR_LIMIT = 64 * 1024
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """A bidirectional byte stream to a peer command."""
+
+    #: Payload bytes handed to `send` so far.
+    bytes_sent: int
+    #: Payload bytes returned by `recv` so far.
+    bytes_received: int
+
+    def send(self, data: bytes) -> None:
+        """Send all of ``data``."""
+        ...
+
+    def recv(self, n: int) -> bytes:
+        """Return up to ``n`` bytes (at least one), or ``b""`` at end of stream."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection; safe to call more than once."""
+        ...
+
+    def stderr_text(self) -> str:
+        """What the peer command wrote on stderr so far (the last 64 KiB)."""
+        ...
+
+    def exit_status(self) -> int | None:
+        """The peer command's exit status, or ``None`` while it runs."""
+        ...
+
+
+_MISSING_HINTS = re.compile(
+    r"not found|no such file|no module named|cannot execute|permission denied|not recognized",
+    re.IGNORECASE,
+)
+
+
+def error_line(stderr: str) -> str:
+    """The most telling line of a failed command's stderr, for a one-line error."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    for line in reversed(lines):
+        if _MISSING_HINTS.search(line):
+            return line
+    return lines[-1]

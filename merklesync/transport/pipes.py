@@ -1,0 +1,188 @@
+"""A transport over the stdin/stdout pipes of a local subprocess.
+
+Used to run ``merklesync serve --stdio ROOT`` as a local peer, and in tests.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from collections.abc import Mapping
+from types import TracebackType
+from typing import NoReturn
+
+from merklesync.errors import ConnectionFailed, RemoteCommandMissing
+from merklesync.transport import STDERR_LIMIT, error_line
+
+__all__ = ["SubprocessTransport"]
+
+_READ_CHUNK = 1 << 16
+_EXIT_WAIT = 5.0
+
+
+class _StderrCollector(threading.Thread):
+    """Drain a pipe into a bounded buffer (the last `STDERR_LIMIT` bytes)."""
+
+    def __init__(self, fd: int, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self._fd = fd
+        self._buf = bytearray()
+        self._lock = threading.Lock()
+
+    def run(self) -> None:
+        try:
+            while True:
+                chunk = os.read(self._fd, _READ_CHUNK)
+                if not chunk:
+                    break
+                with self._lock:
+                    self._buf += chunk
+                    if len(self._buf) > STDERR_LIMIT:
+                        del self._buf[: len(self._buf) - STDERR_LIMIT]
+        except OSError:
+            pass
+
+    def text(self) -> str:
+        with self._lock:
+            return self._buf.decode("utf-8", "replace")
+
+
+class SubprocessTransport:
+    """Run ``argv`` locally and talk to it through its stdin and stdout."""
+
+    def __init__(
+        self,
+        argv: list[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> None:
+        if not argv:
+            raise ValueError("empty command")
+        self.argv = list(argv)
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self._closed = False
+        try:
+            self._proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                bufsize=0,
+                env=dict(env) if env is not None else None,
+                cwd=cwd,
+            )
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise RemoteCommandMissing(f"cannot run {self.argv[0]!r}: {reason}") from exc
+        assert self._proc.stdin is not None
+        assert self._proc.stdout is not None
+        assert self._proc.stderr is not None
+        self._stdin_fd = self._proc.stdin.fileno()
+        self._stdout_fd = self._proc.stdout.fileno()
+        self._stderr = _StderrCollector(self._proc.stderr.fileno(), f"stderr-{self._proc.pid}")
+        self._stderr.start()
+
+    # -- Transport -----------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        if self._closed:
+            raise ConnectionFailed(f"{self.argv[0]}: connection already closed")
+        view = memoryview(data)
+        total = len(view)
+        offset = 0
+        try:
+            while offset < total:
+                offset += os.write(self._stdin_fd, view[offset:])
+        except OSError as exc:  # BrokenPipeError: the peer is gone
+            self.bytes_sent += offset
+            self._fail(f"cannot write to {self.argv[0]}: {exc.strerror or exc}")
+        self.bytes_sent += total
+
+    def recv(self, n: int) -> bytes:
+        if self._closed:
+            return b""
+        try:
+            data = os.read(self._stdout_fd, n)
+        except OSError as exc:
+            self._fail(f"cannot read from {self.argv[0]}: {exc.strerror or exc}")
+        if not data:
+            if self.bytes_received == 0:
+                self._check_started()
+            return b""
+        self.bytes_received += len(data)
+        return data
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        proc = self._proc
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            proc.stdin.close()  # EOF tells the peer to finish
+        except OSError:
+            pass
+        try:
+            proc.wait(timeout=_EXIT_WAIT)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                proc.wait(timeout=_EXIT_WAIT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        proc.stdout.close()
+        self._stderr.join(timeout=1.0)
+        if proc.stderr is not None and not self._stderr.is_alive():
+            proc.stderr.close()
+
+    def stderr_text(self) -> str:
+        return self._stderr.text()
+
+    def exit_status(self) -> int | None:
+        return self._proc.poll()
+
+    # -- helpers -------------------------------------------------------------
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def __enter__(self) -> SubprocessTransport:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _wait_exit(self) -> int | None:
+        try:
+            status = self._proc.wait(timeout=_EXIT_WAIT)
+        except subprocess.TimeoutExpired:
+            return None
+        self._stderr.join(timeout=1.0)
+        return status
+
+    def _check_started(self) -> None:
+        """At EOF before any byte: did the command fail to start?"""
+        status = self._wait_exit()
+        if status is not None and status != 0:
+            line = error_line(self.stderr_text()) or "no error message"
+            raise RemoteCommandMissing(
+                f"{self.argv[0]} exited with status {status} before answering: {line}"
+            )
+
+    def _fail(self, what: str) -> NoReturn:
+        if self.bytes_received == 0:
+            self._check_started()
+        status = self._wait_exit()
+        line = error_line(self.stderr_text())
+        detail = f" (exit status {status})" if status is not None else ""
+        raise ConnectionFailed(f"{what}{detail}" + (f": {line}" if line else ""))

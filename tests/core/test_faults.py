@@ -1,0 +1,243 @@
+"""Bad input and failures: one clear line, the documented exit code, no loss."""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from merklesync.lock import ReplicaLock
+from merklesync.sources import directory
+from tests.clirun import ms
+from tests.treegen import assert_same_tree, make_tree
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and ".merklesync" not in p.parts)
+
+
+def _temp_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.name.startswith(".merklesync-tmp-")]
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> tuple[Path, Path]:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_tree(src, files=40, dirs=5, seed=2)
+    ms("init", src)
+    return src, dst
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A 2 MiB file system (tmpfs) where we may mount one; elsewhere the
+    writes into it fail with ENOSPC past 2 MiB, as they would."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True
+    ).returncode == 0
+    if not mounted:
+        written = {"n": 0}
+        real = directory.write_all
+
+        def limited(fd: int, data: bytes) -> None:
+            written["n"] += len(data)
+            if written["n"] > 2 << 20:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            real(fd, data)
+
+        monkeypatch.setattr(directory, "write_all", limited)
+    yield mnt
+    if mounted:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_disk_full_removes_temp_file_and_keeps_destination(tmp_path: Path, tiny_disk: Path) -> None:
+    src, dst = tmp_path / "src", tiny_disk / "dst"
+    (src / "d").mkdir(parents=True)
+    (src / "small").write_bytes(b"s" * 1000)
+    (src / "d/big").write_bytes(os.urandom(3 << 20))
+    ms("init", src)
+    r = ms("push", src, dst)
+    assert r.code == 5, r.err
+    assert r.err.startswith("merklesync: error: ") and "No space left" in r.err
+    assert "Traceback" not in r.err
+    assert _temp_files(dst) == []
+    assert not (dst / "d/big").exists()
+    (src / "d/big").write_bytes(b"now it fits")
+    assert ms("push", src, dst).code == 0
+    assert_same_tree(src, dst)
+
+
+def test_source_changed_during_transfer_is_skipped_and_reported(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src, dst = pair
+    victim = _files(src)[0]
+    real_read = directory.DirectorySource.read
+
+    def read_then_change(self: directory.DirectorySource, entry):  # type: ignore[no-untyped-def]
+        if entry.path == victim.relative_to(src).as_posix():
+            victim.write_bytes(b"x" * entry.size)  # same size, new bytes
+        return real_read(self, entry)
+
+    monkeypatch.setattr(directory.DirectorySource, "read", read_then_change)
+    r = ms("push", src, dst)
+    monkeypatch.undo()
+    assert r.code == 1
+    assert "changed during transfer" in r.err
+    assert not (dst / victim.relative_to(src)).exists()
+    assert _temp_files(dst) == []
+    assert ms("push", src, dst).code == 0
+    assert_same_tree(src, dst)
+
+
+def test_destination_changed_after_scan_is_not_overwritten(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src, dst = pair
+    ms("push", src, dst)
+    victim = _files(src)[0]
+    rel = victim.relative_to(src)
+    victim.write_text("new on the source")
+    real = directory.DirectorySource._recheck
+
+    def edit_first(self: directory.DirectorySource, r: str, on_disk):  # type: ignore[no-untyped-def]
+        if r == rel.as_posix():
+            (dst / rel).write_text("a user edit that must survive")
+        return real(self, r, on_disk)
+
+    monkeypatch.setattr(directory.DirectorySource, "_recheck", edit_first)
+    r = ms("push", src, dst)
+    monkeypatch.undo()
+    assert r.code == 1
+    assert "changed on the destination during the transfer" in r.err
+    assert (dst / rel).read_text() == "a user edit that must survive"
+    assert _temp_files(dst) == []
+
+
+def test_unreadable_file_is_skipped_and_the_rest_finishes(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src, dst = pair
+    victim = _files(src)[0]
+    victim.write_text("fresh")
+    real_open = os.open
+
+    def deny(path, flags, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if os.fspath(path) == os.fspath(victim):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", deny)
+    r = ms("push", src, dst)
+    monkeypatch.undo()
+    assert f"{victim.relative_to(src)}: cannot read: Permission denied" in r.err
+    assert len(_files(dst)) == len(_files(src)) - 1
+
+
+def test_special_files_are_skipped_with_a_warning(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    root.mkdir()
+    os.mkfifo(root / "pipe")
+    (root / "f").write_text("x")
+    r = ms("init", root)
+    assert r.code == 0
+    assert "pipe: not a file, directory or link; skipped" in r.err
+
+
+def test_second_process_gets_a_clear_lock_error(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src, _ = pair
+    monkeypatch.setattr("merklesync.lock.DEFAULT_WAIT", 0.2)
+    held = ReplicaLock(src / ".merklesync" / "lock")
+    held.acquire()
+    try:
+        from merklesync import replica
+
+        monkeypatch.setattr(replica, "ReplicaLock", lambda path: ReplicaLock(path, wait=0.2))
+        r = ms("status", src)
+    finally:
+        held.release()
+    assert r.code == 4
+    assert "in use by another merklesync process" in r.err
+
+
+def test_corrupt_index_is_reported_and_rebuilt(pair: tuple[Path, Path]) -> None:
+    src, dst = pair
+    db = src / ".merklesync" / "index.db"
+    for side in ("index.db-wal", "index.db-shm"):
+        (src / ".merklesync" / side).unlink(missing_ok=True)
+    db.write_bytes(b"this is not a database" * 100)
+    r = ms("status", src)
+    assert r.code == 3
+    assert "merklesync init --rebuild" in r.err and "Traceback" not in r.err
+    r = ms("init", "--rebuild", src)
+    assert r.code == 0, r.err
+    assert "kept as" in r.err
+    assert ms("push", src, dst).code == 0
+    assert_same_tree(src, dst)
+
+
+def test_index_from_a_newer_format_is_refused(pair: tuple[Path, Path]) -> None:
+    src, _ = pair
+    conn = sqlite3.connect(src / ".merklesync" / "index.db")
+    conn.execute("UPDATE meta SET value = 99 WHERE key = 'format'")
+    conn.commit()
+    conn.close()
+    r = ms("status", src)
+    assert r.code == 3
+    assert "format 99" in r.err
+
+
+def test_interrupted_push_resumes(pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    src, dst = pair
+    real = directory.DirectorySource.write
+    calls = {"n": 0}
+
+    def crash_midway(self, item, index, clock):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 20:
+            raise KeyboardInterrupt
+        return real(self, item, index, clock)
+
+    monkeypatch.setattr(directory.DirectorySource, "write", crash_midway)
+    r = ms("push", src, dst)
+    monkeypatch.undo()
+    assert r.code == 130
+    assert _temp_files(dst) == []
+    r = ms("push", src, dst, "--json")
+    assert r.code == 0
+    assert 0 < len(r.json()["changes"]) < 45
+    assert_same_tree(src, dst)
+
+
+def test_same_second_edit_is_not_missed(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    root.mkdir()
+    f = root / "f"
+    f.write_text("aaaa")
+    ms("init", root)
+    st = f.stat()
+    f.write_text("bbbb")  # same size, likely the same mtime tick
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    r = ms("status", root, "--json").json()
+    assert r["modified"] == ["f"]
+
+
+def test_checksum_rehashes_everything(pair: tuple[Path, Path]) -> None:
+    src, _ = pair
+    old = time.time() - 3600
+    for f in _files(src):
+        os.utime(f, (old, old))
+    ms("status", src)
+    assert ms("status", src, "--json").json()["hashed"] == 0
+    assert ms("status", src, "--checksum", "--json").json()["hashed"] == len(_files(src))
