@@ -36,23 +36,33 @@ class IgnoreRules:
             self._specs[directory] = spec
         return self._specs[directory]
 
+    def for_directory(self, directory: str) -> Callable[[str, bool], bool]:
+        """A fast ``ignored`` for the paths directly inside ``directory``."""
+        parts = directory.split("/") if directory else []
+        chain = []
+        for depth in range(len(parts) + 1):
+            prefix = "/".join(parts[:depth])
+            spec = self._spec(prefix)
+            if spec is not None:
+                chain.append((len(prefix) + 1 if prefix else 0, spec))
+        excludes = self._excludes
+
+        def ignored(rel: str, is_dir: bool) -> bool:
+            name = rel.rpartition("/")[2]
+            if name == STATE_DIR or name.startswith(TEMP_PREFIX):
+                return True
+            if excludes is None and not chain:
+                return False
+            probe = rel + "/" if is_dir else rel
+            if excludes is not None and excludes.match_file(probe):
+                return True
+            return any(spec.match_file(probe[cut:]) for cut, spec in chain)
+
+        return ignored
+
     def ignored(self, rel: str, is_dir: bool) -> bool:
         """True when ``rel`` (a relative POSIX path) is left out."""
-        name = rel.rpartition("/")[2]
-        if name == STATE_DIR or name.startswith(TEMP_PREFIX):
-            return True
-        probe = rel + "/" if is_dir else rel
-        if self._excludes is not None and self._excludes.match_file(probe):
-            return True
-        parts = rel.split("/")
-        for depth in range(len(parts)):
-            directory = "/".join(parts[:depth])
-            spec = self._spec(directory)
-            if spec is not None:
-                sub = "/".join(parts[depth:]) + ("/" if is_dir else "")
-                if spec.match_file(sub):
-                    return True
-        return False
+        return self.for_directory(rel.rpartition("/")[0])(rel, is_dir)
 
     def excluded_by_option(self, rel: str, is_dir: bool) -> bool:
         """True when only a command-line --exclude leaves ``rel`` out."""

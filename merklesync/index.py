@@ -210,6 +210,14 @@ class Index:
         return {r[0]: Cached(_to_entry(r[:-1]), _unpack_stat(r[-1])) for r in rows}
 
     @_guard
+    def stat_cache(self, parent: str) -> dict[str, tuple[bytes | None, bool]]:
+        """For the scanner: path -> (packed stat, deleted) of a directory's entries."""
+        rows = self.conn.execute(
+            "SELECT path, stat, deleted FROM entries WHERE parent = ?", (parent,)
+        )
+        return {path: (stat, bool(deleted)) for path, stat, deleted in rows}
+
+    @_guard
     def live_under(self, directory: str) -> list[Entry]:
         """Live entries strictly below a directory, deepest first."""
         lo, hi = directory + "/", directory + "0"  # "0" follows "/" in byte order
@@ -301,6 +309,11 @@ class Index:
         self.conn.execute("COMMIT")
         self.conn.execute("BEGIN")
 
+    def reload(self) -> None:
+        """Commit, then see what another connection wrote meanwhile."""
+        self.commit()
+        self._pending = merkle.Accumulator(self.depth)
+
     def _apply_pending(self) -> None:
         for (level, prefix), (delta, dcount) in self._pending.nodes.items():
             row = self.conn.execute(
@@ -391,6 +404,10 @@ class Index:
     def root(self) -> tuple[bytes, int]:
         total, count = self.node(merkle.ROOT)
         return merkle.fingerprint(total, count), count
+
+
+def pack_stat(stat: tuple[int, ...]) -> bytes:
+    return msgpack.packb(list(stat))  # type: ignore[no-any-return]
 
 
 def _pack_stat(stat: tuple[int, ...] | None) -> bytes | None:

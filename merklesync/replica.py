@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import secrets
 import time
 from collections.abc import Sequence
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 from merklesync.clock import HybridClock
-from merklesync.errors import LocalIOError, NotAReplica, UsageError
+from merklesync.errors import LocalIOError, MerklesyncError, NotAReplica, UsageError
 from merklesync.ignore import STATE_DIR, IgnoreRules
 from merklesync.index import Index
 from merklesync.lock import ReplicaLock
+from merklesync.peer import Progress, ScanReport
 from merklesync.sources.directory import DirectorySource
 
 INDEX_FILE = "index.db"
@@ -109,6 +113,49 @@ class Replica:
             raise
         return cls(root, index, lock, ()), moved
 
+    def scan(
+        self, *, checksum: bool = False, progress: Progress | None = None, in_child: bool = False
+    ) -> ScanReport:
+        """Bring the index up to date with the files. ``in_child`` scans in a
+        forked process, so that two local replicas scan on two cores."""
+        if not in_child:
+            return self.source.scan(
+                self.index, self.replica_id, self.clock, checksum=checksum, progress=progress
+            )
+        self.index.reload()
+        ctx = multiprocessing.get_context("fork")
+        counter = ctx.Value("q", 0, lock=False)
+        receiver, sender = ctx.Pipe(duplex=False)
+        proc = ctx.Process(
+            target=_scan_child,
+            args=(self.source, self.index.path, checksum, counter, sender),
+            daemon=True,
+        )
+        proc.start()
+        sender.close()
+        reported = 0
+        try:
+            while not receiver.poll(0.05):
+                if not proc.is_alive() and not receiver.poll(0.05):
+                    raise LocalIOError(f"the scan of {self.root} stopped unexpectedly")
+                if progress is not None and counter.value > reported:
+                    progress(counter.value - reported)
+                    reported = counter.value
+            result = receiver.recv()
+        except EOFError:
+            raise LocalIOError(f"the scan of {self.root} stopped unexpectedly") from None
+        finally:
+            proc.join()
+            receiver.close()
+        if isinstance(result, MerklesyncError):
+            raise result
+        if progress is not None and counter.value > reported:
+            progress(counter.value - reported)
+        self.index.reload()
+        self.clock.observe(int(self.index.meta("hlc") or 0))
+        assert isinstance(result, ScanReport)
+        return result
+
     def close(self) -> None:
         try:
             self.index.set_meta("hlc", self.clock.last)
@@ -121,3 +168,29 @@ class Replica:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _scan_child(
+    source: DirectorySource,
+    index_path: Path,
+    checksum: bool,
+    counter: Any,
+    sender: Connection,
+) -> None:
+    """Runs in a forked process that shares the parent's lock."""
+    result: ScanReport | MerklesyncError
+    try:
+        index = Index.open(index_path)
+        try:
+
+            def count(n: int) -> None:
+                counter.value += n
+
+            clock = HybridClock(int(index.meta("hlc") or 0))
+            result = source.scan(index, index.replica_id, clock, checksum=checksum, progress=count)
+        finally:
+            index.close()
+    except MerklesyncError as exc:
+        result = exc
+    sender.send(result)
+    sender.close()

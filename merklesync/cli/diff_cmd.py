@@ -16,7 +16,7 @@ from merklesync.cli.common import (
 )
 from merklesync.errors import EXIT_DIFFERENT, EXIT_OK
 from merklesync.model import Stats
-from merklesync.peer.open import combined_stats, open_peer
+from merklesync.peer.open import combined_stats, open_peer, refresh_all
 from merklesync.reconcile import diff as diff_peers
 
 
@@ -41,8 +41,7 @@ def diff(a: str, b: str | None, checksum: bool, stats: bool, quiet: bool, as_jso
         right = open_peer(right_spec)
         try:
             with out.progress("scanning", "files") as progress:
-                left.refresh(checksum=checksum, progress=progress)
-                right.refresh(checksum=checksum, progress=progress)
+                warnings = refresh_all([left, right], checksum=checksum, progress=progress)
             engine = Stats()
             changes = diff_peers(left, right, engine)
             totals = combined_stats(engine, left, right)
@@ -50,6 +49,8 @@ def diff(a: str, b: str | None, checksum: bool, stats: bool, quiet: bool, as_jso
             right.close()
     finally:
         left.close()
+    for warning in warnings:
+        out.warn(warning)
     for change in changes:
         out.line(f"{change.kind.value} {change.path}")
     if stats:

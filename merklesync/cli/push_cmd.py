@@ -18,7 +18,7 @@ from merklesync.cli.common import (
 from merklesync.errors import EXIT_DIFFERENT, EXIT_OK
 from merklesync.ignore import exclude_predicate
 from merklesync.model import Stats
-from merklesync.peer.open import check_apart, combined_stats, open_peer
+from merklesync.peer.open import check_apart, combined_stats, open_peer, refresh_all
 from merklesync.transfer import TransferResult
 from merklesync.transfer import push as push_peers
 
@@ -59,8 +59,7 @@ def run_transfer(
         try:
             check_apart(src, dst)
             with out.progress("scanning", "files") as progress:
-                warnings = src.refresh(checksum=checksum, progress=progress).warnings
-                warnings += dst.refresh(checksum=checksum, progress=progress).warnings
+                warnings = refresh_all([src, dst], checksum=checksum, progress=progress)
             include = exclude_predicate(excludes)
             with out.progress("transferring", "B", scale=True) as progress:
                 result = push_peers(src, dst, dry_run=dry_run, include=include, progress=progress)

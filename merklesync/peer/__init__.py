@@ -61,8 +61,16 @@ class Peer(Protocol):
     replica_id: str
     stats: Stats
 
-    def refresh(self, *, checksum: bool = False, progress: Progress | None = None) -> ScanReport:
-        """Bring the index up to date with the data (a scan)."""
+    def refresh(
+        self,
+        *,
+        checksum: bool = False,
+        progress: Progress | None = None,
+        background: bool = False,
+    ) -> ScanReport:
+        """Bring the index up to date with the data (a scan). ``background``:
+        the caller scans another replica meanwhile, so a local peer should
+        use another core."""
         ...
 
     def root(self) -> Node:

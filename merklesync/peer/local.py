@@ -25,9 +25,14 @@ class LocalPeer:
     ) -> LocalPeer:
         return cls(Replica.open(root, create=create, excludes=excludes))
 
-    def refresh(self, *, checksum: bool = False, progress: Progress | None = None) -> ScanReport:
-        r = self.replica
-        report = r.source.scan(r.index, r.replica_id, r.clock, checksum=checksum, progress=progress)
+    def refresh(
+        self,
+        *,
+        checksum: bool = False,
+        progress: Progress | None = None,
+        background: bool = False,
+    ) -> ScanReport:
+        report = self.replica.scan(checksum=checksum, progress=progress, in_child=background)
         self.stats.files_scanned += report.scanned
         self.stats.files_hashed += report.hashed
         return report

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from merklesync.errors import UsageError
 from merklesync.model import Stats
-from merklesync.peer import Peer
+from merklesync.peer import Peer, Progress
 from merklesync.peer.local import LocalPeer
 from merklesync.replica import find_root
 
@@ -49,3 +50,16 @@ def check_apart(a: Peer, b: Peer) -> None:
         raise UsageError(f"the destination {rb} is inside the source {ra}")
     if ra.is_relative_to(rb):
         raise UsageError(f"the source {ra} is inside the destination {rb}")
+
+
+def refresh_all(
+    peers: Sequence[Peer], *, checksum: bool = False, progress: Progress | None = None
+) -> list[str]:
+    """Scan every peer at the same time; returns their warnings."""
+    with ThreadPoolExecutor(max_workers=len(peers)) as pool:
+        futures = [
+            pool.submit(p.refresh, checksum=checksum, progress=progress, background=i > 0)
+            for i, p in enumerate(peers)
+        ]
+        reports = [f.result() for f in futures]
+    return [w for r in reports for w in r.warnings]

@@ -21,7 +21,7 @@ import blake3
 from merklesync.clock import HybridClock, VersionVector
 from merklesync.errors import LocalIOError, MerklesyncError
 from merklesync.ignore import TEMP_PREFIX, IgnoreRules
-from merklesync.index import Cached, Index
+from merklesync.index import Cached, Index, pack_stat
 from merklesync.model import Entry, EntryKind
 from merklesync.peer import Outcome, ScanReport, WriteItem
 from merklesync.protocol.paths import check_relpath
@@ -103,7 +103,7 @@ class DirectorySource:
         stack = [""]
         while stack:
             directory = stack.pop()
-            known = index.children_of_dir(directory)
+            known = index.stat_cache(directory)
             seen: set[str] = set()
             try:
                 with os.scandir(self.abs(directory)) as it:
@@ -113,9 +113,11 @@ class DirectorySource:
             except OSError as exc:
                 report.warnings.append(f"{directory or '.'}: cannot list: {exc.strerror}")
                 continue  # keep what we knew: unreadable is not deleted
+            ignored = self.ignore.for_directory(directory)
             for de in dirents:
-                rel = f"{directory}/{de.name}" if directory else de.name
-                if de.name.startswith(TEMP_PREFIX):
+                name = de.name
+                rel = f"{directory}/{name}" if directory else name
+                if name.startswith(TEMP_PREFIX):
                     _unlink_quietly(de.path)  # left by an interrupted run; we hold the lock
                     continue
                 try:
@@ -133,17 +135,15 @@ class DirectorySource:
                     continue
                 kind = kind_of(st.st_mode)
                 if kind is None:
-                    if not self.ignore.ignored(rel, False):
+                    if not ignored(rel, False):
                         report.warnings.append(f"{rel}: not a file, directory or link; skipped")
                     continue
                 is_dir = kind is EntryKind.DIR
-                if self.ignore.ignored(rel, is_dir):
-                    seen.add(rel)
-                    old = known.get(rel)
-                    if old is not None and not self.ignore.excluded_by_option(rel, is_dir):
-                        self._forget(index, old.entry)
-                    continue
                 seen.add(rel)
+                if ignored(rel, is_dir):
+                    if rel in known and not self.ignore.excluded_by_option(rel, is_dir):
+                        self._forget(index, rel)
+                    continue
                 report.scanned += 1
                 pending_progress += 1
                 if pending_progress >= 512 and progress is not None:
@@ -151,19 +151,20 @@ class DirectorySource:
                     pending_progress = 0
                 if is_dir:
                     stack.append(rel)
-                cached = known.get(rel)
-                key = stat_key(st)
-                if (
-                    not checksum
-                    and cached is not None
-                    and cached.stat == key
-                    and not cached.entry.deleted
-                ):
-                    continue
-                self._rescan(index, replica_id, clock, rel, kind, st, cached, racy_after, report)
-            for rel, cached in known.items():
-                if rel not in seen and not cached.entry.deleted:
-                    self._tombstone(index, replica_id, clock, cached.entry, report)
+                if not checksum:
+                    cached_stat = known.get(rel)
+                    if (
+                        cached_stat is not None
+                        and not cached_stat[1]
+                        and cached_stat[0] == pack_stat(stat_key(st))
+                    ):
+                        continue
+                self._rescan(index, replica_id, clock, rel, kind, st, racy_after, report)
+            for rel, (_stat, deleted) in known.items():
+                if rel not in seen and not deleted:
+                    cached = index.get(rel)
+                    if cached is not None:
+                        self._tombstone(index, replica_id, clock, cached.entry, report)
         if progress is not None and pending_progress:
             progress(pending_progress)
         index.set_meta("hlc", clock.last)
@@ -178,10 +179,10 @@ class DirectorySource:
         rel: str,
         kind: EntryKind,
         st: os.stat_result,
-        cached: Cached | None,
         racy_after: int,
         report: ScanReport,
     ) -> None:
+        cached = index.get(rel)
         digest, target = b"", ""
         try:
             if kind is EntryKind.FILE:
@@ -238,11 +239,14 @@ class DirectorySource:
             index.put(child.tombstone(child.vv.bump(replica_id), clock.tick()), None, child)
             report.deleted.append(child.path)
 
-    def _forget(self, index: Index, entry: Entry) -> None:
-        if entry.kind is EntryKind.DIR:
-            for child in index.live_under(entry.path):
+    def _forget(self, index: Index, rel: str) -> None:
+        cached = index.get(rel)
+        if cached is None:
+            return
+        if cached.entry.kind is EntryKind.DIR:
+            for child in index.live_under(rel):
                 index.forget(child)
-        index.forget(entry)
+        index.forget(cached.entry)
 
     # -- reading ---------------------------------------------------------
 

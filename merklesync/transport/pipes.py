@@ -5,6 +5,7 @@ Used to run ``merklesync serve --stdio ROOT`` as a local peer, and in tests.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import threading
@@ -121,10 +122,8 @@ class SubprocessTransport:
         self._closed = True
         proc = self._proc
         assert proc.stdin is not None and proc.stdout is not None
-        try:
+        with contextlib.suppress(OSError):
             proc.stdin.close()  # EOF tells the peer to finish
-        except OSError:
-            pass
         try:
             proc.wait(timeout=_EXIT_WAIT)
         except subprocess.TimeoutExpired:

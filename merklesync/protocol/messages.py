@@ -1,0 +1,941 @@
+"""Protocol messages: small frozen dataclasses, each an array on the wire.
+
+Every message is ``[tag, field, ...]``; bytes travel as msgpack bin. The
+``from_wire`` side validates everything and raises only ProtocolError (or
+its subclass UnsafePath for a bad path). Display text from the peer (error
+messages, reasons, warnings, software name) is made one printable line
+rather than rejected.
+
+Client to server: ``Hello`` first, then requests, one per ``Peer`` method:
+``refresh root children leaves entries entries_under read write bye``
+(the allowlist: anything else is a ProtocolError). ``write`` opens a stream
+of ``put`` [``data``... ``end`` | ``gone``] items closed by ``commit``.
+
+Server to client: ``Hello`` first, then one answer per request, in request
+order: ``ok``, or ``error``; a list result too large for one frame comes as
+``more`` frames then ``ok`` (the client merges them, see ``Assembly``); a
+``refresh`` may be preceded by ``progress`` frames; a ``read`` is answered by
+``data``... ``end`` (or ``gone``) per file, then ``done``.
+
+Result values (``RefreshResult`` ... ``ByeResult``) are separate from the
+messages because decoding them needs the request they answer.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, NoReturn, Self
+
+import msgpack
+
+from merklesync import merkle
+from merklesync.errors import (
+    CorruptIndex,
+    LocalIOError,
+    MerklesyncError,
+    NewerFormat,
+    NotAReplica,
+    ProtocolError,
+    ReplicaError,
+    ReplicaLocked,
+    UnsafePath,
+    UsageError,
+)
+from merklesync.model import KEY_BYTES, LEAF_BYTES, Entry, EntryKind
+from merklesync.protocol.framing import MAX_ARRAY, MAX_CHUNK, MAX_FRAME
+from merklesync.protocol.paths import MAX_PATH_BYTES, check_relpath
+
+NodeId = tuple[int, int]  # (level, prefix), as merkle and peer define it
+
+# -- versions and caps ---------------------------------------------------
+
+PROTOCOL_VERSIONS = (1, 1)  # lowest and highest protocol this code speaks
+
+MAX_NODES = 65_536  # nodes per children / leaves / entries_under request
+MAX_KEYS = 100_000  # keys per entries request
+KEY_SLACK = 1_024  # entries beyond one per key an answer may hold (collisions)
+MAX_READ = 4_096  # entries per read request (the request must also fit a frame)
+MAX_WRITE_ITEMS = 100_000  # put items per write stream
+MAX_RESULT_ITEMS = 1 << 18  # leaves / entries_under answer, all frames together
+MAX_REPORT_ITEMS = 1 << 21  # paths and warnings in one refresh answer
+MAX_VV_PAIRS = 1_024  # replicas in one version vector
+MAX_TEXT = 2_000  # characters of an error message, reason or warning
+MAX_IDENT = 64  # replica id, capability, error code
+MAX_CAPS = 64
+MAX_SOFTWARE = 200
+BUDGET = MAX_FRAME - 1_024  # payload a split answer frame aims at
+
+LEAF_RECORD = KEY_BYTES + LEAF_BYTES  # a leaves answer is key||hash records
+FANOUT = merkle.FANOUT
+FINGERPRINT_BYTES = merkle.FINGERPRINT_BYTES
+
+# -- validation helpers --------------------------------------------------
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_IDENT = re.compile(r"[!-~]*")  # printable ASCII without spaces
+_CODE = re.compile(r"[a-z][a-z0-9-]*")
+_MAX_U64 = (1 << 64) - 1
+
+
+def _fail(message: str) -> NoReturn:
+    raise ProtocolError(message)
+
+
+def _list(
+    value: object, what: str, *, length: int | None = None, limit: int | None = None
+) -> list[object]:
+    if not isinstance(value, list):
+        _fail(f"{what}: expected an array, got {type(value).__name__}")
+    if length is not None and len(value) != length:
+        _fail(f"{what}: expected {length} items, got {len(value)}")
+    if limit is not None and len(value) > limit:
+        _fail(f"{what}: {len(value)} items, over the limit of {limit}")
+    return value
+
+
+def _int(value: object, what: str, hi: int = _MAX_U64) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= hi:
+        _fail(f"{what}: expected an integer in 0..{hi}")
+    return value
+
+
+def _bool(value: object, what: str) -> bool:
+    if not isinstance(value, bool):
+        _fail(f"{what}: expected a boolean")
+    return value
+
+
+def _bin(value: object, what: str, *, size: int | None = None, limit: int | None = None) -> bytes:
+    if not isinstance(value, bytes):
+        _fail(f"{what}: expected bytes, got {type(value).__name__}")
+    if size is not None and len(value) != size:
+        _fail(f"{what}: expected {size} bytes, got {len(value)}")
+    if limit is not None and len(value) > limit:
+        _fail(f"{what}: {len(value)} bytes, over the limit of {limit}")
+    return value
+
+
+def display(text: str, limit: int = MAX_TEXT) -> str:
+    """``text`` as one printable line: control characters escaped, cut at
+    ``limit`` characters. For anything from the peer that a user will see."""
+    if _CONTROL.search(text):
+        text = _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _text(value: object, what: str, limit: int = MAX_TEXT) -> str:
+    if not isinstance(value, str):
+        _fail(f"{what}: expected a string, got {type(value).__name__}")
+    return display(value, limit)
+
+
+def _ident(value: object, what: str, *, empty: bool = False) -> str:
+    if not isinstance(value, str) or len(value) > MAX_IDENT or not _IDENT.fullmatch(value):
+        _fail(f"{what}: expected up to {MAX_IDENT} printable ASCII characters")
+    if not value and not empty:
+        _fail(f"{what}: empty")
+    return value
+
+
+def node_from_wire(value: object) -> NodeId:
+    """A node id from the peer: ``[level, prefix]`` with level < 16."""
+    try:
+        return merkle.check_node(value)
+    except ValueError as exc:
+        _fail(f"node id: {exc}")
+
+
+def _nodes(value: object) -> tuple[NodeId, ...]:
+    return tuple(node_from_wire(n) for n in _list(value, "nodes", limit=MAX_NODES))
+
+
+def entry_from_wire(value: object) -> Entry:
+    """An entry from the peer: ``Entry.from_wire`` plus a safe path, a bounded
+    version vector without duplicate replicas, and a bounded link target."""
+    if isinstance(value, list) and len(value) == 10 and isinstance(value[2], list):
+        _list(value[2], "version vector", limit=MAX_VV_PAIRS)
+    try:
+        entry = Entry.from_wire(value)
+    except (ValueError, TypeError, OverflowError) as exc:
+        _fail(f"{str(exc) or 'malformed entry'}")
+    check_relpath(entry.path)
+    if len({r for r, _ in entry.vv.pairs}) != len(entry.vv.pairs):
+        _fail(f"entry {entry.path!r}: version vector names a replica twice")
+    if "\x00" in entry.target or len(entry.target.encode("utf-8", "replace")) > MAX_PATH_BYTES:
+        _fail(f"entry {entry.path!r}: malformed link target")
+    return entry
+
+
+def _is_live_file(entry: Entry) -> bool:
+    return entry.kind is EntryKind.FILE and not entry.deleted
+
+
+def _fields(msg: list[object], count: int) -> list[object]:
+    if len(msg) != count + 1:
+        _fail(f"'{msg[0]}' message: expected {count} fields, got {len(msg) - 1}")
+    return msg[1:]
+
+
+# -- handshake -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Sent by both sides first. The tag doubles as the protocol's magic."""
+
+    TAG: ClassVar[str] = "merklesync"
+    versions: tuple[int, int]
+    capabilities: tuple[str, ...]
+    replica_id: str
+    software: str
+    root_name: str
+
+    def to_wire(self) -> list[object]:
+        return [
+            self.TAG,
+            list(self.versions),
+            list(self.capabilities),
+            self.replica_id,
+            self.software,
+            self.root_name,
+        ]
+
+    @classmethod
+    def from_wire(cls, msg: list[object]) -> Hello:
+        versions, caps, replica_id, software, root_name = _fields(msg, 5)
+        lo, hi = (
+            _int(v, "protocol version", 0xFFFF) for v in _list(versions, "versions", length=2)
+        )
+        if not 1 <= lo <= hi:
+            _fail(f"protocol versions: {lo}-{hi} is not a range")
+        return cls(
+            versions=(lo, hi),
+            capabilities=tuple(
+                _ident(c, "capability") for c in _list(caps, "capabilities", limit=MAX_CAPS)
+            ),
+            replica_id=_ident(replica_id, "replica id", empty=True),
+            software=_text(software, "software", MAX_SOFTWARE),
+            root_name=_text(root_name, "root name", MAX_PATH_BYTES),
+        )
+
+
+def _span(versions: tuple[int, int]) -> str:
+    lo, hi = versions
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def negotiate(ours: Hello, theirs: Hello) -> int:
+    """The highest protocol version both sides speak, or ProtocolError."""
+    lo = max(ours.versions[0], theirs.versions[0])
+    hi = min(ours.versions[1], theirs.versions[1])
+    if lo <= hi:
+        return hi
+    where = "here" if theirs.versions[0] > ours.versions[1] else "on the peer"
+    raise ProtocolError(
+        f"peer ({display(theirs.software, 80)}) speaks protocol {_span(theirs.versions)}, "
+        f"this merklesync speaks {_span(ours.versions)}; upgrade merklesync {where}"
+    )
+
+
+# -- requests: client to server ------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Bare:
+    """A message without fields."""
+
+    TAG: ClassVar[str]
+
+    def to_wire(self) -> list[object]:
+        return [self.TAG]
+
+    @classmethod
+    def from_wire(cls, msg: list[object]) -> Self:
+        _fields(msg, 0)
+        return cls()
+
+
+@dataclass(frozen=True, slots=True)
+class _Nodes:
+    """A request about a batch of nodes."""
+
+    TAG: ClassVar[str]
+    nodes: tuple[NodeId, ...]
+
+    def to_wire(self) -> list[object]:
+        return [self.TAG, [list(n) for n in self.nodes]]
+
+    @classmethod
+    def from_wire(cls, msg: list[object]) -> Self:
+        (nodes,) = _fields(msg, 1)
+        return cls(_nodes(nodes))
+
+
+@dataclass(frozen=True, slots=True)
+class Refresh:
+    TAG: ClassVar[str] = "refresh"
+    checksum: bool = False
+
+    def to_wire(self) -> list[object]:
+        return [self.TAG, self.checksum]
+
+    @classmethod
+    def from_wire(cls, msg: list[object]) -> Refresh:
+        (checksum,) = _fields(msg, 1)
+        return cls(_bool(checksum, "checksum"))
+
+
+@dataclass(frozen=True, slots=True)
+class Root(_Bare):
+    TAG: ClassVar[str] = "root"
+
+
+@dataclass(frozen=True, slots=True)
+class Children(_Nodes):
+    TAG: ClassVar[str] = "children"
+
+
+@dataclass(frozen=True, slots=True)
+class Leaves(_Nodes):
+    TAG: ClassVar[str] = "leaves"
+
+
+@dataclass(frozen=True, slots=True)
+class EntriesUnder(_Nodes):
+    TAG: ClassVar[str] = "entries_under"
+
+
+@dataclass(frozen=True, slots=True)
+class Entries:
+    TAG: ClassVar[str] = "entries"
+    keys: tuple[bytes, ...]
+
+    def to_wire(self) -> list[object]:
+        return [self.TAG, list(self.keys)]
+
+    @classmethod
+    def from_wire(cls, msg: list[object]) -> Entries:
+        (keys,) = _fields(msg, 1)
+        return cls(
+            tuple(_bin(k, "key", size=KEY_BYTES) for k in _list(keys, "keys", limit=MAX_KEYS))
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """Stream these files (live file entries, as the server's scan saw them)."""
+
+    TAG: ClassVar[str] = "read"
+    entries: tuple[Entry, ...]
+
+    def to_wire(self) -> list[object]:
+        return [self.TAG, [e.to_wire() for e in self.entries]]
+
+    @classmethod
+    def from_wire(cls, msg: list[object]) -> Read:
+        (entries,) = _fields(msg, 1)
+        parsed = tuple(entry_from_wire(e) for e in _list(entries, "entries", limit=MAX_READ))
+        for entry in parsed:
+            if not _is_live_file(entry):
+                _fail(f"read: {entry.path!r} is not a file")
+        return cls(parsed)
+
+
+@dataclass(frozen=True, slots=True)
+class Write(_Bare):
+    """Opens a write stream: ``put`` items, then ``commit``."""
+
+    TAG: ClassVar[str] = "write"
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    """One write item: make ``entry`` current if the destination still holds
+    ``expect``. With ``has_data``, ``data`` frames then ``end`` (or ``gone``)
+    follow; without, the item is complete."""
+
+    TAG: ClassVar[str] = "put"
+    entry: Entry
+    expect: Entry | None
+    has_data: bool
+
+    def to_wire(self) -> list[object]:
+        expect = None if self.expect is None else self.expect.to_wire()
+        return [self.TAG, self.entry.to_wire(), expect, self.has_data]
+
+    @classmethod
+    def from_wire(cls, msg: list[object]) -> Put:
+        entry_w, expect_w, has_data_w = _fields(msg, 3)
+        entry = entry_from_wire(entry_w)
+        expect = None if expect_w is None else entry_from_wire(expect_w)
+        has_data = _bool(has_data_w, "has_data")
+        if expect is not None and expect.path != entry.path:
+            _fail(f"put {entry.path!r}: expected entry is for another path")
+        if has_data and not _is_live_file(entry):
+            _fail(f"put {entry.path!r}: data for something that is not a file")
+        return cls(entry, expect, has_data)
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    """A chunk of file content (1 byte to 1 MiB), either direction."""
+
+    TAG: ClassVar[str] = "data"
+    chunk: bytes
+
+    def to_wire(self) -> list[object]:
+        return [self.TAG, self.chunk]
+
+    @classmethod
+    def from_wire(cls, msg: list[object]) -> Data:
+        (chunk,) = _fields(msg, 1)
+        data = _bin(chunk, "data", limit=MAX_CHUNK)
+        if not data:
+            _fail("empty data frame")
+        return cls(data)
+
+
+@dataclass(frozen=True, slots=True)
+class End(_Bare):
+    """The current file is complete, either direction."""
+
+    TAG: ClassVar[str] = "end"
+
+
+@dataclass(frozen=True, slots=True)
+class Gone:
+    """The current file vanished or changed: discard what was sent of it."""
+
+    TAG: ClassVar[str] = "gone"
+    reason: str = ""
+
+    def to_wire(self) -> list[object]:
+        return [self.TAG, self.reason]
+
+    @classmethod
+    def from_wire(cls, msg: list[object]) -> Gone:
+        (reason,) = _fields(msg, 1)
+        return cls(_text(reason, "reason"))
+
+
+@dataclass(frozen=True, slots=True)
+class Commit(_Bare):
+    TAG: ClassVar[str] = "commit"
+
+
+@dataclass(frozen=True, slots=True)
+class Bye(_Bare):
+    TAG: ClassVar[str] = "bye"
+
+
+# -- answers: server to client -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ok:
+    """The (last part of the) result of the oldest unanswered request."""
+
+    TAG: ClassVar[str] = "ok"
+    value: object
+
+    def to_wire(self) -> list[object]:
+        return [self.TAG, self.value]
+
+    @classmethod
+    def from_wire(cls, msg: list[object]) -> Ok:
+        (value,) = _fields(msg, 1)
+        return cls(value)
+
+
+@dataclass(frozen=True, slots=True)
+class More:
+    """A leading part of a result that did not fit one frame."""
+
+    TAG: ClassVar[str] = "more"
+    value: object
+
+    def to_wire(self) -> list[object]:
+        return [self.TAG, self.value]
+
+    @classmethod
+    def from_wire(cls, msg: list[object]) -> More:
+        (value,) = _fields(msg, 1)
+        return cls(value)
+
+
+ERROR_CODES: dict[str, type[MerklesyncError]] = {
+    "error": MerklesyncError,
+    "usage": UsageError,
+    "replica": ReplicaError,
+    "not-a-replica": NotAReplica,
+    "corrupt-index": CorruptIndex,
+    "newer-format": NewerFormat,
+    "locked": ReplicaLocked,
+    "io": LocalIOError,
+    "protocol": ProtocolError,
+    "unsafe-path": UnsafePath,
+}
+_CODE_OF = {cls: code for code, cls in ERROR_CODES.items()}
+
+
+def error_code(exc: BaseException) -> str:
+    """The wire code of an exception: its most specific class that has one."""
+    for cls in type(exc).__mro__:
+        code = _CODE_OF.get(cls)
+        if code is not None:
+            return code
+    return "error"
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """The request failed on the server; ``code`` picks the exception class
+    the client raises (unknown codes: MerklesyncError), ``message`` is the
+    server's one-line message."""
+
+    TAG: ClassVar[str] = "error"
+    code: str
+    message: str
+
+    def to_wire(self) -> list[object]:
+        return [self.TAG, self.code, self.message]
+
+    @classmethod
+    def from_wire(cls, msg: list[object]) -> Error:
+        code, message = _fields(msg, 2)
+        if not isinstance(code, str) or len(code) > MAX_IDENT or not _CODE.fullmatch(code):
+            _fail("error code: expected a short lower-case word")
+        return cls(code, _text(message, "error message"))
+
+    @classmethod
+    def of(cls, exc: MerklesyncError) -> Error:
+        return cls(error_code(exc), display(exc.message))
+
+    def exception(self) -> MerklesyncError:
+        return ERROR_CODES.get(self.code, MerklesyncError)(self.message)
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Work done so far on a refresh (files scanned since the last one)."""
+
+    TAG: ClassVar[str] = "progress"
+    amount: int
+
+    def to_wire(self) -> list[object]:
+        return [self.TAG, self.amount]
+
+    @classmethod
+    def from_wire(cls, msg: list[object]) -> Progress:
+        (amount,) = _fields(msg, 1)
+        return cls(_int(amount, "progress"))
+
+
+@dataclass(frozen=True, slots=True)
+class Done(_Bare):
+    """The end of a read answer."""
+
+    TAG: ClassVar[str] = "done"
+
+
+Request = Refresh | Root | Children | Leaves | Entries | EntriesUnder | Read | Write | Bye
+ClientMessage = Hello | Request | Put | Data | End | Gone | Commit
+ServerMessage = Hello | Ok | More | Error | Progress | Data | End | Gone | Done
+
+_REQUESTS: tuple[type[Request], ...] = (
+    Refresh,
+    Root,
+    Children,
+    Leaves,
+    Entries,
+    EntriesUnder,
+    Read,
+    Write,
+    Bye,
+)
+OPS: frozenset[str] = frozenset(cls.TAG for cls in _REQUESTS)  # the server's allowlist
+
+_CLIENT: dict[str, type[ClientMessage]] = {
+    cls.TAG: cls for cls in (Hello, *_REQUESTS, Put, Data, End, Gone, Commit)
+}
+_SERVER: dict[str, type[ServerMessage]] = {
+    cls.TAG: cls for cls in (Hello, Ok, More, Error, Progress, Data, End, Gone, Done)
+}
+
+
+def _dispatch(
+    obj: object, table: dict[str, type[ClientMessage]] | dict[str, type[ServerMessage]], side: str
+) -> ClientMessage | ServerMessage:
+    if not isinstance(obj, list) or not obj:
+        _fail(f"malformed message from the {side}: expected a non-empty array")
+    tag = obj[0]
+    if not isinstance(tag, str):
+        _fail(f"malformed message from the {side}: the tag is not a string")
+    cls = table.get(tag)
+    if cls is None:
+        _fail(f"unknown message from the {side}: {display(tag, 40)!r}")
+    return cls.from_wire(obj)
+
+
+def parse_client_message(obj: object) -> ClientMessage:
+    """What a server may receive; anything else is a ProtocolError."""
+    return _dispatch(obj, _CLIENT, "client")  # type: ignore[return-value]
+
+
+def parse_server_message(obj: object) -> ServerMessage:
+    """What a client may receive; anything else is a ProtocolError."""
+    return _dispatch(obj, _SERVER, "server")  # type: ignore[return-value]
+
+
+# -- result values -------------------------------------------------------
+#
+# SHAPE says how a result may be split over ``more`` frames and merged:
+# "*"   the result is an array; parts are concatenated;
+# a tuple of per-field kinds: "i" integer (parts are summed), "l" array
+#       (concatenated), "b<N>" bin of N-byte records (concatenated);
+# None  never split.
+
+Shape = str | tuple[str, ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshResult:
+    SHAPE: ClassVar[Shape] = ("i", "i", "l", "l", "l", "l")
+    scanned: int = 0
+    hashed: int = 0
+    added: list[str] = field(default_factory=list)
+    modified: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_wire(self) -> list[object]:
+        return [self.scanned, self.hashed, self.added, self.modified, self.deleted, self.warnings]
+
+    @classmethod
+    def from_wire(cls, value: object) -> RefreshResult:
+        scanned, hashed, added, modified, deleted, warnings = _list(value, "scan report", length=6)
+
+        def paths(v: object, what: str) -> list[str]:
+            return [check_relpath(p) for p in _list(v, what, limit=MAX_REPORT_ITEMS)]
+
+        return cls(
+            scanned=_int(scanned, "scanned"),
+            hashed=_int(hashed, "hashed"),
+            added=paths(added, "added"),
+            modified=paths(modified, "modified"),
+            deleted=paths(deleted, "deleted"),
+            warnings=[
+                _text(w, "warning") for w in _list(warnings, "warnings", limit=MAX_REPORT_ITEMS)
+            ],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RootResult:
+    SHAPE: ClassVar[Shape] = None
+    fingerprint: bytes
+    count: int
+
+    def to_wire(self) -> list[object]:
+        return [self.fingerprint, self.count]
+
+    @classmethod
+    def from_wire(cls, value: object) -> RootResult:
+        fp, count = _list(value, "root", length=2)
+        return cls(_bin(fp, "fingerprint", size=FINGERPRINT_BYTES), _int(count, "count"))
+
+
+@dataclass(frozen=True, slots=True)
+class ChildrenResult:
+    """Per node, its 16 children as (fingerprint, count). On the wire a node
+    is ``[16 fingerprints concatenated, [16 counts]]``."""
+
+    SHAPE: ClassVar[Shape] = "*"
+    children: list[list[tuple[bytes, int]]]
+
+    def to_wire(self) -> list[object]:
+        return [[b"".join(fp for fp, _ in kids), [c for _, c in kids]] for kids in self.children]
+
+    @classmethod
+    def from_wire(cls, value: object, nodes: Sequence[NodeId]) -> ChildrenResult:
+        out: list[list[tuple[bytes, int]]] = []
+        n = FINGERPRINT_BYTES
+        for item in _list(value, "children", length=len(nodes)):
+            fps, counts = _list(item, "children of a node", length=2)
+            blob = _bin(fps, "fingerprints", size=FANOUT * n)
+            cs = [_int(c, "count") for c in _list(counts, "counts", length=FANOUT)]
+            out.append([(blob[i * n : (i + 1) * n], cs[i]) for i in range(FANOUT)])
+        return cls(out)
+
+
+@dataclass(frozen=True, slots=True)
+class LeavesResult:
+    """Per node, its sorted (key, leaf hash) pairs. On the wire:
+    ``[[count per node], key||hash records concatenated]``."""
+
+    SHAPE: ClassVar[Shape] = ("l", f"b{LEAF_RECORD}")
+    leaves: list[list[tuple[bytes, bytes]]]
+
+    def to_wire(self) -> list[object]:
+        blob = b"".join(k + h for pairs in self.leaves for k, h in pairs)
+        return [[len(pairs) for pairs in self.leaves], blob]
+
+    @classmethod
+    def from_wire(cls, value: object, nodes: Sequence[NodeId]) -> LeavesResult:
+        counts_w, blob_w = _list(value, "leaves", length=2)
+        counts = [
+            _int(c, "leaf count", MAX_RESULT_ITEMS)
+            for c in _list(counts_w, "leaf counts", length=len(nodes))
+        ]
+        blob = _bin(blob_w, "leaves", size=sum(counts) * LEAF_RECORD)
+        out: list[list[tuple[bytes, bytes]]] = []
+        pos = 0
+        for (level, prefix), count in zip(nodes, counts, strict=True):
+            pairs: list[tuple[bytes, bytes]] = []
+            for _ in range(count):
+                key, leaf = blob[pos : pos + KEY_BYTES], blob[pos + KEY_BYTES : pos + LEAF_RECORD]
+                pos += LEAF_RECORD
+                if merkle.prefix_of(key, level) != prefix:
+                    _fail(f"leaves: key {key.hex()} is not under node ({level}, {prefix})")
+                if pairs and pairs[-1] >= (key, leaf):
+                    _fail(f"leaves of node ({level}, {prefix}) are not sorted")
+                pairs.append((key, leaf))
+            out.append(pairs)
+        return cls(out)
+
+
+def _under(key: bytes, nodes: set[NodeId], levels: set[int]) -> bool:
+    return any((lv, merkle.prefix_of(key, lv)) in nodes for lv in levels)
+
+
+@dataclass(frozen=True, slots=True)
+class EntriesResult:
+    """The answer to ``entries`` and to ``entries_under``."""
+
+    SHAPE: ClassVar[Shape] = "*"
+    entries: list[Entry]
+
+    def to_wire(self) -> list[object]:
+        return [e.to_wire() for e in self.entries]
+
+    @classmethod
+    def from_wire(cls, value: object, request: Entries | EntriesUnder) -> EntriesResult:
+        if isinstance(request, Entries):
+            wanted = set(request.keys)
+            limit = len(request.keys) + KEY_SLACK
+            entries = [entry_from_wire(e) for e in _list(value, "entries", limit=limit)]
+            for entry in entries:
+                if entry.key not in wanted:
+                    _fail(f"entries: {entry.path!r} was not asked for")
+        else:
+            nodes = set(request.nodes)
+            levels = {lv for lv, _ in nodes}
+            entries = [entry_from_wire(e) for e in _list(value, "entries", limit=MAX_RESULT_ITEMS)]
+            for entry in entries:
+                if not _under(entry.key, nodes, levels):
+                    _fail(f"entries_under: {entry.path!r} is not under the nodes asked for")
+        return cls(entries)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """One (path, ok, reason) per ``put``, in order."""
+
+    SHAPE: ClassVar[Shape] = "*"
+    outcomes: list[tuple[str, bool, str]]
+
+    def to_wire(self) -> list[object]:
+        return [[p, ok, reason] for p, ok, reason in self.outcomes]
+
+    @classmethod
+    def from_wire(cls, value: object, paths: Sequence[str]) -> WriteResult:
+        out: list[tuple[str, bool, str]] = []
+        for item, expected in zip(_list(value, "outcomes", length=len(paths)), paths, strict=True):
+            path, ok, reason = _list(item, "outcome", length=3)
+            if path != expected:
+                _fail(f"write: outcome for {display(str(path), 80)!r} where {expected!r} was sent")
+            out.append((expected, _bool(ok, "ok"), _text(reason, "reason")))
+        return cls(out)
+
+
+@dataclass(frozen=True, slots=True)
+class ByeResult:
+    SHAPE: ClassVar[Shape] = None
+
+    def to_wire(self) -> None:
+        return None
+
+    @classmethod
+    def from_wire(cls, value: object) -> ByeResult:
+        if value is not None:
+            _fail("bye: expected nil")
+        return cls()
+
+
+Result = (
+    RefreshResult
+    | RootResult
+    | ChildrenResult
+    | LeavesResult
+    | EntriesResult
+    | WriteResult
+    | ByeResult
+)
+
+RESULT_TYPES: dict[str, type[Result]] = {
+    Refresh.TAG: RefreshResult,
+    Root.TAG: RootResult,
+    Children.TAG: ChildrenResult,
+    Leaves.TAG: LeavesResult,
+    Entries.TAG: EntriesResult,
+    EntriesUnder.TAG: EntriesResult,
+    Write.TAG: WriteResult,
+    Bye.TAG: ByeResult,
+}  # read has no result value: it is answered by a stream
+
+
+# -- splitting and merging answers ---------------------------------------
+
+
+def _packed_len(obj: object) -> int:
+    return len(msgpack.packb(obj, use_bin_type=True))
+
+
+def _empty(shape: tuple[str, ...]) -> list[object]:
+    return [0 if k == "i" else [] if k == "l" else b"" for k in shape]
+
+
+def split_result(result: Result, budget: int = BUDGET) -> list[Ok | More]:
+    """The answer frames for ``result``: ``more``... then ``ok``, each at most
+    ``budget`` bytes of payload. Raises ValueError if one item cannot fit."""
+    wire = result.to_wire()
+    shape = result.SHAPE
+    if _packed_len(wire) <= budget:
+        return [Ok(wire)]
+    if shape is None:
+        raise ValueError(f"{type(result).__name__} does not fit a frame")
+    parts: list[object] = []
+    if isinstance(shape, str):
+        assert isinstance(wire, list)
+        cur: list[object] = []
+        size = 0
+        for item in wire:
+            n = _packed_len(item)
+            if n > budget:
+                raise ValueError("one result item does not fit a frame")
+            if cur and (size + n > budget or len(cur) >= MAX_ARRAY):
+                parts.append(cur)
+                cur, size = [], 0
+            cur.append(item)
+            size += n
+        parts.append(cur)
+    else:
+        assert isinstance(wire, list)
+        base = _packed_len(_empty(shape)) + 16
+        fields = _empty(shape)
+        size = base
+
+        def flush() -> None:
+            nonlocal fields, size
+            parts.append(fields)
+            fields, size = _empty(shape), base
+
+        for i, kind in enumerate(shape):
+            value = wire[i]
+            if kind == "l":
+                assert isinstance(value, list)
+                for item in value:
+                    n = _packed_len(item)
+                    if n > budget - base:
+                        raise ValueError("one result item does not fit a frame")
+                    target = fields[i]
+                    assert isinstance(target, list)
+                    if size + n > budget or len(target) >= MAX_ARRAY:
+                        flush()
+                        target = fields[i]
+                        assert isinstance(target, list)
+                    target.append(item)
+                    size += n
+            elif kind.startswith("b"):
+                assert isinstance(value, bytes)
+                record = int(kind[1:])
+                pos = 0
+                while pos < len(value):
+                    room = (budget - size - 8) // record * record
+                    if room <= 0:
+                        flush()
+                        continue
+                    take = min(room, len(value) - pos)
+                    piece = fields[i]
+                    assert isinstance(piece, bytes)
+                    fields[i] = piece + value[pos : pos + take]
+                    size += take
+                    pos += take
+        for i, kind in enumerate(shape):
+            if kind == "i":
+                fields[i] = wire[i]
+        parts.append(fields)
+    return [More(p) for p in parts[:-1]] + [Ok(parts[-1])]
+
+
+class Assembly:
+    """Merges the parts of one answer as they arrive, checking their shape
+    and that all of them together hold at most ``limit`` items."""
+
+    def __init__(self, shape: Shape, limit: int) -> None:
+        self.shape = shape
+        self.limit = limit
+        self.count = 0
+        self._items: list[object] = []
+        self._fields: list[object] = [] if not isinstance(shape, tuple) else _empty(shape)
+        self._blobs: dict[int, bytearray] = {}
+        self._single: object = None
+
+    def _grow(self, n: int) -> None:
+        self.count += n
+        if self.count > self.limit:
+            _fail(f"answer too large: over {self.limit} items")
+
+    def add(self, value: object, *, final: bool) -> None:
+        shape = self.shape
+        if shape is None:
+            if not final:
+                _fail("this answer cannot come in parts")
+            self._single = value
+        elif isinstance(shape, str):
+            items = _list(value, "answer part")
+            self._grow(len(items))
+            self._items.extend(items)
+        else:
+            parts = _list(value, "answer part", length=len(shape))
+            for i, (kind, part) in enumerate(zip(shape, parts, strict=True)):
+                if kind == "i":
+                    total = self._fields[i]
+                    assert isinstance(total, int)
+                    self._fields[i] = total + _int(part, "count")
+                elif kind == "l":
+                    items = _list(part, "answer part")
+                    self._grow(len(items))
+                    target = self._fields[i]
+                    assert isinstance(target, list)
+                    target.extend(items)
+                else:
+                    record = int(kind[1:])
+                    blob = _bin(part, "answer part")
+                    if len(blob) % record:
+                        _fail(f"answer part: {len(blob)} bytes is not a whole number of records")
+                    self._grow(len(blob) // record)
+                    self._blobs.setdefault(i, bytearray()).extend(blob)
+
+    def value(self) -> object:
+        """The merged wire value, for the result's ``from_wire``."""
+        if self.shape is None:
+            return self._single
+        if isinstance(self.shape, str):
+            return self._items
+        merged = list(self._fields)
+        for i, blob in self._blobs.items():
+            merged[i] = bytes(blob)
+        return merged

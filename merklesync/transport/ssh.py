@@ -1,0 +1,708 @@
+"""A transport over an SSH exec channel (paramiko).
+
+`open_ssh` resolves the host through ``~/.ssh/config`` (HostName, Port, User,
+IdentityFile, IdentitiesOnly, UserKnownHostsFile, HostKeyAlias,
+HashKnownHosts, ProxyCommand, ProxyJump), verifies the host key against the
+known_hosts files, authenticates with ssh-agent keys and key files, and runs
+one command whose stdin/stdout become the byte stream.
+
+Host keys: an unknown key is rejected unless ``accept_new_host_key`` is set
+(then it is appended to the first UserKnownHostsFile, like OpenSSH's
+``StrictHostKeyChecking accept-new``); a changed key is always rejected.
+Passwords and keyboard-interactive authentication are not used: the CLI runs
+unattended, use keys or an agent.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import getpass
+import hashlib
+import hmac
+import logging
+import os
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import NoReturn
+
+import paramiko
+from paramiko.pkey import UnknownKeyType
+
+from merklesync.errors import ConnectionFailed, HostKeyError, RemoteCommandMissing
+from merklesync.transport import STDERR_LIMIT, error_line
+
+__all__ = [
+    "MAX_PACKET_SIZE",
+    "PREFERRED_CIPHERS",
+    "WINDOW_SIZE",
+    "SSHTransport",
+    "open_ssh",
+]
+
+# paramiko logs handshake failures with tracebacks; we report them ourselves.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+
+#: Flow-control window we grant the server (per channel).
+WINDOW_SIZE = 64 * 1024 * 1024
+#: Largest data packet we accept from the server.
+MAX_PACKET_SIZE = 128 * 1024
+#: Fast ciphers first (AES-NI through `cryptography`); paramiko's order follows.
+PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes128-ctr", "aes256-gcm@openssh.com")
+
+_DEFAULT_IDENTITIES = ("id_ed25519", "id_ecdsa", "id_rsa")
+_MAX_JUMPS = 8
+_EXIT_WAIT = 5.0
+_CLOSE_WAIT = 1.0
+_HINT = "set the command that starts merklesync there with --remote-cmd or MERKLESYNC_REMOTE_CMD"
+_MISSING_RE = re.compile(r"not found|no module named", re.IGNORECASE)
+
+
+# -- configuration --------------------------------------------------------------------
+
+
+@dataclass
+class _Target:
+    """One SSH hop, resolved through ~/.ssh/config."""
+
+    alias: str
+    hostname: str
+    port: int
+    user: str
+    identity_files: list[str]
+    identities_only: bool
+    known_hosts: list[str]
+    global_known_hosts: list[str]
+    host_key_alias: str | None
+    hash_known_hosts: bool
+    proxy_command: str | None
+    proxy_jump: str | None
+
+    @property
+    def label(self) -> str:
+        where = self.alias if self.port == 22 else f"{self.alias}:{self.port}"
+        if self.hostname != self.alias:
+            where += f" ({self.hostname})"
+        return f"{self.user}@{where}"
+
+    @property
+    def known_hosts_name(self) -> str:
+        name = (self.host_key_alias or self.hostname).lower()
+        return name if self.port == 22 else f"[{name}]:{self.port}"
+
+
+def _config_path() -> str:
+    return os.path.expanduser("~/.ssh/config")
+
+
+def _resolve(alias: str, user: str | None, port: int | None) -> _Target:
+    """Look ``alias`` up in ~/.ssh/config; explicit user/port win."""
+    text = ""
+    path = _config_path()
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise ConnectionFailed(f"cannot read {path}: {exc.strerror}") from exc
+    # Explicit values go first: in ssh_config the first obtained value wins,
+    # and tokens such as %p and %r in ProxyCommand then see them too.
+    overrides = "".join(
+        f"  {k} {v}\n" for k, v in (("Port", port), ("User", user)) if v is not None
+    )
+    if overrides:
+        text = f"Host {alias}\n{overrides}\n" + text
+    try:
+        cfg = paramiko.SSHConfig.from_text(text).lookup(alias)
+    except paramiko.SSHException as exc:
+        raise ConnectionFailed(f"bad SSH configuration in {path}: {exc}") from exc
+    raw: dict[str, object] = dict(cfg)
+
+    def opt(key: str) -> str | None:
+        value = raw.get(key)
+        if isinstance(value, list):
+            value = value[0] if value else None
+        if value is None or str(value).lower() == "none":
+            return None
+        return str(value)
+
+    def files(key: str) -> list[str]:
+        value = raw.get(key)
+        items = value if isinstance(value, list) else str(value or "").split()
+        return [os.path.expanduser(str(v)) for v in items if str(v).lower() != "none"]
+
+    try:
+        resolved_port = int(opt("port") or 22)
+    except ValueError as exc:
+        raise ConnectionFailed(f"bad Port for host {alias!r} in {path}") from exc
+    known = files("userknownhostsfile") or [
+        os.path.expanduser("~/.ssh/known_hosts"),
+        os.path.expanduser("~/.ssh/known_hosts2"),
+    ]
+    global_known = files("globalknownhostsfile") or [
+        "/etc/ssh/ssh_known_hosts",
+        "/etc/ssh/ssh_known_hosts2",
+    ]
+    identity_files = files("identityfile") or [
+        os.path.expanduser(f"~/.ssh/{name}") for name in _DEFAULT_IDENTITIES
+    ]
+    return _Target(
+        alias=alias,
+        hostname=opt("hostname") or alias,
+        port=resolved_port,
+        user=opt("user") or getpass.getuser(),
+        identity_files=identity_files,
+        identities_only=(opt("identitiesonly") or "no").lower() == "yes",
+        known_hosts=known,
+        global_known_hosts=global_known,
+        host_key_alias=opt("hostkeyalias"),
+        hash_known_hosts=(opt("hashknownhosts") or "no").lower() == "yes",
+        proxy_command=opt("proxycommand"),
+        proxy_jump=opt("proxyjump"),
+    )
+
+
+def _parse_jump(spec: str) -> tuple[str, str | None, int | None]:
+    """``[ssh://][user@]host[:port]`` -> (host, user, port)."""
+    spec = spec.strip().removeprefix("ssh://").rstrip("/")
+    user_part, at, hostport = spec.rpartition("@")
+    port_text = ""
+    if hostport.startswith("[") and "]" in hostport:
+        host, _, rest = hostport[1:].partition("]")
+        port_text = rest.removeprefix(":")
+    else:
+        host, _, port_text = hostport.partition(":")
+    if not host or (port_text and not port_text.isdigit()):
+        raise ConnectionFailed(f"bad ProxyJump entry {spec!r}")
+    return host, (user_part if at else None), (int(port_text) if port_text else None)
+
+
+# -- known_hosts ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _KnownKey:
+    path: str
+    lineno: int
+    marker: str | None
+    keytype: str
+    blob: bytes
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.lineno}"
+
+
+def _pattern_matches(pattern: str, name: str) -> bool:
+    if pattern.startswith("|1|"):
+        try:
+            _, _, salt_b64, hash_b64 = pattern.split("|", 3)
+            salt, expect = base64.b64decode(salt_b64), base64.b64decode(hash_b64)
+        except (ValueError, TypeError):
+            return False
+        got = hmac.new(salt, name.encode(), hashlib.sha1).digest()
+        return hmac.compare_digest(got, expect)
+    regex = "".join(
+        ".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern.lower()
+    )
+    return re.fullmatch(regex, name) is not None
+
+
+def _line_matches(hosts_field: str, name: str) -> bool:
+    matched = False
+    for pattern in hosts_field.split(","):
+        negated = pattern.startswith("!")
+        if _pattern_matches(pattern[1:] if negated else pattern, name):
+            if negated:
+                return False
+            matched = True
+    return matched
+
+
+def _known_keys(paths: Iterable[str], name: str) -> list[_KnownKey]:
+    found: list[_KnownKey] = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                lines = f.readlines()
+        except OSError:
+            continue
+        for lineno, line in enumerate(lines, 1):
+            fields = line.split()
+            if not fields or fields[0].startswith("#"):
+                continue
+            marker = None
+            if fields[0].startswith("@"):
+                marker, fields = fields[0], fields[1:]
+            if len(fields) < 3 or not _line_matches(fields[0], name):
+                continue
+            try:
+                blob = base64.b64decode(fields[2], validate=True)
+            except ValueError:
+                continue
+            found.append(_KnownKey(path, lineno, marker, fields[1], blob))
+    return found
+
+
+def _host_key_algorithms(preferred: Sequence[str], known_types: set[str]) -> list[str]:
+    """Put the algorithms of the key types we already know first (as OpenSSH does)."""
+
+    def known(alg: str) -> bool:
+        if alg.startswith("rsa-sha2-"):
+            return "ssh-rsa" in known_types
+        return alg in known_types
+
+    return [a for a in preferred if known(a)] + [a for a in preferred if not known(a)]
+
+
+def _check_host_key(target: _Target, key: paramiko.PKey, accept_new: bool) -> None:
+    name = target.known_hosts_name
+    entries = _known_keys([*target.known_hosts, *target.global_known_hosts], name)
+    blob, keytype = key.asbytes(), key.get_name()
+    offered = f"{key.algorithm_name} key fingerprint is {key.fingerprint}"
+    for e in entries:
+        if e.marker == "@revoked" and e.blob == blob:
+            raise HostKeyError(f"host key for {name} is REVOKED ({e.where}): {offered}")
+    plain = [e for e in entries if e.marker is None]
+    if any(e.blob == blob for e in plain):
+        return
+    same_type = [e for e in plain if e.keytype == keytype]
+    if same_type:
+        raise HostKeyError(
+            f"host key for {name} has CHANGED (possible man-in-the-middle attack): "
+            f"{offered}, but {same_type[0].where} holds a different one; "
+            f"if the change is expected, delete that line"
+        )
+    if plain:
+        raise HostKeyError(
+            f"host key for {name} has CHANGED: the server offered {offered}, but "
+            f"{plain[0].where} holds a {plain[0].keytype} key for it; "
+            f"if the change is expected, delete that line"
+        )
+    record_in = target.known_hosts[0] if target.known_hosts else None
+    if not accept_new or record_in is None:
+        raise HostKeyError(
+            f"host key for {name} is not known: {offered}; if it is right, re-run "
+            f"with --accept-new-host-key to record it in {record_in or 'known_hosts'}"
+        )
+    _record_host_key(record_in, name, key, target.hash_known_hosts)
+
+
+def _record_host_key(path: str, name: str, key: paramiko.PKey, hashed: bool) -> None:
+    if hashed:
+        salt = os.urandom(20)
+        digest = hmac.new(salt, name.encode(), hashlib.sha1).digest()
+        name = f"|1|{base64.b64encode(salt).decode()}|{base64.b64encode(digest).decode()}"
+    line = f"{name} {key.get_name()} {key.get_base64()}\n"
+    try:
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+        with open(path, "a+b") as f:
+            if f.tell() > 0:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    line = "\n" + line
+            f.write(line.encode())
+    except OSError as exc:
+        raise HostKeyError(f"cannot record the host key in {path}: {exc.strerror}") from exc
+
+
+# -- connecting -------------------------------------------------------------------------
+
+_Sock = socket.socket | paramiko.Channel | paramiko.ProxyCommand
+
+
+def _open_socket(target: _Target, timeout: float) -> socket.socket:
+    where = f"{target.hostname} port {target.port}"
+    try:
+        sock = socket.create_connection((target.hostname, target.port), timeout=timeout)
+    except socket.gaierror as exc:
+        raise ConnectionFailed(
+            f"cannot resolve host name {target.hostname!r}: {exc.strerror}"
+        ) from exc
+    except ConnectionRefusedError as exc:
+        raise ConnectionFailed(f"connection to {where} refused (no SSH server there?)") from exc
+    except TimeoutError as exc:
+        raise ConnectionFailed(f"connection to {where} timed out after {timeout:g} s") from exc
+    except OSError as exc:
+        raise ConnectionFailed(f"cannot connect to {where}: {exc.strerror or exc}") from exc
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+@dataclass
+class _Hop:
+    transport: paramiko.Transport
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        for close in [self.transport.close, *reversed(self.closers)]:
+            with contextlib.suppress(Exception):
+                close()
+
+
+def _connect(
+    target: _Target, accept_new: bool, timeout: float, depth: int = 0
+) -> _Hop:
+    """An authenticated paramiko transport to ``target`` (through its proxies)."""
+    if depth > _MAX_JUMPS:
+        raise ConnectionFailed(f"too many ProxyJump hops (loop?) reaching {target.alias}")
+    closers: list[Callable[[], None]] = []
+    sock: _Sock
+    if target.proxy_command:
+        try:
+            sock = paramiko.ProxyCommand(target.proxy_command)
+        except (paramiko.SSHException, OSError) as exc:
+            raise ConnectionFailed(f"ProxyCommand {target.proxy_command!r} failed: {exc}") from exc
+    elif target.proxy_jump:
+        jumps = [j for j in target.proxy_jump.split(",") if j.strip()]
+        host, user, port = _parse_jump(jumps[-1])
+        jump_target = _resolve(host, user, port)
+        if len(jumps) > 1:
+            jump_target.proxy_jump = ",".join(jumps[:-1])
+        jump = _connect(jump_target, accept_new, timeout, depth + 1)
+        closers.append(jump.close)
+        try:
+            sock = jump.transport.open_channel(
+                "direct-tcpip",
+                dest_addr=(target.hostname, target.port),
+                src_addr=("127.0.0.1", 0),
+                timeout=timeout,
+            )
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            jump.close()
+            raise ConnectionFailed(
+                f"jump host {jump_target.label} could not connect to "
+                f"{target.hostname} port {target.port}: {exc}"
+            ) from exc
+    else:
+        sock = _open_socket(target, timeout)
+    try:
+        transport = paramiko.Transport(
+            sock, default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET_SIZE
+        )
+    except BaseException:
+        sock.close()
+        for close in closers:
+            close()
+        raise
+    hop = _Hop(transport, closers)
+    try:
+        _handshake(hop.transport, target, accept_new, timeout)
+        _authenticate(hop.transport, target)
+    except BaseException:
+        hop.close()
+        raise
+    return hop
+
+
+def _handshake(t: paramiko.Transport, target: _Target, accept_new: bool, timeout: float) -> None:
+    opts = t.get_security_options()
+    opts.ciphers = [c for c in PREFERRED_CIPHERS if c in opts.ciphers] + [
+        c for c in opts.ciphers if c not in PREFERRED_CIPHERS
+    ]
+    known = _known_keys(
+        [*target.known_hosts, *target.global_known_hosts], target.known_hosts_name
+    )
+    opts.key_types = _host_key_algorithms(
+        opts.key_types, {k.keytype for k in known if k.marker is None}
+    )
+    t.banner_timeout = timeout
+    t.auth_timeout = timeout
+    try:
+        t.start_client(timeout=timeout)
+    except paramiko.ProxyCommandFailure as exc:
+        raise ConnectionFailed(f"ProxyCommand for {target.label} failed: {exc}") from exc
+    except (paramiko.SSHException, EOFError, OSError) as exc:
+        why = str(exc) or type(exc).__name__
+        if target.proxy_command:
+            why += f" (through ProxyCommand {target.proxy_command!r})"
+        raise ConnectionFailed(f"SSH handshake with {target.label} failed: {why}") from exc
+    if not t.is_active():
+        raise ConnectionFailed(f"SSH handshake with {target.label} timed out after {timeout:g} s")
+    _check_host_key(target, t.get_remote_server_key(), accept_new)
+
+
+def _load_key_files(target: _Target) -> tuple[list[tuple[str, paramiko.PKey]], list[str]]:
+    keys: list[tuple[str, paramiko.PKey]] = []
+    notes: list[str] = []
+    for path in target.identity_files:
+        if not os.path.exists(path):
+            continue
+        try:
+            key = paramiko.PKey.from_path(path)
+        except paramiko.PasswordRequiredException:
+            notes.append(f"{path} is encrypted (add it to ssh-agent)")
+            continue
+        except (paramiko.SSHException, OSError, ValueError, UnknownKeyType) as exc:
+            notes.append(f"cannot load {path}: {exc}")
+            continue
+        cert = path + "-cert.pub"
+        if os.path.exists(cert):
+            with contextlib.suppress(paramiko.SSHException, OSError, ValueError):
+                key.load_certificate(cert)
+        keys.append((path, key))
+    return keys, notes
+
+
+def _authenticate(t: paramiko.Transport, target: _Target) -> None:
+    file_keys, notes = _load_key_files(target)
+    agent: paramiko.Agent | None = None
+    candidates: list[tuple[str, paramiko.PKey]] = []
+    if not target.identities_only:
+        try:
+            agent = paramiko.Agent()
+            candidates += [(f"agent key {k.fingerprint}", k) for k in agent.get_keys()]
+        except (paramiko.SSHException, OSError):
+            agent = None
+    seen = {k.asbytes() for _, k in candidates}
+    candidates += [(p, k) for p, k in file_keys if k.asbytes() not in seen]
+    tried: list[str] = []
+    try:
+        for label, key in candidates:
+            tried.append(label)
+            try:
+                remaining = t.auth_publickey(target.user, key)
+            except paramiko.BadAuthenticationType as exc:
+                raise ConnectionFailed(
+                    f"{target.label} does not accept SSH keys (it allows: "
+                    f"{', '.join(exc.allowed_types) or 'nothing'})"
+                ) from exc
+            except paramiko.AuthenticationException:
+                continue
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                raise ConnectionFailed(
+                    f"SSH connection to {target.label} lost during authentication: {exc}"
+                ) from exc
+            if t.is_authenticated():
+                return
+            raise ConnectionFailed(
+                f"{target.label} asks for more authentication ({', '.join(remaining)}), "
+                "which merklesync cannot provide"
+            )
+    finally:
+        if agent is not None:
+            agent.close()
+    if not candidates:
+        why = "no SSH key found (ssh-agent, IdentityFile, ~/.ssh/id_ed25519, id_ecdsa, id_rsa)"
+    else:
+        why = "server rejected " + ", ".join(tried)
+    extra = f"; {'; '.join(notes)}" if notes else ""
+    raise ConnectionFailed(f"authentication failed for {target.label}: {why}{extra}")
+
+
+# -- the transport ----------------------------------------------------------------------
+
+
+class SSHTransport:
+    """A command running on an SSH server, as a `Transport`."""
+
+    def __init__(self, hop: _Hop, channel: paramiko.Channel, label: str, command: str) -> None:
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.label = label
+        self.command = command
+        self._hop = hop
+        self._chan = channel
+        self._chunk = max(4096, channel.out_max_packet_size - 64)
+        self._closed = False
+        self._pending = b""
+        self._offset = 0
+        self._stderr = bytearray()
+        self._stderr_lock = threading.Lock()
+        self._stderr_thread = threading.Thread(
+            target=self._drain_stderr, name=f"ssh-stderr-{label}", daemon=True
+        )
+        self._stderr_thread.start()
+
+    @property
+    def cipher(self) -> str:
+        """The negotiated cipher (client to server)."""
+        return self._hop.transport.local_cipher
+
+    @property
+    def paramiko_transport(self) -> paramiko.Transport:
+        return self._hop.transport
+
+    # -- Transport -----------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        if self._closed:
+            raise ConnectionFailed(f"SSH connection to {self.label} already closed")
+        chan, chunk, total = self._chan, self._chunk, len(data)
+        view = data if isinstance(data, bytes) else bytes(data)
+        offset = 0
+        try:
+            while offset < total:
+                sent = chan.send(view[offset : offset + chunk])
+                if sent <= 0:
+                    break
+                offset += sent
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
+        self.bytes_sent += offset
+        if offset < total:
+            self._fail("cannot send")
+
+    def recv(self, n: int) -> bytes:
+        if self._pending:
+            data = self._pending[self._offset : self._offset + n]
+            self._offset += len(data)
+            if self._offset >= len(self._pending):
+                self._pending, self._offset = b"", 0
+            self.bytes_received += len(data)
+            return data
+        if self._closed:
+            return b""
+        try:
+            # Take everything paramiko has buffered: its buffer is an array
+            # that memmoves its tail on every partial read, quadratic with a
+            # large window.  The rest is served from ``_pending``.
+            data = self._chan.recv(max(n, len(self._chan.in_buffer)))
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            self._fail(f"cannot receive ({exc})")
+        if data:
+            if len(data) > n:
+                self._pending, self._offset = data, n
+                data = data[:n]
+            self.bytes_received += len(data)
+            return data
+        if self._closed:
+            return b""
+        if self.bytes_received == 0:
+            self._check_started()
+        if not self._hop.transport.is_active() and not self._chan.exit_status_ready():
+            self._fail("connection lost")
+        return b""
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        chan = self._chan
+        with contextlib.suppress(Exception):
+            if not chan.closed:
+                chan.shutdown_write()
+                chan.status_event.wait(_CLOSE_WAIT)
+        with contextlib.suppress(Exception):
+            chan.close()
+        self._hop.close()
+        self._stderr_thread.join(timeout=1.0)
+
+    def stderr_text(self) -> str:
+        with self._stderr_lock:
+            return self._stderr.decode("utf-8", "replace")
+
+    def exit_status(self) -> int | None:
+        if self._chan.exit_status_ready():
+            return self._chan.exit_status
+        return None
+
+    # -- extras --------------------------------------------------------------
+
+    def close_write(self) -> None:
+        """Send EOF to the remote command's stdin (half-close)."""
+        with contextlib.suppress(Exception):
+            self._chan.shutdown_write()
+
+    def __enter__(self) -> SSHTransport:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- helpers -------------------------------------------------------------
+
+    def _drain_stderr(self) -> None:
+        try:
+            while True:
+                chunk = self._chan.recv_stderr(65536)
+                if not chunk:
+                    return
+                with self._stderr_lock:
+                    self._stderr += chunk
+                    if len(self._stderr) > STDERR_LIMIT:
+                        del self._stderr[: len(self._stderr) - STDERR_LIMIT]
+        except (OSError, EOFError, paramiko.SSHException):
+            return
+
+    def _wait_exit(self) -> int | None:
+        deadline = time.monotonic() + _EXIT_WAIT
+        while not self._chan.exit_status_ready():
+            if not self._hop.transport.is_active() or time.monotonic() > deadline:
+                return None
+            self._chan.status_event.wait(0.1)
+        self._stderr_thread.join(timeout=1.0)
+        return self._chan.exit_status
+
+    def _check_started(self) -> None:
+        """Nothing was ever received: did the remote command fail to start?"""
+        status = self._wait_exit()
+        if status is None or status == 0:
+            return
+        line = error_line(self.stderr_text())
+        if status in (126, 127) or _MISSING_RE.search(line):
+            raise RemoteCommandMissing(
+                f"cannot run {self.command!r} on {self.label} (exit status {status}): "
+                f"{line or 'no error message'}; {_HINT}"
+            )
+        raise ConnectionFailed(
+            f"{self.command!r} on {self.label} exited with status {status} before answering"
+            + (f": {line}" if line else "")
+        )
+
+    def _fail(self, what: str) -> NoReturn:
+        if self.bytes_received == 0:
+            self._check_started()
+        status = self._wait_exit()
+        if status is not None:
+            line = error_line(self.stderr_text())
+            raise ConnectionFailed(
+                f"{what}: {self.command!r} on {self.label} exited with status {status}"
+                + (f": {line}" if line else "")
+            )
+        cause = self._hop.transport.get_exception()
+        raise ConnectionFailed(
+            f"{what}: SSH connection to {self.label} lost" + (f" ({cause})" if cause else "")
+        )
+
+
+def open_ssh(
+    host: str,
+    user: str | None,
+    port: int | None,
+    command: str,
+    *,
+    accept_new_host_key: bool = False,
+    connect_timeout: float = 15.0,
+) -> SSHTransport:
+    """Connect to ``host`` and run ``command`` there; its stdin/stdout are the stream.
+
+    Raises `ConnectionFailed` (cannot connect or authenticate), `HostKeyError`
+    (unknown or changed host key) and, on the first `send`/`recv` that sees the
+    command die, `RemoteCommandMissing`.
+    """
+    target = _resolve(host, user, port)
+    hop = _connect(target, accept_new_host_key, connect_timeout)
+    try:
+        channel = hop.transport.open_session(
+            window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE, timeout=connect_timeout
+        )
+        channel.exec_command(command)
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        hop.close()
+        raise ConnectionFailed(f"cannot run a command on {target.label}: {exc}") from exc
+    except BaseException:
+        hop.close()
+        raise
+    return SSHTransport(hop, channel, target.label, command)
