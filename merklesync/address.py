@@ -48,15 +48,16 @@ class Address:
             return self.path
         host = f"[{self.host}]" if ":" in self.host else self.host
         userhost = f"{self.user}@{host}" if self.user else host
-        if self.port is None:
+        if self.port is None and not self.path.startswith(":"):
             return f"{userhost}:{self.path}"
+        port = f":{self.port}" if self.port is not None else ""
         if self.path.startswith("/"):
             url_path = self.path
         elif self.path == ".":
             url_path = "/~"
         else:
             url_path = "/~/" + self.path
-        return f"{_SSH_URL}{userhost}:{self.port}{url_path}"
+        return f"{_SSH_URL}{userhost}{port}{url_path}"
 
     @classmethod
     def parse(cls, text: str) -> Address:

@@ -8,6 +8,7 @@ import secrets
 import time
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -113,15 +114,15 @@ class Replica:
             raise
         return cls(root, index, lock, ()), moved
 
-    def scan(
-        self, *, checksum: bool = False, progress: Progress | None = None, in_child: bool = False
-    ) -> ScanReport:
-        """Bring the index up to date with the files. ``in_child`` scans in a
-        forked process, so that two local replicas scan on two cores."""
-        if not in_child:
-            return self.source.scan(
-                self.index, self.replica_id, self.clock, checksum=checksum, progress=progress
-            )
+    def scan(self, *, checksum: bool = False, progress: Progress | None = None) -> ScanReport:
+        """Bring the index up to date with the files."""
+        return self.source.scan(
+            self.index, self.replica_id, self.clock, checksum=checksum, progress=progress
+        )
+
+    def start_scan(self, *, checksum: bool = False) -> ChildScan:
+        """Scan in a forked process, so two local replicas scan on two cores.
+        Call from a process with no other threads running."""
         self.index.reload()
         ctx = multiprocessing.get_context("fork")
         counter = ctx.Value("q", 0, lock=False)
@@ -133,28 +134,7 @@ class Replica:
         )
         proc.start()
         sender.close()
-        reported = 0
-        try:
-            while not receiver.poll(0.05):
-                if not proc.is_alive() and not receiver.poll(0.05):
-                    raise LocalIOError(f"the scan of {self.root} stopped unexpectedly")
-                if progress is not None and counter.value > reported:
-                    progress(counter.value - reported)
-                    reported = counter.value
-            result = receiver.recv()
-        except EOFError:
-            raise LocalIOError(f"the scan of {self.root} stopped unexpectedly") from None
-        finally:
-            proc.join()
-            receiver.close()
-        if isinstance(result, MerklesyncError):
-            raise result
-        if progress is not None and counter.value > reported:
-            progress(counter.value - reported)
-        self.index.reload()
-        self.clock.observe(int(self.index.meta("hlc") or 0))
-        assert isinstance(result, ScanReport)
-        return result
+        return ChildScan(self, proc, receiver, counter)
 
     def close(self) -> None:
         try:
@@ -168,6 +148,46 @@ class Replica:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ChildScan:
+    """A scan running in a child process."""
+
+    def __init__(
+        self, replica: Replica, proc: BaseProcess, receiver: Connection, counter: Any
+    ) -> None:
+        self.replica = replica
+        self.proc = proc
+        self.receiver = receiver
+        self.counter = counter
+
+    def wait(self, progress: Progress | None = None) -> ScanReport:
+        died = LocalIOError(f"the scan of {self.replica.root} stopped unexpectedly")
+        reported = 0
+        try:
+            while not self.receiver.poll(0.05):
+                if not self.proc.is_alive() and not self.receiver.poll(0.05):
+                    raise died
+                reported = self._progress(progress, reported)
+            result = self.receiver.recv()
+        except EOFError:
+            raise died from None
+        finally:
+            self.proc.join()
+            self.receiver.close()
+        if isinstance(result, MerklesyncError):
+            raise result
+        self._progress(progress, reported)
+        self.replica.index.reload()
+        self.replica.clock.observe(int(self.replica.index.meta("hlc") or 0))
+        assert isinstance(result, ScanReport)
+        return result
+
+    def _progress(self, progress: Progress | None, reported: int) -> int:
+        done = int(self.counter.value)
+        if progress is not None and done > reported:
+            progress(done - reported)
+        return done
 
 
 def _scan_child(

@@ -12,6 +12,8 @@ from typing import Any, ParamSpec, TypeVar
 import click
 from tqdm import tqdm
 
+tqdm.monitor_interval = 0  # no monitor thread: scans fork child processes
+
 from merklesync.errors import EXIT_USAGE, MerklesyncError
 from merklesync.model import Change, Stats
 from merklesync.peer import Progress

@@ -61,16 +61,14 @@ class Peer(Protocol):
     replica_id: str
     stats: Stats
 
-    def refresh(
-        self,
-        *,
-        checksum: bool = False,
-        progress: Progress | None = None,
-        background: bool = False,
-    ) -> ScanReport:
-        """Bring the index up to date with the data (a scan). ``background``:
-        the caller scans another replica meanwhile, so a local peer should
-        use another core."""
+    def refresh(self, *, checksum: bool = False, progress: Progress | None = None) -> ScanReport:
+        """Bring the index up to date with the data (a scan)."""
+        ...
+
+    def start_refresh(self, *, checksum: bool = False) -> Callable[[Progress | None], ScanReport]:
+        """Start a scan that runs while the caller does other work (a local
+        peer scans in a child process, a remote one on its own machine);
+        call the result to wait for its report."""
         ...
 
     def root(self) -> Node:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from merklesync.model import Entry, EntryKind, Stats
@@ -25,14 +25,14 @@ class LocalPeer:
     ) -> LocalPeer:
         return cls(Replica.open(root, create=create, excludes=excludes))
 
-    def refresh(
-        self,
-        *,
-        checksum: bool = False,
-        progress: Progress | None = None,
-        background: bool = False,
-    ) -> ScanReport:
-        report = self.replica.scan(checksum=checksum, progress=progress, in_child=background)
+    def refresh(self, *, checksum: bool = False, progress: Progress | None = None) -> ScanReport:
+        return self._count(self.replica.scan(checksum=checksum, progress=progress))
+
+    def start_refresh(self, *, checksum: bool = False) -> Callable[[Progress | None], ScanReport]:
+        child = self.replica.start_scan(checksum=checksum)
+        return lambda progress: self._count(child.wait(progress))
+
+    def _count(self, report: ScanReport) -> ScanReport:
         self.stats.files_scanned += report.scanned
         self.stats.files_hashed += report.hashed
         return report

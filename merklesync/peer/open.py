@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from merklesync.errors import UsageError
@@ -56,10 +55,7 @@ def refresh_all(
     peers: Sequence[Peer], *, checksum: bool = False, progress: Progress | None = None
 ) -> list[str]:
     """Scan every peer at the same time; returns their warnings."""
-    with ThreadPoolExecutor(max_workers=len(peers)) as pool:
-        futures = [
-            pool.submit(p.refresh, checksum=checksum, progress=progress, background=i > 0)
-            for i, p in enumerate(peers)
-        ]
-        reports = [f.result() for f in futures]
+    pending = [p.start_refresh(checksum=checksum) for p in peers[1:]]
+    reports = [peers[0].refresh(checksum=checksum, progress=progress)]
+    reports += [finish(progress) for finish in pending]
     return [w for r in reports for w in r.warnings]

@@ -20,6 +20,7 @@ __all__ = ["SubprocessTransport"]
 
 _READ_CHUNK = 1 << 16
 _EXIT_WAIT = 5.0
+_CLOSE_WAIT = 2.0
 
 
 class _StderrCollector(threading.Thread):
@@ -125,11 +126,11 @@ class SubprocessTransport:
         with contextlib.suppress(OSError):
             proc.stdin.close()  # EOF tells the peer to finish
         try:
-            proc.wait(timeout=_EXIT_WAIT)
+            proc.wait(timeout=_CLOSE_WAIT)
         except subprocess.TimeoutExpired:
             proc.terminate()
             try:
-                proc.wait(timeout=_EXIT_WAIT)
+                proc.wait(timeout=_CLOSE_WAIT)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
@@ -145,6 +146,12 @@ class SubprocessTransport:
         return self._proc.poll()
 
     # -- helpers -------------------------------------------------------------
+
+    def close_write(self) -> None:
+        """Close the command's stdin (it sees end of file)."""
+        assert self._proc.stdin is not None
+        with contextlib.suppress(OSError):
+            self._proc.stdin.close()
 
     @property
     def pid(self) -> int:

@@ -49,7 +49,7 @@ __all__ = [
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 #: Flow-control window we grant the server (per channel).
-WINDOW_SIZE = 64 * 1024 * 1024
+WINDOW_SIZE = 16 * 1024 * 1024
 #: Largest data packet we accept from the server.
 MAX_PACKET_SIZE = 128 * 1024
 #: Fast ciphers first (AES-NI through `cryptography`); paramiko's order follows.
@@ -59,6 +59,7 @@ _DEFAULT_IDENTITIES = ("id_ed25519", "id_ecdsa", "id_rsa")
 _MAX_JUMPS = 8
 _EXIT_WAIT = 5.0
 _CLOSE_WAIT = 1.0
+_EOF_STATUS_WAIT = 2.0
 _HINT = "set the command that starts merklesync there with --remote-cmd or MERKLESYNC_REMOTE_CMD"
 _MISSING_RE = re.compile(r"not found|no module named", re.IGNORECASE)
 
@@ -414,18 +415,28 @@ def _handshake(t: paramiko.Transport, target: _Target, accept_new: bool, timeout
     )
     t.banner_timeout = timeout
     t.auth_timeout = timeout
+    done = threading.Event()
     try:
-        t.start_client(timeout=timeout)
-    except paramiko.ProxyCommandFailure as exc:
-        raise ConnectionFailed(f"ProxyCommand for {target.label} failed: {exc}") from exc
-    except (paramiko.SSHException, EOFError, OSError) as exc:
+        t.start_client(event=done)
+    except (paramiko.SSHException, OSError) as exc:
+        raise ConnectionFailed(f"SSH handshake with {target.label} failed: {exc}") from exc
+    finished = done.wait(timeout)
+    if finished and t.is_active():
+        _check_host_key(target, t.get_remote_server_key(), accept_new)
+        return
+    exc = t.get_exception()
+    via = f" (through ProxyCommand {target.proxy_command!r})" if target.proxy_command else ""
+    if not finished:
+        why = f"timed out after {timeout:g} s"
+    elif isinstance(exc, paramiko.ProxyCommandFailure):
+        why = f"ProxyCommand failed: {exc}"
+    elif exc is None or isinstance(exc, EOFError):
+        why = "the server closed the connection"
+    elif "banner" in str(exc):
+        why = f"{exc} (is it an SSH server?)"
+    else:
         why = str(exc) or type(exc).__name__
-        if target.proxy_command:
-            why += f" (through ProxyCommand {target.proxy_command!r})"
-        raise ConnectionFailed(f"SSH handshake with {target.label} failed: {why}") from exc
-    if not t.is_active():
-        raise ConnectionFailed(f"SSH handshake with {target.label} timed out after {timeout:g} s")
-    _check_host_key(target, t.get_remote_server_key(), accept_new)
+    raise ConnectionFailed(f"SSH handshake with {target.label} failed: {why}{via}")
 
 
 def _load_key_files(target: _Target) -> tuple[list[tuple[str, paramiko.PKey]], list[str]]:
@@ -574,6 +585,9 @@ class SSHTransport:
             return data
         if self._closed:
             return b""
+        # EOF closed stderr too: let the drain finish; the exit status follows EOF.
+        self._stderr_thread.join(timeout=1.0)
+        self._chan.status_event.wait(_EOF_STATUS_WAIT)
         if self.bytes_received == 0:
             self._check_started()
         if not self._hop.transport.is_active() and not self._chan.exit_status_ready():
