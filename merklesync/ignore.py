@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pathspec
 
@@ -18,13 +19,13 @@ TEMP_PREFIX = ".merklesync-tmp-"
 class IgnoreRules:
     def __init__(self, root: Path, excludes: Sequence[str] = ()) -> None:
         self.root = root
-        self._specs: dict[str, pathspec.PathSpec | None] = {}
+        self._specs: dict[str, pathspec.PathSpec[Any] | None] = {}
         try:
             self._excludes = pathspec.GitIgnoreSpec.from_lines(list(excludes)) if excludes else None
         except (ValueError, TypeError) as exc:
             raise UsageError(f"bad --exclude pattern: {exc}") from exc
 
-    def _spec(self, directory: str) -> pathspec.PathSpec | None:
+    def _spec(self, directory: str) -> pathspec.PathSpec[Any] | None:
         if directory not in self._specs:
             path = self.root / directory / IGNORE_FILE if directory else self.root / IGNORE_FILE
             spec = None

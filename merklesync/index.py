@@ -407,7 +407,7 @@ class Index:
 
 
 def pack_stat(stat: tuple[int, ...]) -> bytes:
-    return msgpack.packb(list(stat))  # type: ignore[no-any-return]
+    return msgpack.packb(list(stat))
 
 
 def _pack_stat(stat: tuple[int, ...] | None) -> bytes | None:
@@ -416,4 +416,3 @@ def _pack_stat(stat: tuple[int, ...] | None) -> bytes | None:
 
 def _unpack_stat(blob: bytes | None) -> tuple[int, ...] | None:
     return None if blob is None else tuple(msgpack.unpackb(blob))
-

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from merklesync import merkle
-from merklesync.merkle import NodeId
 from merklesync.clock import Order
+from merklesync.merkle import NodeId
 from merklesync.model import Action, Change, ChangeKind, Entry, Stats, classify
 from merklesync.peer import Node, Peer
 
@@ -38,8 +38,12 @@ def differences(a: Peer, b: Peer, stats: Stats | None = None) -> Iterator[list[P
     stats = stats if stats is not None else Stats()
     frontier = _Frontier(both=[merkle.ROOT])
     while frontier:
-        kids_a = a.children(frontier.both + frontier.only_a) if frontier.both or frontier.only_a else []
-        kids_b = b.children(frontier.both + frontier.only_b) if frontier.both or frontier.only_b else []
+        kids_a = (
+            a.children(frontier.both + frontier.only_a) if frontier.both or frontier.only_a else []
+        )
+        kids_b = (
+            b.children(frontier.both + frontier.only_b) if frontier.both or frontier.only_b else []
+        )
         nxt = _Frontier()
         compare_leaves: list[NodeId] = []
         whole_a: list[NodeId] = []
@@ -126,9 +130,5 @@ def plan_one_way(src: Entry | None, dst: Entry | None) -> Change:
 def diff(a: Peer, b: Peer, stats: Stats | None = None) -> list[Change]:
     """Every path whose content differs between a and b, sorted; the action
     says what a push from a to b would do with it."""
-    changes = [
-        plan_one_way(x, y)
-        for batch in differences(a, b, stats)
-        for x, y in batch
-    ]
+    changes = [plan_one_way(x, y) for batch in differences(a, b, stats) for x, y in batch]
     return sorted((c for c in changes if c.kind is not ChangeKind.NONE), key=lambda c: c.path)

@@ -42,7 +42,9 @@ def find_root(start: Path) -> Path:
 
 
 class Replica:
-    def __init__(self, root: Path, index: Index, lock: ReplicaLock, excludes: Sequence[str]) -> None:
+    def __init__(
+        self, root: Path, index: Index, lock: ReplicaLock, excludes: Sequence[str]
+    ) -> None:
         self.root = root
         self.index = index
         self.lock = lock
@@ -69,9 +71,7 @@ class Replica:
                 raise LocalIOError(f"no such directory: {root}")
         state = root / STATE_DIR
         if not (state / INDEX_FILE).exists() and not create:
-            raise NotAReplica(
-                f"{root} is not a merklesync replica (run `merklesync init {root}`)"
-            )
+            raise NotAReplica(f"{root} is not a merklesync replica (run `merklesync init {root}`)")
         try:
             state.mkdir(exist_ok=True)
         except OSError as exc:

@@ -55,8 +55,11 @@ def needs_data(change: Change) -> bool:
 def _deferred(change: Change) -> bool:
     """Removing a directory waits until everything under it has gone."""
     dst = change.dst
-    return dst is not None and not dst.deleted and dst.kind is EntryKind.DIR and (
-        change.src is None or change.src.deleted or change.src.kind is not EntryKind.DIR
+    return (
+        dst is not None
+        and not dst.deleted
+        and dst.kind is EntryKind.DIR
+        and (change.src is None or change.src.deleted or change.src.kind is not EntryKind.DIR)
     )
 
 

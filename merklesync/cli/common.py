@@ -12,11 +12,11 @@ from typing import Any, ParamSpec, TypeVar
 import click
 from tqdm import tqdm
 
-tqdm.monitor_interval = 0  # no monitor thread: scans fork child processes
-
 from merklesync.errors import EXIT_USAGE, MerklesyncError
 from merklesync.model import Change, Stats
 from merklesync.peer import Progress
+
+tqdm.monitor_interval = 0  # no monitor thread: scans fork child processes
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -54,8 +54,12 @@ class Output:
             yield lambda n: None
             return
         bar = tqdm(desc=desc, unit=unit, unit_scale=scale, leave=False, file=sys.stderr)
+
+        def advance(n: int) -> None:
+            bar.update(n)
+
         try:
-            yield bar.update
+            yield advance
         finally:
             bar.close()
 

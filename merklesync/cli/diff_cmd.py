@@ -23,7 +23,9 @@ from merklesync.reconcile import diff as diff_peers
 @click.command()
 @click.argument("a")
 @click.argument("b", required=False)
-@click.option("--checksum", is_flag=True, help="Re-hash every file instead of trusting the stat cache.")
+@click.option(
+    "--checksum", is_flag=True, help="Re-hash every file instead of trusting the stat cache."
+)
 @stats_option
 @output_options
 @handle_errors

@@ -7,6 +7,7 @@ import sys
 import click
 
 from merklesync.cli.common import (
+    F,
     Output,
     change_json,
     exclude_option,
@@ -23,13 +24,17 @@ from merklesync.transfer import TransferResult
 from merklesync.transfer import push as push_peers
 
 
-def transfer_options(func):  # type: ignore[no-untyped-def]
+def transfer_options(func: F) -> F:
     for option in reversed(
         [
-            click.option("-n", "--dry-run", is_flag=True, help="Show what would change; write nothing."),
+            click.option(
+                "-n", "--dry-run", is_flag=True, help="Show what would change; write nothing."
+            ),
             click.option("-v", "--verbose", is_flag=True, help="List every change made."),
             click.option(
-                "--checksum", is_flag=True, help="Re-hash every file instead of trusting the stat cache."
+                "--checksum",
+                is_flag=True,
+                help="Re-hash every file instead of trusting the stat cache.",
             ),
             exclude_option,
             stats_option,
@@ -106,8 +111,9 @@ def report(
             "changes": [
                 change_json(
                     c,
-                    None if dry_run else result.outcomes.get(c.path) is not None
-                    and result.outcomes[c.path].ok,
+                    None
+                    if dry_run
+                    else result.outcomes.get(c.path) is not None and result.outcomes[c.path].ok,
                     dict((x.path, r) for x, r in left).get(c.path, ""),
                 )
                 for c in result.changes

@@ -10,7 +10,9 @@ from merklesync.peer.open import open_peer
 
 @click.command()
 @click.argument("replica", required=False)
-@click.option("--checksum", is_flag=True, help="Re-hash every file instead of trusting the stat cache.")
+@click.option(
+    "--checksum", is_flag=True, help="Re-hash every file instead of trusting the stat cache."
+)
 @output_options
 @handle_errors
 def status(replica: str | None, checksum: bool, quiet: bool, as_json: bool) -> None:

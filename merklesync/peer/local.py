@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
+from merklesync.merkle import NodeId
 from merklesync.model import Entry, EntryKind, Stats
-from merklesync.peer import Node, NodeId, Outcome, Progress, ScanReport, WriteItem
+from merklesync.peer import Node, Outcome, Progress, ScanReport, WriteItem
 from merklesync.replica import Replica
 
 COMMIT_EVERY = 2000  # entries written between index commits: progress survives a crash
@@ -20,9 +21,7 @@ class LocalPeer:
         self.stats = Stats()
 
     @classmethod
-    def open(
-        cls, root: Path, *, create: bool = False, excludes: Sequence[str] = ()
-    ) -> LocalPeer:
+    def open(cls, root: Path, *, create: bool = False, excludes: Sequence[str] = ()) -> LocalPeer:
         return cls(Replica.open(root, create=create, excludes=excludes))
 
     def refresh(self, *, checksum: bool = False, progress: Progress | None = None) -> ScanReport:
@@ -85,4 +84,3 @@ class LocalPeer:
 
     def close(self) -> None:
         self.replica.close()
-

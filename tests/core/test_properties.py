@@ -15,7 +15,9 @@ from tests.treegen import assert_same_tree, make_tree
 
 names = st.sampled_from(["a", "b", "c", "d/e", "d/f", "g/h/i", "g/j"])
 ops = st.lists(
-    st.tuples(st.sampled_from(["write", "delete", "rename", "push"]), names, names, st.binary(max_size=40)),
+    st.tuples(
+        st.sampled_from(["write", "delete", "rename", "push"]), names, names, st.binary(max_size=40)
+    ),
     min_size=1,
     max_size=12,
 )
@@ -44,7 +46,9 @@ def _apply(root: Path, op: str, name: str, other: str, data: bytes) -> None:
             pass
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(ops)
 def test_random_histories_converge_after_push(history: list[tuple[str, str, str, bytes]]) -> None:
     with tempfile.TemporaryDirectory() as tmp:

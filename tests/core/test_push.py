@@ -124,7 +124,9 @@ def test_dest_newer_is_left_alone(src: Path, tmp_path: Path) -> None:
 def test_concurrent_edits_are_a_conflict_not_an_overwrite(src: Path, tmp_path: Path) -> None:
     dst = tmp_path / "dst"
     ms("push", src, dst)
-    rel = sorted(p.relative_to(src) for p in src.rglob("*") if p.is_file() and ".merklesync" not in p.parts)[0]
+    rel = sorted(
+        p.relative_to(src) for p in src.rglob("*") if p.is_file() and ".merklesync" not in p.parts
+    )[0]
     (src / rel).write_text("source edit")
     (dst / rel).write_text("destination edit")
     r = ms("push", src, dst, "--json")
@@ -190,7 +192,9 @@ def test_ignore_file_and_exclude(tmp_path: Path) -> None:
     write(a / "secret/key", "s")
     ms("init", a)
     assert ms("push", a, b, "--exclude", "secret/").code == 0
-    assert sorted(p.relative_to(b).as_posix() for p in b.rglob("*") if ".merklesync" not in p.parts) == [
+    assert sorted(
+        p.relative_to(b).as_posix() for p in b.rglob("*") if ".merklesync" not in p.parts
+    ) == [
         ".merklesyncignore",
         "keep.txt",
     ]

@@ -1,0 +1,108 @@
+"""Man pages generated from the click definitions, so they cannot rot.
+
+``python -m merklesync.cli.manpages man/`` writes them; a test checks that
+the committed pages equal what this produces.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from merklesync import __version__, errors
+from merklesync.cli.app import cli
+
+DATE = "2026"
+EXIT_STATUS = [
+    (errors.EXIT_OK, "Success; for diff, the replicas hold the same content."),
+    (
+        errors.EXIT_DIFFERENT,
+        "Finished, but differences remain: diff found differences, or push/pull left "
+        "entries alone (a conflict, a newer version on the destination, a file changed "
+        "or unreadable during the run). Each is listed on standard error.",
+    ),
+    (errors.EXIT_USAGE, "Usage error, or a generic failure."),
+    (errors.EXIT_STATE, "Replica state: not a replica, corrupt index, index of a newer format."),
+    (errors.EXIT_LOCKED, "The replica is locked by another merklesync process."),
+    (errors.EXIT_IO, "Local I/O error: disk full, permission denied, missing directory."),
+    (errors.EXIT_CONNECTION, "Connection: refused, timed out, authentication failed, peer died."),
+    (errors.EXIT_PROTOCOL, "Protocol: the peer sent something malformed, hostile or unexpected."),
+    (errors.EXIT_HOSTKEY, "SSH host key unknown or changed."),
+]
+
+
+def _esc(text: str) -> str:
+    out = text.replace("\\", "\\e").replace("-", "\\-")
+    return "\n".join(
+        ("\\&" + line if line.startswith((".", "'")) else line) for line in out.split("\n")
+    )
+
+
+def _paragraphs(text: str) -> list[str]:
+    return [" ".join(p.split()) for p in text.strip().split("\n\n") if p.strip()]
+
+
+def page(name: str, command: click.Command, parent: click.Context) -> str:
+    ctx = click.Context(command, info_name=name, parent=parent)
+    full = f"{parent.info_name} {name}" if name != parent.info_name else name
+    title = full.replace(" ", "-")
+    help_text = command.help or ""
+    lines = [
+        f'.TH {title.upper()} 1 "{DATE}" "merklesync {__version__}" "merklesync manual"',
+        ".SH NAME",
+        f"{_esc(title)} \\- {_esc(command.get_short_help_str(limit=200))}",
+        ".SH SYNOPSIS",
+        f".B {_esc(full)}",
+        _esc(" ".join(command.collect_usage_pieces(ctx))),
+        ".SH DESCRIPTION",
+    ]
+    for para in _paragraphs(help_text):
+        lines += [_esc(para), ".PP"]
+    params = [p for p in command.get_params(ctx) if isinstance(p, click.Option)]
+    if params:
+        lines.append(".SH OPTIONS")
+        for param in params:
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            lines += [".TP", f"\\fB{_esc(record[0])}\\fR", _esc(record[1])]
+    if isinstance(command, click.Group):
+        lines.append(".SH COMMANDS")
+        for sub_name in command.list_commands(ctx):
+            sub = command.get_command(ctx, sub_name)
+            if sub is not None:
+                lines += [
+                    ".TP",
+                    f"\\fBmerklesync\\-{_esc(sub_name)}\\fR(1)",
+                    _esc(sub.get_short_help_str(limit=200)),
+                ]
+    lines.append(".SH EXIT STATUS")
+    for code, text in EXIT_STATUS:
+        lines += [".TP", f"\\fB{code}\\fR", _esc(text)]
+    see = ["merklesync(1)"] if title != "merklesync" else []
+    see.append("merklesync-protocol(7)")
+    lines += [".SH SEE ALSO", ", ".join(_esc(s) for s in see)]
+    return "\n".join(lines) + "\n"
+
+
+def all_pages() -> dict[str, str]:
+    root = click.Context(cli, info_name="merklesync", **cli.context_settings)
+    pages = {"merklesync.1": page("merklesync", cli, root)}
+    for name in cli.list_commands(root):
+        command = cli.get_command(root, name)
+        if command is not None:
+            pages[f"merklesync-{name}.1"] = page(name, command, root)
+    return pages
+
+
+def main(argv: list[str]) -> None:
+    target = Path(argv[0] if argv else "man")
+    target.mkdir(parents=True, exist_ok=True)
+    for name, text in all_pages().items():
+        (target / name).write_text(text)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
