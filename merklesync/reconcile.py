@@ -46,8 +46,8 @@ def differences(a: Peer, b: Peer, stats: Stats | None = None) -> Iterator[list[P
         )
         nxt = _Frontier()
         compare_leaves: list[NodeId] = []
-        whole_a: list[NodeId] = []
-        whole_b: list[NodeId] = []
+        whole_a: list[tuple[NodeId, int]] = []
+        whole_b: list[tuple[NodeId, int]] = []
         for node, xs, ys in zip(frontier.both, kids_a, kids_b, strict=False):
             for child, x, y in zip(merkle.children_of(node), xs, ys, strict=True):
                 stats.nodes_compared += 1
@@ -70,24 +70,44 @@ def differences(a: Peer, b: Peer, stats: Stats | None = None) -> Iterator[list[P
                     stats.nodes_compared += 1
                     if x.count:
                         _one_sided(child, x, whole, deeper)
-        batch: list[Pair] = []
         if compare_leaves:
-            batch.extend(_compare_buckets(a, b, compare_leaves, stats))
-        if whole_a:
-            batch.extend((e, None) for e in a.entries_under(whole_a))
-        if whole_b:
-            batch.extend((None, e) for e in b.entries_under(whole_b))
-        stats.entries_compared += len(batch)
-        if batch:
+            batch = _compare_buckets(a, b, compare_leaves, stats)
+            stats.entries_compared += len(batch)
+            if batch:
+                yield batch
+        # Subtrees only one side has come in slices, so memory stays bounded.
+        for nodes in _slices(whole_a):
+            batch = [(e, None) for e in a.entries_under(nodes)]
+            stats.entries_compared += len(batch)
+            yield batch
+        for nodes in _slices(whole_b):
+            batch = [(None, e) for e in b.entries_under(nodes)]
+            stats.entries_compared += len(batch)
             yield batch
         frontier = nxt
 
 
-def _one_sided(child: NodeId, node: Node, whole: list[NodeId], deeper: list[NodeId]) -> None:
+def _one_sided(
+    child: NodeId, node: Node, whole: list[tuple[NodeId, int]], deeper: list[NodeId]
+) -> None:
     if node.count <= SUBTREE_FETCH or child[0] >= merkle.MAX_DEPTH:
-        whole.append(child)
+        whole.append((child, node.count))
     else:
         deeper.append(child)
+
+
+def _slices(nodes: list[tuple[NodeId, int]]) -> Iterator[list[NodeId]]:
+    """Groups of nodes holding about SUBTREE_FETCH entries each."""
+    group: list[NodeId] = []
+    total = 0
+    for node, count in nodes:
+        if group and total + count > SUBTREE_FETCH:
+            yield group
+            group, total = [], 0
+        group.append(node)
+        total += count
+    if group:
+        yield group
 
 
 def _compare_buckets(a: Peer, b: Peer, nodes: list[NodeId], stats: Stats) -> list[Pair]:

@@ -17,7 +17,7 @@ BATCH_BYTES = 64 << 20
 
 @dataclass(slots=True)
 class TransferResult:
-    """Every difference found, and what became of it."""
+    """Every difference found (without its entries), and what became of it."""
 
     changes: list[Change] = field(default_factory=list)
     outcomes: dict[str, Outcome] = field(default_factory=dict)
@@ -94,7 +94,8 @@ def push(
                 continue  # the destination knows more, and the content is the same
             if not include(change.path, entry.kind is EntryKind.DIR and not entry.deleted):
                 continue
-            result.changes.append(change)
+            # Keep what the report needs, not the entries: memory stays bounded.
+            result.changes.append(Change(change.path, change.kind, None, None, change.action))
             if change.action in (Action.COPY, Action.MERGE_VERSION):
                 (deferred if _deferred(change) else todo).append(change)
         if not dry_run:

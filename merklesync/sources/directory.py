@@ -276,7 +276,7 @@ class DirectorySource:
         if _leaf(current) != _leaf(item.expect):
             return Outcome(rel, False, "changed on the destination since the comparison")
         try:
-            on_disk = self._verify_unchanged(rel, cached)
+            on_disk = self._verify_unchanged(rel, cached, entry)
         except _Refused as refusal:
             _drain(item)
             return Outcome(rel, False, str(refusal))
@@ -308,8 +308,11 @@ class DirectorySource:
         index.put(entry, stat, current)
         return Outcome(rel, True)
 
-    def _verify_unchanged(self, rel: str, cached: Cached | None) -> os.stat_result | None:
-        """The destination must hold exactly what its index says."""
+    def _verify_unchanged(
+        self, rel: str, cached: Cached | None, entry: Entry
+    ) -> os.stat_result | None:
+        """The destination must hold exactly what its index says (an
+        unindexed directory may be adopted: it holds no content itself)."""
         try:
             st = os.lstat(self.abs(rel))
         except FileNotFoundError:
@@ -320,6 +323,8 @@ class DirectorySource:
                 raise _Refused("deleted on the destination since the scan")
             return None
         if not known:
+            if st_mod.S_ISDIR(st.st_mode) and entry.kind is EntryKind.DIR and not entry.deleted:
+                return st
             raise _Refused("an unscanned file is in the way on the destination")
         assert cached is not None
         if cached.stat == stat_key(st):

@@ -53,7 +53,11 @@ WINDOW_SIZE = 16 * 1024 * 1024
 #: Largest data packet we accept from the server.
 MAX_PACKET_SIZE = 128 * 1024
 #: Fast ciphers first (AES-NI through `cryptography`); paramiko's order follows.
-PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes128-ctr", "aes256-gcm@openssh.com")
+PREFERRED_CIPHERS: tuple[str, ...] = (
+    "aes128-gcm@openssh.com",
+    "aes128-ctr",
+    "aes256-gcm@openssh.com",
+)
 
 _DEFAULT_IDENTITIES = ("id_ed25519", "id_ecdsa", "id_rsa")
 _MAX_JUMPS = 8
@@ -347,9 +351,7 @@ class _Hop:
                 close()
 
 
-def _connect(
-    target: _Target, accept_new: bool, timeout: float, depth: int = 0
-) -> _Hop:
+def _connect(target: _Target, accept_new: bool, timeout: float, depth: int = 0) -> _Hop:
     """An authenticated paramiko transport to ``target`` (through its proxies)."""
     if depth > _MAX_JUMPS:
         raise ConnectionFailed(f"too many ProxyJump hops (loop?) reaching {target.alias}")
@@ -407,13 +409,12 @@ def _handshake(t: paramiko.Transport, target: _Target, accept_new: bool, timeout
     opts.ciphers = [c for c in PREFERRED_CIPHERS if c in opts.ciphers] + [
         c for c in opts.ciphers if c not in PREFERRED_CIPHERS
     ]
-    known = _known_keys(
-        [*target.known_hosts, *target.global_known_hosts], target.known_hosts_name
-    )
+    known = _known_keys([*target.known_hosts, *target.global_known_hosts], target.known_hosts_name)
     opts.key_types = _host_key_algorithms(
         opts.key_types, {k.keytype for k in known if k.marker is None}
     )
-    t.banner_timeout = timeout
+    # paramiko's own timers get a margin so that ``done.wait`` decides (clear message)
+    t.banner_timeout = timeout + 5.0
     t.auth_timeout = timeout
     done = threading.Event()
     try:
@@ -424,18 +425,18 @@ def _handshake(t: paramiko.Transport, target: _Target, accept_new: bool, timeout
     if finished and t.is_active():
         _check_host_key(target, t.get_remote_server_key(), accept_new)
         return
-    exc = t.get_exception()
+    err = t.get_exception()
     via = f" (through ProxyCommand {target.proxy_command!r})" if target.proxy_command else ""
     if not finished:
         why = f"timed out after {timeout:g} s"
-    elif isinstance(exc, paramiko.ProxyCommandFailure):
-        why = f"ProxyCommand failed: {exc}"
-    elif exc is None or isinstance(exc, EOFError):
+    elif isinstance(err, paramiko.ProxyCommandFailure):
+        why = f"ProxyCommand failed: {err}"
+    elif err is None or isinstance(err, EOFError):
         why = "the server closed the connection"
-    elif "banner" in str(exc):
-        why = f"{exc} (is it an SSH server?)"
+    elif "banner" in str(err):
+        why = f"{err} (is it an SSH server?)"
     else:
-        why = str(exc) or type(exc).__name__
+        why = str(err) or type(err).__name__
     raise ConnectionFailed(f"SSH handshake with {target.label} failed: {why}{via}")
 
 

@@ -1,0 +1,271 @@
+"""Local one-way copy, side by side: ``rsync -a SRC/ DST_R/`` against
+``merklesync push SRC DST_M``, on one generated tree, in one run.
+
+    python tests/bench/bench_local.py [--files 100000] [--dirs 1000] [--out table.md]
+
+Cases (see tests/bench/README.md): first copy; nothing changed; 10 files changed;
+1 file deleted. After every case both destinations are compared with the source by
+the treegen oracle, and the script stops loudly if one differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.bench.table import (  # noqa: E402
+    BenchFailure,
+    Column,
+    Result,
+    Row,
+    Run,
+    checked,
+    interleaved,
+    merklesync_argv,
+    merklesync_stats,
+    no_setup,
+    render_rows,
+    rss_note,
+    run_measured,
+    write_report,
+)
+from tests.treegen import assert_same_tree, make_tree, mutate, snapshot  # noqa: E402
+
+RSS_TARGET_MB = 150
+
+
+@dataclass
+class Tools:
+    src: Path
+    dst_r: Path
+    dst_m: Path
+    merklesync: list[str] | None  # None: rsync only
+    cwd: Path  # every command runs here, so a stray relative path never lands elsewhere
+
+    def rsync(self, delete: bool = False) -> Run:
+        argv = ["rsync", "-a", *(["--delete"] if delete else []), f"{self.src}/", f"{self.dst_r}/"]
+        return checked(argv, run_measured(argv, cwd=self.cwd)), {}
+
+    def push(self) -> Run:
+        assert self.merklesync is not None
+        argv = [*self.merklesync, "push", str(self.src), str(self.dst_m)]
+        m = checked(argv, run_measured([*argv, "--quiet", "--json", "--stats"], cwd=self.cwd))
+        return m, merklesync_stats(m.stdout)
+
+    def init_source(self) -> list[Run]:
+        """``merklesync init SRC`` when SRC is not a replica yet (push needs one)."""
+        assert self.merklesync is not None
+        if (self.src / ".merklesync").exists():
+            return []
+        argv = [*self.merklesync, "init", str(self.src), "--quiet"]
+        return [(checked(argv, run_measured(argv, cwd=self.cwd)), {})]
+
+
+def verify(tools: Tools, case: str) -> None:
+    """The oracle: both destinations must equal the source (kind, mode, bytes, links)."""
+    t = time.perf_counter()
+    want = snapshot(tools.src)
+    dsts = [("rsync", tools.dst_r)]
+    if tools.merklesync is not None:
+        dsts.append(("merklesync", tools.dst_m))
+    for name, dst in dsts:
+        if not dst.is_dir():
+            raise BenchFailure(f"after '{case}', the {name} destination {dst} does not exist")
+        try:
+            assert_same_tree(want, snapshot(dst), names=("source", name))
+        except AssertionError as e:
+            raise BenchFailure(f"after '{case}', the {name} destination differs:\n{e}") from e
+    print(f"  verified '{case}' ({time.perf_counter() - t:.1f} s)", file=sys.stderr)
+
+
+def row(case: str, r_runs: list[Run], m_runs: list[Run], note: str) -> Row:
+    return Row(
+        case,
+        Result.combine("rsync", r_runs),
+        Result.combine("merklesync", m_runs) if m_runs else None,
+        note,
+    )
+
+
+def targets(rows: Sequence[Row]) -> str:
+    by_case = {r.case: r for r in rows}
+
+    def check(case: str, limit: float) -> str:
+        r = by_case.get(case)
+        if r is None or r.ratio is None:
+            return "n/a"
+        return f"{r.ratio:.2f}x {'met' if r.ratio <= limit else 'MISSED'}"
+
+    peaks = [r.candidate.max_rss_kib * 1024 / 1e6 for r in rows if r.candidate is not None]
+    peak = "n/a"
+    if peaks:
+        peak = f"{max(peaks):.1f} MB {'met' if max(peaks) <= RSS_TARGET_MB else 'MISSED'}"
+    return (
+        "Targets: nothing changed and 10 changed <= 1.0x rsync; first copy <= 1.5x rsync; "
+        f"peak RSS <= {RSS_TARGET_MB} MB.\n"
+        f"Measured: nothing changed {check('nothing changed', 1.0)}; "
+        f"10 changed {check('10 files changed', 1.0)}; "
+        f"first copy {check('first copy', 1.5)}; merklesync peak RSS {peak}."
+    )
+
+
+def run_cases(tools: Tools, runs: int, seed: int) -> list[Row]:
+    rows: list[Row] = []
+    try:
+        print("case: first copy", file=sys.stderr)
+        r_first = Result.combine("rsync", [tools.rsync()])
+        m_first = None
+        if tools.merklesync is not None:
+            m_first = Result.chain("merklesync", [*tools.init_source(), tools.push()])
+        rows.append(
+            Row(
+                "first copy",
+                r_first,
+                m_first,
+                "single run (a 2nd copy would need a new tree); merklesync = init SRC + push",
+            )
+        )
+        verify(tools, "first copy")
+
+        push = tools.push if tools.merklesync is not None else None
+        print("case: nothing changed", file=sys.stderr)
+        r, m = interleaved(runs, no_setup, tools.rsync, push)
+        rows.append(row("nothing changed", r, m, f"best of {runs}"))
+        verify(tools, "nothing changed")
+
+        print("case: 10 files changed", file=sys.stderr)
+        r, m = interleaved(runs, changes(tools.src, seed + 100, modify=10), tools.rsync, push)
+        rows.append(
+            row("10 files changed", r, m, f"best of {runs}; 10 other files modified each round")
+        )
+        verify(tools, "10 files changed")
+
+        print("case: 1 file deleted", file=sys.stderr)
+        r, m = interleaved(
+            runs,
+            changes(tools.src, seed + 200, delete=1),
+            functools.partial(tools.rsync, delete=True),
+            push,
+        )
+        rows.append(
+            row(
+                "1 file deleted",
+                r,
+                m,
+                f"best of {runs}; rsync -a --delete; another file deleted each round",
+            )
+        )
+        verify(tools, "1 file deleted")
+    except BenchFailure:
+        if rows:
+            print("\nPartial results before the failure:\n" + render(rows), file=sys.stderr)
+        raise
+    return rows
+
+
+def changes(src: Path, seed: int, modify: int = 0, delete: int = 0) -> Callable[[int], None]:
+    """Setup of a round: change other files each round (seed + round)."""
+
+    def setup(round_no: int) -> None:
+        mutate(src, modify=modify, delete=delete, seed=seed + round_no)
+
+    return setup
+
+
+def render(rows: Sequence[Row]) -> str:
+    return render_rows(
+        rows,
+        extra=[
+            Column(
+                "files scanned", lambda r: r.candidate.stat("files_scanned") if r.candidate else "-"
+            ),
+            Column(
+                "files hashed", lambda r: r.candidate.stat("files_hashed") if r.candidate else "-"
+            ),
+            Column(
+                "files sent",
+                lambda r: r.candidate.stat("files_transferred") if r.candidate else "-",
+            ),
+        ],
+    )
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--files", type=int, default=100_000)
+    p.add_argument("--dirs", type=int, default=1000)
+    p.add_argument("--min-size", type=int, default=1024)
+    p.add_argument(
+        "--max-size", type=int, default=6800, help="default: mean ~3.9 kB, 100k files ~390 MB"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--runs", type=int, default=3, help="runs of the repeatable cases (best kept)")
+    p.add_argument("--out", type=Path, help="also write the report (Markdown) here")
+    p.add_argument("--tmp", type=Path, help="where to make the trees (default: $TMPDIR)")
+    p.add_argument("--keep", action="store_true", help="keep the trees")
+    p.add_argument("--merklesync", help="command to run merklesync (default: python -m merklesync)")
+    p.add_argument("--rsync-only", action="store_true", help="measure rsync alone (the bar)")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    for tool in ("rsync",):
+        if shutil.which(tool) is None:
+            print(f"{tool} is not installed", file=sys.stderr)
+            return 2
+    work = Path(tempfile.mkdtemp(prefix="merklesync-bench-", dir=args.tmp))
+    tools = Tools(
+        work / "src",
+        work / "dst-rsync",
+        work / "dst-merklesync",
+        None if args.rsync_only else merklesync_argv(args.merklesync),
+        work,
+    )
+    try:
+        t = time.perf_counter()
+        info = make_tree(
+            tools.src, args.files, args.dirs, args.min_size, args.max_size, seed=args.seed
+        )
+        gen_s = time.perf_counter() - t
+        rsync_version = subprocess.run(
+            ["rsync", "--version"], capture_output=True, text=True, check=False
+        ).stdout.splitlines()[0]
+        header = (
+            f"# merklesync push vs rsync, local\n\n"
+            f"Tree: {info.file_count:,} files, {len(info.dirs):,} dirs, "
+            f"{info.total_bytes / 1e6:.1f} MB (seed {args.seed}, sizes "
+            f"{args.min_size}-{args.max_size} B; generated in {gen_s:.1f} s) in {work}.\n"
+            f"Machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, {rsync_version}; "
+            f"warm page cache. {rss_note()}"
+        )
+        print(header + "\n", file=sys.stderr)
+        try:
+            rows = run_cases(tools, args.runs, args.seed)
+        except BenchFailure as e:
+            print(f"\nBENCHMARK FAILED: {e}", file=sys.stderr)
+            return 1
+        write_report("\n\n".join([header, render(rows), targets(rows)]), args.out)
+        return 0
+    finally:
+        if args.keep:
+            print(f"trees kept in {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

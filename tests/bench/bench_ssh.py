@@ -1,0 +1,333 @@
+"""One-way copy over SSH, side by side: ``rsync -a -e ssh`` against
+``merklesync push SRC HOST:DST``, through a loopback sshd that this script starts.
+
+    python tests/bench/bench_ssh.py [--files 100000] [--dirs 1000] [--out table.md]
+
+Cases: first copy; nothing changed; 10 files changed; then the series "d changed among
+N" (d = 1, 10, 100) with round trips and bytes on the wire. Bytes on the wire: rsync's
+``--stats`` "Total bytes sent/received"; merklesync's JSON ``stats`` bytes_sent +
+bytes_received. After every case both destinations are checked against the source with
+the treegen oracle (on loopback the "remote" directories are local paths).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.bench.table import (  # noqa: E402
+    MISSING,
+    BenchFailure,
+    Column,
+    Result,
+    Row,
+    Run,
+    checked,
+    fmt_bytes,
+    interleaved,
+    merklesync_argv,
+    merklesync_stats,
+    no_setup,
+    render_rows,
+    rss_note,
+    rsync_wire_bytes,
+    run_measured,
+    write_report,
+)
+from tests.treegen import assert_same_tree, make_tree, mutate, snapshot  # noqa: E402
+
+# --------------------------------------------------------------------------- the sshd
+
+
+@dataclass(frozen=True)
+class SshEndpoint:
+    """What the benchmarks need from the loopback sshd of the test suite."""
+
+    host: str  # the Host alias in home/.ssh/config
+    port: int
+    home: Path  # client HOME, with .ssh/config, the key and known_hosts
+    env: Mapping[str, str]  # os.environ + HOME=home (+ MERKLESYNC_REMOTE_CMD)
+    ssh_options: Sequence[str]  # "ssh -F config -i key -o ..." without host and command
+    remote_cmd: str | None = None  # how the far side starts merklesync
+    kind: str = "openssh"
+
+    @property
+    def ssh_command(self) -> str:
+        """For ``rsync -e`` (OpenSSH reads ~ from the password database, not $HOME, so
+        the config, key and known_hosts are named explicitly)."""
+        return shlex.join(self.ssh_options)
+
+
+@contextmanager
+def loopback_sshd(work: Path, kind: str = "openssh") -> Iterator[SshEndpoint]:
+    """Start the test suite's loopback sshd (tests/sshd.py) under ``work``; stop it after."""
+    sshd = importlib.import_module("tests.sshd")
+    workdir = work / "sshd"
+    workdir.mkdir()
+    daemon = sshd.start_daemon(kind, workdir)
+    try:
+        server = sshd.SSHServer(daemon, work / "ssh-home")
+        yield SshEndpoint(
+            host=str(server.host),
+            port=int(server.port),
+            home=Path(server.home),
+            env=dict(server.env),
+            ssh_options=list(server.ssh_argv("true")[:-2]),
+            remote_cmd=str(server.remote_cmd),
+            kind=str(server.kind),
+        )
+    finally:
+        daemon.stop()
+
+
+# --------------------------------------------------------------------------- the tools
+
+
+@dataclass
+class SshTools:
+    ssh: SshEndpoint
+    src: Path
+    dst_r: Path  # "remote": on loopback, a local path reached through sshd
+    dst_m: Path
+    merklesync: list[str] | None  # None: rsync only
+    cwd: Path  # every command runs here, so a stray relative path never lands elsewhere
+    push_args: list[str] = field(default_factory=list)
+
+    def rsync(self) -> Run:
+        argv = [
+            "rsync",
+            "-a",
+            "--stats",
+            "-e",
+            self.ssh.ssh_command,
+            f"{self.src}/",
+            f"{self.ssh.host}:{self.dst_r}/",
+        ]
+        m = checked(argv, run_measured(argv, env=self.ssh.env, cwd=self.cwd))
+        return m, rsync_wire_bytes(m.stdout)
+
+    def push(self) -> Run:
+        assert self.merklesync is not None
+        argv = [
+            *self.merklesync,
+            "push",
+            str(self.src),
+            f"{self.ssh.host}:{self.dst_m}",
+            *self.push_args,
+        ]
+        m = run_measured([*argv, "--quiet", "--json", "--stats"], env=self.ssh.env, cwd=self.cwd)
+        checked(argv, m)
+        stray = self.cwd / f"{self.ssh.host}:"
+        if stray.exists():
+            raise BenchFailure(
+                f"merklesync push treated {self.ssh.host}:PATH as a local path "
+                f"(made {stray}): no SSH support yet?"
+            )
+        return m, merklesync_stats(m.stdout)
+
+    def init_source(self) -> list[Run]:
+        assert self.merklesync is not None
+        if (self.src / ".merklesync").exists():
+            return []
+        argv = [*self.merklesync, "init", str(self.src), "--quiet"]
+        return [(checked(argv, run_measured(argv, cwd=self.cwd)), {})]
+
+
+def verify(tools: SshTools, case: str) -> None:
+    t = time.perf_counter()
+    want = snapshot(tools.src)
+    dsts = [("rsync", tools.dst_r)]
+    if tools.merklesync is not None:
+        dsts.append(("merklesync", tools.dst_m))
+    for name, dst in dsts:
+        if not dst.is_dir():
+            raise BenchFailure(f"after '{case}', the {name} destination {dst} does not exist")
+        try:
+            assert_same_tree(want, snapshot(dst), names=("source", name))
+        except AssertionError as e:
+            raise BenchFailure(f"after '{case}', the {name} destination differs:\n{e}") from e
+    print(f"  verified '{case}' ({time.perf_counter() - t:.1f} s)", file=sys.stderr)
+
+
+def row(case: str, r_runs: list[Run], m_runs: list[Run], note: str) -> Row:
+    return Row(
+        case,
+        Result.combine("rsync", r_runs),
+        Result.combine("merklesync", m_runs) if m_runs else None,
+        note,
+    )
+
+
+# --------------------------------------------------------------------------- columns
+
+
+def wire(result: Result | None) -> str:
+    """bytes_sent + bytes_received, or '-' when the tool did not report them."""
+    if result is None or (
+        "bytes_sent" not in result.stats and "bytes_received" not in result.stats
+    ):
+        return MISSING
+    return fmt_bytes(result.stats.get("bytes_sent", 0) + result.stats.get("bytes_received", 0))
+
+
+def id_bound(d: int) -> str:
+    """Lower bound to name d differences with 128-bit ids: d * (128 - log2 d) bits."""
+    return fmt_bytes(math.ceil(d * (128 - math.log2(d)) / 8)) if d > 0 else MISSING
+
+
+def cand_stat(key: str) -> Callable[[Row], str]:
+    return lambda r: r.candidate.stat(key) if r.candidate else MISSING
+
+
+COLUMNS = [
+    Column("rsync wire", lambda r: wire(r.baseline)),
+    Column("merklesync wire", lambda r: wire(r.candidate)),
+    Column("round trips", cand_stat("round_trips")),
+    Column("files hashed", cand_stat("files_hashed")),
+    Column("files sent", cand_stat("files_transferred")),
+]
+
+
+def run_cases(
+    tools: SshTools, runs: int, seed: int, series: Sequence[int], n_files: int
+) -> list[Row]:
+    rows: list[Row] = []
+    try:
+        print("case: first copy", file=sys.stderr)
+        m_first = None
+        if tools.merklesync is not None:
+            m_first = Result.chain("merklesync", [*tools.init_source(), tools.push()])
+        rows.append(
+            Row(
+                "first copy",
+                Result.combine("rsync", [tools.rsync()]),
+                m_first,
+                "single run; merklesync = init SRC (local) + push",
+            )
+        )
+        verify(tools, "first copy")
+
+        push = tools.push if tools.merklesync is not None else None
+        print("case: nothing changed", file=sys.stderr)
+        r, m = interleaved(runs, no_setup, tools.rsync, push)
+        rows.append(row("nothing changed", r, m, f"best of {runs}"))
+        verify(tools, "nothing changed")
+
+        print("case: 10 files changed", file=sys.stderr)
+        r, m = interleaved(runs, changes(tools.src, 10, seed + 100), tools.rsync, push)
+        rows.append(row("10 files changed", r, m, f"best of {runs}; 10 other files each round"))
+        verify(tools, "10 files changed")
+
+        for d in series:
+            case = f"{d} changed among {n_files:,}"
+            print(f"case: {case}", file=sys.stderr)
+            r, m = interleaved(1, changes(tools.src, d, seed + 1000 * d), tools.rsync, push)
+            rows.append(row(case, r, m, f"single run; id lower bound {id_bound(d)}"))
+            verify(tools, case)
+    except BenchFailure:
+        if rows:
+            print(
+                "\nPartial results before the failure:\n" + render_rows(rows, COLUMNS),
+                file=sys.stderr,
+            )
+        raise
+    return rows
+
+
+def changes(src: Path, n: int, seed: int) -> Callable[[int], None]:
+    """Setup of a round: modify ``n`` files, other ones each round (seed + round)."""
+
+    def setup(round_no: int) -> None:
+        mutate(src, modify=n, seed=seed + round_no)
+
+    return setup
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--files", type=int, default=100_000)
+    p.add_argument("--dirs", type=int, default=1000)
+    p.add_argument("--min-size", type=int, default=1024)
+    p.add_argument("--max-size", type=int, default=6800, help="default: 100k files ~390 MB")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--runs", type=int, default=3, help="runs of the repeatable cases (best kept)")
+    p.add_argument(
+        "--series",
+        default="1,10,100",
+        help="the d of the 'd changed among N' cases, comma-separated",
+    )
+    p.add_argument("--out", type=Path, help="also write the report (Markdown) here")
+    p.add_argument("--tmp", type=Path, help="where to make the trees (default: $TMPDIR)")
+    p.add_argument("--keep", action="store_true", help="keep the trees")
+    p.add_argument("--merklesync", help="command to run merklesync (default: python -m merklesync)")
+    p.add_argument("--push-args", default="", help="extra arguments for merklesync push")
+    p.add_argument("--rsync-only", action="store_true", help="measure rsync alone (the bar)")
+    p.add_argument(
+        "--sshd", choices=("openssh", "paramiko"), default="openssh", help="loopback server kind"
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if shutil.which("rsync") is None or shutil.which("ssh") is None:
+        print("rsync and ssh must be installed", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="merklesync-bench-ssh-", dir=args.tmp))
+    try:
+        t = time.perf_counter()
+        info = make_tree(
+            work / "src", args.files, args.dirs, args.min_size, args.max_size, args.seed
+        )
+        gen_s = time.perf_counter() - t
+        header = (
+            "# merklesync push vs rsync, over ssh (loopback sshd)\n\n"
+            f"Tree: {info.file_count:,} files, {len(info.dirs):,} dirs, "
+            f"{info.total_bytes / 1e6:.1f} MB (seed {args.seed}; generated in {gen_s:.1f} s).\n"
+            f"Machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; warm page cache. "
+            f"{rss_note()} Remote-side processes are not measured. Wire bytes: rsync "
+            "--stats totals; merklesync bytes_sent + bytes_received."
+        )
+        print(header + "\n", file=sys.stderr)
+        with loopback_sshd(work, args.sshd) as ssh:
+            header += f" Server: {ssh.kind} on 127.0.0.1:{ssh.port}."
+            tools = SshTools(
+                ssh,
+                work / "src",
+                work / "dst-rsync",
+                work / "dst-merklesync",
+                None if args.rsync_only else merklesync_argv(args.merklesync),
+                work,
+                shlex.split(args.push_args),
+            )
+            series = [int(x) for x in args.series.split(",") if x.strip()]
+            rows = run_cases(tools, args.runs, args.seed, series, info.file_count)
+        write_report("\n\n".join([header, render_rows(rows, COLUMNS)]), args.out)
+        return 0
+    except BenchFailure as e:
+        print(f"\nBENCHMARK FAILED: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if args.keep:
+            print(f"trees kept in {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

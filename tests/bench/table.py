@@ -1,0 +1,394 @@
+"""Shared pieces of the side-by-side benchmarks: run a command and measure it, keep the
+best of several runs, and print the comparison as a Markdown table.
+
+Peak RSS is ``ru_maxrss`` (KiB on Linux) of the measured child as reaped by ``wait4``:
+the largest single process among the child and the descendants it waited for, not their
+sum (rsync runs 2-3 processes, merklesync one), and never a process on the far side of
+ssh. Linux carries the *parent's* high-water RSS into a child across fork/vfork + exec, so
+a child spawned straight from this (large) Python process would report at least our own
+size. ``run_measured`` therefore starts the command under GNU ``/usr/bin/time`` (Debian
+package ``time``), a small C process, and reads the child's ``%M`` from it; without GNU
+time it falls back to ``os.wait4`` on the direct child and marks the result
+``rss_exact=False`` (an upper bound that includes this process's own peak).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "MISSING",
+    "BenchFailure",
+    "Column",
+    "Measured",
+    "Result",
+    "Row",
+    "Run",
+    "checked",
+    "fmt_bytes",
+    "fmt_mb",
+    "fmt_ratio",
+    "fmt_seconds",
+    "gnu_time",
+    "interleaved",
+    "markdown_table",
+    "merklesync_argv",
+    "merklesync_stats",
+    "no_setup",
+    "ratio",
+    "render_rows",
+    "rss_note",
+    "rsync_wire_bytes",
+    "run_measured",
+    "write_report",
+]
+
+MISSING = "-"
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One finished process."""
+
+    wall_s: float
+    max_rss_kib: int
+    returncode: int
+    stdout: str
+    stderr: str
+    rss_exact: bool = True  # False: wait4 fallback, includes the parent's own peak
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def describe_failure(self, argv: Sequence[str | os.PathLike[str]]) -> str:
+        tail = "\n".join((self.stderr or self.stdout).strip().splitlines()[-15:])
+        return f"{' '.join(os.fspath(a) for a in argv)} exited {self.returncode}:\n{tail}"
+
+
+#: One run of a tool: the process, and the counters it reported.
+Run = tuple[Measured, Mapping[str, int]]
+
+
+class BenchFailure(Exception):
+    """A tool failed, or a replica differs from what the oracle expects."""
+
+
+def checked(argv: Sequence[str | os.PathLike[str]], m: Measured) -> Measured:
+    """``m`` if the command succeeded; else raise `BenchFailure` with its output."""
+    if not m.ok:
+        raise BenchFailure(m.describe_failure(argv))
+    return m
+
+
+def merklesync_argv(spec: str | None = None) -> list[str]:
+    """How to start merklesync: ``spec`` split as a shell would, or by default
+    ``python -m merklesync`` with this interpreter (a pyenv/venv shim would add its own
+    start-up time to every run)."""
+    return shlex.split(spec) if spec else [sys.executable, "-m", "merklesync"]
+
+
+_GNU_TIME = "/usr/bin/time"
+_RSS_MARK = "merklesync-bench-maxrss-kib="
+
+
+@functools.cache
+def gnu_time() -> str | None:
+    """Path of GNU time if installed (BSD/busybox ``time`` lack ``-f``/``-o``)."""
+    if not os.access(_GNU_TIME, os.X_OK):
+        return None
+    probe = subprocess.run([_GNU_TIME, "--version"], capture_output=True, text=True, check=False)
+    return _GNU_TIME if "GNU" in probe.stdout + probe.stderr else None
+
+
+def rss_note() -> str:
+    """One sentence saying how peak RSS was measured, for the report header."""
+    if gnu_time() is not None:
+        return "Peak RSS: ru_maxrss of the largest local process, via GNU time."
+    return (
+        "Peak RSS: os.wait4 ru_maxrss WITHOUT GNU time: an upper bound that includes "
+        "the benchmark's own size (apt-get install time)."
+    )
+
+
+def run_measured(
+    argv: Sequence[str | os.PathLike[str]],
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> Measured:
+    """Run ``argv`` to completion; wall time, peak RSS (KiB), exit code and output.
+
+    Output goes to temporary files (no pipe to drain while waiting); stdin is
+    /dev/null. See the module docstring for how peak RSS is read.
+    """
+    command = [os.fspath(a) for a in argv]
+    timer = gnu_time()
+    with (
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        tempfile.NamedTemporaryFile("r", suffix=".rss") as rss_file,
+    ):
+        if timer is not None:
+            command = [timer, "-f", _RSS_MARK + "%M", "-o", rss_file.name, *command]
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped: keep Popen from waiting
+        rss, exact = int(usage.ru_maxrss), False
+        if timer is not None:
+            for line in rss_file.read().splitlines():
+                if line.startswith(_RSS_MARK):
+                    rss, exact = int(line[len(_RSS_MARK) :]), True
+        out.seek(0)
+        err.seek(0)
+        return Measured(
+            wall_s=wall,
+            max_rss_kib=rss,
+            returncode=proc.returncode,
+            stdout=out.read().decode(errors="replace"),
+            stderr=err.read().decode(errors="replace"),
+            rss_exact=exact,
+        )
+
+
+@dataclass(frozen=True)
+class Result:
+    """One tool on one case: best wall time and largest peak RSS over ``runs`` runs.
+
+    ``stats`` holds counters the tool reported (merklesync's JSON ``stats``, or
+    rsync's ``--stats`` bytes), from the run whose time is kept.
+    """
+
+    tool: str
+    wall_s: float
+    max_rss_kib: int
+    runs: int = 1
+    stats: Mapping[str, int] = field(default_factory=dict)
+
+    def stat(self, key: str) -> str:
+        """A counter formatted with thousands separators, or ``-`` if not reported."""
+        value = self.stats.get(key)
+        return MISSING if value is None else f"{value:,}"
+
+    @classmethod
+    def combine(cls, tool: str, runs: Sequence[Run]) -> Result:
+        """Best wall time (and its stats) and largest peak RSS over several runs."""
+        if not runs:
+            raise ValueError("no runs to combine")
+        best, best_stats = min(runs, key=lambda r: r[0].wall_s)
+        peak = max(m.max_rss_kib for m, _ in runs)
+        return cls(tool, best.wall_s, peak, len(runs), dict(best_stats))
+
+    @classmethod
+    def chain(cls, tool: str, steps: Sequence[Run]) -> Result:
+        """Steps run one after the other (e.g. ``init`` then ``push``) as one result:
+        times added, peak RSS the largest, stats from the last step."""
+        if not steps:
+            raise ValueError("no steps to chain")
+        return cls(
+            tool,
+            sum(m.wall_s for m, _ in steps),
+            max(m.max_rss_kib for m, _ in steps),
+            1,
+            dict(steps[-1][1]),
+        )
+
+
+@dataclass(frozen=True)
+class Row:
+    """One case: the baseline tool (rsync, Unison) against merklesync (``None`` when
+    merklesync was not run)."""
+
+    case: str
+    baseline: Result
+    candidate: Result | None
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        if self.candidate is None:
+            return None
+        return ratio(self.candidate.wall_s, self.baseline.wall_s)
+
+
+@dataclass(frozen=True)
+class Column:
+    """An extra column: a header and how to fill it from a row."""
+
+    header: str
+    cell: Callable[[Row], str]
+
+
+def interleaved(
+    n: int,
+    setup: Callable[[int], None],
+    baseline: Callable[[], Run],
+    candidate: Callable[[], Run] | None,
+) -> tuple[list[Run], list[Run]]:
+    """``n`` rounds of: ``setup(round)`` (recreate the state), then both tools, the
+    baseline first in even rounds and second in odd ones. Gives (baseline runs,
+    candidate runs), ready for :meth:`Result.combine`."""
+    base_runs: list[Run] = []
+    cand_runs: list[Run] = []
+    for i in range(n):
+        setup(i)
+        steps: list[tuple[Callable[[], Run], list[Run]]] = [(baseline, base_runs)]
+        if candidate is not None:
+            steps.append((candidate, cand_runs))
+        for run, runs in steps if i % 2 == 0 else reversed(steps):
+            runs.append(run())
+    return base_runs, cand_runs
+
+
+def no_setup(round_no: int) -> None:
+    """Setup for cases whose state needs no recreating (e.g. nothing changed)."""
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def merklesync_stats(stdout: str) -> dict[str, int]:
+    """The integer fields of ``stats`` in the JSON object merklesync printed
+    (the whole output, or else its last line that parses as a JSON object)."""
+    candidates = [stdout, *reversed(stdout.strip().splitlines())]
+    for text in candidates:
+        try:
+            doc: Any = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(doc, dict):
+            stats = doc.get("stats")
+            if isinstance(stats, dict):
+                return {
+                    k: int(v)
+                    for k, v in stats.items()
+                    if isinstance(v, int | float) and not isinstance(v, bool)
+                }
+            return {}
+    return {}
+
+
+_RSYNC_TOTAL = re.compile(r"^Total bytes (sent|received):\s*([\d,.]+)", re.MULTILINE)
+
+
+def rsync_wire_bytes(stdout: str) -> dict[str, int]:
+    """``bytes_sent`` / ``bytes_received`` from rsync ``--stats`` output
+    ("Total bytes sent: 1,234"): what crossed the wire, from the client's side."""
+    out: dict[str, int] = {}
+    for which, number in _RSYNC_TOTAL.findall(stdout):
+        out[f"bytes_{which}"] = int(number.replace(",", "").replace(".", ""))
+    return out
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def ratio(candidate: float, baseline: float) -> float | None:
+    return candidate / baseline if baseline > 0 else None
+
+
+def fmt_ratio(value: float | None) -> str:
+    return MISSING if value is None else f"{value:.2f}x"
+
+
+def fmt_seconds(value: float | None) -> str:
+    if value is None:
+        return MISSING
+    return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+
+
+def fmt_mb(kib: int | None) -> str:
+    """KiB (as ``ru_maxrss``) shown as decimal MB."""
+    return MISSING if kib is None else f"{kib * 1024 / 1e6:.1f}"
+
+
+def fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return MISSING
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table, columns padded so it also reads as plain text."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        if len(row) != len(headers):
+            raise ValueError(f"row has {len(row)} cells, expected {len(headers)}: {row}")
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(headers), sep, *(line(r) for r in rows)])
+
+
+def render_rows(
+    rows: Sequence[Row],
+    extra: Sequence[Column] = (),
+    baseline_name: str | None = None,
+    candidate_name: str = "merklesync",
+) -> str:
+    """The standard comparison: case, runs, both wall times, ratio, both peak RSS,
+    then ``extra`` columns, then the note."""
+    base = baseline_name or (rows[0].baseline.tool if rows else "baseline")
+    cand = candidate_name
+    headers = [
+        "case",
+        "runs",
+        f"{base} s",
+        f"{cand} s",
+        f"{cand}/{base}",
+        f"{base} RSS MB",
+        f"{cand} RSS MB",
+        *(c.header for c in extra),
+        "note",
+    ]
+    body = []
+    for r in rows:
+        c = r.candidate
+        runs = str(r.baseline.runs) if c is None else f"{r.baseline.runs}/{c.runs}"
+        body.append(
+            [
+                r.case,
+                runs,
+                fmt_seconds(r.baseline.wall_s),
+                fmt_seconds(c.wall_s) if c else MISSING,
+                fmt_ratio(r.ratio),
+                fmt_mb(r.baseline.max_rss_kib),
+                fmt_mb(c.max_rss_kib) if c else MISSING,
+                *(col.cell(r) for col in extra),
+                r.note,
+            ]
+        )
+    return markdown_table(headers, body)
+
+
+def write_report(text: str, out: Path | None) -> None:
+    """Print ``text``; also write it to ``out`` when given."""
+    print(text)
+    if out is not None:
+        out.write_text(text + "\n")
