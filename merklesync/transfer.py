@@ -107,27 +107,57 @@ def push(
     return result
 
 
+@dataclass(frozen=True, slots=True)
+class Op:
+    """Write ``entry`` on a target that now holds ``expect``; its content
+    streams from ``source`` (which holds it as ``read_as``), or is given in
+    ``content``, or is not needed (a directory, link, tombstone or a change
+    of version or mode only)."""
+
+    entry: Entry
+    expect: Entry | None
+    source: Peer | None = None
+    read_as: Entry | None = None
+    content: bytes | None = None
+
+
 def _apply(
     src: Peer, dst: Peer, changes: list[Change], result: TransferResult, progress: Progress | None
 ) -> None:
-    with_data = [c for c in changes if needs_data(c)]
-    without = [c for c in changes if not needs_data(c)]
-    # Directories first (shallow to deep), so their modes are in place early.
-    without.sort(key=lambda c: (c.src is None or c.src.kind is not EntryKind.DIR, c.path))
-    for start in range(0, len(without), BATCH_FILES):
-        items = [WriteItem(_target(c), c.dst) for c in without[start : start + BATCH_FILES]]
-        _record(dst.write(items, progress), result)
-    for batch in _batches(with_data):
-        _record(dst.write(_stream(src, batch, result), progress), result)
+    ops = [
+        Op(_target(c), c.dst, src, c.src) if needs_data(c) else Op(_target(c), c.dst)
+        for c in changes
+    ]
+    apply_ops(dst, ops, result.outcomes, progress)
 
 
-def _batches(changes: list[Change]) -> Iterator[list[Change]]:
-    batch: list[Change] = []
+def apply_ops(
+    target: Peer, ops: list[Op], outcomes: dict[str, Outcome], progress: Progress | None
+) -> None:
+    """Apply writes to one peer: those without streamed content first
+    (directories shallow to deep), then streams in pipelined batches."""
+    plain = [o for o in ops if o.source is None]
+    plain.sort(key=lambda o: (o.entry.kind is not EntryKind.DIR or o.entry.deleted, o.entry.path))
+    for start in range(0, len(plain), BATCH_FILES):
+        items = [
+            WriteItem(o.entry, o.expect, None if o.content is None else [o.content])
+            for o in plain[start : start + BATCH_FILES]
+        ]
+        _record(target.write(items, progress), outcomes)
+    streamed = [o for o in ops if o.source is not None]
+    sources = {id(o.source): o.source for o in streamed if o.source is not None}
+    for source in sources.values():
+        mine = [o for o in streamed if o.source is source]
+        for batch in _batches(mine):
+            _record(target.write(_stream(source, batch, outcomes), progress), outcomes)
+
+
+def _batches(ops: list[Op]) -> Iterator[list[Op]]:
+    batch: list[Op] = []
     size = 0
-    for c in changes:
-        assert c.src is not None
-        batch.append(c)
-        size += c.src.size
+    for op in ops:
+        batch.append(op)
+        size += op.entry.size
         if len(batch) >= BATCH_FILES or size >= BATCH_BYTES:
             yield batch
             batch, size = [], 0
@@ -135,18 +165,18 @@ def _batches(changes: list[Change]) -> Iterator[list[Change]]:
         yield batch
 
 
-def _stream(src: Peer, batch: list[Change], result: TransferResult) -> Iterable[WriteItem]:
-    by_path = {c.path: c for c in batch}
-    for entry, chunks in src.read([c.src for c in batch if c.src is not None]):
-        change = by_path[entry.path]
+def _stream(source: Peer, batch: list[Op], outcomes: dict[str, Outcome]) -> Iterable[WriteItem]:
+    by_path = {o.read_as.path: o for o in batch if o.read_as is not None}
+    for entry, chunks in source.read([o.read_as for o in batch if o.read_as is not None]):
+        op = by_path[entry.path]
         if chunks is None:
-            result.outcomes[entry.path] = Outcome(
-                entry.path, False, "changed or gone on the source since the scan"
+            outcomes[op.entry.path] = Outcome(
+                op.entry.path, False, "changed or gone on the source since the scan"
             )
             continue
-        yield WriteItem(entry, change.dst, chunks)
+        yield WriteItem(op.entry, op.expect, chunks)
 
 
-def _record(outcomes: list[Outcome], result: TransferResult) -> None:
-    for outcome in outcomes:
-        result.outcomes[outcome.path] = outcome
+def _record(results: list[Outcome], outcomes: dict[str, Outcome]) -> None:
+    for outcome in results:
+        outcomes[outcome.path] = outcome

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from merklesync import __version__
-from merklesync.cli import diff_cmd, init_cmd, push_cmd, status_cmd
+from merklesync.cli import diff_cmd, init_cmd, push_cmd, status_cmd, sync_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -15,7 +15,7 @@ def cli() -> None:
     version vectors make sure nothing is silently overwritten."""
 
 
-for command in (init_cmd.init, status_cmd.status, diff_cmd.diff, push_cmd.push, push_cmd.pull):
+for command in (init_cmd.init, status_cmd.status, diff_cmd.diff, push_cmd.push, push_cmd.pull, sync_cmd.sync):
     cli.add_command(command)
 
 

@@ -59,3 +59,14 @@ def refresh_all(
     reports = [peers[0].refresh(checksum=checksum, progress=progress)]
     reports += [finish(progress) for finish in pending]
     return [w for r in reports for w in r.warnings]
+
+
+def local_file_text(peer: Peer, name: str) -> str | None:
+    """A small file at the root of a local replica (such as its
+    .merklesyncattributes), or None."""
+    if not isinstance(peer, LocalPeer):
+        return None
+    try:
+        return (peer.replica.root / name).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None

@@ -219,7 +219,11 @@ class DirectorySource:
         if old is not None and not old.deleted and old.kind is EntryKind.DIR:
             self._tombstone_under(index, replica_id, clock, old.path, report)
         vv = (old.vv if old is not None else VersionVector()).bump(replica_id)
-        index.put(fresh.with_version(vv, clock.tick()), stat, old)
+        # The write's stamp: when it happened (its mtime), and always after
+        # the version it replaces, whatever the clocks say.
+        stamp = max(st.st_mtime_ns, old.stamp + 1 if old is not None else 0)
+        clock.observe(stamp)
+        index.put(fresh.with_version(vv, stamp), stat, old)
         if old is None or old.deleted:
             report.added.append(rel)
         else:
@@ -230,14 +234,16 @@ class DirectorySource:
     ) -> None:
         if entry.kind is EntryKind.DIR:
             self._tombstone_under(index, replica_id, clock, entry.path, report)
-        index.put(entry.tombstone(entry.vv.bump(replica_id), clock.tick()), None, entry)
+        stamp = max(clock.tick(), entry.stamp + 1)
+        index.put(entry.tombstone(entry.vv.bump(replica_id), stamp), None, entry)
         report.deleted.append(entry.path)
 
     def _tombstone_under(
         self, index: Index, replica_id: str, clock: HybridClock, directory: str, report: ScanReport
     ) -> None:
         for child in index.live_under(directory):
-            index.put(child.tombstone(child.vv.bump(replica_id), clock.tick()), None, child)
+            stamp = max(clock.tick(), child.stamp + 1)
+            index.put(child.tombstone(child.vv.bump(replica_id), stamp), None, child)
             report.deleted.append(child.path)
 
     def _forget(self, index: Index, rel: str) -> None:
@@ -315,7 +321,7 @@ class DirectorySource:
         unindexed directory may be adopted: it holds no content itself)."""
         try:
             st = os.lstat(self.abs(rel))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             st = None
         known = cached is not None and not cached.entry.deleted
         if st is None:

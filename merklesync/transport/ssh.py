@@ -105,8 +105,19 @@ def _config_path() -> str:
     return os.path.expanduser("~/.ssh/config")
 
 
+_SAFE_HOST = re.compile(r"[A-Za-z0-9_.%:-]+\Z")
+_SAFE_USER = re.compile(r"[^\s'\"`$;&|<>\\()*?!#]+\Z")
+
+
 def _resolve(alias: str, user: str | None, port: int | None) -> _Target:
     """Look ``alias`` up in ~/.ssh/config; explicit user/port win."""
+    # These end up in ssh_config text and in ProxyCommand shell lines (%h, %r).
+    if not _SAFE_HOST.match(alias) or alias.startswith("-"):
+        raise ConnectionFailed(f"bad host name {alias!r}")
+    if user is not None and (not _SAFE_USER.match(user) or user.startswith("-")):
+        raise ConnectionFailed(f"bad user name {user!r}")
+    if port is not None and not 0 < port < 65536:
+        raise ConnectionFailed(f"bad port {port}")
     text = ""
     path = _config_path()
     try:

@@ -1,0 +1,134 @@
+"""merklesync sync"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from merklesync.cli.common import (
+    Output,
+    exclude_option,
+    handle_errors,
+    output_options,
+    print_stats,
+    stats_option,
+)
+from merklesync.errors import EXIT_DIFFERENT, EXIT_OK
+from merklesync.ignore import exclude_predicate
+from merklesync.peer.open import (
+    check_apart,
+    combined_stats,
+    local_file_text,
+    open_peer,
+    refresh_all,
+)
+from merklesync.policy import ATTRIBUTES_FILE, Policy, Rules, parse_attributes
+from merklesync.sync import sync as sync_peers
+
+
+@click.command()
+@click.argument("replicas", nargs=-1, required=True, metavar="[A] B")
+@click.option(
+    "--on-conflict",
+    type=click.Choice([p.value for p in Policy]),
+    default=Policy.KEEP_BOTH.value,
+    show_default=True,
+    help="What to do when both sides changed an entry: keep-both (the other version becomes "
+    "NAME.conflict-REPLICA-TIME.EXT), lww (the later write wins), local (A wins), remote "
+    "(B wins), union (merge text lines or JSON sets), merge-cmd (run --merge-cmd). "
+    "Patterns in .merklesyncattributes (PATTERN conflict=POLICY) override it.",
+)
+@click.option(
+    "--merge-cmd",
+    metavar="CMD",
+    help="Merge command for merge-cmd, as git merge drivers: %A ours (the result), %B "
+    "theirs, %O the ancestor (empty when unknown), %P the path.",
+)
+@click.option("-n", "--dry-run", is_flag=True, help="Show what would change; write nothing.")
+@click.option("-v", "--verbose", is_flag=True, help="List every change made.")
+@click.option(
+    "--checksum", is_flag=True, help="Re-hash every file instead of trusting the stat cache."
+)
+@exclude_option
+@stats_option
+@output_options
+@handle_errors
+def sync(
+    replicas: tuple[str, ...],
+    on_conflict: str,
+    merge_cmd: str | None,
+    dry_run: bool,
+    verbose: bool,
+    checksum: bool,
+    excludes: tuple[str, ...],
+    stats: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Two-way sync of replicas A (default: the one around the current
+    directory) and B: whatever changed on one side is copied to the other;
+    what changed on both is settled by the conflict policy, never silently
+    overwritten. B is initialised when it is not a replica yet.
+
+    A modification and a deletion of the same entry: the modification wins
+    (unless the policy is lww, local or remote), and the event is listed."""
+    if len(replicas) > 2:
+        raise click.UsageError("sync takes at most two replicas: [A] B")
+    a_spec, b_spec = (None, replicas[0]) if len(replicas) == 1 else replicas
+    out = Output(quiet, as_json, verbose)
+    a = open_peer(a_spec, excludes=excludes)
+    try:
+        b = open_peer(b_spec, create=True, excludes=excludes)
+        try:
+            check_apart(a, b)
+            with out.progress("scanning", "files") as progress:
+                warnings = refresh_all([a, b], checksum=checksum, progress=progress)
+            text = local_file_text(a, ATTRIBUTES_FILE) or ""
+            rules = Rules(Policy(on_conflict), merge_cmd, tuple(parse_attributes(text)))
+            with out.progress("syncing", "B", scale=True) as progress:
+                result = sync_peers(
+                    a,
+                    b,
+                    rules=rules,
+                    include=exclude_predicate(excludes),
+                    dry_run=dry_run,
+                    progress=progress,
+                )
+            totals = combined_stats(result.stats, a, b)
+        finally:
+            b.close()
+    finally:
+        a.close()
+    warnings += result.warnings
+    failures = result.failures()
+    for warning in warnings:
+        out.warn(warning)
+    for event in result.events:
+        if event.what in ("conflict", "modify-delete"):
+            out.warn(f"{event.what}: {event.path}: {event.detail}")
+        elif (dry_run or verbose) and event.what != "merge-version":
+            out.line(f"{event.what} {event.path}")
+    for failure in failures:
+        out.warn(f"left alone: {failure.path}: {failure.reason}")
+    moved = sum(1 for e in result.events if e.what in ("a->b", "b->a"))
+    out.info(
+        f"{'would sync' if dry_run else 'synced'} {a.name} and {b.name}: {moved} copied, "
+        f"{sum(1 for e in result.events if e.what != 'merge-version') - moved} resolved, "
+        f"{len(failures)} left alone"
+    )
+    if stats:
+        print_stats(out, totals)
+    out.emit_json(
+        {
+            "a": a.name,
+            "b": b.name,
+            "dry_run": dry_run,
+            "events": [{"path": e.path, "what": e.what, "detail": e.detail} for e in result.events],
+            "left_alone": [{"path": f.path, "reason": f.reason} for f in failures],
+            "warnings": warnings,
+            "stats": totals.as_dict(),
+        }
+    )
+    unresolved = any("unresolved" in w for w in result.warnings)
+    sys.exit(EXIT_DIFFERENT if failures or unresolved else EXIT_OK)

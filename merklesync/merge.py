@@ -1,0 +1,307 @@
+"""Content merges for concurrent versions of one file (the "siblings" of a
+version-vector conflict): a semantic set union, and git-style merge commands.
+
+Pure library code: bytes in, bytes out, :class:`MergeFailed` when a merge is
+impossible. The caller decides what to do then (usually keep both versions).
+
+Union merge (``union_merge``), chosen by content, whatever the file name:
+
+* **JSON** (both sides parse as JSON): arrays become the union of their
+  elements, ours first in order, then theirs' elements not already present
+  (equality by canonical JSON, so ``1``, ``1.0`` and ``true`` are different
+  elements); objects become the union of their keys (ours' order, then theirs'
+  new keys), values present on both sides merged recursively.
+  **Scalar conflict rule:** where the two sides hold different values at the
+  same place and they are not both arrays or both objects, the result is the
+  array of both, ours first: ``{"n": 1}`` + ``{"n": 2}`` -> ``{"n": [1, 2]}``.
+  An array meeting a non-array treats the non-array as a one-element array:
+  ``["a"]`` + ``"b"`` -> ``["a", "b"]`` and ``[1, 2]`` + ``2`` -> ``[1, 2]``, so
+  merging the result again with either side changes nothing. The output keeps
+  ours' layout: its indentation (or one line, with or without spaces after
+  ``,`` and ``:``), ``\\uXXXX`` escapes or raw UTF-8, CRLF, final newline.
+* **Text** (valid UTF-8 without NUL on both sides): ours' lines unchanged and
+  in order, then theirs' lines that ours lacks, each once, with ours' newline
+  style (``\\r\\n`` and ``\\n`` end the same line); a final newline if either
+  side had one (or if the last line is empty, which needs one to exist).
+* Anything else (binary, JSON on one side only) raises :class:`MergeFailed`.
+
+A union never loses an element, and never deletes one either: an item
+removed on one side and kept on the other comes back (Dynamo's cart has the
+same property). The merge is deterministic, symmetric in content (``a + b``
+and ``b + a`` hold the same elements), idempotent (``a + a == a``) and
+``(a + b) + b == a + b`` byte for byte.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import TypeAlias
+
+from merklesync.errors import EXIT_DIFFERENT, MerklesyncError
+
+JSONValue: TypeAlias = "bool | int | float | str | list[JSONValue] | dict[str, JSONValue] | None"
+
+
+class MergeFailed(MerklesyncError):
+    """The versions could not be merged."""
+
+    exit_code = EXIT_DIFFERENT
+
+
+# -- union -------------------------------------------------------------------
+
+
+def union_merge(path: str, ours: bytes, theirs: bytes) -> bytes:
+    """Merge two versions of ``path`` by set union; see the module docstring."""
+    if ours == theirs:
+        return ours
+    ours_text, theirs_text = _as_text(ours), _as_text(theirs)
+    if ours_text is None or theirs_text is None:
+        raise MergeFailed(f"{path}: not text or JSON; cannot merge by union")
+    ours_json, theirs_json = _as_json(ours_text), _as_json(theirs_text)
+    if ours_json is None and theirs_json is None:
+        return _merge_lines(ours_text, theirs_text).encode("utf-8")
+    if ours_json is None or theirs_json is None:
+        raise MergeFailed(f"{path}: not text or JSON; cannot merge by union")
+    try:
+        merged = _merge_values(ours_json.value, theirs_json.value)
+        return _JSONLayout.of(ours_text, ours_json.value).dump(merged).encode("utf-8")
+    except RecursionError:
+        raise MergeFailed(f"{path}: JSON nested too deeply to merge") from None
+
+
+def _as_text(data: bytes) -> str | None:
+    if b"\0" in data:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    value: JSONValue
+
+
+def _as_json(text: str) -> _Parsed | None:
+    """The parsed document, or None when ``text`` is not JSON."""
+    try:
+        return _Parsed(json.loads(text))
+    except (ValueError, RecursionError):
+        return None
+
+
+def _canonical(value: JSONValue) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _merge_values(ours: JSONValue, theirs: JSONValue) -> JSONValue:
+    if isinstance(ours, dict) and isinstance(theirs, dict):
+        merged = dict(ours)
+        for key, value in theirs.items():
+            merged[key] = _merge_values(merged[key], value) if key in merged else value
+        return merged
+    if isinstance(ours, list) or isinstance(theirs, list):
+        ours_list: list[JSONValue] = ours if isinstance(ours, list) else [ours]
+        theirs_list: list[JSONValue] = theirs if isinstance(theirs, list) else [theirs]
+        return _union_list(ours_list, theirs_list)
+    if _canonical(ours) == _canonical(theirs):
+        return ours
+    return [ours, theirs]
+
+
+def _union_list(ours: list[JSONValue], theirs: list[JSONValue]) -> list[JSONValue]:
+    result = list(ours)
+    seen = {_canonical(item) for item in ours}
+    for item in theirs:
+        key = _canonical(item)
+        if key not in seen:
+            seen.add(key)
+            result.append(item)
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class _JSONLayout:
+    """How a JSON document was written, so a merge can be written alike."""
+
+    indent: str | None  # None: all on one line
+    tight: bool  # one line without spaces after "," and ":"
+    ensure_ascii: bool
+    newline: str
+    final_newline: bool
+
+    @classmethod
+    def of(cls, text: str, value: JSONValue) -> _JSONLayout:
+        newline = "\r\n" if "\r\n" in text else "\n"
+        final = text.endswith("\n")
+        body = text.replace("\r\n", "\n").strip()
+        unit = _indent_unit(body)
+        candidates = [
+            cls(indent, tight, ascii_, newline, final)
+            for ascii_ in (False, True)
+            for indent, tight in ((None, False), (None, True), (unit, False))
+        ]
+        for layout in candidates:
+            if layout.dump_body(value) == body:
+                return layout
+        # Not written by a JSON serializer we know: the closest layout.
+        if "\n" in body:
+            return cls(unit, False, False, newline, final)
+        tight = ", " not in body and ": " not in body
+        return cls(None, tight, False, newline, final)
+
+    def dump_body(self, value: JSONValue) -> str:
+        if self.indent is not None:
+            return json.dumps(value, indent=self.indent, ensure_ascii=self.ensure_ascii)
+        separators = (",", ":") if self.tight else (", ", ": ")
+        return json.dumps(value, separators=separators, ensure_ascii=self.ensure_ascii)
+
+    def dump(self, value: JSONValue) -> str:
+        # json.dumps escapes newlines inside strings, so every "\n" is layout.
+        body = self.dump_body(value).replace("\n", self.newline)
+        return body + (self.newline if self.final_newline else "")
+
+
+def _indent_unit(body: str) -> str:
+    """The leading whitespace of the first indented line: one level."""
+    for line in body.split("\n")[1:]:
+        stripped = line.lstrip(" \t")
+        if stripped and len(stripped) < len(line):
+            unit = line[: len(line) - len(stripped)]
+            if unit == " " * len(unit) or unit == "\t" * len(unit):
+                return unit
+            break
+    return "  "
+
+
+_LINE_END = re.compile(r"\r?\n")
+
+
+def _split_lines(text: str) -> list[tuple[str, str]]:
+    """``(content, line ending)`` pairs; the last ending may be empty."""
+    out: list[tuple[str, str]] = []
+    pos = 0
+    for match in _LINE_END.finditer(text):
+        out.append((text[pos : match.start()], match.group()))
+        pos = match.end()
+    if pos < len(text):
+        out.append((text[pos:], ""))
+    return out
+
+
+def _merge_lines(ours: str, theirs: str) -> str:
+    ours_lines, theirs_lines = _split_lines(ours), _split_lines(theirs)
+    endings = [end for _, end in ours_lines + theirs_lines if end]
+    newline = endings[0] if endings else "\n"
+    final = any(lines and lines[-1][1] for lines in (ours_lines, theirs_lines))
+    seen = {content for content, _ in ours_lines}
+    added: list[str] = []
+    for content, _ in theirs_lines:
+        if content not in seen:
+            seen.add(content)
+            added.append(content)
+    lines = ours_lines + [(content, newline) for content in added]
+    if not lines:
+        return ""
+    # Every line but the last needs an ending; the last has one if either side
+    # did, or if it is empty (without an ending, an empty last line is no line).
+    pieces = [content + (end or newline) for content, end in lines[:-1]]
+    last, last_end = lines[-1]
+    pieces.append(last + ((last_end or newline) if final or not last else ""))
+    return "".join(pieces)
+
+
+# -- merge commands ----------------------------------------------------------
+
+_PLACEHOLDER = re.compile(r"%([ABOP])")
+_SUFFIX = re.compile(r"\.[A-Za-z0-9_-]{1,16}")
+
+
+def run_merge_command(
+    command: str,
+    path: str,
+    ours: bytes,
+    theirs: bytes,
+    base: bytes | None,
+    timeout: float = 60,
+) -> bytes:
+    """Merge with an external command, as git runs a merge driver.
+
+    ``%A`` (ours; the command leaves the result in it), ``%B`` (theirs),
+    ``%O`` (the common ancestor; an empty file when unknown) and ``%P`` (the
+    path in the replica) are replaced by shell-quoted values, and the command
+    runs under ``sh -c`` in a private temporary directory, which is removed
+    afterwards. Exit status 0 returns the new content of ``%A``; any other
+    status, a timeout or a command that cannot run raises :class:`MergeFailed`
+    with the last line the command wrote to standard error.
+    """
+    suffix = PurePosixPath(path).suffix
+    suffix = suffix if _SUFFIX.fullmatch(suffix) else ""
+    with tempfile.TemporaryDirectory(prefix="merklesync-merge-") as tmp:
+        files = {
+            "A": Path(tmp, f"ours{suffix}"),
+            "B": Path(tmp, f"theirs{suffix}"),
+            "O": Path(tmp, f"base{suffix}"),
+        }
+        files["A"].write_bytes(ours)
+        files["B"].write_bytes(theirs)
+        files["O"].write_bytes(base or b"")
+        values = {key: shlex.quote(str(file)) for key, file in files.items()}
+        values["P"] = shlex.quote(path)
+        script = _PLACEHOLDER.sub(lambda m: values[m.group(1)], command)
+        returncode, stderr = _run_shell(script, tmp, timeout, path)
+        if returncode != 0:
+            detail = _last_line(stderr)
+            raise MergeFailed(
+                f"{path}: merge command failed (exit {returncode})"
+                + (f": {detail}" if detail else "")
+            )
+        try:
+            return files["A"].read_bytes()
+        except OSError as exc:
+            raise MergeFailed(
+                f"{path}: merge command left no result: {exc.strerror or exc}"
+            ) from None
+
+
+def _run_shell(script: str, cwd: str, timeout: float, path: str) -> tuple[int, bytes]:
+    try:
+        proc = subprocess.Popen(
+            ["sh", "-c", script],
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # a timeout kills the command's children too
+        )
+    except OSError as exc:
+        raise MergeFailed(f"{path}: cannot run merge command: {exc.strerror or exc}") from None
+    try:
+        _, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
+        detail = _last_line(stderr)
+        raise MergeFailed(
+            f"{path}: merge command timed out after {timeout:g} s"
+            + (f": {detail}" if detail else "")
+        ) from None
+    return proc.returncode, stderr
+
+
+def _last_line(stderr: bytes) -> str:
+    lines = [line.strip() for line in stderr.decode("utf-8", "replace").splitlines()]
+    last = next((line for line in reversed(lines) if line), "")
+    return "".join(ch if ch.isprintable() else "?" for ch in last)[:300]

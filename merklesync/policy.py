@@ -1,0 +1,116 @@
+"""What to do when two replicas changed the same entry concurrently.
+
+Every rule here is deterministic: two replicas that resolve the same
+conflict reach the same result without talking again.
+"""
+
+from __future__ import annotations
+
+import enum
+import posixpath
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pathspec
+
+from merklesync.errors import UsageError
+from merklesync.model import Entry, EntryKind
+
+ATTRIBUTES_FILE = ".merklesyncattributes"
+CONFLICT_MARK = ".conflict-"
+
+
+class Policy(enum.Enum):
+    KEEP_BOTH = "keep-both"
+    LWW = "lww"
+    LOCAL = "local"  # the first replica named (A in `sync A B`)
+    REMOTE = "remote"  # the second one
+    UNION = "union"
+    MERGE_CMD = "merge-cmd"
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The policy for each path: per-pattern rules from the replica's
+    ``.merklesyncattributes`` (``PATTERN conflict=POLICY``, last match wins,
+    as .gitattributes), else the default."""
+
+    default: Policy = Policy.KEEP_BOTH
+    merge_cmd: str | None = None
+    patterns: Sequence[tuple[pathspec.PathSpec[Any], Policy]] = field(default_factory=tuple)
+
+    def for_path(self, path: str) -> Policy:
+        chosen = self.default
+        for spec, policy in self.patterns:
+            if spec.match_file(path):
+                chosen = policy
+        return chosen
+
+
+def parse_attributes(text: str, source: str = ATTRIBUTES_FILE) -> list[tuple[Any, Policy]]:
+    rules: list[tuple[Any, Policy]] = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        pattern, *attrs = line.split()
+        for attr in attrs:
+            if attr.startswith("conflict="):
+                try:
+                    policy = Policy(attr.partition("=")[2])
+                except ValueError:
+                    raise UsageError(f"{source}:{number}: unknown conflict policy {attr}") from None
+                rules.append((pathspec.GitIgnoreSpec.from_lines([pattern]), policy))
+    return rules
+
+
+def writer_of(entry: Entry, other: Entry) -> str:
+    """The replica that made ``entry`` differ from ``other``: the smallest id
+    whose counter in entry is ahead."""
+    ahead = [r for r, c in entry.vv.pairs if c > other.vv.get(r)]
+    return min(ahead) if ahead else (min(r for r, _ in entry.vv.pairs) if entry.vv.pairs else "-")
+
+
+def newer(x: Entry, y: Entry) -> Entry:
+    """Last write wins: the later hybrid-clock stamp, then the writer id,
+    then the content, so every replica picks the same one."""
+    kx = (x.stamp, writer_of(x, y), x.leaf_hash())
+    ky = (y.stamp, writer_of(y, x), y.leaf_hash())
+    return x if kx > ky else y
+
+
+def keeps_name(x: Entry, y: Entry) -> Entry:
+    """Which of two conflicting versions keeps the path under keep-both: a
+    directory (it holds other entries), else the newer one."""
+    if (x.kind is EntryKind.DIR) != (y.kind is EntryKind.DIR):
+        return x if x.kind is EntryKind.DIR else y
+    if x.deleted != y.deleted:
+        return y if x.deleted else x
+    return newer(x, y)
+
+
+def conflict_name(path: str, writer: str, stamp: int) -> str:
+    """``dir/name.conflict-<replica>-<YYYYMMDDTHHMMSS>.ext``."""
+    head, name = posixpath.split(path)
+    stem, dot, ext = name.rpartition(".")
+    if not stem:  # no extension, or a dotfile
+        stem, dot, ext = name, "", ""
+    when = time.strftime("%Y%m%dT%H%M%S", time.gmtime(stamp / 1e9))
+    new = f"{stem}{CONFLICT_MARK}{writer}-{when}{dot}{ext}"
+    return posixpath.join(head, new) if head else new
+
+
+def original_of(path: str) -> tuple[str, str] | None:
+    """For a conflict copy: (the original path, the writer); else None."""
+    head, name = posixpath.split(path)
+    stem, mark, rest = name.partition(CONFLICT_MARK)
+    if not mark or not stem:
+        return None
+    writer, _, tail = rest.partition("-")
+    ext = tail.partition(".")[2] if "." in tail else ""
+    if len(writer) == 0 or len(tail) < 15:
+        return None
+    original = f"{stem}.{ext}" if ext else stem
+    return (posixpath.join(head, original) if head else original), writer

@@ -1,0 +1,266 @@
+"""Two-way sync: every replica may change, nothing is lost without a policy
+that says so.
+
+For each differing path: equal versions need nothing; where one version
+vector dominates, that version is copied the other way; concurrent versions
+with the same content just merge their vectors; otherwise it is a conflict,
+settled by the path's policy. A resolution is written on both sides with a
+vector that dominates both (merged, plus one tick of the resolving
+replica), so it travels on as an ordinary update.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import blake3
+
+from merklesync import merge
+from merklesync.clock import Order
+from merklesync.model import Entry, EntryKind, Stats
+from merklesync.peer import Outcome, Peer, Progress
+from merklesync.policy import Policy, Rules, conflict_name, keeps_name, newer, writer_of
+from merklesync.reconcile import differences
+from merklesync.transfer import Op, apply_ops
+
+MAX_MERGE_BYTES = 64 << 20  # content merged in memory at most
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One thing sync did (or would do) to a path."""
+
+    path: str
+    what: str  # "a->b", "b->a", "merge-version", "conflict", "modify-delete"
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class SyncResult:
+    events: list[Event] = field(default_factory=list)
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    stats: Stats = field(default_factory=Stats)
+
+    def failures(self) -> list[Outcome]:
+        return sorted((o for o in self.outcomes.values() if not o.ok), key=lambda o: o.path)
+
+
+@dataclass(slots=True)
+class _Plan:
+    to_a: list[Op] = field(default_factory=list)
+    to_b: list[Op] = field(default_factory=list)
+
+
+def _content(peer: Peer, entry: Entry) -> bytes | None:
+    if entry.deleted or entry.kind is not EntryKind.FILE or entry.size > MAX_MERGE_BYTES:
+        return None
+    for _entry, chunks in peer.read([entry]):
+        if chunks is not None:
+            return b"".join(chunks)
+    return None
+
+
+class Syncer:
+    def __init__(
+        self, a: Peer, b: Peer, rules: Rules, include: Callable[[str, bool], bool]
+    ) -> None:
+        self.a, self.b = a, b
+        self.rules = rules
+        self.include = include
+        self.result = SyncResult()
+
+    def run(self, *, dry_run: bool = False, progress: Progress | None = None) -> SyncResult:
+        self._pass(dry_run, progress)
+        if not dry_run and self.result.failures():
+            # An entry can arrive before the directory it lives in replaces
+            # a file: one more pass settles what the first one could not.
+            self.result.outcomes = {p: o for p, o in self.result.outcomes.items() if o.ok}
+            self._pass(dry_run, progress)
+        self.result.events.sort(key=lambda e: e.path)
+        return self.result
+
+    def _pass(self, dry_run: bool, progress: Progress | None) -> None:
+        deferred = _Plan()
+        for pairs in differences(self.a, self.b, self.result.stats):
+            plan = _Plan()
+            for x, y in pairs:
+                entry = x or y
+                assert entry is not None
+                if self.include(entry.path, entry.kind is EntryKind.DIR and not entry.deleted):
+                    self._decide(x, y, plan, deferred)
+            if not dry_run:
+                apply_ops(self.b, plan.to_b, self.result.outcomes, progress)
+                apply_ops(self.a, plan.to_a, self.result.outcomes, progress)
+        if not dry_run:
+            for ops, peer in ((deferred.to_b, self.b), (deferred.to_a, self.a)):
+                ops.sort(key=lambda o: o.entry.path.count("/"), reverse=True)
+                apply_ops(peer, ops, self.result.outcomes, progress)
+
+    # -- deciding ----------------------------------------------------------
+
+    def _copy(
+        self,
+        entry: Entry,
+        holder: Peer,
+        expect: Entry | None,
+        plan: _Plan,
+        deferred: _Plan,
+        to_b: bool,
+        write_as: Entry | None = None,
+    ) -> None:
+        """Make the other side hold ``entry`` (as ``write_as`` if given)."""
+        target = write_as or entry
+        needs_data = (
+            not target.deleted
+            and target.kind is EntryKind.FILE
+            and (
+                expect is None
+                or expect.deleted
+                or expect.kind is not EntryKind.FILE
+                or expect.digest != target.digest
+            )
+        )
+        op = Op(target, expect, holder, entry) if needs_data else Op(target, expect)
+        removes_dir = (
+            expect is not None
+            and not expect.deleted
+            and expect.kind is EntryKind.DIR
+            and (target.deleted or target.kind is not EntryKind.DIR)
+        )
+        side = deferred if removes_dir else plan
+        (side.to_b if to_b else side.to_a).append(op)
+
+    def _decide(self, x: Entry | None, y: Entry | None, plan: _Plan, deferred: _Plan) -> None:
+        events = self.result.events
+        if y is None or (x is not None and x.vv.compare(y.vv) is Order.AFTER):
+            assert x is not None
+            self._copy(x, self.a, y, plan, deferred, to_b=True)
+            events.append(Event(x.path, "a->b"))
+            return
+        if x is None or x.vv.compare(y.vv) is Order.BEFORE:
+            self._copy(y, self.b, x, plan, deferred, to_b=False)
+            events.append(Event(y.path, "b->a"))
+            return
+        merged = x.vv.merge(y.vv)
+        if x.same_content(y):
+            self._both(
+                dataclasses.replace(x, vv=merged, stamp=max(x.stamp, y.stamp)), x, y, plan, deferred
+            )
+            events.append(Event(x.path, "merge-version"))
+            return
+        self._conflict(x, y, plan, deferred)
+
+    def _resolved(self, winner: Entry, x: Entry, y: Entry) -> Entry:
+        """The winner as a new write that dominates both sides."""
+        vv = x.vv.merge(y.vv).bump(self.a.replica_id)
+        return dataclasses.replace(winner, vv=vv, stamp=max(x.stamp, y.stamp) + 1)
+
+    def _both(self, target: Entry, x: Entry, y: Entry, plan: _Plan, deferred: _Plan) -> None:
+        """Write ``target`` on both sides; its content is x's or y's."""
+        holder_a = x.same_content(target) or target.deleted
+        holder_b = y.same_content(target) or target.deleted
+        if holder_a:
+            self._copy(x, self.a, x, plan, deferred, to_b=False, write_as=target)
+            self._copy(x, self.a, y, plan, deferred, to_b=True, write_as=target)
+        elif holder_b:
+            self._copy(y, self.b, x, plan, deferred, to_b=False, write_as=target)
+            self._copy(y, self.b, y, plan, deferred, to_b=True, write_as=target)
+
+    def _conflict(self, x: Entry, y: Entry, plan: _Plan, deferred: _Plan) -> None:
+        events = self.result.events
+        policy = self.rules.for_path(x.path)
+        if x.deleted or y.deleted:
+            if policy in (Policy.LWW, Policy.LOCAL, Policy.REMOTE):
+                winner = {Policy.LOCAL: x, Policy.REMOTE: y}.get(policy) or newer(x, y)
+            else:
+                winner = y if x.deleted else x
+            self._both(self._resolved(winner, x, y), x, y, plan, deferred)
+            side = "a" if winner is x else "b"
+            what = "deletion" if winner.deleted else "modification"
+            events.append(Event(x.path, "modify-delete", f"the {what} on {side} wins"))
+            return
+        if policy in (Policy.LWW, Policy.LOCAL, Policy.REMOTE):
+            winner = {Policy.LOCAL: x, Policy.REMOTE: y}.get(policy) or newer(x, y)
+            loser = y if winner is x else x
+            self._both(self._resolved(winner, x, y), x, y, plan, deferred)
+            events.append(
+                Event(
+                    x.path,
+                    "conflict",
+                    f"{policy.value}: discarded the version written by {writer_of(loser, winner)}",
+                )
+            )
+            return
+        if policy in (Policy.UNION, Policy.MERGE_CMD) and self._merge(x, y, policy, plan):
+            return
+        self._keep_both(x, y, plan, deferred)
+
+    def _merge(self, x: Entry, y: Entry, policy: Policy, plan: _Plan) -> bool:
+        ours, theirs = _content(self.a, x), _content(self.b, y)
+        if ours is None or theirs is None:
+            self.result.warnings.append(f"{x.path}: cannot merge ({policy.value}); kept both")
+            return False
+        try:
+            if policy is Policy.UNION:
+                merged = merge.union_merge(x.path, ours, theirs)
+            else:
+                if not self.rules.merge_cmd:
+                    raise merge.MergeFailed(f"{x.path}: no --merge-cmd given")
+                merged = merge.run_merge_command(self.rules.merge_cmd, x.path, ours, theirs, None)
+        except merge.MergeFailed as exc:
+            self.result.warnings.append(f"{exc.message}; kept both")
+            return False
+        base = self._resolved(x, x, y)
+        target = dataclasses.replace(
+            base, digest=blake3.blake3(merged).digest(), size=len(merged), mtime_ns=base.stamp
+        )
+        plan.to_a.append(Op(target, x, content=merged))
+        plan.to_b.append(Op(target, y, content=merged))
+        self.result.events.append(Event(x.path, "conflict", f"{policy.value}: merged both"))
+        return True
+
+    def _keep_both(self, x: Entry, y: Entry, plan: _Plan, deferred: _Plan) -> None:
+        winner = keeps_name(x, y)
+        loser = y if winner is x else x
+        copy: Entry | None = None
+        if loser.kind is not EntryKind.DIR:  # two directories never conflict on content
+            holder = self.a if loser is x else self.b
+            content = None
+            if loser.kind is EntryKind.FILE:
+                content = _content(holder, loser)
+                if content is None:
+                    self.result.warnings.append(
+                        f"{x.path}: conflict left unresolved: the losing version could not "
+                        "be read (too large or changed)"
+                    )
+                    return
+            copy = dataclasses.replace(
+                loser,
+                path=conflict_name(loser.path, writer_of(loser, winner), loser.stamp),
+                vv=loser.vv.merge(winner.vv).bump(self.a.replica_id),
+                stamp=max(x.stamp, y.stamp) + 1,
+            )
+            # The copies are written first: the winner may replace the loser.
+            plan.to_a.append(Op(copy, None, content=content))
+            plan.to_b.append(Op(copy, None, content=content))
+        self._both(self._resolved(winner, x, y), x, y, plan, deferred)
+        side = "a" if winner is x else "b"
+        detail = f"keep-both: {side}'s version keeps the name"
+        if copy is not None:
+            detail += f"; the other is now {copy.path}"
+        self.result.events.append(Event(x.path, "conflict", detail))
+
+
+def sync(
+    a: Peer,
+    b: Peer,
+    *,
+    rules: Rules | None = None,
+    include: Callable[[str, bool], bool] = lambda path, is_dir: True,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+) -> SyncResult:
+    return Syncer(a, b, rules or Rules(), include).run(dry_run=dry_run, progress=progress)

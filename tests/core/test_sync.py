@@ -1,0 +1,136 @@
+"""Two-way sync between local replicas: propagation, conflicts, policies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.clirun import ms
+from tests.treegen import assert_same_tree, make_tree, mutate
+
+
+def files(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): p.read_text()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and ".merklesync" not in p.parts
+    }
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> tuple[Path, Path]:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "shared.txt").write_text("base\n")
+    (a / "keep.txt").write_text("keep\n")
+    ms("init", a)
+    assert ms("sync", a, b).code == 0
+    return a, b
+
+
+def test_changes_on_both_sides_travel_both_ways(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_tree(a, files=40, dirs=5, seed=5)
+    ms("init", a)
+    assert ms("sync", a, b).code == 0
+    assert_same_tree(a, b)
+    mutate(a, modify=3, add=2, delete=2, seed=1)
+    mutate(b, modify=0, add=3, delete=0, seed=2)
+    assert ms("sync", a, b).code == 0
+    assert_same_tree(a, b)
+    again = ms("sync", a, b, "--json").json()
+    assert again["events"] == [] and again["stats"]["round_trips"] == 1
+
+
+def test_keep_both_is_the_default_and_deterministic(pair: tuple[Path, Path]) -> None:
+    a, b = pair
+    (a / "shared.txt").write_text("from a\n")
+    (b / "shared.txt").write_text("from b\n")
+    r = ms("sync", a, b)
+    assert r.code == 0, r.err
+    assert "conflict: shared.txt: keep-both" in r.err
+    fa, fb = files(a), files(b)
+    assert fa == fb
+    copies = [p for p in fa if p.startswith("shared.conflict-") and p.endswith(".txt")]
+    assert len(copies) == 1
+    assert {fa["shared.txt"], fa[copies[0]]} == {"from a\n", "from b\n"}
+    assert ms("sync", a, b, "--json").json()["events"] == []
+    assert ms("diff", a, b).code == 0
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"), [("local", "from a\n"), ("remote", "from b\n"), ("lww", "from b\n")]
+)
+def test_one_side_wins_policies(pair: tuple[Path, Path], policy: str, expected: str) -> None:
+    a, b = pair
+    (a / "shared.txt").write_text("from a\n")
+    (b / "shared.txt").write_text("from b\n")  # written last: lww picks it
+    r = ms("sync", a, b, "--on-conflict", policy)
+    assert r.code == 0, r.err
+    assert files(a) == files(b)
+    assert files(a)["shared.txt"] == expected
+    assert "discarded the version" in r.err
+
+
+def test_modification_beats_deletion(pair: tuple[Path, Path]) -> None:
+    a, b = pair
+    (a / "shared.txt").unlink()
+    (b / "shared.txt").write_text("edited\n")
+    r = ms("sync", a, b)
+    assert r.code == 0
+    assert "modify-delete: shared.txt: the modification on b wins" in r.err
+    assert files(a)["shared.txt"] == "edited\n" == files(b)["shared.txt"]
+
+
+def test_deletion_travels(pair: tuple[Path, Path]) -> None:
+    a, b = pair
+    (b / "keep.txt").unlink()
+    assert ms("sync", a, b).code == 0
+    assert "keep.txt" not in files(a)
+
+
+def test_union_merges_the_cart(pair: tuple[Path, Path]) -> None:
+    a, b = pair
+    (a / "cart.json").write_text(json.dumps({"items": ["coffee"]}))
+    assert ms("sync", a, b).code == 0
+    (a / "cart.json").write_text(json.dumps({"items": ["coffee", "MacBook"]}))
+    (b / "cart.json").write_text(json.dumps({"items": ["coffee", "iPhone"]}))
+    r = ms("sync", a, b, "--on-conflict", "union")
+    assert r.code == 0, r.err
+    for side in (a, b):
+        items = json.loads((side / "cart.json").read_text())["items"]
+        assert sorted(items) == ["MacBook", "coffee", "iPhone"]
+
+
+def test_attributes_choose_the_policy_per_path(pair: tuple[Path, Path]) -> None:
+    a, b = pair
+    (a / ".merklesyncattributes").write_text("*.txt conflict=local\n")
+    assert ms("sync", a, b).code == 0
+    (a / "shared.txt").write_text("from a\n")
+    (b / "shared.txt").write_text("from b\n")
+    assert ms("sync", a, b).code == 0
+    assert files(b)["shared.txt"] == "from a\n"
+
+
+def test_dry_run_changes_nothing(pair: tuple[Path, Path]) -> None:
+    a, b = pair
+    (a / "new.txt").write_text("n")
+    r = ms("sync", a, b, "--dry-run")
+    assert r.code == 0
+    assert "a->b new.txt" in r.out
+    assert "new.txt" not in files(b)
+
+
+def test_conflict_between_file_and_directory_keeps_both(pair: tuple[Path, Path]) -> None:
+    a, b = pair
+    (a / "shared.txt").unlink()
+    (a / "shared.txt").mkdir()
+    (a / "shared.txt" / "inner").write_text("i")
+    (b / "shared.txt").write_text("file edit\n")
+    r = ms("sync", a, b)
+    assert r.code == 0, r.err
+    assert files(a) == files(b)
+    assert (b / "shared.txt").is_dir()
+    assert "file edit\n" in files(b).values()
