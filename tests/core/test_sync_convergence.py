@@ -1,0 +1,99 @@
+"""A Hypothesis state machine over three replicas: random edits, deletes and
+syncs between random pairs. After a full round of syncs all replicas are
+identical, and every version ever written is still present somewhere,
+unless a replica that had seen it wrote over it or deleted it."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from tests.clirun import ms
+
+NAMES = ["a", "b", "d/e", "d/f"]
+
+
+def contents(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): p.read_text()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and ".merklesync" not in p.parts
+    }
+
+
+class ThreeReplicas(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tmp = Path(tempfile.mkdtemp())
+        self.roots = [self.tmp / f"r{i}" for i in range(3)]
+        for root in self.roots:
+            root.mkdir()
+            assert ms("init", root).code == 0
+        self.views: list[set[int]] = [set(), set(), set()]  # writes each replica has seen
+        self.writes: dict[int, tuple[str, str]] = {}  # id -> (path, content)
+        self.superseded: set[int] = set()
+        self.counter = 0
+
+    def teardown(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _supersede(self, replica: int, path: str) -> None:
+        for w in self.views[replica]:
+            if self.writes[w][0] == path:
+                self.superseded.add(w)
+
+    @rule(replica=st.integers(0, 2), name=st.sampled_from(NAMES))
+    def write(self, replica: int, name: str) -> None:
+        self.counter += 1
+        content = f"write {self.counter} by r{replica}\n"
+        target = self.roots[replica] / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self._supersede(replica, name)
+        target.write_text(content)
+        self.writes[self.counter] = (name, content)
+        self.views[replica].add(self.counter)
+
+    @rule(replica=st.integers(0, 2), name=st.sampled_from(NAMES))
+    def delete(self, replica: int, name: str) -> None:
+        target = self.roots[replica] / name
+        if target.is_file():
+            self._supersede(replica, name)
+            target.unlink()
+
+    @rule(i=st.integers(0, 2), j=st.integers(0, 2))
+    def sync(self, i: int, j: int) -> None:
+        if i == j:
+            return
+        r = ms("sync", self.roots[i], self.roots[j])
+        assert r.code == 0, r.err
+        # Conflict copies are new writes that both sides have seen.
+        seen = self.views[i] | self.views[j]
+        self.views[i] = self.views[j] = seen
+
+    @precondition(lambda self: self.counter > 0)
+    @invariant()
+    def nothing_is_lost(self) -> None:
+        present = {c for root in self.roots for c in contents(root).values()}
+        for w, (_path, content) in self.writes.items():
+            if w not in self.superseded:
+                assert content in present, f"write {w} ({content.strip()}) was lost"
+
+
+class ConvergingReplicas(ThreeReplicas):
+    @rule()
+    def full_round(self) -> None:
+        for i, j in ((0, 1), (1, 2), (0, 1)):
+            self.sync(i, j)
+        states = [contents(root) for root in self.roots]
+        assert states[0] == states[1] == states[2]
+        again = ms("sync", self.roots[0], self.roots[2], "--json").json()
+        assert again["events"] == [], again
+
+
+TestThreeReplicas = ConvergingReplicas.TestCase
+TestThreeReplicas.settings = settings(max_examples=20, stateful_step_count=14, deadline=None)
