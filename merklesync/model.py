@@ -129,6 +129,7 @@ class Action(enum.Enum):
     MERGE_VERSION = "merge-version"  # same content, concurrent vectors
     DEST_NEWER = "dest-newer"  # the destination has a newer version: leave it
     CONFLICT = "conflict"  # concurrent versions with different content
+    FORCE = "force"  # --force: overwrite a newer or concurrent version
 
 
 @dataclass(frozen=True, slots=True)

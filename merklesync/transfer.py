@@ -45,7 +45,7 @@ _NO = Outcome("", False)
 
 def needs_data(change: Change) -> bool:
     src, dst = change.src, change.dst
-    if change.action is not Action.COPY or src is None or src.deleted:
+    if change.action not in (Action.COPY, Action.FORCE) or src is None or src.deleted:
         return False
     if src.kind is not EntryKind.FILE:
         return False
@@ -63,12 +63,17 @@ def _deferred(change: Change) -> bool:
     )
 
 
-def _target(change: Change) -> Entry:
+def _target(change: Change, writer: str) -> Entry:
     src, dst = change.src, change.dst
     assert src is not None
     if change.action is Action.MERGE_VERSION:
         assert dst is not None
         return dataclasses.replace(dst, vv=dst.vv.merge(src.vv), stamp=max(src.stamp, dst.stamp))
+    if change.action is Action.FORCE:
+        assert dst is not None
+        # A new write by the source that dominates what it replaces.
+        vv = src.vv.merge(dst.vv).bump(writer)
+        return dataclasses.replace(src, vv=vv, stamp=max(src.stamp, dst.stamp) + 1)
     return src
 
 
@@ -79,9 +84,11 @@ def push(
     dry_run: bool = False,
     include: Callable[[str, bool], bool] = lambda path, is_dir: True,
     progress: Progress | None = None,
+    force: bool = False,
 ) -> TransferResult:
     """Make ``dst`` hold ``src``'s version of everything, where that is a
-    fast-forward; leave newer and concurrent versions alone."""
+    fast-forward; leave newer and concurrent versions alone, unless
+    ``force`` says to overwrite them."""
     result = TransferResult()
     deferred: list[Change] = []
     for pairs in differences(src, dst, result.stats):
@@ -94,9 +101,11 @@ def push(
                 continue  # the destination knows more, and the content is the same
             if not include(change.path, entry.kind is EntryKind.DIR and not entry.deleted):
                 continue
+            if force and s is not None and change.action in (Action.DEST_NEWER, Action.CONFLICT):
+                change = Change(change.path, change.kind, s, d, Action.FORCE)
             # Keep what the report needs, not the entries: memory stays bounded.
             result.changes.append(Change(change.path, change.kind, None, None, change.action))
-            if change.action in (Action.COPY, Action.MERGE_VERSION):
+            if change.action in (Action.COPY, Action.MERGE_VERSION, Action.FORCE):
                 (deferred if _deferred(change) else todo).append(change)
         if not dry_run:
             _apply(src, dst, todo, result, progress)
@@ -125,7 +134,9 @@ def _apply(
     src: Peer, dst: Peer, changes: list[Change], result: TransferResult, progress: Progress | None
 ) -> None:
     ops = [
-        Op(_target(c), c.dst, src, c.src) if needs_data(c) else Op(_target(c), c.dst)
+        Op(_target(c, src.replica_id), c.dst, src, c.src)
+        if needs_data(c)
+        else Op(_target(c, src.replica_id), c.dst)
         for c in changes
     ]
     apply_ops(dst, ops, result.outcomes, progress)

@@ -18,7 +18,7 @@ from merklesync.cli.common import (
 )
 from merklesync.errors import EXIT_DIFFERENT, EXIT_OK
 from merklesync.ignore import exclude_predicate
-from merklesync.model import Stats
+from merklesync.model import Action, Stats
 from merklesync.peer.open import check_apart, combined_stats, open_peer, refresh_all
 from merklesync.transfer import TransferResult
 from merklesync.transfer import push as push_peers
@@ -31,6 +31,12 @@ def transfer_options(func: F) -> F:
                 "-n", "--dry-run", is_flag=True, help="Show what would change; write nothing."
             ),
             click.option("-v", "--verbose", is_flag=True, help="List every change made."),
+            click.option(
+                "--force",
+                is_flag=True,
+                help="Also overwrite newer or concurrent versions on the destination "
+                "(each one discarded is listed).",
+            ),
             click.option(
                 "--checksum",
                 is_flag=True,
@@ -51,6 +57,7 @@ def run_transfer(
     *,
     dry_run: bool,
     verbose: bool,
+    force: bool,
     checksum: bool,
     excludes: tuple[str, ...],
     stats: bool,
@@ -67,7 +74,9 @@ def run_transfer(
                 warnings = refresh_all([src, dst], checksum=checksum, progress=progress)
             include = exclude_predicate(excludes)
             with out.progress("transferring", "B", scale=True) as progress:
-                result = push_peers(src, dst, dry_run=dry_run, include=include, progress=progress)
+                result = push_peers(
+                    src, dst, dry_run=dry_run, include=include, progress=progress, force=force
+                )
             totals = combined_stats(result.stats, src, dst)
         finally:
             dst.close()
@@ -97,6 +106,9 @@ def report(
                 out.line(f"{change.kind.value} {change.path}")
     for change, reason in left:
         out.warn(f"left alone: {change.path}: {reason}")
+    for change in result.changes:
+        if change.action is Action.FORCE and (dry_run or result.outcomes[change.path].ok):
+            out.warn(f"overwrote {change.path}: discarded the destination's newer version")
     applied = result.applied()
     verb = "would copy" if dry_run else "copied"
     count = sum(1 for c in result.changes if c.path not in left_paths) if dry_run else len(applied)

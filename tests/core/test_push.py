@@ -219,3 +219,21 @@ def test_not_a_replica(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     r = ms("status")
     assert r.code == 3
     assert "not a merklesync replica" in r.err
+
+
+def test_force_overwrites_and_says_what_it_discarded(src: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "dst"
+    ms("push", src, dst)
+    rel = sorted(
+        p.relative_to(src) for p in src.rglob("*") if p.is_file() and ".merklesync" not in p.parts
+    )[0]
+    (src / rel).write_text("source edit")
+    (dst / rel).write_text("destination edit")
+    assert ms("push", src, dst).code == 1
+    r = ms("push", src, dst, "--force")
+    assert r.code == 0, r.err
+    assert f"overwrote {rel.as_posix()}: discarded the destination's newer version" in r.err
+    assert (dst / rel).read_text() == "source edit"
+    assert_same_tree(src, dst)
+    # The forced write dominates: the next push back is a plain fast-forward.
+    assert ms("push", dst, src, "--json").json()["left_alone"] == 0
