@@ -106,11 +106,9 @@ def original_of(path: str) -> tuple[str, str] | None:
     """For a conflict copy: (the original path, the writer); else None."""
     head, name = posixpath.split(path)
     stem, mark, rest = name.partition(CONFLICT_MARK)
-    if not mark or not stem:
+    writer, dash, tail = rest.partition("-")
+    when, dot, ext = tail.partition(".")
+    if not (mark and stem and writer and dash) or len(when) != 15 or when[8] != "T":
         return None
-    writer, _, tail = rest.partition("-")
-    ext = tail.partition(".")[2] if "." in tail else ""
-    if len(writer) == 0 or len(tail) < 15:
-        return None
-    original = f"{stem}.{ext}" if ext else stem
+    original = f"{stem}.{ext}" if dot else stem
     return (posixpath.join(head, original) if head else original), writer

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from merklesync import __version__
-from merklesync.cli import diff_cmd, init_cmd, push_cmd, status_cmd, sync_cmd
+from merklesync.cli import conflicts_cmd, diff_cmd, init_cmd, push_cmd, status_cmd, sync_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -15,7 +15,16 @@ def cli() -> None:
     version vectors make sure nothing is silently overwritten."""
 
 
-for command in (init_cmd.init, status_cmd.status, diff_cmd.diff, push_cmd.push, push_cmd.pull, sync_cmd.sync):
+for command in (
+    init_cmd.init,
+    status_cmd.status,
+    diff_cmd.diff,
+    push_cmd.push,
+    push_cmd.pull,
+    sync_cmd.sync,
+    conflicts_cmd.conflicts,
+    conflicts_cmd.resolve_cmd,
+):
     cli.add_command(command)
 
 

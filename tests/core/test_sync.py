@@ -134,3 +134,55 @@ def test_conflict_between_file_and_directory_keeps_both(pair: tuple[Path, Path])
     assert files(a) == files(b)
     assert (b / "shared.txt").is_dir()
     assert "file edit\n" in files(b).values()
+
+
+def _conflicted(pair: tuple[Path, Path]) -> tuple[Path, Path]:
+    a, b = pair
+    (a / "shared.txt").write_text("from a\n")
+    (b / "shared.txt").write_text("from b\n")
+    assert ms("sync", a, b).code == 0
+    return a, b
+
+
+def test_conflicts_lists_copies_with_their_writer(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = _conflicted(pair)
+    r = ms("conflicts", a, "--json")
+    assert r.code == 1
+    [c] = r.json()["conflicts"]
+    assert c["path"] == "shared.txt" and c["copy"].startswith("shared.conflict-")
+    assert ms("conflicts", b).lines()[0].startswith("shared.txt\tshared.conflict-")
+
+
+@pytest.mark.parametrize("take", ["local", "remote", "both", "union"])
+def test_resolve_then_sync_settles_everywhere(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, take: str
+) -> None:
+    a, b = _conflicted(pair)
+    monkeypatch.chdir(a)
+    r = ms("resolve", "--all", "--take", take)
+    assert r.code == 0, r.err
+    assert ms("conflicts", a).code == 0
+    assert ms("sync", a, b).code == 0
+    assert files(a) == files(b)
+    texts = files(a)
+    if take == "local":
+        assert texts["shared.txt"] == "from a\n"
+    elif take == "remote":
+        assert texts["shared.txt"] == "from b\n"
+    elif take == "union":
+        assert texts["shared.txt"] in ("from a\nfrom b\n", "from b\nfrom a\n")
+    else:
+        assert sorted(texts.values()).count("from a\n") == 1
+        assert sorted(texts.values()).count("from b\n") == 1
+    assert not any(".conflict-" in p for p in texts)
+
+
+def test_resolve_needs_paths_or_all(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(pair[0])
+    assert ms("resolve", "--take", "local").code == 2
+    r = ms("resolve", "nothing.txt", "--take", "local")
+    assert r.code == 2 and "no conflict copies of nothing.txt" in r.err

@@ -1,0 +1,94 @@
+"""merklesync conflicts, merklesync resolve"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from merklesync.cli.common import Output, handle_errors, output_options
+from merklesync.conflicts import Take, list_conflicts, over_cap, resolve
+from merklesync.errors import EXIT_DIFFERENT, EXIT_OK
+from merklesync.replica import Replica, find_root
+
+
+def _open(replica: Path | None) -> Replica:
+    return Replica.open(find_root(replica or Path.cwd()))
+
+
+@click.command()
+@click.argument("replica", required=False, type=click.Path(file_okay=False, path_type=Path))
+@output_options
+@handle_errors
+def conflicts(replica: Path | None, quiet: bool, as_json: bool) -> None:
+    """List the conflict copies in REPLICA (default: the one around the
+    current directory): for each, the file it belongs to, the replica that
+    wrote that version, and when. Exit 1 when there are any."""
+    out = Output(quiet, as_json)
+    with _open(replica) as r:
+        r.scan()
+        found = list_conflicts(r)
+        me = r.replica_id
+    for c in found:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(c.copy.stamp / 1e9))
+        who = f"{c.writer} (this replica)" if c.writer == me else c.writer
+        out.line(f"{c.original}\t{c.copy.path}\twritten by {who} at {when} UTC")
+    for path, n in over_cap(found).items():
+        out.warn(f"{path} has {n} conflict copies; settle them with `merklesync resolve`")
+    out.emit_json(
+        {
+            "conflicts": [
+                {
+                    "path": c.original,
+                    "copy": c.copy.path,
+                    "writer": c.writer,
+                    "this_replica": c.writer == me,
+                    "stamp_ns": c.copy.stamp,
+                    "size": c.copy.size,
+                }
+                for c in found
+            ]
+        }
+    )
+    sys.exit(EXIT_DIFFERENT if found else EXIT_OK)
+
+
+@click.command(name="resolve")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--take",
+    type=click.Choice([t.value for t in Take]),
+    required=True,
+    help="local: keep the version this replica wrote; remote: keep the other one; both: keep "
+    "both as ordinary files (NAME.REPLICA.EXT); union: merge them (text lines, JSON sets).",
+)
+@click.option("--all", "everything", is_flag=True, help="Settle every conflict in the replica.")
+@click.option("-n", "--dry-run", is_flag=True, help="Show what would be done; change nothing.")
+@output_options
+@handle_errors
+def resolve_cmd(
+    paths: tuple[Path, ...], take: str, everything: bool, dry_run: bool, quiet: bool, as_json: bool
+) -> None:
+    """Settle the conflicts of PATHS (or of every file, with --all) in the
+    replica around the current directory. The result is an ordinary local
+    change: the next sync or push takes it to the other replicas."""
+    out = Output(quiet, as_json)
+    if not paths and not everything:
+        raise click.UsageError("name the conflicted PATHS, or use --all")
+    with _open(None) as r:
+        if everything:
+            r.scan()
+            originals = sorted({c.original for c in list_conflicts(r)})
+        else:
+            originals = [
+                Path(p).resolve().relative_to(r.root).as_posix()
+                if Path(p).resolve().is_relative_to(r.root)
+                else p.as_posix()
+                for p in paths
+            ]
+        done, _report = resolve(r, originals, Take(take), dry_run=dry_run)
+    for line in done:
+        out.line(line)
+    out.emit_json({"dry_run": dry_run, "done": done})
