@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import posixpath
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from merklesync.errors import ProtocolError, UnsafePath
+from merklesync.protocol.paths import check_relpath, is_state_dir
+
+from .strategies import paths
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "a",
+        "a/b/c.txt",
+        ".hidden",
+        "..foo",
+        "foo..",
+        "a/.../b",
+        "dir/.merklesync",  # only the top-level state directory is special
+        ".merklesyncx/a",
+        "back\\slash",  # an ordinary character in POSIX names
+        "mailbox:2,S",
+        "ünïcödé/文件",
+        "x" * 255,
+        "/".join(["y" * 255] * 16),
+    ],
+)
+def test_accepted(path: str) -> None:
+    assert check_relpath(path) == path
+
+
+@pytest.mark.parametrize(
+    ("path", "why"),
+    [
+        ("", "empty"),
+        ("../x", "'..'"),
+        ("a/../../x", "'..'"),
+        ("..", "'..'"),
+        ("/abs", "absolute"),
+        ("/", "absolute"),
+        ("a//b", "empty component"),
+        ("a/", "empty component"),
+        ("a/./b", "'.'"),
+        ("./a", "'.'"),
+        (".", "'.'"),
+        ("a\x00b", "control"),
+        ("a\nb", "control"),
+        ("a\x1b[31mred", "control"),
+        ("a\x7f", "control"),
+        ("a\x9b", "control"),
+        ("a\udcffb", "UTF-8"),
+        (".merklesync", "state directory"),
+        (".merklesync/index.db", "state directory"),
+        (".MerkleSync/index.db", "state directory"),
+        (".merklesync./index.db", "state directory"),
+        (".merkle\u200csync/index.db", "state directory"),
+        ("x" * 256, "longer than 255"),
+        ("é" * 128, "longer than 255"),
+        ("/".join(["y" * 255] * 17), "longer than 4096"),
+    ],
+)
+def test_rejected(path: str, why: str) -> None:
+    with pytest.raises(UnsafePath, match=why) as info:
+        check_relpath(path)
+    assert isinstance(info.value, ProtocolError)
+    assert "\n" not in info.value.message and "\x00" not in info.value.message
+
+
+@pytest.mark.parametrize("value", [None, 3, b"a/b", ["a"], ("a",)])
+def test_non_strings(value: object) -> None:
+    with pytest.raises(UnsafePath, match="must be a string"):
+        check_relpath(value)
+
+
+def test_state_dir_spellings() -> None:
+    assert is_state_dir(".merklesync")
+    assert is_state_dir(".MERKLESYNC ")
+    assert not is_state_dir("merklesync")
+
+
+@given(paths)
+def test_generated_paths_are_accepted(path: str) -> None:
+    assert check_relpath(path) == path
+
+
+@given(st.text(max_size=30) | st.binary(max_size=10) | st.integers())
+def test_anything_else_is_safe_or_unsafe_path(value: object) -> None:
+    try:
+        path = check_relpath(value)
+    except UnsafePath:
+        return
+    assert isinstance(path, str)
+    assert not path.startswith("/")
+    assert posixpath.normpath(path) == path
+    assert ".." not in path.split("/")
+    assert "\x00" not in path
+    assert not is_state_dir(path.split("/")[0])
