@@ -47,6 +47,10 @@ CREATE TABLE IF NOT EXISTS entries (
 );
 CREATE INDEX IF NOT EXISTS entries_key ON entries (key);
 CREATE INDEX IF NOT EXISTS entries_parent ON entries (parent);
+CREATE TABLE IF NOT EXISTS peers (
+    replica_id TEXT PRIMARY KEY,
+    last_sync_ns INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS nodes (
     level INTEGER NOT NULL,
     prefix INTEGER NOT NULL,
@@ -155,6 +159,10 @@ class Index:
                 f"the replica index {path} has format {row[0]}, this merklesync reads "
                 f"format {FORMAT}: upgrade merklesync, or rebuild with `merklesync init --rebuild`"
             )
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS peers (replica_id TEXT PRIMARY KEY, "
+            "last_sync_ns INTEGER NOT NULL) WITHOUT ROWID"
+        )
         return cls(path, conn)
 
     @staticmethod
@@ -279,6 +287,28 @@ class Index:
         )
         self._pending.change(key, None if old is None else old.leaf_hash(), leaf)
         self._dirty = True
+
+    @_guard
+    def tombstones(self) -> list[Entry]:
+        rows = self.conn.execute(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE deleted")
+        return [_to_entry(r) for r in rows]
+
+    @_guard
+    def writers(self) -> set[str]:
+        """Every replica named in a version vector here."""
+        found: set[str] = set()
+        for (blob,) in self.conn.execute("SELECT DISTINCT vv FROM entries"):
+            found.update(r for r, _c in VersionVector.from_wire(msgpack.unpackb(blob)).pairs)
+        return found
+
+    @_guard
+    def peers(self) -> dict[str, int]:
+        """Replica id -> when this replica last completed a run with it."""
+        return dict(self.conn.execute("SELECT replica_id, last_sync_ns FROM peers"))
+
+    @_guard
+    def remember_peer(self, replica_id: str, when: int) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO peers VALUES (?, ?)", (replica_id, when))
 
     @_guard
     def set_stat(self, path: str, stat: tuple[int, ...] | None) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from merklesync import __version__
-from merklesync.cli import conflicts_cmd, diff_cmd, init_cmd, push_cmd, status_cmd, sync_cmd
+from merklesync.cli import conflicts_cmd, diff_cmd, gc_cmd, init_cmd, push_cmd, status_cmd, sync_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,6 +24,7 @@ for command in (
     sync_cmd.sync,
     conflicts_cmd.conflicts,
     conflicts_cmd.resolve_cmd,
+    gc_cmd.gc,
 ):
     cli.add_command(command)
 

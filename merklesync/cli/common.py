@@ -88,6 +88,15 @@ def exclude_option(func: F) -> F:
     )(func)
 
 
+def allow_stale_option(func: F) -> F:
+    return click.option(
+        "--allow-stale",
+        is_flag=True,
+        help="Go on with a replica that has not synced with this one for longer than the "
+        "tombstone retention (deleted files may come back).",
+    )(func)
+
+
 def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
     """A MerklesyncError becomes one line on stderr and its exit code."""
 

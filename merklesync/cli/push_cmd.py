@@ -6,9 +6,11 @@ import sys
 
 import click
 
+from merklesync import retention
 from merklesync.cli.common import (
     F,
     Output,
+    allow_stale_option,
     change_json,
     exclude_option,
     handle_errors,
@@ -37,6 +39,7 @@ def transfer_options(func: F) -> F:
                 help="Also overwrite newer or concurrent versions on the destination "
                 "(each one discarded is listed).",
             ),
+            allow_stale_option,
             click.option(
                 "--checksum",
                 is_flag=True,
@@ -58,6 +61,7 @@ def run_transfer(
     dry_run: bool,
     verbose: bool,
     force: bool,
+    allow_stale: bool,
     checksum: bool,
     excludes: tuple[str, ...],
     stats: bool,
@@ -70,6 +74,7 @@ def run_transfer(
         dst = open_peer(dst_spec, create=True, excludes=excludes)
         try:
             check_apart(src, dst)
+            retention.guard(src, dst, allow_stale=allow_stale)
             with out.progress("scanning", "files") as progress:
                 warnings = refresh_all([src, dst], checksum=checksum, progress=progress)
             include = exclude_predicate(excludes)
@@ -78,6 +83,8 @@ def run_transfer(
                     src, dst, dry_run=dry_run, include=include, progress=progress, force=force
                 )
             totals = combined_stats(result.stats, src, dst)
+            if not dry_run and not result.left_alone():
+                retention.after_success(src, dst, one_way=True)
         finally:
             dst.close()
     finally:

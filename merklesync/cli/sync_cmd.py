@@ -6,8 +6,10 @@ import sys
 
 import click
 
+from merklesync import retention
 from merklesync.cli.common import (
     Output,
+    allow_stale_option,
     exclude_option,
     handle_errors,
     output_options,
@@ -50,6 +52,7 @@ from merklesync.sync import sync as sync_peers
 @click.option(
     "--checksum", is_flag=True, help="Re-hash every file instead of trusting the stat cache."
 )
+@allow_stale_option
 @exclude_option
 @stats_option
 @output_options
@@ -61,6 +64,7 @@ def sync(
     dry_run: bool,
     verbose: bool,
     checksum: bool,
+    allow_stale: bool,
     excludes: tuple[str, ...],
     stats: bool,
     quiet: bool,
@@ -82,6 +86,7 @@ def sync(
         b = open_peer(b_spec, create=True, excludes=excludes)
         try:
             check_apart(a, b)
+            retention.guard(a, b, allow_stale=allow_stale)
             with out.progress("scanning", "files") as progress:
                 warnings = refresh_all([a, b], checksum=checksum, progress=progress)
             text = local_file_text(a, ATTRIBUTES_FILE) or ""
@@ -96,6 +101,8 @@ def sync(
                     progress=progress,
                 )
             totals = combined_stats(result.stats, a, b)
+            if not dry_run and not result.failures():
+                retention.after_success(a, b)
         finally:
             b.close()
     finally:

@@ -1,0 +1,107 @@
+"""Tombstones do not live forever, and a replica away too long is refused.
+
+A tombstone may go once every replica this one knows of (the replicas it
+synced with, and every writer named in a version vector) has synced with it
+since the deletion, or once it is older than the retention period (90 days
+unless configured). A replica whose last sync with this one is older than
+the retention could bring deleted files back, so it is refused (Cassandra's
+gc_grace lesson) unless the user says otherwise.
+"""
+
+from __future__ import annotations
+
+import time
+
+from merklesync.errors import ReplicaError
+from merklesync.peer import Peer
+from merklesync.peer.local import LocalPeer
+from merklesync.replica import Replica
+
+DAY_NS = 86_400 * 10**9
+DEFAULT_RETENTION_DAYS = 90
+GC_EVERY_NS = DAY_NS  # automatic collection at most once a day
+
+
+class StaleReplica(ReplicaError):
+    """The other replica has been away longer than the tombstone retention."""
+
+
+def retention_days(replica: Replica) -> int:
+    return int(replica.index.meta("tombstone_retention_days") or DEFAULT_RETENTION_DAYS)
+
+
+def set_retention_days(replica: Replica, days: int) -> None:
+    replica.index.set_meta("tombstone_retention_days", days)
+
+
+def check_not_stale(replica: Replica, other: str, now: int | None = None) -> None:
+    last = replica.index.peers().get(other)
+    now = time.time_ns() if now is None else now
+    days = retention_days(replica)
+    if last is not None and now - last > days * DAY_NS:
+        away = (now - last) // DAY_NS
+        raise StaleReplica(
+            f"replica {other} last synced with {replica.root} {away} days ago, longer than the "
+            f"tombstone retention ({days} days): files deleted since could come back. Check it, "
+            "then run again with --allow-stale, or make it a fresh copy"
+        )
+
+
+def record_sync(replica: Replica, other: str, now: int | None = None) -> None:
+    replica.index.remember_peer(other, time.time_ns() if now is None else now)
+    replica.index.commit()
+
+
+def collect(replica: Replica, *, now: int | None = None, dry_run: bool = False) -> list[str]:
+    """Drop the tombstones every known replica has seen, or that are older
+    than the retention; returns their paths."""
+    now = time.time_ns() if now is None else now
+    index = replica.index
+    horizon = now - retention_days(replica) * DAY_NS
+    peers = index.peers()
+    known = set(peers) | index.writers()
+    known.discard(replica.replica_id)
+    # Every known replica must have synced with us after the deletion.
+    seen_by_all = min((peers.get(r, 0) for r in known), default=now)
+    dropped = []
+    for entry in index.tombstones():
+        if entry.stamp < horizon or entry.stamp < seen_by_all:
+            dropped.append(entry.path)
+            if not dry_run:
+                index.forget(entry)
+    if not dry_run:
+        index.set_meta("last_gc", now)
+        index.commit()
+    return dropped
+
+
+def maybe_collect(replica: Replica, now: int | None = None) -> list[str]:
+    now = time.time_ns() if now is None else now
+    last = int(replica.index.meta("last_gc") or 0)
+    return collect(replica, now=now) if now - last >= GC_EVERY_NS else []
+
+
+def _local(peer: Peer) -> Replica | None:
+    return peer.replica if isinstance(peer, LocalPeer) else None
+
+
+def guard(a: Peer, b: Peer, *, allow_stale: bool = False) -> None:
+    """Refuse a run with a replica that has been away too long."""
+    if allow_stale:
+        return
+    for mine, other in ((a, b), (b, a)):
+        replica = _local(mine)
+        if replica is not None:
+            check_not_stale(replica, other.replica_id)
+
+
+def after_success(a: Peer, b: Peer, *, one_way: bool = False) -> list[str]:
+    """b now holds all that a has (and, unless one-way, the reverse):
+    remember it, and collect the tombstones that every replica has seen."""
+    dropped: list[str] = []
+    for mine, other in ((a, b),) if one_way else ((a, b), (b, a)):
+        replica = _local(mine)
+        if replica is not None:
+            record_sync(replica, other.replica_id)
+            dropped += maybe_collect(replica)
+    return dropped

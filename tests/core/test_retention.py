@@ -1,0 +1,93 @@
+"""Tombstones are collected once every replica has seen them; a replica
+away longer than the retention is refused."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from merklesync import retention
+from merklesync.replica import Replica
+from tests.clirun import ms
+
+
+def _pair(tmp_path: Path) -> tuple[Path, Path]:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "gone.txt").write_text("x")
+    (a / "stays.txt").write_text("y")
+    ms("init", a)
+    assert ms("sync", a, b).code == 0
+    return a, b
+
+
+def _tombstones(root: Path) -> list[str]:
+    with Replica.open(root) as r:
+        return [e.path for e in r.index.tombstones()]
+
+
+def test_tombstone_collected_once_every_known_replica_has_seen_it(tmp_path: Path) -> None:
+    a, b = _pair(tmp_path)
+    (a / "gone.txt").unlink()
+    ms("status", a)
+    assert _tombstones(a) == ["gone.txt"]
+    assert ms("sync", a, b).code == 0
+    assert not (b / "gone.txt").exists()
+    # b has synced with a since the deletion, and b is the only other replica.
+    with Replica.open(a) as r:
+        assert retention.collect(r) == ["gone.txt"]
+    assert _tombstones(a) == []
+    # The deleted file does not come back, and the replicas still agree.
+    assert ms("sync", a, b).code == 0
+    assert not (a / "gone.txt").exists() and not (b / "gone.txt").exists()
+
+
+def test_tombstone_kept_while_a_known_replica_has_not_seen_it(tmp_path: Path) -> None:
+    a, b = _pair(tmp_path)
+    c = tmp_path / "c"
+    assert ms("sync", a, c).code == 0
+    (c / "stays.txt").write_text("c wrote this")  # c is now a writer a knows of
+    assert ms("sync", a, c).code == 0
+    (a / "gone.txt").unlink()
+    assert ms("sync", a, b).code == 0
+    with Replica.open(a) as r:
+        assert retention.collect(r) == []  # c has not synced since the deletion
+    assert ms("sync", a, c).code == 0
+    with Replica.open(a) as r:
+        assert retention.collect(r) == ["gone.txt"]
+
+
+def test_tombstone_collected_after_the_retention(tmp_path: Path) -> None:
+    a, _b = _pair(tmp_path)
+    c = tmp_path / "c"
+    ms("sync", a, c)
+    (c / "stays.txt").write_text("c")
+    ms("sync", a, c)
+    (a / "gone.txt").unlink()
+    ms("status", a)
+    later = time.time_ns() + 91 * retention.DAY_NS
+    with Replica.open(a) as r:
+        assert retention.collect(r, now=later, dry_run=True) == ["gone.txt"]
+
+
+def test_replica_away_longer_than_retention_is_refused(tmp_path: Path) -> None:
+    a, b = _pair(tmp_path)
+    with Replica.open(a) as r:
+        [other] = r.index.peers()
+        r.index.remember_peer(other, time.time_ns() - 100 * retention.DAY_NS)
+    r2 = ms("sync", a, b)
+    assert r2.code == 3
+    assert "longer than the tombstone retention (90 days)" in r2.err
+    assert ms("sync", a, b, "--allow-stale").code == 0
+    assert ms("sync", a, b).code == 0  # the successful run refreshed the record
+
+
+def test_gc_command_sets_the_retention_and_collects(tmp_path: Path) -> None:
+    a, b = _pair(tmp_path)
+    (a / "gone.txt").unlink()
+    assert ms("sync", a, b).code == 0
+    r = ms("gc", a, "--retention-days", "30", "--dry-run", "--json")
+    assert r.code == 0
+    assert r.json() == {"collected": ["gone.txt"], "dry_run": True, "retention_days": 30}
+    assert ms("gc", a).lines() == ["collected 1 tombstones (retention 30 days)"]
+    assert _tombstones(a) == []
