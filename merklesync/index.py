@@ -98,7 +98,7 @@ class Cached:
     """What the index remembers of one path, for the scanner."""
 
     entry: Entry
-    stat: tuple[int, ...] | None  # None: never scanned here, or racy
+    stat: bytes | None  # None: never scanned here, or racy
 
 
 def _to_entry(row: Sequence[Any]) -> Entry:
@@ -207,7 +207,7 @@ class Index:
         ).fetchone()
         if row is None:
             return None
-        return Cached(_to_entry(row[:-1]), _unpack_stat(row[-1]))
+        return Cached(_to_entry(row[:-1]), row[-1])
 
     @_guard
     def children_of_dir(self, parent: str) -> dict[str, Cached]:
@@ -215,7 +215,7 @@ class Index:
         rows = self.conn.execute(
             f"SELECT {_ENTRY_COLUMNS}, stat FROM entries WHERE parent = ?", (parent,)
         )
-        return {r[0]: Cached(_to_entry(r[:-1]), _unpack_stat(r[-1])) for r in rows}
+        return {r[0]: Cached(_to_entry(r[:-1]), r[-1]) for r in rows}
 
     @_guard
     def stat_cache(self, parent: str) -> dict[str, tuple[bytes | None, bool]]:
@@ -262,7 +262,7 @@ class Index:
         return int(self.conn.execute(f"SELECT count(*) FROM entries{where}").fetchone()[0])
 
     @_guard
-    def put(self, entry: Entry, stat: tuple[int, ...] | None, old: Entry | None) -> None:
+    def put(self, entry: Entry, stat: bytes | None, old: Entry | None) -> None:
         """Store ``entry`` (replacing ``old``, the entry the caller read)."""
         key = key_of(entry.path)
         leaf = entry.leaf_hash()
@@ -282,7 +282,7 @@ class Index:
                 entry.mtime_ns,
                 entry.target,
                 entry.stamp,
-                _pack_stat(stat),
+                stat,
             ),
         )
         self._pending.change(key, None if old is None else old.leaf_hash(), leaf)
@@ -311,9 +311,9 @@ class Index:
         self.conn.execute("INSERT OR REPLACE INTO peers VALUES (?, ?)", (replica_id, when))
 
     @_guard
-    def set_stat(self, path: str, stat: tuple[int, ...] | None) -> None:
+    def set_stat(self, path: str, stat: bytes | None) -> None:
         """Refresh only the stat cache (content unchanged)."""
-        self.conn.execute("UPDATE entries SET stat = ? WHERE path = ?", (_pack_stat(stat), path))
+        self.conn.execute("UPDATE entries SET stat = ? WHERE path = ?", (stat, path))
 
     @_guard
     def forget(self, entry: Entry) -> None:
@@ -434,15 +434,3 @@ class Index:
     def root(self) -> tuple[bytes, int]:
         total, count = self.node(merkle.ROOT)
         return merkle.fingerprint(total, count), count
-
-
-def pack_stat(stat: tuple[int, ...]) -> bytes:
-    return msgpack.packb(list(stat))
-
-
-def _pack_stat(stat: tuple[int, ...] | None) -> bytes | None:
-    return None if stat is None else msgpack.packb(list(stat))
-
-
-def _unpack_stat(blob: bytes | None) -> tuple[int, ...] | None:
-    return None if blob is None else tuple(msgpack.unpackb(blob))

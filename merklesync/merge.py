@@ -94,11 +94,13 @@ class _Parsed:
 
 
 def _as_json(text: str) -> _Parsed | None:
-    """The parsed document, or None when ``text`` is not JSON."""
+    """The parsed document, or None when ``text`` is not a JSON array or
+    object (a file of one number or string per line is text, not JSON)."""
     try:
-        return _Parsed(json.loads(text))
+        value = json.loads(text)
     except (ValueError, RecursionError):
         return None
+    return _Parsed(value) if isinstance(value, list | dict) else None
 
 
 def _canonical(value: JSONValue) -> str:

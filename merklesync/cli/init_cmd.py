@@ -41,10 +41,11 @@ def init(directory: Path, rebuild: bool, quiet: bool, as_json: bool) -> None:
             out.warn(warning)
         if moved is not None:
             out.info(f"the old index was kept as {moved}")
-        out.line(
-            f"Initialised replica {replica.replica_id} in {replica.root} "
-            f"({report.scanned} entries, root {root.hex()})"
-        )
+        if not quiet:
+            out.line(
+                f"Initialised replica {replica.replica_id} in {replica.root} "
+                f"({report.scanned} entries, root {root.hex()})"
+            )
         out.emit_json(
             {
                 "root": replica.root.as_posix(),

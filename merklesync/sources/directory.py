@@ -13,6 +13,7 @@ import dataclasses
 import errno
 import os
 import stat as st_mod
+import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ import blake3
 from merklesync.clock import HybridClock, VersionVector
 from merklesync.errors import LocalIOError, MerklesyncError
 from merklesync.ignore import TEMP_PREFIX, IgnoreRules
-from merklesync.index import Cached, Index, pack_stat
+from merklesync.index import Cached, Index
 from merklesync.model import Entry, EntryKind
 from merklesync.peer import Outcome, ScanReport, WriteItem
 from merklesync.protocol.paths import check_relpath
@@ -32,11 +33,12 @@ RACY_NS = 2_000_000_000  # an mtime this close to the scan may hide a same-tick 
 HASH_RETRIES = 3
 THREADED_HASH = 8 << 20
 
-StatKey = tuple[int, ...]
+_STAT = struct.Struct(">QqqQI")
 
 
-def stat_key(st: os.stat_result) -> StatKey:
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode)
+def stat_key(st: os.stat_result) -> bytes:
+    """What the stat cache compares: size, mtime, ctime, inode and mode."""
+    return _STAT.pack(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode)
 
 
 def kind_of(mode: int) -> EntryKind | None:
@@ -157,7 +159,7 @@ class DirectorySource:
                     if (
                         cached_stat is not None
                         and not cached_stat[1]
-                        and cached_stat[0] == pack_stat(stat_key(st))
+                        and cached_stat[0] == stat_key(st)
                     ):
                         continue
                 self._rescan(index, replica_id, clock, rel, kind, st, racy_after, report)
