@@ -37,8 +37,10 @@ class IgnoreRules:
             self._specs[directory] = spec
         return self._specs[directory]
 
-    def for_directory(self, directory: str) -> Callable[[str, bool], bool]:
-        """A fast ``ignored`` for the paths directly inside ``directory``."""
+    def for_directory(self, directory: str) -> Callable[[str, bool], bool] | None:
+        """A fast ``ignored`` for the paths directly inside ``directory``
+        (beyond the state directory and temp files, which the caller skips);
+        None when no rule applies there."""
         parts = directory.split("/") if directory else []
         chain = []
         for depth in range(len(parts) + 1):
@@ -47,13 +49,10 @@ class IgnoreRules:
             if spec is not None:
                 chain.append((len(prefix) + 1 if prefix else 0, spec))
         excludes = self._excludes
+        if excludes is None and not chain:
+            return None
 
         def ignored(rel: str, is_dir: bool) -> bool:
-            name = rel.rpartition("/")[2]
-            if name == STATE_DIR or name.startswith(TEMP_PREFIX):
-                return True
-            if excludes is None and not chain:
-                return False
             probe = rel + "/" if is_dir else rel
             if excludes is not None and excludes.match_file(probe):
                 return True
@@ -63,7 +62,11 @@ class IgnoreRules:
 
     def ignored(self, rel: str, is_dir: bool) -> bool:
         """True when ``rel`` (a relative POSIX path) is left out."""
-        return self.for_directory(rel.rpartition("/")[0])(rel, is_dir)
+        name = rel.rpartition("/")[2]
+        if name == STATE_DIR or name.startswith(TEMP_PREFIX):
+            return True
+        rules = self.for_directory(rel.rpartition("/")[0])
+        return rules is not None and rules(rel, is_dir)
 
     def excluded_by_option(self, rel: str, is_dir: bool) -> bool:
         """True when only a command-line --exclude leaves ``rel`` out."""

@@ -16,13 +16,14 @@ import stat as st_mod
 import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import blake3
 
 from merklesync.clock import HybridClock, VersionVector
 from merklesync.errors import LocalIOError, MerklesyncError
-from merklesync.ignore import TEMP_PREFIX, IgnoreRules
+from merklesync.ignore import STATE_DIR, TEMP_PREFIX, IgnoreRules
 from merklesync.index import Cached, Index
 from merklesync.model import Entry, EntryKind
 from merklesync.peer import Outcome, ScanReport, WriteItem
@@ -41,14 +42,37 @@ def stat_key(st: os.stat_result) -> bytes:
     return _STAT.pack(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode)
 
 
+_KINDS = {
+    st_mod.S_IFREG: EntryKind.FILE,
+    st_mod.S_IFDIR: EntryKind.DIR,
+    st_mod.S_IFLNK: EntryKind.LINK,
+}
+
+
 def kind_of(mode: int) -> EntryKind | None:
-    if st_mod.S_ISREG(mode):
-        return EntryKind.FILE
-    if st_mod.S_ISDIR(mode):
-        return EntryKind.DIR
-    if st_mod.S_ISLNK(mode):
-        return EntryKind.LINK
-    return None
+    return _KINDS.get(st_mod.S_IFMT(mode))
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@dataclass(slots=True)
+class _Scan:
+    """The state of one scan."""
+
+    index: Index
+    replica_id: str
+    clock: HybridClock
+    checksum: bool
+    progress: Callable[[int], None] | None
+    report: ScanReport = field(default_factory=ScanReport)
+    racy_after: int = field(default_factory=lambda: time.time_ns() - RACY_NS)
+    pending: int = 0
 
 
 def link_digest(target: str) -> bytes:
@@ -100,79 +124,81 @@ class DirectorySource:
         checksum: bool = False,
         progress: Callable[[int], None] | None = None,
     ) -> ScanReport:
-        report = ScanReport()
-        racy_after = time.time_ns() - RACY_NS
-        pending_progress = 0
+        """Walk the tree and bring the index up to date: unchanged entries
+        (same stat) cost one stat call; changed ones are re-read."""
+        scan = _Scan(index, replica_id, clock, checksum, progress)
         stack = [""]
         while stack:
             directory = stack.pop()
-            known = index.stat_cache(directory)
-            seen: set[str] = set()
-            try:
-                with os.scandir(self.abs(directory)) as it:
-                    dirents = list(it)
-            except FileNotFoundError:
-                dirents = []
-            except OSError as exc:
-                report.warnings.append(f"{directory or '.'}: cannot list: {exc.strerror}")
-                continue  # keep what we knew: unreadable is not deleted
-            ignored = self.ignore.for_directory(directory)
-            for de in dirents:
-                name = de.name
-                rel = f"{directory}/{name}" if directory else name
-                if name.startswith(TEMP_PREFIX):
-                    _unlink_quietly(de.path)  # left by an interrupted run; we hold the lock
-                    continue
-                try:
-                    rel.encode()
-                except UnicodeEncodeError:
-                    report.warnings.append(f"{rel!r}: name is not valid UTF-8; skipped")
-                    continue
-                try:
-                    st = de.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                except OSError as exc:
-                    report.warnings.append(f"{rel}: cannot stat: {exc.strerror}")
-                    seen.add(rel)
-                    continue
-                kind = kind_of(st.st_mode)
-                if kind is None:
-                    if not ignored(rel, False):
-                        report.warnings.append(f"{rel}: not a file, directory or link; skipped")
-                    continue
-                is_dir = kind is EntryKind.DIR
-                seen.add(rel)
-                if ignored(rel, is_dir):
-                    if rel in known and not self.ignore.excluded_by_option(rel, is_dir):
-                        self._forget(index, rel)
-                    continue
-                report.scanned += 1
-                pending_progress += 1
-                if pending_progress >= 512 and progress is not None:
-                    progress(pending_progress)
-                    pending_progress = 0
-                if is_dir:
-                    stack.append(rel)
-                if not checksum:
-                    cached_stat = known.get(rel)
-                    if (
-                        cached_stat is not None
-                        and not cached_stat[1]
-                        and cached_stat[0] == stat_key(st)
-                    ):
-                        continue
-                self._rescan(index, replica_id, clock, rel, kind, st, racy_after, report)
-            for rel, (_stat, deleted) in known.items():
-                if rel not in seen and not deleted:
-                    cached = index.get(rel)
-                    if cached is not None:
-                        self._tombstone(index, replica_id, clock, cached.entry, report)
-        if progress is not None and pending_progress:
-            progress(pending_progress)
+            stack.extend(self._scan_directory(directory, scan))
+        if progress is not None and scan.pending:
+            progress(scan.pending)
         index.set_meta("hlc", clock.last)
         index.commit()
-        return report
+        return scan.report
+
+    def _scan_directory(self, directory: str, scan: _Scan) -> list[str]:
+        """Scan one directory's entries; returns its subdirectories."""
+        index, report = scan.index, scan.report
+        known = index.stat_cache(directory)
+        seen: set[str] = set()
+        subdirs: list[str] = []
+        try:
+            with os.scandir(self.abs(directory)) as it:
+                dirents = list(it)
+        except FileNotFoundError:
+            dirents = []
+        except OSError as exc:
+            report.warnings.append(f"{directory or '.'}: cannot list: {exc.strerror}")
+            return []  # keep what we knew: unreadable is not deleted
+        ignored = self.ignore.for_directory(directory)
+        for de in dirents:
+            name = de.name
+            rel = f"{directory}/{name}" if directory else name
+            if name[0] == "." and (name == STATE_DIR or name.startswith(TEMP_PREFIX)):
+                if name != STATE_DIR:
+                    _unlink_quietly(de.path)  # left by an interrupted run; we hold the lock
+                continue
+            if not name.isascii() and not _is_utf8(name):
+                report.warnings.append(f"{rel!r}: name is not valid UTF-8; skipped")
+                continue
+            try:
+                st = de.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                report.warnings.append(f"{rel}: cannot stat: {exc.strerror}")
+                seen.add(rel)
+                continue
+            kind = _KINDS.get(st.st_mode & 0o170000)
+            if kind is None:
+                if ignored is None or not ignored(rel, False):
+                    report.warnings.append(f"{rel}: not a file, directory or link; skipped")
+                continue
+            is_dir = kind is EntryKind.DIR
+            seen.add(rel)
+            if ignored is not None and ignored(rel, is_dir):
+                if rel in known and not self.ignore.excluded_by_option(rel, is_dir):
+                    self._forget(index, rel)
+                continue
+            report.scanned += 1
+            scan.pending += 1
+            if scan.pending >= 512 and scan.progress is not None:
+                scan.progress(scan.pending)
+                scan.pending = 0
+            if is_dir:
+                subdirs.append(rel)
+            if not scan.checksum:
+                cached = known.get(rel)
+                if cached is not None and not cached[1] and cached[0] == stat_key(st):
+                    continue
+            self._rescan(index, scan.replica_id, scan.clock, rel, kind, st, scan.racy_after, report)
+        for rel, (_stat, deleted) in known.items():
+            if rel not in seen and not deleted:
+                gone = index.get(rel)
+                if gone is not None:
+                    self._tombstone(index, scan.replica_id, scan.clock, gone.entry, report)
+        return subdirs
 
     def _rescan(
         self,
