@@ -5,11 +5,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
-
-import pathspec
+from typing import TYPE_CHECKING, Any
 
 from merklesync.errors import UsageError
+
+if TYPE_CHECKING:
+    import pathspec
+
+
+def compile_patterns(lines: Sequence[str]) -> pathspec.PathSpec[Any]:
+    """gitignore-style patterns (pathspec is imported only when needed)."""
+    import pathspec
+
+    try:
+        return pathspec.GitIgnoreSpec.from_lines(list(lines))
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"bad pattern: {exc}") from exc
+
 
 IGNORE_FILE = ".merklesyncignore"
 STATE_DIR = ".merklesync"
@@ -20,10 +32,7 @@ class IgnoreRules:
     def __init__(self, root: Path, excludes: Sequence[str] = ()) -> None:
         self.root = root
         self._specs: dict[str, pathspec.PathSpec[Any] | None] = {}
-        try:
-            self._excludes = pathspec.GitIgnoreSpec.from_lines(list(excludes)) if excludes else None
-        except (ValueError, TypeError) as exc:
-            raise UsageError(f"bad --exclude pattern: {exc}") from exc
+        self._excludes = compile_patterns(excludes) if excludes else None
 
     def _spec(self, directory: str) -> pathspec.PathSpec[Any] | None:
         if directory not in self._specs:
@@ -31,8 +40,8 @@ class IgnoreRules:
             spec = None
             try:
                 lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-                spec = pathspec.GitIgnoreSpec.from_lines(lines)
-            except (OSError, ValueError, TypeError):
+                spec = compile_patterns(lines)
+            except (OSError, UsageError):
                 spec = None
             self._specs[directory] = spec
         return self._specs[directory]
@@ -78,8 +87,5 @@ def exclude_predicate(excludes: Sequence[str]) -> Callable[[str, bool], bool]:
     """A filter for paths in a plan: False for what --exclude leaves out."""
     if not excludes:
         return lambda path, is_dir: True
-    try:
-        spec = pathspec.GitIgnoreSpec.from_lines(list(excludes))
-    except (ValueError, TypeError) as exc:
-        raise UsageError(f"bad --exclude pattern: {exc}") from exc
+    spec = compile_patterns(excludes)
     return lambda path, is_dir: not spec.match_file(path + "/" if is_dir else path)

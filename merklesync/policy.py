@@ -13,9 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import pathspec
-
 from merklesync.errors import UsageError
+from merklesync.ignore import compile_patterns
 from merklesync.model import Entry, EntryKind
 
 ATTRIBUTES_FILE = ".merklesyncattributes"
@@ -39,7 +38,7 @@ class Rules:
 
     default: Policy = Policy.KEEP_BOTH
     merge_cmd: str | None = None
-    patterns: Sequence[tuple[pathspec.PathSpec[Any], Policy]] = field(default_factory=tuple)
+    patterns: Sequence[tuple[Any, Policy]] = field(default_factory=tuple)
 
     def for_path(self, path: str) -> Policy:
         chosen = self.default
@@ -62,7 +61,7 @@ def parse_attributes(text: str, source: str = ATTRIBUTES_FILE) -> list[tuple[Any
                     policy = Policy(attr.partition("=")[2])
                 except ValueError:
                     raise UsageError(f"{source}:{number}: unknown conflict policy {attr}") from None
-                rules.append((pathspec.GitIgnoreSpec.from_lines([pattern]), policy))
+                rules.append((compile_patterns([pattern]), policy))
     return rules
 
 

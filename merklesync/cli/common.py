@@ -10,13 +10,11 @@ from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
 import click
-from tqdm import tqdm
 
 from merklesync.errors import EXIT_USAGE, MerklesyncError
 from merklesync.model import Change, Stats
 from merklesync.peer import Progress
-
-tqdm.monitor_interval = 0  # no monitor thread: scans fork child processes
+from merklesync.peer.open import RemoteOptions
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -53,6 +51,9 @@ class Output:
         if self.quiet or self.json or not sys.stderr.isatty():
             yield lambda n: None
             return
+        from tqdm import tqdm  # only on a terminal
+
+        tqdm.monitor_interval = 0  # no monitor thread: scans fork child processes
         bar = tqdm(desc=desc, unit=unit, unit_scale=scale, leave=False, file=sys.stderr)
 
         def advance(n: int) -> None:
@@ -95,6 +96,43 @@ def allow_stale_option(func: F) -> F:
         help="Go on with a replica that has not synced with this one for longer than the "
         "tombstone retention (deleted files may come back).",
     )(func)
+
+
+def remote_options(func: F) -> F:
+    """--remote-cmd, --rsh and --accept-new-host-key, passed on to the
+    command as one ``remote`` keyword argument (a RemoteOptions)."""
+
+    @functools.wraps(func)
+    def wrapper(
+        *args: Any, remote_cmd: str | None, rsh: str | None, accept_new_host_key: bool, **kw: Any
+    ) -> Any:
+        kw["remote"] = RemoteOptions(
+            remote_cmd=remote_cmd, rsh=rsh, accept_new_host_key=accept_new_host_key
+        )
+        return func(*args, **kw)
+
+    for option in (
+        click.option(
+            "--accept-new-host-key",
+            is_flag=True,
+            help="Trust an SSH host key seen for the first time and add it to known_hosts "
+            "(a changed key is always refused).",
+        ),
+        click.option(
+            "--rsh",
+            metavar="CMD",
+            help="Reach remote replicas by running `CMD [-l USER] [-p PORT] HOST COMMAND` "
+            "instead of the built-in SSH client, as rsync -e (default: $MERKLESYNC_RSH).",
+        ),
+        click.option(
+            "--remote-cmd",
+            metavar="CMD",
+            help="The command that starts merklesync on the remote side (default: the "
+            "named remote's remote-cmd, $MERKLESYNC_REMOTE_CMD, or merklesync).",
+        ),
+    ):
+        wrapper = option(wrapper)
+    return wrapper  # type: ignore[return-value]
 
 
 def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
