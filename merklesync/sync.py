@@ -23,7 +23,7 @@ from merklesync.model import Entry, EntryKind, Stats
 from merklesync.peer import Outcome, Peer, Progress
 from merklesync.policy import Policy, Rules, conflict_name, keeps_name, newer, writer_of
 from merklesync.reconcile import differences
-from merklesync.transfer import Op, apply_ops
+from merklesync.transfer import Op, apply_ops, removes_directory, write_op
 
 MAX_MERGE_BYTES = 64 << 20  # content merged in memory at most
 
@@ -111,27 +111,11 @@ class Syncer:
         to_b: bool,
         write_as: Entry | None = None,
     ) -> None:
-        """Make the other side hold ``entry`` (as ``write_as`` if given)."""
+        """Make one side hold ``entry`` (as ``write_as`` if given), its
+        content streamed from ``holder``."""
         target = write_as or entry
-        needs_data = (
-            not target.deleted
-            and target.kind is EntryKind.FILE
-            and (
-                expect is None
-                or expect.deleted
-                or expect.kind is not EntryKind.FILE
-                or expect.digest != target.digest
-            )
-        )
-        op = Op(target, expect, holder, entry) if needs_data else Op(target, expect)
-        removes_dir = (
-            expect is not None
-            and not expect.deleted
-            and expect.kind is EntryKind.DIR
-            and (target.deleted or target.kind is not EntryKind.DIR)
-        )
-        side = deferred if removes_dir else plan
-        (side.to_b if to_b else side.to_a).append(op)
+        side = deferred if removes_directory(target, expect) else plan
+        (side.to_b if to_b else side.to_a).append(write_op(target, expect, holder, entry))
 
     def _decide(self, x: Entry | None, y: Entry | None, plan: _Plan, deferred: _Plan) -> None:
         events = self.result.events

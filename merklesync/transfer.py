@@ -43,24 +43,48 @@ class TransferResult:
 _NO = Outcome("", False)
 
 
-def needs_data(change: Change) -> bool:
-    src, dst = change.src, change.dst
-    if change.action not in (Action.COPY, Action.FORCE) or src is None or src.deleted:
-        return False
-    if src.kind is not EntryKind.FILE:
-        return False
-    return dst is None or dst.deleted or dst.kind is not EntryKind.FILE or dst.digest != src.digest
+@dataclass(frozen=True, slots=True)
+class Op:
+    """Write ``entry`` on a target that now holds ``expect``; its content
+    streams from ``source`` (which holds it as ``read_as``), or is given in
+    ``content``, or is not needed (a directory, link, tombstone or a change
+    of version or mode only)."""
+
+    entry: Entry
+    expect: Entry | None
+    source: Peer | None = None
+    read_as: Entry | None = None
+    content: bytes | None = None
 
 
-def _deferred(change: Change) -> bool:
-    """Removing a directory waits until everything under it has gone."""
-    dst = change.dst
+def needs_content(target: Entry, expect: Entry | None) -> bool:
+    """Whether making a peer that holds ``expect`` hold ``target`` moves bytes."""
+    if target.deleted or target.kind is not EntryKind.FILE:
+        return False
     return (
-        dst is not None
-        and not dst.deleted
-        and dst.kind is EntryKind.DIR
-        and (change.src is None or change.src.deleted or change.src.kind is not EntryKind.DIR)
+        expect is None
+        or expect.deleted
+        or expect.kind is not EntryKind.FILE
+        or expect.digest != target.digest
     )
+
+
+def removes_directory(target: Entry, expect: Entry | None) -> bool:
+    """Such a write waits until everything under the directory has gone."""
+    return (
+        expect is not None
+        and not expect.deleted
+        and expect.kind is EntryKind.DIR
+        and (target.deleted or target.kind is not EntryKind.DIR)
+    )
+
+
+def write_op(target: Entry, expect: Entry | None, holder: Peer, holding: Entry) -> Op:
+    """The write making a peer that holds ``expect`` hold ``target``, whose
+    content ``holder`` has (as its entry ``holding``)."""
+    if needs_content(target, expect):
+        return Op(target, expect, holder, holding)
+    return Op(target, expect)
 
 
 def _target(change: Change, writer: str) -> Entry:
@@ -106,7 +130,9 @@ def push(
             # Keep what the report needs, not the entries: memory stays bounded.
             result.changes.append(Change(change.path, change.kind, None, None, change.action))
             if change.action in (Action.COPY, Action.MERGE_VERSION, Action.FORCE):
-                (deferred if _deferred(change) else todo).append(change)
+                assert s is not None
+                later = removes_directory(_target(change, src.replica_id), d)
+                (deferred if later else todo).append(change)
         if not dry_run:
             _apply(src, dst, todo, result, progress)
     if not dry_run and deferred:
@@ -116,29 +142,13 @@ def push(
     return result
 
 
-@dataclass(frozen=True, slots=True)
-class Op:
-    """Write ``entry`` on a target that now holds ``expect``; its content
-    streams from ``source`` (which holds it as ``read_as``), or is given in
-    ``content``, or is not needed (a directory, link, tombstone or a change
-    of version or mode only)."""
-
-    entry: Entry
-    expect: Entry | None
-    source: Peer | None = None
-    read_as: Entry | None = None
-    content: bytes | None = None
-
-
 def _apply(
     src: Peer, dst: Peer, changes: list[Change], result: TransferResult, progress: Progress | None
 ) -> None:
-    ops = [
-        Op(_target(c, src.replica_id), c.dst, src, c.src)
-        if needs_data(c)
-        else Op(_target(c, src.replica_id), c.dst)
-        for c in changes
-    ]
+    ops = []
+    for c in changes:
+        assert c.src is not None
+        ops.append(write_op(_target(c, src.replica_id), c.dst, src, c.src))
     apply_ops(dst, ops, result.outcomes, progress)
 
 
