@@ -19,7 +19,7 @@ import blake3
 
 from merklesync import merge
 from merklesync.clock import Order
-from merklesync.model import Entry, EntryKind, Stats
+from merklesync.model import Entry, EntryKind, Stats, key_of
 from merklesync.peer import Outcome, Peer, Progress
 from merklesync.policy import Policy, Rules, conflict_name, keeps_name, newer, writer_of
 from merklesync.reconcile import differences
@@ -73,16 +73,18 @@ class Syncer:
         self.result = SyncResult()
 
     def run(self, *, dry_run: bool = False, progress: Progress | None = None) -> SyncResult:
-        self._pass(dry_run, progress)
+        deferred = self._pass(dry_run, progress)
         if not dry_run and self.result.failures():
+            self._keep_needed_directories(deferred, progress)
             # An entry can arrive before the directory it lives in replaces
             # a file: one more pass settles what the first one could not.
             self.result.outcomes = {p: o for p, o in self.result.outcomes.items() if o.ok}
             self._pass(dry_run, progress)
-        self.result.events.sort(key=lambda e: e.path)
+        unique = {(e.path, e.what, e.detail): e for e in self.result.events}
+        self.result.events = sorted(unique.values(), key=lambda e: e.path)
         return self.result
 
-    def _pass(self, dry_run: bool, progress: Progress | None) -> None:
+    def _pass(self, dry_run: bool, progress: Progress | None) -> _Plan:
         deferred = _Plan()
         for pairs in differences(self.a, self.b, self.result.stats):
             plan = _Plan()
@@ -98,6 +100,54 @@ class Syncer:
             for ops, peer in ((deferred.to_b, self.b), (deferred.to_a, self.a)):
                 ops.sort(key=lambda o: o.entry.path.count("/"), reverse=True)
                 apply_ops(peer, ops, self.result.outcomes, progress)
+        return deferred
+
+    def _keep_needed_directories(self, deferred: _Plan, progress: Progress | None) -> None:
+        """A directory that still holds entries cannot give way to a file or
+        a deletion from the other side: it stays on both sides (with a
+        version that dominates), and a file that wanted its place becomes a
+        conflict copy. Nothing under the directory is lost."""
+        fixes = _Plan()
+        sides = ((deferred.to_b, self.a, True), (deferred.to_a, self.b, False))
+        for ops, other, to_b in sides:
+            for op in ops:
+                outcome = self.result.outcomes.get(op.entry.path)
+                if outcome is None or outcome.ok or "not empty" not in outcome.reason:
+                    continue
+                target, directory = op.entry, op.expect
+                assert directory is not None
+                kept = dataclasses.replace(
+                    directory,
+                    vv=target.vv.merge(directory.vv).bump(self.a.replica_id),
+                    stamp=max(target.stamp, directory.stamp) + 1,
+                )
+                path = directory.path
+                there = next((e for e in other.entries([key_of(path)]) if e.path == path), None)
+                if not target.deleted:
+                    content = op.content
+                    if content is None and op.source is not None and op.read_as is not None:
+                        content = _content(op.source, op.read_as)
+                    if target.kind is EntryKind.FILE and content is None:
+                        self.result.warnings.append(
+                            f"{path}: conflict left unresolved: a directory that still holds "
+                            "entries, against a file that could not be read"
+                        )
+                        continue
+                    copy = dataclasses.replace(
+                        target,
+                        path=conflict_name(path, writer_of(target, directory), target.stamp),
+                        vv=kept.vv,
+                        stamp=kept.stamp,
+                    )
+                    fixes.to_a.append(Op(copy, None, content=content))
+                    fixes.to_b.append(Op(copy, None, content=content))
+                (fixes.to_b if to_b else fixes.to_a).append(Op(kept, directory))
+                (fixes.to_a if to_b else fixes.to_b).append(Op(kept, there))
+                self.result.events.append(
+                    Event(path, "conflict", "the directory still holds entries: it stays")
+                )
+        apply_ops(self.b, fixes.to_b, self.result.outcomes, progress)
+        apply_ops(self.a, fixes.to_a, self.result.outcomes, progress)
 
     # -- deciding ----------------------------------------------------------
 

@@ -5,7 +5,17 @@ from __future__ import annotations
 import click
 
 from merklesync import __version__
-from merklesync.cli import conflicts_cmd, diff_cmd, gc_cmd, init_cmd, push_cmd, status_cmd, sync_cmd
+from merklesync.cli import (
+    conflicts_cmd,
+    diff_cmd,
+    gc_cmd,
+    init_cmd,
+    push_cmd,
+    remote_cmd,
+    serve_cmd,
+    status_cmd,
+    sync_cmd,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -25,6 +35,8 @@ for command in (
     conflicts_cmd.conflicts,
     conflicts_cmd.resolve_cmd,
     gc_cmd.gc,
+    remote_cmd.remote,
+    serve_cmd.serve,
 ):
     cli.add_command(command)
 

@@ -12,11 +12,12 @@ from merklesync.cli.common import (
     handle_errors,
     output_options,
     print_stats,
+    remote_options,
     stats_option,
 )
 from merklesync.errors import EXIT_DIFFERENT, EXIT_OK
 from merklesync.model import Stats
-from merklesync.peer.open import combined_stats, open_peer, refresh_all
+from merklesync.peer.open import RemoteOptions, combined_stats, open_peer, refresh_all
 from merklesync.reconcile import diff as diff_peers
 
 
@@ -28,19 +29,33 @@ from merklesync.reconcile import diff as diff_peers
 )
 @stats_option
 @output_options
+@remote_options
 @handle_errors
-def diff(a: str, b: str | None, checksum: bool, stats: bool, quiet: bool, as_json: bool) -> None:
+def diff(
+    a: str,
+    b: str | None,
+    checksum: bool,
+    stats: bool,
+    quiet: bool,
+    as_json: bool,
+    remote: RemoteOptions,
+) -> None:
     """Show how replica A differs from replica B (with one argument: how the
     replica around the current directory differs from A).
 
     One line per path: `A path` only in A, `D path` only in B (or deleted in
     A), `M path` different content, `T path` type changed. Exit 0 when the
-    content is the same, 1 when it differs, 2 or more on error, as diff(1)."""
+    content is the same, 1 when it differs, 2 or more on error, as diff(1).
+
+    A replica may be a local path, a remote address (HOST:PATH,
+    USER@HOST:PATH, ssh://USER@HOST:PORT/PATH) or the name of a remote
+    (see merklesync-remote(1)); with two remote replicas, the comparison is
+    relayed through this machine."""
     out = Output(quiet, as_json)
     left_spec, right_spec = (None, a) if b is None else (a, b)
-    left = open_peer(left_spec)
+    left = open_peer(left_spec, remote=remote, near=right_spec)
     try:
-        right = open_peer(right_spec)
+        right = open_peer(right_spec, remote=remote, near=left_spec)
         try:
             with out.progress("scanning", "files") as progress:
                 warnings = refresh_all([left, right], checksum=checksum, progress=progress)

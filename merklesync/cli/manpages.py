@@ -46,7 +46,7 @@ def _paragraphs(text: str) -> list[str]:
 
 def page(name: str, command: click.Command, parent: click.Context) -> str:
     ctx = click.Context(command, info_name=name, parent=parent)
-    full = f"{parent.info_name} {name}" if name != parent.info_name else name
+    full = f"{parent.command_path} {name}" if name != parent.info_name else name
     title = full.replace(" ", "-")
     help_text = command.help or ""
     lines = [
@@ -75,7 +75,7 @@ def page(name: str, command: click.Command, parent: click.Context) -> str:
             if sub is not None:
                 lines += [
                     ".TP",
-                    f"\\fBmerklesync\\-{_esc(sub_name)}\\fR(1)",
+                    f"\\fB{_esc(title)}\\-{_esc(sub_name)}\\fR(1)",
                     _esc(sub.get_short_help_str(limit=200)),
                 ]
     lines.append(".SH EXIT STATUS")
@@ -94,6 +94,12 @@ def all_pages() -> dict[str, str]:
         command = cli.get_command(root, name)
         if command is not None:
             pages[f"merklesync-{name}.1"] = page(name, command, root)
+            if isinstance(command, click.Group):  # one page per subcommand too
+                group = click.Context(command, info_name=name, parent=root)
+                for sub_name in command.list_commands(group):
+                    sub = command.get_command(group, sub_name)
+                    if sub is not None:
+                        pages[f"merklesync-{name}-{sub_name}.1"] = page(sub_name, sub, group)
     return pages
 
 

@@ -16,12 +16,19 @@ from merklesync.cli.common import (
     handle_errors,
     output_options,
     print_stats,
+    remote_options,
     stats_option,
 )
 from merklesync.errors import EXIT_DIFFERENT, EXIT_OK
 from merklesync.ignore import exclude_predicate
 from merklesync.model import Action, Stats
-from merklesync.peer.open import check_apart, combined_stats, open_peer, refresh_all
+from merklesync.peer.open import (
+    RemoteOptions,
+    check_apart,
+    combined_stats,
+    open_peer,
+    refresh_all,
+)
 from merklesync.transfer import TransferResult
 from merklesync.transfer import push as push_peers
 
@@ -48,6 +55,7 @@ def transfer_options(func: F) -> F:
             exclude_option,
             stats_option,
             output_options,
+            remote_options,
         ]
     ):
         func = option(func)
@@ -67,11 +75,12 @@ def run_transfer(
     stats: bool,
     quiet: bool,
     as_json: bool,
+    remote: RemoteOptions,
 ) -> None:
     out = Output(quiet, as_json, verbose)
-    src = open_peer(src_spec, excludes=excludes)
+    src = open_peer(src_spec, excludes=excludes, remote=remote, near=dst_spec)
     try:
-        dst = open_peer(dst_spec, create=True, excludes=excludes)
+        dst = open_peer(dst_spec, create=True, excludes=excludes, remote=remote, near=src_spec)
         try:
             check_apart(src, dst)
             retention.guard(src, dst, allow_stale=allow_stale)
@@ -153,7 +162,12 @@ def push(replicas: tuple[str, ...], **options: object) -> None:
     """Copy to DST whatever SRC (default: the replica around the current
     directory) has newer. Only fast-forwards: where DST has a newer or a
     concurrent version, it is left alone, listed, and the exit code is 1.
-    DST is initialised when it is not a replica yet."""
+    DST is initialised when it is not a replica yet.
+
+    SRC and DST may be local paths, remote addresses (HOST:PATH,
+    USER@HOST:PATH, ssh://USER@HOST:PORT/PATH) or names of remotes (see
+    merklesync-remote(1)); from one remote to another, the data is relayed
+    through this machine."""
     if len(replicas) > 2:
         raise click.UsageError("push takes at most two replicas: [SRC] DST")
     src, dst = (None, replicas[0]) if len(replicas) == 1 else replicas
@@ -166,7 +180,8 @@ def push(replicas: tuple[str, ...], **options: object) -> None:
 @handle_errors
 def pull(replicas: tuple[str, ...], **options: object) -> None:
     """Copy from SRC whatever it has newer into DST (default: the replica
-    around the current directory). Only fast-forwards, as push."""
+    around the current directory). Only fast-forwards, as push; either side
+    may be remote, as for push."""
     if len(replicas) > 2:
         raise click.UsageError("pull takes at most two replicas: SRC [DST]")
     src, dst = (replicas[0], None) if len(replicas) == 1 else replicas

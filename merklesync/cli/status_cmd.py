@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from merklesync.cli.common import Output, handle_errors, output_options
-from merklesync.peer.open import open_peer
+from merklesync.cli.common import Output, handle_errors, output_options, remote_options
+from merklesync.peer.open import RemoteOptions, open_peer
 
 
 @click.command()
@@ -14,12 +14,16 @@ from merklesync.peer.open import open_peer
     "--checksum", is_flag=True, help="Re-hash every file instead of trusting the stat cache."
 )
 @output_options
+@remote_options
 @handle_errors
-def status(replica: str | None, checksum: bool, quiet: bool, as_json: bool) -> None:
+def status(
+    replica: str | None, checksum: bool, quiet: bool, as_json: bool, remote: RemoteOptions
+) -> None:
     """Scan REPLICA (default: the one around the current directory) and print
-    its root fingerprint, its entry count and what changed since the last scan."""
+    its root fingerprint, its entry count and what changed since the last scan.
+    REPLICA may be remote (HOST:PATH, or the name of a remote)."""
     out = Output(quiet, as_json)
-    peer = open_peer(replica)
+    peer = open_peer(replica, remote=remote)
     try:
         with out.progress("scanning", "files") as progress:
             report = peer.refresh(checksum=checksum, progress=progress)

@@ -1,22 +1,149 @@
-"""Open a peer from what the user typed: a local path (or, later, a remote address)."""
+"""Open a peer from what the user typed: a local path, a remote address
+(``host:path``, ``user@host:path``, ``ssh://user@host:port/path``) or the
+name of a remote recorded with ``merklesync remote add``."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import os
+import shlex
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from merklesync.errors import UsageError
+from merklesync import remotes
+from merklesync.address import Address, parse_address
+from merklesync.errors import NotAReplica, UsageError
 from merklesync.model import Stats
-from merklesync.peer import Peer, Progress
+from merklesync.peer import Peer, Progress, ScanReport
 from merklesync.peer.local import LocalPeer
-from merklesync.replica import find_root
+from merklesync.peer.remote import RemotePeer
+from merklesync.replica import find_root, is_replica
+from merklesync.transport import Transport
+
+REMOTE_CMD_ENV = "MERKLESYNC_REMOTE_CMD"
+RSH_ENV = "MERKLESYNC_RSH"
+DEFAULT_REMOTE_CMD = "merklesync"
 
 
-def open_peer(spec: str | None, *, create: bool = False, excludes: Sequence[str] = ()) -> Peer:
-    """``None`` means the replica around the current directory."""
+@dataclass(frozen=True, slots=True)
+class RemoteOptions:
+    """How to reach remote replicas.
+
+    ``remote_cmd``: the command that starts merklesync on the remote side
+    (default: the named remote's ``remote-cmd``, then ``$MERKLESYNC_REMOTE_CMD``,
+    then ``merklesync``). ``rsh``: run ``RSH [-l USER] [-p PORT] HOST COMMAND``
+    as a local command instead of connecting with the built-in SSH client
+    (as rsync's ``-e``; default ``$MERKLESYNC_RSH``).
+    """
+
+    remote_cmd: str | None = None
+    rsh: str | None = None
+    accept_new_host_key: bool = False
+    connect_timeout: float = 15.0
+
+
+def open_peer(
+    spec: str | None,
+    *,
+    create: bool = False,
+    excludes: Sequence[str] = (),
+    remote: RemoteOptions | None = None,
+    near: str | None = None,
+) -> Peer:
+    """``None`` means the replica around the current directory. A bare
+    name is a remote of ``near`` (the other replica of the command, when
+    local) or of the replica around the current directory, if it has one
+    by that name; otherwise it is a path."""
     if spec is None:
         return LocalPeer.open(find_root(Path.cwd()), excludes=excludes)
-    return LocalPeer.open(Path(spec), create=create, excludes=excludes)
+    options = remote or RemoteOptions()
+    named = find_remote(spec, near)
+    remote_cmd = options.remote_cmd
+    if named is not None:
+        if remote_cmd is None:
+            remote_cmd = named.remote_cmd
+        address = parse_address(named.url)
+    else:
+        address = parse_address(spec)
+    if not address.is_remote:
+        return LocalPeer.open(Path(address.path), create=create, excludes=excludes)
+    command = agent_command(
+        remote_cmd or os.environ.get(REMOTE_CMD_ENV) or DEFAULT_REMOTE_CMD,
+        address.path,
+        create=create,
+        excludes=excludes,
+    )
+    transport = connect(address, command, options)
+    assert address.host is not None
+    return RemotePeer(transport, spec, where=address.host)
+
+
+def find_remote(spec: str, near: str | None = None) -> remotes.Remote | None:
+    """The remote named ``spec``, if ``spec`` is a name that one of the
+    candidate replicas knows."""
+    if not remotes.is_name(spec):
+        return None
+    roots: list[Path] = []
+    if near is not None and not remotes.is_name(near):
+        address = parse_address(near)
+        if not address.is_remote and is_replica(Path(address.path)):
+            roots.append(Path(address.path))
+    with contextlib.suppress(NotAReplica):
+        roots.append(find_root(Path.cwd()))
+    for root in roots:
+        found = remotes.load(root).get(spec)
+        if found is not None:
+            return found
+    return None
+
+
+def agent_command(
+    remote_cmd: str, path: str, *, create: bool = False, excludes: Sequence[str] = ()
+) -> str:
+    """The shell command that starts the agent on the remote side. The
+    path is quoted; a leading ``~/`` becomes a path relative to the
+    remote home (where the command starts)."""
+    if not remote_cmd.strip():
+        raise UsageError("the remote command is empty (--remote-cmd or MERKLESYNC_REMOTE_CMD)")
+    if path in ("~", "~/"):
+        path = "."
+    elif path.startswith("~/"):
+        path = path[2:]
+    words = [remote_cmd, "serve", "--stdio"]
+    if create:
+        words.append("--create")
+    for pattern in excludes:
+        words += ["--exclude", shlex.quote(pattern)]
+    words += ["--", shlex.quote(path)]
+    return " ".join(words)
+
+
+def connect(address: Address, command: str, options: RemoteOptions) -> Transport:
+    """Run ``command`` on the address's host: through the built-in SSH
+    client, or the ``rsh`` command when one is set."""
+    assert address.host is not None
+    rsh = options.rsh if options.rsh is not None else os.environ.get(RSH_ENV)
+    if rsh:
+        from merklesync.transport.pipes import SubprocessTransport
+
+        argv = shlex.split(rsh)
+        if address.user:
+            argv += ["-l", address.user]
+        if address.port is not None:
+            argv += ["-p", str(address.port)]
+        return SubprocessTransport([*argv, address.host, command])
+    from merklesync.transport.ssh import open_ssh  # paramiko loads only when needed
+
+    return open_ssh(
+        address.host,
+        address.user,
+        address.port,
+        command,
+        accept_new_host_key=options.accept_new_host_key,
+        connect_timeout=options.connect_timeout,
+    )
 
 
 def combined_stats(engine: Stats, *peers: Peer) -> Stats:
@@ -54,11 +181,30 @@ def check_apart(a: Peer, b: Peer) -> None:
 def refresh_all(
     peers: Sequence[Peer], *, checksum: bool = False, progress: Progress | None = None
 ) -> list[str]:
-    """Scan every peer at the same time; returns their warnings."""
-    pending = [p.start_refresh(checksum=checksum) for p in peers[1:]]
-    reports = [peers[0].refresh(checksum=checksum, progress=progress)]
-    reports += [finish(progress) for finish in pending]
-    return [w for r in reports for w in r.warnings]
+    """Scan every peer at the same time; returns their warnings.
+
+    Remote peers are asked first, so they scan on their machines while this
+    one scans the local peers. Local peers beyond the first scan in forked
+    children, but only while this process runs no other thread (paramiko's
+    transport and the pipe readers are threads, and fork does not mix with
+    threads); otherwise they scan here, one after the other.
+    """
+    finishers: dict[int, Callable[[Progress | None], ScanReport]] = {}
+    for i, peer in enumerate(peers):
+        if not isinstance(peer, LocalPeer):
+            finishers[i] = peer.start_refresh(checksum=checksum)
+    local = [i for i, peer in enumerate(peers) if isinstance(peer, LocalPeer)]
+    reports: dict[int, ScanReport] = {}
+    if local:
+        fork = threading.active_count() == 1
+        if fork:
+            for i in local[1:]:
+                finishers[i] = peers[i].start_refresh(checksum=checksum)
+        for i in local if not fork else local[:1]:
+            reports[i] = peers[i].refresh(checksum=checksum, progress=progress)
+    for i, finish in finishers.items():
+        reports[i] = finish(progress)
+    return [w for i in range(len(peers)) for w in reports[i].warnings]
 
 
 def local_file_text(peer: Peer, name: str) -> str | None:

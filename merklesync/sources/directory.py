@@ -315,7 +315,8 @@ class DirectorySource:
             _drain(item)
             return Outcome(rel, False, str(refusal))
         try:
-            self._make_parents(rel)
+            if not entry.deleted:  # nothing to create for a tombstone
+                self._make_parents(rel)
             if entry.deleted:
                 self._remove(rel, on_disk)
             elif entry.kind is EntryKind.DIR:

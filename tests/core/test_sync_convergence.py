@@ -15,7 +15,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from tests.clirun import ms
 
-NAMES = ["a", "b", "d/e", "d/f"]
+NAMES = ["a", "b", "d/e", "d/f", "a/x", "d"]
 
 
 def contents(root: Path) -> dict[str, str]:
@@ -51,7 +51,17 @@ class ThreeReplicas(RuleBasedStateMachine):
     def write(self, replica: int, name: str) -> None:
         self.counter += 1
         content = f"write {self.counter} by r{replica}\n"
-        target = self.roots[replica] / name
+        root = self.roots[replica]
+        target = root / name
+        # A file where a directory must go (or the reverse) is deleted first.
+        for parent in reversed(target.relative_to(root).parents[:-1]):
+            if (root / parent).is_file():
+                self._supersede(replica, parent.as_posix())
+                (root / parent).unlink()
+        if target.is_dir():
+            for inner in target.rglob("*"):
+                self._supersede(replica, inner.relative_to(root).as_posix())
+            shutil.rmtree(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         self._supersede(replica, name)
         target.write_text(content)

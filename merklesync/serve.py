@@ -1,0 +1,419 @@
+"""The agent: ``merklesync serve --stdio ROOT`` answers the protocol on its
+standard input and output for one client, confined to one replica.
+
+The replica is opened (and locked) before the hello is sent, and stays
+locked for the whole session. When it cannot be opened, the hello carries
+an empty replica id and every request is answered with the error, so the
+client reports the server's own message and exit code (``not-a-replica``,
+``locked``, ``io``...). Errors are ``error`` frames, never text on the
+wire: standard output is moved to a private descriptor at start-up, and
+file descriptor 1 then points at standard error, so a stray print cannot
+corrupt the stream.
+
+One thread, no I/O of its own beyond the two pipes: output is buffered and
+flushed before every blocking read, so the two sides never wait on each
+other; a write stream is read to its ``commit`` whatever happens to the
+items in it, so the client can send it without waiting for answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+import traceback
+from collections import deque
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import blake3
+
+from merklesync import __version__
+from merklesync.errors import (
+    EXIT_CONNECTION,
+    EXIT_OK,
+    EXIT_PROTOCOL,
+    EXIT_USAGE,
+    MerklesyncError,
+    ProtocolError,
+)
+from merklesync.model import Entry, EntryKind
+from merklesync.peer import WriteItem
+from merklesync.peer.local import LocalPeer
+from merklesync.protocol.framing import encode_frame
+from merklesync.protocol.messages import (
+    PROTOCOL_VERSIONS,
+    Bye,
+    ByeResult,
+    Children,
+    ChildrenResult,
+    Commit,
+    Data,
+    End,
+    Entries,
+    EntriesResult,
+    EntriesUnder,
+    Error,
+    Gone,
+    Hello,
+    Leaves,
+    LeavesResult,
+    Put,
+    Read,
+    Refresh,
+    RefreshResult,
+    Request,
+    Result,
+    Root,
+    RootResult,
+    Write,
+    WriteResult,
+)
+from merklesync.protocol.session import Negotiated, ServerEvent, ServerSession
+
+READ_SIZE = 1 << 20
+FLUSH_AT = 256 << 10  # buffered output bytes that trigger a write
+PROGRESS_EVERY = 0.25  # seconds between progress frames of a scan
+SOFTWARE = f"merklesync {__version__}"
+
+
+class Agent:
+    """Serve one client on two file descriptors."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        create: bool = False,
+        excludes: Sequence[str] = (),
+        in_fd: int = 0,
+        out_fd: int = 1,
+    ) -> None:
+        self.in_fd = in_fd
+        self.out_fd = out_fd
+        self.peer: LocalPeer | None = None
+        self.failure: MerklesyncError | None = None
+        try:
+            self.peer = LocalPeer.open(root, create=create, excludes=excludes)
+        except MerklesyncError as exc:
+            self.failure = exc
+        replica_id = self.peer.replica_id if self.peer is not None else ""
+        root_name = str(self.peer.replica.root) if self.peer is not None else str(root)
+        self.session = ServerSession(Hello(PROTOCOL_VERSIONS, (), replica_id, SOFTWARE, root_name))
+        self._out = bytearray()
+        self._events: deque[ServerEvent] = deque()
+        self._eof = False
+        self._progress_due = 0.0
+        self._progress_amount = 0
+
+    # -- the loop --------------------------------------------------------
+
+    def run(self) -> int:
+        """Answer until bye or end of input; the exit status of ``serve``."""
+        try:
+            self._send(self.session.greeting())
+            while True:
+                event = self._event()
+                if event is None:
+                    return EXIT_OK
+                if isinstance(event, Negotiated):
+                    continue
+                if isinstance(event, Bye):
+                    self.close()  # release the lock before the client hears we are done
+                    self._send(self.session.respond(ByeResult()))
+                    self._flush()
+                    return EXIT_OK
+                if isinstance(event, Put | Data | End | Gone | Commit):
+                    raise ProtocolError(f"client sent '{event.TAG}' outside a write stream")
+                self._answer(event)
+        except ProtocolError as exc:
+            self._report(f"protocol error: {exc.message}")
+            self._last_word(exc)
+            return EXIT_PROTOCOL
+        except (BrokenPipeError, ConnectionResetError):
+            return EXIT_CONNECTION  # the client is gone: nobody to tell
+        except OSError as exc:
+            self._report(f"connection: {exc.strerror or exc}")
+            return EXIT_CONNECTION
+        except Exception as exc:  # a bug: the traceback goes to stderr, never on the wire
+            self._bug(exc)
+            return EXIT_USAGE
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.peer is not None:
+            peer, self.peer = self.peer, None
+            self.failure = MerklesyncError("the replica was closed")
+            peer.close()
+
+    def _answer(self, request: Request) -> None:
+        if isinstance(request, Write):
+            self._write()
+        elif isinstance(request, Read):
+            self._read(request)
+        else:
+            try:
+                result = self._result(request)
+            except ProtocolError:
+                raise
+            except MerklesyncError as exc:
+                self._send(self.session.error_from(exc))
+                return
+            except Exception as exc:  # a bug: say so on stderr, fail the request
+                self._bug(exc)
+                self._send(self.session.error("error", f"internal error in the agent: {exc!r}"))
+                return
+            self._send(self.session.respond(result))
+
+    def _replica(self) -> LocalPeer:
+        if self.peer is None:
+            assert self.failure is not None
+            raise self.failure
+        return self.peer
+
+    def _result(self, request: Request) -> Result:
+        peer = self._replica()
+        if isinstance(request, Refresh):
+            self._progress_due = time.monotonic() + PROGRESS_EVERY
+            self._progress_amount = 0
+            r = peer.refresh(checksum=request.checksum, progress=self._progress)
+            return RefreshResult(r.scanned, r.hashed, r.added, r.modified, r.deleted, r.warnings)
+        if isinstance(request, Root):
+            node = peer.root()
+            return RootResult(node.fingerprint, node.count)
+        if isinstance(request, Children):
+            kids = peer.children(request.nodes)
+            return ChildrenResult([[(n.fingerprint, n.count) for n in ns] for ns in kids])
+        if isinstance(request, Leaves):
+            return LeavesResult(peer.leaves(request.nodes))
+        if isinstance(request, Entries):
+            return EntriesResult(peer.entries(request.keys))
+        assert isinstance(request, EntriesUnder), request
+        return EntriesResult(peer.entries_under(request.nodes))
+
+    def _progress(self, amount: int) -> None:
+        self._progress_amount += amount
+        now = time.monotonic()
+        if now >= self._progress_due:
+            self._send(self.session.progress(self._progress_amount))
+            self._flush()
+            self._progress_amount = 0
+            self._progress_due = now + PROGRESS_EVERY
+
+    # -- read: stream files ----------------------------------------------
+
+    def _read(self, request: Read) -> None:
+        try:
+            peer = self._replica()
+            for entry, chunks in peer.read(request.entries):
+                self._send_file(peer, entry, chunks)
+        except ProtocolError:
+            raise
+        except MerklesyncError as exc:
+            self._send(self.session.error_from(exc))
+            return
+        except Exception as exc:
+            self._bug(exc)
+            self._send(self.session.error("error", f"internal error in the agent: {exc!r}"))
+            return
+        self._send(self.session.read_done())
+
+    def _send_file(self, peer: LocalPeer, entry: Entry, chunks: Iterator[bytes] | None) -> None:
+        if chunks is None or not _indexed(peer, entry):
+            if chunks is not None:
+                _close(chunks)
+            self._send(self.session.file_gone("gone or changed since the scan"))
+            return
+        hasher = blake3.blake3()
+        sent = 0
+        try:
+            for chunk in chunks:
+                if sent + len(chunk) > entry.size:
+                    self._send(self.session.file_gone("changed during the transfer"))
+                    return
+                hasher.update(chunk)
+                self._send(self.session.file_data(chunk))
+                sent += len(chunk)
+        except OSError as exc:
+            self._send(self.session.file_gone(f"cannot read: {exc.strerror or exc}"))
+            return
+        finally:
+            _close(chunks)
+        if sent != entry.size or hasher.digest() != entry.digest:
+            # Never end a file with content that does not match its digest:
+            # the client takes that for a hostile peer.
+            self._send(self.session.file_gone("changed during the transfer"))
+        else:
+            self._send(self.session.file_end())
+
+    # -- write: apply a stream of items ----------------------------------
+
+    def _write(self) -> None:
+        items = _Items(self)
+        failure = self.failure if self.peer is None else None
+        outcomes = []
+        if self.peer is not None:
+            try:
+                outcomes = self.peer.write(items)
+            except ProtocolError:
+                raise
+            except MerklesyncError as exc:
+                failure = exc
+            except Exception as exc:
+                self._bug(exc)
+                failure = MerklesyncError(f"internal error in the agent: {exc!r}")
+        items.drain()  # whatever happened, read the stream to its commit
+        if failure is not None:
+            self._send(self.session.error_from(failure))
+        else:
+            result = WriteResult([(o.path, o.ok, o.reason) for o in outcomes])
+            self._send(self.session.respond(result))
+
+    # -- bytes -----------------------------------------------------------
+
+    def _event(self) -> ServerEvent | None:
+        while not self._events:
+            if self._eof:
+                return None
+            self._flush()
+            data = os.read(self.in_fd, READ_SIZE)
+            if not data:
+                self._eof = True
+                self.session.eof()
+                return None
+            self._events.extend(self.session.receive(data))
+        return self._events.popleft()
+
+    def _send(self, data: bytes) -> None:
+        if len(data) >= FLUSH_AT:  # file data: no copy into the buffer
+            self._flush()
+            self._write_all(data)
+            return
+        self._out += data
+        if len(self._out) >= FLUSH_AT:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._out:
+            try:
+                self._write_all(self._out)
+            finally:
+                self._out.clear()
+
+    def _write_all(self, data: bytes | bytearray) -> None:
+        with memoryview(data) as view:
+            while view:
+                view = view[os.write(self.out_fd, view) :]
+
+    def _last_word(self, exc: MerklesyncError) -> None:
+        """After a protocol error from the client, tell it why (its request
+        is outstanding as far as it knows), unless inside a write stream
+        where it would not listen."""
+        if self.session.answering is not None and isinstance(self.session.answering, Write):
+            return
+        try:
+            self._send(encode_frame(Error.of(exc).to_wire()))
+            self._flush()
+        except OSError:
+            pass
+
+    @staticmethod
+    def _report(message: str) -> None:
+        with contextlib.suppress(OSError):
+            print(f"merklesync serve: {message}", file=sys.stderr, flush=True)
+
+    @staticmethod
+    def _bug(exc: BaseException) -> None:
+        with contextlib.suppress(OSError):
+            traceback.print_exception(exc, file=sys.stderr)
+
+
+class _Items:
+    """The items of a write stream as the client sends them, up to its
+    commit; each item's data is read from the stream as it is consumed."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.current: _Incoming | None = None
+        self.committed = False
+
+    def __iter__(self) -> _Items:
+        return self
+
+    def __next__(self) -> WriteItem:
+        if self.current is not None:
+            self.current.drain()
+            self.current = None
+        if self.committed:
+            raise StopIteration
+        event = self.agent._event()
+        if isinstance(event, Commit):
+            self.committed = True
+            raise StopIteration
+        if not isinstance(event, Put):  # the session lets nothing else through
+            raise ProtocolError("connection closed in the middle of a write")
+        if not event.has_data:
+            return WriteItem(event.entry, event.expect, None)
+        self.current = _Incoming(self.agent)
+        return WriteItem(event.entry, event.expect, self.current)
+
+    def drain(self) -> None:
+        for _ in self:
+            pass
+
+
+class _Incoming:
+    """The data of one put, read from the stream as it is consumed; it ends
+    early when the client gives the item up (``gone``), and the digest
+    check then refuses it."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.done = False
+
+    def __iter__(self) -> _Incoming:
+        return self
+
+    def __next__(self) -> bytes:
+        if self.done:
+            raise StopIteration
+        event = self.agent._event()
+        if isinstance(event, Data):
+            return event.chunk
+        self.done = True  # end or gone; the session allows nothing else here
+        if event is None:
+            raise ProtocolError("connection closed in the middle of a write")
+        raise StopIteration
+
+    def drain(self) -> None:
+        for _ in self:
+            pass
+
+
+def _indexed(peer: LocalPeer, entry: Entry) -> bool:
+    """Only files the last scan saw are served: the scan never goes through
+    a symlink, so neither does a read."""
+    cached = peer.replica.index.get(entry.path)
+    if cached is None:
+        return False
+    known = cached.entry
+    return not known.deleted and known.kind is EntryKind.FILE and known.digest == entry.digest
+
+
+def _close(chunks: Iterator[bytes]) -> None:
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        close()
+
+
+def serve_stdio(root: Path, *, create: bool = False, excludes: Sequence[str] = ()) -> int:
+    """Run the agent on this process's standard input and output."""
+    out_fd = os.dup(1)
+    os.dup2(2, 1)  # anything printed by accident goes to stderr, not the wire
+    sys.stdout = sys.stderr
+    try:
+        return Agent(root, create=create, excludes=excludes, in_fd=0, out_fd=out_fd).run()
+    finally:
+        os.close(out_fd)

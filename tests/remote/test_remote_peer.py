@@ -1,0 +1,263 @@
+"""RemotePeer against `merklesync serve --stdio` over subprocess pipes, through
+the library API: batching, splitting, streaming, locking, errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from merklesync.errors import ConnectionFailed, NotAReplica, ReplicaLocked
+from merklesync.merkle import ROOT
+from merklesync.peer import remote as remote_mod
+from merklesync.peer.local import LocalPeer
+from merklesync.peer.open import refresh_all
+from merklesync.peer.remote import RemotePeer
+from merklesync.replica import Replica
+from merklesync.transfer import push
+from merklesync.transport.pipes import SubprocessTransport
+from tests.clirun import ms
+from tests.treegen import assert_same_tree, make_tree
+
+
+def serve_argv(root: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "merklesync", "serve", "--stdio", *extra, str(root)]
+
+
+def agent(root: Path, *extra: str, env: dict[str, str] | None = None) -> RemotePeer:
+    transport = SubprocessTransport(serve_argv(root, *extra), env=env)
+    return RemotePeer(transport, f"pipe:{root}", where="pipe")
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "tree"
+    make_tree(root, files=40, dirs=5, seed=5)
+    assert ms("init", root).code == 0
+    return root
+
+
+@pytest.fixture
+def remote(tree: Path) -> Iterator[RemotePeer]:
+    peer = agent(tree)
+    try:
+        yield peer
+    finally:
+        peer.close()
+
+
+def test_remote_answers_like_the_local_replica(tree: Path) -> None:
+    peer = agent(tree)
+    try:
+        report = peer.refresh()
+        assert report.scanned == 45 and report.hashed == 0
+        remote_answers = (
+            peer.replica_id,
+            peer.root(),
+            peer.children([ROOT]),
+            peer.leaves([(1, 3), (1, 7)]),
+            sorted(e.path for e in peer.entries_under([ROOT])),
+        )
+        keys = [k for k, _leaf in peer.leaves([ROOT])[0]]
+        remote_entries = peer.entries(keys)
+    finally:
+        peer.close()
+    local = LocalPeer.open(tree)  # the agent released the lock when close() returned
+    try:
+        assert remote_answers == (
+            local.replica_id,
+            local.root(),
+            local.children([ROOT]),
+            local.leaves([(1, 3), (1, 7)]),
+            sorted(e.path for e in local.entries_under([ROOT])),
+        )
+        assert remote_entries == local.entries(keys)
+    finally:
+        local.close()
+
+
+def test_round_trips_and_bytes_are_counted(remote: RemotePeer) -> None:
+    remote.refresh()
+    assert remote.stats.round_trips == 0  # the scan is overlapped, not counted
+    remote.children([ROOT])
+    remote.leaves([(1, 0)])
+    assert remote.stats.round_trips == 2
+    assert remote.stats.bytes_received == remote.transport.bytes_received > 256
+    assert remote.stats.bytes_sent == remote.transport.bytes_sent
+
+
+def test_requests_over_a_cap_are_split_and_pipelined(
+    remote: RemotePeer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = [k for k, _leaf in remote.leaves([ROOT])[0]]
+    want = remote.entries(keys)
+    monkeypatch.setattr(remote_mod, "MAX_KEYS", 7)
+    before = remote.stats.round_trips
+    assert remote.entries(keys) == want
+    assert remote.stats.round_trips == before + 1  # 7 small requests, one wait
+    monkeypatch.setattr(remote_mod, "PIPELINE_BYTES", 1)  # no pipelining at all
+    assert remote.entries(keys) == want
+    assert remote.stats.round_trips == before + 1 + 7
+
+
+def test_read_streams_and_splits_by_count_and_size(
+    remote: RemotePeer, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entries = [e for e in remote.entries_under([ROOT]) if e.kind == 0 and not e.deleted]
+    monkeypatch.setattr(remote_mod, "MAX_READ", 3)
+    before = remote.stats.round_trips
+    got = {e.path: b"".join(chunks or []) for e, chunks in remote.read(entries)}
+    assert got == {e.path: (tree / e.path).read_bytes() for e in entries}
+    assert remote.stats.round_trips - before == -(-len(entries) // 3)
+    monkeypatch.setattr(remote_mod, "MAX_READ", 4096)
+    monkeypatch.setattr(remote_mod, "READ_BUDGET", 400)  # ~3 entries per request
+    batches = list(remote_mod._read_batches(entries))
+    assert len(batches) > 5 and sum(map(len, batches)) == len(entries)
+    got = {e.path: b"".join(chunks or []) for e, chunks in remote.read(entries)}
+    assert len(got) == len(entries)
+
+
+def test_an_abandoned_read_does_not_derail_the_next_request(remote: RemotePeer) -> None:
+    entries = [e for e in remote.entries_under([ROOT]) if e.kind == 0 and not e.deleted]
+    stream = remote.read(entries)
+    _first, chunks = next(stream)
+    assert chunks is not None
+    next(chunks)
+    del stream, chunks  # the rest of the answer is still on the wire
+    assert remote.children([ROOT]) == remote.children([ROOT])
+    # and a file the consumer skips is skipped, not mixed into the next one
+    sizes = [(e.size, sum(map(len, c or []))) for e, c in remote.read(entries) if e.size % 2]
+    assert all(a == b for a, b in sizes)
+
+
+def test_file_changed_on_the_agent_side_ends_as_gone(remote: RemotePeer, tree: Path) -> None:
+    remote.refresh()
+    entries = sorted(
+        (e for e in remote.entries_under([ROOT]) if e.kind == 0 and not e.deleted),
+        key=lambda e: e.path,
+    )[:2]
+    victim = entries[0]
+    (tree / victim.path).write_bytes(b"x" * victim.size)  # same size, other bytes
+    got = [(e, None if c is None else b"".join(c)) for e, c in remote.read(entries)]
+    # The agent hashed what it sent and said "gone" instead of "end": no
+    # protocol error here, and the receiver's digest check refuses the bytes.
+    assert got[0][0] == victim and got[0][1] in (None, b"x" * victim.size)
+    assert got[1][1] == (tree / entries[1].path).read_bytes()
+
+
+def test_large_write_and_read_do_not_deadlock(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_tree(src, files=30, dirs=3, min_size=1 << 20, max_size=3 << 20, seed=8)
+    (src / "empty").write_bytes(b"")
+    ms("init", src)
+    local = LocalPeer.open(src)
+    far = agent(dst, "--create")
+    try:
+        refresh_all([local, far])
+        result = push(local, far)
+        assert all(o.ok for o in result.outcomes.values())
+        assert far.stats.files_transferred == 31
+        assert far.stats.round_trips <= 4
+    finally:
+        far.close()
+        local.close()
+    assert_same_tree(src, dst)
+    # and back: the agent streams while the local side writes
+    back = tmp_path / "back"
+    far = agent(dst)
+    mine = LocalPeer.open(back, create=True)
+    try:
+        refresh_all([far, mine])
+        push(far, mine)
+    finally:
+        mine.close()
+        far.close()
+    assert_same_tree(src, back)
+
+
+def test_many_items_use_several_pipelined_write_streams(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_tree(src, files=50, dirs=6, seed=11)
+    ms("init", src)
+    monkeypatch.setattr(remote_mod, "MAX_WRITE_ITEMS", 7)
+    local, far = LocalPeer.open(src), agent(dst, "--create")
+    try:
+        refresh_all([local, far])
+        result = push(local, far)
+        assert result.outcomes and all(o.ok for o in result.outcomes.values())
+    finally:
+        far.close()
+        local.close()
+    assert_same_tree(src, dst)
+
+
+def test_agent_errors_arrive_as_the_matching_error(tmp_path: Path) -> None:
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(NotAReplica, match=r"^pipe: .*plain is not a merklesync replica"):
+        agent(tmp_path / "plain")
+    peer = agent(tmp_path / "made", "--create")
+    peer.close()
+    assert (tmp_path / "made/.merklesync/index.db").exists()
+
+
+def test_the_agent_holds_the_lock_for_the_session(tree: Path) -> None:
+    peer = agent(tree)
+    try:
+        with pytest.raises(ReplicaLocked):
+            Replica.open(tree).close()
+    finally:
+        peer.close()
+    with Replica.open(tree):  # free as soon as close() returned
+        env = dict(os.environ, MERKLESYNC_LOCK_WAIT="0.1")
+        with pytest.raises(ReplicaLocked, match=r"^pipe: replica .* is in use"):
+            agent(tree, env=env)
+
+
+def test_a_dead_agent_is_a_connection_error_with_its_stderr(remote: RemotePeer) -> None:
+    transport = remote.transport
+    assert isinstance(transport, SubprocessTransport)
+    os.kill(transport.pid, 9)
+    with pytest.raises(ConnectionFailed):
+        remote.children([ROOT])
+    with pytest.raises(ConnectionFailed):  # and stays failed
+        remote.root()
+
+
+def test_serve_needs_stdio_and_keeps_stdout_for_the_protocol(tree: Path) -> None:
+    r = ms("serve", tree)
+    assert r.code == 2 and "--stdio" in r.err
+    proc = subprocess.run(
+        serve_argv(tree), input=b"GET / HTTP/1.0\r\n\r\n", capture_output=True, timeout=30
+    )
+    assert proc.returncode == 7
+    assert proc.stdout.startswith(b"\x00\x00")  # a hello frame, then the error frame
+    assert b"Traceback" not in proc.stdout + proc.stderr
+    assert b"protocol error" in proc.stderr and proc.stderr.count(b"\n") == 1
+
+
+def test_big_write_answers_do_not_block_the_next_stream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outcomes of a stream bigger than a pipe buffer, while the next stream
+    is being sent: the client must take them before it goes on."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    for i in range(900):
+        (src / f"{i:04d}-{'x' * 200}").write_bytes(b"%d" % i)
+    ms("init", src)
+    monkeypatch.setattr(remote_mod, "MAX_WRITE_ITEMS", 400)  # ~90 kB of outcomes each
+    local, far = LocalPeer.open(src), agent(dst, "--create")
+    try:
+        refresh_all([local, far])
+        result = push(local, far)
+        assert len(result.outcomes) == 900 and all(o.ok for o in result.outcomes.values())
+    finally:
+        far.close()
+        local.close()
+    assert_same_tree(src, dst)

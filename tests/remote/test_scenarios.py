@@ -1,0 +1,248 @@
+"""The push/pull/diff scenarios of tests/core/test_push.py, run against every
+kind of peer (see conftest: local, serve over pipes, SSH) with the remote
+replica as the destination and as the source."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.clirun import ms
+from tests.remote.conftest import Side
+from tests.treegen import assert_same_tree, make_tree, mutate, rsync_itemize
+
+
+def write(path: Path, text: str, mtime: int | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+
+
+def user_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and ".merklesync" not in p.parts)
+
+
+def no_temp_files(root: Path) -> bool:
+    return not [p for p in root.rglob("*") if p.name.startswith(".merklesync-tmp-")]
+
+
+@pytest.fixture
+def src(tmp_path: Path) -> Path:
+    root = tmp_path / "src"
+    make_tree(root, files=60, dirs=8, seed=3, symlinks=3)
+    assert ms("init", root).code == 0
+    return root
+
+
+def test_first_push_copies_everything(side: Side, src: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "dst"
+    r = side.ms("push", side.src(src), side.dst(dst))
+    assert r.code == 0, r.err
+    assert_same_tree(src, dst)
+    assert [
+        line for line in rsync_itemize(src, dst) if not line.startswith((".d..t", ".L..t"))
+    ] == []
+    r = side.ms("diff", side.src(src), side.dst(dst))
+    assert r.code == 0, r.err
+    assert no_temp_files(dst)
+
+
+def test_second_push_changes_nothing_in_one_round_trip(
+    side: Side, src: Path, tmp_path: Path
+) -> None:
+    dst = tmp_path / "dst"
+    assert side.ms("push", side.src(src), side.dst(dst)).code == 0
+    r = side.ms("push", side.src(src), side.dst(dst), "--json", "--stats")
+    assert r.code == 0, r.err
+    out = r.json()
+    assert out["changes"] == []
+    assert out["stats"]["round_trips"] == 1
+    assert out["stats"]["files_hashed"] == 0
+    if side.remote:
+        assert 0 < out["stats"]["bytes_sent"] + out["stats"]["bytes_received"] < 1000
+
+
+def test_edits_deletes_and_adds_propagate(side: Side, src: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "dst"
+    side.ms("push", side.src(src), side.dst(dst))
+    mutate(src, modify=5, add=4, delete=3, seed=9)
+    r = side.ms("diff", side.src(src), side.dst(dst), "--json")
+    assert r.code == 1, r.err
+    kinds = {c["change"] for c in r.json()["changes"]}
+    assert kinds <= {"A", "M", "D"} and len(r.json()["changes"]) >= 12
+    r = side.ms("push", side.src(src), side.dst(dst), "--stats", "--json")
+    assert r.code == 0, r.err
+    assert r.json()["stats"]["files_transferred"] == 9
+    assert_same_tree(src, dst)
+    assert side.ms("diff", side.src(src), side.dst(dst)).code == 0
+
+
+def test_diff_lines_and_exit_codes(side: Side, tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "same", "x")
+    write(a / "changed", "one")
+    write(a / "only-a", "a")
+    write(a / "kind", "file")
+    ms("init", a)
+    assert side.ms("push", side.src(a), side.dst(b)).code == 0
+    write(a / "changed", "two")
+    (a / "only-a").unlink()
+    write(a / "new", "n")
+    (a / "kind").unlink()
+    (a / "kind").mkdir()
+    r = side.ms("diff", side.src(a), side.dst(b))
+    assert r.code == 1, r.err
+    assert r.lines() == ["M changed", "T kind", "A new", "D only-a"]
+
+
+def test_symlinks_modes_and_empty_dirs(side: Side, tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "d/file", "content")
+    os.chmod(a / "d/file", 0o640)
+    (a / "empty").mkdir()
+    os.symlink("../d/file", a / "d/link")
+    os.symlink("/etc/passwd", a / "abs-link")
+    write(a / "empty-file", "")
+    ms("init", a)
+    r = side.ms("push", side.src(a), side.dst(b))
+    assert r.code == 0, r.err
+    assert_same_tree(a, b)
+    assert os.readlink(b / "abs-link") == "/etc/passwd"
+    os.chmod(a / "d/file", 0o600)
+    r = side.ms("push", side.src(a), side.dst(b), "--json")
+    assert r.json()["stats"]["files_transferred"] == 0
+    assert (b / "d/file").stat().st_mode & 0o777 == 0o600
+
+
+def test_type_changes_both_ways(side: Side, tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "x/inner", "i")
+    write(a / "y", "file")
+    ms("init", a)
+    side.ms("push", side.src(a), side.dst(b))
+    (a / "x/inner").unlink()
+    (a / "x").rmdir()
+    write(a / "x", "now a file")
+    (a / "y").unlink()
+    write(a / "y/deep/z", "now a dir")
+    r = side.ms("push", side.src(a), side.dst(b))
+    assert r.code == 0, r.err
+    assert_same_tree(a, b)
+
+
+def test_dest_newer_is_left_alone(side: Side, src: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "dst"
+    side.ms("push", side.src(src), side.dst(dst))
+    victim = user_files(dst)[0]
+    rel = victim.relative_to(dst).as_posix()
+    victim.write_text("edited on the destination")
+    r = side.ms("push", side.src(src), side.dst(dst))
+    assert r.code == 1, r.err
+    assert f"left alone: {rel}: the destination has a newer version" in r.err
+    assert victim.read_text() == "edited on the destination"
+
+
+def test_concurrent_edits_are_a_conflict_not_an_overwrite(
+    side: Side, src: Path, tmp_path: Path
+) -> None:
+    dst = tmp_path / "dst"
+    side.ms("push", side.src(src), side.dst(dst))
+    rel = user_files(src)[0].relative_to(src)
+    (src / rel).write_text("source edit")
+    (dst / rel).write_text("destination edit")
+    r = side.ms("push", side.src(src), side.dst(dst), "--json")
+    assert r.code == 1, r.err
+    [change] = [c for c in r.json()["changes"] if c["path"] == rel.as_posix()]
+    assert change["action"] == "conflict"
+    assert (dst / rel).read_text() == "destination edit"
+
+
+def test_same_content_on_both_sides_merges_versions(side: Side, tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "f", "same")
+    write(b / "f", "same")
+    ms("init", a)
+    ms("init", b)
+    r = side.ms("push", side.src(a), side.dst(b), "--json")
+    assert r.code == 0, r.err
+    assert [c["action"] for c in r.json()["changes"]] == ["merge-version"]
+    back = side.ms("push", side.dst(b), side.src(a), "--json").json()
+    assert [c["change"] for c in back["changes"]] == ["="]
+    assert back["stats"]["files_transferred"] == 0
+    assert side.ms("push", side.src(a), side.dst(b), "--json").json()["changes"] == []
+
+
+def test_pushing_into_an_unrelated_nonempty_directory_never_overwrites(
+    side: Side, tmp_path: Path
+) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "f", "mine")
+    write(b / "f", "theirs")
+    ms("init", a)
+    assert side.ms("push", side.src(a), side.dst(b)).code == 1
+    assert (b / "f").read_text() == "theirs"
+
+
+def test_dry_run_writes_nothing(side: Side, src: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    r = side.ms("push", side.src(src), side.dst(dst), "--dry-run")
+    assert r.code == 0, r.err
+    assert len(r.lines()) > 60 and all(line.startswith("A ") for line in r.lines())
+    assert [p.name for p in dst.iterdir()] == [".merklesync"]
+
+
+def test_pull_is_push_reversed(side: Side, src: Path, tmp_path: Path) -> None:
+    """pull SRC from inside the destination; then push back from inside it."""
+    dst = tmp_path / "dst"
+    ms("init", dst)
+    r = side.ms("pull", side.src(src), cwd=dst) if side.direction == "from" else None
+    if r is None:  # the remote is the destination: pull into it from the local source
+        r = side.ms("pull", src, side.dst(dst))
+    assert r.code == 0, r.err
+    assert_same_tree(src, dst)
+    mutate(src, modify=2, seed=4)
+    r = side.ms("push", side.dst(dst), cwd=src)
+    assert r.code == 0, r.err
+    assert_same_tree(src, dst)
+
+
+def test_ignore_file_and_exclude(side: Side, tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / ".merklesyncignore", "*.log\nbuild/\n")
+    write(a / "keep.txt", "k")
+    write(a / "x.log", "noise")
+    write(a / "build/out.o", "obj")
+    write(a / "secret/key", "s")
+    ms("init", a)
+    r = side.ms("push", side.src(a), side.dst(b), "--exclude", "secret/")
+    assert r.code == 0, r.err
+    assert sorted(p.relative_to(b).as_posix() for p in user_files(b)) == [
+        ".merklesyncignore",
+        "keep.txt",
+    ]
+    assert side.ms("push", side.src(a), side.dst(b)).code == 0
+    assert (b / "secret/key").read_text() == "s"
+
+
+def test_status_of_the_remote_side(side: Side, src: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "dst"
+    side.ms("push", side.src(src), side.dst(dst))
+    write(dst / "new-file", "n")
+    r = side.ms("status", side.dst(dst), "--json")
+    assert r.code == 0, r.err
+    assert r.json()["added"] == ["new-file"]
+    assert r.json()["entries"] == ms("status", dst, "--json").json()["entries"]
+
+
+def test_missing_replica_is_the_remote_error(side: Side, tmp_path: Path) -> None:
+    r = side.ms("diff", side.src(tmp_path / "nope"), side.dst(tmp_path / "also-nope"))
+    assert r.code == 5, r.err
+    assert r.err.count("\n") == 1 and "no such directory" in r.err and "Traceback" not in r.err
+    (tmp_path / "plain").mkdir()
+    r = side.ms("status", side.dst(tmp_path / "plain"))
+    assert r.code == 3, r.err
+    assert "is not a merklesync replica" in r.err
