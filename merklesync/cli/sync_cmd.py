@@ -14,11 +14,13 @@ from merklesync.cli.common import (
     handle_errors,
     output_options,
     print_stats,
+    remote_options,
     stats_option,
 )
 from merklesync.errors import EXIT_DIFFERENT, EXIT_OK
 from merklesync.ignore import exclude_predicate
 from merklesync.peer.open import (
+    RemoteOptions,
     check_apart,
     combined_stats,
     local_file_text,
@@ -53,6 +55,7 @@ from merklesync.sync import sync as sync_peers
     "--checksum", is_flag=True, help="Re-hash every file instead of trusting the stat cache."
 )
 @allow_stale_option
+@remote_options
 @exclude_option
 @stats_option
 @output_options
@@ -65,6 +68,7 @@ def sync(
     verbose: bool,
     checksum: bool,
     allow_stale: bool,
+    remote: RemoteOptions,
     excludes: tuple[str, ...],
     stats: bool,
     quiet: bool,
@@ -73,7 +77,9 @@ def sync(
     """Two-way sync of replicas A (default: the one around the current
     directory) and B: whatever changed on one side is copied to the other;
     what changed on both is settled by the conflict policy, never silently
-    overwritten. B is initialised when it is not a replica yet.
+    overwritten. B is initialised when it is not a replica yet. Either may
+    be remote (HOST:PATH, USER@HOST:PATH, ssh://USER@HOST:PORT/PATH, or the
+    name of a remote).
 
     A modification and a deletion of the same entry: the modification wins
     (unless the policy is lww, local or remote), and the event is listed."""
@@ -81,9 +87,9 @@ def sync(
         raise click.UsageError("sync takes at most two replicas: [A] B")
     a_spec, b_spec = (None, replicas[0]) if len(replicas) == 1 else replicas
     out = Output(quiet, as_json, verbose)
-    a = open_peer(a_spec, excludes=excludes)
+    a = open_peer(a_spec, excludes=excludes, remote=remote, near=b_spec)
     try:
-        b = open_peer(b_spec, create=True, excludes=excludes)
+        b = open_peer(b_spec, create=True, excludes=excludes, remote=remote, near=a_spec)
         try:
             check_apart(a, b)
             retention.guard(a, b, allow_stale=allow_stale)

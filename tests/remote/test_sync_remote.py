@@ -1,0 +1,86 @@
+"""Two-way sync with one replica on the other side of a pipe or SSH: the
+same outcomes as between local replicas."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import settings
+from sshd import Daemon
+
+from tests.clirun import ms
+from tests.core.test_sync_convergence import ConvergingReplicas
+from tests.remote.conftest import Side, make_side
+from tests.treegen import assert_same_tree, make_tree, mutate
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> tuple[Path, Path]:
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_tree(a, files=30, dirs=4, seed=8)
+    (a / "cart.json").write_text(json.dumps({"items": ["coffee"]}))
+    ms("init", a)
+    return a, b
+
+
+def test_two_way_changes_and_conflicts(side: Side, pair: tuple[Path, Path]) -> None:
+    a, b = pair
+    r = side.ms("sync", side.src(a), side.dst(b))
+    assert r.code == 0, r.err
+    assert_same_tree(a, b)
+    mutate(a, modify=2, add=2, delete=1, seed=3)
+    mutate(b, modify=0, add=2, delete=0, seed=4)
+    (a / "cart.json").write_text(json.dumps({"items": ["coffee", "MacBook"]}))
+    (b / "cart.json").write_text(json.dumps({"items": ["coffee", "iPhone"]}))
+    r = side.ms("sync", side.src(a), side.dst(b), "--on-conflict", "union")
+    assert r.code == 0, r.err
+    assert_same_tree(a, b)
+    assert sorted(json.loads((b / "cart.json").read_text())["items"]) == [
+        "MacBook",
+        "coffee",
+        "iPhone",
+    ]
+    again = side.ms("sync", side.src(a), side.dst(b), "--json", "--stats")
+    assert again.code == 0
+    assert again.json()["events"] == [] and again.json()["stats"]["round_trips"] == 1
+
+
+def test_keep_both_over_the_wire(side: Side, pair: tuple[Path, Path]) -> None:
+    a, b = pair
+    assert side.ms("sync", side.src(a), side.dst(b)).code == 0
+    (a / "cart.json").write_text("mine\n")
+    (b / "cart.json").write_text("theirs\n")
+    r = side.ms("sync", side.src(a), side.dst(b))
+    assert r.code == 0, r.err
+    assert_same_tree(a, b)
+    texts = sorted(p.read_text() for p in a.glob("cart*.json"))
+    assert texts == ["mine\n", "theirs\n"]
+
+
+class OneOverSSH(ConvergingReplicas):
+    """The three-replica state machine with replica 2 reached over SSH."""
+
+    side: Side
+
+    def sync(self, i: int, j: int) -> None:
+        if i == j:
+            return
+        names = [str(root) for root in self.roots]
+        names[2] = self.side.addr(self.roots[2])
+        r = (
+            self.side.ms("sync", names[i], names[j])
+            if 2 in (i, j)
+            else ms("sync", names[i], names[j])
+        )
+        assert r.code == 0, r.err
+        seen = self.views[i] | self.views[j]
+        self.views[i] = self.views[j] = seen
+
+
+def test_three_replicas_one_over_ssh(daemons: Callable[[str], Daemon], tmp_path: Path) -> None:
+    OneOverSSH.side = make_side("ssh-to", daemons, tmp_path)
+    OneOverSSH.TestCase.settings = settings(max_examples=4, stateful_step_count=10, deadline=None)
+    OneOverSSH.TestCase().runTest()
