@@ -22,7 +22,7 @@ from pathlib import Path
 import blake3
 
 from merklesync.clock import HybridClock, VersionVector
-from merklesync.errors import LocalIOError, MerklesyncError
+from merklesync.errors import LocalIOError, MerklesyncError, UnsafePath
 from merklesync.ignore import STATE_DIR, TEMP_PREFIX, IgnoreRules
 from merklesync.index import Cached, Index
 from merklesync.model import Entry, EntryKind
@@ -51,14 +51,6 @@ _KINDS = {
 
 def kind_of(mode: int) -> EntryKind | None:
     return _KINDS.get(st_mod.S_IFMT(mode))
-
-
-def _is_utf8(name: str) -> bool:
-    try:
-        name.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 @dataclass(slots=True)
@@ -159,9 +151,12 @@ class DirectorySource:
                 if name != STATE_DIR:
                     _unlink_quietly(de.path)  # left by an interrupted run; we hold the lock
                 continue
-            if not name.isascii() and not _is_utf8(name):
-                report.warnings.append(f"{rel!r}: name is not valid UTF-8; skipped")
-                continue
+            if not (name.isascii() and name.isprintable()) or name[0] == "." or len(rel) > 1024:
+                try:  # what a peer would refuse is never put in the index
+                    check_relpath(rel)
+                except UnsafePath as exc:
+                    report.warnings.append(f"{exc.message}; skipped")
+                    continue
             try:
                 st = de.stat(follow_symlinks=False)
             except FileNotFoundError:

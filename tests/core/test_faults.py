@@ -244,3 +244,19 @@ def test_checksum_rehashes_everything(pair: tuple[Path, Path]) -> None:
     ms("status", src)
     assert ms("status", src, "--json").json()["hashed"] == 0
     assert ms("status", src, "--checksum", "--json").json()["hashed"] == len(_files(src))
+
+
+def test_names_a_peer_would_refuse_are_skipped_with_a_warning(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    (src / "ok.txt").write_text("fine")
+    (src / "bad\nname").write_text("newline in the name")
+    (src / "esc\x1b[31m").write_text("terminal escape")
+    (src / os.fsdecode(b"latin1-\xe9")).write_text("not UTF-8")
+    r = ms("init", src)
+    assert r.code == 0
+    assert r.err.count("skipped") == 3 and "Traceback" not in r.err
+    assert "control character in path: 'bad\\nname'" in r.err
+    r = ms("push", src, dst)
+    assert r.code == 0, r.err
+    assert sorted(p.name for p in dst.iterdir()) == [".merklesync", "ok.txt"]
