@@ -11,6 +11,7 @@ import posixpath
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from merklesync.errors import UsageError
@@ -65,6 +66,14 @@ def parse_attributes(text: str, source: str = ATTRIBUTES_FILE) -> list[tuple[Any
     return rules
 
 
+def attributes_of(root: Path) -> str:
+    """The text of a replica's .merklesyncattributes ("" when it has none)."""
+    try:
+        return (root / ATTRIBUTES_FILE).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
 def writer_of(entry: Entry, other: Entry) -> str:
     """The replica that made ``entry`` differ from ``other``: the smallest id
     whose counter in entry is ahead."""
@@ -90,13 +99,16 @@ def keeps_name(x: Entry, y: Entry) -> Entry:
     return newer(x, y)
 
 
-def conflict_name(path: str, writer: str, stamp: int) -> str:
-    """``dir/name.conflict-<replica>-<YYYYMMDDTHHMMSS>.ext``."""
+def conflict_name(path: str, writer: str, stamp: int, n: int = 1) -> str:
+    """``dir/name.conflict-<replica>-<YYYYMMDDTHHMMSS>.ext``; ``-<n>`` follows
+    the time when that name is taken already."""
     head, name = posixpath.split(path)
     stem, dot, ext = name.rpartition(".")
     if not stem:  # no extension, or a dotfile
         stem, dot, ext = name, "", ""
     when = time.strftime("%Y%m%dT%H%M%S", time.gmtime(stamp / 1e9))
+    if n > 1:
+        when += f"-{n}"
     new = f"{stem}{CONFLICT_MARK}{writer}-{when}{dot}{ext}"
     return posixpath.join(head, new) if head else new
 
@@ -107,7 +119,10 @@ def original_of(path: str) -> tuple[str, str] | None:
     stem, mark, rest = name.partition(CONFLICT_MARK)
     writer, dash, tail = rest.partition("-")
     when, dot, ext = tail.partition(".")
-    if not (mark and stem and writer and dash) or len(when) != 15 or when[8] != "T":
+    moment, _, n = when.partition("-")
+    if not (mark and stem and writer and dash) or len(moment) != 15 or moment[8] != "T":
+        return None
+    if n and not n.isdigit():
         return None
     original = f"{stem}.{ext}" if dot else stem
     return (posixpath.join(head, original) if head else original), writer

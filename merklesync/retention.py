@@ -14,7 +14,7 @@ import time
 
 from merklesync.errors import ReplicaError
 from merklesync.peer import Peer
-from merklesync.peer.local import LocalPeer
+from merklesync.peer.open import local_replica
 from merklesync.replica import Replica
 
 DAY_NS = 86_400 * 10**9
@@ -81,16 +81,12 @@ def maybe_collect(replica: Replica, now: int | None = None) -> list[str]:
     return collect(replica, now=now) if now - last >= GC_EVERY_NS else []
 
 
-def _local(peer: Peer) -> Replica | None:
-    return peer.replica if isinstance(peer, LocalPeer) else None
-
-
 def guard(a: Peer, b: Peer, *, allow_stale: bool = False) -> None:
     """Refuse a run with a replica that has been away too long."""
     if allow_stale:
         return
     for mine, other in ((a, b), (b, a)):
-        replica = _local(mine)
+        replica = local_replica(mine)
         if replica is not None:
             check_not_stale(replica, other.replica_id)
 
@@ -100,7 +96,7 @@ def after_success(a: Peer, b: Peer, *, one_way: bool = False) -> list[str]:
     remember it, and collect the tombstones that every replica has seen."""
     dropped: list[str] = []
     for mine, other in ((a, b),) if one_way else ((a, b), (b, a)):
-        replica = _local(mine)
+        replica = local_replica(mine)
         if replica is not None:
             record_sync(replica, other.replica_id)
             dropped += maybe_collect(replica)

@@ -42,6 +42,7 @@ class SyncResult:
     events: list[Event] = field(default_factory=list)
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    unresolved: list[str] = field(default_factory=list)  # conflicts no policy could settle
     stats: Stats = field(default_factory=Stats)
 
     def failures(self) -> list[Outcome]:
@@ -71,6 +72,7 @@ class Syncer:
         self.rules = rules
         self.include = include
         self.result = SyncResult()
+        self._copies: dict[str, str] = {}  # conflicted path -> its conflict copy
 
     def run(self, *, dry_run: bool = False, progress: Progress | None = None) -> SyncResult:
         deferred = self._pass(dry_run, progress)
@@ -98,9 +100,23 @@ class Syncer:
                 apply_ops(self.a, plan.to_a, self.result.outcomes, progress)
         if not dry_run:
             for ops, peer in ((deferred.to_b, self.b), (deferred.to_a, self.a)):
+                ops[:] = [o for o in ops if self._copy_is_safe(o.entry.path)]
                 ops.sort(key=lambda o: o.entry.path.count("/"), reverse=True)
                 apply_ops(peer, ops, self.result.outcomes, progress)
         return deferred
+
+    def _copy_is_safe(self, path: str) -> bool:
+        """A keep-both winner is written only where the loser's copy was."""
+        copy = self._copies.get(path)
+        if copy is None:
+            return True
+        outcome = self.result.outcomes.get(copy)
+        if outcome is not None and outcome.ok:
+            return True
+        if path not in self.result.unresolved:
+            reason = outcome.reason if outcome is not None else "not written"
+            self._unresolved(path, f"its conflict copy {copy} could not be written ({reason})")
+        return False
 
     def _keep_needed_directories(self, deferred: _Plan, progress: Progress | None) -> None:
         """A directory that still holds entries cannot give way to a file or
@@ -128,9 +144,8 @@ class Syncer:
                     if content is None and op.source is not None and op.read_as is not None:
                         content = _content(op.source, op.read_as)
                     if target.kind is EntryKind.FILE and content is None:
-                        self.result.warnings.append(
-                            f"{path}: conflict left unresolved: a directory that still holds "
-                            "entries, against a file that could not be read"
+                        self._unresolved(
+                            path, "a directory with entries against an unreadable file"
                         )
                         continue
                     copy = dataclasses.replace(
@@ -256,6 +271,19 @@ class Syncer:
         self.result.events.append(Event(x.path, "conflict", f"{policy.value}: merged both"))
         return True
 
+    def _free_name(self, path: str, writer: str, stamp: int) -> str | None:
+        """A conflict-copy name that neither side uses yet."""
+        for n in range(1, 100):
+            name = conflict_name(path, writer, stamp, n)
+            key = key_of(name)
+            if not any(e.path == name for peer in (self.a, self.b) for e in peer.entries([key])):
+                return name
+        return None
+
+    def _unresolved(self, path: str, why: str) -> None:
+        self.result.unresolved.append(path)
+        self.result.warnings.append(f"{path}: conflict left unresolved: {why}")
+
     def _keep_both(self, x: Entry, y: Entry, plan: _Plan, deferred: _Plan) -> None:
         winner = keeps_name(x, y)
         loser = y if winner is x else x
@@ -266,21 +294,24 @@ class Syncer:
             if loser.kind is EntryKind.FILE:
                 content = _content(holder, loser)
                 if content is None:
-                    self.result.warnings.append(
-                        f"{x.path}: conflict left unresolved: the losing version could not "
-                        "be read (too large or changed)"
-                    )
+                    self._unresolved(x.path, "the losing version could not be read")
                     return
+            copy_path = self._free_name(loser.path, writer_of(loser, winner), loser.stamp)
+            if copy_path is None:
+                self._unresolved(x.path, "no free name for a conflict copy")
+                return
             copy = dataclasses.replace(
                 loser,
-                path=conflict_name(loser.path, writer_of(loser, winner), loser.stamp),
+                path=copy_path,
                 vv=loser.vv.merge(winner.vv).bump(self.a.replica_id),
                 stamp=max(x.stamp, y.stamp) + 1,
             )
-            # The copies are written first: the winner may replace the loser.
+            # The copies are written first; the winner, which may replace the
+            # loser, only once they are safe (see _pass).
             plan.to_a.append(Op(copy, None, content=content))
             plan.to_b.append(Op(copy, None, content=content))
-        self._both(self._resolved(winner, x, y), x, y, plan, deferred)
+            self._copies[x.path] = copy.path
+        self._both(self._resolved(winner, x, y), x, y, deferred, deferred)
         side = "a" if winner is x else "b"
         detail = f"keep-both: {side}'s version keeps the name"
         if copy is not None:

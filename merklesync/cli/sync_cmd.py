@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections import Counter
 
 import click
 
@@ -17,17 +18,18 @@ from merklesync.cli.common import (
     remote_options,
     stats_option,
 )
+from merklesync.conflicts import list_conflicts, over_cap
 from merklesync.errors import EXIT_DIFFERENT, EXIT_OK
 from merklesync.ignore import exclude_predicate
 from merklesync.peer.open import (
     RemoteOptions,
     check_apart,
     combined_stats,
-    local_file_text,
+    local_replica,
     open_peer,
     refresh_all,
 )
-from merklesync.policy import ATTRIBUTES_FILE, Policy, Rules, parse_attributes
+from merklesync.policy import Policy, Rules, attributes_of, parse_attributes
 from merklesync.sync import sync as sync_peers
 
 
@@ -95,7 +97,8 @@ def sync(
             retention.guard(a, b, allow_stale=allow_stale)
             with out.progress("scanning", "files") as progress:
                 warnings = refresh_all([a, b], checksum=checksum, progress=progress)
-            text = local_file_text(a, ATTRIBUTES_FILE) or ""
+            here = local_replica(a)
+            text = attributes_of(here.root) if here is not None else ""
             rules = Rules(Policy(on_conflict), merge_cmd, tuple(parse_attributes(text)))
             with out.progress("syncing", "B", scale=True) as progress:
                 result = sync_peers(
@@ -107,6 +110,13 @@ def sync(
                     progress=progress,
                 )
             totals = combined_stats(result.stats, a, b)
+            made_copies = any(e.what == "conflict" for e in result.events)
+            for replica in filter(None, (here, local_replica(b)) if made_copies else ()):
+                for path, n in over_cap(list_conflicts(replica)).items():
+                    result.warnings.append(
+                        f"{path} has {n} conflict copies in {replica.root}; "
+                        "settle them with `merklesync resolve`"
+                    )
             if not dry_run and not result.failures():
                 retention.after_success(a, b)
         finally:
@@ -124,11 +134,12 @@ def sync(
             out.line(f"{event.what} {event.path}")
     for failure in failures:
         out.warn(f"left alone: {failure.path}: {failure.reason}")
-    moved = sum(1 for e in result.events if e.what in ("a->b", "b->a"))
+    kinds = Counter(e.what for e in result.events)
     out.info(
-        f"{'would sync' if dry_run else 'synced'} {a.name} and {b.name}: {moved} copied, "
-        f"{sum(1 for e in result.events if e.what != 'merge-version') - moved} resolved, "
-        f"{len(failures)} left alone"
+        f"{'would sync' if dry_run else 'synced'} {a.name} and {b.name}: "
+        f"{kinds['a->b'] + kinds['b->a']} copied, "
+        f"{kinds['conflict'] + kinds['modify-delete']} conflicts settled, "
+        f"{len(failures) + len(result.unresolved)} left alone"
     )
     if stats:
         print_stats(out, totals)
@@ -139,9 +150,9 @@ def sync(
             "dry_run": dry_run,
             "events": [{"path": e.path, "what": e.what, "detail": e.detail} for e in result.events],
             "left_alone": [{"path": f.path, "reason": f.reason} for f in failures],
+            "unresolved": result.unresolved,
             "warnings": warnings,
             "stats": totals.as_dict(),
         }
     )
-    unresolved = any("unresolved" in w for w in result.warnings)
-    sys.exit(EXIT_DIFFERENT if failures or unresolved else EXIT_OK)
+    sys.exit(EXIT_DIFFERENT if failures or result.unresolved else EXIT_OK)

@@ -19,7 +19,7 @@ from merklesync.model import Stats
 from merklesync.peer import Peer, Progress, ScanReport
 from merklesync.peer.local import LocalPeer
 from merklesync.peer.remote import RemotePeer
-from merklesync.replica import find_root, is_replica
+from merklesync.replica import Replica, find_root, is_replica
 from merklesync.transport import Transport
 
 REMOTE_CMD_ENV = "MERKLESYNC_REMOTE_CMD"
@@ -207,12 +207,6 @@ def refresh_all(
     return [w for i in range(len(peers)) for w in reports[i].warnings]
 
 
-def local_file_text(peer: Peer, name: str) -> str | None:
-    """A small file at the root of a local replica (such as its
-    .merklesyncattributes), or None."""
-    if not isinstance(peer, LocalPeer):
-        return None
-    try:
-        return (peer.replica.root / name).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
+def local_replica(peer: Peer) -> Replica | None:
+    """The replica behind a local peer (None for a remote one)."""
+    return peer.replica if isinstance(peer, LocalPeer) else None

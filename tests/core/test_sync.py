@@ -186,3 +186,45 @@ def test_resolve_needs_paths_or_all(
     assert ms("resolve", "--take", "local").code == 2
     r = ms("resolve", "nothing.txt", "--take", "local")
     assert r.code == 2 and "no conflict copies of nothing.txt" in r.err
+
+
+def test_warning_past_the_cap_of_conflict_copies(pair: tuple[Path, Path]) -> None:
+    a, b = pair
+    for round_ in range(6):
+        (a / "shared.txt").write_text(f"a{round_}\n")
+        (b / "shared.txt").write_text(f"b{round_}\n")
+        r = ms("sync", a, b)
+        assert r.code == 0, r.err
+    assert "shared.txt has 6 conflict copies" in r.err
+    assert len([p for p in files(a) if ".conflict-" in p]) == 6
+
+
+def test_winner_is_not_written_where_the_copy_failed(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from merklesync.peer import Outcome
+    from merklesync.sources import directory
+
+    a, b = pair
+    (a / "shared.txt").write_text("from a\n")
+    (b / "shared.txt").write_text("from b\n")
+    real = directory.DirectorySource.write
+
+    def refuse_copies(self, item, index, clock):  # type: ignore[no-untyped-def]
+        if ".conflict-" in item.entry.path:
+            return Outcome(item.entry.path, False, "disk says no")
+        return real(self, item, index, clock)
+
+    monkeypatch.setattr(directory.DirectorySource, "write", refuse_copies)
+    r = ms("sync", a, b, "--json")
+    monkeypatch.undo()
+    assert r.code == 1
+    assert r.json()["unresolved"] == ["shared.txt"]
+    # Nothing was lost: each side still has its own version.
+    assert (a / "shared.txt").read_text() == "from a\n"
+    assert (b / "shared.txt").read_text() == "from b\n"
+    assert ms("sync", a, b).code == 0
+    assert sorted(v for p, v in files(a).items() if p.startswith("shared")) == [
+        "from a\n",
+        "from b\n",
+    ]
