@@ -73,15 +73,23 @@ class Syncer:
         self.include = include
         self.result = SyncResult()
         self._copies: dict[str, str] = {}  # conflicted path -> its conflict copy
+        self._unsettled: dict[str, str] = {}  # conflicted path -> why no policy settled it
 
     def run(self, *, dry_run: bool = False, progress: Progress | None = None) -> SyncResult:
         deferred = self._pass(dry_run, progress)
-        if not dry_run and self.result.failures():
+        if not dry_run and (self.result.failures() or self._unsettled):
             self._keep_needed_directories(deferred, progress)
             # An entry can arrive before the directory it lives in replaces
             # a file: one more pass settles what the first one could not.
             self.result.outcomes = {p: o for p, o in self.result.outcomes.items() if o.ok}
+            self._unsettled.clear()
+            self._copies.clear()
             self._pass(dry_run, progress)
+        self.result.unresolved = sorted(self._unsettled)
+        self.result.warnings += [
+            f"{path}: conflict left unresolved: {why}"
+            for path, why in sorted(self._unsettled.items())
+        ]
         unique = {(e.path, e.what, e.detail): e for e in self.result.events}
         self.result.events = sorted(unique.values(), key=lambda e: e.path)
         return self.result
@@ -113,9 +121,8 @@ class Syncer:
         outcome = self.result.outcomes.get(copy)
         if outcome is not None and outcome.ok:
             return True
-        if path not in self.result.unresolved:
-            reason = outcome.reason if outcome is not None else "not written"
-            self._unresolved(path, f"its conflict copy {copy} could not be written ({reason})")
+        reason = outcome.reason if outcome is not None else "not written"
+        self._unresolved(path, f"its conflict copy {copy} could not be written ({reason})")
         return False
 
     def _keep_needed_directories(self, deferred: _Plan, progress: Progress | None) -> None:
@@ -281,8 +288,7 @@ class Syncer:
         return None
 
     def _unresolved(self, path: str, why: str) -> None:
-        self.result.unresolved.append(path)
-        self.result.warnings.append(f"{path}: conflict left unresolved: {why}")
+        self._unsettled[path] = why
 
     def _keep_both(self, x: Entry, y: Entry, plan: _Plan, deferred: _Plan) -> None:
         winner = keeps_name(x, y)
