@@ -130,10 +130,10 @@ class DirectorySource:
         return scan.report
 
     def _scan_directory(self, directory: str, scan: _Scan) -> list[str]:
-        """Scan one directory's entries; returns its subdirectories."""
+        """Scan one directory's entries; returns its subdirectories. This is
+        the loop every entry of every scan goes through: kept lean."""
         index, report = scan.index, scan.report
-        known = index.stat_cache(directory)
-        seen: set[str] = set()
+        known = index.stat_cache(directory)  # left in it at the end: gone
         subdirs: list[str] = []
         try:
             with os.scandir(self.abs(directory)) as it:
@@ -144,9 +144,12 @@ class DirectorySource:
             report.warnings.append(f"{directory or '.'}: cannot list: {exc.strerror}")
             return []  # keep what we knew: unreadable is not deleted
         ignored = self.ignore.for_directory(directory)
+        prefix = f"{directory}/" if directory else ""
+        pack, kinds, checksum = _STAT.pack, _KINDS, scan.checksum
+        scanned = 0
         for de in dirents:
             name = de.name
-            rel = f"{directory}/{name}" if directory else name
+            rel = prefix + name
             if name[0] == "." and (name == STATE_DIR or name.startswith(TEMP_PREFIX)):
                 if name != STATE_DIR:
                     _unlink_quietly(de.path)  # left by an interrupted run; we hold the lock
@@ -157,42 +160,50 @@ class DirectorySource:
                 except UnsafePath as exc:
                     report.warnings.append(f"{exc.message}; skipped")
                     continue
+            cached = known.pop(rel, None)
             try:
                 st = de.stat(follow_symlinks=False)
             except FileNotFoundError:
+                if cached is not None:
+                    known[rel] = cached  # vanished just now: gone
                 continue
             except OSError as exc:
                 report.warnings.append(f"{rel}: cannot stat: {exc.strerror}")
-                seen.add(rel)
                 continue
-            kind = _KINDS.get(st.st_mode & 0o170000)
+            kind = kinds.get(st.st_mode & 0o170000)
             if kind is None:
                 if ignored is None or not ignored(rel, False):
                     report.warnings.append(f"{rel}: not a file, directory or link; skipped")
+                if cached is not None:
+                    known[rel] = cached  # a file became a FIFO: the file is gone
                 continue
             is_dir = kind is EntryKind.DIR
-            seen.add(rel)
             if ignored is not None and ignored(rel, is_dir):
-                if rel in known and not self.ignore.excluded_by_option(rel, is_dir):
+                if cached is not None and not self.ignore.excluded_by_option(rel, is_dir):
                     self._forget(index, rel)
                 continue
-            report.scanned += 1
-            scan.pending += 1
-            if scan.pending >= 512 and scan.progress is not None:
-                scan.progress(scan.pending)
-                scan.pending = 0
+            scanned += 1
             if is_dir:
                 subdirs.append(rel)
-            if not scan.checksum:
-                cached = known.get(rel)
-                if cached is not None and not cached[1] and cached[0] == stat_key(st):
-                    continue
+            if (
+                not checksum
+                and cached is not None
+                and not cached[1]
+                and cached[0]
+                == pack(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode)
+            ):
+                continue
             self._rescan(index, scan.replica_id, scan.clock, rel, kind, st, scan.racy_after, report)
         for rel, (_stat, deleted) in known.items():
-            if rel not in seen and not deleted:
+            if not deleted:
                 gone = index.get(rel)
                 if gone is not None:
                     self._tombstone(index, scan.replica_id, scan.clock, gone.entry, report)
+        report.scanned += scanned
+        scan.pending += scanned
+        if scan.pending >= 512 and scan.progress is not None:
+            scan.progress(scan.pending)
+            scan.pending = 0
         return subdirs
 
     def _rescan(
