@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,8 @@ CREATE TABLE IF NOT EXISTS entries (
     mtime_ns INTEGER NOT NULL,
     target TEXT NOT NULL,
     stamp INTEGER NOT NULL,
-    stat BLOB
+    stat BLOB,
+    learned_ns INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS entries_key ON entries (key);
 CREATE INDEX IF NOT EXISTS entries_parent ON entries (parent);
@@ -267,7 +269,7 @@ class Index:
         key = key_of(entry.path)
         leaf = entry.leaf_hash()
         self.conn.execute(
-            "INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 entry.path,
                 parent_of(entry.path),
@@ -283,15 +285,17 @@ class Index:
                 entry.target,
                 entry.stamp,
                 stat,
+                time.time_ns() if entry.deleted else 0,  # when this replica learned of it
             ),
         )
         self._pending.change(key, None if old is None else old.leaf_hash(), leaf)
         self._dirty = True
 
     @_guard
-    def tombstones(self) -> list[Entry]:
-        rows = self.conn.execute(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE deleted")
-        return [_to_entry(r) for r in rows]
+    def tombstones(self) -> list[tuple[Entry, int]]:
+        """Every tombstone, with the time this replica learned of it."""
+        rows = self.conn.execute(f"SELECT {_ENTRY_COLUMNS}, learned_ns FROM entries WHERE deleted")
+        return [(_to_entry(r[:-1]), r[-1]) for r in rows]
 
     @_guard
     def writers(self) -> set[str]:

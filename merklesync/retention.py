@@ -1,9 +1,10 @@
 """Tombstones do not live forever, and a replica away too long is refused.
 
 A tombstone may go once every replica this one knows of (the replicas it
-synced with, and every writer named in a version vector) has synced with it
-since the deletion, or once it is older than the retention period (90 days
-unless configured). A replica whose last sync with this one is older than
+synced with, and every writer named in a version vector) has completed a run
+with it since it learned of the deletion, or once it has known of the
+deletion for longer than the retention period (90 days unless configured);
+both are judged by this replica's own clock, never the writer's. A replica whose last sync with this one is older than
 the retention could bring deleted files back, so it is refused (Cassandra's
 gc_grace lesson) unless the user says otherwise.
 """
@@ -61,11 +62,12 @@ def collect(replica: Replica, *, now: int | None = None, dry_run: bool = False) 
     peers = index.peers()
     known = set(peers) | index.writers()
     known.discard(replica.replica_id)
-    # Every known replica must have synced with us after the deletion.
+    # Every known replica must have completed a run with this one after this
+    # one learned of the deletion (our own clock on both sides of the test).
     seen_by_all = min((peers.get(r, 0) for r in known), default=now)
     dropped = []
-    for entry in index.tombstones():
-        if entry.stamp < horizon or entry.stamp < seen_by_all:
+    for entry, learned in index.tombstones():
+        if learned < horizon or learned < seen_by_all:
             dropped.append(entry.path)
             if not dry_run:
                 index.forget(entry)

@@ -92,7 +92,8 @@ def run_transfer(
                     src, dst, dry_run=dry_run, include=include, progress=progress, force=force
                 )
             totals = combined_stats(result.stats, src, dst)
-            if not dry_run and not result.left_alone():
+            # A partial run (--exclude) is not proof the peer has everything.
+            if not dry_run and not excludes and not result.left_alone():
                 retention.after_success(src, dst, one_way=True)
         finally:
             dst.close()

@@ -117,7 +117,8 @@ def sync(
                         f"{path} has {n} conflict copies in {replica.root}; "
                         "settle them with `merklesync resolve`"
                     )
-            if not dry_run and not result.failures():
+            # A partial run (--exclude) is not proof the peer has everything.
+            if not dry_run and not excludes and not result.failures():
                 retention.after_success(a, b)
         finally:
             b.close()

@@ -23,7 +23,7 @@ def _pair(tmp_path: Path) -> tuple[Path, Path]:
 
 def _tombstones(root: Path) -> list[str]:
     with Replica.open(root) as r:
-        return [e.path for e in r.index.tombstones()]
+        return [e.path for e, _learned in r.index.tombstones()]
 
 
 def test_tombstone_collected_once_every_known_replica_has_seen_it(tmp_path: Path) -> None:
@@ -91,3 +91,33 @@ def test_gc_command_sets_the_retention_and_collects(tmp_path: Path) -> None:
     assert r.json() == {"collected": ["gone.txt"], "dry_run": True, "retention_days": 30}
     assert ms("gc", a).lines() == ["collected 1 tombstones (retention 30 days)"]
     assert _tombstones(a) == []
+
+
+def test_tombstone_passed_on_is_kept_until_every_peer_had_it(tmp_path: Path) -> None:
+    """C deletes; A and B sync; then A learns of the deletion from C: A must
+    keep the tombstone until B has synced with A again, or B would bring
+    the file back."""
+    a, b = _pair(tmp_path)
+    c = tmp_path / "c"
+    assert ms("sync", a, c).code == 0
+    (c / "gone.txt").unlink()
+    ms("status", c)
+    assert ms("sync", a, b).code == 0
+    assert ms("sync", a, c).code == 0  # a learns of the deletion now
+    with Replica.open(a) as r:
+        assert retention.collect(r) == []
+    assert ms("sync", a, b).code == 0
+    assert not (b / "gone.txt").exists() and not (a / "gone.txt").exists()
+    with Replica.open(a) as r:
+        assert retention.collect(r) == ["gone.txt"]
+    assert ms("sync", a, b).code == 0
+    assert not (a / "gone.txt").exists()
+
+
+def test_a_run_with_exclude_does_not_count_as_a_full_sync(tmp_path: Path) -> None:
+    a, b = _pair(tmp_path)
+    with Replica.open(a) as r:
+        before = r.index.peers()
+    assert ms("sync", a, b, "--exclude", "*.txt").code == 0
+    with Replica.open(a) as r:
+        assert r.index.peers() == before
