@@ -4,9 +4,10 @@ A tombstone may go once every replica this one knows of (the replicas it
 synced with, and every writer named in a version vector) has completed a run
 with it since it learned of the deletion, or once it has known of the
 deletion for longer than the retention period (90 days unless configured);
-both are judged by this replica's own clock, never the writer's. A replica whose last sync with this one is older than
-the retention could bring deleted files back, so it is refused (Cassandra's
-gc_grace lesson) unless the user says otherwise.
+both are judged by this replica's own clock, never the writer's. A replica
+whose last sync with this one is older than the retention could bring
+deleted files back, so it is refused (Cassandra's gc_grace lesson) unless
+the user says otherwise.
 """
 
 from __future__ import annotations
