@@ -40,13 +40,15 @@ class Event:
 @dataclass(slots=True)
 class SyncResult:
     events: list[Event] = field(default_factory=list)
-    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    outcomes_a: dict[str, Outcome] = field(default_factory=dict)  # what writing to A did
+    outcomes_b: dict[str, Outcome] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     unresolved: list[str] = field(default_factory=list)  # conflicts no policy could settle
     stats: Stats = field(default_factory=Stats)
 
     def failures(self) -> list[Outcome]:
-        return sorted((o for o in self.outcomes.values() if not o.ok), key=lambda o: o.path)
+        both = [*self.outcomes_a.values(), *self.outcomes_b.values()]
+        return sorted((o for o in both if not o.ok), key=lambda o: o.path)
 
 
 @dataclass(slots=True)
@@ -81,7 +83,9 @@ class Syncer:
             self._keep_needed_directories(deferred, progress)
             # An entry can arrive before the directory it lives in replaces
             # a file: one more pass settles what the first one could not.
-            self.result.outcomes = {p: o for p, o in self.result.outcomes.items() if o.ok}
+            for outcomes in (self.result.outcomes_a, self.result.outcomes_b):
+                for path in [p for p, o in outcomes.items() if not o.ok]:
+                    del outcomes[path]
             self._unsettled.clear()
             self._copies.clear()
             self._pass(dry_run, progress)
@@ -104,21 +108,25 @@ class Syncer:
                 if self.include(entry.path, entry.kind is EntryKind.DIR and not entry.deleted):
                     self._decide(x, y, plan, deferred)
             if not dry_run:
-                apply_ops(self.b, plan.to_b, self.result.outcomes, progress)
-                apply_ops(self.a, plan.to_a, self.result.outcomes, progress)
+                apply_ops(self.b, plan.to_b, self.result.outcomes_b, progress)
+                apply_ops(self.a, plan.to_a, self.result.outcomes_a, progress)
         if not dry_run:
-            for ops, peer in ((deferred.to_b, self.b), (deferred.to_a, self.a)):
-                ops[:] = [o for o in ops if self._copy_is_safe(o.entry.path)]
+            for ops, peer, outcomes in (
+                (deferred.to_b, self.b, self.result.outcomes_b),
+                (deferred.to_a, self.a, self.result.outcomes_a),
+            ):
+                ops[:] = [o for o in ops if self._copy_is_safe(o.entry.path, outcomes)]
                 ops.sort(key=lambda o: o.entry.path.count("/"), reverse=True)
-                apply_ops(peer, ops, self.result.outcomes, progress)
+                apply_ops(peer, ops, outcomes, progress)
         return deferred
 
-    def _copy_is_safe(self, path: str) -> bool:
-        """A keep-both winner is written only where the loser's copy was."""
+    def _copy_is_safe(self, path: str, outcomes: dict[str, Outcome]) -> bool:
+        """A keep-both winner is written on a side only once the loser's
+        copy is there (``outcomes``: what writing to that side did)."""
         copy = self._copies.get(path)
         if copy is None:
             return True
-        outcome = self.result.outcomes.get(copy)
+        outcome = outcomes.get(copy)
         if outcome is not None and outcome.ok:
             return True
         reason = outcome.reason if outcome is not None else "not written"
@@ -131,10 +139,13 @@ class Syncer:
         version that dominates), and a file that wanted its place becomes a
         conflict copy. Nothing under the directory is lost."""
         fixes = _Plan()
-        sides = ((deferred.to_b, self.a, True), (deferred.to_a, self.b, False))
-        for ops, other, to_b in sides:
+        sides = (
+            (deferred.to_b, self.a, True, self.result.outcomes_b),
+            (deferred.to_a, self.b, False, self.result.outcomes_a),
+        )
+        for ops, other, to_b, outcomes in sides:
             for op in ops:
-                outcome = self.result.outcomes.get(op.entry.path)
+                outcome = outcomes.get(op.entry.path)
                 if outcome is None or outcome.ok or "not empty" not in outcome.reason:
                     continue
                 target, directory = op.entry, op.expect
@@ -168,8 +179,8 @@ class Syncer:
                 self.result.events.append(
                     Event(path, "conflict", "the directory still holds entries: it stays")
                 )
-        apply_ops(self.b, fixes.to_b, self.result.outcomes, progress)
-        apply_ops(self.a, fixes.to_a, self.result.outcomes, progress)
+        apply_ops(self.b, fixes.to_b, self.result.outcomes_b, progress)
+        apply_ops(self.a, fixes.to_a, self.result.outcomes_a, progress)
 
     # -- deciding ----------------------------------------------------------
 

@@ -228,3 +228,37 @@ def test_winner_is_not_written_where_the_copy_failed(
         "from a\n",
         "from b\n",
     ]
+
+
+def test_a_failure_on_one_side_is_not_hidden_by_success_on_the_other(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from merklesync.peer import Outcome
+    from merklesync.sources import directory
+
+    a, b = pair
+    (a / "shared.txt").write_text("from a\n")
+    (b / "shared.txt").write_text("from b\n")
+    real = directory.DirectorySource.write
+
+    def refuse_copies_on_b(self, item, index, clock):  # type: ignore[no-untyped-def]
+        if ".conflict-" in item.entry.path and self.root == b.resolve():
+            return Outcome(item.entry.path, False, "disk says no")
+        return real(self, item, index, clock)
+
+    monkeypatch.setattr(directory.DirectorySource, "write", refuse_copies_on_b)
+    r = ms("sync", a, b, "--json")
+    monkeypatch.undo()
+    assert r.code == 1, r.err
+    assert any("disk says no" in f["reason"] for f in r.json()["left_alone"])
+    # Nothing lost meanwhile: a holds both versions, b its own.
+    assert sorted(v for p, v in files(a).items() if p.startswith("shared")) == [
+        "from a\n",
+        "from b\n",
+    ]
+    assert (b / "shared.txt").read_text() == "from b\n"
+    assert ms("sync", a, b).code == 0
+    assert sorted(v for p, v in files(b).items() if p.startswith("shared")) == [
+        "from a\n",
+        "from b\n",
+    ]
