@@ -20,7 +20,7 @@ import msgpack
 
 from merklesync import merkle
 from merklesync.clock import VersionVector
-from merklesync.errors import CorruptIndex, LocalIOError, NewerFormat
+from merklesync.errors import CorruptIndex, LocalIOError, NewerFormat, ReplicaLocked
 from merklesync.merkle import NodeId
 from merklesync.model import Entry, EntryKind, key_of
 
@@ -78,8 +78,10 @@ def _guard(func: Callable[_P, _R]) -> Callable[_P, _R]:
             return func(*args, **kwargs)
         except sqlite3.OperationalError as exc:
             text = str(exc)
-            if "full" in text or "disk I/O" in text or "readonly" in text:
-                raise LocalIOError(f"cannot write the replica index: {text}") from exc
+            if "locked" in text or "busy" in text:
+                raise ReplicaLocked(f"the replica index is busy: {text}; try again") from exc
+            if any(w in text for w in ("full", "disk I/O", "readonly", "unable to open")):
+                raise LocalIOError(f"cannot use the replica index: {text}") from exc
             raise CorruptIndex(_corrupt_message(args[0], text)) from exc
         except sqlite3.DatabaseError as exc:
             raise CorruptIndex(_corrupt_message(args[0], str(exc))) from exc

@@ -11,7 +11,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import click
 
-from merklesync.errors import EXIT_USAGE, MerklesyncError
+from merklesync.errors import EXIT_IO, EXIT_USAGE, MerklesyncError
 from merklesync.model import Change, Stats
 from merklesync.peer import Progress
 from merklesync.peer.open import RemoteOptions
@@ -145,6 +145,10 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
         except MerklesyncError as exc:
             click.echo(f"merklesync: error: {exc.message}", err=True)
             sys.exit(exc.exit_code)
+        except OSError as exc:  # a local file operation no layer below expected
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"merklesync: error: {where}{exc.strerror or exc}", err=True)
+            sys.exit(EXIT_IO)
         except KeyboardInterrupt:
             click.echo("merklesync: interrupted", err=True)
             sys.exit(130)

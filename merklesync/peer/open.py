@@ -128,7 +128,12 @@ def connect(address: Address, command: str, options: RemoteOptions) -> Transport
     if rsh:
         from merklesync.transport.pipes import SubprocessTransport
 
-        argv = shlex.split(rsh)
+        try:
+            argv = shlex.split(rsh)
+        except ValueError as exc:
+            raise UsageError(f"bad --rsh command {rsh!r}: {exc}") from None
+        if not argv:
+            raise UsageError("--rsh is empty")
         if address.user:
             argv += ["-l", address.user]
         if address.port is not None:

@@ -407,6 +407,7 @@ class DirectorySource:
                     raise _Refused("directory is not empty on the destination") from None
                 raise
         else:
+            self._recheck(rel, on_disk)  # not edited since it was verified
             os.unlink(path)
 
     def _clear_other_kind(self, rel: str, on_disk: os.stat_result | None, kind: EntryKind) -> None:

@@ -260,3 +260,26 @@ def test_names_a_peer_would_refuse_are_skipped_with_a_warning(tmp_path: Path) ->
     r = ms("push", src, dst)
     assert r.code == 0, r.err
     assert sorted(p.name for p in dst.iterdir()) == [".merklesync", "ok.txt"]
+
+
+def test_unexpected_os_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from merklesync import replica
+
+    root = tmp_path / "r"
+    root.mkdir()
+    ms("init", root)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", str(root / ".merklesync"))
+
+    monkeypatch.setattr(replica.os, "replace", broken)
+    r = ms("init", "--rebuild", root)
+    assert r.code == 5
+    assert r.err == f"merklesync: error: {root / '.merklesync'}: Permission denied\n"
+
+
+def test_bad_rsh_is_a_usage_error(tmp_path: Path) -> None:
+    ms("init", tmp_path)
+    r = ms("diff", tmp_path, "host:/x", "--rsh", "ssh 'unbalanced")
+    assert r.code == 2
+    assert "bad --rsh command" in r.err and "Traceback" not in r.err
