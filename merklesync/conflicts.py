@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from merklesync import merge
 from merklesync.errors import UsageError
+from merklesync.ignore import TEMP_PREFIX
 from merklesync.model import Entry, EntryKind
 from merklesync.peer import ScanReport
 from merklesync.policy import CONFLICT_MARK, original_of
@@ -58,8 +59,9 @@ def over_cap(conflicts: list[Conflict], cap: int = CAP) -> dict[str, int]:
 
 
 def _write(path: str, data: bytes) -> None:
-    tmp = f"{path}.merklesync-resolve"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    head, name = os.path.split(path)
+    tmp = os.path.join(head, f"{TEMP_PREFIX}{os.getpid()}-resolve-{name[:80]}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     try:
         write_all(fd, data)
     finally:
@@ -83,33 +85,60 @@ def resolve(
         copies = sorted(by_original.get(original, []), key=lambda c: c.copy.stamp)
         if not copies:
             raise UsageError(f"no conflict copies of {original}")
-        target = str(replica.root / original)
-        for c in copies:
-            copy_path = str(replica.root / c.copy.path)
-            mine = c.writer == replica.replica_id
-            if take is Take.BOTH:
-                stem, ext = posixpath.splitext(original)
-                new = f"{stem}.{c.writer}{ext}"
+        target = replica.root / original
+        if take is not Take.BOTH and target.is_dir() and not target.is_symlink():
+            raise UsageError(
+                f"{original} is a directory now: move it or its conflict copies by hand"
+            )
+        if take is Take.BOTH:
+            for c in copies:
+                new = _keep_as_own_file(replica, original, c, dry_run)
                 done.append(f"kept {c.copy.path} as {new}")
-                if not dry_run:
-                    os.replace(copy_path, str(replica.root / new))
-                continue
-            if take is Take.UNION:
+            continue
+        if take is Take.UNION:
+            merged = target.read_bytes() if target.is_file() else b""
+            for c in copies:
+                merged = merge.union_merge(
+                    original, merged, (replica.root / c.copy.path).read_bytes()
+                )
                 done.append(f"merged {c.copy.path} into {original}")
-                if not dry_run:
-                    with open(target, "rb") as f:
-                        ours = f.read()
-                    with open(copy_path, "rb") as f:
-                        theirs = f.read()
-                    _write(target, merge.union_merge(original, ours, theirs))
-            elif (take is Take.LOCAL) == mine:
-                done.append(f"took {c.copy.path} for {original}")
-                if not dry_run:
-                    os.replace(copy_path, target)
-                continue
-            else:
-                done.append(f"kept {original}, removed {c.copy.path}")
             if not dry_run:
-                os.unlink(copy_path)
+                _write(str(target), merged)
+            chosen = None
+        else:
+            # The newest version written on the wanted side, if a copy holds it;
+            # else the name already holds it.
+            wanted = [c for c in copies if (c.writer == replica.replica_id) == (take is Take.LOCAL)]
+            chosen = wanted[-1] if wanted else None
+            if chosen is not None:
+                done.append(f"took {chosen.copy.path} for {original}")
+                if not dry_run:
+                    os.replace(replica.root / chosen.copy.path, target)
+            else:
+                done.append(f"kept {original}")
+        for c in copies:
+            if c is not chosen:
+                done.append(f"removed {c.copy.path}")
+                if not dry_run:
+                    (replica.root / c.copy.path).unlink()
     report = None if dry_run else replica.scan()
     return done, report
+
+
+def _keep_as_own_file(replica: Replica, original: str, c: Conflict, dry_run: bool) -> str:
+    """Rename a conflict copy to NAME.<writer>.EXT (-2, -3... when taken),
+    never over an existing file."""
+    stem, ext = posixpath.splitext(original)
+    for n in range(1, 1000):
+        new = f"{stem}.{c.writer}{'' if n == 1 else f'-{n}'}{ext}"
+        if dry_run:
+            if not (replica.root / new).exists():
+                return new
+            continue
+        try:
+            os.link(replica.root / c.copy.path, replica.root / new)  # fails if it exists
+        except FileExistsError:
+            continue
+        os.unlink(replica.root / c.copy.path)
+        return new
+    raise UsageError(f"no free name to keep {c.copy.path}")

@@ -262,3 +262,31 @@ def test_a_failure_on_one_side_is_not_hidden_by_success_on_the_other(
         "from a\n",
         "from b\n",
     ]
+
+
+@pytest.mark.parametrize("take", ["local", "remote", "both", "union"])
+def test_resolve_with_several_copies(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, take: str
+) -> None:
+    a, b = pair
+    for round_ in range(3):
+        (a / "shared.txt").write_text(f"a{round_}\n")
+        (b / "shared.txt").write_text(f"b{round_}\n")
+        assert ms("sync", a, b).code == 0
+    before = sorted(v for p, v in files(a).items() if p.startswith("shared"))
+    assert len(before) == 4
+    monkeypatch.chdir(a)
+    r = ms("resolve", "shared.txt", "--take", take)
+    assert r.code == 0, r.err
+    after = files(a)
+    assert not any(".conflict-" in p for p in after)
+    if take == "local":
+        assert after["shared.txt"] == "a2\n"  # the newest version a wrote
+    elif take == "remote":
+        assert after["shared.txt"] == "b2\n"
+    elif take == "union":
+        assert sorted(after["shared.txt"].splitlines()) == sorted(x.strip() for x in before)
+    else:  # every version kept, none overwritten
+        assert sorted(v for p, v in after.items() if p.startswith("shared")) == before
+    assert ms("sync", a, b).code == 0
+    assert files(a) == files(b)
