@@ -138,6 +138,7 @@ class Replica:
 
     def close(self) -> None:
         try:
+            self.source.finish()
             self.index.set_meta("hlc", self.clock.last)
             self.index.close()
         finally:

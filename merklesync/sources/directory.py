@@ -87,6 +87,7 @@ class DirectorySource:
     def __init__(self, root: Path, ignore: IgnoreRules) -> None:
         self.root = root
         self.ignore = ignore
+        self._final_modes: dict[str, int] = {}  # see _put_dir
 
     def abs(self, rel: str) -> str:
         return os.path.join(self.root, rel) if rel else str(self.root)
@@ -419,7 +420,21 @@ class DirectorySource:
         self._clear_other_kind(rel, on_disk, EntryKind.DIR)
         if on_disk is None or kind_of(on_disk.st_mode) is not EntryKind.DIR:
             os.mkdir(path, 0o700)
-        os.chmod(path, entry.mode, follow_symlinks=False)
+        if entry.mode & 0o700 != 0o700:
+            # A read-only directory gets its mode once its contents are in
+            # (as rsync does): until finish(), its owner may write in it.
+            self._final_modes[rel] = entry.mode
+            os.chmod(path, entry.mode | 0o700, follow_symlinks=False)
+        else:
+            self._final_modes.pop(rel, None)
+            os.chmod(path, entry.mode, follow_symlinks=False)
+
+    def finish(self) -> None:
+        """Give directories written read-only their mode, deepest first."""
+        for rel in sorted(self._final_modes, key=lambda r: r.count("/"), reverse=True):
+            with contextlib.suppress(OSError):  # removed meanwhile: nothing to do
+                os.chmod(self.abs(rel), self._final_modes[rel], follow_symlinks=False)
+        self._final_modes.clear()
 
     def _put_link(self, rel: str, entry: Entry, on_disk: os.stat_result | None) -> None:
         if link_digest(entry.target) != entry.digest:

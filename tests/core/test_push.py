@@ -237,3 +237,24 @@ def test_force_overwrites_and_says_what_it_discarded(src: Path, tmp_path: Path) 
     assert_same_tree(src, dst)
     # The forced write dominates: the next push back is a plain fast-forward.
     assert ms("push", dst, src, "--json").json()["left_alone"] == 0
+
+
+def test_read_only_directories_get_their_mode_after_their_contents(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "ro/inner/file", "x")
+    os.chmod(a / "ro/inner", 0o555)
+    os.chmod(a / "ro", 0o500)
+    try:
+        ms("init", a)
+        r = ms("push", a, b)
+        assert r.code == 0, r.err
+        assert (b / "ro/inner/file").read_text() == "x"
+        assert (b / "ro").stat().st_mode & 0o777 == 0o500
+        assert (b / "ro/inner").stat().st_mode & 0o777 == 0o555
+        assert ms("diff", a, b).code == 0
+        assert ms("push", a, b, "--json").json()["changes"] == []
+    finally:
+        for root in (a, b):
+            for d in (root / "ro", root / "ro/inner"):
+                if d.exists():
+                    os.chmod(d, 0o755)
