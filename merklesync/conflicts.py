@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from merklesync import merge
 from merklesync.errors import UsageError
 from merklesync.ignore import TEMP_PREFIX
-from merklesync.model import Entry, EntryKind
-from merklesync.peer import ScanReport
+from merklesync.model import Entry, EntryKind, ScanReport
 from merklesync.policy import CONFLICT_MARK, original_of
 from merklesync.replica import Replica
 from merklesync.sources.directory import write_all

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields, replace
 
 import blake3
@@ -182,3 +183,39 @@ class Plan:
 
     def by_action(self, action: Action) -> list[Change]:
         return [c for c in self.changes if c.action is action]
+
+
+Progress = Callable[[int], None]  # called with an amount of work just done
+
+
+@dataclass(slots=True)
+class ScanReport:
+    """What a scan of a replica found."""
+
+    scanned: int = 0
+    hashed: int = 0
+    added: list[str] = field(default_factory=list)
+    modified: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # skipped, unreadable...
+
+    def to_wire(self) -> list[object]:
+        return [self.scanned, self.hashed, self.added, self.modified, self.deleted, self.warnings]
+
+
+@dataclass(frozen=True, slots=True)
+class WriteItem:
+    """Make ``entry`` the destination's version of ``entry.path``, provided
+    the destination still holds ``expect`` (compare-and-swap). ``data`` is
+    the file content for a file, None otherwise."""
+
+    entry: Entry
+    expect: Entry | None
+    data: Iterable[bytes] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    path: str
+    ok: bool
+    reason: str = ""

@@ -17,7 +17,7 @@ from merklesync.errors import LocalIOError, MerklesyncError, NotAReplica, UsageE
 from merklesync.ignore import STATE_DIR, IgnoreRules
 from merklesync.index import Index
 from merklesync.lock import ReplicaLock
-from merklesync.peer import Progress, ScanReport
+from merklesync.model import Progress, ScanReport
 from merklesync.sources.directory import DirectorySource
 
 INDEX_FILE = "index.db"

@@ -8,52 +8,19 @@ a sequence is one batched request: one round trip for a remote peer.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from merklesync.merkle import NodeId
-from merklesync.model import Entry, Stats
+from merklesync.model import Entry, Outcome, Progress, ScanReport, Stats, WriteItem
 
-Progress = Callable[[int], None]  # called with an amount of work just done
+__all__ = ["Node", "Outcome", "Peer", "Progress", "ScanReport", "WriteItem"]
 
 
 @dataclass(frozen=True, slots=True)
 class Node:
     fingerprint: bytes
     count: int
-
-
-@dataclass(slots=True)
-class ScanReport:
-    """What a scan of a replica found."""
-
-    scanned: int = 0
-    hashed: int = 0
-    added: list[str] = field(default_factory=list)
-    modified: list[str] = field(default_factory=list)
-    deleted: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)  # skipped, unreadable...
-
-    def to_wire(self) -> list[object]:
-        return [self.scanned, self.hashed, self.added, self.modified, self.deleted, self.warnings]
-
-
-@dataclass(frozen=True, slots=True)
-class WriteItem:
-    """Make ``entry`` the destination's version of ``entry.path``, provided
-    the destination still holds ``expect`` (compare-and-swap). ``data`` is
-    the file content for a file, None otherwise."""
-
-    entry: Entry
-    expect: Entry | None
-    data: Iterable[bytes] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    path: str
-    ok: bool
-    reason: str = ""
 
 
 class Peer(Protocol):

@@ -25,8 +25,7 @@ from merklesync.clock import HybridClock, VersionVector
 from merklesync.errors import LocalIOError, MerklesyncError, UnsafePath
 from merklesync.ignore import STATE_DIR, TEMP_PREFIX, IgnoreRules
 from merklesync.index import Cached, Index
-from merklesync.model import Entry, EntryKind
-from merklesync.peer import Outcome, ScanReport, WriteItem
+from merklesync.model import Entry, EntryKind, Outcome, ScanReport, WriteItem
 from merklesync.protocol.paths import check_relpath
 
 CHUNK = 1 << 20
