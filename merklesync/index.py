@@ -214,14 +214,6 @@ class Index:
         return Cached(_to_entry(row[:-1]), row[-1])
 
     @_guard
-    def children_of_dir(self, parent: str) -> dict[str, Cached]:
-        """The entries directly inside directory ``parent`` ("" is the root)."""
-        rows = self.conn.execute(
-            f"SELECT {_ENTRY_COLUMNS}, stat FROM entries WHERE parent = ?", (parent,)
-        )
-        return {r[0]: Cached(_to_entry(r[:-1]), r[-1]) for r in rows}
-
-    @_guard
     def stat_cache(self, parent: str) -> dict[str, tuple[bytes | None, bool]]:
         """For the scanner: path -> (packed stat, deleted) of a directory's entries."""
         rows = self.conn.execute(
@@ -315,11 +307,6 @@ class Index:
     @_guard
     def remember_peer(self, replica_id: str, when: int) -> None:
         self.conn.execute("INSERT OR REPLACE INTO peers VALUES (?, ?)", (replica_id, when))
-
-    @_guard
-    def set_stat(self, path: str, stat: bytes | None) -> None:
-        """Refresh only the stat cache (content unchanged)."""
-        self.conn.execute("UPDATE entries SET stat = ? WHERE path = ?", (stat, path))
 
     @_guard
     def forget(self, entry: Entry) -> None:

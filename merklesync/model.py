@@ -177,14 +177,6 @@ class Stats:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-@dataclass(slots=True)
-class Plan:
-    changes: list[Change] = field(default_factory=list)
-
-    def by_action(self, action: Action) -> list[Change]:
-        return [c for c in self.changes if c.action is action]
-
-
 Progress = Callable[[int], None]  # called with an amount of work just done
 
 

@@ -17,7 +17,7 @@ from merklesync.cli.common import (
 )
 from merklesync.errors import EXIT_DIFFERENT, EXIT_OK
 from merklesync.model import Stats
-from merklesync.peer.open import RemoteOptions, combined_stats, open_peer, refresh_all
+from merklesync.peer.open import RemoteOptions, combined_stats, opened_pair, refresh_all
 from merklesync.reconcile import diff as diff_peers
 
 
@@ -53,19 +53,12 @@ def diff(
     relayed through this machine."""
     out = Output(quiet, as_json)
     left_spec, right_spec = (None, a) if b is None else (a, b)
-    left = open_peer(left_spec, remote=remote, near=right_spec)
-    try:
-        right = open_peer(right_spec, remote=remote, near=left_spec)
-        try:
-            with out.progress("scanning", "files") as progress:
-                warnings = refresh_all([left, right], checksum=checksum, progress=progress)
-            engine = Stats()
-            changes = diff_peers(left, right, engine)
-            totals = combined_stats(engine, left, right)
-        finally:
-            right.close()
-    finally:
-        left.close()
+    with opened_pair(left_spec, right_spec, remote=remote) as (left, right):
+        with out.progress("scanning", "files") as progress:
+            warnings = refresh_all([left, right], checksum=checksum, progress=progress)
+        engine = Stats()
+        changes = diff_peers(left, right, engine)
+        totals = combined_stats(engine, left, right)
     for warning in warnings:
         out.warn(warning)
     for change in changes:

@@ -34,7 +34,7 @@ def gc(
             retention.set_retention_days(r, retention_days)
         dropped = retention.collect(r, dry_run=dry_run)
         days = retention.retention_days(r)
-    for path in dropped if out.verbose or dry_run else []:
+    for path in dropped if dry_run else []:
         out.line(f"D {path}")
     verb = "would collect" if dry_run else "collected"
     out.line(f"{verb} {len(dropped)} tombstones (retention {days} days)")

@@ -24,9 +24,8 @@ from merklesync.ignore import exclude_predicate
 from merklesync.model import Action, Stats
 from merklesync.peer.open import (
     RemoteOptions,
-    check_apart,
     combined_stats,
-    open_peer,
+    opened_pair,
     refresh_all,
 )
 from merklesync.transfer import TransferResult
@@ -78,27 +77,20 @@ def run_transfer(
     remote: RemoteOptions,
 ) -> None:
     out = Output(quiet, as_json, verbose)
-    src = open_peer(src_spec, excludes=excludes, remote=remote, near=dst_spec)
-    try:
-        dst = open_peer(dst_spec, create=True, excludes=excludes, remote=remote, near=src_spec)
-        try:
-            check_apart(src, dst)
-            retention.guard(src, dst, allow_stale=allow_stale)
-            with out.progress("scanning", "files") as progress:
-                warnings = refresh_all([src, dst], checksum=checksum, progress=progress)
-            include = exclude_predicate(excludes)
-            with out.progress("transferring", "B", scale=True) as progress:
-                result = push_peers(
-                    src, dst, dry_run=dry_run, include=include, progress=progress, force=force
-                )
-            totals = combined_stats(result.stats, src, dst)
-            # A partial run (--exclude) is not proof the peer has everything.
-            if not dry_run and not excludes and not result.left_alone():
-                retention.after_success(src, dst, one_way=True)
-        finally:
-            dst.close()
-    finally:
-        src.close()
+    pair = opened_pair(src_spec, dst_spec, create_b=True, excludes=excludes, remote=remote)
+    with pair as (src, dst):
+        retention.guard(src, dst, allow_stale=allow_stale)
+        with out.progress("scanning", "files") as progress:
+            warnings = refresh_all([src, dst], checksum=checksum, progress=progress)
+        include = exclude_predicate(excludes)
+        with out.progress("transferring", "B", scale=True) as progress:
+            result = push_peers(
+                src, dst, dry_run=dry_run, include=include, progress=progress, force=force
+            )
+        totals = combined_stats(result.stats, src, dst)
+        # A partial run (--exclude) is not proof the peer has everything.
+        if not dry_run and not excludes and not result.left_alone():
+            retention.after_success(src, dst, one_way=True)
     report(out, result, totals, warnings, dry_run=dry_run, stats=stats, src=src.name, dst=dst.name)
 
 

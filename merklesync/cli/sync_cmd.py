@@ -23,10 +23,9 @@ from merklesync.errors import EXIT_DIFFERENT, EXIT_OK
 from merklesync.ignore import exclude_predicate
 from merklesync.peer.open import (
     RemoteOptions,
-    check_apart,
     combined_stats,
     local_replica,
-    open_peer,
+    opened_pair,
     refresh_all,
 )
 from merklesync.policy import Policy, Rules, attributes_of, parse_attributes
@@ -89,41 +88,36 @@ def sync(
         raise click.UsageError("sync takes at most two replicas: [A] B")
     a_spec, b_spec = (None, replicas[0]) if len(replicas) == 1 else replicas
     out = Output(quiet, as_json, verbose)
-    a = open_peer(a_spec, excludes=excludes, remote=remote, near=b_spec)
-    try:
-        b = open_peer(b_spec, create=True, excludes=excludes, remote=remote, near=a_spec)
-        try:
-            check_apart(a, b)
-            retention.guard(a, b, allow_stale=allow_stale)
-            with out.progress("scanning", "files") as progress:
-                warnings = refresh_all([a, b], checksum=checksum, progress=progress)
-            here = local_replica(a)
-            text = attributes_of(here.root) if here is not None else ""
-            rules = Rules(Policy(on_conflict), merge_cmd, tuple(parse_attributes(text)))
-            with out.progress("syncing", "B", scale=True) as progress:
-                result = sync_peers(
-                    a,
-                    b,
-                    rules=rules,
-                    include=exclude_predicate(excludes),
-                    dry_run=dry_run,
-                    progress=progress,
+    pair = opened_pair(a_spec, b_spec, create_b=True, excludes=excludes, remote=remote)
+    with pair as (a, b):
+        retention.guard(a, b, allow_stale=allow_stale)
+        with out.progress("scanning", "files") as progress:
+            warnings = refresh_all([a, b], checksum=checksum, progress=progress)
+        # The per-path policies of A (of B when A is remote): the file syncs,
+        # so both sides normally hold the same one.
+        here = local_replica(a) or local_replica(b)
+        text = attributes_of(here.root) if here is not None else ""
+        rules = Rules(Policy(on_conflict), merge_cmd, tuple(parse_attributes(text)))
+        with out.progress("syncing", "B", scale=True) as progress:
+            result = sync_peers(
+                a,
+                b,
+                rules=rules,
+                include=exclude_predicate(excludes),
+                dry_run=dry_run,
+                progress=progress,
+            )
+        totals = combined_stats(result.stats, a, b)
+        made_copies = any(e.what == "conflict" for e in result.events)
+        for replica in filter(None, (local_replica(a), local_replica(b)) if made_copies else ()):
+            for path, n in over_cap(list_conflicts(replica)).items():
+                result.warnings.append(
+                    f"{path} has {n} conflict copies in {replica.root}; "
+                    "settle them with `merklesync resolve`"
                 )
-            totals = combined_stats(result.stats, a, b)
-            made_copies = any(e.what == "conflict" for e in result.events)
-            for replica in filter(None, (here, local_replica(b)) if made_copies else ()):
-                for path, n in over_cap(list_conflicts(replica)).items():
-                    result.warnings.append(
-                        f"{path} has {n} conflict copies in {replica.root}; "
-                        "settle them with `merklesync resolve`"
-                    )
-            # A partial run (--exclude) is not proof the peer has everything.
-            if not dry_run and not excludes and not result.failures():
-                retention.after_success(a, b)
-        finally:
-            b.close()
-    finally:
-        a.close()
+        # A partial run (--exclude) is not proof the peer has everything.
+        if not dry_run and not excludes and not result.failures():
+            retention.after_success(a, b)
     warnings += result.warnings
     failures = result.failures()
     for warning in warnings:

@@ -8,7 +8,7 @@ import contextlib
 import os
 import shlex
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -215,3 +215,26 @@ def refresh_all(
 def local_replica(peer: Peer) -> Replica | None:
     """The replica behind a local peer (None for a remote one)."""
     return peer.replica if isinstance(peer, LocalPeer) else None
+
+
+@contextlib.contextmanager
+def opened_pair(
+    a_spec: str | None,
+    b_spec: str | None,
+    *,
+    create_b: bool = False,
+    excludes: Sequence[str] = (),
+    remote: RemoteOptions | None = None,
+) -> Iterator[tuple[Peer, Peer]]:
+    """Open the two replicas of a command (each a remote of the other where
+    a bare name says so), check they are apart, and close both at the end."""
+    a = open_peer(a_spec, excludes=excludes, remote=remote, near=b_spec)
+    try:
+        b = open_peer(b_spec, create=create_b, excludes=excludes, remote=remote, near=a_spec)
+        try:
+            check_apart(a, b)
+            yield a, b
+        finally:
+            b.close()
+    finally:
+        a.close()
