@@ -12,8 +12,10 @@ replica), so it travels on as an ordinary update.
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import blake3
 
@@ -58,11 +60,26 @@ class _Plan:
 
 
 def _content(peer: Peer, entry: Entry) -> bytes | None:
+    """A small file's content, for merging."""
     if entry.deleted or entry.kind is not EntryKind.FILE or entry.size > MAX_MERGE_BYTES:
         return None
     for _entry, chunks in peer.read([entry]):
         if chunks is not None:
             return b"".join(chunks)
+    return None
+
+
+def _spool(peer: Peer, entry: Entry, spool: Path) -> Path | None:
+    """A copy of a file of any size in a local spool directory, so that it
+    can be written back to the side it came from."""
+    target = spool / f"{len(list(spool.iterdir()))}.data"
+    for _entry, chunks in peer.read([entry]):
+        if chunks is None:
+            return None
+        with open(target, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+        return target
     return None
 
 
@@ -76,8 +93,27 @@ class Syncer:
         self.result = SyncResult()
         self._copies: dict[str, str] = {}  # conflicted path -> its conflict copy
         self._unsettled: dict[str, str] = {}  # conflicted path -> why no policy settled it
+        self._spool: tempfile.TemporaryDirectory[str] | None = None
+
+    def _fetch(self, peer: Peer, entry: Entry) -> bytes | Path | None:
+        """A file's content to write elsewhere: in memory, or spooled."""
+        if entry.size <= MAX_MERGE_BYTES:
+            return _content(peer, entry)
+        return _spool(peer, entry, self._spool_dir())
+
+    def _spool_dir(self) -> Path:
+        if self._spool is None:
+            self._spool = tempfile.TemporaryDirectory(prefix="merklesync-spool-")
+        return Path(self._spool.name)
 
     def run(self, *, dry_run: bool = False, progress: Progress | None = None) -> SyncResult:
+        try:
+            return self._run(dry_run, progress)
+        finally:
+            if self._spool is not None:
+                self._spool.cleanup()
+
+    def _run(self, dry_run: bool, progress: Progress | None) -> SyncResult:
         deferred = self._pass(dry_run, progress)
         if not dry_run and (self.result.failures() or self._unsettled):
             self._keep_needed_directories(deferred, progress)
@@ -160,7 +196,7 @@ class Syncer:
                 if not target.deleted:
                     content = op.content
                     if content is None and op.source is not None and op.read_as is not None:
-                        content = _content(op.source, op.read_as)
+                        content = self._fetch(op.source, op.read_as)
                     if target.kind is EntryKind.FILE and content is None:
                         self._unresolved(
                             path, "a directory with entries against an unreadable file"
@@ -307,9 +343,9 @@ class Syncer:
         copy: Entry | None = None
         if loser.kind is not EntryKind.DIR:  # two directories never conflict on content
             holder = self.a if loser is x else self.b
-            content = None
+            content: bytes | Path | None = None
             if loser.kind is EntryKind.FILE:
-                content = _content(holder, loser)
+                content = self._fetch(holder, loser)
                 if content is None:
                     self._unresolved(x.path, "the losing version could not be read")
                     return

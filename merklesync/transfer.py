@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from merklesync.model import Action, Change, ChangeKind, Entry, EntryKind, Stats
 from merklesync.peer import Outcome, Peer, Progress, WriteItem
@@ -54,7 +55,7 @@ class Op:
     expect: Entry | None
     source: Peer | None = None
     read_as: Entry | None = None
-    content: bytes | None = None
+    content: bytes | Path | None = None  # a Path: a local spool file to stream
 
 
 def needs_content(target: Entry, expect: Entry | None) -> bool:
@@ -161,7 +162,7 @@ def apply_ops(
     plain.sort(key=lambda o: (o.entry.kind is not EntryKind.DIR or o.entry.deleted, o.entry.path))
     for start in range(0, len(plain), BATCH_FILES):
         items = [
-            WriteItem(o.entry, o.expect, None if o.content is None else [o.content])
+            WriteItem(o.entry, o.expect, _given(o.content))
             for o in plain[start : start + BATCH_FILES]
         ]
         _record(target.write(items, progress), outcomes)
@@ -171,6 +172,18 @@ def apply_ops(
         mine = [o for o in streamed if o.source is source]
         for batch in _batches(mine):
             _record(target.write(_stream(source, batch, outcomes), progress), outcomes)
+
+
+def _given(content: bytes | Path | None) -> Iterable[bytes] | None:
+    if content is None or isinstance(content, bytes):
+        return None if content is None else [content]
+    return _spooled(content)
+
+
+def _spooled(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            yield chunk
 
 
 def _batches(ops: list[Op]) -> Iterator[list[Op]]:

@@ -290,3 +290,19 @@ def test_resolve_with_several_copies(
         assert sorted(v for p, v in after.items() if p.startswith("shared")) == before
     assert ms("sync", a, b).code == 0
     assert files(a) == files(b)
+
+
+def test_keep_both_for_files_larger_than_memory_merges(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from merklesync import sync as sync_module
+
+    monkeypatch.setattr(sync_module, "MAX_MERGE_BYTES", 10)  # everything is "large" now
+    a, b = pair
+    (a / "shared.txt").write_text("a large version\n" * 100)
+    (b / "shared.txt").write_text("b large version\n" * 100)
+    r = ms("sync", a, b)
+    assert r.code == 0, r.err
+    assert files(a) == files(b)
+    texts = sorted(v for p, v in files(a).items() if p.startswith("shared"))
+    assert texts == ["a large version\n" * 100, "b large version\n" * 100]

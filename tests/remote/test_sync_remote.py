@@ -84,3 +84,25 @@ def test_three_replicas_one_over_ssh(daemons: Callable[[str], Daemon], tmp_path:
     OneOverSSH.side = make_side("ssh-to", daemons, tmp_path)
     OneOverSSH.TestCase.settings = settings(max_examples=4, stateful_step_count=10, deadline=None)
     OneOverSSH.TestCase().runTest()
+
+
+@pytest.mark.parametrize("direction", ["to", "from"])
+def test_large_conflict_copies_are_spooled_over_a_pipe(
+    daemons: Callable[[str], Daemon],
+    tmp_path: Path,
+    pair: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    direction: str,
+) -> None:
+    from merklesync import sync as sync_module
+
+    side = make_side(f"pipe-{direction}", daemons, tmp_path)
+    monkeypatch.setattr(sync_module, "MAX_MERGE_BYTES", 10)  # the client spools everything
+    a, b = pair
+    assert side.ms("sync", side.src(a), side.dst(b)).code == 0
+    (a / "cart.json").write_text("mine\n" * 50)
+    (b / "cart.json").write_text("theirs\n" * 50)
+    r = side.ms("sync", side.src(a), side.dst(b))
+    assert r.code == 0, r.err
+    assert_same_tree(a, b)
+    assert sorted(p.read_text() for p in a.glob("cart*.json")) == ["mine\n" * 50, "theirs\n" * 50]
