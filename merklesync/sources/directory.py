@@ -151,8 +151,8 @@ class DirectorySource:
             name = de.name
             rel = prefix + name
             if name[0] == "." and (name == STATE_DIR or name.startswith(TEMP_PREFIX)):
-                if name != STATE_DIR:
-                    _unlink_quietly(de.path)  # left by an interrupted run; we hold the lock
+                if name != STATE_DIR and _abandoned(name):
+                    _unlink_quietly(de.path)  # left by an interrupted run
                 continue
             if not (name.isascii() and name.isprintable()) or name[0] == "." or len(rel) > 1024:
                 try:  # what a peer would refuse is never put in the index
@@ -523,6 +523,20 @@ def _drain(item: WriteItem) -> None:
     if item.data is not None:
         for _ in item.data:
             pass
+
+
+def _abandoned(temp_name: str) -> bool:
+    """A temp file whose writer (its pid is in the name) is gone."""
+    pid = temp_name[len(TEMP_PREFIX) :].partition("-")[0]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, someone else's
+    return False
 
 
 def _unlink_quietly(path: str) -> None:
