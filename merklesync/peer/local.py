@@ -79,6 +79,7 @@ class LocalPeer:
                 if n % COMMIT_EVERY == 0:
                     r.index.commit()
         finally:
+            r.source.end_batch()
             r.index.commit()
         return outcomes
 

@@ -87,9 +87,14 @@ class DirectorySource:
         self.root = root
         self.ignore = ignore
         self._final_modes: dict[str, int] = {}  # see _put_dir
+        self._root = str(root)
+        # Parent directories verified (real directories, no symlink) in this
+        # batch of writes; anything removed is forgotten at once.
+        self._checked_dirs: set[str] = set()
 
     def abs(self, rel: str) -> str:
-        return os.path.join(self.root, rel) if rel else str(self.root)
+        """The path of a (validated, relative) entry path on this machine."""
+        return f"{self._root}/{rel}" if rel else self._root
 
     # -- scanning --------------------------------------------------------
 
@@ -383,19 +388,30 @@ class DirectorySource:
 
     def _make_parents(self, rel: str) -> None:
         """Create missing parent directories; never go through a symlink."""
-        parts = rel.split("/")[:-1]
-        current = str(self.root)
-        for part in parts:
-            current = os.path.join(current, part)
+        parent = rel.rpartition("/")[0]
+        if not parent or parent in self._checked_dirs:
+            return
+        checked = ""
+        for part in parent.split("/"):
+            checked = f"{checked}/{part}" if checked else part
+            if checked in self._checked_dirs:
+                continue
+            current = self.abs(checked)
             try:
                 st = os.lstat(current)
             except FileNotFoundError:
                 os.mkdir(current, 0o755)
-                continue
-            if not st_mod.S_ISDIR(st.st_mode):
-                raise _Refused(f"parent {current} is not a directory")
+            else:
+                if not st_mod.S_ISDIR(st.st_mode):
+                    raise _Refused(f"parent {current} is not a directory")
+            self._checked_dirs.add(checked)
+
+    def end_batch(self) -> None:
+        """Forget the verified parents: the next batch checks them again."""
+        self._checked_dirs.clear()
 
     def _remove(self, rel: str, on_disk: os.stat_result | None) -> None:
+        self._checked_dirs.discard(rel)  # whatever replaces it is checked again
         if on_disk is None:
             return
         path = self.abs(rel)

@@ -283,3 +283,53 @@ def test_bad_rsh_is_a_usage_error(tmp_path: Path) -> None:
     r = ms("diff", tmp_path, "host:/x", "--rsh", "ssh 'unbalanced")
     assert r.code == 2
     assert "bad --rsh command" in r.err and "Traceback" not in r.err
+
+
+def test_never_writes_through_a_symlink_made_earlier_in_the_same_batch(tmp_path: Path) -> None:
+    import blake3
+
+    from merklesync.clock import VersionVector
+    from merklesync.model import Entry, EntryKind, WriteItem
+    from merklesync.peer.local import LocalPeer
+    from merklesync.sources.directory import link_digest
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    root = tmp_path / "r"
+    root.mkdir()
+    vv = VersionVector.of({"peer": 1})
+    directory = Entry("a", EntryKind.DIR, vv, mode=0o755)
+    link = Entry(
+        "a", EntryKind.LINK, vv.bump("peer"), digest=link_digest(str(outside)), target=str(outside)
+    )
+    data = b"payload"
+    file = Entry(
+        "a/x", EntryKind.FILE, vv, digest=blake3.blake3(data).digest(), size=len(data), mode=0o644
+    )
+    peer = LocalPeer.open(root, create=True)
+    try:
+        outcomes = peer.write(
+            [
+                WriteItem(directory, None),
+                WriteItem(
+                    Entry(
+                        "a/y", EntryKind.FILE, vv, digest=file.digest, size=len(data), mode=0o644
+                    ),
+                    None,
+                    [data],
+                ),
+                WriteItem(
+                    Entry("a/y", EntryKind.FILE, vv.bump("peer"), deleted=True),
+                    Entry(
+                        "a/y", EntryKind.FILE, vv, digest=file.digest, size=len(data), mode=0o644
+                    ),
+                ),
+                WriteItem(link, directory),
+                WriteItem(file, None, [data]),
+            ]
+        )
+    finally:
+        peer.close()
+    assert [o.ok for o in outcomes][:4] == [True, True, True, True]
+    assert not outcomes[4].ok and "not a directory" in outcomes[4].reason
+    assert list(outside.iterdir()) == []
