@@ -475,7 +475,12 @@ class DirectorySource:
         path = self.abs(rel)
         if data is None:
             # Same bytes already there (a mode or version change).
-            if current is None or current.deleted or current.digest != entry.digest:
+            if (
+                current is None
+                or current.deleted
+                or current.kind is not EntryKind.FILE
+                or current.digest != entry.digest
+            ):
                 raise _Refused("content missing for a changed file")
             os.chmod(path, entry.mode, follow_symlinks=False)
             os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
@@ -485,17 +490,17 @@ class DirectorySource:
             tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
         )
         try:
-            hasher = blake3.blake3()
             try:
+                hasher = blake3.blake3()
                 for chunk in data:
                     hasher.update(chunk)
                     write_all(fd, chunk)
+                if hasher.digest() != entry.digest:
+                    raise _Refused("content does not match its digest (changed during transfer)")
+                os.fchmod(fd, entry.mode)
+                os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
             finally:
                 os.close(fd)
-            if hasher.digest() != entry.digest:
-                raise _Refused("content does not match its digest (changed during transfer)")
-            os.chmod(tmp, entry.mode)
-            os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns))
             self._clear_dir_in_way(rel, on_disk)
             self._recheck(rel, on_disk)
             os.replace(tmp, path)
