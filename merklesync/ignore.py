@@ -32,6 +32,7 @@ class IgnoreRules:
     def __init__(self, root: Path, excludes: Sequence[str] = ()) -> None:
         self.root = root
         self._specs: dict[str, pathspec.PathSpec[Any] | None] = {}
+        self._rules: dict[str, Callable[[str, bool], bool] | None] = {}
         self._excludes = compile_patterns(excludes) if excludes else None
 
     def _spec(self, directory: str) -> pathspec.PathSpec[Any] | None:
@@ -74,7 +75,10 @@ class IgnoreRules:
         name = rel.rpartition("/")[2]
         if name == STATE_DIR or name.startswith(TEMP_PREFIX):
             return True
-        rules = self.for_directory(rel.rpartition("/")[0])
+        directory = rel.rpartition("/")[0]
+        if directory not in self._rules:  # one lookup per directory, not per path
+            self._rules[directory] = self.for_directory(directory)
+        rules = self._rules[directory]
         return rules is not None and rules(rel, is_dir)
 
     def excluded_by_option(self, rel: str, is_dir: bool) -> bool:

@@ -349,7 +349,7 @@ class DirectorySource:
         if not entry.deleted:
             st = os.lstat(self.abs(rel))
             stat = None if st.st_mtime_ns >= time.time_ns() - RACY_NS else stat_key(st)
-            if entry.kind is EntryKind.FILE:
+            if entry.kind is EntryKind.FILE and entry.mtime_ns != st.st_mtime_ns:
                 entry = dataclasses.replace(entry, mtime_ns=st.st_mtime_ns)
         index.put(entry, stat, current)
         return Outcome(rel, True)
