@@ -198,7 +198,17 @@ class DirectorySource:
                 == pack(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode)
             ):
                 continue
-            self._rescan(index, scan.replica_id, scan.clock, rel, kind, st, scan.racy_after, report)
+            self._rescan(
+                index,
+                scan.replica_id,
+                scan.clock,
+                rel,
+                kind,
+                st,
+                scan.racy_after,
+                report,
+                indexed=cached is not None,
+            )
         for rel, (_stat, deleted) in known.items():
             if not deleted:
                 gone = index.get(rel)
@@ -221,8 +231,11 @@ class DirectorySource:
         st: os.stat_result,
         racy_after: int,
         report: ScanReport,
+        indexed: bool = True,
     ) -> None:
-        cached = index.get(rel)
+        """Read one new or changed entry into the index (``indexed``: the
+        index may hold a row for it; False spares the look-up)."""
+        cached = index.get(rel) if indexed else None
         digest, target = b"", ""
         try:
             if kind is EntryKind.FILE:
