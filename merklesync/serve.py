@@ -18,13 +18,11 @@ items in it, so the client can send it without waiting for answers.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
 import time
 import traceback
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import blake3
@@ -89,9 +87,11 @@ class Agent:
         excludes: Sequence[str] = (),
         in_fd: int = 0,
         out_fd: int = 1,
+        report: Callable[[str], None] = lambda message: None,
     ) -> None:
         self.in_fd = in_fd
         self.out_fd = out_fd
+        self.report = report  # one line for the operator (the CLI puts it on stderr)
         self.peer: LocalPeer | None = None
         self.failure: MerklesyncError | None = None
         try:
@@ -128,16 +128,16 @@ class Agent:
                     raise ProtocolError(f"client sent '{event.TAG}' outside a write stream")
                 self._answer(event)
         except ProtocolError as exc:
-            self._report(f"protocol error: {exc.message}")
+            self.report(f"protocol error: {exc.message}")
             self._last_word(exc)
             return EXIT_PROTOCOL
         except (BrokenPipeError, ConnectionResetError):
             return EXIT_CONNECTION  # the client is gone: nobody to tell
         except OSError as exc:
-            self._report(f"connection: {exc.strerror or exc}")
+            self.report(f"connection: {exc.strerror or exc}")
             return EXIT_CONNECTION
         except Exception as exc:  # a bug: the traceback goes to stderr, never on the wire
-            self._bug(exc)
+            self.report(_bug_text(exc))
             return EXIT_USAGE
         finally:
             self.close()
@@ -162,7 +162,7 @@ class Agent:
                 self._send(self.session.error_from(exc))
                 return
             except Exception as exc:  # a bug: say so on stderr, fail the request
-                self._bug(exc)
+                self.report(_bug_text(exc))
                 self._send(self.session.error("error", f"internal error in the agent: {exc!r}"))
                 return
             self._send(self.session.respond(result))
@@ -215,7 +215,7 @@ class Agent:
             self._send(self.session.error_from(exc))
             return
         except Exception as exc:
-            self._bug(exc)
+            self.report(_bug_text(exc))
             self._send(self.session.error("error", f"internal error in the agent: {exc!r}"))
             return
         self._send(self.session.read_done())
@@ -262,7 +262,7 @@ class Agent:
             except MerklesyncError as exc:
                 failure = exc
             except Exception as exc:
-                self._bug(exc)
+                self.report(_bug_text(exc))
                 failure = MerklesyncError(f"internal error in the agent: {exc!r}")
         items.drain()  # whatever happened, read the stream to its commit
         if failure is not None:
@@ -318,16 +318,6 @@ class Agent:
             self._flush()
         except OSError:
             pass
-
-    @staticmethod
-    def _report(message: str) -> None:
-        with contextlib.suppress(OSError):
-            print(f"merklesync serve: {message}", file=sys.stderr, flush=True)
-
-    @staticmethod
-    def _bug(exc: BaseException) -> None:
-        with contextlib.suppress(OSError):
-            traceback.print_exception(exc, file=sys.stderr)
 
 
 class _Items:
@@ -408,12 +398,6 @@ def _close(chunks: Iterator[bytes]) -> None:
         close()
 
 
-def serve_stdio(root: Path, *, create: bool = False, excludes: Sequence[str] = ()) -> int:
-    """Run the agent on this process's standard input and output."""
-    out_fd = os.dup(1)
-    os.dup2(2, 1)  # anything printed by accident goes to stderr, not the wire
-    sys.stdout = sys.stderr
-    try:
-        return Agent(root, create=create, excludes=excludes, in_fd=0, out_fd=out_fd).run()
-    finally:
-        os.close(out_fd)
+def _bug_text(exc: BaseException) -> str:
+    """A bug in the agent: the whole traceback, for the operator's log."""
+    return "internal error:\n" + "".join(traceback.format_exception(exc)).rstrip()

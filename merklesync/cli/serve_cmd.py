@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from pathlib import Path
 
 import click
 
-from merklesync.serve import serve_stdio
+from merklesync.serve import Agent
 
 
 @click.command()
@@ -34,4 +36,17 @@ def serve(root: Path, stdio: bool, create: bool, excludes: tuple[str, ...]) -> N
     Failures travel to the client as protocol errors; the exit status is 0
     after a clean end, 6 when the client went away, 7 when it broke the
     protocol."""
-    sys.exit(serve_stdio(root, create=create, excludes=excludes))
+    out_fd = os.dup(1)
+    os.dup2(2, 1)  # anything printed by accident goes to stderr, not the wire
+    sys.stdout = sys.stderr
+
+    def report(message: str) -> None:
+        with contextlib.suppress(OSError):  # the client may have gone with our stderr
+            click.echo(f"merklesync serve: {message}", err=True)
+
+    try:
+        agent = Agent(root, create=create, excludes=excludes, in_fd=0, out_fd=out_fd, report=report)
+        code = agent.run()
+    finally:
+        os.close(out_fd)
+    sys.exit(code)

@@ -72,18 +72,18 @@ def test_exact_counts_over_ssh(openssh: Side, tmp_path: Path) -> None:
     ms("init", src)
     assert ms("push", src, dst).code == 0
 
-    def diff_stats(remote: bool) -> dict[str, int]:
+    def diff_stats(remote: bool, expect: int) -> dict[str, int]:
         b = openssh.addr(dst) if remote else str(dst)
         argv = ["diff", str(src), b, "--stats", "--json", "--remote-cmd", REMOTE_CMD]
         r = run_cli(argv, openssh.env)
-        assert r.code in (0, 1), r.err
+        assert r.code == expect, r.err
         return r.json()["stats"]  # type: ignore[no-any-return]
 
-    same = diff_stats(remote=True)
+    same = diff_stats(remote=True, expect=0)
     assert same["round_trips"] == 1
     assert same["bytes_sent"] + same["bytes_received"] < 800
     mutate(src, modify=1, seed=2)
-    local, remote = diff_stats(remote=False), diff_stats(remote=True)
+    local, remote = diff_stats(remote=False, expect=1), diff_stats(remote=True, expect=1)
     assert local["round_trips"] == remote["round_trips"] == 4
     wire = remote["bytes_sent"] + remote["bytes_received"]
     file_list = sum(len(p.name) + 20 for p in src.rglob("*"))  # what rsync would list, at least
