@@ -245,12 +245,20 @@ class Index:
             out.extend(_to_entry(r) for r in rows)
         return out
 
-    @_guard
     def iter_entries(self, live_only: bool = False) -> Iterator[Entry]:
+        """Stream the entries in path order (errors mapped while iterating)."""
         where = " WHERE NOT deleted" if live_only else ""
-        cursor = self.conn.execute(f"SELECT {_ENTRY_COLUMNS} FROM entries{where} ORDER BY path")
-        for row in cursor:
-            yield _to_entry(row)
+        cursor = self._cursor(f"SELECT {_ENTRY_COLUMNS} FROM entries{where} ORDER BY path")
+        while rows := self._fetch(cursor):
+            yield from (_to_entry(row) for row in rows)
+
+    @_guard
+    def _cursor(self, sql: str) -> sqlite3.Cursor:
+        return self.conn.execute(sql)
+
+    @_guard
+    def _fetch(self, cursor: sqlite3.Cursor) -> list[Any]:
+        return cursor.fetchmany(1000)
 
     @_guard
     def count(self, live_only: bool = False) -> int:
