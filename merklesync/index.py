@@ -85,6 +85,8 @@ def _guard(func: Callable[_P, _R]) -> Callable[_P, _R]:
             raise CorruptIndex(_corrupt_message(args[0], text)) from exc
         except sqlite3.DatabaseError as exc:
             raise CorruptIndex(_corrupt_message(args[0], str(exc))) from exc
+        except (ValueError, msgpack.UnpackException) as exc:  # a row that does not parse
+            raise CorruptIndex(_corrupt_message(args[0], f"bad row: {exc}")) from exc
 
     return wrapper
 

@@ -333,3 +333,18 @@ def test_never_writes_through_a_symlink_made_earlier_in_the_same_batch(tmp_path:
     assert [o.ok for o in outcomes][:4] == [True, True, True, True]
     assert not outcomes[4].ok and "not a directory" in outcomes[4].reason
     assert list(outside.iterdir()) == []
+
+
+def test_a_damaged_row_is_a_corrupt_index_not_a_traceback(pair: tuple[Path, Path]) -> None:
+    src, _ = pair
+    conn = sqlite3.connect(src / ".merklesync" / "index.db")
+    conn.execute(
+        "UPDATE entries SET vv = x'c1c1' WHERE rowid IN (SELECT rowid FROM entries LIMIT 1)"
+    )
+    conn.commit()
+    conn.close()
+    (src.parent / "elsewhere").mkdir()
+    ms("init", src.parent / "elsewhere")
+    r = ms("push", src, src.parent / "elsewhere")
+    assert r.code == 3, r.err
+    assert "merklesync init --rebuild" in r.err and "Traceback" not in r.err
