@@ -202,12 +202,11 @@ class Syncer:
                             path, "a directory with entries against an unreadable file"
                         )
                         continue
-                    copy = dataclasses.replace(
-                        target,
-                        path=conflict_name(path, writer_of(target, directory), target.stamp),
-                        vv=kept.vv,
-                        stamp=kept.stamp,
-                    )
+                    copy_path = self._free_name(path, writer_of(target, directory), target.stamp)
+                    if copy_path is None:
+                        self._unresolved(path, "no free name for a conflict copy")
+                        continue
+                    copy = dataclasses.replace(target, path=copy_path, vv=kept.vv, stamp=kept.stamp)
                     fixes.to_a.append(Op(copy, None, content=content))
                     fixes.to_b.append(Op(copy, None, content=content))
                 (fixes.to_b if to_b else fixes.to_a).append(Op(kept, directory))
