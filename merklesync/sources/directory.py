@@ -310,8 +310,9 @@ class DirectorySource:
     # -- reading ---------------------------------------------------------
 
     def read(self, entry: Entry) -> Iterator[bytes] | None:
-        """The content of a file as the index knows it, or None when it is
-        gone or no longer matches (size or mtime changed since the scan)."""
+        """The content of a file, or None when it is gone, is no longer a
+        regular file, or changed size since the scan. Other changes are
+        caught by the receiver, which checks the blake3 digest."""
         try:
             fd = os.open(self.abs(entry.path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
