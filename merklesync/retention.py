@@ -49,11 +49,6 @@ def check_not_stale(replica: Replica, other: str, now: int | None = None) -> Non
         )
 
 
-def record_sync(replica: Replica, other: str, now: int | None = None) -> None:
-    replica.index.remember_peer(other, time.time_ns() if now is None else now)
-    replica.index.commit()
-
-
 def collect(replica: Replica, *, now: int | None = None, dry_run: bool = False) -> list[str]:
     """Drop the tombstones every known replica has seen, or that are older
     than the retention; returns their paths."""
@@ -99,8 +94,8 @@ def after_success(a: Peer, b: Peer, *, one_way: bool = False) -> list[str]:
     remember it, and collect the tombstones that every replica has seen."""
     dropped: list[str] = []
     for mine, other in ((a, b),) if one_way else ((a, b), (b, a)):
+        mine.remember(other.replica_id)  # a remote agent records (and collects) on its side
         replica = local_replica(mine)
         if replica is not None:
-            record_sync(replica, other.replica_id)
             dropped += maybe_collect(replica)
     return dropped

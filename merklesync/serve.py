@@ -27,7 +27,7 @@ from pathlib import Path
 
 import blake3
 
-from merklesync import __version__
+from merklesync import __version__, retention
 from merklesync.errors import (
     EXIT_CONNECTION,
     EXIT_OK,
@@ -61,6 +61,7 @@ from merklesync.protocol.messages import (
     Read,
     Refresh,
     RefreshResult,
+    Remember,
     Request,
     Result,
     Root,
@@ -190,6 +191,10 @@ class Agent:
             return LeavesResult(peer.leaves(request.nodes))
         if isinstance(request, Entries):
             return EntriesResult(peer.entries(request.keys))
+        if isinstance(request, Remember):
+            peer.remember(request.replica_id)
+            retention.maybe_collect(peer.replica)
+            return ByeResult()
         assert isinstance(request, EntriesUnder), request
         return EntriesResult(peer.entries_under(request.nodes))
 

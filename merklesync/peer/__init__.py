@@ -67,4 +67,9 @@ class Peer(Protocol):
         """Apply versions: verified, atomic, compare-and-swap per entry."""
         ...
 
+    def remember(self, replica_id: str) -> None:
+        """Record that a run with ``replica_id`` just completed: this replica
+        has seen everything that one had (tombstones can be collected)."""
+        ...
+
     def close(self) -> None: ...

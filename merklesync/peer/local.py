@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -82,6 +83,10 @@ class LocalPeer:
             r.source.end_batch()
             r.index.commit()
         return outcomes
+
+    def remember(self, replica_id: str) -> None:
+        self.replica.index.remember_peer(replica_id, time.time_ns())
+        self.replica.index.commit()
 
     def close(self) -> None:
         self.replica.close()

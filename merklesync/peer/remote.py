@@ -36,6 +36,7 @@ from merklesync.protocol.messages import (
     MAX_READ,
     MAX_WRITE_ITEMS,
     PROTOCOL_VERSIONS,
+    ByeResult,
     ChildrenResult,
     EntriesResult,
     Error,
@@ -130,6 +131,11 @@ class RemotePeer:
             return ScanReport(r.scanned, r.hashed, r.added, r.modified, r.deleted, r.warnings)
 
         return finish
+
+    def remember(self, replica_id: str) -> None:
+        self._ready()
+        self._settle()
+        self._call(self.session.remember(replica_id), ByeResult)
 
     def root(self) -> Node:
         self._ready()

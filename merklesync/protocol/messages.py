@@ -430,6 +430,23 @@ class Bye(_Bare):
     TAG: ClassVar[str] = "bye"
 
 
+@dataclass(frozen=True, slots=True)
+class Remember:
+    """The client's replica and the agent's now agree (a complete run): the
+    agent records it, for tombstone collection. Answered with nil."""
+
+    TAG: ClassVar[str] = "remember"
+    replica_id: str
+
+    def to_wire(self) -> list[object]:
+        return [self.TAG, self.replica_id]
+
+    @classmethod
+    def from_wire(cls, msg: list[object]) -> Remember:
+        (replica_id,) = _fields(msg, 1)
+        return cls(_ident(replica_id, "remember: replica id"))
+
+
 # -- answers: server to client -------------------------------------------
 
 
@@ -540,7 +557,9 @@ class Done(_Bare):
     TAG: ClassVar[str] = "done"
 
 
-Request = Refresh | Root | Children | Leaves | Entries | EntriesUnder | Read | Write | Bye
+Request = (
+    Refresh | Root | Children | Leaves | Entries | EntriesUnder | Read | Write | Remember | Bye
+)
 ClientMessage = Hello | Request | Put | Data | End | Gone | Commit
 ServerMessage = Hello | Ok | More | Error | Progress | Data | End | Gone | Done
 
@@ -553,6 +572,7 @@ _REQUESTS: tuple[type[Request], ...] = (
     EntriesUnder,
     Read,
     Write,
+    Remember,
     Bye,
 )
 OPS: frozenset[str] = frozenset(cls.TAG for cls in _REQUESTS)  # the server's allowlist
@@ -792,6 +812,7 @@ RESULT_TYPES: dict[str, type[Result]] = {
     Entries.TAG: EntriesResult,
     EntriesUnder.TAG: EntriesResult,
     Write.TAG: WriteResult,
+    Remember.TAG: ByeResult,  # nil, as for bye
     Bye.TAG: ByeResult,
 }  # read has no result value: it is answered by a stream
 

@@ -72,6 +72,7 @@ from merklesync.protocol.messages import (
     Read,
     Refresh,
     RefreshResult,
+    Remember,
     Request,
     Result,
     Root,
@@ -346,6 +347,10 @@ class ClientSession(_Base):
         self._write.committed = True
         self._write = None
         return encode_frame(Commit().to_wire())
+
+    def remember(self, replica_id: str) -> bytes:
+        """Ask the agent to record a complete run with ``replica_id``."""
+        return self._request(Remember(replica_id), Assembly(ByeResult.SHAPE, 0))
 
     def bye(self) -> bytes:
         frame = self._request(Bye(), Assembly(ByeResult.SHAPE, 0))

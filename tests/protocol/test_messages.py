@@ -44,6 +44,7 @@ from merklesync.protocol.messages import (
     Read,
     Refresh,
     RefreshResult,
+    Remember,
     Result,
     Root,
     RootResult,
@@ -80,6 +81,7 @@ CLIENT: list[ClientMessage] = [
     End(),
     Gone("changed while read"),
     Commit(),
+    Remember("0123456789abcdef"),
     Bye(),
 ]
 SERVER: list[ServerMessage] = [
@@ -121,6 +123,7 @@ def test_ops_allowlist() -> None:
         "entries_under",
         "read",
         "write",
+        "remember",
         "bye",
     } == OPS
 
@@ -493,3 +496,9 @@ def test_messages_with_one_part_replaced(
     for parse in (parse_client_message, parse_server_message):
         with contextlib.suppress(ProtocolError):
             parse(mutated)
+
+
+def test_remember_takes_a_replica_id_only() -> None:
+    for bad in ([], [""], ["x" * 65], ["bad id"], [7]):
+        with pytest.raises(ProtocolError):
+            parse_client_message(["remember", *bad])

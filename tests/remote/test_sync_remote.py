@@ -106,3 +106,20 @@ def test_large_conflict_copies_are_spooled_over_a_pipe(
     assert r.code == 0, r.err
     assert_same_tree(a, b)
     assert sorted(p.read_text() for p in a.glob("cart*.json")) == ["mine\n" * 50, "theirs\n" * 50]
+
+
+@pytest.mark.parametrize("command", ["sync", "push"])
+def test_the_remote_side_records_a_complete_run(
+    daemons: Callable[[str], Daemon], tmp_path: Path, pair: tuple[Path, Path], command: str
+) -> None:
+    from merklesync.replica import Replica
+
+    side = make_side("pipe-to", daemons, tmp_path)
+    a, b = pair
+    assert side.ms(command, a, side.addr(b)).code == 0
+    with Replica.open(a) as ra:
+        a_id = ra.replica_id
+    with Replica.open(b) as rb:
+        peers = rb.index.peers()
+    # sync: both sides now hold everything; push: only b holds everything a has
+    assert (a_id in peers) == (command == "sync")
