@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import click
 
-from merklesync.cli.common import Output, handle_errors, output_options, remote_options
-from merklesync.peer.open import RemoteOptions, open_peer
+from merklesync.cli.common import (
+    Output,
+    handle_errors,
+    output_options,
+    print_stats,
+    remote_options,
+    stats_option,
+)
+from merklesync.model import Stats
+from merklesync.peer.open import RemoteOptions, combined_stats, open_peer
 
 
 @click.command()
@@ -13,11 +21,17 @@ from merklesync.peer.open import RemoteOptions, open_peer
 @click.option(
     "--checksum", is_flag=True, help="Re-hash every file instead of trusting the stat cache."
 )
+@stats_option
 @output_options
 @remote_options
 @handle_errors
 def status(
-    replica: str | None, checksum: bool, quiet: bool, as_json: bool, remote: RemoteOptions
+    replica: str | None,
+    checksum: bool,
+    stats: bool,
+    quiet: bool,
+    as_json: bool,
+    remote: RemoteOptions,
 ) -> None:
     """Scan REPLICA (default: the one around the current directory) and print
     its root fingerprint, its entry count and what changed since the last scan.
@@ -30,6 +44,7 @@ def status(
         root = peer.root()
     finally:
         peer.close()
+    totals = combined_stats(Stats(), peer)
     for warning in report.warnings:
         out.warn(warning)
     out.line(f"replica {peer.replica_id} at {peer.name}")
@@ -49,5 +64,8 @@ def status(
             "scanned": report.scanned,
             "hashed": report.hashed,
             "warnings": report.warnings,
+            "stats": totals.as_dict(),
         }
     )
+    if stats:
+        print_stats(out, totals)

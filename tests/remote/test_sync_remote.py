@@ -123,3 +123,16 @@ def test_the_remote_side_records_a_complete_run(
         peers = rb.index.peers()
     # sync: both sides now hold everything; push: only b holds everything a has
     assert (a_id in peers) == (command == "sync")
+
+
+def test_status_of_a_remote_replica_reports_its_traffic(
+    daemons: Callable[[str], Daemon], tmp_path: Path, pair: tuple[Path, Path]
+) -> None:
+    side = make_side("pipe-to", daemons, tmp_path)
+    a, _b = pair
+    r = side.ms("status", side.addr(a), "--json", "--stats")
+    assert r.code == 0, r.err
+    stats = r.json()["stats"]
+    assert stats["files_scanned"] > 30  # the agent's scan, reported back
+    assert stats["bytes_sent"] > 0 and stats["bytes_received"] > 0
+    assert r.json()["entries"] > 30
