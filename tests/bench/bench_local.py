@@ -33,6 +33,7 @@ from tests.bench.table import (  # noqa: E402
     Row,
     Run,
     checked,
+    init_replica,
     interleaved,
     merklesync_argv,
     merklesync_stats,
@@ -40,9 +41,11 @@ from tests.bench.table import (  # noqa: E402
     render_rows,
     rss_note,
     run_measured,
+    side_by_side,
+    verify_copies,
     write_report,
 )
-from tests.treegen import assert_same_tree, make_tree, mutate, snapshot  # noqa: E402
+from tests.treegen import make_tree, mutate  # noqa: E402
 
 RSS_TARGET_MB = 150
 
@@ -66,38 +69,16 @@ class Tools:
         return m, merklesync_stats(m.stdout)
 
     def init_source(self) -> list[Run]:
-        """``merklesync init SRC`` when SRC is not a replica yet (push needs one)."""
         assert self.merklesync is not None
-        if (self.src / ".merklesync").exists():
-            return []
-        argv = [*self.merklesync, "init", str(self.src), "--quiet"]
-        return [(checked(argv, run_measured(argv, cwd=self.cwd)), {})]
+        return init_replica(self.merklesync, self.src, self.cwd)
 
 
 def verify(tools: Tools, case: str) -> None:
-    """The oracle: both destinations must equal the source (kind, mode, bytes, links)."""
-    t = time.perf_counter()
-    want = snapshot(tools.src)
-    dsts = [("rsync", tools.dst_r)]
-    if tools.merklesync is not None:
-        dsts.append(("merklesync", tools.dst_m))
-    for name, dst in dsts:
-        if not dst.is_dir():
-            raise BenchFailure(f"after '{case}', the {name} destination {dst} does not exist")
-        try:
-            assert_same_tree(want, snapshot(dst), names=("source", name))
-        except AssertionError as e:
-            raise BenchFailure(f"after '{case}', the {name} destination differs:\n{e}") from e
-    print(f"  verified '{case}' ({time.perf_counter() - t:.1f} s)", file=sys.stderr)
+    mine = [("merklesync", tools.dst_m)] if tools.merklesync is not None else []
+    verify_copies(case, tools.src, [("rsync", tools.dst_r), *mine])
 
 
-def row(case: str, r_runs: list[Run], m_runs: list[Run], note: str) -> Row:
-    return Row(
-        case,
-        Result.combine("rsync", r_runs),
-        Result.combine("merklesync", m_runs) if m_runs else None,
-        note,
-    )
+row = functools.partial(side_by_side, "rsync")
 
 
 def targets(rows: Sequence[Row]) -> str:

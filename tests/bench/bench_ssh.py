@@ -13,6 +13,7 @@ the treegen oracle (on loopback the "remote" directories are local paths).
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import math
 import os
@@ -39,6 +40,7 @@ from tests.bench.table import (  # noqa: E402
     Run,
     checked,
     fmt_bytes,
+    init_replica,
     interleaved,
     merklesync_argv,
     merklesync_stats,
@@ -47,9 +49,11 @@ from tests.bench.table import (  # noqa: E402
     rss_note,
     rsync_wire_bytes,
     run_measured,
+    side_by_side,
+    verify_copies,
     write_report,
 )
-from tests.treegen import assert_same_tree, make_tree, mutate, snapshot  # noqa: E402
+from tests.treegen import make_tree, mutate  # noqa: E402
 
 # --------------------------------------------------------------------------- the sshd
 
@@ -142,35 +146,15 @@ class SshTools:
 
     def init_source(self) -> list[Run]:
         assert self.merklesync is not None
-        if (self.src / ".merklesync").exists():
-            return []
-        argv = [*self.merklesync, "init", str(self.src), "--quiet"]
-        return [(checked(argv, run_measured(argv, cwd=self.cwd)), {})]
+        return init_replica(self.merklesync, self.src, self.cwd)
 
 
 def verify(tools: SshTools, case: str) -> None:
-    t = time.perf_counter()
-    want = snapshot(tools.src)
-    dsts = [("rsync", tools.dst_r)]
-    if tools.merklesync is not None:
-        dsts.append(("merklesync", tools.dst_m))
-    for name, dst in dsts:
-        if not dst.is_dir():
-            raise BenchFailure(f"after '{case}', the {name} destination {dst} does not exist")
-        try:
-            assert_same_tree(want, snapshot(dst), names=("source", name))
-        except AssertionError as e:
-            raise BenchFailure(f"after '{case}', the {name} destination differs:\n{e}") from e
-    print(f"  verified '{case}' ({time.perf_counter() - t:.1f} s)", file=sys.stderr)
+    mine = [("merklesync", tools.dst_m)] if tools.merklesync is not None else []
+    verify_copies(case, tools.src, [("rsync", tools.dst_r), *mine])
 
 
-def row(case: str, r_runs: list[Run], m_runs: list[Run], note: str) -> Row:
-    return Row(
-        case,
-        Result.combine("rsync", r_runs),
-        Result.combine("merklesync", m_runs) if m_runs else None,
-        note,
-    )
+row = functools.partial(side_by_side, "rsync")
 
 
 # --------------------------------------------------------------------------- columns

@@ -16,6 +16,7 @@ temporary UNISON directories on both sides (``-servercmd "env UNISON=... unison"
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shlex
 import shutil
@@ -47,6 +48,7 @@ from tests.bench.table import (  # noqa: E402
     render_rows,
     rss_note,
     run_measured,
+    side_by_side,
     write_report,
 )
 from tests.treegen import assert_same_tree, make_tree, mutate, snapshot  # noqa: E402
@@ -180,13 +182,7 @@ COLUMNS = [
 ]
 
 
-def row(case: str, u_runs: list[Run], m_runs: list[Run], note: str) -> Row:
-    return Row(
-        case,
-        Result.combine("unison", u_runs),
-        Result.combine("merklesync", m_runs) if m_runs else None,
-        note,
-    )
+row = functools.partial(side_by_side, "unison")
 
 
 def run_cases(tools: SyncTools, runs: int, seed: int) -> list[Row]:

@@ -392,3 +392,40 @@ def write_report(text: str, out: Path | None) -> None:
     print(text)
     if out is not None:
         out.write_text(text + "\n")
+
+
+def side_by_side(
+    baseline: str, case: str, base_runs: list[Run], m_runs: list[Run], note: str
+) -> Row:
+    """A row: the other tool's runs against merklesync's (absent: not measured)."""
+    return Row(
+        case,
+        Result.combine(baseline, base_runs),
+        Result.combine("merklesync", m_runs) if m_runs else None,
+        note,
+    )
+
+
+def init_replica(merklesync: Sequence[str], root: Path, cwd: Path) -> list[Run]:
+    """``merklesync init ROOT`` when ROOT is not a replica yet (push needs one)."""
+    if (root / ".merklesync").exists():
+        return []
+    argv = [*merklesync, "init", str(root), "--quiet"]
+    return [(checked(argv, run_measured(argv, cwd=cwd)), {})]
+
+
+def verify_copies(case: str, src: Path, dests: Sequence[tuple[str, Path]]) -> None:
+    """The oracle of the one-way cases: every destination equals the source
+    (kind, mode, bytes, links), by treegen's snapshot, never merklesync's code."""
+    from tests.treegen import assert_same_tree, snapshot
+
+    t = time.perf_counter()
+    want = snapshot(src)
+    for name, dst in dests:
+        if not dst.is_dir():
+            raise BenchFailure(f"after '{case}', the {name} destination {dst} does not exist")
+        try:
+            assert_same_tree(want, snapshot(dst), names=("source", name))
+        except AssertionError as e:
+            raise BenchFailure(f"after '{case}', the {name} destination differs:\n{e}") from e
+    print(f"  verified '{case}' ({time.perf_counter() - t:.1f} s)", file=sys.stderr)
