@@ -284,19 +284,24 @@ class DirectorySource:
     def _tombstone(
         self, index: Index, replica_id: str, clock: HybridClock, entry: Entry, report: ScanReport
     ) -> None:
+        """Record a deletion (of a directory: of everything under it too)."""
         if entry.kind is EntryKind.DIR:
             self._tombstone_under(index, replica_id, clock, entry.path, report)
-        stamp = max(clock.tick(), entry.stamp + 1)
-        index.put(entry.tombstone(entry.vv.bump(replica_id), stamp), None, entry)
-        report.deleted.append(entry.path)
+        self._bury(index, replica_id, clock, entry, report)
 
     def _tombstone_under(
         self, index: Index, replica_id: str, clock: HybridClock, directory: str, report: ScanReport
     ) -> None:
-        for child in index.live_under(directory):
-            stamp = max(clock.tick(), child.stamp + 1)
-            index.put(child.tombstone(child.vv.bump(replica_id), stamp), None, child)
-            report.deleted.append(child.path)
+        for child in index.live_under(directory):  # deepest first
+            self._bury(index, replica_id, clock, child, report)
+
+    @staticmethod
+    def _bury(
+        index: Index, replica_id: str, clock: HybridClock, entry: Entry, report: ScanReport
+    ) -> None:
+        stamp = max(clock.tick(), entry.stamp + 1)  # after the version it deletes
+        index.put(entry.tombstone(entry.vv.bump(replica_id), stamp), None, entry)
+        report.deleted.append(entry.path)
 
     def _forget(self, index: Index, rel: str) -> None:
         cached = index.get(rel)
