@@ -81,6 +81,11 @@ class IgnoreRules:
         rules = self._rules[directory]
         return rules is not None and rules(rel, is_dir)
 
+    @property
+    def has_excludes(self) -> bool:
+        """True when command-line --exclude patterns are in force."""
+        return self._excludes is not None
+
     def excluded_by_option(self, rel: str, is_dir: bool) -> bool:
         """True when only a command-line --exclude leaves ``rel`` out."""
         probe = rel + "/" if is_dir else rel

@@ -15,6 +15,7 @@ from merklesync.cli import (
     serve_cmd,
     status_cmd,
     sync_cmd,
+    watch_cmd,
 )
 
 
@@ -37,6 +38,7 @@ for command in (
     gc_cmd.gc,
     remote_cmd.remote,
     serve_cmd.serve,
+    watch_cmd.watch,
 ):
     cli.add_command(command)
 

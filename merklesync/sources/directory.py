@@ -21,6 +21,7 @@ from pathlib import Path
 
 import blake3
 
+from merklesync import journal
 from merklesync.clock import HybridClock, VersionVector
 from merklesync.errors import LocalIOError, MerklesyncError, UnsafePath
 from merklesync.ignore import STATE_DIR, TEMP_PREFIX, IgnoreRules
@@ -32,6 +33,7 @@ CHUNK = 1 << 20
 RACY_NS = 2_000_000_000  # an mtime this close to the scan may hide a same-tick edit
 HASH_RETRIES = 3
 THREADED_HASH = 8 << 20
+WATCH_TOKEN = "watch_token"  # index meta: the journal token the last scan covered
 
 _STAT = struct.Struct(">QqqQI")
 
@@ -121,18 +123,50 @@ class DirectorySource:
         checksum: bool = False,
         progress: Callable[[int], None] | None = None,
     ) -> ScanReport:
-        """Walk the tree and bring the index up to date: unchanged entries
-        (same stat) cost one stat call; changed ones are re-read."""
+        """Bring the index up to date: unchanged entries (same stat) cost
+        one stat call; changed ones are re-read. With a watcher running
+        (journal.py), only the directories it saw change are looked at."""
         scan = _Scan(index, replica_id, clock, checksum, progress)
-        stack = [""]
-        while stack:
-            directory = stack.pop()
-            stack.extend(self._scan_directory(directory, scan))
+        changes = None
+        if not (checksum or self.ignore.has_excludes):  # a different view: look everywhere
+            changes = journal.ask(self.root, index.meta(WATCH_TOKEN))
+        if changes is None or changes.everything:
+            self._scan_tree("", scan)
+        else:
+            self._scan_changed(changes, index, scan)
         if progress is not None and scan.pending:
             progress(scan.pending)
+        index.set_meta(WATCH_TOKEN, None if changes is None else changes.token)
         index.set_meta("hlc", clock.last)
         index.commit()
         return scan.report
+
+    def _scan_tree(self, top: str, scan: _Scan) -> None:
+        stack = [top]
+        while stack:
+            directory = stack.pop()
+            stack.extend(self._scan_directory(directory, scan))
+
+    def _scan_changed(self, changes: journal.Changes, index: Index, scan: _Scan) -> None:
+        """Re-list the directories a watcher saw change (``shallow``) and walk
+        the subtrees it saw appear (``deep``), parents first, so a new
+        directory is in the index before its own turn comes."""
+        deep = set(changes.deep)
+        walked: list[str] = []  # deep ones done: everything below is covered
+        for directory in sorted(deep.union(changes.shallow), key=lambda d: (d.count("/"), d)):
+            if any(directory == top or directory.startswith(top + "/") for top in walked):
+                continue
+            if directory:
+                cached = index.get(directory)
+                if cached is None or cached.entry.deleted or cached.entry.kind is not EntryKind.DIR:
+                    continue  # left out, or gone: its parent's listing says so
+            if directory in deep:
+                self._scan_tree(directory, scan)
+                if not directory:
+                    return  # the whole tree
+                walked.append(directory)
+            else:
+                self._scan_directory(directory, scan)
 
     def _scan_directory(self, directory: str, scan: _Scan) -> list[str]:
         """Scan one directory's entries; returns its subdirectories. This is

@@ -51,6 +51,7 @@ from tests.bench.table import (  # noqa: E402
     run_measured,
     side_by_side,
     verify_copies,
+    watching,
     write_report,
 )
 from tests.treegen import make_tree, mutate  # noqa: E402
@@ -149,6 +150,11 @@ class SshTools:
         return init_replica(self.merklesync, self.src, self.cwd)
 
 
+WATCHED_NOTHING = "nothing changed, watched"
+WATCHED_TEN = "10 files changed, watched"
+WATCH_NOTE = "`merklesync watch` on both (the remote one on the remote host)"
+
+
 def verify(tools: SshTools, case: str) -> None:
     mine = [("merklesync", tools.dst_m)] if tools.merklesync is not None else []
     verify_copies(case, tools.src, [("rsync", tools.dst_r), *mine])
@@ -223,6 +229,19 @@ def run_cases(
             r, m = interleaved(1, changes(tools.src, d, seed + 1000 * d), tools.rsync, push)
             rows.append(row(case, r, m, f"single run; id lower bound {id_bound(d)}"))
             verify(tools, case)
+
+        if tools.merklesync is not None:
+            with watching(tools.merklesync, [tools.src, tools.dst_m], tools.cwd):
+                tools.push()  # the scans take the watchers' first answers
+                print("case: nothing changed, watched", file=sys.stderr)
+                r, m = interleaved(runs, no_setup, tools.rsync, tools.push)
+                rows.append(row(WATCHED_NOTHING, r, m, f"best of {runs}; {WATCH_NOTE}"))
+                verify(tools, WATCHED_NOTHING)
+                print("case: 10 files changed, watched", file=sys.stderr)
+                setup = changes(tools.src, 10, seed + 300)
+                r, m = interleaved(runs, setup, tools.rsync, tools.push)
+                rows.append(row(WATCHED_TEN, r, m, f"best of {runs}; {WATCH_NOTE}"))
+                verify(tools, WATCHED_TEN)
     except BenchFailure:
         if rows:
             print(

@@ -14,6 +14,7 @@ time it falls back to ``os.wait4`` on the direct child and marks the result
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -23,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -429,3 +430,30 @@ def verify_copies(case: str, src: Path, dests: Sequence[tuple[str, Path]]) -> No
         except AssertionError as e:
             raise BenchFailure(f"after '{case}', the {name} destination differs:\n{e}") from e
     print(f"  verified '{case}' ({time.perf_counter() - t:.1f} s)", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def watching(merklesync: Sequence[str], roots: Sequence[Path], cwd: Path) -> Iterator[None]:
+    """``merklesync watch`` on each root (all on this machine: for the SSH
+    benchmarks the remote replica is a loopback one), stopped on exit."""
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        for root in roots:
+            proc = subprocess.Popen(
+                [*merklesync, "watch", str(root)], cwd=cwd, stderr=subprocess.PIPE, text=True
+            )
+            procs.append(proc)
+            assert proc.stderr is not None
+            line = proc.stderr.readline()  # "watching ROOT" once the watches are in place
+            if not line.startswith("watching"):
+                raise BenchFailure(f"merklesync watch {root} did not start: {line.strip()}")
+        yield
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

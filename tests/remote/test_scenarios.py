@@ -246,3 +246,31 @@ def test_missing_replica_is_the_remote_error(side: Side, tmp_path: Path) -> None
     r = side.ms("status", side.dst(tmp_path / "plain"))
     assert r.code == 3, r.err
     assert "is not a merklesync replica" in r.err
+
+
+def test_watched_replicas_scan_only_what_changed(side: Side, src: Path, tmp_path: Path) -> None:
+    """With `merklesync watch` on both replicas (one of them remote for the
+    remote kinds), a run scans nothing when nothing changed, and one directory
+    listing when one file changed; the result is the same as without."""
+    from tests.core.test_watch import Running
+
+    dst = tmp_path / "dst"
+    assert side.ms("push", side.src(src), side.dst(dst)).code == 0
+    watchers = [Running(src), Running(dst)]
+    try:
+        first = side.ms("push", side.src(src), side.dst(dst), "--json")
+        assert first.code == 0, first.err
+        assert first.json()["stats"]["files_scanned"] == 60 + 3 + 8 + 60 + 3 + 8  # both sides
+        again = side.ms("push", side.src(src), side.dst(dst), "--json")
+        assert again.json()["stats"]["files_scanned"] == 0
+        victim = user_files(src)[7]
+        victim.write_text("changed under a watcher")
+        r = side.ms("push", side.src(src), side.dst(dst), "--json")
+        assert r.code == 0, r.err
+        assert [c["path"] for c in r.json()["changes"]] == [victim.relative_to(src).as_posix()]
+        listing = sum(1 for e in os.scandir(victim.parent) if e.name != ".merklesync")
+        assert r.json()["stats"]["files_scanned"] == listing
+        assert_same_tree(src, dst)
+    finally:
+        for w in watchers:
+            w.stop()

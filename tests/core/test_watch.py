@@ -1,0 +1,318 @@
+"""`merklesync watch`: a real watchdog observer on a real tree. A scan that
+asks the watcher looks only where something changed, and must find exactly
+what a full scan would."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hs
+
+from merklesync import journal
+from merklesync.journal import Changes, parse_question, question_name
+from merklesync.model import ScanReport
+from merklesync.replica import Replica
+from merklesync.watcher import ChangeJournal, Watcher
+from tests.clirun import ms
+from tests.treegen import assert_same_tree, make_tree, mutate
+
+
+class Running:
+    """A Watcher on a thread, stopped (and joined) by ``stop``."""
+
+    def __init__(self, root: Path, **kw: object) -> None:
+        self.watcher = Watcher(root, **kw)  # type: ignore[arg-type]
+        ready = threading.Event()
+        self.error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self.watcher.run(ready=ready.set)
+            except BaseException as exc:  # reported by stop()
+                self.error = exc
+                ready.set()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        assert ready.wait(10), "the watcher did not start"
+
+    def stop(self) -> None:
+        self.watcher.stop()
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "r"
+    make_tree(root, files=80, dirs=10, seed=5, max_size=2048)
+    assert ms("init", root).code == 0
+    return root
+
+
+@pytest.fixture
+def watched(tree: Path) -> Iterator[Running]:
+    running = Running(tree)
+    yield running
+    running.stop()
+
+
+def scan(root: Path, *, checksum: bool = False) -> ScanReport:
+    with Replica.open(root) as replica:
+        return replica.scan(checksum=checksum)
+
+
+def changed(report: ScanReport) -> tuple[list[str], list[str], list[str]]:
+    return sorted(report.added), sorted(report.modified), sorted(report.deleted)
+
+
+def assert_full_scan_agrees(root: Path) -> None:
+    """A full scan that re-hashes everything finds nothing the partial ones missed."""
+    assert changed(scan(root, checksum=True)) == ([], [], [])
+
+
+def listing_size(directory: Path) -> int:
+    return sum(1 for e in os.scandir(directory) if not e.name.startswith(".merklesync"))
+
+
+# -- the journal on its own ---------------------------------------------------
+
+
+def test_journal_answers_what_changed_since_a_token() -> None:
+    j = ChangeJournal("abc")
+    first = j.since("none")
+    assert first.everything
+    j.touched("a")
+    j.touched("b/c", deep=True)
+    later = j.since(first.token)
+    assert not later.everything
+    assert later.shallow == ("a",) and later.deep == ("b/c",)
+    assert j.since(later.token) == Changes(later.token, everything=False)
+    assert j.since("other.1").everything  # another watcher's token
+    assert j.since("abc.99").everything  # from the future: not ours
+    j.lost_track()
+    assert j.since(later.token).everything
+
+
+def test_journal_starts_over_when_it_grows_too_big(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("merklesync.watcher.MAX_TRACKED", 3)
+    j = ChangeJournal("x")
+    token = j.token
+    for d in "abcd":
+        j.touched(d)
+    assert j.since(token).everything
+    assert j.since(j.token) == Changes(j.token, everything=False)
+
+
+def test_questions_and_answers_parse_strictly() -> None:
+    assert parse_question(question_name("00ff", "abc.3")) == ("00ff", "abc.3")
+    assert parse_question("q-../x-1") is None
+    assert parse_question("a-00ff") is None
+    assert parse_question("q-00ff") is None
+    good = Changes("t.1", False, ("a",), ("b",))
+    assert Changes.from_bytes(good.to_bytes()) == good
+    for hostile in (b"", b"\xc1", b"\x93\x01\x02\x03", b"\x94\xa1t\xc2\x91\x01\x90"):
+        assert Changes.from_bytes(hostile) is None
+
+
+def test_no_watcher_means_a_full_scan(tree: Path) -> None:
+    assert journal.ask(tree, None) is None
+    assert scan(tree).scanned == 90  # 80 files, 10 directories
+
+
+# -- a real watcher -------------------------------------------------------------
+
+
+def test_nothing_changed_scans_nothing(watched: Running, tree: Path) -> None:
+    assert scan(watched.watcher.root).scanned == 90  # first question: everything
+    assert scan(tree).scanned == 0
+    assert scan(tree).scanned == 0
+    assert watched.watcher.answered == 3
+
+
+def test_a_change_relists_its_directory_only(watched: Running, tree: Path) -> None:
+    scan(tree)
+    victim = next(p for p in sorted(tree.rglob("f*")) if p.parent != tree)
+    victim.write_bytes(b"new content")
+    report = scan(tree)
+    rel = victim.relative_to(tree).as_posix()
+    assert changed(report) == ([], [rel], [])
+    assert report.scanned == listing_size(victim.parent)
+    assert_full_scan_agrees(tree)
+
+
+def test_new_nested_directories_moves_and_deletes(watched: Running, tree: Path) -> None:
+    scan(tree)
+    (tree / "n1" / "n2" / "n3").mkdir(parents=True)
+    (tree / "n1" / "n2" / "n3" / "deep.txt").write_text("deep")
+    (tree / "n1" / "top.txt").write_text("top")
+    subdirs = sorted(p for p in tree.iterdir() if p.is_dir() and p.name.startswith("d"))
+    moved = tree / "moved-here"
+    os.rename(subdirs[0], moved)
+    shutil.rmtree(subdirs[1])
+    report = scan(tree)
+    added, _, deleted = changed(report)
+    assert "n1/n2/n3/deep.txt" in added and "n1/top.txt" in added
+    assert any(p.startswith("moved-here/") for p in added)
+    assert any(p.startswith(subdirs[0].name + "/") for p in deleted)
+    assert any(p.startswith(subdirs[1].name + "/") for p in deleted)
+    assert_full_scan_agrees(tree)
+
+
+def test_ignore_file_changes_are_seen(watched: Running, tree: Path) -> None:
+    scan(tree)
+    sub = next(p for p in sorted(tree.iterdir()) if p.is_dir() and p.name.startswith("d"))
+    inside = sorted(p.relative_to(tree).as_posix() for p in sub.rglob("*") if p.is_file())
+    assert inside and set(inside) <= live(tree)
+    (tree / ".merklesyncignore").write_text(f"/{sub.name}/\n")
+    scan(tree)
+    assert not set(inside) & live(tree)  # left out now: forgotten, as a full scan does
+    (tree / ".merklesyncignore").unlink()
+    assert set(inside) <= set(scan(tree).added)
+    assert_full_scan_agrees(tree)
+
+
+def live(root: Path) -> set[str]:
+    with Replica.open(root) as replica:
+        return {e.path for e in replica.index.iter_entries(live_only=True)}
+
+
+def test_lost_events_make_the_next_scan_walk_everything(watched: Running, tree: Path) -> None:
+    scan(tree)
+    logging.getLogger("watchdog.observers.inotify_c").warning(
+        "Inotify queue overflowed; filesystem events were lost"
+    )
+    assert scan(tree).scanned == 90
+
+
+def test_a_new_watcher_does_not_trust_an_old_token(tree: Path) -> None:
+    first = Running(tree)
+    scan(tree)
+    assert scan(tree).scanned == 0
+    first.stop()
+    (tree / "unwatched.txt").write_text("made while nobody watched")
+    second = Running(tree)
+    try:
+        report = scan(tree)
+        assert report.scanned == 91 and report.added == ["unwatched.txt"]
+    finally:
+        second.stop()
+
+
+def test_one_watcher_per_replica(watched: Running, tree: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "merklesync", "watch", str(tree)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 4
+    assert "already watched" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_exclude_and_checksum_ignore_the_journal(watched: Running, tree: Path) -> None:
+    scan(tree)
+    assert scan(tree, checksum=True).scanned == 90
+    with Replica.open(tree, excludes=["nothing-matches"]) as replica:
+        assert replica.scan().scanned == 90
+
+
+OPS = hs.lists(
+    hs.tuples(
+        hs.sampled_from(["modify", "add", "delete", "mkdir", "rmdir", "move", "chmod"]),
+        hs.integers(0, 10_000),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+def apply_op(root: Path, op: str, n: int) -> None:
+    files = sorted(p for p in root.rglob("*") if p.is_file() and ".merklesync" not in p.parts)
+    dirs = sorted(p for p in root.rglob("*") if p.is_dir() and ".merklesync" not in p.parts)
+    pick_dir = dirs[n % len(dirs)] if dirs else root
+    if op == "modify" and files:
+        files[n % len(files)].write_bytes(os.urandom(n % 300))
+    elif op == "add":
+        (pick_dir / f"new{n}").write_bytes(b"x" * (n % 50))
+    elif op == "delete" and files:
+        files[n % len(files)].unlink()
+    elif op == "mkdir":
+        (pick_dir / f"dir{n}" / "sub").mkdir(parents=True, exist_ok=True)
+        (pick_dir / f"dir{n}" / "sub" / "leaf").write_text(str(n))
+    elif op == "rmdir" and dirs:
+        shutil.rmtree(pick_dir)
+    elif op == "move" and len(dirs) > 1:
+        target = root / f"moved{n}"
+        if not target.exists() and not str(target).startswith(str(pick_dir)):
+            os.rename(pick_dir, target)
+    elif op == "chmod" and files:
+        files[n % len(files)].chmod(0o600 if n % 2 else 0o644)
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(rounds=hs.lists(OPS, min_size=1, max_size=3))
+def test_partial_scans_find_what_a_full_scan_finds(
+    tmp_path_factory: pytest.TempPathFactory, rounds: list[list[tuple[str, int]]]
+) -> None:
+    root = tmp_path_factory.mktemp("prop") / "r"
+    make_tree(root, files=30, dirs=6, seed=len(rounds), min_size=0, max_size=512)
+    ms("init", root)
+    running = Running(root)
+    try:
+        scan(root)
+        for ops in rounds:
+            for op, n in ops:
+                apply_op(root, op, n)
+            scan(root)
+        assert running.watcher.answered == 1 + len(rounds)  # every scan asked, and was answered
+        assert_full_scan_agrees(root)
+    finally:
+        running.stop()
+
+
+# -- the command ----------------------------------------------------------------
+
+
+def wait_for(predicate: object, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_watch_run_keeps_a_copy_in_step(tree: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "copy"
+    cmd = f"{sys.executable} -m merklesync push --quiet {tree} {dst}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "merklesync", "watch", str(tree), "--run", cmd, "--settle", "0.2"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert wait_for(lambda: (dst / ".merklesync").exists() and ms("diff", tree, dst).code == 0)
+        mutate(tree, modify=3, add=2, delete=1, seed=4)
+        assert wait_for(lambda: ms("diff", tree, dst).code == 0)
+        assert_same_tree(tree, dst)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "watching" in err and "Traceback" not in err
