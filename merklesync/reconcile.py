@@ -18,6 +18,7 @@ from merklesync.peer import Node, Peer
 
 LEAF_FETCH = 32  # a mismatched node this small on both sides: compare its leaves
 SUBTREE_FETCH = 4096  # a node only one side has: fetch it whole below this size
+LEAF_BATCH = 16_384  # leaves compared in one exchange at most (about 640 kB a side)
 
 Pair = tuple[Entry | None, Entry | None]
 
@@ -37,6 +38,11 @@ def differences(a: Peer, b: Peer, stats: Stats | None = None) -> Iterator[list[P
     differs; None where a side has no entry for the path."""
     stats = stats if stats is not None else Stats()
     frontier = _Frontier(both=[merkle.ROOT])
+    # Small mismatched nodes met at different levels are compared together,
+    # in one exchange after the descent (or sooner, once they hold many
+    # entries): a change under a crowded bucket costs no extra round trips.
+    compare_leaves: list[NodeId] = []
+    pending = 0  # entries in compare_leaves (the larger side of each node)
     while frontier:
         kids_a = (
             a.children(frontier.both + frontier.only_a) if frontier.both or frontier.only_a else []
@@ -45,7 +51,6 @@ def differences(a: Peer, b: Peer, stats: Stats | None = None) -> Iterator[list[P
             b.children(frontier.both + frontier.only_b) if frontier.both or frontier.only_b else []
         )
         nxt = _Frontier()
-        compare_leaves: list[NodeId] = []
         whole_a: list[tuple[NodeId, int]] = []
         whole_b: list[tuple[NodeId, int]] = []
         for node, xs, ys in zip(frontier.both, kids_a, kids_b, strict=False):
@@ -59,6 +64,7 @@ def differences(a: Peer, b: Peer, stats: Stats | None = None) -> Iterator[list[P
                     _one_sided(child, y, whole_b, nxt.only_b)
                 elif max(x.count, y.count) <= LEAF_FETCH or child[0] >= merkle.MAX_DEPTH:
                     compare_leaves.append(child)
+                    pending += max(x.count, y.count)
                 else:
                     nxt.both.append(child)
         for nodes, kids, whole, deeper in (
@@ -70,9 +76,10 @@ def differences(a: Peer, b: Peer, stats: Stats | None = None) -> Iterator[list[P
                     stats.nodes_compared += 1
                     if x.count:
                         _one_sided(child, x, whole, deeper)
-        if compare_leaves:
+        if pending >= LEAF_BATCH or (compare_leaves and not nxt):
             batch = _compare_buckets(a, b, compare_leaves, stats)
             stats.entries_compared += len(batch)
+            compare_leaves, pending = [], 0
             if batch:
                 yield batch
         # Subtrees only one side has come in slices, so memory stays bounded.
