@@ -32,6 +32,7 @@ from tests.bench.table import (  # noqa: E402
     Result,
     Row,
     Run,
+    Watched,
     checked,
     init_replica,
     interleaved,
@@ -43,14 +44,14 @@ from tests.bench.table import (  # noqa: E402
     run_measured,
     side_by_side,
     verify_copies,
-    watching,
     write_report,
 )
 from tests.treegen import make_tree, mutate  # noqa: E402
 
 RSS_TARGET_MB = 150
-WATCHED_NOTHING = "nothing changed, watched"
-WATCHED_TEN = "10 files changed, watched"
+WATCHED = Watched(
+    "rsync", "nothing changed, watched", "10 files changed, watched", "`merklesync watch` on both"
+)
 
 
 @dataclass
@@ -103,8 +104,8 @@ def targets(rows: Sequence[Row]) -> str:
         f"Measured: nothing changed {check('nothing changed', 1.0)}; "
         f"10 changed {check('10 files changed', 1.0)}; "
         f"first copy {check('first copy', 1.5)}; merklesync peak RSS {peak}.\n"
-        f"With `merklesync watch` running: nothing changed {check(WATCHED_NOTHING, 1.0)}; "
-        f"10 changed {check(WATCHED_TEN, 1.0)}."
+        f"With `merklesync watch` running: nothing changed {check(WATCHED.nothing, 1.0)}; "
+        f"10 changed {check(WATCHED.changed, 1.0)}."
     )
 
 
@@ -157,29 +158,19 @@ def run_cases(tools: Tools, runs: int, seed: int) -> list[Row]:
         verify(tools, "1 file deleted")
 
         if tools.merklesync is not None:
-            rows.extend(watched_cases(tools, runs, seed))
+            rows += WATCHED.rows(
+                tools.merklesync,
+                [tools.src, tools.dst_m],
+                tools.cwd,
+                runs,
+                (tools.rsync, tools.push),
+                changes(tools.src, seed + 300, modify=10),
+                functools.partial(verify, tools),
+            )
     except BenchFailure:
         if rows:
             print("\nPartial results before the failure:\n" + render(rows), file=sys.stderr)
         raise
-    return rows
-
-
-def watched_cases(tools: Tools, runs: int, seed: int) -> list[Row]:
-    """The repeatable cases again, with `merklesync watch` on both replicas
-    (a first push lets the scans take the watchers' first answers)."""
-    assert tools.merklesync is not None
-    rows = []
-    with watching(tools.merklesync, [tools.src, tools.dst_m], tools.cwd):
-        tools.push()
-        print("case: nothing changed, watched", file=sys.stderr)
-        r, m = interleaved(runs, no_setup, tools.rsync, tools.push)
-        rows.append(row(WATCHED_NOTHING, r, m, f"best of {runs}; `merklesync watch` on both"))
-        verify(tools, WATCHED_NOTHING)
-        print("case: 10 files changed, watched", file=sys.stderr)
-        r, m = interleaved(runs, changes(tools.src, seed + 300, modify=10), tools.rsync, tools.push)
-        rows.append(row(WATCHED_TEN, r, m, f"best of {runs}; `merklesync watch` on both"))
-        verify(tools, WATCHED_TEN)
     return rows
 
 

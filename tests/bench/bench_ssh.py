@@ -38,6 +38,7 @@ from tests.bench.table import (  # noqa: E402
     Result,
     Row,
     Run,
+    Watched,
     checked,
     fmt_bytes,
     init_replica,
@@ -51,7 +52,6 @@ from tests.bench.table import (  # noqa: E402
     run_measured,
     side_by_side,
     verify_copies,
-    watching,
     write_report,
 )
 from tests.treegen import make_tree, mutate  # noqa: E402
@@ -150,9 +150,12 @@ class SshTools:
         return init_replica(self.merklesync, self.src, self.cwd)
 
 
-WATCHED_NOTHING = "nothing changed, watched"
-WATCHED_TEN = "10 files changed, watched"
-WATCH_NOTE = "`merklesync watch` on both (the remote one on the remote host)"
+WATCHED = Watched(
+    "rsync",
+    "nothing changed, watched",
+    "10 files changed, watched",
+    "`merklesync watch` on both (the remote one on the remote host)",
+)
 
 
 def verify(tools: SshTools, case: str) -> None:
@@ -231,17 +234,15 @@ def run_cases(
             verify(tools, case)
 
         if tools.merklesync is not None:
-            with watching(tools.merklesync, [tools.src, tools.dst_m], tools.cwd):
-                tools.push()  # the scans take the watchers' first answers
-                print("case: nothing changed, watched", file=sys.stderr)
-                r, m = interleaved(runs, no_setup, tools.rsync, tools.push)
-                rows.append(row(WATCHED_NOTHING, r, m, f"best of {runs}; {WATCH_NOTE}"))
-                verify(tools, WATCHED_NOTHING)
-                print("case: 10 files changed, watched", file=sys.stderr)
-                setup = changes(tools.src, 10, seed + 300)
-                r, m = interleaved(runs, setup, tools.rsync, tools.push)
-                rows.append(row(WATCHED_TEN, r, m, f"best of {runs}; {WATCH_NOTE}"))
-                verify(tools, WATCHED_TEN)
+            rows += WATCHED.rows(
+                tools.merklesync,
+                [tools.src, tools.dst_m],
+                tools.cwd,
+                runs,
+                (tools.rsync, tools.push),
+                changes(tools.src, 10, seed + 300),
+                functools.partial(verify, tools),
+            )
     except BenchFailure:
         if rows:
             print(

@@ -39,6 +39,7 @@ from tests.bench.table import (  # noqa: E402
     Result,
     Row,
     Run,
+    Watched,
     checked,
     fmt_bytes,
     interleaved,
@@ -49,7 +50,6 @@ from tests.bench.table import (  # noqa: E402
     rss_note,
     run_measured,
     side_by_side,
-    watching,
     write_report,
 )
 from tests.treegen import assert_same_tree, make_tree, mutate, snapshot  # noqa: E402
@@ -123,9 +123,12 @@ class SyncTools:
         return [self.unison_pair, *([self.merklesync_pair] if self.merklesync else [])]
 
 
-WATCHED_NOTHING = "nothing changed, watched"
-WATCHED_TEN = "10 changed on each side, watched"
-WATCH_NOTE = "`merklesync watch` on both (the remote one on the remote host)"
+WATCHED = Watched(
+    "unison",
+    "nothing changed, watched",
+    "10 changed on each side, watched",
+    "`merklesync watch` on both (the remote one on the remote host)",
+)
 
 
 def verify(tools: SyncTools, case: str) -> None:
@@ -221,17 +224,15 @@ def run_cases(tools: SyncTools, runs: int, seed: int) -> list[Row]:
 
         if tools.merklesync is not None:
             pair = tools.merklesync_pair
-            with watching(tools.merklesync, [pair.a, pair.b], tools.cwd):
-                tools.run_sync()  # the scans take the watchers' first answers
-                print("case: nothing changed, watched", file=sys.stderr)
-                u, m = interleaved(runs, no_setup, tools.run_unison, tools.run_sync)
-                rows.append(row(WATCHED_NOTHING, u, m, f"best of {runs}; {WATCH_NOTE}"))
-                verify(tools, WATCHED_NOTHING)
-                print("case: 10 changed on each side, watched", file=sys.stderr)
-                setup = both_sides(tools, 10, seed + 300)
-                u, m = interleaved(runs, setup, tools.run_unison, tools.run_sync)
-                rows.append(row(WATCHED_TEN, u, m, f"best of {runs}; {WATCH_NOTE}"))
-                verify(tools, WATCHED_TEN)
+            rows += WATCHED.rows(
+                tools.merklesync,
+                [pair.a, pair.b],
+                tools.cwd,
+                runs,
+                (tools.run_unison, tools.run_sync),
+                both_sides(tools, 10, seed + 300),
+                functools.partial(verify, tools),
+            )
     except BenchFailure:
         if rows:
             print("\nPartial results before the failure:\n" + render(rows), file=sys.stderr)

@@ -457,3 +457,36 @@ def watching(merklesync: Sequence[str], roots: Sequence[Path], cwd: Path) -> Ite
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@dataclass
+class Watched:
+    """The repeatable cases run again with `merklesync watch` on both replicas."""
+
+    baseline: str  # the other tool's name
+    nothing: str  # the two case names
+    changed: str
+    note: str
+
+    def rows(
+        self,
+        merklesync: Sequence[str],
+        roots: Sequence[Path],
+        cwd: Path,
+        runs: int,
+        tools: tuple[Callable[[], Run], Callable[[], Run]],
+        change: Callable[[int], None],
+        verify: Callable[[str], None],
+    ) -> list[Row]:
+        """``tools``: (baseline, merklesync); ``change``: the setup of the changed case."""
+        baseline, candidate = tools
+        out = []
+        with watching(merklesync, roots, cwd):
+            candidate()  # the scans take the watchers' first answers
+            for case, setup in ((self.nothing, no_setup), (self.changed, change)):
+                print(f"case: {case}", file=sys.stderr)
+                base_runs, m_runs = interleaved(runs, setup, baseline, candidate)
+                note = f"best of {runs}; {self.note}"
+                out.append(side_by_side(self.baseline, case, base_runs, m_runs, note))
+                verify(case)
+        return out
