@@ -20,3 +20,15 @@ def test_every_command_has_a_page() -> None:
     assert {"merklesync.1", "merklesync-push.1", "merklesync-diff.1"} <= names
     on_disk = {p.name for p in MAN.glob("*.1")}
     assert on_disk == names, "remove pages of commands that no longer exist"
+
+
+def test_every_command_is_registered_under_its_own_name() -> None:
+    import click
+
+    from merklesync.cli.app import COMMANDS, cli
+
+    ctx = click.Context(cli)
+    for name in COMMANDS:
+        command = cli.get_command(ctx, name)
+        assert command is not None and command.name == name
+    assert cli.get_command(ctx, "no-such-command") is None

@@ -1,46 +1,50 @@
-"""The `merklesync` command group."""
+"""The `merklesync` command group. A command's module is imported when the
+command runs (or its help is asked for), so a run loads only what it uses."""
 
 from __future__ import annotations
+
+import importlib
 
 import click
 
 from merklesync import __version__
-from merklesync.cli import (
-    conflicts_cmd,
-    diff_cmd,
-    gc_cmd,
-    init_cmd,
-    push_cmd,
-    remote_cmd,
-    serve_cmd,
-    status_cmd,
-    sync_cmd,
-    watch_cmd,
-)
+
+# command name -> "module:attribute" under merklesync.cli, in help order
+COMMANDS = {
+    "init": "init_cmd:init",
+    "status": "status_cmd:status",
+    "diff": "diff_cmd:diff",
+    "push": "push_cmd:push",
+    "pull": "push_cmd:pull",
+    "sync": "sync_cmd:sync",
+    "conflicts": "conflicts_cmd:conflicts",
+    "resolve": "conflicts_cmd:resolve_cmd",
+    "gc": "gc_cmd:gc",
+    "remote": "remote_cmd:remote",
+    "serve": "serve_cmd:serve",
+    "watch": "watch_cmd:watch",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, _, attribute = target.partition(":")
+        command = getattr(importlib.import_module(f"merklesync.cli.{module}"), attribute)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="merklesync")
 def cli() -> None:
     """Keep replicas of file trees in sync: Merkle trees find what differs,
     version vectors make sure nothing is silently overwritten."""
-
-
-for command in (
-    init_cmd.init,
-    status_cmd.status,
-    diff_cmd.diff,
-    push_cmd.push,
-    push_cmd.pull,
-    sync_cmd.sync,
-    conflicts_cmd.conflicts,
-    conflicts_cmd.resolve_cmd,
-    gc_cmd.gc,
-    remote_cmd.remote,
-    serve_cmd.serve,
-    watch_cmd.watch,
-):
-    cli.add_command(command)
 
 
 def main() -> None:

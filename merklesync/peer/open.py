@@ -18,7 +18,6 @@ from merklesync.errors import NotAReplica, UsageError
 from merklesync.model import Stats
 from merklesync.peer import Peer, Progress, ScanReport
 from merklesync.peer.local import LocalPeer
-from merklesync.peer.remote import RemotePeer
 from merklesync.replica import Replica, find_root, is_replica
 from merklesync.transport import Transport
 
@@ -75,6 +74,8 @@ def open_peer(
         create=create,
         excludes=excludes,
     )
+    from merklesync.peer.remote import RemotePeer  # the protocol: for remote replicas only
+
     transport = connect(address, command, options)
     assert address.host is not None
     return RemotePeer(transport, spec, where=address.host)
