@@ -129,6 +129,9 @@ class Index:
         self.conn = conn
         self._pending = merkle.Accumulator(self.depth)
         self._dirty = False
+        # When tombstones stored now were learned (None: now). A scan sets
+        # it to when it started, the moment of the state it records.
+        self.learned_at: int | None = None
 
     # -- opening ---------------------------------------------------------
 
@@ -289,7 +292,7 @@ class Index:
                 entry.target,
                 entry.stamp,
                 stat,
-                time.time_ns() if entry.deleted else 0,  # when this replica learned of it
+                (self.learned_at or time.time_ns()) if entry.deleted else 0,  # when learned
             ),
         )
         self._pending.change(key, None if old is None else old.leaf_hash(), leaf)

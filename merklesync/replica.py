@@ -50,6 +50,10 @@ class Replica:
         self.lock = lock
         self.source = DirectorySource(root, IgnoreRules(root, excludes))
         self.clock = HybridClock(int(index.meta("hlc") or 0))
+        # When the state this run works from was taken: the start of its
+        # scan. Deletions that scan finds count as learned then, and the
+        # replicas this run completes with are remembered as of then.
+        self.snapshot_ns = time.time_ns()
 
     @property
     def replica_id(self) -> str:
@@ -116,20 +120,27 @@ class Replica:
 
     def scan(self, *, checksum: bool = False, progress: Progress | None = None) -> ScanReport:
         """Bring the index up to date with the files."""
+        self.snapshot_ns = time.time_ns()
         return self.source.scan(
-            self.index, self.replica_id, self.clock, checksum=checksum, progress=progress
+            self.index,
+            self.replica_id,
+            self.clock,
+            checksum=checksum,
+            progress=progress,
+            learned_ns=self.snapshot_ns,
         )
 
     def start_scan(self, *, checksum: bool = False) -> ChildScan:
         """Scan in a forked process, so two local replicas scan on two cores.
         Call from a process with no other threads running."""
         self.index.reload()
+        self.snapshot_ns = time.time_ns()
         ctx = multiprocessing.get_context("fork")
         counter = ctx.Value("q", 0, lock=False)
         receiver, sender = ctx.Pipe(duplex=False)
         proc = ctx.Process(
             target=_scan_child,
-            args=(self.source, self.index.path, checksum, counter, sender),
+            args=(self.source, self.index.path, checksum, self.snapshot_ns, counter, sender),
             daemon=True,
         )
         proc.start()
@@ -195,6 +206,7 @@ def _scan_child(
     source: DirectorySource,
     index_path: Path,
     checksum: bool,
+    learned_ns: int,
     counter: Any,
     sender: Connection,
 ) -> None:
@@ -208,7 +220,14 @@ def _scan_child(
                 counter.value += n
 
             clock = HybridClock(int(index.meta("hlc") or 0))
-            result = source.scan(index, index.replica_id, clock, checksum=checksum, progress=count)
+            result = source.scan(
+                index,
+                index.replica_id,
+                clock,
+                checksum=checksum,
+                progress=count,
+                learned_ns=learned_ns,
+            )
         finally:
             index.close()
     except MerklesyncError as exc:

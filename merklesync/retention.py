@@ -2,12 +2,13 @@
 
 A tombstone may go once every replica this one knows of (the replicas it
 synced with, and every writer named in a version vector) has completed a run
-with it since it learned of the deletion, or once it has known of the
-deletion for longer than the retention period (90 days unless configured);
-both are judged by this replica's own clock, never the writer's. A replica
-whose last sync with this one is older than the retention could bring
-deleted files back, so it is refused (Cassandra's gc_grace lesson) unless
-the user says otherwise.
+with it that began after it learned of the deletion (not the run that brought
+it, which proves nothing new), or once it has known of the deletion for
+longer than the retention period (90 days unless configured); both are
+judged by this replica's own clock, never the writer's. A replica whose last
+sync with this one is older than the retention could bring deleted files
+back, so it is refused (Cassandra's gc_grace lesson) unless the user says
+otherwise.
 """
 
 from __future__ import annotations
@@ -58,12 +59,13 @@ def collect(replica: Replica, *, now: int | None = None, dry_run: bool = False) 
     peers = index.peers()
     known = set(peers) | index.writers()
     known.discard(replica.replica_id)
-    # Every known replica must have completed a run with this one after this
-    # one learned of the deletion (our own clock on both sides of the test).
+    # Every known replica must have completed a run with this one that began
+    # (its scan, see Replica.snapshot_ns) no earlier than this one learned of
+    # the deletion; our own clock on both sides of the test.
     seen_by_all = min((peers.get(r, 0) for r in known), default=now)
     dropped = []
     for entry, learned in index.tombstones():
-        if learned < horizon or learned < seen_by_all:
+        if learned < horizon or learned <= seen_by_all:
             dropped.append(entry.path)
             if not dry_run:
                 index.forget(entry)

@@ -122,6 +122,7 @@ class DirectorySource:
         *,
         checksum: bool = False,
         progress: Callable[[int], None] | None = None,
+        learned_ns: int | None = None,
     ) -> ScanReport:
         """Bring the index up to date: unchanged entries (same stat) cost
         one stat call; changed ones are re-read. With a watcher running
@@ -130,10 +131,14 @@ class DirectorySource:
         changes = None
         if not (checksum or self.ignore.has_excludes):  # a different view: look everywhere
             changes = journal.ask(self.root, index.meta(WATCH_TOKEN))
-        if changes is None or changes.everything:
-            self._scan_tree("", scan)
-        else:
-            self._scan_changed(changes, index, scan)
+        index.learned_at = learned_ns  # deletions found now are as old as the scan
+        try:
+            if changes is None or changes.everything:
+                self._scan_tree("", scan)
+            else:
+                self._scan_changed(changes, index, scan)
+        finally:
+            index.learned_at = None
         if progress is not None and scan.pending:
             progress(scan.pending)
         index.set_meta(WATCH_TOKEN, None if changes is None else changes.token)

@@ -96,7 +96,8 @@ def test_gc_command_sets_the_retention_and_collects(tmp_path: Path) -> None:
 def test_tombstone_passed_on_is_kept_until_every_peer_had_it(tmp_path: Path) -> None:
     """C deletes; A and B sync; then A learns of the deletion from C: A must
     keep the tombstone until B has synced with A again, or B would bring
-    the file back."""
+    the file back; and until C has too, in a run that began after A learned
+    of it (the run that brought it proves nothing new)."""
     a, b = _pair(tmp_path)
     c = tmp_path / "c"
     assert ms("sync", a, c).code == 0
@@ -108,6 +109,9 @@ def test_tombstone_passed_on_is_kept_until_every_peer_had_it(tmp_path: Path) -> 
         assert retention.collect(r) == []
     assert ms("sync", a, b).code == 0
     assert not (b / "gone.txt").exists() and not (a / "gone.txt").exists()
+    with Replica.open(a) as r:
+        assert retention.collect(r) == []
+    assert ms("sync", a, c).code == 0
     with Replica.open(a) as r:
         assert retention.collect(r) == ["gone.txt"]
     assert ms("sync", a, b).code == 0
@@ -121,3 +125,19 @@ def test_a_run_with_exclude_does_not_count_as_a_full_sync(tmp_path: Path) -> Non
     assert ms("sync", a, b, "--exclude", "*.txt").code == 0
     with Replica.open(a) as r:
         assert r.index.peers() == before
+
+
+def test_a_tombstone_passed_on_is_not_sent_back_and_forth(tmp_path: Path) -> None:
+    """B deletes what A had from it; B tells C, which never had the file.
+    C keeps the tombstone after that run, so A, which holds it too, has
+    nothing to send C: after the round, syncs are quiet."""
+    a, b, c = (tmp_path / n for n in "abc")
+    for root in (a, b, c):
+        root.mkdir()
+        assert ms("init", root).code == 0
+    (b / "b.txt").write_text("hi")
+    assert ms("sync", a, b).code == 0
+    (b / "b.txt").unlink()
+    for x, y in ((a, b), (b, c), (a, b)):
+        assert ms("sync", x, y).code == 0
+    assert ms("sync", a, c, "--json").json()["events"] == []
