@@ -28,7 +28,10 @@ FORMAT = 1
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
-SCHEMA = """
+_DIR_INDEX = "CREATE INDEX IF NOT EXISTS entries_dir ON entries (parent, path, deleted, stat)"
+_OLD_PARENT_INDEX = "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'entries_parent'"
+
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS entries (
     path TEXT PRIMARY KEY,
@@ -48,7 +51,7 @@ CREATE TABLE IF NOT EXISTS entries (
     learned_ns INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS entries_key ON entries (key);
-CREATE INDEX IF NOT EXISTS entries_parent ON entries (parent);
+{_DIR_INDEX};
 CREATE TABLE IF NOT EXISTS peers (
     replica_id TEXT PRIMARY KEY,
     last_sync_ns INTEGER NOT NULL
@@ -123,6 +126,9 @@ def _to_entry(row: Sequence[Any]) -> Entry:
     )
 
 
+TOMBSTONE = b"\x00"  # stat_cache's mark of a deleted entry (never a packed stat)
+
+
 class Index:
     def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
         self.path = path
@@ -172,6 +178,13 @@ class Index:
             "CREATE TABLE IF NOT EXISTS peers (replica_id TEXT PRIMARY KEY, "
             "last_sync_ns INTEGER NOT NULL) WITHOUT ROWID"
         )
+        if conn.execute(_OLD_PARENT_INDEX).fetchone() is not None:
+            # Scans read a directory's stat cache from this index alone: rows
+            # written in key order (a pushed copy) are scattered in the table.
+            conn.execute("DROP INDEX entries_parent")
+            conn.execute(_DIR_INDEX)
+            conn.execute("COMMIT")
+            conn.execute("BEGIN")
         return cls(path, conn)
 
     @staticmethod
@@ -219,12 +232,15 @@ class Index:
         return Cached(_to_entry(row[:-1]), row[-1])
 
     @_guard
-    def stat_cache(self, parent: str) -> dict[str, tuple[bytes | None, bool]]:
-        """For the scanner: path -> (packed stat, deleted) of a directory's entries."""
-        rows = self.conn.execute(
-            "SELECT path, stat, deleted FROM entries WHERE parent = ?", (parent,)
+    def stat_cache(self, parent: str) -> dict[str, bytes | None]:
+        """For the scanner: path -> packed stat of a directory's entries
+        (None: to be re-read; ``TOMBSTONE`` for a deleted one)."""
+        return dict(
+            self.conn.execute(
+                "SELECT path, CASE WHEN deleted THEN ? ELSE stat END FROM entries WHERE parent = ?",
+                (TOMBSTONE, parent),
+            )
         )
-        return {path: (stat, bool(deleted)) for path, stat, deleted in rows}
 
     @_guard
     def live_under(self, directory: str) -> list[Entry]:

@@ -25,7 +25,7 @@ from merklesync import journal
 from merklesync.clock import HybridClock, VersionVector
 from merklesync.errors import LocalIOError, MerklesyncError, UnsafePath
 from merklesync.ignore import STATE_DIR, TEMP_PREFIX, IgnoreRules
-from merklesync.index import Cached, Index
+from merklesync.index import TOMBSTONE, Cached, Index
 from merklesync.model import Entry, EntryKind, Outcome, ScanReport, WriteItem
 from merklesync.protocol.paths import check_relpath
 
@@ -36,6 +36,7 @@ THREADED_HASH = 8 << 20
 WATCH_TOKEN = "watch_token"  # index meta: the journal token the last scan covered
 
 _STAT = struct.Struct(">QqqQI")
+_ABSENT = b"absent"  # not in the stat cache (never a packed stat, nor TOMBSTONE)
 
 
 def stat_key(st: os.stat_result) -> bytes:
@@ -204,11 +205,11 @@ class DirectorySource:
                 except UnsafePath as exc:
                     report.warnings.append(f"{exc.message}; skipped")
                     continue
-            cached = known.pop(rel, None)
+            cached = known.pop(rel, _ABSENT)
             try:
                 st = de.stat(follow_symlinks=False)
             except FileNotFoundError:
-                if cached is not None:
+                if cached != _ABSENT:
                     known[rel] = cached  # vanished just now: gone
                 continue
             except OSError as exc:
@@ -218,24 +219,20 @@ class DirectorySource:
             if kind is None:
                 if ignored is None or not ignored(rel, False):
                     report.warnings.append(f"{rel}: not a file, directory or link; skipped")
-                if cached is not None:
+                if cached != _ABSENT:
                     known[rel] = cached  # a file became a FIFO: the file is gone
                 continue
             is_dir = kind is EntryKind.DIR
             if ignored is not None and ignored(rel, is_dir):
-                if cached is not None and not self.ignore.excluded_by_option(rel, is_dir):
+                if cached != _ABSENT and not self.ignore.excluded_by_option(rel, is_dir):
                     self._forget(index, rel)
                 continue
             scanned += 1
             if is_dir:
                 subdirs.append(rel)
-            if (
-                not checksum
-                and cached is not None
-                and not cached[1]
-                and cached[0]
-                == pack(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode)
-            ):
+            if not checksum and cached == pack(
+                st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode
+            ):  # a tombstone, a racy entry (None) or a new one never matches
                 continue
             self._rescan(
                 index,
@@ -246,10 +243,10 @@ class DirectorySource:
                 st,
                 scan.racy_after,
                 report,
-                indexed=cached is not None,
+                indexed=cached != _ABSENT,
             )
-        for rel, (_stat, deleted) in known.items():
-            if not deleted:
+        for rel, stat in known.items():
+            if stat != TOMBSTONE:
                 gone = index.get(rel)
                 if gone is not None:
                     self._tombstone(index, scan.replica_id, scan.clock, gone.entry, report)
