@@ -8,7 +8,9 @@ asked holds the replica lock and does its own, partial, scan.
 Events it cannot vouch for make the next answer "everything": a start, a
 kernel queue overflow (watchdog logs it; a logging handler notices), a
 failure to rebuild watches, and the periodic full rescan (``rescan_every``),
-the safety net Syncthing also keeps.
+the safety net Syncthing also keeps. Directories no watch covers are walked
+by every scan (watch_coverage.py). A tree on a network file system is not
+watched at all.
 
 For continuous work, ``on_settled`` is called once changes have been quiet
 for ``settle`` seconds (`watch --run`); what that call itself changes in the
@@ -24,14 +26,15 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 
-from merklesync.errors import LocalIOError, ReplicaLocked
+from merklesync import watch_coverage
+from merklesync.errors import LocalIOError, ReplicaLocked, UsageError
 from merklesync.ignore import IGNORE_FILE, STATE_DIR
 from merklesync.journal import ANSWER, NO_TOKEN, WATCH_DIR, WATCH_LOCK, Changes, parse_question
 
@@ -83,7 +86,7 @@ class ChangeJournal:
         with self._lock:
             now = f"{self.instance}.{self._seq}"
             instance, _, seq_text = token.rpartition(".")
-            if instance != self.instance or not seq_text.isdigit():
+            if instance != self.instance or not (seq_text.isascii() and seq_text.isdecimal()):
                 return Changes(now, everything=True)
             seq = int(seq_text)
             if seq < self._base or seq > self._seq:
@@ -96,14 +99,14 @@ class ChangeJournal:
 class _LostEvents(logging.Handler):
     """watchdog reports a kernel queue overflow only in its log."""
 
-    def __init__(self, journal: ChangeJournal) -> None:
+    def __init__(self, watcher: Watcher) -> None:
         super().__init__(logging.WARNING)
-        self.journal = journal
+        self.watcher = watcher
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage().lower()
         if "overflow" in message or "unable to" in message:
-            self.journal.lost_track()
+            self.watcher.lost_events()
 
 
 class Watcher:
@@ -116,6 +119,7 @@ class Watcher:
         rescan_every: float = 3600.0,
         settle: float = 2.0,
         on_settled: Callable[[], None] | None = None,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         self.root = root.resolve()
         self.state = self.root / STATE_DIR
@@ -131,6 +135,12 @@ class Watcher:
         self._lock_fd: int | None = None
         self._prefix = str(self.root) + os.sep
         self._state_prefix = str(self.state) + os.sep
+        self.warn = warn
+        self._root_id = (0, 0)  # (st_dev, st_ino) of the root while watched
+        # Directories no watch covers are walked by every scan (watch_coverage):
+        self._unseen: set[str] = set()
+        self._to_check: set[str] = set()  # new directories, checked at the next answer
+        self._check_all = True  # at start, and after lost events
 
     # -- life ------------------------------------------------------------
 
@@ -150,9 +160,19 @@ class Watcher:
         self._lock_fd = fd
 
     def run(self, ready: Callable[[], None] | None = None) -> None:
+        remote = watch_coverage.remote_file_system(self.root)
+        if remote is not None:
+            raise UsageError(
+                f"{self.root} is on a {remote} file system: changes made by other hosts raise "
+                "no events here, so a watcher would hide them from scans"
+            )
         self._take_lock()
-        lost = _LostEvents(self.journal)
-        logging.getLogger(WATCHDOG_LOGGER).addHandler(lost)
+        st = os.stat(self.root)
+        self._root_id = (st.st_dev, st.st_ino)
+        lost = _LostEvents(self)
+        log = logging.getLogger(WATCHDOG_LOGGER)
+        log.addHandler(lost)
+        log.setLevel(logging.WARNING)  # what a root logger set higher would drop
         observer = Observer()
         try:
             observer.schedule(_Handler(self), str(self.root), recursive=True)
@@ -172,6 +192,9 @@ class Watcher:
             while not self._stopping.wait(min(0.2, self.settle)):
                 if not observer.is_alive():
                     self.failure = self.failure or f"lost the watch on {self.root}"
+                    break
+                if not self._root_in_place():
+                    self.failure = f"{self.root} was moved or removed"
                     break
                 now = time.monotonic()
                 if now - last_full >= self.rescan_every:
@@ -195,6 +218,19 @@ class Watcher:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def lost_events(self) -> None:
+        """Events were lost: the next scan walks everything, and the next
+        answer checks again which directories are watched."""
+        self.journal.lost_track()
+        self._check_all = True
+
+    def _root_in_place(self) -> bool:
+        try:
+            st = os.stat(self.root)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self._root_id
 
     # -- events ----------------------------------------------------------
 
@@ -236,21 +272,52 @@ class Watcher:
         if rel:
             journal.touched(parent_of(rel))
         if is_dir and (kind in ("created", "attrib") or (kind == "moved" and is_dest)):
-            # new, or maybe readable now: walk it
+            # new, or maybe readable now: walk it, and see that it is watched
             journal.touched(rel, deep=True)
+            self._to_check.add(rel)
         if rel.rpartition("/")[2] == IGNORE_FILE:
             journal.touched(parent_of(rel), deep=True)  # what is left out below changed
 
     def _answer_waiting(self) -> None:
+        """Answer the questions asked before the watches were in place, and
+        clear answers a previous watcher left behind."""
         with contextlib.suppress(OSError):
             for name in os.listdir(self.folder):
-                self._answer(name)
+                if name.startswith((ANSWER, "." + ANSWER)):
+                    with contextlib.suppress(OSError):
+                        os.unlink(self.folder / name)
+                else:
+                    self._answer(name)
+
+    def _check_coverage(self) -> None:
+        """Walk unwatched directories in this answer; and once more in the
+        answer after they get a watch, since changes before it were unseen."""
+        if self._check_all:
+            self._check_all = False
+            candidates: Iterable[str] = watch_coverage.directories(self.root)
+        else:
+            candidates = self._to_check | self._unseen
+        self._to_check = set()
+        unseen = watch_coverage.unseen(self.root, candidates, self._root_id[0])
+        if unseen is None:
+            return  # the kernel does not say: trust the watches
+        for rel in self._unseen | unseen:
+            self.journal.touched(rel, deep=True)
+        new = unseen - self._unseen
+        if new and self.warn is not None:
+            self.warn(
+                f"{len(new)} director{'y is' if len(new) == 1 else 'ies are'} not watched "
+                f"(e.g. {sorted(new)[0] or '.'}; raise fs.inotify.max_user_watches, or check "
+                "permissions and mounts): scans walk them every time"
+            )
+        self._unseen = unseen
 
     def _answer(self, name: str) -> None:
         question = parse_question(name)
         if question is None:
             return
         nonce, token = question
+        self._check_coverage()
         changes = (
             Changes(self.journal.token, everything=True)
             if token == NO_TOKEN

@@ -73,6 +73,7 @@ def watch(
         rescan_every=rescan_interval,
         settle=settle,
         on_settled=run_command if argv else None,
+        warn=out.warn,
     )
 
     def stop(signum: int, frame: FrameType | None) -> None:

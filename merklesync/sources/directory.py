@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import blake3
+import msgpack
 
 from merklesync import journal
 from merklesync.clock import HybridClock, VersionVector
@@ -34,6 +35,7 @@ RACY_NS = 2_000_000_000  # an mtime this close to the scan may hide a same-tick 
 HASH_RETRIES = 3
 THREADED_HASH = 8 << 20
 WATCH_TOKEN = "watch_token"  # index meta: the journal token the last scan covered
+RELIST = "relist"  # index meta: directories every partial scan re-lists (_Scan.relist)
 
 _STAT = struct.Struct(">QqqQI")
 _ABSENT = b"absent"  # not in the stat cache (never a packed stat, nor TOMBSTONE)
@@ -67,6 +69,10 @@ class _Scan:
     report: ScanReport = field(default_factory=ScanReport)
     racy_after: int = field(default_factory=lambda: time.time_ns() - RACY_NS)
     pending: int = 0
+    # Directories the next partial scan re-lists whatever a watcher says:
+    # those holding hard-linked files (a write through another link raises
+    # no event here) and those where something could not be read.
+    relist: set[str] = field(default_factory=set)
 
 
 def link_digest(target: str) -> bytes:
@@ -137,9 +143,11 @@ class DirectorySource:
             if changes is None or changes.everything:
                 self._scan_tree("", scan)
             else:
+                scan.relist = set(msgpack.unpackb(index.meta(RELIST) or b"\x90"))
                 self._scan_changed(changes, index, scan)
         finally:
             index.learned_at = None
+        index.set_meta(RELIST, msgpack.packb(sorted(scan.relist)))
         if progress is not None and scan.pending:
             progress(scan.pending)
         index.set_meta(WATCH_TOKEN, None if changes is None else changes.token)
@@ -159,12 +167,14 @@ class DirectorySource:
         directory is in the index before its own turn comes."""
         deep = set(changes.deep)
         walked: list[str] = []  # deep ones done: everything below is covered
-        for directory in sorted(deep.union(changes.shallow), key=lambda d: (d.count("/"), d)):
+        wanted = deep.union(changes.shallow, scan.relist)
+        for directory in sorted(wanted, key=lambda d: (d.count("/"), d)):
             if any(directory == top or directory.startswith(top + "/") for top in walked):
                 continue
             if directory:
                 cached = index.get(directory)
                 if cached is None or cached.entry.deleted or cached.entry.kind is not EntryKind.DIR:
+                    scan.relist.discard(directory)
                     continue  # left out, or gone: its parent's listing says so
             if directory in deep:
                 self._scan_tree(directory, scan)
@@ -178,6 +188,7 @@ class DirectorySource:
         """Scan one directory's entries; returns its subdirectories. This is
         the loop every entry of every scan goes through: kept lean."""
         index, report = scan.index, scan.report
+        scan.relist.discard(directory)
         known = index.stat_cache(directory)  # left in it at the end: gone
         subdirs: list[str] = []
         try:
@@ -187,6 +198,7 @@ class DirectorySource:
             dirents = []
         except OSError as exc:
             report.warnings.append(f"{directory or '.'}: cannot list: {exc.strerror}")
+            scan.relist.add(directory)
             return []  # keep what we knew: unreadable is not deleted
         ignored = self.ignore.for_directory(directory)
         prefix = f"{directory}/" if directory else ""
@@ -214,6 +226,7 @@ class DirectorySource:
                 continue
             except OSError as exc:
                 report.warnings.append(f"{rel}: cannot stat: {exc.strerror}")
+                scan.relist.add(directory)
                 continue
             kind = kinds.get(st.st_mode & 0o170000)
             if kind is None:
@@ -230,10 +243,13 @@ class DirectorySource:
             scanned += 1
             if is_dir:
                 subdirs.append(rel)
+            elif st.st_nlink > 1 and kind is EntryKind.FILE:
+                scan.relist.add(directory)
             if not checksum and cached == pack(
                 st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode
             ):  # a tombstone, a racy entry (None) or a new one never matches
                 continue
+            warned = len(report.warnings)
             self._rescan(
                 index,
                 scan.replica_id,
@@ -245,6 +261,8 @@ class DirectorySource:
                 report,
                 indexed=cached != _ABSENT,
             )
+            if len(report.warnings) > warned:  # not read this time: look again next time
+                scan.relist.add(directory)
         for rel, stat in known.items():
             if stat != TOMBSTONE:
                 gone = index.get(rel)

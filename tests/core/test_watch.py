@@ -316,3 +316,104 @@ def test_watch_run_keeps_a_copy_in_step(tree: Path, tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "watching" in err and "Traceback" not in err
+
+
+# -- what events do not say -----------------------------------------------------
+
+
+def test_a_write_through_a_hard_link_outside_is_seen(watched: Running, tree: Path) -> None:
+    victim = next(p for p in sorted(tree.rglob("f*")) if p.parent != tree)
+    outside = tree.parent / "outside-link"
+    os.link(victim, outside)
+    scan(tree)  # sees the link count: its directory is re-listed from now on
+    with open(outside, "r+b") as f:  # raises no event inside the tree
+        f.write(b"changed through the other name")
+    rel = victim.relative_to(tree).as_posix()
+    assert changed(scan(tree)) == ([], [rel], [])
+    assert_full_scan_agrees(tree)
+
+
+def test_an_unreadable_file_is_looked_at_again(
+    watched: Running, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from merklesync.sources.directory import DirectorySource
+
+    scan(tree)
+    victim = next(p for p in sorted(tree.rglob("f*")) if p.parent != tree)
+    rel = victim.relative_to(tree).as_posix()
+    victim.write_bytes(b"new")
+    real = DirectorySource.hash_file
+
+    def failing(self: DirectorySource, path: str) -> tuple[bytes, os.stat_result]:
+        if path == rel:
+            raise OSError(5, "Input/output error")
+        return real(self, path)
+
+    monkeypatch.setattr(DirectorySource, "hash_file", failing)
+    report = scan(tree)
+    assert any("cannot read" in w for w in report.warnings)
+    assert rel not in report.modified
+    monkeypatch.undo()
+    assert changed(scan(tree)) == ([], [rel], [])  # no new event: re-listed anyway
+
+
+def _drop_watch(directory: Path) -> None:
+    """Remove this process's inotify watch on ``directory`` behind
+    watchdog's back, as if it could never be added (the kernel's limit)."""
+    import ctypes
+    import re
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    ino = directory.stat().st_ino
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify":
+                continue
+            text = Path(f"/proc/self/fdinfo/{fd}").read_text()
+        except OSError:
+            continue
+        for wd, hex_ino in re.findall(r"wd:(\d+) ino:([0-9a-f]+)", text):
+            if int(hex_ino, 16) == ino:
+                assert libc.inotify_rm_watch(int(fd), int(wd)) == 0
+                return
+    raise AssertionError(f"no watch on {directory}")
+
+
+def test_an_unwatched_directory_is_walked_every_time(tree: Path) -> None:
+    warnings: list[str] = []
+    running = Running(tree, warn=warnings.append)
+    try:
+        sub = next(p for p in sorted(tree.iterdir()) if p.is_dir() and p.name.startswith("d"))
+        _drop_watch(sub)
+        scan(tree)  # the first answer checks every directory
+        assert warnings and "not watched" in warnings[0]
+        victim = next(p for p in sorted(sub.iterdir()) if p.is_file())
+        victim.write_bytes(b"no event for this")
+        rel = victim.relative_to(tree).as_posix()
+        assert rel in scan(tree).modified
+        assert_full_scan_agrees(tree)
+    finally:
+        running.stop()
+
+
+def test_network_file_systems_are_not_watched(tmp_path: Path) -> None:
+    from merklesync.watch_coverage import remote_file_system
+
+    mounts = (
+        "/dev/vda / ext4 rw 0 0\n"
+        "server:/export /mnt/data nfs4 rw 0 0\n"
+        "sshfs#me@host: /mnt/my\\040box fuse.sshfs rw 0 0\n"
+    )
+    assert remote_file_system(Path("/mnt/data/photos"), mounts) == "nfs4"
+    assert remote_file_system(Path("/mnt/data"), mounts) == "nfs4"
+    assert remote_file_system(Path("/mnt/my box/x"), mounts) == "fuse.sshfs"
+    assert remote_file_system(Path("/mnt/database"), mounts) is None
+    assert remote_file_system(Path("/home/me"), mounts) is None
+
+
+def test_a_watcher_stops_when_its_root_moves(tree: Path) -> None:
+    running = Running(tree)
+    os.rename(tree, tree.parent / "elsewhere")
+    running.thread.join(10)
+    assert not running.thread.is_alive()
+    assert running.error is not None and "moved or removed" in str(running.error)
