@@ -141,6 +141,8 @@ class Watcher:
         self._unseen: set[str] = set()
         self._to_check: set[str] = set()  # new directories, checked at the next answer
         self._check_all = True  # at start, and after lost events
+        # Answers come from the event thread, and at start from run()'s.
+        self._answering = threading.Lock()
 
     # -- life ------------------------------------------------------------
 
@@ -274,7 +276,8 @@ class Watcher:
         if is_dir and (kind in ("created", "attrib") or (kind == "moved" and is_dest)):
             # new, or maybe readable now: walk it, and see that it is watched
             journal.touched(rel, deep=True)
-            self._to_check.add(rel)
+            with self._answering:
+                self._to_check.add(rel)
         if rel.rpartition("/")[2] == IGNORE_FILE:
             journal.touched(parent_of(rel), deep=True)  # what is left out below changed
 
@@ -317,12 +320,13 @@ class Watcher:
         if question is None:
             return
         nonce, token = question
-        self._check_coverage()
-        changes = (
-            Changes(self.journal.token, everything=True)
-            if token == NO_TOKEN
-            else self.journal.since(token)
-        )
+        with self._answering:
+            self._check_coverage()
+            changes = (
+                Changes(self.journal.token, everything=True)
+                if token == NO_TOKEN
+                else self.journal.since(token)
+            )
         final = self.folder / f"{ANSWER}{nonce}"
         temp = self.folder / f".{ANSWER}{nonce}"
         try:

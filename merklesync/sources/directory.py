@@ -166,10 +166,10 @@ class DirectorySource:
         the subtrees it saw appear (``deep``), parents first, so a new
         directory is in the index before its own turn comes."""
         deep = set(changes.deep)
-        walked: list[str] = []  # deep ones done: everything below is covered
+        walked: set[str] = set()  # deep ones done: everything below is covered
         wanted = deep.union(changes.shallow, scan.relist)
         for directory in sorted(wanted, key=lambda d: (d.count("/"), d)):
-            if any(directory == top or directory.startswith(top + "/") for top in walked):
+            if _below_any(directory, walked):
                 continue
             if directory:
                 cached = index.get(directory)
@@ -180,7 +180,7 @@ class DirectorySource:
                 self._scan_tree(directory, scan)
                 if not directory:
                     return  # the whole tree
-                walked.append(directory)
+                walked.add(directory)
             else:
                 self._scan_directory(directory, scan)
 
@@ -602,6 +602,15 @@ class DirectorySource:
         head, _, name = rel.rpartition("/")
         base = f"{TEMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}-{name[:80]}"
         return self.abs(f"{head}/{base}" if head else base)
+
+
+def _below_any(path: str, tops: set[str]) -> bool:
+    """True when one of ``tops`` is ``path`` or a directory above it."""
+    while path:
+        if path in tops:
+            return True
+        path = path.rpartition("/")[0]
+    return False
 
 
 class _Refused(MerklesyncError):
