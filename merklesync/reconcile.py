@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from merklesync import merkle
+from merklesync.batches import batches
 from merklesync.clock import Order
 from merklesync.merkle import NodeId
 from merklesync.model import Action, Change, ChangeKind, Entry, Stats, classify
@@ -105,16 +106,8 @@ def _one_sided(
 
 def _slices(nodes: list[tuple[NodeId, int]]) -> Iterator[list[NodeId]]:
     """Groups of nodes holding about SUBTREE_FETCH entries each."""
-    group: list[NodeId] = []
-    total = 0
-    for node, count in nodes:
-        if group and total + count > SUBTREE_FETCH:
-            yield group
-            group, total = [], 0
-        group.append(node)
-        total += count
-    if group:
-        yield group
+    for group in batches(nodes, lambda pair: pair[1], max_weight=SUBTREE_FETCH):
+        yield [node for node, _count in group]
 
 
 def _compare_buckets(a: Peer, b: Peer, nodes: list[NodeId], stats: Stats) -> list[Pair]:

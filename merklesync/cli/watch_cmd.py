@@ -12,7 +12,7 @@ from types import FrameType
 import click
 
 from merklesync.cli.common import Output, handle_errors
-from merklesync.errors import UsageError
+from merklesync.peer.open import split_command
 from merklesync.replica import find_root
 
 
@@ -54,7 +54,7 @@ def watch(
     from merklesync.watcher import Watcher  # watchdog is needed here only
 
     out = Output(quiet)
-    argv = _split(command) if command else None
+    argv = split_command(command, "--run") if command else None
     root = find_root(replica or Path.cwd())
 
     def run_command() -> None:
@@ -84,13 +84,3 @@ def watch(
     watcher.run(ready=lambda: out.info(f"watching {root}"))
     out.info(f"stopped watching {root}")
     sys.exit(0)
-
-
-def _split(command: str) -> list[str]:
-    try:
-        argv = shlex.split(command)
-    except ValueError as exc:
-        raise UsageError(f"--run: {exc}") from exc
-    if not argv:
-        raise UsageError("--run: empty command")
-    return argv

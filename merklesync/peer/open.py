@@ -121,6 +121,17 @@ def agent_command(
     return " ".join(words)
 
 
+def split_command(text: str, option: str) -> list[str]:
+    """A command given as one string (split as a shell would), or a usage error."""
+    try:
+        argv = shlex.split(text)
+    except ValueError as exc:
+        raise UsageError(f"bad {option} command {text!r}: {exc}") from None
+    if not argv:
+        raise UsageError(f"{option} is empty")
+    return argv
+
+
 def connect(address: Address, command: str, options: RemoteOptions) -> Transport:
     """Run ``command`` on the address's host: through the built-in SSH
     client, or the ``rsh`` command when one is set."""
@@ -129,12 +140,7 @@ def connect(address: Address, command: str, options: RemoteOptions) -> Transport
     if rsh:
         from merklesync.transport.pipes import SubprocessTransport
 
-        try:
-            argv = shlex.split(rsh)
-        except ValueError as exc:
-            raise UsageError(f"bad --rsh command {rsh!r}: {exc}") from None
-        if not argv:
-            raise UsageError("--rsh is empty")
+        argv = split_command(rsh, "--rsh")
         if address.user:
             argv += ["-l", address.user]
         if address.port is not None:

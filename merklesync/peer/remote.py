@@ -25,6 +25,7 @@ import blake3
 import msgpack
 
 from merklesync import __version__
+from merklesync.batches import batches
 from merklesync.errors import ConnectionFailed, MerklesyncError, ProtocolError
 from merklesync.merkle import NodeId
 from merklesync.model import Entry, Stats
@@ -576,14 +577,9 @@ class _FileChunks:
 
 def _read_batches(entries: Sequence[Entry]) -> Iterator[list[Entry]]:
     """Read requests within the caps: at most MAX_READ entries and one frame."""
-    batch: list[Entry] = []
-    size = 0
-    for entry in entries:
-        n = len(msgpack.packb(entry.to_wire(), use_bin_type=True))
-        if batch and (len(batch) >= MAX_READ or size + n > READ_BUDGET):
-            yield batch
-            batch, size = [], 0
-        batch.append(entry)
-        size += n
-    if batch:
-        yield batch
+    return batches(
+        entries,
+        lambda entry: len(msgpack.packb(entry.to_wire(), use_bin_type=True)),
+        max_weight=READ_BUDGET,
+        max_items=MAX_READ,
+    )

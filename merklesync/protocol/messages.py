@@ -31,6 +31,7 @@ from typing import ClassVar, NoReturn, Self
 import msgpack
 
 from merklesync import merkle
+from merklesync.batches import batches
 from merklesync.errors import (
     CorruptIndex,
     LocalIOError,
@@ -840,18 +841,14 @@ def split_result(result: Result, budget: int = BUDGET) -> list[Ok | More]:
     parts: list[object] = []
     if isinstance(shape, str):
         assert isinstance(wire, list)
-        cur: list[object] = []
-        size = 0
-        for item in wire:
+
+        def fitting(item: object) -> int:
             n = _packed_len(item)
             if n > budget:
                 raise ValueError("one result item does not fit a frame")
-            if cur and (size + n > budget or len(cur) >= MAX_ARRAY):
-                parts.append(cur)
-                cur, size = [], 0
-            cur.append(item)
-            size += n
-        parts.append(cur)
+            return n
+
+        parts.extend(batches(wire, fitting, max_weight=budget, max_items=MAX_ARRAY))
     else:
         assert isinstance(wire, list)
         base = _packed_len(_empty(shape)) + 16

@@ -396,7 +396,8 @@ def test_an_unwatched_directory_is_walked_every_time(tree: Path) -> None:
         running.stop()
 
 
-def test_network_file_systems_are_not_watched(tmp_path: Path) -> None:
+def test_network_file_systems_are_not_watched(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from merklesync.errors import UsageError
     from merklesync.watch_coverage import remote_file_system
 
     mounts = (
@@ -409,6 +410,9 @@ def test_network_file_systems_are_not_watched(tmp_path: Path) -> None:
     assert remote_file_system(Path("/mnt/my box/x"), mounts) == "fuse.sshfs"
     assert remote_file_system(Path("/mnt/database"), mounts) is None
     assert remote_file_system(Path("/home/me"), mounts) is None
+    monkeypatch.setattr("merklesync.watch_coverage.remote_file_system", lambda root: "nfs4")
+    with pytest.raises(UsageError, match="nfs4 file system"):
+        Watcher(tree).run()
 
 
 def test_a_watcher_stops_when_its_root_moves(tree: Path) -> None:
