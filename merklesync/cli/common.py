@@ -79,6 +79,12 @@ def stats_option(func: F) -> F:
     )(func)
 
 
+def checksum_option(func: F) -> F:
+    return click.option(
+        "--checksum", is_flag=True, help="Re-hash every file instead of trusting the stat cache."
+    )(func)
+
+
 def exclude_option(func: F) -> F:
     return click.option(
         "--exclude",

@@ -9,6 +9,7 @@ import click
 from merklesync.cli.common import (
     Output,
     change_json,
+    checksum_option,
     handle_errors,
     output_options,
     print_stats,
@@ -24,9 +25,7 @@ from merklesync.reconcile import diff as diff_peers
 @click.command()
 @click.argument("a")
 @click.argument("b", required=False)
-@click.option(
-    "--checksum", is_flag=True, help="Re-hash every file instead of trusting the stat cache."
-)
+@checksum_option
 @stats_option
 @output_options
 @remote_options

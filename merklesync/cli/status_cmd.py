@@ -6,6 +6,7 @@ import click
 
 from merklesync.cli.common import (
     Output,
+    checksum_option,
     handle_errors,
     output_options,
     print_stats,
@@ -18,9 +19,7 @@ from merklesync.peer.open import RemoteOptions, combined_stats, open_peer
 
 @click.command()
 @click.argument("replica", required=False)
-@click.option(
-    "--checksum", is_flag=True, help="Re-hash every file instead of trusting the stat cache."
-)
+@checksum_option
 @stats_option
 @output_options
 @remote_options

@@ -11,6 +11,7 @@ from merklesync import retention
 from merklesync.cli.common import (
     Output,
     allow_stale_option,
+    checksum_option,
     exclude_option,
     handle_errors,
     output_options,
@@ -52,9 +53,7 @@ from merklesync.sync import sync as sync_peers
 )
 @click.option("-n", "--dry-run", is_flag=True, help="Show what would change; write nothing.")
 @click.option("-v", "--verbose", is_flag=True, help="List every change made.")
-@click.option(
-    "--checksum", is_flag=True, help="Re-hash every file instead of trusting the stat cache."
-)
+@checksum_option
 @allow_stale_option
 @remote_options
 @exclude_option
