@@ -28,9 +28,24 @@ MODULUS = 1 << 256
 MAX_DEPTH = 2 * KEY_BYTES  # a prefix can never be longer than the key
 TARGET_BUCKET = 32  # entries per bucket the depth aims at
 FINGERPRINT_BYTES = 16
+SALT_BYTES = 16
+SHORT_BYTES = 8  # a salted stand-in for a fingerprint or a leaf when replicas compare
 
 NodeId = tuple[int, int]
 ROOT: NodeId = (0, 0)
+
+
+def short(salt: bytes, data: bytes) -> bytes:
+    """An 8-byte stand-in for a fingerprint or a leaf record, salted per
+    comparison (as rsync seeds its checksums): half the bytes on the wire,
+    and the rare (2**-64) pair that collides does not collide again in the
+    next run, which finds what this one missed."""
+    return blake3.blake3(salt + data).digest(SHORT_BYTES)
+
+
+def leaf_record(key: bytes, leaf: bytes) -> bytes:
+    """What a leaf is compared by: its key and its hash together."""
+    return key + leaf
 
 
 def depth_for(count: int) -> int:

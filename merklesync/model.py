@@ -198,12 +198,18 @@ class ScanReport:
 @dataclass(frozen=True, slots=True)
 class WriteItem:
     """Make ``entry`` the destination's version of ``entry.path``, provided
-    the destination still holds ``expect`` (compare-and-swap). ``data`` is
-    the file content for a file, None otherwise."""
+    the destination still holds the entry whose leaf hash is ``expect``
+    (None: nothing; compare-and-swap). ``data`` is the file content for a
+    file, None otherwise."""
 
     entry: Entry
-    expect: Entry | None
+    expect: bytes | None
     data: Iterable[bytes] | None = None
+
+
+def leaf_of(entry: Entry | None) -> bytes | None:
+    """What a write expects to replace: the entry's leaf hash, or None."""
+    return None if entry is None else entry.leaf_hash()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,12 +1,15 @@
 """Compare two peers: descend only where fingerprints differ, one batched
 request per side per tree level, and pair up the entries that differ.
 
-For d differences among N entries this costs about log16(N) + 2 round trips
-and O(d log N) bytes; two identical replicas cost one round trip.
+For d differences among N entries this costs depth + 1 round trips (the
+depth of the stored tree, about log16(N / 32)): one per level, then one to
+compare the leaves under the mismatched buckets and fetch the differing
+entries; O(d log N) bytes. Two identical replicas cost one round trip.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -17,7 +20,10 @@ from merklesync.merkle import NodeId
 from merklesync.model import Action, Change, ChangeKind, Entry, Stats, classify
 from merklesync.peer import Node, Peer
 
-LEAF_FETCH = 32  # a mismatched node this small on both sides: compare its leaves
+# A mismatched node this small on both sides: compare its leaves. Twice the
+# bucket size the tree's depth aims at, so a crowded bucket does not cost
+# one more level of round trips.
+LEAF_FETCH = 2 * merkle.TARGET_BUCKET
 SUBTREE_FETCH = 4096  # a node only one side has: fetch it whole below this size
 LEAF_BATCH = 16_384  # leaves compared in one exchange at most (about 640 kB a side)
 
@@ -38,6 +44,7 @@ def differences(a: Peer, b: Peer, stats: Stats | None = None) -> Iterator[list[P
     """Yield batches of (a's entry, b's entry) for every path whose leaf
     differs; None where a side has no entry for the path."""
     stats = stats if stats is not None else Stats()
+    salt = os.urandom(merkle.SALT_BYTES)  # fresh for each comparison (merkle.short)
     frontier = _Frontier(both=[merkle.ROOT])
     # Small mismatched nodes met at different levels are compared together,
     # in one exchange after the descent (or sooner, once they hold many
@@ -46,10 +53,14 @@ def differences(a: Peer, b: Peer, stats: Stats | None = None) -> Iterator[list[P
     pending = 0  # entries in compare_leaves (the larger side of each node)
     while frontier:
         kids_a = (
-            a.children(frontier.both + frontier.only_a) if frontier.both or frontier.only_a else []
+            a.children(frontier.both + frontier.only_a, salt)
+            if frontier.both or frontier.only_a
+            else []
         )
         kids_b = (
-            b.children(frontier.both + frontier.only_b) if frontier.both or frontier.only_b else []
+            b.children(frontier.both + frontier.only_b, salt)
+            if frontier.both or frontier.only_b
+            else []
         )
         nxt = _Frontier()
         whole_a: list[tuple[NodeId, int]] = []
@@ -78,7 +89,7 @@ def differences(a: Peer, b: Peer, stats: Stats | None = None) -> Iterator[list[P
                     if x.count:
                         _one_sided(child, x, whole, deeper)
         if pending >= LEAF_BATCH or (compare_leaves and not nxt):
-            batch = _compare_buckets(a, b, compare_leaves, stats)
+            batch = _compare_buckets(a, b, compare_leaves, salt, stats)
             stats.entries_compared += len(batch)
             compare_leaves, pending = [], 0
             if batch:
@@ -110,20 +121,57 @@ def _slices(nodes: list[tuple[NodeId, int]]) -> Iterator[list[NodeId]]:
         yield [node for node, _count in group]
 
 
-def _compare_buckets(a: Peer, b: Peer, nodes: list[NodeId], stats: Stats) -> list[Pair]:
-    leaves_a = {pair for group in a.leaves(nodes) for pair in group}
-    leaves_b = {pair for group in b.leaves(nodes) for pair in group}
-    stats.nodes_compared += len(leaves_a) + len(leaves_b)
-    keys_a = sorted({key for key, _leaf in leaves_a - leaves_b})
-    keys_b = sorted({key for key, _leaf in leaves_b - leaves_a})
-    entries_a = {e.path: e for e in a.entries(keys_a)} if keys_a else {}
-    entries_b = {e.path: e for e in b.entries(keys_b)} if keys_b else {}
+def _compare_buckets(
+    a: Peer, b: Peer, nodes: list[NodeId], salt: bytes, stats: Stats
+) -> list[Pair]:
+    """The differing entries under small mismatched nodes, in one exchange
+    per side: a local side lists its entries; a remote one is sent the
+    other side's leaves (short, salted) and answers with what differs."""
+    if a.local and b.local:
+        mine, theirs = a.entries_under(nodes), b.entries_under(nodes)
+        stats.nodes_compared += len(mine) + len(theirs)
+        return _pair(mine, theirs)
+    near, far = (a, b) if a.local or not b.local else (b, a)
+    mine = near.entries_under(nodes)
+    groups, by_record = _records(mine, nodes, salt)
+    theirs, lacking = far.compare(salt, groups)
+    stats.nodes_compared += len(mine) + len(theirs)
+    unlike_mine = [by_record[r] for r in lacking if r in by_record]
+    if near is a:
+        return _pair(unlike_mine, theirs)
+    return _pair(theirs, unlike_mine)
+
+
+def _records(
+    entries: list[Entry], nodes: list[NodeId], salt: bytes
+) -> tuple[list[tuple[NodeId, list[bytes]]], dict[bytes, Entry]]:
+    """Each node with the short records of its entries, and the entry of
+    each record."""
+    groups: dict[NodeId, list[bytes]] = {node: [] for node in nodes}
+    levels = sorted({level for level, _ in nodes})
+    by_record: dict[bytes, Entry] = {}
+    for entry in entries:
+        key = entry.key
+        record = merkle.short(salt, merkle.leaf_record(key, entry.leaf_hash()))
+        for level in levels:
+            group = groups.get((level, merkle.prefix_of(key, level)))
+            if group is not None:
+                group.append(record)
+                by_record[record] = entry
+                break
+    return list(groups.items()), by_record
+
+
+def _pair(xs: list[Entry], ys: list[Entry]) -> list[Pair]:
+    """(a's, b's) per path where the two differ, by path."""
+    by_x = {e.path: e for e in xs}
+    by_y = {e.path: e for e in ys}
     pairs: list[Pair] = []
-    for path in sorted(entries_a.keys() | entries_b.keys()):
-        ea, eb = entries_a.get(path), entries_b.get(path)
-        if ea is not None and eb is not None and ea.leaf_hash() == eb.leaf_hash():
+    for path in sorted(by_x.keys() | by_y.keys()):
+        x, y = by_x.get(path), by_y.get(path)
+        if x is not None and y is not None and x.leaf_hash() == y.leaf_hash():
             continue
-        pairs.append((ea, eb))
+        pairs.append((x, y))
     return pairs
 
 

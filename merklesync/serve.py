@@ -47,6 +47,8 @@ from merklesync.protocol.messages import (
     Children,
     ChildrenResult,
     Commit,
+    Compare,
+    CompareResult,
     Data,
     End,
     Entries,
@@ -55,8 +57,6 @@ from merklesync.protocol.messages import (
     Error,
     Gone,
     Hello,
-    Leaves,
-    LeavesResult,
     Put,
     Read,
     Refresh,
@@ -185,10 +185,10 @@ class Agent:
             node = peer.root()
             return RootResult(node.fingerprint, node.count)
         if isinstance(request, Children):
-            kids = peer.children(request.nodes)
+            kids = peer.children(request.nodes, request.salt)
             return ChildrenResult([[(n.fingerprint, n.count) for n in ns] for ns in kids])
-        if isinstance(request, Leaves):
-            return LeavesResult(peer.leaves(request.nodes))
+        if isinstance(request, Compare):
+            return CompareResult(*peer.compare(request.salt, request.groups))
         if isinstance(request, Entries):
             return EntriesResult(peer.entries(request.keys))
         if isinstance(request, Remember):

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from merklesync.model import Action, Change, ChangeKind, Entry, EntryKind, Stats
+from merklesync.model import Action, Change, ChangeKind, Entry, EntryKind, Stats, leaf_of
 from merklesync.peer import Outcome, Peer, Progress, WriteItem
 from merklesync.reconcile import differences, plan_one_way
 
@@ -162,7 +162,7 @@ def apply_ops(
     plain.sort(key=lambda o: (o.entry.kind is not EntryKind.DIR or o.entry.deleted, o.entry.path))
     for start in range(0, len(plain), BATCH_FILES):
         items = [
-            WriteItem(o.entry, o.expect, _given(o.content))
+            WriteItem(o.entry, leaf_of(o.expect), _given(o.content))
             for o in plain[start : start + BATCH_FILES]
         ]
         _record(target.write(items, progress), outcomes)
@@ -208,7 +208,7 @@ def _stream(source: Peer, batch: list[Op], outcomes: dict[str, Outcome]) -> Iter
                 op.entry.path, False, "changed or gone on the source since the scan"
             )
             continue
-        yield WriteItem(op.entry, op.expect, chunks)
+        yield WriteItem(op.entry, leaf_of(op.expect), chunks)
 
 
 def _record(results: list[Outcome], outcomes: dict[str, Outcome]) -> None:

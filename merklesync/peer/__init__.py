@@ -25,6 +25,7 @@ class Node:
 
 class Peer(Protocol):
     name: str  # for messages: a path or an address
+    local: bool  # in this process: a call costs no round trip on a network
     replica_id: str
     stats: Stats
 
@@ -42,12 +43,17 @@ class Peer(Protocol):
         """The root of the tree: fingerprint and entry count (tombstones too)."""
         ...
 
-    def children(self, nodes: Sequence[NodeId]) -> list[list[Node]]:
-        """For each node, its 16 children in order."""
+    def children(self, nodes: Sequence[NodeId], salt: bytes) -> list[list[Node]]:
+        """For each node, its 16 children in order, each fingerprint given
+        as ``merkle.short(salt, fingerprint)``."""
         ...
 
-    def leaves(self, nodes: Sequence[NodeId]) -> list[list[tuple[bytes, bytes]]]:
-        """For each node, the (key, leaf hash) pairs under it, sorted."""
+    def compare(
+        self, salt: bytes, groups: Sequence[tuple[NodeId, Sequence[bytes]]]
+    ) -> tuple[list[Entry], list[bytes]]:
+        """The other side's leaves under some nodes, as ``merkle.short(salt,
+        leaf_record(key, leaf))`` per node: this side's entries under those
+        nodes that are not among them, and which of them this side lacks."""
         ...
 
     def entries(self, keys: Sequence[bytes]) -> list[Entry]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
+from merklesync import merkle
 from merklesync.merkle import NodeId
 from merklesync.model import Entry, EntryKind, Stats
 from merklesync.peer import Node, Outcome, Progress, ScanReport, WriteItem
@@ -14,6 +15,8 @@ COMMIT_EVERY = 2000  # entries written between index commits: progress survives 
 
 
 class LocalPeer:
+    local = True
+
     def __init__(self, replica: Replica, name: str | None = None) -> None:
         self.replica = replica
         self.name = name or str(replica.root)
@@ -40,14 +43,35 @@ class LocalPeer:
         fingerprint, count = self.replica.index.root()
         return Node(fingerprint, count)
 
-    def children(self, nodes: Sequence[NodeId]) -> list[list[Node]]:
+    def children(self, nodes: Sequence[NodeId], salt: bytes) -> list[list[Node]]:
         self.stats.round_trips += 1
         index = self.replica.index
-        return [[Node(fp, count) for fp, count in index.children(node)] for node in nodes]
+        return [
+            [Node(merkle.short(salt, fp), count) for fp, count in index.children(node)]
+            for node in nodes
+        ]
 
-    def leaves(self, nodes: Sequence[NodeId]) -> list[list[tuple[bytes, bytes]]]:
+    def compare(
+        self, salt: bytes, groups: Sequence[tuple[NodeId, Sequence[bytes]]]
+    ) -> tuple[list[Entry], list[bytes]]:
         self.stats.round_trips += 1
-        return [self.replica.index.leaves(node) for node in nodes]
+        index = self.replica.index
+        unlike: set[tuple[bytes, bytes]] = set()
+        lacking: list[bytes] = []
+        for node, shorts in groups:
+            theirs = set(shorts)
+            mine = set()
+            for key, leaf in index.leaves(node):
+                record = merkle.short(salt, merkle.leaf_record(key, leaf))
+                mine.add(record)
+                if record not in theirs:
+                    unlike.add((key, leaf))
+            lacking.extend(s for s in shorts if s not in mine)
+        if not unlike:
+            return [], lacking
+        # A key may be shared by several paths: only the unlike ones go back.
+        found = index.by_keys(sorted({key for key, _leaf in unlike}))
+        return [e for e in found if (e.key, e.leaf_hash()) in unlike], lacking
 
     def entries(self, keys: Sequence[bytes]) -> list[Entry]:
         self.stats.round_trips += 1

@@ -32,6 +32,7 @@ from merklesync.model import Entry, Stats
 from merklesync.peer import Node, Outcome, Progress, ScanReport, WriteItem
 from merklesync.protocol.messages import (
     BUDGET,
+    MAX_COMPARE,
     MAX_KEYS,
     MAX_NODES,
     MAX_READ,
@@ -39,10 +40,10 @@ from merklesync.protocol.messages import (
     PROTOCOL_VERSIONS,
     ByeResult,
     ChildrenResult,
+    CompareResult,
     EntriesResult,
     Error,
     Hello,
-    LeavesResult,
     RefreshResult,
     Result,
     RootResult,
@@ -66,7 +67,6 @@ SOFTWARE = f"merklesync {__version__}"
 RECV_SIZE = 1 << 20
 SEND_BUFFER = 256 << 10  # buffered request bytes that trigger a send
 PIPELINE_BYTES = 32 << 10  # request bytes in flight beyond the one being answered
-LEAVES_NODES = 4096  # nodes per leaves request: 32 leaves each stays under the answer cap
 READ_BUDGET = BUDGET - 64  # bytes of entries in one read request
 EXIT_WAIT = 0.5  # seconds to see whether an agent that cut a frame short died
 
@@ -76,6 +76,8 @@ R = TypeVar("R", bound=Result)
 
 class RemotePeer:
     """A ``Peer`` reached through a transport to ``merklesync serve``."""
+
+    local = False
 
     def __init__(self, transport: Transport, name: str, *, where: str | None = None) -> None:
         self.transport = transport
@@ -144,13 +146,22 @@ class RemotePeer:
         r = self._call(self.session.root(), RootResult)
         return Node(r.fingerprint, r.count)
 
-    def children(self, nodes: Sequence[NodeId]) -> list[list[Node]]:
-        results = self._batched(self.session.children, nodes, MAX_NODES, ChildrenResult)
+    def children(self, nodes: Sequence[NodeId], salt: bytes) -> list[list[Node]]:
+        results = self._batched(
+            lambda part: self.session.children(part, salt), nodes, MAX_NODES, ChildrenResult
+        )
         return [[Node(fp, n) for fp, n in kids] for r in results for kids in r.children]
 
-    def leaves(self, nodes: Sequence[NodeId]) -> list[list[tuple[bytes, bytes]]]:
-        results = self._batched(self.session.leaves, nodes, LEAVES_NODES, LeavesResult)
-        return [pairs for r in results for pairs in r.leaves]
+    def compare(
+        self, salt: bytes, groups: Sequence[tuple[NodeId, Sequence[bytes]]]
+    ) -> tuple[list[Entry], list[bytes]]:
+        parts = list(
+            batches(groups, lambda g: len(g[1]), max_weight=MAX_COMPARE, max_items=MAX_NODES)
+        )
+        results = self._batched(
+            lambda part: self.session.compare(salt, part[0]), parts, 1, CompareResult
+        )
+        return [e for r in results for e in r.entries], [x for r in results for x in r.lacking]
 
     def entries(self, keys: Sequence[bytes]) -> list[Entry]:
         results = self._batched(self.session.entries, keys, MAX_KEYS, EntriesResult)

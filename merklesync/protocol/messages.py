@@ -7,7 +7,7 @@ messages, reasons, warnings, software name) is made one printable line
 rather than rejected.
 
 Client to server: ``Hello`` first, then requests, one per ``Peer`` method:
-``refresh root children leaves entries entries_under read write bye``
+``refresh root children compare entries entries_under read write bye``
 (the allowlist: anything else is a ProtocolError). ``write`` opens a stream
 of ``put`` [``data``... ``end`` | ``gone``] items closed by ``commit``.
 
@@ -52,14 +52,17 @@ NodeId = tuple[int, int]  # (level, prefix), as merkle and peer define it
 
 # -- versions and caps ---------------------------------------------------
 
-PROTOCOL_VERSIONS = (1, 1)  # lowest and highest protocol this code speaks
+# Lowest and highest protocol this code speaks. 2: children and compare
+# carry salted 8-byte fingerprints and leaf records (merkle.short).
+PROTOCOL_VERSIONS = (2, 2)
 
-MAX_NODES = 65_536  # nodes per children / leaves / entries_under request
+MAX_NODES = 65_536  # nodes per children / compare / entries_under request
+MAX_COMPARE = 65_536  # leaf records per compare request
 MAX_KEYS = 100_000  # keys per entries request
 KEY_SLACK = 1_024  # entries beyond one per key an answer may hold (collisions)
 MAX_READ = 4_096  # entries per read request (the request must also fit a frame)
 MAX_WRITE_ITEMS = 100_000  # put items per write stream
-MAX_RESULT_ITEMS = 1 << 18  # leaves / entries_under answer, all frames together
+MAX_RESULT_ITEMS = 1 << 18  # compare / entries_under answer, all frames together
 MAX_REPORT_ITEMS = 1 << 21  # paths and warnings in one refresh answer
 MAX_VV_PAIRS = 1_024  # replicas in one version vector
 MAX_TEXT = 2_000  # characters of an error message, reason or warning
@@ -68,9 +71,10 @@ MAX_CAPS = 64
 MAX_SOFTWARE = 200
 BUDGET = MAX_FRAME - 1_024  # payload a split answer frame aims at
 
-LEAF_RECORD = KEY_BYTES + LEAF_BYTES  # a leaves answer is key||hash records
 FANOUT = merkle.FANOUT
 FINGERPRINT_BYTES = merkle.FINGERPRINT_BYTES
+SALT_BYTES = merkle.SALT_BYTES
+SHORT_BYTES = merkle.SHORT_BYTES
 
 # -- validation helpers --------------------------------------------------
 
@@ -294,13 +298,65 @@ class Root(_Bare):
 
 
 @dataclass(frozen=True, slots=True)
-class Children(_Nodes):
+class Children:
+    """The children of these nodes, fingerprints shortened with ``salt``."""
+
     TAG: ClassVar[str] = "children"
+    salt: bytes
+    nodes: tuple[NodeId, ...]
+
+    def to_wire(self) -> list[object]:
+        return [self.TAG, self.salt, [list(n) for n in self.nodes]]
+
+    @classmethod
+    def from_wire(cls, msg: list[object]) -> Children:
+        salt, nodes = _fields(msg, 2)
+        return cls(_bin(salt, "salt", size=SALT_BYTES), _nodes(nodes))
 
 
 @dataclass(frozen=True, slots=True)
-class Leaves(_Nodes):
-    TAG: ClassVar[str] = "leaves"
+class Compare:
+    """The client's leaves under some nodes, as short salted records (per
+    node ``counts[i]`` records of ``records``): which of its entries under
+    those nodes does the server hold otherwise, and which records does it
+    lack? On the wire: ``[salt, [nodes], [counts], records concatenated]``."""
+
+    TAG: ClassVar[str] = "compare"
+    salt: bytes
+    groups: tuple[tuple[NodeId, tuple[bytes, ...]], ...]
+
+    def to_wire(self) -> list[object]:
+        return [
+            self.TAG,
+            self.salt,
+            [list(node) for node, _ in self.groups],
+            [len(records) for _, records in self.groups],
+            b"".join(r for _, records in self.groups for r in records),
+        ]
+
+    @classmethod
+    def from_wire(cls, msg: list[object]) -> Compare:
+        salt, nodes_w, counts_w, blob_w = _fields(msg, 4)
+        nodes = _nodes(nodes_w)
+        counts = [
+            _int(c, "record count", MAX_COMPARE)
+            for c in _list(counts_w, "record counts", length=len(nodes))
+        ]
+        if sum(counts) > MAX_COMPARE:
+            _fail(f"compare: {sum(counts)} records, over the limit of {MAX_COMPARE}")
+        blob = _bin(blob_w, "records", size=sum(counts) * SHORT_BYTES)
+        groups: list[tuple[NodeId, tuple[bytes, ...]]] = []
+        pos = 0
+        for node, count in zip(nodes, counts, strict=True):
+            end = pos + count * SHORT_BYTES
+            groups.append(
+                (node, tuple(blob[i : i + SHORT_BYTES] for i in range(pos, end, SHORT_BYTES)))
+            )
+            pos = end
+        return cls(_bin(salt, "salt", size=SALT_BYTES), tuple(groups))
+
+    def records(self) -> set[bytes]:
+        return {r for _, records in self.groups for r in records}
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,26 +410,24 @@ class Write(_Bare):
 @dataclass(frozen=True, slots=True)
 class Put:
     """One write item: make ``entry`` current if the destination still holds
-    ``expect``. With ``has_data``, ``data`` frames then ``end`` (or ``gone``)
-    follow; without, the item is complete."""
+    the entry whose leaf hash is ``expect`` (nil: nothing). With
+    ``has_data``, ``data`` frames then ``end`` (or ``gone``) follow; without,
+    the item is complete."""
 
     TAG: ClassVar[str] = "put"
     entry: Entry
-    expect: Entry | None
+    expect: bytes | None
     has_data: bool
 
     def to_wire(self) -> list[object]:
-        expect = None if self.expect is None else self.expect.to_wire()
-        return [self.TAG, self.entry.to_wire(), expect, self.has_data]
+        return [self.TAG, self.entry.to_wire(), self.expect, self.has_data]
 
     @classmethod
     def from_wire(cls, msg: list[object]) -> Put:
         entry_w, expect_w, has_data_w = _fields(msg, 3)
         entry = entry_from_wire(entry_w)
-        expect = None if expect_w is None else entry_from_wire(expect_w)
+        expect = None if expect_w is None else _bin(expect_w, "expected leaf", size=LEAF_BYTES)
         has_data = _bool(has_data_w, "has_data")
-        if expect is not None and expect.path != entry.path:
-            _fail(f"put {entry.path!r}: expected entry is for another path")
         if has_data and not _is_live_file(entry):
             _fail(f"put {entry.path!r}: data for something that is not a file")
         return cls(entry, expect, has_data)
@@ -559,7 +613,7 @@ class Done(_Bare):
 
 
 Request = (
-    Refresh | Root | Children | Leaves | Entries | EntriesUnder | Read | Write | Remember | Bye
+    Refresh | Root | Children | Compare | Entries | EntriesUnder | Read | Write | Remember | Bye
 )
 ClientMessage = Hello | Request | Put | Data | End | Gone | Commit
 ServerMessage = Hello | Ok | More | Error | Progress | Data | End | Gone | Done
@@ -568,7 +622,7 @@ _REQUESTS: tuple[type[Request], ...] = (
     Refresh,
     Root,
     Children,
-    Leaves,
+    Compare,
     Entries,
     EntriesUnder,
     Read,
@@ -670,8 +724,8 @@ class RootResult:
 
 @dataclass(frozen=True, slots=True)
 class ChildrenResult:
-    """Per node, its 16 children as (fingerprint, count). On the wire a node
-    is ``[16 fingerprints concatenated, [16 counts]]``."""
+    """Per node, its 16 children as (short fingerprint, count). On the wire
+    a node is ``[16 short fingerprints concatenated, [16 counts]]``."""
 
     SHAPE: ClassVar[Shape] = "*"
     children: list[list[tuple[bytes, int]]]
@@ -682,7 +736,7 @@ class ChildrenResult:
     @classmethod
     def from_wire(cls, value: object, nodes: Sequence[NodeId]) -> ChildrenResult:
         out: list[list[tuple[bytes, int]]] = []
-        n = FINGERPRINT_BYTES
+        n = SHORT_BYTES
         for item in _list(value, "children", length=len(nodes)):
             fps, counts = _list(item, "children of a node", length=2)
             blob = _bin(fps, "fingerprints", size=FANOUT * n)
@@ -692,39 +746,36 @@ class ChildrenResult:
 
 
 @dataclass(frozen=True, slots=True)
-class LeavesResult:
-    """Per node, its sorted (key, leaf hash) pairs. On the wire:
-    ``[[count per node], key||hash records concatenated]``."""
+class CompareResult:
+    """The server's entries under the nodes that are not among the client's
+    records, and the client's records the server lacks. On the wire:
+    ``[[entries], lacking records concatenated]``."""
 
-    SHAPE: ClassVar[Shape] = ("l", f"b{LEAF_RECORD}")
-    leaves: list[list[tuple[bytes, bytes]]]
+    SHAPE: ClassVar[Shape] = ("l", f"b{SHORT_BYTES}")
+    entries: list[Entry]
+    lacking: list[bytes]
 
     def to_wire(self) -> list[object]:
-        blob = b"".join(k + h for pairs in self.leaves for k, h in pairs)
-        return [[len(pairs) for pairs in self.leaves], blob]
+        return [[e.to_wire() for e in self.entries], b"".join(self.lacking)]
 
     @classmethod
-    def from_wire(cls, value: object, nodes: Sequence[NodeId]) -> LeavesResult:
-        counts_w, blob_w = _list(value, "leaves", length=2)
-        counts = [
-            _int(c, "leaf count", MAX_RESULT_ITEMS)
-            for c in _list(counts_w, "leaf counts", length=len(nodes))
-        ]
-        blob = _bin(blob_w, "leaves", size=sum(counts) * LEAF_RECORD)
-        out: list[list[tuple[bytes, bytes]]] = []
-        pos = 0
-        for (level, prefix), count in zip(nodes, counts, strict=True):
-            pairs: list[tuple[bytes, bytes]] = []
-            for _ in range(count):
-                key, leaf = blob[pos : pos + KEY_BYTES], blob[pos + KEY_BYTES : pos + LEAF_RECORD]
-                pos += LEAF_RECORD
-                if merkle.prefix_of(key, level) != prefix:
-                    _fail(f"leaves: key {key.hex()} is not under node ({level}, {prefix})")
-                if pairs and pairs[-1] >= (key, leaf):
-                    _fail(f"leaves of node ({level}, {prefix}) are not sorted")
-                pairs.append((key, leaf))
-            out.append(pairs)
-        return cls(out)
+    def from_wire(cls, value: object, request: Compare) -> CompareResult:
+        entries_w, blob_w = _list(value, "compare", length=2)
+        nodes = {node for node, _ in request.groups}
+        levels = {level for level, _ in nodes}
+        entries = [entry_from_wire(e) for e in _list(entries_w, "entries", limit=MAX_RESULT_ITEMS)]
+        for entry in entries:
+            if not _under(entry.key, nodes, levels):
+                _fail(f"compare: {entry.path!r} is not under the nodes asked for")
+        sent = request.records()
+        blob = _bin(blob_w, "lacking records", limit=len(sent) * SHORT_BYTES)
+        if len(blob) % SHORT_BYTES:
+            _fail("compare: lacking records are not whole records")
+        lacking = [blob[i : i + SHORT_BYTES] for i in range(0, len(blob), SHORT_BYTES)]
+        for record in lacking:
+            if record not in sent:
+                _fail("compare: a lacking record that was not sent")
+        return cls(entries, lacking)
 
 
 def _under(key: bytes, nodes: set[NodeId], levels: set[int]) -> bool:
@@ -799,7 +850,7 @@ Result = (
     RefreshResult
     | RootResult
     | ChildrenResult
-    | LeavesResult
+    | CompareResult
     | EntriesResult
     | WriteResult
     | ByeResult
@@ -809,7 +860,7 @@ RESULT_TYPES: dict[str, type[Result]] = {
     Refresh.TAG: RefreshResult,
     Root.TAG: RootResult,
     Children.TAG: ChildrenResult,
-    Leaves.TAG: LeavesResult,
+    Compare.TAG: CompareResult,
     Entries.TAG: EntriesResult,
     EntriesUnder.TAG: EntriesResult,
     Write.TAG: WriteResult,

@@ -39,6 +39,7 @@ from merklesync.model import Entry, EntryKind
 from merklesync.protocol.framing import MAX_CHUNK, FrameDecoder, encode_frame
 from merklesync.protocol.messages import (
     KEY_SLACK,
+    MAX_COMPARE,
     MAX_KEYS,
     MAX_NODES,
     MAX_READ,
@@ -53,6 +54,8 @@ from merklesync.protocol.messages import (
     ChildrenResult,
     ClientMessage,
     Commit,
+    Compare,
+    CompareResult,
     Data,
     Done,
     End,
@@ -62,8 +65,6 @@ from merklesync.protocol.messages import (
     Error,
     Gone,
     Hello,
-    Leaves,
-    LeavesResult,
     More,
     NodeId,
     Ok,
@@ -269,14 +270,18 @@ class ClientSession(_Base):
             raise ValueError(f"{len(nodes)} nodes in one request, over {MAX_NODES}")
         return tuple((int(level), int(prefix)) for level, prefix in nodes)
 
-    def children(self, nodes: Sequence[NodeId]) -> bytes:
-        request = Children(self._check_nodes(nodes))
+    def children(self, nodes: Sequence[NodeId], salt: bytes) -> bytes:
+        request = Children(salt, self._check_nodes(nodes))
         return self._request(request, Assembly(ChildrenResult.SHAPE, len(request.nodes)))
 
-    def leaves(self, nodes: Sequence[NodeId]) -> bytes:
-        request = Leaves(self._check_nodes(nodes))
-        limit = len(request.nodes) + MAX_RESULT_ITEMS
-        return self._request(request, Assembly(LeavesResult.SHAPE, limit))
+    def compare(self, salt: bytes, groups: Sequence[tuple[NodeId, Sequence[bytes]]]) -> bytes:
+        nodes = self._check_nodes([node for node, _ in groups])
+        records = tuple(tuple(rs) for _, rs in groups)
+        if sum(len(rs) for rs in records) > MAX_COMPARE:
+            raise ValueError(f"over {MAX_COMPARE} records in one compare request")
+        request = Compare(salt, tuple(zip(nodes, records, strict=True)))
+        limit = MAX_RESULT_ITEMS + MAX_COMPARE
+        return self._request(request, Assembly(CompareResult.SHAPE, limit))
 
     def entries_under(self, nodes: Sequence[NodeId]) -> bytes:
         request = EntriesUnder(self._check_nodes(nodes))
@@ -304,13 +309,11 @@ class ClientSession(_Base):
         self._write = self._pending[-1]
         return frame
 
-    def put(self, entry: Entry, expect: Entry | None, has_data: bool) -> bytes:
+    def put(self, entry: Entry, expect: bytes | None, has_data: bool) -> bytes:
         if self._write is None or self._put is not None:
             raise RuntimeError("put() outside a write stream or inside an item")
         if len(self._write.paths) >= MAX_WRITE_ITEMS:
             raise ValueError(f"over {MAX_WRITE_ITEMS} items in one write; commit and start another")
-        if expect is not None and expect.path != entry.path:
-            raise ValueError("expect is for another path")
         if has_data and (entry.kind is not EntryKind.FILE or entry.deleted):
             raise ValueError(f"put {entry.path!r}: data for something that is not a file")
         frame = encode_frame(Put(entry, expect, has_data).to_wire())
@@ -415,8 +418,8 @@ class ClientSession(_Base):
             return RootResult.from_wire(value)
         if isinstance(request, Children):
             return ChildrenResult.from_wire(value, request.nodes)
-        if isinstance(request, Leaves):
-            return LeavesResult.from_wire(value, request.nodes)
+        if isinstance(request, Compare):
+            return CompareResult.from_wire(value, request)
         if isinstance(request, Entries | EntriesUnder):
             return EntriesResult.from_wire(value, request)
         if isinstance(request, Write):

@@ -27,7 +27,7 @@ from merklesync.clock import HybridClock, VersionVector
 from merklesync.errors import LocalIOError, MerklesyncError, UnsafePath
 from merklesync.ignore import STATE_DIR, TEMP_PREFIX, IgnoreRules
 from merklesync.index import TOMBSTONE, Cached, Index
-from merklesync.model import Entry, EntryKind, Outcome, ScanReport, WriteItem
+from merklesync.model import Entry, EntryKind, Outcome, ScanReport, WriteItem, leaf_of
 from merklesync.protocol.paths import check_relpath
 
 CHUNK = 1 << 20
@@ -391,7 +391,7 @@ class DirectorySource:
             return Outcome(rel, False, "ignored on this replica")
         cached = index.get(rel)
         current = cached.entry if cached is not None else None
-        if _leaf(current) != _leaf(item.expect):
+        if leaf_of(current) != item.expect:
             return Outcome(rel, False, "changed on the destination since the comparison")
         try:
             on_disk = self._verify_unchanged(rel, cached, entry)
@@ -615,10 +615,6 @@ def _below_any(path: str, tops: set[str]) -> bool:
 
 class _Refused(MerklesyncError):
     """The write was refused for this entry; the run goes on."""
-
-
-def _leaf(entry: Entry | None) -> bytes | None:
-    return None if entry is None else entry.leaf_hash()
 
 
 def _drain(item: WriteItem) -> None:

@@ -322,9 +322,9 @@ def test_never_writes_through_a_symlink_made_earlier_in_the_same_batch(tmp_path:
                     Entry("a/y", EntryKind.FILE, vv.bump("peer"), deleted=True),
                     Entry(
                         "a/y", EntryKind.FILE, vv, digest=file.digest, size=len(data), mode=0o644
-                    ),
+                    ).leaf_hash(),
                 ),
-                WriteItem(link, directory),
+                WriteItem(link, directory.leaf_hash()),
                 WriteItem(file, None, [data]),
             ]
         )

@@ -98,7 +98,9 @@ def test_round_trips_for_one_change_among_2000(tmp_path: Path) -> None:
     victim.write_text("changed")
     stats = ms("diff", src, dst, "--json").json()["stats"]
     # 2,000 entries (plus directories): the tree stores 2 levels of 16.
-    # children(root), children(level 1), leaves(bucket), entries(keys) = 4.
-    assert stats["round_trips"] == 4
+    # children(root), children(level 1), the entries of one bucket = depth + 1.
+    assert stats["round_trips"] == 3
     assert stats["entries_compared"] == 1
-    assert stats["nodes_compared"] <= 16 + 16 + 2 * 32
+    assert stats["nodes_compared"] <= 16 + 16 + 2 * 64
+    # The push adds the write: depth + 2.
+    assert ms("push", src, dst, "--json").json()["stats"]["round_trips"] == 4

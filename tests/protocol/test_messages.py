@@ -27,6 +27,8 @@ from merklesync.protocol.messages import (
     ChildrenResult,
     ClientMessage,
     Commit,
+    Compare,
+    CompareResult,
     Data,
     Done,
     End,
@@ -35,8 +37,6 @@ from merklesync.protocol.messages import (
     EntriesUnder,
     Error,
     Gone,
-    Leaves,
-    LeavesResult,
     More,
     Ok,
     Progress,
@@ -61,6 +61,7 @@ from merklesync.protocol.messages import (
 from .strategies import entries, file_entry, hello, wire_values
 
 E = file_entry()
+SALT = b"\x07" * 16
 LINK = Entry(
     "l", EntryKind.LINK, VersionVector.of({"r": 1}), b"\x02" * 32, 0, 0, 0, "../t", False, 3
 )
@@ -69,14 +70,14 @@ CLIENT: list[ClientMessage] = [
     hello(),
     Refresh(True),
     Root(),
-    Children(((0, 0), (2, 255))),
-    Leaves(((1, 3),)),
+    Children(SALT, ((0, 0), (2, 255))),
+    Compare(SALT, (((1, 3), (b"r" * 8, b"s" * 8)), ((2, 9), ()))),
     EntriesUnder(((0, 0),)),
     Entries((b"12345678", b"abcdefgh")),
     Read((E,)),
     Write(),
     Put(E, None, True),
-    Put(LINK, LINK.tombstone(VersionVector.of({"r": 2}), 4), False),
+    Put(LINK, LINK.tombstone(VersionVector.of({"r": 2}), 4).leaf_hash(), False),
     Data(b"chunk"),
     End(),
     Gone("changed while read"),
@@ -118,7 +119,7 @@ def test_ops_allowlist() -> None:
         "refresh",
         "root",
         "children",
-        "leaves",
+        "compare",
         "entries",
         "entries_under",
         "read",
@@ -130,7 +131,8 @@ def test_ops_allowlist() -> None:
 
 @given(entries())
 def test_entries_round_trip_in_put(entry: Entry) -> None:
-    assert parse_client_message(wire(Put(entry, entry, False))) == Put(entry, entry, False)
+    put = Put(entry, entry.leaf_hash(), False)
+    assert parse_client_message(wire(put)) == put
 
 
 @pytest.mark.parametrize(
@@ -146,11 +148,11 @@ def test_entries_round_trip_in_put(entry: Entry) -> None:
         (["refresh"], "expected 1 fields"),
         (["refresh", 1], "boolean"),
         (["root", None], "expected 0 fields"),
-        (["children", [[0, 1]]], "node id"),
-        (["children", [[16, 0]]], "node id"),
-        (["children", [[1, 16]]], "node id"),
-        (["children", [[True, 0]]], "node id"),
-        (["children", [[0, 0]] * 65_537], "over the limit"),
+        (["children", b"s" * 16, [[0, 1]]], "node id"),
+        (["children", b"s" * 16, [[16, 0]]], "node id"),
+        (["children", b"s" * 16, [[1, 16]]], "node id"),
+        (["children", b"s" * 16, [[True, 0]]], "node id"),
+        (["children", b"s" * 16, [[0, 0]] * 65_537], "over the limit"),
         (["entries", [b"short"]], "expected 8 bytes"),
         (["entries", ["12345678"]], "expected bytes"),
         (["entries", [b"12345678"] * 100_001], "over the limit"),
@@ -158,7 +160,7 @@ def test_entries_round_trip_in_put(entry: Entry) -> None:
         (["read", [E.to_wire()] * 4097], "over the limit"),
         (["put", E.to_wire(), None, 1], "boolean"),
         (["put", LINK.to_wire(), None, True], "not a file"),
-        (["put", E.to_wire(), LINK.to_wire(), False], "another path"),
+        (["put", E.to_wire(), b"\x01" * 31, False], "expected 32 bytes"),
         (["data", b""], "empty data"),
         (["data", "text"], "expected bytes"),
         (["data", b"x" * ((1 << 20) + 1)], "over the limit"),
@@ -294,12 +296,11 @@ def test_error_codes_map_to_exceptions() -> None:
 NODES = ((1, 0), (1, 5))
 
 
-def _leaves() -> LeavesResult:
-    out = []
-    for _, prefix in NODES:
-        keys = sorted((prefix << 60 | i * 7919).to_bytes(8, "big") for i in range(300))
-        out.append([(k, bytes([i % 256]) * 32) for i, k in enumerate(keys)])
-    return LeavesResult(out)
+def _records(n: int) -> tuple[bytes, ...]:
+    return tuple(i.to_bytes(8, "big") for i in range(n))
+
+
+UNDER_ROOT = Compare(SALT, (((0, 0), _records(900)),))
 
 
 ENTRIES = [
@@ -320,8 +321,11 @@ ENTRIES = [
 RESULTS: list[tuple[Result, object]] = [
     (RefreshResult(3, 2, ["a", "b/c"], ["m"] * 500, ["d"], ["skipped x: permission denied"]), None),
     (RootResult(b"\x05" * 16, 12), None),
-    (ChildrenResult([[(bytes([i]) * 16, i) for i in range(16)]] * len(NODES)), Children(NODES)),
-    (_leaves(), Leaves(NODES)),
+    (
+        ChildrenResult([[(bytes([i]) * 8, i) for i in range(16)]] * 8),
+        Children(SALT, tuple((1, i) for i in range(8))),
+    ),
+    (CompareResult(ENTRIES, list(_records(500))), UNDER_ROOT),
     (EntriesResult(ENTRIES), Entries(tuple(e.key for e in ENTRIES))),
     (EntriesResult(ENTRIES), EntriesUnder(((0, 0),))),
     (
@@ -338,9 +342,9 @@ def _decode(result: Result, value: object, request: object) -> Result:
     if isinstance(result, ChildrenResult):
         assert isinstance(request, Children)
         return ChildrenResult.from_wire(value, request.nodes)
-    if isinstance(result, LeavesResult):
-        assert isinstance(request, Leaves)
-        return LeavesResult.from_wire(value, request.nodes)
+    if isinstance(result, CompareResult):
+        assert isinstance(request, Compare)
+        return CompareResult.from_wire(value, request)
     if isinstance(result, EntriesResult):
         assert isinstance(request, Entries | EntriesUnder)
         return EntriesResult.from_wire(value, request)
@@ -384,24 +388,36 @@ def test_assembly_rejects_parts_of_the_wrong_shape() -> None:
 
 
 def test_children_result_checks() -> None:
-    good = ChildrenResult([[(b"\x00" * 16, 0)] * 16]).to_wire()
+    good = ChildrenResult([[(b"\x00" * 8, 0)] * 16]).to_wire()
     assert ChildrenResult.from_wire(good, [(0, 0)])
     with pytest.raises(ProtocolError):
         ChildrenResult.from_wire(good, [(0, 0), (1, 1)])  # one node short
     with pytest.raises(ProtocolError):
-        ChildrenResult.from_wire([[b"\x00" * 15 * 16, [0] * 16]], [(0, 0)])
+        ChildrenResult.from_wire([[b"\x00" * 7 * 16, [0] * 16]], [(0, 0)])
 
 
-def test_leaves_result_checks() -> None:
-    k = (5 << 60).to_bytes(8, "big")
-    leaf = b"\x01" * 32
-    assert LeavesResult.from_wire([[1], k + leaf], [(1, 5)]).leaves == [[(k, leaf)]]
-    with pytest.raises(ProtocolError, match="not under node"):
-        LeavesResult.from_wire([[1], k + leaf], [(1, 4)])
-    with pytest.raises(ProtocolError, match="not sorted"):
-        LeavesResult.from_wire([[2], k + leaf + k + leaf], [(1, 5)])
+def test_compare_checks() -> None:
+    key = key_of("x")
+    node = (2, merkle.prefix_of(key, 2))
+    request = Compare(SALT, ((node, (b"a" * 8, b"b" * 8)),))
+    answer = CompareResult.from_wire([[file_entry("x").to_wire()], b"b" * 8], request)
+    assert answer.lacking == [b"b" * 8] and [e.path for e in answer.entries] == ["x"]
+    elsewhere = Compare(SALT, (((2, (node[1] + 1) % 256), (b"a" * 8,)),))
+    with pytest.raises(ProtocolError, match="not under"):
+        CompareResult.from_wire([[file_entry("x").to_wire()], b""], elsewhere)
+    with pytest.raises(ProtocolError, match="not sent"):
+        CompareResult.from_wire([[], b"c" * 8], request)
+    with pytest.raises(ProtocolError, match="whole records"):
+        CompareResult.from_wire([[], b"a" * 8 + b"b" * 4], request)
+    with pytest.raises(ProtocolError):  # more lacking than was sent
+        CompareResult.from_wire([[], b"a" * 8 * 3], request)
+    # The request itself: counts must match the records, within the caps.
+    wire_ = request.to_wire()
+    assert Compare.from_wire(wire_) == request
     with pytest.raises(ProtocolError):
-        LeavesResult.from_wire([[2], k + leaf], [(1, 5)])
+        Compare.from_wire([*wire_[:3], [3], wire_[4]])
+    with pytest.raises(ProtocolError):
+        Compare.from_wire([wire_[0], b"short salt", *wire_[2:]])
 
 
 def test_entries_result_checks() -> None:

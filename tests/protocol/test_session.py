@@ -8,6 +8,7 @@ from merklesync.errors import ConnectionFailed, ProtocolError, ReplicaLocked
 from merklesync.model import key_of
 from merklesync.protocol.framing import encode_frame
 from merklesync.protocol.messages import (
+    PROTOCOL_VERSIONS,
     ByeResult,
     Children,
     ChildrenResult,
@@ -42,7 +43,8 @@ from .strategies import file_entry, hello
 
 A = file_entry("a.txt", 5)
 B = file_entry("dir/b.bin", 3)
-KIDS = [[(bytes([i]) * 16, i) for i in range(16)]]
+KIDS = [[(bytes([i]) * 8, i) for i in range(16)]]
+SALT = b"\x05" * 16
 
 
 def frame(*obj: object) -> bytes:
@@ -51,8 +53,8 @@ def frame(*obj: object) -> bytes:
 
 def connected() -> tuple[ClientSession, ServerSession]:
     client, server = ClientSession(hello("client")), ServerSession(hello("server"))
-    assert server.receive(client.greeting()) == [Negotiated(client.hello, 1)]
-    assert client.receive(server.greeting()) == [Negotiated(server.hello, 1)]
+    assert server.receive(client.greeting()) == [Negotiated(client.hello, PROTOCOL_VERSIONS[1])]
+    assert client.receive(server.greeting()) == [Negotiated(server.hello, PROTOCOL_VERSIONS[1])]
     return client, server
 
 
@@ -60,8 +62,8 @@ def test_handshake_in_any_split() -> None:
     client, server = ClientSession(hello("client")), ServerSession(hello("server"))
     greeting = client.greeting()
     assert server.receive(greeting[:3]) == []
-    assert server.receive(greeting[3:]) == [Negotiated(client.hello, 1)]
-    assert server.version == 1 and server.peer == client.hello
+    assert server.receive(greeting[3:]) == [Negotiated(client.hello, PROTOCOL_VERSIONS[1])]
+    assert server.version == PROTOCOL_VERSIONS[1] and server.peer == client.hello
 
 
 def test_version_mismatch_fails_the_handshake() -> None:
@@ -88,7 +90,7 @@ def test_no_request_before_negotiation() -> None:
 
 def test_pipelined_requests_answered_in_order() -> None:
     client, server = connected()
-    wire = client.refresh(checksum=True) + client.root() + client.children([(0, 0)])
+    wire = client.refresh(checksum=True) + client.root() + client.children([(0, 0)], SALT)
     wire += client.entries([A.key])
     assert client.pending == 4
     events = server.receive(wire)
@@ -161,9 +163,9 @@ def test_write_stream() -> None:
     client, server = connected()
     wire = client.write()
     wire += client.put(A, None, True) + client.data(b"hello") + client.end()
-    wire += client.put(B, B, True) + client.data(b"ab") + client.gone("source changed")
+    wire += client.put(B, B.leaf_hash(), True) + client.data(b"ab") + client.gone("source changed")
     tomb = A.tombstone(A.vv.bump("r2"), 9)
-    wire += client.put(tomb, A, False)
+    wire += client.put(tomb, A.leaf_hash(), False)
     with pytest.raises(RuntimeError):
         client.root()  # no request inside a write stream
     wire += client.commit() + client.bye()
@@ -173,10 +175,10 @@ def test_write_stream() -> None:
         Put(A, None, True),
         Data(b"hello"),
         End(),
-        Put(B, B, True),
+        Put(B, B.leaf_hash(), True),
         Data(b"ab"),
         Gone("source changed"),
-        Put(tomb, A, False),
+        Put(tomb, A.leaf_hash(), False),
         Commit(),
     ]
     assert server.closing
@@ -273,7 +275,7 @@ def _client_after(request: str) -> ClientSession:
     if request == "root":
         client.root()
     elif request == "children":
-        client.children([(0, 0)])
+        client.children([(0, 0)], SALT)
     elif request == "entries":
         client.entries([key_of("wanted")])
     elif request == "read":

@@ -40,7 +40,7 @@ def children(entries: list[list[object]]) -> list[object]:
     counts = [0] * 16
     for e in entries:
         counts[key_of(str(e[0]))[0] >> 4] += 1
-    fps = b"".join((bytes([i + 1]) * 16 if counts[i] else bytes(16)) for i in range(16))
+    fps = b"".join((bytes([i + 1]) * 8 if counts[i] else bytes(8)) for i in range(16))
     return [[fps, counts]]
 
 
@@ -67,7 +67,7 @@ class Wire:
 
 def main(scenario: str) -> None:
     wire = Wire()
-    versions = [5, 6] if scenario == "future" else [1, 1]
+    versions = [5, 6] if scenario == "future" else [2, 2]
     wire.send(frame(["merklesync", versions, [], "fake0000", "fake agent 9.0", "/fake"]))
     files = {
         "dotdot": [entry("../../escaped")],

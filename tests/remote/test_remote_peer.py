@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from merklesync import merkle
 from merklesync.errors import ConnectionFailed, NotAReplica, ReplicaLocked
-from merklesync.merkle import ROOT
+from merklesync.merkle import ROOT, NodeId
+from merklesync.model import Entry
 from merklesync.peer import remote as remote_mod
 from merklesync.peer.local import LocalPeer
 from merklesync.peer.open import refresh_all
@@ -22,6 +24,8 @@ from merklesync.transfer import push
 from merklesync.transport.pipes import SubprocessTransport
 from tests.clirun import ms
 from tests.treegen import assert_same_tree, make_tree
+
+SALT = b"\x03" * merkle.SALT_BYTES
 
 
 def serve_argv(root: Path, *extra: str) -> list[str]:
@@ -55,14 +59,15 @@ def test_remote_answers_like_the_local_replica(tree: Path) -> None:
     try:
         report = peer.refresh()
         assert report.scanned == 45 and report.hashed == 0
+        everything = peer.entries_under([ROOT])
         remote_answers = (
             peer.replica_id,
             peer.root(),
-            peer.children([ROOT]),
-            peer.leaves([(1, 3), (1, 7)]),
-            sorted(e.path for e in peer.entries_under([ROOT])),
+            peer.children([ROOT], SALT),
+            peer.compare(SALT, _groups(everything)),
+            sorted(e.path for e in everything),
         )
-        keys = [k for k, _leaf in peer.leaves([ROOT])[0]]
+        keys = [e.key for e in everything]
         remote_entries = peer.entries(keys)
     finally:
         peer.close()
@@ -71,8 +76,8 @@ def test_remote_answers_like_the_local_replica(tree: Path) -> None:
         assert remote_answers == (
             local.replica_id,
             local.root(),
-            local.children([ROOT]),
-            local.leaves([(1, 3), (1, 7)]),
+            local.children([ROOT], SALT),
+            local.compare(SALT, _groups(local.entries_under([ROOT]))),
             sorted(e.path for e in local.entries_under([ROOT])),
         )
         assert remote_entries == local.entries(keys)
@@ -80,11 +85,35 @@ def test_remote_answers_like_the_local_replica(tree: Path) -> None:
         local.close()
 
 
+def _groups(entries: list[Entry]) -> list[tuple[NodeId, list[bytes]]]:
+    """What the other side sends: all of node (1, 3) but one entry, a
+    stranger in (1, 7), nothing for (1, 9)."""
+
+    def record(e: Entry) -> bytes:
+        return merkle.short(SALT, merkle.leaf_record(e.key, e.leaf_hash()))
+
+    under_3 = sorted(record(e) for e in entries if merkle.prefix_of(e.key, 1) == 3)
+    assert len(under_3) > 1
+    return [((1, 3), under_3[1:]), ((1, 7), [b"stranger"]), ((1, 9), [])]
+
+
+def test_compare_answers_what_differs(remote: RemotePeer) -> None:
+    everything = remote.entries_under([ROOT])
+    theirs, lacking = remote.compare(SALT, _groups(everything))
+    assert lacking == [b"stranger"]
+    expected = {e.path for e in everything if merkle.prefix_of(e.key, 1) in (7, 9)}
+    first_of_3 = min(
+        (e for e in everything if merkle.prefix_of(e.key, 1) == 3),
+        key=lambda e: merkle.short(SALT, merkle.leaf_record(e.key, e.leaf_hash())),
+    )
+    assert {e.path for e in theirs} == expected | {first_of_3.path}
+
+
 def test_round_trips_and_bytes_are_counted(remote: RemotePeer) -> None:
     remote.refresh()
     assert remote.stats.round_trips == 0  # the scan is overlapped, not counted
-    remote.children([ROOT])
-    remote.leaves([(1, 0)])
+    remote.children([ROOT], SALT)
+    remote.compare(SALT, [((1, 0), [])])
     assert remote.stats.round_trips == 2
     assert remote.stats.bytes_received == remote.transport.bytes_received > 256
     assert remote.stats.bytes_sent == remote.transport.bytes_sent
@@ -93,7 +122,7 @@ def test_round_trips_and_bytes_are_counted(remote: RemotePeer) -> None:
 def test_requests_over_a_cap_are_split_and_pipelined(
     remote: RemotePeer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    keys = [k for k, _leaf in remote.leaves([ROOT])[0]]
+    keys = [e.key for e in remote.entries_under([ROOT])]
     want = remote.entries(keys)
     monkeypatch.setattr(remote_mod, "MAX_KEYS", 7)
     before = remote.stats.round_trips
@@ -128,7 +157,7 @@ def test_an_abandoned_read_does_not_derail_the_next_request(remote: RemotePeer) 
     assert chunks is not None
     next(chunks)
     del stream, chunks  # the rest of the answer is still on the wire
-    assert remote.children([ROOT]) == remote.children([ROOT])
+    assert remote.children([ROOT], SALT) == remote.children([ROOT], SALT)
     # and a file the consumer skips is skipped, not mixed into the next one
     sizes = [(e.size, sum(map(len, c or []))) for e, c in remote.read(entries) if e.size % 2]
     assert all(a == b for a, b in sizes)
@@ -224,7 +253,7 @@ def test_a_dead_agent_is_a_connection_error_with_its_stderr(remote: RemotePeer) 
     assert isinstance(transport, SubprocessTransport)
     os.kill(transport.pid, 9)
     with pytest.raises(ConnectionFailed):
-        remote.children([ROOT])
+        remote.children([ROOT], SALT)
     with pytest.raises(ConnectionFailed):  # and stays failed
         remote.root()
 

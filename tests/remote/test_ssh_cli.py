@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from sshd import Daemon
 
+from merklesync.model import KEY_BYTES
 from tests.clirun import Result, ms
 from tests.remote.conftest import REMOTE_CMD, Side, make_side, run_cli
 from tests.treegen import assert_same_tree, make_tree, mutate
@@ -81,14 +82,22 @@ def test_exact_counts_over_ssh(openssh: Side, tmp_path: Path) -> None:
 
     same = diff_stats(remote=True, expect=0)
     assert same["round_trips"] == 1
-    assert same["bytes_sent"] + same["bytes_received"] < 800
+    constant = same["bytes_sent"] + same["bytes_received"]
+    assert constant < 500
     mutate(src, modify=1, seed=2)
     local, remote = diff_stats(remote=False, expect=1), diff_stats(remote=True, expect=1)
-    assert local["round_trips"] == remote["round_trips"] == 4
+    assert local["round_trips"] == remote["round_trips"] == 3  # depth 2, + 1
     wire = remote["bytes_sent"] + remote["bytes_received"]
     file_list = sum(len(p.name) + 20 for p in src.rglob("*"))  # what rsync would list, at least
     print(f"same: {same}\none change: local {local}\nremote {remote}\nfile list {file_list}")
     assert wire < 4000 < file_list / 10, (wire, file_list)
+    # The aim: within 20x of d x (key + digest) plus what nothing costs.
+    assert wire <= 20 * 1 * (KEY_BYTES + 32) + constant, wire
+    # A push adds one round trip, the write: depth + 2.
+    argv = ["push", str(src), openssh.addr(dst), "--json", "--remote-cmd", REMOTE_CMD]
+    pushed = run_cli(argv, openssh.env)
+    assert pushed.code == 0, pushed.err
+    assert pushed.json()["stats"]["round_trips"] == 4
 
 
 def test_named_remote_push_and_pull_as_in_git(ssh: Side, tree: Path, tmp_path: Path) -> None:
