@@ -31,6 +31,8 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from merklesync import merkle  # noqa: E402
+from merklesync.model import KEY_BYTES  # noqa: E402
 from tests.bench.table import (  # noqa: E402
     MISSING,
     BenchFailure,
@@ -55,6 +57,8 @@ from tests.bench.table import (  # noqa: E402
     write_report,
 )
 from tests.treegen import make_tree, mutate  # noqa: E402
+
+DIGEST_BYTES = 32  # blake3
 
 # --------------------------------------------------------------------------- the sshd
 
@@ -178,6 +182,14 @@ def wire(result: Result | None) -> str:
     return fmt_bytes(result.stats.get("bytes_sent", 0) + result.stats.get("bytes_received", 0))
 
 
+def metadata(result: Result | None) -> int | None:
+    """Wire bytes that are not file content: what the comparison costs."""
+    if result is None or "bytes_sent" not in result.stats:
+        return None
+    s = result.stats
+    return int(s["bytes_sent"]) + int(s["bytes_received"]) - int(s.get("bytes_transferred", 0))
+
+
 def id_bound(d: int) -> str:
     """Lower bound to name d differences with 128-bit ids: d * (128 - log2 d) bits."""
     return fmt_bytes(math.ceil(d * (128 - math.log2(d)) / 8)) if d > 0 else MISSING
@@ -190,10 +202,60 @@ def cand_stat(key: str) -> Callable[[Row], str]:
 COLUMNS = [
     Column("rsync wire", lambda r: wire(r.baseline)),
     Column("merklesync wire", lambda r: wire(r.candidate)),
+    Column(
+        "merklesync metadata",
+        lambda r: MISSING if (m := metadata(r.candidate)) is None else fmt_bytes(m),
+    ),
     Column("round trips", cand_stat("round_trips")),
     Column("files hashed", cand_stat("files_hashed")),
     Column("files sent", cand_stat("files_transferred")),
 ]
+
+
+def targets(rows: Sequence[Row], depth: int) -> str:
+    """The aims of the SSH issue, each with the measured value."""
+    by_case = {r.case: r for r in rows}
+
+    def ratio(case: str, limit: float) -> str:
+        r = by_case.get(case)
+        if r is None or r.ratio is None:
+            return "n/a"
+        return f"{r.ratio:.2f}x {'met' if r.ratio <= limit else 'MISSED'}"
+
+    lines = [
+        "Targets: first copy <= 1.2x rsync; nothing changed and 10 changed <= 0.7x; wire when "
+        "nothing changed <= 1% of rsync's; d changed: round trips <= depth + 2 "
+        f"(= {depth + 2}), metadata <= 20 x d x (key + digest) + what nothing changed costs.",
+        f"Measured: first copy {ratio('first copy', 1.2)}; "
+        f"nothing changed {ratio('nothing changed', 0.7)} "
+        f"({ratio(WATCHED.nothing, 0.7)} watched); "
+        f"10 changed {ratio('10 files changed', 0.7)} ({ratio(WATCHED.changed, 0.7)} watched).",
+    ]
+    same = by_case.get("nothing changed")
+    constant = metadata(same.candidate) if same is not None else None
+    if same is not None and constant is not None and "bytes_sent" in same.baseline.stats:
+        theirs = int(same.baseline.stats["bytes_sent"]) + int(same.baseline.stats["bytes_received"])
+        share = 100 * constant / theirs
+        verdict = "met" if share <= 1 else "MISSED"
+        lines.append(f"Wire when nothing changed: {share:.3f}% of rsync's, {verdict}.")
+    for r in rows:
+        d = _series_d(r.case)
+        if d is None or r.candidate is None or constant is None:
+            continue
+        trips = int(r.candidate.stats.get("round_trips", 0))
+        meta = metadata(r.candidate) or 0
+        aim = 20 * d * (KEY_BYTES + DIGEST_BYTES) + constant
+        lines.append(
+            f"{r.case}: {trips} round trips {'met' if trips <= depth + 2 else 'MISSED'}; "
+            f"metadata {fmt_bytes(meta)} of {fmt_bytes(aim)} "
+            f"{'met' if meta <= aim else 'MISSED'}."
+        )
+    return "\n".join(lines)
+
+
+def _series_d(case: str) -> int | None:
+    head, _, tail = case.partition(" changed among ")
+    return int(head) if tail and head.isdigit() else None
 
 
 def run_cases(
@@ -321,7 +383,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             series = [int(x) for x in args.series.split(",") if x.strip()]
             rows = run_cases(tools, args.runs, args.seed, series, info.file_count)
-        write_report("\n\n".join([header, render_rows(rows, COLUMNS)]), args.out)
+        depth = merkle.depth_for(info.file_count + len(info.dirs))
+        report = [header, render_rows(rows, COLUMNS)]
+        if not args.rsync_only:
+            report.append(targets(rows, depth))
+        write_report("\n\n".join(report), args.out)
         return 0
     except BenchFailure as e:
         print(f"\nBENCHMARK FAILED: {e}", file=sys.stderr)
