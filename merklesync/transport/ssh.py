@@ -31,11 +31,13 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import NoReturn
 
-import paramiko
-from paramiko.pkey import UnknownKeyType
-
 from merklesync.errors import ConnectionFailed, HostKeyError, RemoteCommandMissing
 from merklesync.transport import STDERR_LIMIT, error_line
+from merklesync.transport.lazy_invoke import defer_invoke
+
+defer_invoke()  # before paramiko is imported
+import paramiko  # noqa: E402
+from paramiko.pkey import UnknownKeyType  # noqa: E402
 
 __all__ = [
     "MAX_PACKET_SIZE",
