@@ -25,7 +25,7 @@ from merklesync.peer import Node, Peer
 # one more level of round trips.
 LEAF_FETCH = 2 * merkle.TARGET_BUCKET
 SUBTREE_FETCH = 4096  # a node only one side has: fetch it whole below this size
-LEAF_BATCH = 16_384  # leaves compared in one exchange at most (about 640 kB a side)
+LEAF_BATCH = 16_384  # leaves compared in one exchange at most (128 kB of short records)
 
 Pair = tuple[Entry | None, Entry | None]
 
