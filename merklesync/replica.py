@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import secrets
 import time
 from collections.abc import Sequence
-from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from merklesync.clock import HybridClock
 from merklesync.errors import LocalIOError, MerklesyncError, NotAReplica, UsageError
@@ -19,6 +16,10 @@ from merklesync.index import Index
 from merklesync.lock import ReplicaLock
 from merklesync.model import Progress, ScanReport
 from merklesync.sources.directory import DirectorySource
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+    from multiprocessing.process import BaseProcess
 
 INDEX_FILE = "index.db"
 LOCK_FILE = "lock"
@@ -135,6 +136,8 @@ class Replica:
         Call from a process with no other threads running."""
         self.index.reload()
         self.snapshot_ns = time.time_ns()
+        import multiprocessing  # only for a scan beside another: not at every start
+
         ctx = multiprocessing.get_context("fork")
         counter = ctx.Value("q", 0, lock=False)
         receiver, sender = ctx.Pipe(duplex=False)
