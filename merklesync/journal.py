@@ -58,7 +58,8 @@ class Changes:
             return None
         if not (isinstance(token, str) and isinstance(everything, bool)):
             return None
-        if not all(isinstance(p, str) for p in (*deep, *shallow)):
+        paths = (deep, shallow)
+        if not all(isinstance(ps, list) and all(isinstance(p, str) for p in ps) for ps in paths):
             return None
         return cls(token, everything, tuple(deep), tuple(shallow))
 

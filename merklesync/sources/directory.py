@@ -139,11 +139,12 @@ class DirectorySource:
         if not (checksum or self.ignore.has_excludes):  # a different view: look everywhere
             changes = journal.ask(self.root, index.meta(WATCH_TOKEN))
         index.learned_at = learned_ns  # deletions found now are as old as the scan
+        relist = _stored_relist(index) if changes is not None else None
         try:
-            if changes is None or changes.everything:
+            if changes is None or changes.everything or relist is None:
                 self._scan_tree("", scan)
             else:
-                scan.relist = set(msgpack.unpackb(index.meta(RELIST) or b"\x90"))
+                scan.relist = relist
                 self._scan_changed(changes, index, scan)
         finally:
             index.learned_at = None
@@ -602,6 +603,21 @@ class DirectorySource:
         head, _, name = rel.rpartition("/")
         base = f"{TEMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}-{name[:80]}"
         return self.abs(f"{head}/{base}" if head else base)
+
+
+def _stored_relist(index: Index) -> set[str] | None:
+    """The directories the last scan left to re-list (see _Scan.relist);
+    None when what is stored does not parse: then the scan walks everything."""
+    raw = index.meta(RELIST)
+    if raw is None:
+        return set()
+    try:
+        dirs = msgpack.unpackb(raw) if isinstance(raw, bytes) else None
+    except (ValueError, msgpack.UnpackException):
+        return None
+    if not isinstance(dirs, list) or not all(isinstance(d, str) for d in dirs):
+        return None
+    return set(dirs)
 
 
 def _below_any(path: str, tops: set[str]) -> bool:

@@ -23,6 +23,7 @@ from merklesync import journal
 from merklesync.journal import Changes, parse_question, question_name
 from merklesync.model import ScanReport
 from merklesync.replica import Replica
+from merklesync.sources.directory import RELIST
 from merklesync.watcher import ChangeJournal, Watcher
 from tests.clirun import ms
 from tests.treegen import assert_same_tree, make_tree, mutate
@@ -122,7 +123,15 @@ def test_questions_and_answers_parse_strictly() -> None:
     assert parse_question("q-00ff") is None
     good = Changes("t.1", False, ("a",), ("b",))
     assert Changes.from_bytes(good.to_bytes()) == good
-    for hostile in (b"", b"\xc1", b"\x93\x01\x02\x03", b"\x94\xa1t\xc2\x91\x01\x90"):
+    hostile_answers = (
+        b"",
+        b"\xc1",
+        b"\x93\x01\x02\x03",
+        b"\x94\xa1t\xc2\x91\x01\x90",
+        b"\x94\xa1t\xc2\x05\x90",  # a number where the paths go
+        b"\x94\xa1t\xc2\xa2ab\x90",  # a string: not the list ["a", "b"]
+    )
+    for hostile in hostile_answers:
         assert Changes.from_bytes(hostile) is None
 
 
@@ -186,6 +195,18 @@ def test_ignore_file_changes_are_seen(watched: Running, tree: Path) -> None:
 def live(root: Path) -> set[str]:
     with Replica.open(root) as replica:
         return {e.path for e in replica.index.iter_entries(live_only=True)}
+
+
+@pytest.mark.parametrize("stored", [b"\xc1", b"\x01", b"\x91\x01", "text"])
+def test_a_damaged_relist_makes_the_scan_walk_everything(
+    watched: Running, tree: Path, stored: object
+) -> None:
+    scan(tree)
+    with Replica.open(tree) as replica:
+        replica.index.set_meta(RELIST, stored)
+        replica.index.commit()
+    assert scan(tree).scanned == 90  # no traceback: a full walk instead
+    assert scan(tree).scanned == 0  # and the walk stored a good one
 
 
 def test_lost_events_make_the_next_scan_walk_everything(watched: Running, tree: Path) -> None:
