@@ -39,10 +39,12 @@ from tests.bench.table import (  # noqa: E402
     merklesync_argv,
     merklesync_stats,
     no_setup,
+    ratio_check,
     render_rows,
     rss_note,
     run_measured,
     side_by_side,
+    verdict,
     verify_copies,
     write_report,
 )
@@ -86,18 +88,13 @@ row = functools.partial(side_by_side, "rsync")
 
 
 def targets(rows: Sequence[Row]) -> str:
-    by_case = {r.case: r for r in rows}
-
     def check(case: str, limit: float) -> str:
-        r = by_case.get(case)
-        if r is None or r.ratio is None:
-            return "n/a"
-        return f"{r.ratio:.2f}x {'met' if r.ratio <= limit else 'MISSED'}"
+        return ratio_check(rows, case, limit)
 
     peaks = [r.candidate.max_rss_kib * 1024 / 1e6 for r in rows if r.candidate is not None]
     peak = "n/a"
     if peaks:
-        peak = f"{max(peaks):.1f} MB {'met' if max(peaks) <= RSS_TARGET_MB else 'MISSED'}"
+        peak = f"{max(peaks):.1f} MB {verdict(max(peaks) <= RSS_TARGET_MB)}"
     return (
         "Targets: nothing changed and 10 changed <= 1.0x rsync; first copy <= 1.5x rsync; "
         f"peak RSS <= {RSS_TARGET_MB} MB.\n"

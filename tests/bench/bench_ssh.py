@@ -48,11 +48,13 @@ from tests.bench.table import (  # noqa: E402
     merklesync_argv,
     merklesync_stats,
     no_setup,
+    ratio_check,
     render_rows,
     rss_note,
     rsync_wire_bytes,
     run_measured,
     side_by_side,
+    verdict,
     verify_copies,
     write_report,
 )
@@ -173,21 +175,25 @@ row = functools.partial(side_by_side, "rsync")
 # --------------------------------------------------------------------------- columns
 
 
-def wire(result: Result | None) -> str:
-    """bytes_sent + bytes_received, or '-' when the tool did not report them."""
+def wire_bytes(result: Result | None) -> int | None:
+    """bytes_sent + bytes_received; None when the tool did not report them."""
     if result is None or (
         "bytes_sent" not in result.stats and "bytes_received" not in result.stats
     ):
-        return MISSING
-    return fmt_bytes(result.stats.get("bytes_sent", 0) + result.stats.get("bytes_received", 0))
+        return None
+    return int(result.stats.get("bytes_sent", 0)) + int(result.stats.get("bytes_received", 0))
+
+
+def wire(result: Result | None) -> str:
+    return MISSING if (n := wire_bytes(result)) is None else fmt_bytes(n)
 
 
 def metadata(result: Result | None) -> int | None:
     """Wire bytes that are not file content: what the comparison costs."""
-    if result is None or "bytes_sent" not in result.stats:
+    n = wire_bytes(result)
+    if n is None or result is None:
         return None
-    s = result.stats
-    return int(s["bytes_sent"]) + int(s["bytes_received"]) - int(s.get("bytes_transferred", 0))
+    return n - int(result.stats.get("bytes_transferred", 0))
 
 
 def id_bound(d: int) -> str:
@@ -217,10 +223,7 @@ def targets(rows: Sequence[Row], depth: int, key_bytes: float) -> str:
     by_case = {r.case: r for r in rows}
 
     def ratio(case: str, limit: float) -> str:
-        r = by_case.get(case)
-        if r is None or r.ratio is None:
-            return "n/a"
-        return f"{r.ratio:.2f}x {'met' if r.ratio <= limit else 'MISSED'}"
+        return ratio_check(rows, case, limit)
 
     lines = [
         "Targets: first copy <= 1.2x rsync; nothing changed and 10 changed <= 0.7x; wire when "
@@ -234,11 +237,10 @@ def targets(rows: Sequence[Row], depth: int, key_bytes: float) -> str:
     ]
     same = by_case.get("nothing changed")
     constant = metadata(same.candidate) if same is not None else None
-    if same is not None and constant is not None and "bytes_sent" in same.baseline.stats:
-        theirs = int(same.baseline.stats["bytes_sent"]) + int(same.baseline.stats["bytes_received"])
+    theirs = wire_bytes(same.baseline) if same is not None else None
+    if constant is not None and theirs:
         share = 100 * constant / theirs
-        verdict = "met" if share <= 1 else "MISSED"
-        lines.append(f"Wire when nothing changed: {share:.3f}% of rsync's, {verdict}.")
+        lines.append(f"Wire when nothing changed: {share:.3f}% of rsync's, {verdict(share <= 1)}.")
     for r in rows:
         d = _series_d(r.case)
         if d is None or r.candidate is None or constant is None:
@@ -248,11 +250,10 @@ def targets(rows: Sequence[Row], depth: int, key_bytes: float) -> str:
         aim = round(20 * d * (key_bytes + DIGEST_BYTES)) + constant
         hashed = 20 * d * (KEY_BYTES + DIGEST_BYTES) + constant  # with the 8-byte hashed key
         lines.append(
-            f"{r.case}: {trips} round trips {'met' if trips <= depth + 2 else 'MISSED'}; "
-            f"metadata {fmt_bytes(meta)} of {fmt_bytes(aim)} "
-            f"{'met' if meta <= aim else 'MISSED'} (of {fmt_bytes(hashed)} with the "
-            f"{KEY_BYTES}-byte key hash instead of the path: "
-            f"{'met' if meta <= hashed else 'MISSED'})."
+            f"{r.case}: {trips} round trips {verdict(trips <= depth + 2)}; "
+            f"metadata {fmt_bytes(meta)} of {fmt_bytes(aim)} {verdict(meta <= aim)} "
+            f"(of {fmt_bytes(hashed)} with the {KEY_BYTES}-byte key hash instead of the "
+            f"path: {verdict(meta <= hashed)})."
         )
     return "\n".join(lines)
 

@@ -37,22 +37,29 @@ __all__ = [
     "Result",
     "Row",
     "Run",
+    "Watched",
     "checked",
     "fmt_bytes",
     "fmt_mb",
     "fmt_ratio",
     "fmt_seconds",
     "gnu_time",
+    "init_replica",
     "interleaved",
     "markdown_table",
     "merklesync_argv",
     "merklesync_stats",
     "no_setup",
     "ratio",
+    "ratio_check",
     "render_rows",
     "rss_note",
     "rsync_wire_bytes",
     "run_measured",
+    "side_by_side",
+    "verdict",
+    "verify_copies",
+    "watching",
     "write_report",
 ]
 
@@ -490,3 +497,15 @@ class Watched:
                 out.append(side_by_side(self.baseline, case, base_runs, m_runs, note))
                 verify(case)
         return out
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def ratio_check(rows: Sequence[Row], case: str, limit: float) -> str:
+    """The wall-time ratio of a case against its target: "0.53x met"."""
+    row = next((r for r in rows if r.case == case), None)
+    if row is None or row.ratio is None:
+        return "n/a"
+    return f"{row.ratio:.2f}x {verdict(row.ratio <= limit)}"
