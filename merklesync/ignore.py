@@ -47,10 +47,15 @@ class IgnoreRules:
             self._specs[directory] = spec
         return self._specs[directory]
 
-    def for_directory(self, directory: str) -> Callable[[str, bool], bool] | None:
+    def for_directory(
+        self, directory: str, *, has_file: bool | None = None
+    ) -> Callable[[str, bool], bool] | None:
         """A fast ``ignored`` for the paths directly inside ``directory``
         (beyond the state directory and temp files, which the caller skips);
-        None when no rule applies there."""
+        None when no rule applies there. ``has_file``: whether the caller's
+        listing of ``directory`` holds an ignore file (None: look)."""
+        if has_file is False:
+            self._specs[directory] = None  # no need to try opening it
         parts = directory.split("/") if directory else []
         chain = []
         for depth in range(len(parts) + 1):

@@ -192,6 +192,53 @@ def test_ignore_file_changes_are_seen(watched: Running, tree: Path) -> None:
     assert_full_scan_agrees(tree)
 
 
+@pytest.mark.parametrize("watching", [True, False])
+def test_a_directory_turned_symlink_is_not_followed(
+    tree: Path, tmp_path: Path, watching: bool
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    make_tree(elsewhere, files=5, dirs=1, seed=9, min_size=0, max_size=64)
+    running = Running(tree) if watching else None
+    try:
+        scan(tree)
+        sub = next(p for p in sorted(tree.iterdir()) if p.is_dir() and p.name.startswith("d"))
+        deep = next(p for p in sorted(sub.rglob("*")) if p.is_dir())  # a directory in it
+        before = {p for p in live(tree) if p.startswith(sub.name + "/")}
+        shutil.rmtree(deep)
+        os.symlink(elsewhere, deep)
+        shutil.rmtree(sub)
+        os.symlink(elsewhere, sub)
+        scan(tree)
+        now = live(tree)
+        assert sub.name in now  # the link itself
+        assert not {p for p in now if p.startswith(sub.name + "/")}  # nothing through it
+        assert before
+        assert_full_scan_agrees(tree)
+    finally:
+        if running is not None:
+            running.stop()
+
+
+def test_a_stale_answer_never_lists_through_a_symlink(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watcher names a directory that is a symlink by now (its parent's
+    event not in yet): the scan must not index what the link points to."""
+    elsewhere = tmp_path / "elsewhere"
+    make_tree(elsewhere, files=5, dirs=0, seed=9, min_size=0, max_size=64)
+    scan(tree)
+    sub = next(p for p in sorted(tree.iterdir()) if p.is_dir() and p.name.startswith("d"))
+    shutil.rmtree(sub)
+    os.symlink(elsewhere, sub)
+    only_sub = Changes("t.1", everything=False, shallow=(sub.name,))
+    monkeypatch.setattr(journal, "ask", lambda root, token: only_sub)
+    scan(tree)
+    assert not {p for p in live(tree) if p.startswith(sub.name + "/")}
+    monkeypatch.undo()
+    assert changed(scan(tree)) == ([], [sub.name], [])  # a full scan: now a link
+    assert not {p for p in live(tree) if p.startswith(sub.name + "/")}
+
+
 def live(root: Path) -> set[str]:
     with Replica.open(root) as replica:
         return {e.path for e in replica.index.iter_entries(live_only=True)}
