@@ -32,6 +32,7 @@ class IgnoreRules:
     def __init__(self, root: Path, excludes: Sequence[str] = ()) -> None:
         self.root = root
         self._specs: dict[str, pathspec.PathSpec[Any] | None] = {}
+        self._texts: dict[str, bytes] = {}  # the ignore files read, as read
         self._rules: dict[str, Callable[[str, bool], bool] | None] = {}
         self._excludes = compile_patterns(excludes) if excludes else None
 
@@ -40,12 +41,26 @@ class IgnoreRules:
             path = self.root / directory / IGNORE_FILE if directory else self.root / IGNORE_FILE
             spec = None
             try:
-                lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-                spec = compile_patterns(lines)
+                text = path.read_bytes()
+                spec = compile_patterns(text.decode("utf-8", "replace").splitlines())
+                self._texts[directory] = text
             except (OSError, UsageError):
                 spec = None
             self._specs[directory] = spec
         return self._specs[directory]
+
+    def signature(self, directory: str) -> bytes:
+        """What the ignore files in force in ``directory`` say (empty when
+        none is): a listing judged under other rules must not pass as seen.
+        Call ``for_directory`` first."""
+        parts = directory.split("/") if directory else []
+        said = b""
+        for depth in range(len(parts) + 1):
+            prefix = "/".join(parts[:depth])
+            if self._specs.get(prefix) is not None:
+                text = self._texts[prefix]
+                said += f"{prefix}\0{len(text)}\0".encode() + text
+        return said
 
     def for_directory(
         self, directory: str, *, has_file: bool | None = None

@@ -29,6 +29,7 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 _DIR_INDEX = "CREATE INDEX IF NOT EXISTS entries_dir ON entries (parent, path, deleted, stat)"
+_HAS_DIR_SUMS = "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = 'dirsums_delete'"
 _OLD_PARENT_INDEX = "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'entries_parent'"
 
 SCHEMA = f"""
@@ -64,6 +65,18 @@ CREATE TABLE IF NOT EXISTS nodes (
     PRIMARY KEY (level, prefix)
 ) WITHOUT ROWID;
 """
+
+# Each directory's listing sum (see DirectorySource): kept only while no row
+# of that directory changes, which the triggers see to whatever writes it.
+_DIR_SUMS = (
+    "CREATE TABLE IF NOT EXISTS dirsums (parent TEXT PRIMARY KEY, sum BLOB NOT NULL) WITHOUT ROWID",
+    "CREATE TRIGGER IF NOT EXISTS dirsums_insert AFTER INSERT ON entries "
+    "BEGIN DELETE FROM dirsums WHERE parent = NEW.parent; END",
+    "CREATE TRIGGER IF NOT EXISTS dirsums_update AFTER UPDATE ON entries "
+    "BEGIN DELETE FROM dirsums WHERE parent IN (OLD.parent, NEW.parent); END",
+    "CREATE TRIGGER IF NOT EXISTS dirsums_delete AFTER DELETE ON entries "
+    "BEGIN DELETE FROM dirsums WHERE parent = OLD.parent; END",
+)
 
 _ENTRY_COLUMNS = "path, kind, deleted, vv, digest, size, mode, mtime_ns, target, stamp"
 
@@ -146,6 +159,8 @@ class Index:
     def create(cls, path: Path, replica_id: str) -> Index:
         conn = cls._connect(path)
         conn.executescript(SCHEMA)
+        for statement in _DIR_SUMS:
+            conn.execute(statement)
         conn.execute("BEGIN")
         conn.executemany(
             "INSERT OR REPLACE INTO meta VALUES (?, ?)",
@@ -178,6 +193,11 @@ class Index:
             "CREATE TABLE IF NOT EXISTS peers (replica_id TEXT PRIMARY KEY, "
             "last_sync_ns INTEGER NOT NULL) WITHOUT ROWID"
         )
+        if conn.execute(_HAS_DIR_SUMS).fetchone() is None:
+            for statement in _DIR_SUMS:
+                conn.execute(statement)
+            conn.execute("COMMIT")
+            conn.execute("BEGIN")
         if conn.execute(_OLD_PARENT_INDEX).fetchone() is not None:
             # Scans read a directory's stat cache from this index alone: rows
             # written in key order (a pushed copy) are scattered in the table.
@@ -241,6 +261,16 @@ class Index:
                 (TOMBSTONE, parent),
             )
         )
+
+    @_guard
+    def dir_sum(self, parent: str) -> bytes | None:
+        """A directory's listing sum, while no row in it has changed since."""
+        row = self.conn.execute("SELECT sum FROM dirsums WHERE parent = ?", (parent,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    @_guard
+    def set_dir_sum(self, parent: str, value: bytes) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO dirsums VALUES (?, ?)", (parent, value))
 
     @_guard
     def live_under(self, directory: str) -> list[Entry]:

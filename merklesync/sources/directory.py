@@ -74,6 +74,72 @@ class _Scan:
     # those holding hard-linked files (a write through another link raises
     # no event here) and those where something could not be read.
     relist: set[str] = field(default_factory=set)
+    # Whether listing sums are read and kept (not when the scan looks with
+    # other eyes: --checksum, --exclude).
+    sums: bool = False
+
+
+@dataclass
+class _Listing:
+    """One directory's names with their stats (or why there is none) and
+    packed stat keys (empty without one), in the order listed; the state
+    directory and temp files left out."""
+
+    names: list[str] = field(default_factory=list)
+    stats: list[os.stat_result | OSError] = field(default_factory=list)
+    keys: list[bytes] = field(default_factory=list)
+    dirs: list[str] = field(default_factory=list)  # the names that are directories
+    has_ignore_file: bool = False
+
+    @classmethod
+    def read(cls, dir_fd: int) -> _Listing:
+        """List a directory opened as ``dir_fd`` (none, when it is -1),
+        removing the temp files abandoned by interrupted runs."""
+        listing = cls()
+        if dir_fd < 0:
+            return listing
+        with os.scandir(dir_fd) as it:
+            dirents = list(it)
+        names, stats, keys, dirs = listing.names, listing.stats, listing.keys, listing.dirs
+        pack = _STAT.pack
+        for de in dirents:
+            name = de.name
+            if name[0] == ".":
+                if name == STATE_DIR:
+                    continue
+                if name.startswith(TEMP_PREFIX):
+                    if _abandoned(name):
+                        with contextlib.suppress(OSError):  # left by an interrupted run
+                            os.unlink(name, dir_fd=dir_fd)
+                    continue
+                if name == IGNORE_FILE:
+                    listing.has_ignore_file = True
+            names.append(name)
+            try:
+                st = de.stat(follow_symlinks=False)
+            except OSError as exc:
+                stats.append(exc)
+                keys.append(b"")
+                continue
+            stats.append(st)
+            mode = st.st_mode
+            keys.append(pack(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, mode))
+            if mode & 0o170000 == 0o040000:
+                dirs.append(name)
+        return listing
+
+    def sum(self, rules: bytes) -> bytes | None:
+        """The names and stat keys, and the ignore rules they are judged
+        under, in one digest (None when a stat failed). A listing in
+        another order sums differently: that only costs a slower scan."""
+        if b"" in self.keys:
+            return None
+        names = "\0".join(self.names).encode("utf-8", "surrogateescape")
+        digest = blake3.blake3(len(rules).to_bytes(8, "big") + rules)
+        digest.update(len(names).to_bytes(8, "big"))
+        digest.update(names)
+        digest.update(b"".join(self.keys))  # fixed size each
+        return digest.digest()
 
 
 def link_digest(target: str) -> bytes:
@@ -136,6 +202,7 @@ class DirectorySource:
         one stat call; changed ones are re-read. With a watcher running
         (journal.py), only the directories it saw change are looked at."""
         scan = _Scan(index, replica_id, clock, checksum, progress)
+        scan.sums = not (checksum or self.ignore.has_excludes)
         changes = None
         if not (checksum or self.ignore.has_excludes):  # a different view: look everywhere
             changes = journal.ask(self.root, index.meta(WATCH_TOKEN))
@@ -188,10 +255,13 @@ class DirectorySource:
 
     def _scan_directory(self, directory: str, scan: _Scan) -> list[str]:
         """Scan one directory's entries; returns its subdirectories. This is
-        the loop every entry of every scan goes through: kept lean."""
+        the loop every entry of every scan goes through: kept lean.
+
+        A directory whose listing (names and stats, under the same ignore
+        rules) sums to what it summed to when the index last agreed with
+        all of it is done without reading its rows from the index."""
         report = scan.report
         scan.relist.discard(directory)
-        known = scan.index.stat_cache(directory)  # left in it at the end: gone
         # Listed through a descriptor, so each stat below resolves one name
         # (not the whole path: about a fifth of a scan's system time), and a
         # directory swapped for a symlink since its parent was listed is not
@@ -207,33 +277,45 @@ class DirectorySource:
                 return []  # keep what we knew: unreadable is not deleted
             dir_fd = -1  # now a symlink: the directory is gone
         try:
-            return self._scan_listing(directory, dir_fd, known, scan)
+            listing = _Listing.read(dir_fd)
         finally:
             if dir_fd >= 0:
                 os.close(dir_fd)
+        ignored = self.ignore.for_directory(directory, has_file=listing.has_ignore_file)
+        if scan.sums:
+            stored = scan.index.dir_sum(directory)
+            if stored is not None and stored == listing.sum(self.ignore.signature(directory)):
+                self._count(scan, len(listing.names))
+                prefix = f"{directory}/" if directory else ""
+                return [prefix + name for name in listing.dirs]
+        return self._scan_listing(directory, listing, ignored, scan)
+
+    @staticmethod
+    def _count(scan: _Scan, scanned: int) -> None:
+        scan.report.scanned += scanned
+        scan.pending += scanned
+        if scan.pending >= 512 and scan.progress is not None:
+            scan.progress(scan.pending)
+            scan.pending = 0
 
     def _scan_listing(
-        self, directory: str, dir_fd: int, known: dict[str, bytes | None], scan: _Scan
+        self,
+        directory: str,
+        listing: _Listing,
+        ignored: Callable[[str, bool], bool] | None,
+        scan: _Scan,
     ) -> list[str]:
         index, report = scan.index, scan.report
+        known = index.stat_cache(directory)  # left in it at the end: gone
         subdirs: list[str] = []
-        dirents: list[os.DirEntry[str]] = []
-        if dir_fd >= 0:
-            with os.scandir(dir_fd) as it:
-                dirents = list(it)
-        ignored = self.ignore.for_directory(
-            directory, has_file=any(de.name == IGNORE_FILE for de in dirents)
-        )
         prefix = f"{directory}/" if directory else ""
-        pack, kinds, checksum = _STAT.pack, _KINDS, scan.checksum
+        kinds, checksum = _KINDS, scan.checksum
         scanned = 0
-        for de in dirents:
-            name = de.name
+        warned = len(report.warnings)
+        clean = True  # every name listed is one the index may hold as listed
+        wrote = False  # rows of this directory were written
+        for name, st, key in zip(listing.names, listing.stats, listing.keys, strict=True):
             rel = prefix + name
-            if name[0] == "." and (name == STATE_DIR or name.startswith(TEMP_PREFIX)):
-                if name != STATE_DIR and _abandoned(name):
-                    _unlink_quietly(self.abs(rel))  # left by an interrupted run
-                continue
             if not (name.isascii() and name.isprintable()) or name[0] == "." or len(rel) > 1024:
                 try:  # what a peer would refuse is never put in the index
                     check_relpath(rel)
@@ -241,25 +323,26 @@ class DirectorySource:
                     report.warnings.append(f"{exc.message}; skipped")
                     continue
             cached = known.pop(rel, _ABSENT)
-            try:
-                st = de.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                if cached != _ABSENT:
-                    known[rel] = cached  # vanished just now: gone
-                continue
-            except OSError as exc:
-                report.warnings.append(f"{rel}: cannot stat: {exc.strerror}")
-                scan.relist.add(directory)
+            if isinstance(st, OSError):
+                if isinstance(st, FileNotFoundError):
+                    clean = False
+                    if cached != _ABSENT:
+                        known[rel] = cached  # vanished just now: gone
+                else:
+                    report.warnings.append(f"{rel}: cannot stat: {st.strerror}")
+                    scan.relist.add(directory)
                 continue
             kind = kinds.get(st.st_mode & 0o170000)
             if kind is None:
                 if ignored is None or not ignored(rel, False):
                     report.warnings.append(f"{rel}: not a file, directory or link; skipped")
+                clean = False
                 if cached != _ABSENT:
                     known[rel] = cached  # a file became a FIFO: the file is gone
                 continue
             is_dir = kind is EntryKind.DIR
             if ignored is not None and ignored(rel, is_dir):
+                clean = False
                 if cached != _ABSENT and not self.ignore.excluded_by_option(rel, is_dir):
                     self._forget(index, rel)
                 continue
@@ -267,12 +350,12 @@ class DirectorySource:
             if is_dir:
                 subdirs.append(rel)
             elif st.st_nlink > 1 and kind is EntryKind.FILE:
+                clean = False
                 scan.relist.add(directory)
-            if not checksum and cached == pack(
-                st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode
-            ):  # a tombstone, a racy entry (None) or a new one never matches
-                continue
-            warned = len(report.warnings)
+            if not checksum and cached == key:
+                continue  # a tombstone, a racy entry (None) or a new one never matches
+            wrote = True
+            before = len(report.warnings)
             self._rescan(
                 index,
                 scan.replica_id,
@@ -284,19 +367,32 @@ class DirectorySource:
                 report,
                 indexed=cached != _ABSENT,
             )
-            if len(report.warnings) > warned:  # not read this time: look again next time
+            if len(report.warnings) > before:  # not read this time: look again next time
                 scan.relist.add(directory)
         for rel, stat in known.items():
             if stat != TOMBSTONE:
+                wrote = True
                 gone = index.get(rel)
                 if gone is not None:
                     self._tombstone(index, scan.replica_id, scan.clock, gone.entry, report)
-        report.scanned += scanned
-        scan.pending += scanned
-        if scan.pending >= 512 and scan.progress is not None:
-            scan.progress(scan.pending)
-            scan.pending = 0
+        if clean and len(report.warnings) == warned and scan.sums:
+            self._keep_sum(directory, listing, index, check=wrote)
+        self._count(scan, scanned)
         return subdirs
+
+    def _keep_sum(self, directory: str, listing: _Listing, index: Index, *, check: bool) -> None:
+        """Keep the listing's sum when the index holds exactly the listing:
+        as it was (nothing written), or as written now (``check``: the rows
+        are read again; a racy or changed file makes them differ)."""
+        listed = listing.sum(self.ignore.signature(directory))
+        if listed is None:
+            return
+        if check:
+            prefix = f"{directory}/" if directory else ""
+            rows = {rel: st for rel, st in index.stat_cache(directory).items() if st != TOMBSTONE}
+            if rows != {prefix + n: k for n, k in zip(listing.names, listing.keys, strict=True)}:
+                return
+        index.set_dir_sum(directory, listed)
 
     def _rescan(
         self,

@@ -1,0 +1,152 @@
+"""Listing sums: a directory whose names and stats sum to what they summed to
+when the index last agreed with all of them is scanned without reading its
+rows. Whatever changes a row of it, on disk or in the index, must undo that."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from merklesync.index import Index
+from merklesync.model import ScanReport
+from merklesync.replica import Replica
+from tests.clirun import ms
+from tests.treegen import make_tree
+
+DIRS = 6
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "r"
+    make_tree(root, files=60, dirs=DIRS, seed=3, min_size=0, max_size=256)
+    assert ms("init", root).code == 0
+    return root
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The directories whose rows a scan read from the index."""
+    seen: list[str] = []
+    original = Index.stat_cache
+
+    def counting(self: Index, parent: str) -> dict[str, bytes | None]:
+        seen.append(parent)
+        return original(self, parent)
+
+    monkeypatch.setattr(Index, "stat_cache", counting)
+    yield seen
+
+
+def scan(root: Path, **kw: bool) -> ScanReport:
+    with Replica.open(root) as replica:
+        return replica.scan(**kw)
+
+
+def changes(report: ScanReport) -> tuple[list[str], list[str], list[str]]:
+    return sorted(report.added), sorted(report.modified), sorted(report.deleted)
+
+
+def live(root: Path) -> set[str]:
+    with Replica.open(root) as replica:
+        return {e.path for e in replica.index.iter_entries(live_only=True)}
+
+
+def a_subdir(root: Path) -> Path:
+    return next(p for p in sorted(root.iterdir()) if p.is_dir() and p.name.startswith("d"))
+
+
+def test_an_unchanged_tree_reads_no_rows(tree: Path, reads: list[str]) -> None:
+    scan(tree)  # init left every directory clean: sums kept
+    assert reads == []
+    report = scan(tree)
+    assert reads == [] and report.scanned == 60 + DIRS
+
+
+def test_a_changed_directory_alone_is_read_again(tree: Path, reads: list[str]) -> None:
+    victim = next(p for p in sorted(tree.rglob("f*")) if p.parent != tree)
+    victim.write_bytes(b"changed")
+    os.utime(victim, (1_600_000_000, 1_600_000_000))
+    rel = victim.relative_to(tree).as_posix()
+    assert changes(scan(tree)) == ([], [rel], [])
+    parent = victim.parent.relative_to(tree).as_posix()
+    assert reads == [parent, parent]  # read, and read again once written: agreed, kept
+    reads.clear()
+    assert changes(scan(tree)) == ([], [], [])
+    assert reads == []
+
+
+def test_a_racy_file_keeps_its_directory_read(tree: Path, reads: list[str]) -> None:
+    """Written just now, a file's stat is not trusted (git's racy rule):
+    its directory is read on every scan until it is."""
+    victim = next(p for p in sorted(tree.rglob("f*")) if p.parent != tree)
+    victim.write_bytes(b"changed just now")
+    parent = victim.parent.relative_to(tree).as_posix()
+    scan(tree)
+    reads.clear()
+    assert scan(tree).hashed == 1
+    assert reads[0] == parent
+
+
+def test_a_row_changed_in_the_index_alone_undoes_the_sum(tree: Path, reads: list[str]) -> None:
+    """A write into the replica (a push, a resolution) changes rows; the
+    triggers drop the sum, whatever code path wrote them."""
+    sub = a_subdir(tree)
+    rel = next(p for p in sorted(sub.iterdir()) if p.is_file()).relative_to(tree).as_posix()
+    conn = sqlite3.connect(tree / ".merklesync" / "index.db")
+    conn.execute("UPDATE entries SET stat = NULL WHERE path = ?", (rel,))  # as if racy
+    conn.commit()
+    conn.close()
+    report = scan(tree)
+    assert set(reads) == {sub.name}
+    assert report.hashed == 1  # re-read, as a racy entry must be
+
+
+def test_a_deleted_row_undoes_the_sum(tree: Path, reads: list[str]) -> None:
+    sub = a_subdir(tree)
+    rel = next(p for p in sorted(sub.iterdir()) if p.is_file()).relative_to(tree).as_posix()
+    conn = sqlite3.connect(tree / ".merklesync" / "index.db")
+    conn.execute("DELETE FROM entries WHERE path = ?", (rel,))
+    conn.commit()
+    conn.close()
+    assert changes(scan(tree)) == ([rel], [], [])  # found again, not skipped
+
+
+def test_an_ignore_file_above_is_obeyed_below(tree: Path, reads: list[str]) -> None:
+    sub = a_subdir(tree)
+    inside = {p.relative_to(tree).as_posix() for p in sub.iterdir() if p.is_file()}
+    assert inside and inside <= live(tree)
+    (tree / ".merklesyncignore").write_text(f"/{sub.name}/f*\n")
+    scan(tree)
+    assert not inside & live(tree)  # left out, though nothing in sub changed
+    (tree / ".merklesyncignore").write_text(f"/{sub.name}/nothing-like-it\n")
+    scan(tree)
+    assert inside <= live(tree)
+
+
+def test_checksum_and_exclude_look_at_every_row(tree: Path, reads: list[str]) -> None:
+    assert scan(tree, checksum=True).hashed == 60
+    assert len(reads) == DIRS + 1
+    reads.clear()
+    with Replica.open(tree, excludes=["*.bin"]) as replica:
+        replica.scan()
+    assert len(reads) == DIRS + 1
+
+
+def test_an_older_index_gets_the_sums(tree: Path, reads: list[str]) -> None:
+    db = tree / ".merklesync" / "index.db"
+    conn = sqlite3.connect(db)
+    conn.executescript(
+        "DROP TRIGGER dirsums_insert; DROP TRIGGER dirsums_update; "
+        "DROP TRIGGER dirsums_delete; DROP TABLE dirsums;"
+    )
+    conn.close()
+    assert changes(scan(tree)) == ([], [], [])
+    assert len(reads) == DIRS + 1  # no sums yet: every directory read, sums kept
+    reads.clear()
+    assert changes(scan(tree)) == ([], [], [])
+    assert reads == []
