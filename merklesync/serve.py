@@ -75,6 +75,8 @@ READ_SIZE = 1 << 20
 FLUSH_AT = 256 << 10  # buffered output bytes that trigger a write
 PROGRESS_EVERY = 0.25  # seconds between progress frames of a scan
 SOFTWARE = f"merklesync {__version__}"
+#: What starts a standby agent (``serve --standby``): one byte, then the session.
+STANDBY_GO = b"\x01"
 
 
 class Agent:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from merklesync.serve import Agent
+from merklesync.errors import EXIT_OK, EXIT_PROTOCOL
+from merklesync.serve import STANDBY_GO, Agent
 
 
 @click.command()
@@ -28,7 +29,14 @@ from merklesync.serve import Agent
     metavar="PATTERN",
     help="Leave out paths matching PATTERN (gitignore syntax) in this session; repeatable.",
 )
-def serve(root: Path, stdio: bool, create: bool, excludes: tuple[str, ...]) -> None:
+@click.option(
+    "--standby",
+    is_flag=True,
+    help="Start up, then wait for one byte (0x01) on standard input before opening ROOT "
+    "and answering; end quietly at end of input. Used by `merklesync watch --keep-open`, "
+    "so that a session finds its agent already started.",
+)
+def serve(root: Path, stdio: bool, create: bool, excludes: tuple[str, ...], standby: bool) -> None:
     """Answer the merklesync protocol for the replica at ROOT, for one
     client, on standard input and output: the agent that merklesync starts
     on the far side of SSH (see merklesync-protocol(7)). Nothing outside
@@ -44,9 +52,26 @@ def serve(root: Path, stdio: bool, create: bool, excludes: tuple[str, ...]) -> N
         with contextlib.suppress(OSError):  # the client may have gone with our stderr
             click.echo(f"merklesync serve: {message}", err=True)
 
+    if standby:
+        go = _wait_for_go()
+        if go != STANDBY_GO:
+            if go:
+                report(f"expected the standby start byte, got {go!r}")
+            os.close(out_fd)
+            sys.exit(EXIT_PROTOCOL if go else EXIT_OK)
     try:
         agent = Agent(root, create=create, excludes=excludes, in_fd=0, out_fd=out_fd, report=report)
         code = agent.run()
     finally:
         os.close(out_fd)
     sys.exit(code)
+
+
+def _wait_for_go() -> bytes:
+    while True:
+        try:
+            return os.read(0, 1)
+        except InterruptedError:
+            continue
+        except OSError:
+            return b""

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
 import click
 
-from merklesync.cli.common import Output, handle_errors
-from merklesync.peer.open import split_command
+from merklesync.cli.common import Output, handle_errors, remote_options
+from merklesync.errors import UsageError
+from merklesync.peer.open import RemoteOptions, resolve, split_command
 from merklesync.replica import find_root
 
 
@@ -41,21 +44,43 @@ from merklesync.replica import find_root
     metavar="SECONDS",
     help="Let the next scan walk the whole tree this often anyway, in case an event was missed.",
 )
+@click.option(
+    "--keep-open",
+    "keep_open",
+    multiple=True,
+    metavar="REMOTE",
+    help="Hold an SSH connection to REMOTE (a remote's name or an address) open while "
+    "watching, with an agent started ahead of need: commands run meanwhile reach REMOTE "
+    "through it, without a new SSH handshake or agent start-up (as ssh's ControlMaster); "
+    "repeatable.",
+)
+@remote_options
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @handle_errors
 def watch(
-    replica: Path | None, command: str | None, settle: float, rescan_interval: float, quiet: bool
+    replica: Path | None,
+    command: str | None,
+    settle: float,
+    rescan_interval: float,
+    keep_open: tuple[str, ...],
+    remote: RemoteOptions,
+    quiet: bool,
 ) -> None:
     """Watch REPLICA (default: the one around the current directory) for
     changes until interrupted (SIGINT or SIGTERM). While it runs, status,
     diff, push, pull and sync on this replica, local or through `merklesync
     serve`, look only at the directories where something changed instead of
-    walking the whole tree. With --run, keep another replica in step."""
+    walking the whole tree. With --run, keep another replica in step. With
+    --keep-open, commands run meanwhile reach that remote through a
+    connection held open here, with its agent already started: no SSH
+    handshake and no agent start-up on each run (merklesync-protocol(7))."""
     from merklesync.watcher import Watcher  # watchdog is needed here only
 
     out = Output(quiet)
     argv = split_command(command, "--run") if command else None
     root = find_root(replica or Path.cwd())
+    if keep_open and remote.rsh:
+        raise UsageError("--keep-open holds connections of the built-in SSH client, not --rsh")
 
     def run_command() -> None:
         assert argv is not None
@@ -81,6 +106,34 @@ def watch(
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    watcher.run(ready=lambda: out.info(f"watching {root}"))
+    with contextlib.ExitStack() as keepers:
+        for spec in keep_open:
+            keepers.enter_context(_kept_open(spec, root, remote, out))
+        watcher.run(ready=lambda: out.info(f"watching {root}"))
     out.info(f"stopped watching {root}")
     sys.exit(0)
+
+
+@contextlib.contextmanager
+def _kept_open(spec: str, root: Path, remote: RemoteOptions, out: Output) -> Iterator[None]:
+    from merklesync.keep_open import Keeper  # paramiko is needed here only
+
+    address, remote_cmd = resolve(spec, remote, near=str(root))
+    if not address.is_remote or address.host is None:
+        raise UsageError(f"--keep-open needs a remote replica, not {spec!r}")
+    keeper = Keeper(
+        address.user,
+        address.host,
+        address.port,
+        remote_cmd,
+        address.path,
+        accept_new_host_key=remote.accept_new_host_key,
+        connect_timeout=remote.connect_timeout,
+        warn=out.warn,
+    )
+    keeper.start()
+    out.info(f"keeping a connection to {keeper.label} open ({keeper.socket})")
+    try:
+        yield
+    finally:
+        keeper.stop()

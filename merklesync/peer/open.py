@@ -20,6 +20,7 @@ from merklesync.peer import Peer, Progress, ScanReport
 from merklesync.peer.local import LocalPeer
 from merklesync.replica import Replica, find_root, is_replica
 from merklesync.transport import Transport
+from merklesync.transport.relay import attach, pack_request
 
 REMOTE_CMD_ENV = "MERKLESYNC_REMOTE_CMD"
 RSH_ENV = "MERKLESYNC_RSH"
@@ -58,6 +59,22 @@ def open_peer(
     if spec is None:
         return LocalPeer.open(find_root(Path.cwd()), excludes=excludes)
     options = remote or RemoteOptions()
+    address, remote_cmd = resolve(spec, options, near)
+    if not address.is_remote:
+        return LocalPeer.open(Path(address.path), create=create, excludes=excludes)
+    command = agent_command(remote_cmd, address.path, create=create, excludes=excludes)
+    from merklesync.peer.remote import RemotePeer  # the protocol: for remote replicas only
+
+    transport = connect(
+        address, command, options, relay=pack_request(remote_cmd, address.path, create, excludes)
+    )
+    assert address.host is not None
+    return RemotePeer(transport, spec, where=address.host)
+
+
+def resolve(spec: str, options: RemoteOptions, near: str | None = None) -> tuple[Address, str]:
+    """The address ``spec`` names (a remote's name, or an address) and the
+    command that starts merklesync there."""
     named = find_remote(spec, near)
     remote_cmd = options.remote_cmd
     if named is not None:
@@ -66,19 +83,7 @@ def open_peer(
         address = parse_address(named.url)
     else:
         address = parse_address(spec)
-    if not address.is_remote:
-        return LocalPeer.open(Path(address.path), create=create, excludes=excludes)
-    command = agent_command(
-        remote_cmd or os.environ.get(REMOTE_CMD_ENV) or DEFAULT_REMOTE_CMD,
-        address.path,
-        create=create,
-        excludes=excludes,
-    )
-    from merklesync.peer.remote import RemotePeer  # the protocol: for remote replicas only
-
-    transport = connect(address, command, options)
-    assert address.host is not None
-    return RemotePeer(transport, spec, where=address.host)
+    return address, remote_cmd or os.environ.get(REMOTE_CMD_ENV) or DEFAULT_REMOTE_CMD
 
 
 def find_remote(spec: str, near: str | None = None) -> remotes.Remote | None:
@@ -101,7 +106,12 @@ def find_remote(spec: str, near: str | None = None) -> remotes.Remote | None:
 
 
 def agent_command(
-    remote_cmd: str, path: str, *, create: bool = False, excludes: Sequence[str] = ()
+    remote_cmd: str,
+    path: str,
+    *,
+    create: bool = False,
+    excludes: Sequence[str] = (),
+    standby: bool = False,
 ) -> str:
     """The shell command that starts the agent on the remote side. The
     path is quoted; a leading ``~/`` becomes a path relative to the
@@ -113,6 +123,8 @@ def agent_command(
     elif path.startswith("~/"):
         path = path[2:]
     words = [remote_cmd, "serve", "--stdio"]
+    if standby:
+        words.append("--standby")
     if create:
         words.append("--create")
     for pattern in excludes:
@@ -132,11 +144,26 @@ def split_command(text: str, option: str) -> list[str]:
     return argv
 
 
-def connect(address: Address, command: str, options: RemoteOptions) -> Transport:
+def connect(
+    address: Address, command: str, options: RemoteOptions, *, relay: bytes | None = None
+) -> Transport:
     """Run ``command`` on the address's host: through the built-in SSH
-    client, or the ``rsh`` command when one is set."""
+    client, or the ``rsh`` command when one is set. ``relay``: the same,
+    as a request to the connection `merklesync watch --keep-open` may hold
+    to that address (tried first; transport/relay.py)."""
     assert address.host is not None
     rsh = options.rsh if options.rsh is not None else os.environ.get(RSH_ENV)
+    if relay is not None and not rsh:
+        relayed = attach(
+            address.user,
+            address.host,
+            address.port,
+            relay,
+            label=address.host,
+            timeout=options.connect_timeout,
+        )
+        if relayed is not None:
+            return relayed
     if rsh:
         from merklesync.transport.pipes import SubprocessTransport
 

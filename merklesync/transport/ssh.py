@@ -43,6 +43,7 @@ __all__ = [
     "MAX_PACKET_SIZE",
     "PREFERRED_CIPHERS",
     "WINDOW_SIZE",
+    "SSHConnection",
     "SSHTransport",
     "open_ssh",
 ]
@@ -527,12 +528,21 @@ def _authenticate(t: paramiko.Transport, target: _Target) -> None:
 class SSHTransport:
     """A command running on an SSH server, as a `Transport`."""
 
-    def __init__(self, hop: _Hop, channel: paramiko.Channel, label: str, command: str) -> None:
+    def __init__(
+        self,
+        hop: _Hop,
+        channel: paramiko.Channel,
+        label: str,
+        command: str,
+        *,
+        owns_connection: bool = True,
+    ) -> None:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.label = label
         self.command = command
         self._hop = hop
+        self._owns_connection = owns_connection  # closed with this channel
         self._chan = channel
         self._chunk = max(4096, channel.out_max_packet_size - 64)
         self._closed = False
@@ -619,7 +629,8 @@ class SSHTransport:
                 chan.status_event.wait(_CLOSE_WAIT)
         with contextlib.suppress(Exception):
             chan.close()
-        self._hop.close()
+        if self._owns_connection:
+            self._hop.close()
         self._stderr_thread.join(timeout=1.0)
 
     def stderr_text(self) -> str:
@@ -705,6 +716,47 @@ class SSHTransport:
         )
 
 
+class SSHConnection:
+    """One authenticated SSH connection that runs commands on its own
+    channels (what `merklesync watch --keep-open` holds for its clients)."""
+
+    def __init__(
+        self,
+        host: str,
+        user: str | None,
+        port: int | None,
+        *,
+        accept_new_host_key: bool = False,
+        connect_timeout: float = 15.0,
+    ) -> None:
+        self.target = _resolve(host, user, port)
+        self._timeout = connect_timeout
+        self._hop = _connect(self.target, accept_new_host_key, connect_timeout)
+
+    @property
+    def label(self) -> str:
+        return self.target.label
+
+    def is_active(self) -> bool:
+        return bool(self._hop.transport.is_active())
+
+    def run(self, command: str, *, owns_connection: bool = False) -> SSHTransport:
+        """Run ``command`` on a new channel; its stdin/stdout are the stream."""
+        try:
+            channel = self._hop.transport.open_session(
+                window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE, timeout=self._timeout
+            )
+            channel.exec_command(command)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise ConnectionFailed(f"cannot run a command on {self.label}: {exc}") from exc
+        return SSHTransport(
+            self._hop, channel, self.label, command, owns_connection=owns_connection
+        )
+
+    def close(self) -> None:
+        self._hop.close()
+
+
 def open_ssh(
     host: str,
     user: str | None,
@@ -720,17 +772,15 @@ def open_ssh(
     (unknown or changed host key) and, on the first `send`/`recv` that sees the
     command die, `RemoteCommandMissing`.
     """
-    target = _resolve(host, user, port)
-    hop = _connect(target, accept_new_host_key, connect_timeout)
+    connection = SSHConnection(
+        host,
+        user,
+        port,
+        accept_new_host_key=accept_new_host_key,
+        connect_timeout=connect_timeout,
+    )
     try:
-        channel = hop.transport.open_session(
-            window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE, timeout=connect_timeout
-        )
-        channel.exec_command(command)
-    except (paramiko.SSHException, OSError, EOFError) as exc:
-        hop.close()
-        raise ConnectionFailed(f"cannot run a command on {target.label}: {exc}") from exc
+        return connection.run(command, owns_connection=True)
     except BaseException:
-        hop.close()
+        connection.close()
         raise
-    return SSHTransport(hop, channel, target.label, command)

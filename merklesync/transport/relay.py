@@ -1,0 +1,141 @@
+"""Sessions through an SSH connection that `merklesync watch --keep-open`
+holds open, as OpenSSH's ControlMaster does.
+
+The keeper listens on a Unix socket named after the SSH address (user,
+host, port as written) in ``~/.cache/merklesync/`` (mode 0700; a directory
+of its own under /tmp when that path is too long for a socket). A client
+sends one request: a 4-byte length and a msgpack list ``[1, remote_cmd,
+path, create, excludes]``, what it would have run on the remote side.
+The keeper answers one byte, 0x01, and from then on the socket carries the
+agent's standard input and output; any other answer (or none) means "not
+here", and the client connects by itself. A relayed session costs neither
+the SSH handshake nor the agent's start-up: the keeper has an agent
+started and waiting (``serve --standby``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import stat
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+
+import blake3
+import msgpack
+
+from merklesync.errors import ConnectionFailed
+
+__all__ = ["ACCEPTED", "REQUEST_VERSION", "RelayTransport", "attach", "socket_path"]
+
+REQUEST_VERSION = 1
+ACCEPTED = b"\x01"
+MAX_REQUEST = 64 * 1024
+_SUN_PATH_MAX = 100  # sockaddr_un holds 108 bytes; keep a margin
+_LENGTH = struct.Struct(">I")
+
+
+def socket_path(user: str | None, host: str, port: int | None) -> Path:
+    """Where the keeper of connections to this address listens."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "merklesync"
+    name = blake3.blake3(f"{cache}\0{user or ''}\0{host}\0{port or 0}".encode()).hexdigest()
+    path = cache / f"keep-{name[:20]}"
+    if len(os.fsencode(path)) <= _SUN_PATH_MAX:
+        return path
+    return Path(f"/tmp/merklesync-{os.getuid()}") / f"keep-{name[:20]}"
+
+
+def is_private(path: Path) -> bool:
+    """A directory that is ours, and only ours (as ssh checks ControlPath's)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return (
+        stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) == 0o700
+    )
+
+
+def pack_request(remote_cmd: str, path: str, create: bool, excludes: Sequence[str]) -> bytes:
+    body = msgpack.packb([REQUEST_VERSION, remote_cmd, path, create, list(excludes)])
+    return _LENGTH.pack(len(body)) + body
+
+
+def attach(
+    user: str | None,
+    host: str,
+    port: int | None,
+    request: bytes,
+    *,
+    label: str,
+    timeout: float = 15.0,
+) -> RelayTransport | None:
+    """A session through a kept-open connection, or None when there is
+    none (nothing listening, not ours, or it declined)."""
+    path = socket_path(user, host, port)
+    if not is_private(path.parent):
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        sock.sendall(request)
+        answer = sock.recv(1)
+        if answer != ACCEPTED:
+            sock.close()
+            return None
+        sock.settimeout(None)
+    except OSError:
+        sock.close()
+        return None
+    return RelayTransport(sock, label)
+
+
+class RelayTransport:
+    """A session relayed by a keeper, as a `Transport`."""
+
+    def __init__(self, sock: socket.socket, label: str) -> None:
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.label = label
+        self._sock = sock
+        self._closed = False
+
+    def send(self, data: bytes) -> None:
+        try:
+            self._sock.sendall(data)
+        except OSError as exc:
+            raise self._lost(exc) from None
+        self.bytes_sent += len(data)
+
+    def recv(self, n: int) -> bytes:
+        if self._closed:
+            return b""
+        try:
+            data = self._sock.recv(n)
+        except OSError as exc:
+            raise self._lost(exc) from None
+        self.bytes_received += len(data)
+        return data
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+
+    def stderr_text(self) -> str:
+        return ""  # the keeper keeps the agent's
+
+    def exit_status(self) -> int | None:
+        return None
+
+    def _lost(self, exc: OSError) -> ConnectionFailed:
+        return ConnectionFailed(
+            f"the session to {self.label} kept open by `merklesync watch` was lost: "
+            f"{exc.strerror or exc}"
+        )

@@ -1,0 +1,263 @@
+"""`merklesync watch --keep-open`: one SSH connection held open, agents
+started ahead of need, and commands relayed through it, against the loopback
+sshd (OpenSSH, and paramiko's server side). Whatever goes wrong with the
+keeper, a command still works: it connects by itself."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sshd import SSHServer
+
+from merklesync.errors import HostKeyError, UsageError
+from merklesync.keep_open import Keeper
+from merklesync.transport.relay import pack_request, socket_path
+from tests.clirun import Result
+from tests.remote.conftest import run_cli
+from tests.treegen import assert_same_tree, make_tree
+
+
+@pytest.fixture
+def server(ssh_server: SSHServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[SSHServer]:
+    """The server, with a cache directory short enough for a socket path."""
+    ssh_server.use(monkeypatch)
+    cache = tempfile.mkdtemp(prefix="ms-", dir="/tmp")
+    monkeypatch.setenv("XDG_CACHE_HOME", cache)
+    ssh_server.env["XDG_CACHE_HOME"] = cache
+    yield ssh_server
+    shutil.rmtree(cache, ignore_errors=True)
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "tree"
+    make_tree(root, files=30, dirs=4, seed=8, max_size=4096)
+    assert run_cli(["init", str(root)], {**os.environ}).code == 0
+    return root
+
+
+@pytest.fixture
+def keeper(server: SSHServer, tmp_path: Path) -> Iterator[Keeper]:
+    kept = Keeper(None, server.host, None, server.remote_cmd, str(tmp_path / "dst"))
+    kept.start()
+    try:
+        yield kept
+    finally:
+        kept.stop()
+
+
+def cli(server: SSHServer, *argv: str) -> Result:
+    return run_cli(list(argv), server.env)
+
+
+def test_commands_go_through_the_kept_connection(
+    server: SSHServer, keeper: Keeper, tree: Path, tmp_path: Path
+) -> None:
+    dst = f"{server.host}:{tmp_path / 'dst'}"
+    r = cli(server, "push", str(tree), dst, "--stats", "--json")
+    assert r.code == 0, r.err
+    assert keeper.sessions == 1
+    assert_same_tree(tree, tmp_path / "dst")
+    assert cli(server, "diff", str(tree), dst).code == 0
+    assert cli(server, "status", dst).code == 0
+    (tree / "new.txt").write_text("one more")
+    assert cli(server, "sync", str(tree), dst).code == 0
+    assert keeper.sessions == 4  # every command, each with an agent of its own
+    assert_same_tree(tree, tmp_path / "dst")
+
+
+def test_the_same_bytes_travel_as_without_it(server: SSHServer, tree: Path, tmp_path: Path) -> None:
+    direct = cli(server, "push", str(tree), f"{server.host}:{tmp_path / 'd1'}", "--json", "--stats")
+    kept = Keeper(None, server.host, None, server.remote_cmd, str(tmp_path / "d2"))
+    kept.start()
+    try:
+        relayed = cli(
+            server, "push", str(tree), f"{server.host}:{tmp_path / 'd2'}", "--json", "--stats"
+        )
+    finally:
+        kept.stop()
+    assert direct.code == relayed.code == 0, relayed.err
+    assert kept.sessions == 1
+    a, b = direct.json()["stats"], relayed.json()["stats"]
+    for key in ("round_trips", "bytes_sent", "files_transferred", "bytes_transferred"):
+        assert a[key] == b[key], key
+
+
+def test_a_client_killed_mid_push_loses_nothing(
+    server: SSHServer, keeper: Keeper, tree: Path, tmp_path: Path
+) -> None:
+    (tree / "big.bin").write_bytes(os.urandom(64 << 20))
+    dst = tmp_path / "dst"
+    argv = [sys.executable, "-m", "merklesync", "push", str(tree), f"{server.host}:{dst}", "-q"]
+    proc = subprocess.Popen(argv, env=server.env)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any(dst.glob(".merklesync-tmp-*")):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    r = cli(server, "push", str(tree), f"{server.host}:{dst}")
+    assert r.code == 0, r.err
+    assert keeper.sessions == 2
+    assert_same_tree(tree, dst)
+    assert not list(dst.rglob(".merklesync-tmp-*"))
+
+
+def test_concurrent_clients_each_get_an_agent(
+    server: SSHServer, keeper: Keeper, tree: Path, tmp_path: Path
+) -> None:
+    dst = f"{server.host}:{tmp_path / 'dst'}"
+    assert cli(server, "push", str(tree), dst).code == 0
+    argv = [sys.executable, "-m", "merklesync", "diff", str(tree), dst]
+    procs = [subprocess.Popen(argv, env=server.env) for _ in range(3)]
+    assert [p.wait(60) for p in procs] == [0, 0, 0]
+    assert keeper.sessions == 4
+
+
+def test_without_a_keeper_commands_connect_by_themselves(
+    server: SSHServer, tree: Path, tmp_path: Path
+) -> None:
+    path = socket_path(None, server.host, None)
+    path.parent.mkdir(mode=0o700, parents=True)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()  # a socket file nobody listens on
+    r = cli(server, "push", str(tree), f"{server.host}:{tmp_path / 'dst'}")
+    assert r.code == 0, r.err
+    assert_same_tree(tree, tmp_path / "dst")
+
+
+def test_a_socket_directory_others_can_enter_is_not_used(
+    server: SSHServer, tree: Path, tmp_path: Path
+) -> None:
+    folder = socket_path(None, server.host, None).parent
+    folder.mkdir(mode=0o755, parents=True)
+    folder.chmod(0o755)
+    kept = Keeper(None, server.host, None, server.remote_cmd, str(tmp_path / "dst"))
+    with pytest.raises(UsageError, match="mode 0700"):
+        kept.start()
+
+
+def test_bad_requests_are_declined_and_the_keeper_goes_on(
+    server: SSHServer, keeper: Keeper, tree: Path, tmp_path: Path
+) -> None:
+    bad = [
+        b"\x00\x00\x00\x05hello",
+        b"\xff\xff\xff\xff",
+        pack_request("merklesync", "/x", True, ["a"])[:-3],
+        b"\x00\x00\x00\x03" + b"\x93\x02\xa1x",  # another version
+    ]
+    for request in bad:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(20)
+            s.connect(str(keeper.socket))
+            s.sendall(request)
+            s.shutdown(socket.SHUT_WR)
+            assert s.recv(1) in (b"\x00", b"")
+    assert keeper.sessions == 0
+    r = cli(server, "push", str(tree), f"{server.host}:{tmp_path / 'dst'}")
+    assert r.code == 0, r.err
+    assert keeper.sessions == 1
+
+
+def test_a_second_keeper_for_the_same_address_is_refused(
+    server: SSHServer, keeper: Keeper, tmp_path: Path
+) -> None:
+    other = Keeper(None, server.host, None, server.remote_cmd, str(tmp_path / "dst"))
+    with pytest.raises(UsageError, match="already kept open"):
+        other.start()
+    assert keeper.socket.exists()
+
+
+def test_an_unknown_host_key_is_refused(server: SSHServer, tmp_path: Path) -> None:
+    server.known_hosts.write_text("")
+    kept = Keeper(None, server.host, None, server.remote_cmd, str(tmp_path / "dst"))
+    with pytest.raises(HostKeyError):
+        kept.start()
+    assert not kept.socket.exists()
+
+
+def test_watch_keep_open_from_the_command_line(
+    server: SSHServer, tree: Path, tmp_path: Path
+) -> None:
+    dst = f"{server.host}:{tmp_path / 'dst'}"
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "merklesync", "watch", str(tree), "--keep-open", dst],
+        env=server.env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        path = socket_path(None, server.host, None)
+        deadline = time.monotonic() + 30
+        while not path.exists() and watch.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert path.exists()
+        r = cli(server, "push", str(tree), dst, "--stats")
+        assert r.code == 0, r.err
+        assert_same_tree(tree, tmp_path / "dst")
+    finally:
+        watch.send_signal(signal.SIGTERM)
+        _, err = watch.communicate(timeout=30)
+    assert watch.returncode == 0, err
+    assert "keeping a connection to" in err
+    assert not path.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "code", "words"),
+    [
+        (["--rsh", "ssh"], 2, "not --rsh"),
+        (["--keep-open", "relative/local/path"], 2, "needs a remote replica"),
+    ],
+)
+def test_watch_keep_open_usage_errors(
+    server: SSHServer, tree: Path, extra: list[str], code: int, words: str
+) -> None:
+    argv = ["watch", str(tree), *extra]
+    if "--keep-open" not in extra:
+        argv += ["--keep-open", f"{server.host}:/tmp/x"]
+    r = cli(server, *argv)
+    assert r.code == code, r.err
+    assert words in r.err and r.err.count("\n") == 1
+
+
+def test_a_socket_path_too_long_moves_to_a_private_tmp_directory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", "/tmp/" + "x" * 120)
+    path = socket_path("u", "h", 22)
+    assert path.parent == Path(f"/tmp/merklesync-{os.getuid()}")
+    assert len(str(path)) < 100
+    assert path != socket_path("u", "h", 2222)
+    monkeypatch.setenv("XDG_CACHE_HOME", "/tmp/" + "y" * 120)
+    assert path != socket_path("u", "h", 22)  # another cache directory: another socket
+
+
+@pytest.mark.parametrize(
+    ("given", "code", "says_hello"),
+    [(b"", 0, False), (b"\x01", 0, True), (b"x", 7, False)],
+)
+def test_a_standby_agent_waits_for_its_byte(
+    tree: Path, given: bytes, code: int, says_hello: bool
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "merklesync", "serve", "--stdio", "--standby", str(tree)],
+        input=given,
+        capture_output=True,
+        timeout=60,
+    )
+    assert proc.returncode == code, proc.stderr
+    assert (b"merklesync" in proc.stdout) is says_hello
+    if not says_hello:
+        assert proc.stdout == b""
+    assert (b"standby start byte" in proc.stderr) is (code == 7)
