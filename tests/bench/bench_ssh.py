@@ -161,7 +161,11 @@ WATCHED = Watched(
     "nothing changed, watched",
     "10 files changed, watched",
     "`merklesync watch` on both (the remote one on the remote host)",
+    kept=("nothing changed, watched + kept open", "10 files changed, watched + kept open"),
 )
+
+assert WATCHED.kept is not None
+KEPT = WATCHED.kept
 
 
 def verify(tools: SshTools, case: str) -> None:
@@ -232,8 +236,9 @@ def targets(rows: Sequence[Row], depth: int, key_bytes: float) -> str:
         f"(key: a path, {key_bytes:.0f} B on average here; digest: 32 B).",
         f"Measured: first copy {ratio('first copy', 1.2)}; "
         f"nothing changed {ratio('nothing changed', 0.7)} "
-        f"({ratio(WATCHED.nothing, 0.7)} watched); "
-        f"10 changed {ratio('10 files changed', 0.7)} ({ratio(WATCHED.changed, 0.7)} watched).",
+        f"({ratio(WATCHED.nothing, 0.7)} watched, {ratio(KEPT[0], 0.7)} watched + kept open); "
+        f"10 changed {ratio('10 files changed', 0.7)} ({ratio(WATCHED.changed, 0.7)} watched, "
+        f"{ratio(KEPT[1], 0.7)} watched + kept open).",
     ]
     same = by_case.get("nothing changed")
     constant = metadata(same.candidate) if same is not None else None
@@ -309,6 +314,8 @@ def run_cases(
                 (tools.rsync, tools.push),
                 changes(tools.src, 10, seed + 300),
                 functools.partial(verify, tools),
+                env=tools.ssh.env,
+                keep_open=(tools.src, f"{tools.ssh.host}:{tools.dst_m}"),
             )
     except BenchFailure:
         if rows:

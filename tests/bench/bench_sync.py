@@ -46,6 +46,7 @@ from tests.bench.table import (  # noqa: E402
     merklesync_argv,
     merklesync_stats,
     no_setup,
+    ratio_check,
     render_rows,
     rss_note,
     run_measured,
@@ -128,6 +129,7 @@ WATCHED = Watched(
     "nothing changed, watched",
     "10 changed on each side, watched",
     "`merklesync watch` on both (the remote one on the remote host)",
+    kept=("nothing changed, watched + kept open", "10 changed on each side, watched + kept open"),
 )
 
 
@@ -194,6 +196,21 @@ COLUMNS = [
 row = functools.partial(side_by_side, "unison")
 
 
+def targets(rows: Sequence[Row]) -> str:
+    """The aims of the two-way sync issue, each with the measured value."""
+    assert WATCHED.kept is not None
+    nothing = [WATCHED.nothing, WATCHED.kept[0]]
+    return "\n".join(
+        [
+            "Targets: first sync <= 0.2x Unison; nothing changed <= 0.3x Unison.",
+            f"Measured: first sync {ratio_check(rows, 'first sync', 0.2)}; nothing changed "
+            f"{ratio_check(rows, 'nothing changed', 0.3)} "
+            f"({ratio_check(rows, nothing[0], 0.3)} watched, "
+            f"{ratio_check(rows, nothing[1], 0.3)} watched + kept open).",
+        ]
+    )
+
+
 def run_cases(tools: SyncTools, runs: int, seed: int) -> list[Row]:
     rows: list[Row] = []
     sync = tools.run_sync if tools.merklesync is not None else None
@@ -232,6 +249,8 @@ def run_cases(tools: SyncTools, runs: int, seed: int) -> list[Row]:
                 (tools.run_unison, tools.run_sync),
                 both_sides(tools, 10, seed + 300),
                 functools.partial(verify, tools),
+                env=tools.ssh.env,
+                keep_open=(pair.a, f"{tools.ssh.host}:{pair.b}"),
             )
     except BenchFailure:
         if rows:
@@ -306,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 shlex.split(args.sync_args),
             )
             rows = run_cases(tools, args.runs, args.seed)
-        write_report("\n\n".join([header, render(rows)]), args.out)
+        write_report("\n\n".join([header, render(rows), targets(rows)]), args.out)
         return 0
     except BenchFailure as e:
         print(f"\nBENCHMARK FAILED: {e}", file=sys.stderr)

@@ -440,18 +440,27 @@ def verify_copies(case: str, src: Path, dests: Sequence[tuple[str, Path]]) -> No
 
 
 @contextlib.contextmanager
-def watching(merklesync: Sequence[str], roots: Sequence[Path], cwd: Path) -> Iterator[None]:
+def watching(
+    merklesync: Sequence[str],
+    roots: Sequence[Path],
+    cwd: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    extra: Mapping[Path, Sequence[str]] | None = None,
+) -> Iterator[None]:
     """``merklesync watch`` on each root (all on this machine: for the SSH
-    benchmarks the remote replica is a loopback one), stopped on exit."""
+    benchmarks the remote replica is a loopback one), with ``extra``
+    arguments for some, stopped on exit."""
     procs: list[subprocess.Popen[str]] = []
     try:
         for root in roots:
-            proc = subprocess.Popen(
-                [*merklesync, "watch", str(root)], cwd=cwd, stderr=subprocess.PIPE, text=True
-            )
+            argv = [*merklesync, "watch", str(root), *(extra or {}).get(root, ())]
+            proc = subprocess.Popen(argv, cwd=cwd, env=env, stderr=subprocess.PIPE, text=True)
             procs.append(proc)
             assert proc.stderr is not None
             line = proc.stderr.readline()  # "watching ROOT" once the watches are in place
+            while line.startswith("keeping a connection"):
+                line = proc.stderr.readline()
             if not line.startswith("watching"):
                 raise BenchFailure(f"merklesync watch {root} did not start: {line.strip()}")
         yield
@@ -468,12 +477,15 @@ def watching(merklesync: Sequence[str], roots: Sequence[Path], cwd: Path) -> Ite
 
 @dataclass
 class Watched:
-    """The repeatable cases run again with `merklesync watch` on both replicas."""
+    """The repeatable cases run again with `merklesync watch` on both
+    replicas, and (``kept``: their names) again with the local watcher
+    keeping the connection to the remote one open."""
 
     baseline: str  # the other tool's name
     nothing: str  # the two case names
     changed: str
     note: str
+    kept: tuple[str, str] | None = None
 
     def rows(
         self,
@@ -484,18 +496,30 @@ class Watched:
         tools: tuple[Callable[[], Run], Callable[[], Run]],
         change: Callable[[int], None],
         verify: Callable[[str], None],
+        *,
+        env: Mapping[str, str] | None = None,
+        keep_open: tuple[Path, str] | None = None,
     ) -> list[Row]:
-        """``tools``: (baseline, merklesync); ``change``: the setup of the changed case."""
+        """``tools``: (baseline, merklesync); ``change``: the setup of the
+        changed case; ``keep_open``: (the local root, the remote's address)."""
         baseline, candidate = tools
+        variants: list[tuple[tuple[str, str], dict[Path, list[str]], str]] = [
+            ((self.nothing, self.changed), {}, self.note)
+        ]
+        if keep_open is not None and self.kept is not None:
+            root, address = keep_open
+            note = f"{self.note}, the local one with --keep-open"
+            variants.append((self.kept, {root: ["--keep-open", address]}, note))
         out = []
-        with watching(merklesync, roots, cwd):
-            candidate()  # the scans take the watchers' first answers
-            for case, setup in ((self.nothing, no_setup), (self.changed, change)):
-                print(f"case: {case}", file=sys.stderr)
-                base_runs, m_runs = interleaved(runs, setup, baseline, candidate)
-                note = f"best of {runs}; {self.note}"
-                out.append(side_by_side(self.baseline, case, base_runs, m_runs, note))
-                verify(case)
+        for names, extra, note in variants:
+            with watching(merklesync, roots, cwd, env=env, extra=extra):
+                candidate()  # the scans take the watchers' first answers
+                for case, setup in zip(names, (no_setup, change), strict=True):
+                    print(f"case: {case}", file=sys.stderr)
+                    base_runs, m_runs = interleaved(runs, setup, baseline, candidate)
+                    note_runs = f"best of {runs}; {note}"
+                    out.append(side_by_side(self.baseline, case, base_runs, m_runs, note_runs))
+                    verify(case)
         return out
 
 
