@@ -74,8 +74,7 @@ class _Scan:
     # those holding hard-linked files (a write through another link raises
     # no event here) and those where something could not be read.
     relist: set[str] = field(default_factory=set)
-    # Whether listing sums are read and kept (not when the scan looks with
-    # other eyes: --checksum, --exclude).
+    # Whether listing sums (and a watcher's answer) are used.
     sums: bool = False
 
 
@@ -202,10 +201,9 @@ class DirectorySource:
         one stat call; changed ones are re-read. With a watcher running
         (journal.py), only the directories it saw change are looked at."""
         scan = _Scan(index, replica_id, clock, checksum, progress)
+        # --checksum and --exclude look with other eyes: everywhere, every row.
         scan.sums = not (checksum or self.ignore.has_excludes)
-        changes = None
-        if not (checksum or self.ignore.has_excludes):  # a different view: look everywhere
-            changes = journal.ask(self.root, index.meta(WATCH_TOKEN))
+        changes = journal.ask(self.root, index.meta(WATCH_TOKEN)) if scan.sums else None
         index.learned_at = learned_ns  # deletions found now are as old as the scan
         relist = _stored_relist(index) if changes is not None else None
         try:

@@ -112,6 +112,20 @@ def test_a_client_killed_mid_push_loses_nothing(
     assert not list(dst.rglob(".merklesync-tmp-*"))
 
 
+def test_a_lost_connection_is_made_again_for_the_next_client(
+    server: SSHServer, keeper: Keeper, tree: Path, tmp_path: Path
+) -> None:
+    dst = f"{server.host}:{tmp_path / 'dst'}"
+    assert cli(server, "push", str(tree), dst).code == 0
+    connection = keeper._connection
+    assert connection is not None
+    connection.close()  # as a network cut would: the standby agents go with it
+    r = cli(server, "diff", str(tree), dst)
+    assert r.code == 0, r.err
+    assert keeper.sessions == 2  # served, on a new connection
+    assert keeper._connection is not connection
+
+
 def test_concurrent_clients_each_get_an_agent(
     server: SSHServer, keeper: Keeper, tree: Path, tmp_path: Path
 ) -> None:
