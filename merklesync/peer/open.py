@@ -153,17 +153,6 @@ def connect(
     to that address (tried first; transport/relay.py)."""
     assert address.host is not None
     rsh = options.rsh if options.rsh is not None else os.environ.get(RSH_ENV)
-    if relay is not None and not rsh:
-        relayed = attach(
-            address.user,
-            address.host,
-            address.port,
-            relay,
-            label=address.host,
-            timeout=options.connect_timeout,
-        )
-        if relayed is not None:
-            return relayed
     if rsh:
         from merklesync.transport.pipes import SubprocessTransport
 
@@ -173,6 +162,17 @@ def connect(
         if address.port is not None:
             argv += ["-p", str(address.port)]
         return SubprocessTransport([*argv, address.host, command])
+    if relay is not None:
+        kept = attach(
+            address.user,
+            address.host,
+            address.port,
+            relay,
+            label=address.host,
+            timeout=options.connect_timeout,
+        )
+        if kept is not None:
+            return kept
     from merklesync.transport.ssh import open_ssh  # paramiko loads only when needed
 
     return open_ssh(
