@@ -42,7 +42,9 @@ __all__ = ["Keeper"]
 RELAY_CHUNK = 256 * 1024
 MAX_COMMANDS = 4  # standby agents kept: one per distinct command, the latest ones
 MAX_EXCLUDES = 256
-FIRST_BYTES_WAIT = 30.0  # for an agent to say hello
+FIRST_BYTES_WAIT = 30.0  # for the client to go once its agent has ended
+KEEPALIVE = 30  # seconds between SSH keepalives on the held connection
+STOP_GRACE = 30.0  # seconds the sessions running at a stop get to end
 
 
 class Keeper:
@@ -73,6 +75,8 @@ class Keeper:
         self._listener: socket.socket | None = None
         self._stopping = threading.Event()
         self.sessions = 0  # served so far
+        self._active = 0  # running now
+        self._idle = threading.Condition()
         self._remote_cmd, self._path = remote_cmd, path  # the agents started first
 
     # -- life ------------------------------------------------------------
@@ -90,7 +94,9 @@ class Keeper:
             raise
         threading.Thread(target=self._accept_loop, name="keep-open", daemon=True).start()
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 0.0) -> None:
+        """Take no more clients; let the sessions running end (for up to
+        ``grace`` seconds), then close the connection."""
         self._stopping.set()
         if self._listener is not None:
             with contextlib.suppress(OSError):
@@ -98,6 +104,8 @@ class Keeper:
             self._listener.close()
             with contextlib.suppress(OSError):
                 os.unlink(self.socket)
+        with self._idle:
+            self._idle.wait_for(lambda: self._active == 0, timeout=grace)
         with self._lock:
             for agent in self._standby.values():
                 agent.close()
@@ -132,13 +140,15 @@ class Keeper:
         self._listener = listener
 
     def _connect(self) -> SSHConnection:
-        return SSHConnection(
+        connection = SSHConnection(
             self.host,
             self.user,
             self.port,
             accept_new_host_key=self._accept_new,
             connect_timeout=self._timeout,
         )
+        connection.keep_alive(KEEPALIVE)  # through idle-dropping firewalls; a dead one shows
+        return connection
 
     # -- clients ---------------------------------------------------------
 
@@ -162,13 +172,17 @@ class Keeper:
                 client.sendall(b"\x00")
                 return
             client.settimeout(None)
-            with self._lock:
+            with self._idle:
                 self.sessions += 1
+                self._active += 1
             try:
                 client.sendall(ACCEPTED + first)
                 _relay(client, agent)
             finally:
                 agent.close()
+                with self._idle:
+                    self._active -= 1
+                    self._idle.notify_all()
         except OSError:
             pass  # the client went away
         finally:

@@ -73,7 +73,9 @@ def watch(
     walking the whole tree. With --run, keep another replica in step. With
     --keep-open, commands run meanwhile reach that remote through a
     connection held open here, with its agent already started: no SSH
-    handshake and no agent start-up on each run (merklesync-protocol(7))."""
+    handshake and no agent start-up on each run (merklesync-protocol(7)).
+    The connection sends SSH keepalives, is made again when lost, and at a
+    stop the sessions running get up to 30 seconds to end."""
     from merklesync.watcher import Watcher  # watchdog is needed here only
 
     out = Output(quiet)
@@ -116,7 +118,7 @@ def watch(
 
 @contextlib.contextmanager
 def _kept_open(spec: str, root: Path, remote: RemoteOptions, out: Output) -> Iterator[None]:
-    from merklesync.keep_open import Keeper  # paramiko is needed here only
+    from merklesync.keep_open import STOP_GRACE, Keeper  # paramiko is needed here only
 
     address, remote_cmd = resolve(spec, remote, near=str(root))
     if not address.is_remote or address.host is None:
@@ -136,4 +138,4 @@ def _kept_open(spec: str, root: Path, remote: RemoteOptions, out: Output) -> Ite
     try:
         yield
     finally:
-        keeper.stop()
+        keeper.stop(grace=STOP_GRACE)

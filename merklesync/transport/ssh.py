@@ -740,6 +740,10 @@ class SSHConnection:
     def is_active(self) -> bool:
         return bool(self._hop.transport.is_active())
 
+    def keep_alive(self, seconds: int) -> None:
+        """Send an SSH keepalive after ``seconds`` of silence."""
+        self._hop.transport.set_keepalive(seconds)
+
     def run(self, command: str, *, owns_connection: bool = False) -> SSHTransport:
         """Run ``command`` on a new channel; its stdin/stdout are the stream."""
         try:

@@ -126,6 +126,27 @@ def test_a_lost_connection_is_made_again_for_the_next_client(
     assert keeper._connection is not connection
 
 
+def test_a_stop_lets_the_running_session_finish(
+    server: SSHServer, tree: Path, tmp_path: Path
+) -> None:
+    (tree / "big.bin").write_bytes(os.urandom(64 << 20))
+    dst = tmp_path / "dst"
+    kept = Keeper(None, server.host, None, server.remote_cmd, str(dst))
+    kept.start()
+    argv = [sys.executable, "-m", "merklesync", "push", str(tree), f"{server.host}:{dst}", "-q"]
+    proc = subprocess.Popen(argv, env=server.env)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(dst.glob(".merklesync-tmp-*")):
+            time.sleep(0.01)
+        kept.stop(grace=60)  # returns once the push's session has ended
+        assert proc.wait(60) == 0
+    finally:
+        proc.kill()
+    assert kept.sessions == 1
+    assert_same_tree(tree, dst)
+
+
 def test_concurrent_clients_each_get_an_agent(
     server: SSHServer, keeper: Keeper, tree: Path, tmp_path: Path
 ) -> None:
