@@ -225,8 +225,9 @@ def test_watch_keep_open_from_the_command_line(
     server: SSHServer, tree: Path, tmp_path: Path
 ) -> None:
     dst = f"{server.host}:{tmp_path / 'dst'}"
+    assert cli(server, "remote", "add", "origin", dst, "--replica", str(tree)).code == 0
     watch = subprocess.Popen(
-        [sys.executable, "-m", "merklesync", "watch", str(tree), "--keep-open", dst],
+        [sys.executable, "-m", "merklesync", "watch", str(tree), "--keep-open", "origin"],
         env=server.env,
         stderr=subprocess.PIPE,
         text=True,
@@ -237,7 +238,7 @@ def test_watch_keep_open_from_the_command_line(
         while not path.exists() and watch.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert path.exists()
-        r = cli(server, "push", str(tree), dst, "--stats")
+        r = cli(server, "push", str(tree), "origin", "--stats")
         assert r.code == 0, r.err
         assert_same_tree(tree, tmp_path / "dst")
     finally:
