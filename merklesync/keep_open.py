@@ -42,7 +42,7 @@ __all__ = ["Keeper"]
 RELAY_CHUNK = 256 * 1024
 MAX_COMMANDS = 4  # standby agents kept: one per distinct command, the latest ones
 MAX_EXCLUDES = 256
-FIRST_BYTES_WAIT = 30.0  # for the client to go once its agent has ended
+CLIENT_END_WAIT = 30.0  # for a client to go once its agent has ended
 KEEPALIVE = 30  # seconds between SSH keepalives on the held connection
 STOP_GRACE = 30.0  # seconds the sessions running at a stop get to end
 
@@ -97,7 +97,8 @@ class Keeper:
     def stop(self, grace: float = 0.0) -> None:
         """Take no more clients; let the sessions running end (for up to
         ``grace`` seconds), then close the connection."""
-        self._stopping.set()
+        with self._idle:
+            self._stopping.set()
         if self._listener is not None:
             with contextlib.suppress(OSError):
                 self._listener.shutdown(socket.SHUT_RDWR)
@@ -173,8 +174,14 @@ class Keeper:
                 return
             client.settimeout(None)
             with self._idle:
-                self.sessions += 1
-                self._active += 1
+                stopping = self._stopping.is_set()  # then stop() may not wait for it
+                if not stopping:
+                    self.sessions += 1
+                    self._active += 1
+            if stopping:
+                agent.close()
+                client.sendall(b"\x00")
+                return
             try:
                 client.sendall(ACCEPTED + first)
                 _relay(client, agent)
@@ -324,4 +331,4 @@ def _relay(client: socket.socket, agent: SSHTransport) -> None:
         pass
     with contextlib.suppress(OSError):
         client.shutdown(socket.SHUT_RDWR)
-    up.join(FIRST_BYTES_WAIT)
+    up.join(CLIENT_END_WAIT)
