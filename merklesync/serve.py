@@ -161,14 +161,18 @@ class Agent:
                 result = self._result(request)
             except ProtocolError:
                 raise
-            except MerklesyncError as exc:
-                self._send(self.session.error_from(exc))
-                return
-            except Exception as exc:  # a bug: say so on stderr, fail the request
-                self.report(_bug_text(exc))
-                self._send(self.session.error("error", f"internal error in the agent: {exc!r}"))
+            except Exception as exc:
+                self._send(self.session.error_from(self._failure(exc)))
                 return
             self._send(self.session.respond(result))
+
+    def _failure(self, exc: Exception) -> MerklesyncError:
+        """What the client is told of a request that failed. Anything but
+        a MerklesyncError is a bug: said on stderr, and the request fails."""
+        if isinstance(exc, MerklesyncError):
+            return exc
+        self.report(_bug_text(exc))
+        return MerklesyncError(f"internal error in the agent: {exc!r}")
 
     def _replica(self) -> LocalPeer:
         if self.peer is None:
@@ -218,12 +222,8 @@ class Agent:
                 self._send_file(peer, entry, chunks)
         except ProtocolError:
             raise
-        except MerklesyncError as exc:
-            self._send(self.session.error_from(exc))
-            return
         except Exception as exc:
-            self.report(_bug_text(exc))
-            self._send(self.session.error("error", f"internal error in the agent: {exc!r}"))
+            self._send(self.session.error_from(self._failure(exc)))
             return
         self._send(self.session.read_done())
 
@@ -266,11 +266,8 @@ class Agent:
                 outcomes = self.peer.write(items)
             except ProtocolError:
                 raise
-            except MerklesyncError as exc:
-                failure = exc
             except Exception as exc:
-                self.report(_bug_text(exc))
-                failure = MerklesyncError(f"internal error in the agent: {exc!r}")
+                failure = self._failure(exc)
         items.drain()  # whatever happened, read the stream to its commit
         if failure is not None:
             self._send(self.session.error_from(failure))

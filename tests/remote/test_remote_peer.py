@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from merklesync import merkle
-from merklesync.errors import ConnectionFailed, NotAReplica, ReplicaLocked
+from merklesync.errors import ConnectionFailed, MerklesyncError, NotAReplica, ReplicaLocked
 from merklesync.merkle import ROOT, NodeId
-from merklesync.model import Entry
+from merklesync.model import Entry, key_of, leaf_of
+from merklesync.peer import WriteItem
 from merklesync.peer import remote as remote_mod
 from merklesync.peer.local import LocalPeer
 from merklesync.peer.open import refresh_all
@@ -233,6 +234,41 @@ def test_agent_errors_arrive_as_the_matching_error(tmp_path: Path) -> None:
     peer = agent(tmp_path / "made", "--create")
     peer.close()
     assert (tmp_path / "made/.merklesync/index.db").exists()
+
+
+BUGGY_AGENT = """
+import sys
+from merklesync.peer.local import LocalPeer
+def boom(*args, **kwargs):
+    raise RuntimeError("boom")
+setattr(LocalPeer, sys.argv.pop(1), boom)
+from merklesync.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("broken", ["entries", "read", "write"])
+def test_a_bug_in_the_agent_fails_the_request_not_the_session(tree: Path, broken: str) -> None:
+    """A request that hits a bug in the agent (any exception that is not
+    one of merklesync's) is answered with an error saying so, the traceback
+    goes to the agent's stderr, and the session goes on."""
+    with Replica.open(tree) as replica:
+        entry = next(e for e in replica.index.iter_entries(live_only=True) if e.size)
+    argv = [sys.executable, "-c", BUGGY_AGENT, broken, "serve", "--stdio", str(tree)]
+    peer = RemotePeer(SubprocessTransport(argv), f"pipe:{tree}", where="pipe")
+    try:
+        with pytest.raises(MerklesyncError, match=r"internal error in the agent: RuntimeError"):
+            if broken == "entries":
+                peer.entries([key_of(entry.path)])
+            elif broken == "read":
+                list(peer.read([entry]))
+            else:
+                peer.write([WriteItem(entry, leaf_of(entry))])
+        assert "internal error:" in peer.transport.stderr_text()
+        assert "RuntimeError: boom" in peer.transport.stderr_text()
+        assert peer.root().count > 0  # the session goes on
+    finally:
+        peer.close()
 
 
 def test_the_agent_holds_the_lock_for_the_session(tree: Path) -> None:
