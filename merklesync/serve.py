@@ -68,6 +68,7 @@ from merklesync.protocol.messages import (
     RootResult,
     Write,
     WriteResult,
+    display,
 )
 from merklesync.protocol.session import Negotiated, ServerEvent, ServerSession
 
@@ -102,7 +103,7 @@ class Agent:
         except MerklesyncError as exc:
             self.failure = exc
         replica_id = self.peer.replica_id if self.peer is not None else ""
-        root_name = str(self.peer.replica.root) if self.peer is not None else str(root)
+        root_name = display(str(self.peer.replica.root if self.peer is not None else root))
         self.session = ServerSession(Hello(PROTOCOL_VERSIONS, (), replica_id, SOFTWARE, root_name))
         self._out = bytearray()
         self._events: deque[ServerEvent] = deque()

@@ -359,7 +359,7 @@ class ParamikoDaemon:
                 return OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
 
             def check_channel_exec_request(self, channel: Any, command: bytes) -> bool:
-                session = _Session(channel, command.decode(), daemon.home)
+                session = _Session(channel, os.fsdecode(command), daemon.home)
                 with daemon._lock:
                     daemon._sessions.append(session)
                 return True

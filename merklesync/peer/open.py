@@ -20,7 +20,7 @@ from merklesync.peer import Peer, Progress, ScanReport
 from merklesync.peer.local import LocalPeer
 from merklesync.replica import Replica, find_root, is_replica
 from merklesync.transport import Transport
-from merklesync.transport.relay import attach, pack_request
+from merklesync.transport.relay import attach
 
 REMOTE_CMD_ENV = "MERKLESYNC_REMOTE_CMD"
 RSH_ENV = "MERKLESYNC_RSH"
@@ -66,7 +66,7 @@ def open_peer(
     from merklesync.peer.remote import RemotePeer  # the protocol: for remote replicas only
 
     transport = connect(
-        address, command, options, relay=pack_request(remote_cmd, address.path, create, excludes)
+        address, command, options, relay=(remote_cmd, address.path, create, tuple(excludes))
     )
     assert address.host is not None
     return RemotePeer(transport, spec, where=address.host)
@@ -145,12 +145,17 @@ def split_command(text: str, option: str) -> list[str]:
 
 
 def connect(
-    address: Address, command: str, options: RemoteOptions, *, relay: bytes | None = None
+    address: Address,
+    command: str,
+    options: RemoteOptions,
+    *,
+    relay: tuple[str, str, bool, Sequence[str]] | None = None,
 ) -> Transport:
     """Run ``command`` on the address's host: through the built-in SSH
-    client, or the ``rsh`` command when one is set. ``relay``: the same,
-    as a request to the connection `merklesync watch --keep-open` may hold
-    to that address (tried first; transport/relay.py)."""
+    client, or the ``rsh`` command when one is set. ``relay``: the same
+    agent as (remote command, path, create, excludes), to ask of the
+    connection `merklesync watch --keep-open` may hold to that address
+    (tried before the built-in client; transport/relay.py)."""
     assert address.host is not None
     rsh = options.rsh if options.rsh is not None else os.environ.get(RSH_ENV)
     if rsh:

@@ -79,6 +79,7 @@ SHORT_BYTES = merkle.SHORT_BYTES
 # -- validation helpers --------------------------------------------------
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _IDENT = re.compile(r"[!-~]*")  # printable ASCII without spaces
 _CODE = re.compile(r"[a-z][a-z0-9-]*")
 _MAX_U64 = (1 << 64) - 1
@@ -127,6 +128,8 @@ def display(text: str, limit: int = MAX_TEXT) -> str:
     ``limit`` characters. For anything from the peer that a user will see."""
     if _CONTROL.search(text):
         text = _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+    if _SURROGATE.search(text):  # a byte of a name that is not UTF-8: cannot travel as is
+        text = _SURROGATE.sub(lambda m: repr(m.group())[1:-1], text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -92,11 +92,9 @@ class _Listing:
 
     @classmethod
     def read(cls, dir_fd: int) -> _Listing:
-        """List a directory opened as ``dir_fd`` (none, when it is -1),
-        removing the temp files abandoned by interrupted runs."""
+        """List a directory opened as ``dir_fd``, removing the temp files
+        abandoned by interrupted runs."""
         listing = cls()
-        if dir_fd < 0:
-            return listing
         with os.scandir(dir_fd) as it:
             dirents = list(it)
         names, stats, keys, dirs = listing.names, listing.stats, listing.keys, listing.dirs
@@ -262,20 +260,20 @@ class DirectorySource:
         scan.relist.discard(directory)
         # Listed through a descriptor, so each stat below resolves one name
         # (not the whole path: about a fifth of a scan's system time), and a
-        # directory swapped for a symlink since its parent was listed is not
-        # followed.
+        # directory that became a symlink since its parent was listed is not
+        # followed (O_NOFOLLOW guards the last component of the path).
+        dir_fd = -1
         try:
             dir_fd = os.open(self.abs(directory), _DIR_FLAGS)
+            listing = _Listing.read(dir_fd)
         except (FileNotFoundError, NotADirectoryError):
-            dir_fd = -1
+            listing = _Listing()
         except OSError as exc:
             if exc.errno != errno.ELOOP:
                 report.warnings.append(f"{directory or '.'}: cannot list: {exc.strerror}")
                 scan.relist.add(directory)
                 return []  # keep what we knew: unreadable is not deleted
-            dir_fd = -1  # now a symlink: the directory is gone
-        try:
-            listing = _Listing.read(dir_fd)
+            listing = _Listing()  # now a symlink: the directory is gone
         finally:
             if dir_fd >= 0:
                 os.close(dir_fd)

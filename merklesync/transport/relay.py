@@ -39,8 +39,10 @@ _LENGTH = struct.Struct(">I")
 
 def socket_path(user: str | None, host: str, port: int | None) -> Path:
     """Where the keeper of connections to this address listens."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "merklesync"
-    name = blake3.blake3(f"{cache}\0{user or ''}\0{host}\0{port or 0}".encode()).hexdigest()
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    cache = Path(xdg if os.path.isabs(xdg) else Path.home() / ".cache") / "merklesync"
+    key = f"{cache}\0{user or ''}\0{host}\0{port or 0}".encode("utf-8", "surrogateescape")
+    name = blake3.blake3(key).hexdigest()
     path = cache / f"keep-{name[:20]}"
     if len(os.fsencode(path)) <= _SUN_PATH_MAX:
         return path
@@ -67,13 +69,18 @@ def attach(
     user: str | None,
     host: str,
     port: int | None,
-    request: bytes,
+    agent: tuple[str, str, bool, Sequence[str]],
     *,
     label: str,
     timeout: float = 15.0,
 ) -> RelayTransport | None:
     """A session through a kept-open connection, or None when there is
-    none (nothing listening, not ours, or it declined)."""
+    none (nothing listening, not ours, it declined, or ``agent`` (remote
+    command, path, create, excludes) cannot travel in a request)."""
+    try:
+        request = pack_request(*agent)
+    except (UnicodeEncodeError, ValueError, TypeError):
+        return None  # e.g. a path that is not UTF-8: the direct way copes
     path = socket_path(user, host, port)
     if not is_private(path.parent):
         return None

@@ -750,7 +750,8 @@ class SSHConnection:
             channel = self._hop.transport.open_session(
                 window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE, timeout=self._timeout
             )
-            channel.exec_command(command)
+            # Bytes, so that a path that is not UTF-8 reaches the far side as it is.
+            channel.exec_command(command.encode("utf-8", "surrogateescape"))
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise ConnectionFailed(f"cannot run a command on {self.label}: {exc}") from exc
         return SSHTransport(

@@ -4,10 +4,12 @@ rows. Whatever changes a row of it, on disk or in the index, must undo that."""
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -150,3 +152,26 @@ def test_an_older_index_gets_the_sums(tree: Path, reads: list[str]) -> None:
     reads.clear()
     assert changes(scan(tree)) == ([], [], [])
     assert reads == []
+
+
+def test_a_directory_that_cannot_be_read_keeps_its_rows(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error while listing (EIO, ESTALE...) is a warning: the directory's
+    rows stay, and it is listed again next time."""
+    sub = a_subdir(tree)
+    inside = {p for p in live(tree) if p.startswith(sub.name + "/")}
+    real = os.scandir
+
+    def failing(path: Any) -> Any:
+        if isinstance(path, int) and os.readlink(f"/proc/self/fd/{path}") == str(sub):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", failing)
+    report = scan(tree)
+    assert report.warnings == [f"{sub.name}: cannot list: {os.strerror(errno.EIO)}"]
+    assert changes(report) == ([], [], [])
+    monkeypatch.undo()
+    assert inside <= live(tree)
+    assert changes(scan(tree)) == ([], [], [])

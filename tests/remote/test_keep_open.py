@@ -297,3 +297,13 @@ def test_a_standby_agent_waits_for_its_byte(
     if not says_hello:
         assert proc.stdout == b""
     assert (b"standby start byte" in proc.stderr) is (code == 7)
+
+
+def test_a_path_a_request_cannot_carry_goes_the_direct_way(
+    server: SSHServer, keeper: Keeper, tmp_path: Path
+) -> None:
+    weird = os.fsdecode(os.fsencode(str(tmp_path)) + b"/not-utf8-\xff")
+    r = cli(server, "status", f"{server.host}:{weird}")
+    assert r.code == 5, r.err  # no such directory, said in one line by the far side
+    assert r.err.count("\n") == 1 and "Traceback" not in r.err
+    assert keeper.sessions == 0
