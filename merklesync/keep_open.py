@@ -9,8 +9,10 @@ until either side ends, closes that agent's channel, and starts the next
 standby agent for the same command. An agent serves one session and ends,
 as it does when run directly: a client that dies mid-session is, to the
 agent, a dropped connection, and the replica's lock is only held while a
-session runs. A lost SSH connection is made again for the next client; a
-client the keeper cannot serve is declined and connects by itself.
+session runs. A client is never kept waiting on the keeper's troubles: an
+agent that says nothing within AGENT_WAIT, or a connection that is down, gets
+it declined (it then connects by itself, as without a keeper), and the
+connection is made again in the background.
 """
 
 from __future__ import annotations
@@ -37,13 +39,19 @@ from merklesync.transport.relay import (
 )
 from merklesync.transport.ssh import SSHConnection, SSHTransport
 
-__all__ = ["Keeper"]
+__all__ = ["AlreadyKept", "Keeper"]
+
+
+class AlreadyKept(UsageError):
+    """Another process keeps connections to this address open already."""
+
 
 RELAY_CHUNK = 256 * 1024
 MAX_COMMANDS = 4  # standby agents kept: one per distinct command, the latest ones
 MAX_EXCLUDES = 256
 CLIENT_END_WAIT = 30.0  # for a client to go once its agent has ended
 KEEPALIVE = 30  # seconds between SSH keepalives on the held connection
+AGENT_WAIT = 5.0  # for an agent's first bytes, or a channel; well under a client's patience
 STOP_GRACE = 30.0  # seconds the sessions running at a stop get to end
 
 
@@ -69,15 +77,21 @@ class Keeper:
         self._accept_new = accept_new_host_key
         self._timeout = connect_timeout
         self._warn = warn or (lambda message: None)
-        self._lock = threading.Lock()  # the connection and the standby agents
+        self._lock = threading.Lock()  # the connection, the agents, the commands
         self._connection: SSHConnection | None = None
-        self._standby: OrderedDict[str, SSHTransport] = OrderedDict()
+        self._reconnecting = False
+        self._standby: dict[str, SSHTransport] = {}
+        # Commands asked for (command -> its standby form), the latest last:
+        # each gets a standby agent, the first ones from the start.
+        self._commands: OrderedDict[str, str] = OrderedDict(
+            _commands(remote_cmd, path, create, []) for create in (False, True)
+        )
+        self._standby_works = True  # until the far side's merklesync says otherwise
         self._listener: socket.socket | None = None
         self._stopping = threading.Event()
+        self._idle = threading.Condition()  # guards the two counters
         self.sessions = 0  # served so far
-        self._active = 0  # running now
-        self._idle = threading.Condition()
-        self._remote_cmd, self._path = remote_cmd, path  # the agents started first
+        self._active = 0  # clients being served now
 
     # -- life ------------------------------------------------------------
 
@@ -85,10 +99,10 @@ class Keeper:
         """Connect and listen; raises the SSH errors (host key, auth...)."""
         self._listen()
         try:
+            connection = self._connect()
             with self._lock:
-                self._connection = self._connect()
-            for create in (False, True):  # diff, status / push, pull, sync
-                self._start_standby(*_commands(self._remote_cmd, self._path, create, []))
+                self._connection = connection
+            self._fill(connection)
         except BaseException:
             self.stop()
             raise
@@ -108,12 +122,12 @@ class Keeper:
         with self._idle:
             self._idle.wait_for(lambda: self._active == 0, timeout=grace)
         with self._lock:
-            for agent in self._standby.values():
-                agent.close()
-            self._standby.clear()
-            if self._connection is not None:
-                self._connection.close()
-                self._connection = None
+            agents, self._standby = list(self._standby.values()), {}
+            connection, self._connection = self._connection, None
+        for agent in agents:
+            agent.close()
+        if connection is not None:
+            connection.close()
 
     def _listen(self) -> None:
         folder = self.socket.parent
@@ -128,16 +142,17 @@ class Keeper:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.socket)  # left by a keeper that is gone
         else:
-            raise UsageError(f"connections to {self.label} are already kept open by another watch")
+            raise AlreadyKept(f"connections to {self.label} are already kept open by another watch")
         finally:
             probe.close()
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)
         try:
             listener.bind(str(self.socket))
-        finally:
-            os.umask(old)
-        listener.listen(16)
+            os.chmod(self.socket, 0o600)  # in a 0700 directory: for this user alone anyway
+            listener.listen(16)
+        except OSError as exc:
+            listener.close()
+            raise UsageError(f"cannot listen on {self.socket}: {exc.strerror or exc}") from exc
         self._listener = listener
 
     def _connect(self) -> SSHConnection:
@@ -148,8 +163,42 @@ class Keeper:
             accept_new_host_key=self._accept_new,
             connect_timeout=self._timeout,
         )
-        connection.keep_alive(KEEPALIVE)  # through idle-dropping firewalls; a dead one shows
+        connection.keep_alive(KEEPALIVE)  # through idle-dropping firewalls
         return connection
+
+    def _reconnect_later(self, dead: SSHConnection | None) -> None:
+        """Drop ``dead`` (if it is still the connection) and make a new one
+        in the background, for the clients after this one."""
+        with self._lock:
+            if dead is not None and dead is self._connection:
+                self._connection = None
+                agents, self._standby = list(self._standby.values()), {}
+            else:
+                agents = []
+            start = not self._reconnecting and self._connection is None
+            self._reconnecting = self._reconnecting or start
+        for agent in agents:
+            agent.close()
+        if dead is not None:
+            dead.close()
+        if start:
+            threading.Thread(target=self._reconnect, daemon=True).start()
+
+    def _reconnect(self) -> None:
+        try:
+            connection = None if self._stopping.is_set() else self._connect()
+        except MerklesyncError as exc:
+            self._warn(f"keep-open {self.label}: {exc.message}")
+            connection = None
+        with self._lock:
+            self._reconnecting = False
+            if connection is not None and not self._stopping.is_set():
+                self._connection = connection
+            elif connection is not None:
+                connection.close()
+                connection = None
+        if connection is not None:
+            self._fill(connection)
 
     # -- clients ---------------------------------------------------------
 
@@ -163,7 +212,14 @@ class Keeper:
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
+        with self._idle:
+            stopping = self._stopping.is_set()
+            if not stopping:
+                self._active += 1  # from now on, a stop waits for this client
         try:
+            if stopping:
+                client.sendall(b"\x00")
+                return
             client.settimeout(self._timeout)
             commands = self._read_request(client)
             if commands is None:
@@ -174,27 +230,21 @@ class Keeper:
                 return
             client.settimeout(None)
             with self._idle:
-                stopping = self._stopping.is_set()  # then stop() may not wait for it
-                if not stopping:
-                    self.sessions += 1
-                    self._active += 1
-            if stopping:
-                agent.close()
-                client.sendall(b"\x00")
-                return
+                self.sessions += 1
             try:
                 client.sendall(ACCEPTED + first)
                 _relay(client, agent)
             finally:
                 agent.close()
-                with self._idle:
-                    self._active -= 1
-                    self._idle.notify_all()
         except OSError:
             pass  # the client went away
         finally:
             with contextlib.suppress(OSError):
                 client.close()
+            if not stopping:
+                with self._idle:
+                    self._active -= 1
+                    self._idle.notify_all()
 
     def _read_request(self, client: socket.socket) -> tuple[str, str] | None:
         """The agent command a client asks for, and its standby form (None:
@@ -206,7 +256,8 @@ class Keeper:
             request: Any = msgpack.unpackb(body) if len(body) == size else None
         except (ValueError, msgpack.UnpackException):
             request = None
-        if not (
+        commands = None
+        if (
             isinstance(request, list)
             and len(request) == 5
             and request[0] == REQUEST_VERSION
@@ -217,64 +268,91 @@ class Keeper:
             and len(request[4]) <= MAX_EXCLUDES
             and all(isinstance(p, str) for p in request[4])
         ):
+            _, remote_cmd, path, create, excludes = request
+            with contextlib.suppress(UsageError):
+                commands = _commands(remote_cmd, path, create, excludes)
+        if commands is None:
             with contextlib.suppress(OSError):
                 client.sendall(b"\x00")
-            return None
-        _, remote_cmd, path, create, excludes = request
-        try:
-            return _commands(remote_cmd, path, create, excludes)
-        except UsageError:
-            with contextlib.suppress(OSError):
-                client.sendall(b"\x00")
-            return None
+        return commands
 
     def _agent_for(self, command: str, standby: str) -> tuple[SSHTransport | None, bytes]:
         """An agent running ``command`` that has said its first bytes, and
-        those bytes: the standby one if it is alive, else a new one (None
-        when none starts: the client then connects by itself, and sees why)."""
+        those bytes: the standby one, else a new one. None (declined) when
+        none speaks within AGENT_WAIT or the connection is down."""
         with self._lock:
             agent = self._standby.pop(command, None)
-        first = _start(agent) if agent is not None else b""
+            connection = self._connection
+            self._commands.pop(command, None)
+            self._commands[command] = standby
+            while len(self._commands) > MAX_COMMANDS:
+                oldest, _ = self._commands.popitem(last=False)
+                unused = self._standby.pop(oldest, None)
+                if unused is not None:
+                    threading.Thread(target=unused.close, daemon=True).start()
+        if agent is not None:
+            first = _start(agent)
+            if first:
+                self._refill(connection, command, standby)
+                return agent, first
+            self._standby_failed(agent)
+        if connection is None or not connection.is_active() or self._stopping.is_set():
+            self._reconnect_later(connection)
+            return None, b""
+        try:
+            agent = connection.run(command, timeout=AGENT_WAIT)
+        except MerklesyncError:
+            self._reconnect_later(connection)
+            return None, b""
+        first = _first_bytes(agent)
         if not first:
-            if agent is not None:
-                agent.close()  # it died waiting
-            try:
-                with self._lock:
-                    if self._connection is None or not self._connection.is_active():
-                        if self._connection is not None:
-                            self._connection.close()
-                            self._connection = None
-                        self._connection = self._connect()
-                    agent = self._connection.run(command)
-            except MerklesyncError as exc:
-                self._warn(f"keep-open {self.label}: {exc.message}")
-                return None, b""
-            first = _first_bytes(agent)
-            if not first:
-                agent.close()
-                return None, b""
-        self._refill(command, standby)
+            agent.close()  # it failed (the client will see why by itself), or the line is dead
+            if not agent.exited():
+                self._reconnect_later(connection)
+            return None, b""
+        self._refill(connection, command, standby)
         return agent, first
 
-    def _refill(self, command: str, standby: str) -> None:
-        threading.Thread(target=self._start_standby, args=(command, standby), daemon=True).start()
+    def _standby_failed(self, agent: SSHTransport) -> None:
+        agent.close()
+        if self._standby_works and "--standby" in agent.stderr_text():
+            self._standby_works = False  # an older merklesync over there
+            self._warn(
+                f"keep-open {self.label}: the merklesync there has no `serve --standby`; "
+                "each session starts its agent (upgrade it to save that)"
+            )
 
-    def _start_standby(self, command: str, standby: str) -> None:
-        connection = self._connection
-        if connection is None or self._stopping.is_set():
+    def _fill(self, connection: SSHConnection) -> None:
+        """A standby agent for every command expected."""
+        with self._lock:
+            wanted = [(c, s) for c, s in self._commands.items() if c not in self._standby]
+        for command, standby in wanted:
+            self._start_standby(connection, command, standby)
+
+    def _refill(self, connection: SSHConnection | None, command: str, standby: str) -> None:
+        if connection is not None and self._standby_works:
+            threading.Thread(
+                target=self._start_standby, args=(connection, command, standby), daemon=True
+            ).start()
+
+    def _start_standby(self, connection: SSHConnection, command: str, standby: str) -> None:
+        if self._stopping.is_set() or not self._standby_works:
             return
         try:
-            agent = connection.run(standby)
+            agent = connection.run(standby, timeout=AGENT_WAIT)
         except MerklesyncError:
-            return  # the next client makes the connection again
+            return  # the next client finds the connection down, and it is made again
         with self._lock:
-            old = self._standby.pop(command, None)
-            self._standby[command] = agent
-            while len(self._standby) > MAX_COMMANDS:
-                _, oldest = self._standby.popitem(last=False)
-                oldest.close()
-        if old is not None:
-            old.close()
+            keep = (
+                connection is self._connection
+                and command in self._commands
+                and command not in self._standby
+                and not self._stopping.is_set()
+            )
+            if keep:
+                self._standby[command] = agent
+        if not keep:
+            agent.close()
 
 
 def _commands(remote_cmd: str, path: str, create: bool, excludes: list[str]) -> tuple[str, str]:
@@ -285,7 +363,7 @@ def _commands(remote_cmd: str, path: str, create: bool, excludes: list[str]) -> 
 
 
 def _start(agent: SSHTransport) -> bytes:
-    """Wake a standby agent; its first bytes (empty: it is gone)."""
+    """Wake a standby agent; its first bytes (empty: it is gone, or silent)."""
     try:
         agent.send(STANDBY_GO)
     except MerklesyncError:
@@ -294,6 +372,9 @@ def _start(agent: SSHTransport) -> bytes:
 
 
 def _first_bytes(agent: SSHTransport) -> bytes:
+    """What an agent says first, if it says it within AGENT_WAIT."""
+    if not agent.wait_readable(AGENT_WAIT):
+        return b""
     try:
         return agent.recv(RELAY_CHUNK)
     except MerklesyncError:

@@ -118,7 +118,11 @@ def watch(
 
 @contextlib.contextmanager
 def _kept_open(spec: str, root: Path, remote: RemoteOptions, out: Output) -> Iterator[None]:
-    from merklesync.keep_open import STOP_GRACE, Keeper  # paramiko is needed here only
+    from merklesync.keep_open import (  # paramiko is needed here only
+        STOP_GRACE,
+        AlreadyKept,
+        Keeper,
+    )
 
     address, remote_cmd = resolve(spec, remote, near=str(root))
     if not address.is_remote or address.host is None:
@@ -133,7 +137,12 @@ def _kept_open(spec: str, root: Path, remote: RemoteOptions, out: Output) -> Ite
         connect_timeout=remote.connect_timeout,
         warn=out.warn,
     )
-    keeper.start()
+    try:
+        keeper.start()
+    except AlreadyKept as exc:
+        out.warn(f"{exc.message}: watching without --keep-open {spec}")
+        yield
+        return
     out.info(f"keeping a connection to {keeper.label} open ({keeper.socket})")
     try:
         yield

@@ -23,6 +23,7 @@ import hmac
 import logging
 import os
 import re
+import select
 import socket
 import threading
 import time
@@ -644,6 +645,18 @@ class SSHTransport:
 
     # -- extras --------------------------------------------------------------
 
+    def wait_readable(self, timeout: float) -> bool:
+        """True once `recv` would not block (data, or the end), within
+        ``timeout`` seconds."""
+        if self._pending or self._closed:
+            return True
+        ready, _, _ = select.select([self._chan], [], [], timeout)
+        return bool(ready)
+
+    def exited(self) -> bool:
+        """True when the remote command has ended (its status is in)."""
+        return bool(self._chan.exit_status_ready())
+
     def close_write(self) -> None:
         """Send EOF to the remote command's stdin (half-close)."""
         with contextlib.suppress(Exception):
@@ -744,11 +757,16 @@ class SSHConnection:
         """Send an SSH keepalive after ``seconds`` of silence."""
         self._hop.transport.set_keepalive(seconds)
 
-    def run(self, command: str, *, owns_connection: bool = False) -> SSHTransport:
-        """Run ``command`` on a new channel; its stdin/stdout are the stream."""
+    def run(
+        self, command: str, *, owns_connection: bool = False, timeout: float | None = None
+    ) -> SSHTransport:
+        """Run ``command`` on a new channel (opened within ``timeout``
+        seconds, default the connect timeout); its stdin/stdout are the stream."""
         try:
             channel = self._hop.transport.open_session(
-                window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE, timeout=self._timeout
+                window_size=WINDOW_SIZE,
+                max_packet_size=MAX_PACKET_SIZE,
+                timeout=self._timeout if timeout is None else timeout,
             )
             # Bytes, so that a path that is not UTF-8 reaches the far side as it is.
             channel.exec_command(command.encode("utf-8", "surrogateescape"))

@@ -121,9 +121,15 @@ def test_a_lost_connection_is_made_again_for_the_next_client(
     assert connection is not None
     connection.close()  # as a network cut would: the standby agents go with it
     r = cli(server, "diff", str(tree), dst)
+    assert r.code == 0, r.err  # declined at once: it connected by itself
+    assert keeper.sessions == 1
+    deadline = time.monotonic() + 30
+    while keeper._connection in (None, connection) and time.monotonic() < deadline:
+        time.sleep(0.05)  # made again in the background
+    assert keeper._connection not in (None, connection)
+    r = cli(server, "diff", str(tree), dst)
     assert r.code == 0, r.err
-    assert keeper.sessions == 2  # served, on a new connection
-    assert keeper._connection is not connection
+    assert keeper.sessions == 2
 
 
 def test_a_stop_lets_the_running_session_finish(
@@ -307,3 +313,50 @@ def test_a_path_a_request_cannot_carry_goes_the_direct_way(
     assert r.code == 5, r.err  # no such directory, said in one line by the far side
     assert r.err.count("\n") == 1 and "Traceback" not in r.err
     assert keeper.sessions == 0
+
+
+def test_an_agent_that_says_nothing_gets_the_client_declined(
+    server: SSHServer, keeper: Keeper, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No client waits on a keeper whose agents hang: after AGENT_WAIT it
+    is declined, connects by itself, and the keeper starts over."""
+    dst = f"{server.host}:{tmp_path / 'dst'}"
+    assert cli(server, "push", str(tree), dst).code == 0
+    connection = keeper._connection
+    assert connection is not None
+    real_run = connection.run
+    monkeypatch.setattr(keeper, "_standby", {})  # no agent waiting
+    monkeypatch.setattr(connection, "run", lambda command, **kw: real_run("sleep 30", **kw))
+    r = cli(server, "diff", str(tree), dst)
+    assert r.code == 0, r.err
+    assert keeper.sessions == 1  # the push only
+
+
+def test_a_far_side_without_standby_is_served_all_the_same(
+    server: SSHServer, tree: Path, tmp_path: Path
+) -> None:
+    """An older merklesync over there (no `serve --standby`): each session
+    starts its agent, and the keeper says so once."""
+    older = tmp_path / "older-merklesync"
+    older.write_text(
+        "#!/bin/sh\n"
+        'case " $* " in *" --standby "*)\n'
+        '  echo "Error: No such option: --standby" >&2; exit 2;;\n'
+        "esac\n"
+        f'exec {server.remote_cmd} "$@"\n'
+    )
+    older.chmod(0o755)
+    server.env["MERKLESYNC_REMOTE_CMD"] = str(older)
+    warnings: list[str] = []
+    kept = Keeper(None, server.host, None, str(older), str(tmp_path / "dst"), warn=warnings.append)
+    kept.start()
+    try:
+        dst = f"{server.host}:{tmp_path / 'dst'}"
+        for _ in range(3):
+            r = cli(server, "push", str(tree), dst)
+            assert r.code == 0, r.err
+        assert kept.sessions == 3
+    finally:
+        kept.stop()
+    assert len(warnings) == 1 and "no `serve --standby`" in warnings[0]
+    assert_same_tree(tree, tmp_path / "dst")
