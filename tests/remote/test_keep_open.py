@@ -360,3 +360,25 @@ def test_a_far_side_without_standby_is_served_all_the_same(
         kept.stop()
     assert len(warnings) == 1 and "no `serve --standby`" in warnings[0]
     assert_same_tree(tree, tmp_path / "dst")
+
+
+def test_a_second_watch_for_the_same_host_warns_and_goes_on(
+    server: SSHServer, keeper: Keeper, tree: Path, tmp_path: Path
+) -> None:
+    argv = [sys.executable, "-m", "merklesync", "watch", str(tree), "--keep-open"]
+    watch = subprocess.Popen(
+        [*argv, f"{server.host}:{tmp_path / 'other'}"],
+        env=server.env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert watch.stderr is not None
+        first = watch.stderr.readline()
+        assert "already kept open by another watch" in first
+        assert watch.stderr.readline().startswith("watching")
+    finally:
+        watch.send_signal(signal.SIGTERM)
+        watch.communicate(timeout=30)
+    assert watch.returncode == 0
+    assert keeper.socket.exists()  # the first keeper's, untouched
