@@ -29,7 +29,7 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 _DIR_INDEX = "CREATE INDEX IF NOT EXISTS entries_dir ON entries (parent, path, deleted, stat)"
-_HAS_DIR_SUMS = "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = 'dirsums_delete'"
+_HAS_DIR_SUMS = "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = 'listings_delete'"
 _OLD_PARENT_INDEX = "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'entries_parent'"
 
 SCHEMA = f"""
@@ -66,16 +66,22 @@ CREATE TABLE IF NOT EXISTS nodes (
 ) WITHOUT ROWID;
 """
 
-# Each directory's listing sum (see DirectorySource): kept only while no row
-# of that directory changes, which the triggers see to whatever writes it.
+# Each directory's listing sum and what its scan kept (see DirectorySource):
+# valid only while no row of that directory changes, which the triggers see
+# to, whatever writes the row.
 _DIR_SUMS = (
-    "CREATE TABLE IF NOT EXISTS dirsums (parent TEXT PRIMARY KEY, sum BLOB NOT NULL) WITHOUT ROWID",
-    "CREATE TRIGGER IF NOT EXISTS dirsums_insert AFTER INSERT ON entries "
-    "BEGIN DELETE FROM dirsums WHERE parent = NEW.parent; END",
-    "CREATE TRIGGER IF NOT EXISTS dirsums_update AFTER UPDATE ON entries "
-    "BEGIN DELETE FROM dirsums WHERE parent IN (OLD.parent, NEW.parent); END",
-    "CREATE TRIGGER IF NOT EXISTS dirsums_delete AFTER DELETE ON entries "
-    "BEGIN DELETE FROM dirsums WHERE parent = OLD.parent; END",
+    "DROP TRIGGER IF EXISTS dirsums_insert",  # the first layout of this table
+    "DROP TRIGGER IF EXISTS dirsums_update",
+    "DROP TRIGGER IF EXISTS dirsums_delete",
+    "DROP TABLE IF EXISTS dirsums",
+    "CREATE TABLE IF NOT EXISTS listings "
+    "(parent TEXT PRIMARY KEY, sum BLOB NOT NULL, kept BLOB NOT NULL) WITHOUT ROWID",
+    "CREATE TRIGGER IF NOT EXISTS listings_insert AFTER INSERT ON entries "
+    "BEGIN DELETE FROM listings WHERE parent = NEW.parent; END",
+    "CREATE TRIGGER IF NOT EXISTS listings_update AFTER UPDATE ON entries "
+    "BEGIN DELETE FROM listings WHERE parent IN (OLD.parent, NEW.parent); END",
+    "CREATE TRIGGER IF NOT EXISTS listings_delete AFTER DELETE ON entries "
+    "BEGIN DELETE FROM listings WHERE parent = OLD.parent; END",
 )
 
 _ENTRY_COLUMNS = "path, kind, deleted, vv, digest, size, mode, mtime_ns, target, stamp"
@@ -263,14 +269,17 @@ class Index:
         )
 
     @_guard
-    def dir_sum(self, parent: str) -> bytes | None:
-        """A directory's listing sum, while no row in it has changed since."""
-        row = self.conn.execute("SELECT sum FROM dirsums WHERE parent = ?", (parent,)).fetchone()
-        return None if row is None else bytes(row[0])
+    def dir_sum(self, parent: str) -> tuple[bytes, bytes] | None:
+        """A directory's listing sum and what its scan kept, while no row in
+        it has changed since."""
+        row = self.conn.execute(
+            "SELECT sum, kept FROM listings WHERE parent = ?", (parent,)
+        ).fetchone()
+        return None if row is None else (bytes(row[0]), bytes(row[1]))
 
     @_guard
-    def set_dir_sum(self, parent: str, value: bytes) -> None:
-        self.conn.execute("INSERT OR REPLACE INTO dirsums VALUES (?, ?)", (parent, value))
+    def set_dir_sum(self, parent: str, value: bytes, kept: bytes) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO listings VALUES (?, ?, ?)", (parent, value, kept))
 
     @_guard
     def live_under(self, directory: str) -> list[Entry]:

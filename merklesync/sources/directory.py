@@ -87,7 +87,6 @@ class _Listing:
     names: list[str] = field(default_factory=list)
     stats: list[os.stat_result | OSError] = field(default_factory=list)
     keys: list[bytes] = field(default_factory=list)
-    dirs: list[str] = field(default_factory=list)  # the names that are directories
     has_ignore_file: bool = False
 
     @classmethod
@@ -97,7 +96,7 @@ class _Listing:
         listing = cls()
         with os.scandir(dir_fd) as it:
             dirents = list(it)
-        names, stats, keys, dirs = listing.names, listing.stats, listing.keys, listing.dirs
+        names, stats, keys = listing.names, listing.stats, listing.keys
         pack = _STAT.pack
         for de in dirents:
             name = de.name
@@ -119,10 +118,7 @@ class _Listing:
                 keys.append(b"")
                 continue
             stats.append(st)
-            mode = st.st_mode
-            keys.append(pack(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, mode))
-            if mode & 0o170000 == 0o040000:
-                dirs.append(name)
+            keys.append(pack(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode))
         return listing
 
     def sum(self, rules: bytes) -> bytes | None:
@@ -280,10 +276,13 @@ class DirectorySource:
         ignored = self.ignore.for_directory(directory, has_file=listing.has_ignore_file)
         if scan.sums:
             stored = scan.index.dir_sum(directory)
-            if stored is not None and stored == listing.sum(self.ignore.signature(directory)):
-                self._count(scan, len(listing.names))
-                prefix = f"{directory}/" if directory else ""
-                return [prefix + name for name in listing.dirs]
+            if stored is not None and stored[0] == listing.sum(self.ignore.signature(directory)):
+                kept = _kept(stored[1])
+                if kept is not None:
+                    scanned, names = kept
+                    self._count(scan, scanned)
+                    prefix = f"{directory}/" if directory else ""
+                    return [prefix + name for name in names]
         return self._scan_listing(directory, listing, ignored, scan)
 
     @staticmethod
@@ -308,8 +307,9 @@ class DirectorySource:
         kinds, checksum = _KINDS, scan.checksum
         scanned = 0
         warned = len(report.warnings)
-        clean = True  # every name listed is one the index may hold as listed
+        clean = True  # every name listed is either kept as listed, or ignored
         wrote = False  # rows of this directory were written
+        kept: dict[str, bytes] = {}  # the rows the index should hold now
         for name, st, key in zip(listing.names, listing.stats, listing.keys, strict=True):
             rel = prefix + name
             if not (name.isascii() and name.isprintable()) or name[0] == "." or len(rel) > 1024:
@@ -338,11 +338,12 @@ class DirectorySource:
                 continue
             is_dir = kind is EntryKind.DIR
             if ignored is not None and ignored(rel, is_dir):
-                clean = False
                 if cached != _ABSENT and not self.ignore.excluded_by_option(rel, is_dir):
+                    wrote = True
                     self._forget(index, rel)
                 continue
             scanned += 1
+            kept[rel] = key
             if is_dir:
                 subdirs.append(rel)
             elif st.st_nlink > 1 and kind is EntryKind.FILE:
@@ -372,23 +373,33 @@ class DirectorySource:
                 if gone is not None:
                     self._tombstone(index, scan.replica_id, scan.clock, gone.entry, report)
         if clean and len(report.warnings) == warned and scan.sums:
-            self._keep_sum(directory, listing, index, check=wrote)
+            self._keep_sum(directory, listing, index, kept, subdirs, check=wrote)
         self._count(scan, scanned)
         return subdirs
 
-    def _keep_sum(self, directory: str, listing: _Listing, index: Index, *, check: bool) -> None:
-        """Keep the listing's sum when the index holds exactly the listing:
-        as it was (nothing written), or as written now (``check``: the rows
-        are read again; a racy or changed file makes them differ)."""
+    def _keep_sum(
+        self,
+        directory: str,
+        listing: _Listing,
+        index: Index,
+        kept: dict[str, bytes],
+        subdirs: list[str],
+        *,
+        check: bool,
+    ) -> None:
+        """Keep the listing's sum, with what this scan kept of it (the count
+        and the subdirectories: the ignored names left out), when the index
+        holds exactly those rows: as they were (nothing written), or as
+        written now (``check``: read again; a racy file makes them differ)."""
         listed = listing.sum(self.ignore.signature(directory))
         if listed is None:
             return
         if check:
-            prefix = f"{directory}/" if directory else ""
             rows = {rel: st for rel, st in index.stat_cache(directory).items() if st != TOMBSTONE}
-            if rows != {prefix + n: k for n, k in zip(listing.names, listing.keys, strict=True)}:
+            if rows != kept:
                 return
-        index.set_dir_sum(directory, listed)
+        names = [rel.rpartition("/")[2] for rel in subdirs]
+        index.set_dir_sum(directory, listed, msgpack.packb([len(kept), names]))
 
     def _rescan(
         self,
@@ -717,6 +728,24 @@ class DirectorySource:
         head, _, name = rel.rpartition("/")
         base = f"{TEMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}-{name[:80]}"
         return self.abs(f"{head}/{base}" if head else base)
+
+
+def _kept(raw: bytes) -> tuple[int, list[str]] | None:
+    """What a scan kept of a listing, as stored with its sum (None when it
+    does not parse: then the directory is scanned in full)."""
+    try:
+        kept = msgpack.unpackb(raw)
+    except (ValueError, msgpack.UnpackException):
+        return None
+    if (
+        isinstance(kept, list)
+        and len(kept) == 2
+        and isinstance(kept[0], int)
+        and isinstance(kept[1], list)
+        and all(isinstance(name, str) and name and "/" not in name for name in kept[1])
+    ):
+        return kept[0], kept[1]
+    return None
 
 
 def _stored_relist(index: Index) -> set[str] | None:

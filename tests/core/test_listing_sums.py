@@ -143,8 +143,8 @@ def test_an_older_index_gets_the_sums(tree: Path, reads: list[str]) -> None:
     db = tree / ".merklesync" / "index.db"
     conn = sqlite3.connect(db)
     conn.executescript(
-        "DROP TRIGGER dirsums_insert; DROP TRIGGER dirsums_update; "
-        "DROP TRIGGER dirsums_delete; DROP TABLE dirsums;"
+        "DROP TRIGGER listings_insert; DROP TRIGGER listings_update; "
+        "DROP TRIGGER listings_delete; DROP TABLE listings;"
     )
     conn.close()
     assert changes(scan(tree)) == ([], [], [])
@@ -175,3 +175,46 @@ def test_a_directory_that_cannot_be_read_keeps_its_rows(
     monkeypatch.undo()
     assert inside <= live(tree)
     assert changes(scan(tree)) == ([], [], [])
+
+
+def test_a_directory_with_ignored_names_is_summed_without_them(
+    tree: Path, reads: list[str]
+) -> None:
+    sub = a_subdir(tree)
+    (sub / "scratch.tmp").write_text("left out")
+    (sub / "cache").mkdir()
+    (sub / "cache" / "blob").write_text("left out too")
+    (tree / ".merklesyncignore").write_text("*.tmp\ncache/\n")
+    ignore = tree / ".merklesyncignore"
+    for path in (sub / "scratch.tmp", sub / "cache" / "blob", sub / "cache", sub, ignore, tree):
+        os.utime(path, (1_600_000_000, 1_600_000_000))
+    scan(tree)
+    reads.clear()
+    report = scan(tree)
+    assert reads == []  # summed, ignored names and all
+    assert report.scanned == 60 + DIRS + 1  # the ignore file counts; what it leaves out does not
+    assert not {p for p in live(tree) if "scratch" in p or "cache" in p}
+    (sub / "cache" / "blob").write_text("changed, and still left out")
+    assert changes(scan(tree)) == ([], [], [])
+
+
+def test_the_first_layout_of_the_sums_is_replaced(tree: Path, reads: list[str]) -> None:
+    db = tree / ".merklesync" / "index.db"
+    conn = sqlite3.connect(db)
+    conn.executescript(
+        "DROP TRIGGER listings_insert; DROP TRIGGER listings_update; "
+        "DROP TRIGGER listings_delete; DROP TABLE listings; "
+        "CREATE TABLE dirsums (parent TEXT PRIMARY KEY, sum BLOB NOT NULL) WITHOUT ROWID; "
+        "CREATE TRIGGER dirsums_insert AFTER INSERT ON entries "
+        "BEGIN DELETE FROM dirsums WHERE parent = NEW.parent; END;"
+    )
+    conn.close()
+    assert changes(scan(tree)) == ([], [], [])
+    conn = sqlite3.connect(db)
+    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    conn.close()
+    assert "dirsums" not in names and "dirsums_insert" not in names
+    assert {"listings", "listings_insert", "listings_update", "listings_delete"} <= names
+    reads.clear()
+    scan(tree)
+    assert reads == []
