@@ -78,6 +78,9 @@ class _Scan:
     sums: bool = False
 
 
+_Subdir = tuple[str, tuple[int, int] | None]  # a path, and its (device, inode) when listed
+
+
 @dataclass
 class _Listing:
     """One directory's names with their stats (or why there is none) and
@@ -120,6 +123,14 @@ class _Listing:
             stats.append(st)
             keys.append(pack(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode))
         return listing
+
+    def identity(self, name: str) -> tuple[int, int] | None:
+        """(device, inode) of a name as listed (None: not listed, or no stat)."""
+        try:
+            st = self.stats[self.names.index(name)]
+        except ValueError:
+            return None
+        return (st.st_dev, st.st_ino) if isinstance(st, os.stat_result) else None
 
     def sum(self, rules: bytes) -> bytes | None:
         """The names and stat keys, and the ignore rules they are judged
@@ -217,10 +228,10 @@ class DirectorySource:
         return scan.report
 
     def _scan_tree(self, top: str, scan: _Scan) -> None:
-        stack = [top]
+        stack: list[_Subdir] = [(top, None)]
         while stack:
-            directory = stack.pop()
-            stack.extend(self._scan_directory(directory, scan))
+            directory, identity = stack.pop()
+            stack.extend(self._scan_directory(directory, scan, identity))
 
     def _scan_changed(self, changes: journal.Changes, index: Index, scan: _Scan) -> None:
         """Re-list the directories a watcher saw change (``shallow``) and walk
@@ -245,9 +256,12 @@ class DirectorySource:
             else:
                 self._scan_directory(directory, scan)
 
-    def _scan_directory(self, directory: str, scan: _Scan) -> list[str]:
-        """Scan one directory's entries; returns its subdirectories. This is
-        the loop every entry of every scan goes through: kept lean.
+    def _scan_directory(
+        self, directory: str, scan: _Scan, identity: tuple[int, int] | None = None
+    ) -> list[_Subdir]:
+        """Scan one directory's entries; returns its subdirectories, each
+        with its (device, inode) as listed here. This is the loop every
+        entry of every scan goes through: kept lean.
 
         A directory whose listing (names and stats, under the same ignore
         rules) sums to what it summed to when the index last agreed with
@@ -255,12 +269,21 @@ class DirectorySource:
         report = scan.report
         scan.relist.discard(directory)
         # Listed through a descriptor, so each stat below resolves one name
-        # (not the whole path: about a fifth of a scan's system time), and a
-        # directory that became a symlink since its parent was listed is not
-        # followed (O_NOFOLLOW guards the last component of the path).
+        # (not the whole path: about a fifth of a scan's system time). It
+        # must be the directory its parent listed (``identity``): one of its
+        # parents swapped for a symlink since would lead elsewhere, and the
+        # last component is not followed at all (O_NOFOLLOW).
         dir_fd = -1
         try:
             dir_fd = os.open(self.abs(directory), _DIR_FLAGS)
+            if identity is not None:
+                st = os.fstat(dir_fd)
+                if (st.st_dev, st.st_ino) != identity:
+                    report.warnings.append(
+                        f"{directory}: replaced during the scan; looked at again next time"
+                    )
+                    scan.relist.add(directory)
+                    return []  # keep what we knew
             listing = _Listing.read(dir_fd)
         except (FileNotFoundError, NotADirectoryError):
             listing = _Listing()
@@ -282,7 +305,7 @@ class DirectorySource:
                     scanned, names = kept
                     self._count(scan, scanned)
                     prefix = f"{directory}/" if directory else ""
-                    return [prefix + name for name in names]
+                    return [(prefix + name, listing.identity(name)) for name in names]
         return self._scan_listing(directory, listing, ignored, scan)
 
     @staticmethod
@@ -299,10 +322,10 @@ class DirectorySource:
         listing: _Listing,
         ignored: Callable[[str, bool], bool] | None,
         scan: _Scan,
-    ) -> list[str]:
+    ) -> list[_Subdir]:
         index, report = scan.index, scan.report
         known = index.stat_cache(directory)  # left in it at the end: gone
-        subdirs: list[str] = []
+        subdirs: list[_Subdir] = []
         prefix = f"{directory}/" if directory else ""
         kinds, checksum = _KINDS, scan.checksum
         scanned = 0
@@ -345,7 +368,7 @@ class DirectorySource:
             scanned += 1
             kept[rel] = key
             if is_dir:
-                subdirs.append(rel)
+                subdirs.append((rel, (st.st_dev, st.st_ino)))
             elif st.st_nlink > 1 and kind is EntryKind.FILE:
                 clean = False
                 scan.relist.add(directory)
@@ -383,7 +406,7 @@ class DirectorySource:
         listing: _Listing,
         index: Index,
         kept: dict[str, bytes],
-        subdirs: list[str],
+        subdirs: list[_Subdir],
         *,
         check: bool,
     ) -> None:
@@ -398,7 +421,7 @@ class DirectorySource:
             rows = {rel: st for rel, st in index.stat_cache(directory).items() if st != TOMBSTONE}
             if rows != kept:
                 return
-        names = [rel.rpartition("/")[2] for rel in subdirs]
+        names = [rel.rpartition("/")[2] for rel, _ in subdirs]
         index.set_dir_sum(directory, listed, msgpack.packb([len(kept), names]))
 
     def _rescan(

@@ -218,3 +218,33 @@ def test_the_first_layout_of_the_sums_is_replaced(tree: Path, reads: list[str]) 
     reads.clear()
     scan(tree)
     assert reads == []
+
+
+def test_a_parent_swapped_for_a_symlink_mid_scan_leads_nowhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A/B listed as a directory; before B's turn, A becomes a symlink to a
+    place that also has a B. Opening "A/B" would list that other B: the
+    scan must see it is not the B that A listed, and leave it alone."""
+    root = tmp_path / "r"
+    (root / "A" / "B").mkdir(parents=True)
+    (root / "A" / "B" / "mine.txt").write_text("mine")
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "B").mkdir(parents=True)
+    (elsewhere / "B" / "secret.txt").write_text("not the replica's")
+    assert ms("init", root).code == 0
+    (root / "A" / "B" / "new.txt").write_text("new")  # so B is listed in full again
+    real_open = os.open
+    target = str(root / "A" / "B")
+
+    def swapping_open(path: Any, flags: int, *args: Any, **kw: Any) -> int:
+        if path == target and not (root / "A.real").exists():
+            os.rename(root / "A", root / "A.real")
+            os.symlink(elsewhere, root / "A")
+        return real_open(path, flags, *args, **kw)
+
+    monkeypatch.setattr(os, "open", swapping_open)
+    report = scan(root)
+    monkeypatch.undo()
+    assert any("A/B: replaced during the scan" in w for w in report.warnings)
+    assert not {p for p in live(root) if "secret" in p}
