@@ -29,7 +29,7 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 _DIR_INDEX = "CREATE INDEX IF NOT EXISTS entries_dir ON entries (parent, path, deleted, stat)"
-_HAS_DIR_SUMS = "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = 'listings_delete'"
+_HAS_LISTINGS = "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = 'listings_delete'"
 _OLD_PARENT_INDEX = "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'entries_parent'"
 
 SCHEMA = f"""
@@ -69,7 +69,7 @@ CREATE TABLE IF NOT EXISTS nodes (
 # Each directory's listing sum and what its scan kept (see DirectorySource):
 # valid only while no row of that directory changes, which the triggers see
 # to, whatever writes the row.
-_DIR_SUMS = (
+_LISTINGS = (
     "DROP TRIGGER IF EXISTS dirsums_insert",  # the first layout of this table
     "DROP TRIGGER IF EXISTS dirsums_update",
     "DROP TRIGGER IF EXISTS dirsums_delete",
@@ -165,7 +165,7 @@ class Index:
     def create(cls, path: Path, replica_id: str) -> Index:
         conn = cls._connect(path)
         conn.executescript(SCHEMA)
-        for statement in _DIR_SUMS:
+        for statement in _LISTINGS:
             conn.execute(statement)
         conn.execute("BEGIN")
         conn.executemany(
@@ -199,8 +199,8 @@ class Index:
             "CREATE TABLE IF NOT EXISTS peers (replica_id TEXT PRIMARY KEY, "
             "last_sync_ns INTEGER NOT NULL) WITHOUT ROWID"
         )
-        if conn.execute(_HAS_DIR_SUMS).fetchone() is None:
-            for statement in _DIR_SUMS:
+        if conn.execute(_HAS_LISTINGS).fetchone() is None:
+            for statement in _LISTINGS:
                 conn.execute(statement)
             conn.execute("COMMIT")
             conn.execute("BEGIN")

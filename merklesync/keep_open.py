@@ -28,7 +28,7 @@ from typing import Any
 import msgpack
 
 from merklesync.errors import MerklesyncError, UsageError
-from merklesync.peer.open import agent_command
+from merklesync.peer.open import AgentCall
 from merklesync.serve import STANDBY_GO
 from merklesync.transport.relay import (
     ACCEPTED,
@@ -356,10 +356,9 @@ class Keeper:
 
 
 def _commands(remote_cmd: str, path: str, create: bool, excludes: list[str]) -> tuple[str, str]:
-    return (
-        agent_command(remote_cmd, path, create=create, excludes=excludes),
-        agent_command(remote_cmd, path, create=create, excludes=excludes, standby=True),
-    )
+    """The agent's command, and its standby form."""
+    call = AgentCall(remote_cmd, path, create, tuple(excludes))
+    return call.command(), call.command(standby=True)
 
 
 def _start(agent: SSHTransport) -> bytes:

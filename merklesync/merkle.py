@@ -43,9 +43,9 @@ def short(salt: bytes, data: bytes) -> bytes:
     return blake3.blake3(salt + data).digest(SHORT_BYTES)
 
 
-def leaf_record(key: bytes, leaf: bytes) -> bytes:
-    """What a leaf is compared by: its key and its hash together."""
-    return key + leaf
+def short_record(salt: bytes, key: bytes, leaf: bytes) -> bytes:
+    """What a leaf is compared by: its key and its hash together, shortened."""
+    return short(salt, key + leaf)
 
 
 def depth_for(count: int) -> int:

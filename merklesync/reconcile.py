@@ -152,7 +152,7 @@ def _records(
     by_record: dict[bytes, Entry] = {}
     for entry in entries:
         key = entry.key
-        record = merkle.short(salt, merkle.leaf_record(key, entry.leaf_hash()))
+        record = merkle.short_record(salt, key, entry.leaf_hash())
         for level in levels:
             group = groups.get((level, merkle.prefix_of(key, level)))
             if group is not None:

@@ -51,9 +51,10 @@ class Peer(Protocol):
     def compare(
         self, salt: bytes, groups: Sequence[tuple[NodeId, Sequence[bytes]]]
     ) -> tuple[list[Entry], list[bytes]]:
-        """The other side's leaves under some nodes, as ``merkle.short(salt,
-        leaf_record(key, leaf))`` per node: this side's entries under those
-        nodes that are not among them, and which of them this side lacks."""
+        """The other side's leaves under some nodes, as
+        ``merkle.short_record(salt, key, leaf)`` per node: this side's entries
+        under those nodes that are not among them, and which of them this
+        side lacks."""
         ...
 
     def entries(self, keys: Sequence[bytes]) -> list[Entry]:

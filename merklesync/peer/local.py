@@ -62,7 +62,7 @@ class LocalPeer:
             theirs = set(shorts)
             mine = set()
             for key, leaf in index.leaves(node):
-                record = merkle.short(salt, merkle.leaf_record(key, leaf))
+                record = merkle.short_record(salt, key, leaf)
                 mine.add(record)
                 if record not in theirs:
                     unlike.add((key, leaf))

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from merklesync import remotes
 from merklesync.address import Address, parse_address
@@ -62,12 +63,10 @@ def open_peer(
     address, remote_cmd = resolve(spec, options, near)
     if not address.is_remote:
         return LocalPeer.open(Path(address.path), create=create, excludes=excludes)
-    command = agent_command(remote_cmd, address.path, create=create, excludes=excludes)
+    call = AgentCall(remote_cmd, address.path, create, tuple(excludes))
     from merklesync.peer.remote import RemotePeer  # the protocol: for remote replicas only
 
-    transport = connect(
-        address, command, options, relay=(remote_cmd, address.path, create, tuple(excludes))
-    )
+    transport = connect(address, call, options)
     assert address.host is not None
     return RemotePeer(transport, spec, where=address.host)
 
@@ -105,32 +104,36 @@ def find_remote(spec: str, near: str | None = None) -> remotes.Remote | None:
     return None
 
 
-def agent_command(
-    remote_cmd: str,
-    path: str,
-    *,
-    create: bool = False,
-    excludes: Sequence[str] = (),
-    standby: bool = False,
-) -> str:
-    """The shell command that starts the agent on the remote side. The
-    path is quoted; a leading ``~/`` becomes a path relative to the
-    remote home (where the command starts)."""
-    if not remote_cmd.strip():
-        raise UsageError("the remote command is empty (--remote-cmd or MERKLESYNC_REMOTE_CMD)")
-    if path in ("~", "~/"):
-        path = "."
-    elif path.startswith("~/"):
-        path = path[2:]
-    words = [remote_cmd, "serve", "--stdio"]
-    if standby:
-        words.append("--standby")
-    if create:
-        words.append("--create")
-    for pattern in excludes:
-        words += ["--exclude", shlex.quote(pattern)]
-    words += ["--", shlex.quote(path)]
-    return " ".join(words)
+class AgentCall(NamedTuple):
+    """The agent a command wants on the remote side: run there as a shell
+    command, or asked of a kept-open connection (transport/relay.py takes
+    these four fields, in this order, as its request)."""
+
+    remote_cmd: str
+    path: str
+    create: bool = False
+    excludes: tuple[str, ...] = ()
+
+    def command(self, *, standby: bool = False) -> str:
+        """The shell command that starts the agent. The path is quoted; a
+        leading ``~/`` becomes a path relative to the remote home (where
+        the command starts)."""
+        if not self.remote_cmd.strip():
+            raise UsageError("the remote command is empty (--remote-cmd or MERKLESYNC_REMOTE_CMD)")
+        path = self.path
+        if path in ("~", "~/"):
+            path = "."
+        elif path.startswith("~/"):
+            path = path[2:]
+        words = [self.remote_cmd, "serve", "--stdio"]
+        if standby:
+            words.append("--standby")
+        if self.create:
+            words.append("--create")
+        for pattern in self.excludes:
+            words += ["--exclude", shlex.quote(pattern)]
+        words += ["--", shlex.quote(path)]
+        return " ".join(words)
 
 
 def split_command(text: str, option: str) -> list[str]:
@@ -144,18 +147,11 @@ def split_command(text: str, option: str) -> list[str]:
     return argv
 
 
-def connect(
-    address: Address,
-    command: str,
-    options: RemoteOptions,
-    *,
-    relay: tuple[str, str, bool, Sequence[str]] | None = None,
-) -> Transport:
-    """Run ``command`` on the address's host: through the built-in SSH
-    client, or the ``rsh`` command when one is set. ``relay``: the same
-    agent as (remote command, path, create, excludes), to ask of the
-    connection `merklesync watch --keep-open` may hold to that address
-    (tried before the built-in client; transport/relay.py)."""
+def connect(address: Address, call: AgentCall, options: RemoteOptions) -> Transport:
+    """Start the agent on the address's host: through the ``rsh`` command
+    when one is set; else through the connection `merklesync watch
+    --keep-open` may hold to that address (transport/relay.py); else
+    through the built-in SSH client."""
     assert address.host is not None
     rsh = options.rsh if options.rsh is not None else os.environ.get(RSH_ENV)
     if rsh:
@@ -166,25 +162,24 @@ def connect(
             argv += ["-l", address.user]
         if address.port is not None:
             argv += ["-p", str(address.port)]
-        return SubprocessTransport([*argv, address.host, command])
-    if relay is not None:
-        kept = attach(
-            address.user,
-            address.host,
-            address.port,
-            relay,
-            label=address.host,
-            timeout=options.connect_timeout,
-        )
-        if kept is not None:
-            return kept
+        return SubprocessTransport([*argv, address.host, call.command()])
+    kept = attach(
+        address.user,
+        address.host,
+        address.port,
+        call,
+        label=address.host,
+        timeout=options.connect_timeout,
+    )
+    if kept is not None:
+        return kept
     from merklesync.transport.ssh import open_ssh  # paramiko loads only when needed
 
     return open_ssh(
         address.host,
         address.user,
         address.port,
-        command,
+        call.command(),
         accept_new_host_key=options.accept_new_host_key,
         connect_timeout=options.connect_timeout,
     )

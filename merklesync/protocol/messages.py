@@ -23,6 +23,7 @@ messages because decoding them needs the request they answer.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -347,16 +348,12 @@ class Compare:
         ]
         if sum(counts) > MAX_COMPARE:
             _fail(f"compare: {sum(counts)} records, over the limit of {MAX_COMPARE}")
-        blob = _bin(blob_w, "records", size=sum(counts) * SHORT_BYTES)
-        groups: list[tuple[NodeId, tuple[bytes, ...]]] = []
-        pos = 0
-        for node, count in zip(nodes, counts, strict=True):
-            end = pos + count * SHORT_BYTES
-            groups.append(
-                (node, tuple(blob[i : i + SHORT_BYTES] for i in range(pos, end, SHORT_BYTES)))
-            )
-            pos = end
-        return cls(_bin(salt, "salt", size=SALT_BYTES), tuple(groups))
+        records = iter(_shorts(_bin(blob_w, "records", size=sum(counts) * SHORT_BYTES)))
+        groups = tuple(
+            (node, tuple(itertools.islice(records, count)))
+            for node, count in zip(nodes, counts, strict=True)
+        )
+        return cls(_bin(salt, "salt", size=SALT_BYTES), groups)
 
     def records(self) -> set[bytes]:
         return {r for _, records in self.groups for r in records}
@@ -774,11 +771,16 @@ class CompareResult:
         blob = _bin(blob_w, "lacking records", limit=len(sent) * SHORT_BYTES)
         if len(blob) % SHORT_BYTES:
             _fail("compare: lacking records are not whole records")
-        lacking = [blob[i : i + SHORT_BYTES] for i in range(0, len(blob), SHORT_BYTES)]
+        lacking = _shorts(blob)
         for record in lacking:
             if record not in sent:
                 _fail("compare: a lacking record that was not sent")
         return cls(entries, lacking)
+
+
+def _shorts(blob: bytes) -> list[bytes]:
+    """Records of SHORT_BYTES each, concatenated, one by one."""
+    return [blob[i : i + SHORT_BYTES] for i in range(0, len(blob), SHORT_BYTES)]
 
 
 def _under(key: bytes, nodes: set[NodeId], levels: set[int]) -> bool:

@@ -74,8 +74,9 @@ class _Scan:
     # those holding hard-linked files (a write through another link raises
     # no event here) and those where something could not be read.
     relist: set[str] = field(default_factory=set)
-    # Whether listing sums (and a watcher's answer) are used.
-    sums: bool = False
+    # Whether the scan may skip work: a watcher's answer, listing sums (not
+    # when it looks with other eyes: --checksum, --exclude).
+    shortcuts: bool = False
 
 
 _Subdir = tuple[str, tuple[int, int] | None]  # a path, and its (device, inode) when listed
@@ -206,9 +207,8 @@ class DirectorySource:
         one stat call; changed ones are re-read. With a watcher running
         (journal.py), only the directories it saw change are looked at."""
         scan = _Scan(index, replica_id, clock, checksum, progress)
-        # --checksum and --exclude look with other eyes: everywhere, every row.
-        scan.sums = not (checksum or self.ignore.has_excludes)
-        changes = journal.ask(self.root, index.meta(WATCH_TOKEN)) if scan.sums else None
+        scan.shortcuts = not (checksum or self.ignore.has_excludes)
+        changes = journal.ask(self.root, index.meta(WATCH_TOKEN)) if scan.shortcuts else None
         index.learned_at = learned_ns  # deletions found now are as old as the scan
         relist = _stored_relist(index) if changes is not None else None
         try:
@@ -297,7 +297,7 @@ class DirectorySource:
             if dir_fd >= 0:
                 os.close(dir_fd)
         ignored = self.ignore.for_directory(directory, has_file=listing.has_ignore_file)
-        if scan.sums:
+        if scan.shortcuts:
             stored = scan.index.dir_sum(directory)
             if stored is not None and stored[0] == listing.sum(self.ignore.signature(directory)):
                 kept = _kept(stored[1])
@@ -395,7 +395,7 @@ class DirectorySource:
                 gone = index.get(rel)
                 if gone is not None:
                     self._tombstone(index, scan.replica_id, scan.clock, gone.entry, report)
-        if clean and len(report.warnings) == warned and scan.sums:
+        if clean and len(report.warnings) == warned and scan.shortcuts:
             self._keep_sum(directory, listing, index, kept, subdirs, check=wrote)
         self._count(scan, scanned)
         return subdirs

@@ -58,6 +58,27 @@ def live(root: Path) -> set[str]:
         return {e.path for e in replica.index.iter_entries(live_only=True)}
 
 
+# The index as merklesync wrote it before listing sums.
+NO_LISTINGS = (
+    "DROP TRIGGER listings_insert; DROP TRIGGER listings_update; "
+    "DROP TRIGGER listings_delete; DROP TABLE listings;"
+)
+
+
+def on_index(root: Path, sql: str, *args: str) -> None:
+    """Change a replica's index behind merklesync's back: one statement
+    with its arguments, or a script."""
+    conn = sqlite3.connect(root / ".merklesync" / "index.db")
+    try:
+        if args:
+            conn.execute(sql, args)
+            conn.commit()
+        else:
+            conn.executescript(sql)
+    finally:
+        conn.close()
+
+
 def a_subdir(root: Path) -> Path:
     return next(p for p in sorted(root.iterdir()) if p.is_dir() and p.name.startswith("d"))
 
@@ -99,10 +120,7 @@ def test_a_row_changed_in_the_index_alone_undoes_the_sum(tree: Path, reads: list
     triggers drop the sum, whatever code path wrote them."""
     sub = a_subdir(tree)
     rel = next(p for p in sorted(sub.iterdir()) if p.is_file()).relative_to(tree).as_posix()
-    conn = sqlite3.connect(tree / ".merklesync" / "index.db")
-    conn.execute("UPDATE entries SET stat = NULL WHERE path = ?", (rel,))  # as if racy
-    conn.commit()
-    conn.close()
+    on_index(tree, "UPDATE entries SET stat = NULL WHERE path = ?", rel)  # as if racy
     report = scan(tree)
     assert set(reads) == {sub.name}
     assert report.hashed == 1  # re-read, as a racy entry must be
@@ -111,10 +129,7 @@ def test_a_row_changed_in_the_index_alone_undoes_the_sum(tree: Path, reads: list
 def test_a_deleted_row_undoes_the_sum(tree: Path, reads: list[str]) -> None:
     sub = a_subdir(tree)
     rel = next(p for p in sorted(sub.iterdir()) if p.is_file()).relative_to(tree).as_posix()
-    conn = sqlite3.connect(tree / ".merklesync" / "index.db")
-    conn.execute("DELETE FROM entries WHERE path = ?", (rel,))
-    conn.commit()
-    conn.close()
+    on_index(tree, "DELETE FROM entries WHERE path = ?", rel)
     assert changes(scan(tree)) == ([rel], [], [])  # found again, not skipped
 
 
@@ -140,13 +155,7 @@ def test_checksum_and_exclude_look_at_every_row(tree: Path, reads: list[str]) ->
 
 
 def test_an_older_index_gets_the_sums(tree: Path, reads: list[str]) -> None:
-    db = tree / ".merklesync" / "index.db"
-    conn = sqlite3.connect(db)
-    conn.executescript(
-        "DROP TRIGGER listings_insert; DROP TRIGGER listings_update; "
-        "DROP TRIGGER listings_delete; DROP TABLE listings;"
-    )
-    conn.close()
+    on_index(tree, NO_LISTINGS)
     assert changes(scan(tree)) == ([], [], [])
     assert len(reads) == DIRS + 1  # no sums yet: every directory read, sums kept
     reads.clear()
@@ -199,18 +208,15 @@ def test_a_directory_with_ignored_names_is_summed_without_them(
 
 
 def test_the_first_layout_of_the_sums_is_replaced(tree: Path, reads: list[str]) -> None:
-    db = tree / ".merklesync" / "index.db"
-    conn = sqlite3.connect(db)
-    conn.executescript(
-        "DROP TRIGGER listings_insert; DROP TRIGGER listings_update; "
-        "DROP TRIGGER listings_delete; DROP TABLE listings; "
-        "CREATE TABLE dirsums (parent TEXT PRIMARY KEY, sum BLOB NOT NULL) WITHOUT ROWID; "
+    on_index(
+        tree,
+        NO_LISTINGS
+        + "CREATE TABLE dirsums (parent TEXT PRIMARY KEY, sum BLOB NOT NULL) WITHOUT ROWID; "
         "CREATE TRIGGER dirsums_insert AFTER INSERT ON entries "
-        "BEGIN DELETE FROM dirsums WHERE parent = NEW.parent; END;"
+        "BEGIN DELETE FROM dirsums WHERE parent = NEW.parent; END;",
     )
-    conn.close()
     assert changes(scan(tree)) == ([], [], [])
-    conn = sqlite3.connect(db)
+    conn = sqlite3.connect(tree / ".merklesync" / "index.db")
     names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
     conn.close()
     assert "dirsums" not in names and "dirsums_insert" not in names

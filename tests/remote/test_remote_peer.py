@@ -92,7 +92,7 @@ def _groups(entries: list[Entry]) -> list[tuple[NodeId, list[bytes]]]:
     stranger in (1, 7), nothing for (1, 9)."""
 
     def record(e: Entry) -> bytes:
-        return merkle.short(SALT, merkle.leaf_record(e.key, e.leaf_hash()))
+        return merkle.short_record(SALT, e.key, e.leaf_hash())
 
     under_3 = sorted(record(e) for e in entries if merkle.prefix_of(e.key, 1) == 3)
     assert len(under_3) > 1
@@ -106,7 +106,7 @@ def test_compare_answers_what_differs(remote: RemotePeer) -> None:
     expected = {e.path for e in everything if merkle.prefix_of(e.key, 1) in (7, 9)}
     first_of_3 = min(
         (e for e in everything if merkle.prefix_of(e.key, 1) == 3),
-        key=lambda e: merkle.short(SALT, merkle.leaf_record(e.key, e.leaf_hash())),
+        key=lambda e: merkle.short_record(SALT, e.key, e.leaf_hash()),
     )
     assert {e.path for e in theirs} == expected | {first_of_3.path}
 
