@@ -166,7 +166,9 @@ def apply_ops(
             for o in plain[start : start + BATCH_FILES]
         ]
         _record(target.write(items, progress), outcomes)
-    streamed = [o for o in ops if o.source is not None]
+    # In path order: each directory's files are read and written together,
+    # and the index takes its rows in order.
+    streamed = sorted((o for o in ops if o.source is not None), key=lambda o: o.entry.path)
     sources = {id(o.source): o.source for o in streamed if o.source is not None}
     for source in sources.values():
         mine = [o for o in streamed if o.source is source]

@@ -29,6 +29,7 @@ from merklesync.ignore import IGNORE_FILE, STATE_DIR, TEMP_PREFIX, IgnoreRules
 from merklesync.index import TOMBSTONE, Cached, Index
 from merklesync.model import Entry, EntryKind, Outcome, ScanReport, WriteItem, leaf_of
 from merklesync.protocol.paths import check_relpath
+from merklesync.sources.no_replace import rename_noreplace
 
 CHUNK = 1 << 20
 RACY_NS = 2_000_000_000  # an mtime this close to the scan may hide a same-tick edit
@@ -39,6 +40,7 @@ RELIST = "relist"  # index meta: directories every partial scan re-lists (_Scan.
 
 _STAT = struct.Struct(">QqqQI")
 _ABSENT = b"absent"  # not in the stat cache (never a packed stat, nor TOMBSTONE)
+_IN_THE_WAY = "an unscanned file is in the way on the destination"
 
 
 def stat_key(st: os.stat_result) -> bytes:
@@ -157,10 +159,24 @@ class FileChanged(Exception):
 
 def hash_open_file(fd: int, size_hint: int) -> tuple[bytes, os.stat_result]:
     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO if size_hint > THREADED_HASH else 1)
-    with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
-        while chunk := f.read(CHUNK):
-            hasher.update(chunk)
+    for chunk in read_chunks(fd, size_hint):
+        hasher.update(chunk)
     return hasher.digest(), os.fstat(fd)
+
+
+def read_chunks(fd: int, size: int) -> Iterator[bytes]:
+    """A file's bytes in chunks of at most CHUNK, read from where ``fd``
+    is. ``size`` is what fstat said: a short read that ends there is taken
+    as the end, so a small file costs one read, not two. A file that grew
+    meanwhile is read on (whoever checks its digest or stat finds out)."""
+    want = min(size + 1, CHUNK)
+    total = 0
+    while chunk := os.read(fd, want):
+        yield chunk
+        total += len(chunk)
+        if total == size and len(chunk) < want:
+            return
+        want = CHUNK
 
 
 class DirectorySource:
@@ -529,7 +545,7 @@ class DirectorySource:
         if not st_mod.S_ISREG(st.st_mode) or st.st_size != entry.size:
             os.close(fd)
             return None
-        return _chunks(fd)
+        return _chunks(fd, st.st_size)
 
     # -- writing ---------------------------------------------------------
 
@@ -547,6 +563,7 @@ class DirectorySource:
         except _Refused as refusal:
             _drain(item)
             return Outcome(rel, False, str(refusal))
+        placed = None  # the stat of what was written, where known
         try:
             if not entry.deleted:  # nothing to create for a tombstone
                 self._make_parents(rel)
@@ -557,7 +574,7 @@ class DirectorySource:
             elif entry.kind is EntryKind.LINK:
                 self._put_link(rel, entry, on_disk)
             else:
-                self._put_file(rel, entry, on_disk, item.data, current)
+                placed = self._put_file(rel, entry, on_disk, item.data, current)
         except _Refused as refusal:
             _drain(item)
             return Outcome(rel, False, str(refusal))
@@ -569,7 +586,7 @@ class DirectorySource:
         clock.observe(entry.stamp)
         stat = None
         if not entry.deleted:
-            st = os.lstat(self.abs(rel))
+            st = placed or os.lstat(self.abs(rel))
             stat = None if st.st_mtime_ns >= time.time_ns() - RACY_NS else stat_key(st)
             if entry.kind is EntryKind.FILE and entry.mtime_ns != st.st_mtime_ns:
                 entry = dataclasses.replace(entry, mtime_ns=st.st_mtime_ns)
@@ -580,12 +597,16 @@ class DirectorySource:
         self, rel: str, cached: Cached | None, entry: Entry
     ) -> os.stat_result | None:
         """The destination must hold exactly what its index says (an
-        unindexed directory may be adopted: it holds no content itself)."""
+        unindexed directory may be adopted: it holds no content itself).
+        A new file is not looked for here: it is renamed into place only
+        where nothing is (see _place_new)."""
+        known = cached is not None and not cached.entry.deleted
+        if not known and entry.kind is EntryKind.FILE and not entry.deleted:
+            return None
         try:
             st = os.lstat(self.abs(rel))
         except (FileNotFoundError, NotADirectoryError):
             st = None
-        known = cached is not None and not cached.entry.deleted
         if st is None:
             if known:
                 raise _Refused("deleted on the destination since the scan")
@@ -593,7 +614,7 @@ class DirectorySource:
         if not known:
             if st_mod.S_ISDIR(st.st_mode) and entry.kind is EntryKind.DIR and not entry.deleted:
                 return st
-            raise _Refused("an unscanned file is in the way on the destination")
+            raise _Refused(_IN_THE_WAY)
         assert cached is not None
         if cached.stat == stat_key(st):
             return st
@@ -693,7 +714,9 @@ class DirectorySource:
         on_disk: os.stat_result | None,
         data: Iterable[bytes] | None,
         current: Entry | None,
-    ) -> None:
+    ) -> os.stat_result | None:
+        """Write a file's content (None: the same bytes are there, only the
+        mode and mtime change); returns its stat once placed, if known."""
         path = self.abs(rel)
         if data is None:
             # Same bytes already there (a mode or version change).
@@ -706,7 +729,7 @@ class DirectorySource:
                 raise _Refused("content missing for a changed file")
             os.chmod(path, entry.mode, follow_symlinks=False)
             os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
-            return
+            return None
         tmp = self._temp_name(rel)
         fd = os.open(
             tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
@@ -721,14 +744,33 @@ class DirectorySource:
                     raise _Refused("content does not match its digest (changed during transfer)")
                 os.fchmod(fd, entry.mode)
                 os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+                if on_disk is None:
+                    self._place_new(tmp, rel)
+                else:
+                    self._clear_dir_in_way(rel, on_disk)
+                    self._recheck(rel, on_disk)
+                    os.replace(tmp, path)
+                # The file as placed (a rename changes its ctime), and not
+                # whatever may have replaced it since.
+                return os.fstat(fd)
             finally:
                 os.close(fd)
-            self._clear_dir_in_way(rel, on_disk)
-            self._recheck(rel, on_disk)
-            os.replace(tmp, path)
         except BaseException:
             _unlink_quietly(tmp)
             raise
+
+    def _place_new(self, tmp: str, rel: str) -> None:
+        """Rename a temp file to where nothing was: refused if something is
+        there now (an unscanned file, or one made during the transfer)."""
+        path = self.abs(rel)
+        try:
+            if rename_noreplace(tmp, path):
+                return
+        except FileExistsError:
+            raise _Refused(_IN_THE_WAY) from None
+        if os.path.lexists(path):  # no atomic way here: look, then rename
+            raise _Refused(_IN_THE_WAY)
+        os.replace(tmp, path)
 
     def _clear_dir_in_way(self, rel: str, on_disk: os.stat_result | None) -> None:
         if on_disk is not None and st_mod.S_ISDIR(on_disk.st_mode):
@@ -831,9 +873,8 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _chunks(fd: int) -> Iterator[bytes]:
+def _chunks(fd: int, size: int) -> Iterator[bytes]:
     try:
-        while chunk := os.read(fd, CHUNK):
-            yield chunk
+        yield from read_chunks(fd, size)
     finally:
         os.close(fd)

@@ -6,6 +6,7 @@ import errno
 import os
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from merklesync.lock import ReplicaLock
-from merklesync.sources import directory
+from merklesync.sources import directory, no_replace
 from tests.clirun import ms
 from tests.treegen import assert_same_tree, make_tree
 
@@ -348,3 +349,67 @@ def test_a_damaged_row_is_a_corrupt_index_not_a_traceback(pair: tuple[Path, Path
     r = ms("push", src, src.parent / "elsewhere")
     assert r.code == 3, r.err
     assert "merklesync init --rebuild" in r.err and "Traceback" not in r.err
+
+
+@pytest.mark.parametrize("atomic", [True, False], ids=["renameat2", "look-then-rename"])
+def test_a_file_made_on_the_destination_during_the_transfer_is_not_overwritten(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, atomic: bool
+) -> None:
+    src, dst = pair
+    ms("push", src, dst)
+    (src / "brand-new.txt").write_text("from the source")
+    if atomic and sys.platform.startswith("linux"):
+        assert no_replace._renameat2() is not None  # glibc 2.28+: the atomic way is tested
+    real = directory.rename_noreplace
+
+    def intruder(tmp: str, path: str) -> bool:
+        if path.endswith("brand-new.txt"):
+            Path(path).write_text("made here meanwhile")
+        return real(tmp, path) if atomic else False  # False: as where renameat2 is missing
+
+    monkeypatch.setattr(directory, "rename_noreplace", intruder)
+    r = ms("push", src, dst)
+    monkeypatch.undo()
+    assert r.code == 1
+    assert "an unscanned file is in the way on the destination" in r.err
+    assert (dst / "brand-new.txt").read_text() == "made here meanwhile"
+    assert _temp_files(dst) == []
+
+
+def test_rename_noreplace_never_replaces(tmp_path: Path) -> None:
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    a.write_text("a")
+    b.write_text("b")
+    placed = no_replace.rename_noreplace(str(a), str(c))
+    assert placed == (no_replace._renameat2() is not None)
+    if placed:
+        assert c.read_text() == "a" and not a.exists()
+        with pytest.raises(FileExistsError):
+            no_replace.rename_noreplace(str(c), str(b))
+        assert b.read_text() == "b" and c.read_text() == "a"
+
+
+@pytest.mark.parametrize(
+    ("content", "told", "chunk"),
+    [
+        (b"", 0, 8),
+        (b"exactly", 7, 8),
+        (b"exactly8", 8, 8),  # a full first read: one more read finds the end
+        (b"more than one chunk here", 24, 5),
+        (b"grew after the stat", 4, 8),  # read on to the real end
+        (b"short", 9, 8),  # shrank: what there is
+    ],
+)
+def test_read_chunks_reads_the_whole_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: bytes, told: int, chunk: int
+) -> None:
+    monkeypatch.setattr(directory, "CHUNK", chunk)
+    f = tmp_path / "f"
+    f.write_bytes(content)
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        chunks = list(directory.read_chunks(fd, told))
+    finally:
+        os.close(fd)
+    assert b"".join(chunks) == content
+    assert all(0 < len(c) <= chunk for c in chunks)
