@@ -487,7 +487,9 @@ class DirectorySource:
             # Touched, not changed: no new version.
             index.put(fresh.with_version(old.vv, old.stamp), stat, old)
             return
-        if old is not None and not old.deleted and old.kind is EntryKind.DIR:
+        if old is not None and not old.deleted and old.kind is EntryKind.DIR is not kind:
+            # No longer a directory: what was under it is gone. (A directory
+            # whose mode changed keeps its contents.)
             self._tombstone_under(index, replica_id, clock, old.path, report)
         vv = (old.vv if old is not None else VersionVector()).bump(replica_id)
         # The write's stamp: when it happened (its mtime), and always after

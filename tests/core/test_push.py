@@ -258,3 +258,24 @@ def test_read_only_directories_get_their_mode_after_their_contents(tmp_path: Pat
             for d in (root / "ro", root / "ro/inner"):
                 if d.exists():
                     os.chmod(d, 0o755)
+
+
+def test_a_directory_whose_mode_changed_keeps_its_contents(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "d/x", "1")
+    write(a / "d/y", "2")
+    ms("init", a)
+    assert ms("push", a, b).code == 0
+    (a / "d").chmod(0o700)
+    r = ms("status", a)
+    assert r.code == 0
+    assert "d/x" not in r.out and "d/y" not in r.out  # nothing deleted, nothing re-added
+    assert ms("push", "-v", a, b).code == 0
+    assert (b / "d/x").read_text() == "1" and (b / "d/y").read_text() == "2"
+    assert (b / "d").stat().st_mode & 0o777 == 0o700
+    # Its mode changed there, a file in it here: the edit travels, no conflict.
+    (b / "d").chmod(0o750)
+    write(a / "d/x", "changed")
+    r = ms("push", a, b)
+    assert r.code == 1 and "d: the destination has a newer version" in r.err
+    assert (b / "d/x").read_text() == "changed" and "conflict" not in r.err
