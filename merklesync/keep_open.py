@@ -23,17 +23,12 @@ import socket
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
-
-import msgpack
 
 from merklesync.errors import MerklesyncError, UsageError
-from merklesync.peer.open import AgentCall
-from merklesync.serve import STANDBY_GO
+from merklesync.transport.agent_call import STANDBY_GO, AgentCall
 from merklesync.transport.relay import (
     ACCEPTED,
     MAX_REQUEST,
-    REQUEST_VERSION,
     is_private,
     socket_path,
 )
@@ -48,7 +43,6 @@ class AlreadyKept(UsageError):
 
 RELAY_CHUNK = 256 * 1024
 MAX_COMMANDS = 4  # standby agents kept: one per distinct command, the latest ones
-MAX_EXCLUDES = 256
 CLIENT_END_WAIT = 30.0  # for a client to go once its agent has ended
 KEEPALIVE = 30  # seconds between SSH keepalives on the held connection
 AGENT_WAIT = 5.0  # for an agent's first bytes, or a channel; well under a client's patience
@@ -83,8 +77,9 @@ class Keeper:
         self._standby: dict[str, SSHTransport] = {}
         # Commands asked for (command -> its standby form), the latest last:
         # each gets a standby agent, the first ones from the start.
+        calls = (AgentCall(remote_cmd, path, create) for create in (False, True))
         self._commands: OrderedDict[str, str] = OrderedDict(
-            _commands(remote_cmd, path, create, []) for create in (False, True)
+            (call.command(), call.command(standby=True)) for call in calls
         )
         self._standby_works = True  # until the far side's merklesync says otherwise
         self._listener: socket.socket | None = None
@@ -252,25 +247,11 @@ class Keeper:
         head = _recv_exactly(client, 4)
         size = int.from_bytes(head, "big") if len(head) == 4 else MAX_REQUEST + 1
         body = _recv_exactly(client, size) if size <= MAX_REQUEST else b""
-        try:
-            request: Any = msgpack.unpackb(body) if len(body) == size else None
-        except (ValueError, msgpack.UnpackException):
-            request = None
+        call = AgentCall.from_request(body) if len(body) == size else None
         commands = None
-        if (
-            isinstance(request, list)
-            and len(request) == 5
-            and request[0] == REQUEST_VERSION
-            and isinstance(request[1], str)
-            and isinstance(request[2], str)
-            and isinstance(request[3], bool)
-            and isinstance(request[4], list)
-            and len(request[4]) <= MAX_EXCLUDES
-            and all(isinstance(p, str) for p in request[4])
-        ):
-            _, remote_cmd, path, create, excludes = request
+        if call is not None:
             with contextlib.suppress(UsageError):
-                commands = _commands(remote_cmd, path, create, excludes)
+                commands = call.command(), call.command(standby=True)
         if commands is None:
             with contextlib.suppress(OSError):
                 client.sendall(b"\x00")
@@ -353,12 +334,6 @@ class Keeper:
                 self._standby[command] = agent
         if not keep:
             agent.close()
-
-
-def _commands(remote_cmd: str, path: str, create: bool, excludes: list[str]) -> tuple[str, str]:
-    """The agent's command, and its standby form."""
-    call = AgentCall(remote_cmd, path, create, tuple(excludes))
-    return call.command(), call.command(standby=True)
 
 
 def _start(agent: SSHTransport) -> bytes:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,15 +57,28 @@ class Replica:
         # scan. Deletions that scan finds count as learned then, and the
         # replicas this run completes with are remembered as of then.
         self.snapshot_ns = time.time_ns()
+        self.scratch: Path | None = None  # a preview's throwaway state (see open)
 
     @property
     def replica_id(self) -> str:
         return self.index.replica_id
 
     @classmethod
-    def open(cls, root: Path, *, create: bool = False, excludes: Sequence[str] = ()) -> Replica:
-        """Open (and lock) the replica at ``root``; create it when asked."""
+    def open(
+        cls,
+        root: Path,
+        *,
+        create: bool = False,
+        preview: bool = False,
+        excludes: Sequence[str] = (),
+    ) -> Replica:
+        """Open (and lock) the replica at ``root``; create it when asked.
+        ``preview`` (a dry run's create): where ``root`` is not a replica
+        yet, nothing is written there; its files, if any, are scanned into a
+        throwaway index, as a real run would find them."""
         root = root.resolve()
+        if preview and not is_replica(root):
+            return cls._preview(root, excludes)
         if not root.is_dir():
             if create and not root.exists():
                 try:
@@ -92,6 +107,24 @@ class Replica:
             lock.release()
             raise
         return cls(root, index, lock, excludes)
+
+    @classmethod
+    def _preview(cls, root: Path, excludes: Sequence[str]) -> Replica:
+        if root.exists() and not root.is_dir():
+            raise UsageError(f"not a directory: {root}")
+        scratch = Path(tempfile.mkdtemp(prefix="merklesync-preview-"))
+        try:
+            files = root if root.is_dir() else scratch / "empty"
+            files.mkdir(exist_ok=True)
+            lock = ReplicaLock(scratch / LOCK_FILE)
+            lock.acquire()
+            index = Index.create(scratch / INDEX_FILE, new_replica_id())
+            replica = cls(files, index, lock, excludes)
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        replica.scratch = scratch
+        return replica
 
     @classmethod
     def rebuild(cls, root: Path) -> tuple[Replica, Path | None]:
@@ -157,6 +190,8 @@ class Replica:
             self.index.close()
         finally:
             self.lock.release()
+            if self.scratch is not None:
+                shutil.rmtree(self.scratch, ignore_errors=True)
 
     def __enter__(self) -> Replica:
         return self

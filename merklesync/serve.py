@@ -76,8 +76,6 @@ READ_SIZE = 1 << 20
 FLUSH_AT = 256 << 10  # buffered output bytes that trigger a write
 PROGRESS_EVERY = 0.25  # seconds between progress frames of a scan
 SOFTWARE = f"merklesync {__version__}"
-#: What starts a standby agent (``serve --standby``): one byte, then the session.
-STANDBY_GO = b"\x01"
 
 
 class Agent:
@@ -88,6 +86,7 @@ class Agent:
         root: Path,
         *,
         create: bool = False,
+        preview: bool = False,
         excludes: Sequence[str] = (),
         in_fd: int = 0,
         out_fd: int = 1,
@@ -99,7 +98,7 @@ class Agent:
         self.peer: LocalPeer | None = None
         self.failure: MerklesyncError | None = None
         try:
-            self.peer = LocalPeer.open(root, create=create, excludes=excludes)
+            self.peer = LocalPeer.open(root, create=create, preview=preview, excludes=excludes)
         except MerklesyncError as exc:
             self.failure = exc
         replica_id = self.peer.replica_id if self.peer is not None else ""

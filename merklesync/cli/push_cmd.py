@@ -74,7 +74,9 @@ def run_transfer(
     remote: RemoteOptions,
 ) -> None:
     out = Output(quiet, as_json, verbose)
-    pair = opened_pair(src_spec, dst_spec, create_b=True, excludes=excludes, remote=remote)
+    pair = opened_pair(
+        src_spec, dst_spec, create_b=True, preview_b=dry_run, excludes=excludes, remote=remote
+    )
     with pair as (src, dst):
         retention.guard(src, dst, allow_stale=allow_stale)
         with out.progress("scanning", "files") as progress:

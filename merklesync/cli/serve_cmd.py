@@ -10,7 +10,8 @@ from pathlib import Path
 import click
 
 from merklesync.errors import EXIT_OK, EXIT_PROTOCOL
-from merklesync.serve import STANDBY_GO, Agent
+from merklesync.serve import Agent
+from merklesync.transport.agent_call import STANDBY_GO
 
 
 @click.command()
@@ -22,6 +23,12 @@ from merklesync.serve import STANDBY_GO, Agent
     help="Answer on standard input and output (the only mode).",
 )
 @click.option("--create", is_flag=True, help="Create and initialise ROOT if it is not a replica.")
+@click.option(
+    "--preview",
+    is_flag=True,
+    help="Where ROOT is not a replica, serve what --create would make of it, writing nothing "
+    "there (for a client's --dry-run).",
+)
 @click.option(
     "--exclude",
     "excludes",
@@ -36,7 +43,14 @@ from merklesync.serve import STANDBY_GO, Agent
     "and answering; end quietly at end of input. Used by `merklesync watch --keep-open`, "
     "so that a session finds its agent already started.",
 )
-def serve(root: Path, stdio: bool, create: bool, excludes: tuple[str, ...], standby: bool) -> None:
+def serve(
+    root: Path,
+    stdio: bool,
+    create: bool,
+    preview: bool,
+    excludes: tuple[str, ...],
+    standby: bool,
+) -> None:
     """Answer the merklesync protocol for the replica at ROOT, for one
     client, on standard input and output: the agent that merklesync starts
     on the far side of SSH (see merklesync-protocol(7)). Nothing outside
@@ -60,7 +74,15 @@ def serve(root: Path, stdio: bool, create: bool, excludes: tuple[str, ...], stan
             os.close(out_fd)
             sys.exit(EXIT_PROTOCOL if go else EXIT_OK)
     try:
-        agent = Agent(root, create=create, excludes=excludes, in_fd=0, out_fd=out_fd, report=report)
+        agent = Agent(
+            root,
+            create=create,
+            preview=preview,
+            excludes=excludes,
+            in_fd=0,
+            out_fd=out_fd,
+            report=report,
+        )
         code = agent.run()
     finally:
         os.close(out_fd)
@@ -68,10 +90,7 @@ def serve(root: Path, stdio: bool, create: bool, excludes: tuple[str, ...], stan
 
 
 def _wait_for_go() -> bytes:
-    while True:
-        try:
-            return os.read(0, 1)
-        except InterruptedError:
-            continue
-        except OSError:
-            return b""
+    try:
+        return os.read(0, 1)  # retried on EINTR by Python itself (PEP 475)
+    except OSError:
+        return b""

@@ -87,7 +87,9 @@ def sync(
         raise click.UsageError("sync takes at most two replicas: [A] B")
     a_spec, b_spec = (None, replicas[0]) if len(replicas) == 1 else replicas
     out = Output(quiet, as_json, verbose)
-    pair = opened_pair(a_spec, b_spec, create_b=True, excludes=excludes, remote=remote)
+    pair = opened_pair(
+        a_spec, b_spec, create_b=True, preview_b=dry_run, excludes=excludes, remote=remote
+    )
     with pair as (a, b):
         retention.guard(a, b, allow_stale=allow_stale)
         with out.progress("scanning", "files") as progress:

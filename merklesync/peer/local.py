@@ -24,8 +24,17 @@ class LocalPeer:
         self.stats = Stats()
 
     @classmethod
-    def open(cls, root: Path, *, create: bool = False, excludes: Sequence[str] = ()) -> LocalPeer:
-        return cls(Replica.open(root, create=create, excludes=excludes))
+    def open(
+        cls,
+        root: Path,
+        *,
+        create: bool = False,
+        preview: bool = False,
+        excludes: Sequence[str] = (),
+    ) -> LocalPeer:
+        """See Replica.open; named as given (a preview may look elsewhere)."""
+        replica = Replica.open(root, create=create, preview=preview, excludes=excludes)
+        return cls(replica, str(root.resolve()))
 
     def refresh(self, *, checksum: bool = False, progress: Progress | None = None) -> ScanReport:
         return self._count(self.replica.scan(checksum=checksum, progress=progress))

@@ -11,7 +11,6 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 from merklesync import remotes
 from merklesync.address import Address, parse_address
@@ -21,6 +20,7 @@ from merklesync.peer import Peer, Progress, ScanReport
 from merklesync.peer.local import LocalPeer
 from merklesync.replica import Replica, find_root, is_replica
 from merklesync.transport import Transport
+from merklesync.transport.agent_call import AgentCall
 from merklesync.transport.relay import attach
 
 REMOTE_CMD_ENV = "MERKLESYNC_REMOTE_CMD"
@@ -49,6 +49,7 @@ def open_peer(
     spec: str | None,
     *,
     create: bool = False,
+    preview: bool = False,
     excludes: Sequence[str] = (),
     remote: RemoteOptions | None = None,
     near: str | None = None,
@@ -56,14 +57,17 @@ def open_peer(
     """``None`` means the replica around the current directory. A bare
     name is a remote of ``near`` (the other replica of the command, when
     local) or of the replica around the current directory, if it has one
-    by that name; otherwise it is a path."""
+    by that name; otherwise it is a path. ``preview`` (with ``create``):
+    a dry run's view of what would be created, nothing written there."""
     if spec is None:
         return LocalPeer.open(find_root(Path.cwd()), excludes=excludes)
     options = remote or RemoteOptions()
     address, remote_cmd = resolve(spec, options, near)
     if not address.is_remote:
-        return LocalPeer.open(Path(address.path), create=create, excludes=excludes)
-    call = AgentCall(remote_cmd, address.path, create, tuple(excludes))
+        return LocalPeer.open(
+            Path(address.path), create=create and not preview, preview=preview, excludes=excludes
+        )
+    call = AgentCall(remote_cmd, address.path, create, tuple(excludes), preview and create)
     from merklesync.peer.remote import RemotePeer  # the protocol: for remote replicas only
 
     transport = connect(address, call, options)
@@ -87,14 +91,17 @@ def resolve(spec: str, options: RemoteOptions, near: str | None = None) -> tuple
 
 def find_remote(spec: str, near: str | None = None) -> remotes.Remote | None:
     """The remote named ``spec``, if ``spec`` is a name that one of the
-    candidate replicas knows."""
+    candidate replicas knows: ``near`` (when it is a local replica, even
+    one named like a remote, e.g. ``push r1 origin``), then the replica
+    around the current directory."""
     if not remotes.is_name(spec):
         return None
     roots: list[Path] = []
-    if near is not None and not remotes.is_name(near):
-        address = parse_address(near)
-        if not address.is_remote and is_replica(Path(address.path)):
-            roots.append(Path(address.path))
+    if near is not None:
+        with contextlib.suppress(UsageError):
+            address = parse_address(near)
+            if not address.is_remote and is_replica(Path(address.path)):
+                roots.append(Path(address.path))
     with contextlib.suppress(NotAReplica):
         roots.append(find_root(Path.cwd()))
     for root in roots:
@@ -102,38 +109,6 @@ def find_remote(spec: str, near: str | None = None) -> remotes.Remote | None:
         if found is not None:
             return found
     return None
-
-
-class AgentCall(NamedTuple):
-    """The agent a command wants on the remote side: run there as a shell
-    command, or asked of a kept-open connection (transport/relay.py takes
-    these four fields, in this order, as its request)."""
-
-    remote_cmd: str
-    path: str
-    create: bool = False
-    excludes: tuple[str, ...] = ()
-
-    def command(self, *, standby: bool = False) -> str:
-        """The shell command that starts the agent. The path is quoted; a
-        leading ``~/`` becomes a path relative to the remote home (where
-        the command starts)."""
-        if not self.remote_cmd.strip():
-            raise UsageError("the remote command is empty (--remote-cmd or MERKLESYNC_REMOTE_CMD)")
-        path = self.path
-        if path in ("~", "~/"):
-            path = "."
-        elif path.startswith("~/"):
-            path = path[2:]
-        words = [self.remote_cmd, "serve", "--stdio"]
-        if standby:
-            words.append("--standby")
-        if self.create:
-            words.append("--create")
-        for pattern in self.excludes:
-            words += ["--exclude", shlex.quote(pattern)]
-        words += ["--", shlex.quote(path)]
-        return " ".join(words)
 
 
 def split_command(text: str, option: str) -> list[str]:
@@ -204,11 +179,23 @@ def combined_stats(engine: Stats, *peers: Peer) -> Stats:
     return out
 
 
-def check_apart(a: Peer, b: Peer) -> None:
+def local_root(
+    spec: str | None, remote: RemoteOptions | None = None, near: str | None = None
+) -> Path | None:
+    """The directory a replica spec opens on this machine, resolved (None:
+    a remote one, or none around the current directory)."""
+    if spec is None:
+        with contextlib.suppress(NotAReplica):
+            return find_root(Path.cwd())
+        return None
+    address, _ = resolve(spec, remote or RemoteOptions(), near)
+    return None if address.is_remote else Path(address.path).resolve()
+
+
+def check_apart(ra: Path | None, rb: Path | None) -> None:
     """Two local replicas must not be the same or nested in each other."""
-    if not (isinstance(a, LocalPeer) and isinstance(b, LocalPeer)):
+    if ra is None or rb is None:
         return
-    ra, rb = a.replica.root, b.replica.root
     if ra == rb:
         raise UsageError(f"source and destination are the same replica: {ra}")
     if rb.is_relative_to(ra):
@@ -257,16 +244,25 @@ def opened_pair(
     b_spec: str | None,
     *,
     create_b: bool = False,
+    preview_b: bool = False,
     excludes: Sequence[str] = (),
     remote: RemoteOptions | None = None,
 ) -> Iterator[tuple[Peer, Peer]]:
     """Open the two replicas of a command (each a remote of the other where
-    a bare name says so), check they are apart, and close both at the end."""
+    a bare name says so), once they are known to be apart, and close both
+    at the end. ``preview_b``: a dry run, B is not created (see open_peer)."""
+    check_apart(local_root(a_spec, remote, b_spec), local_root(b_spec, remote, a_spec))
     a = open_peer(a_spec, excludes=excludes, remote=remote, near=b_spec)
     try:
-        b = open_peer(b_spec, create=create_b, excludes=excludes, remote=remote, near=a_spec)
+        b = open_peer(
+            b_spec,
+            create=create_b,
+            preview=preview_b,
+            excludes=excludes,
+            remote=remote,
+            near=a_spec,
+        )
         try:
-            check_apart(a, b)
             yield a, b
         finally:
             b.close()

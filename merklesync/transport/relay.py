@@ -20,17 +20,15 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import Sequence
 from pathlib import Path
 
 import blake3
-import msgpack
 
 from merklesync.errors import ConnectionFailed
+from merklesync.transport.agent_call import AgentCall
 
-__all__ = ["ACCEPTED", "REQUEST_VERSION", "RelayTransport", "attach", "socket_path"]
+__all__ = ["ACCEPTED", "RelayTransport", "attach", "socket_path"]
 
-REQUEST_VERSION = 1
 ACCEPTED = b"\x01"
 MAX_REQUEST = 64 * 1024
 _SUN_PATH_MAX = 100  # sockaddr_un holds 108 bytes; keep a margin
@@ -60,8 +58,8 @@ def is_private(path: Path) -> bool:
     )
 
 
-def pack_request(remote_cmd: str, path: str, create: bool, excludes: Sequence[str]) -> bytes:
-    body = msgpack.packb([REQUEST_VERSION, remote_cmd, path, create, list(excludes)])
+def pack_request(call: AgentCall) -> bytes:
+    body = call.request()
     return _LENGTH.pack(len(body)) + body
 
 
@@ -69,16 +67,16 @@ def attach(
     user: str | None,
     host: str,
     port: int | None,
-    agent: tuple[str, str, bool, Sequence[str]],
+    agent: AgentCall,
     *,
     label: str,
     timeout: float = 15.0,
 ) -> RelayTransport | None:
     """A session through a kept-open connection, or None when there is
-    none (nothing listening, not ours, it declined, or ``agent`` (remote
-    command, path, create, excludes) cannot travel in a request)."""
+    none (nothing listening, not ours, it declined, or ``agent`` cannot
+    travel in a request)."""
     try:
-        request = pack_request(*agent)
+        request = pack_request(agent)
     except (UnicodeEncodeError, ValueError, TypeError):
         return None  # e.g. a path that is not UTF-8: the direct way copes
     path = socket_path(user, host, port)

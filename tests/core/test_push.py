@@ -4,6 +4,7 @@ that does not use merklesync."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -162,13 +163,22 @@ def test_pushing_into_an_unrelated_nonempty_directory_never_overwrites(tmp_path:
     assert (b / "f").read_text() == "theirs"
 
 
-def test_dry_run_writes_nothing(src: Path, tmp_path: Path) -> None:
+def test_dry_run_writes_nothing(src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    scratch = tmp_path / "scratch"  # where previews keep their throwaway index
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     dst = tmp_path / "dst"
     dst.mkdir()
     r = ms("push", src, dst, "--dry-run")
     assert r.code == 0
     assert len(r.lines()) > 60 and all(line.startswith("A ") for line in r.lines())
-    assert [p.name for p in dst.iterdir()] == [".merklesync"]
+    assert list(dst.iterdir()) == []
+    for command in ("push", "sync"):
+        r = ms(command, src, tmp_path / f"new-{command}", "--dry-run")
+        assert r.code == 0 and not (tmp_path / f"new-{command}").exists(), r.err
+    r = ms("pull", src, tmp_path / "new-pull", "--dry-run")
+    assert r.code == 0 and not (tmp_path / "new-pull").exists(), r.err
+    assert list(scratch.iterdir()) == []
 
 
 def test_pull_is_push_reversed(src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -206,6 +216,29 @@ def test_destination_inside_source_is_refused(src: Path) -> None:
     r = ms("push", src, src / "inner")
     assert r.code == 2
     assert "inside the source" in r.err and "Traceback" not in r.err
+    assert not (src / "inner").exists()  # refused before anything is made
+
+
+def test_the_same_replica_twice_is_refused_at_once(src: Path, tmp_path: Path) -> None:
+    link = tmp_path / "link"
+    link.symlink_to(src)
+    for args in (("push", src, src), ("push", src, link), ("diff", src, src), ("sync", src, src)):
+        r = ms(*args)
+        assert r.code == 2 and "the same replica" in r.err, (args, r.err)
+
+
+def test_a_remote_of_a_replica_named_by_a_bare_relative_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    r1, r2 = tmp_path / "r1", tmp_path / "r2"
+    write(r1 / "f", "x")
+    ms("init", r1)
+    monkeypatch.chdir(r1)
+    assert ms("remote", "add", "origin", str(r2)).code == 0
+    monkeypatch.chdir(tmp_path)
+    assert ms("push", "r1", "origin").code == 0
+    assert (r2 / "f").read_text() == "x" and not (tmp_path / "origin").exists()
+    assert ms("diff", "r1", "origin").code == 0
 
 
 def test_missing_source_is_a_clear_error(tmp_path: Path) -> None:

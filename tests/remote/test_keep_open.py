@@ -21,6 +21,7 @@ from sshd import SSHServer
 
 from merklesync.errors import HostKeyError, UsageError
 from merklesync.keep_open import Keeper
+from merklesync.transport.agent_call import AgentCall
 from merklesync.transport.relay import pack_request, socket_path
 from tests.clirun import Result
 from tests.remote.conftest import run_cli
@@ -194,7 +195,7 @@ def test_bad_requests_are_declined_and_the_keeper_goes_on(
     bad = [
         b"\x00\x00\x00\x05hello",
         b"\xff\xff\xff\xff",
-        pack_request("merklesync", "/x", True, ["a"])[:-3],
+        pack_request(AgentCall("merklesync", "/x", True, ("a",)))[:-3],
         b"\x00\x00\x00\x03" + b"\x93\x02\xa1x",  # another version
     ]
     for request in bad:

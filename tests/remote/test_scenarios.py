@@ -192,7 +192,19 @@ def test_dry_run_writes_nothing(side: Side, src: Path, tmp_path: Path) -> None:
     r = side.ms("push", side.src(src), side.dst(dst), "--dry-run")
     assert r.code == 0, r.err
     assert len(r.lines()) > 60 and all(line.startswith("A ") for line in r.lines())
-    assert [p.name for p in dst.iterdir()] == [".merklesync"]
+    assert list(dst.iterdir()) == []  # not even made a replica
+    # A destination that does not exist is not created.
+    r = side.ms("push", side.src(src), side.dst(tmp_path / "new"), "--dry-run")
+    assert r.code == 0, r.err
+    assert len(r.lines()) > 60 and not (tmp_path / "new").exists()
+    # A directory with files of its own: what a real run would find there.
+    victim = user_files(src)[0].relative_to(src)
+    write(dst / victim, "already here")
+    r = side.ms("push", side.src(src), side.dst(dst), "--dry-run")
+    assert r.code == 1 and f"{victim.as_posix()}: conflict" in r.err, r.err
+    assert sorted(p.relative_to(dst) for p in dst.rglob("*") if p.is_file()) == [victim]
+    real = side.ms("push", side.src(src), side.dst(dst))
+    assert real.code == 1 and f"{victim.as_posix()}: conflict" in real.err, real.err
 
 
 def test_pull_is_push_reversed(side: Side, src: Path, tmp_path: Path) -> None:
