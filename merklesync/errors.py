@@ -9,7 +9,8 @@ Exit codes (also in the man pages, section EXIT STATUS):
 0   success; for ``diff``: the replicas hold the same content
 1   finished, but differences remain: ``diff`` found differences, or
     ``push``/``pull``/``sync`` left entries alone (conflict, newer version
-    on the destination, file changed or unreadable during the run)
+    on the destination, file changed or unreadable during the run), or a
+    scan skipped files or could not read them
 2   usage error or a generic failure
 3   replica state: not a replica, corrupt index, newer format
 4   replica locked by another process

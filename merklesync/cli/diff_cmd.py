@@ -68,9 +68,11 @@ def diff(
         {
             "a": left.name,
             "b": right.name,
-            "identical": not changes,
+            "identical": not changes and not warnings,
             "changes": [change_json(c) for c in changes],
+            "warnings": warnings,
             "stats": totals.as_dict(),
         }
     )
-    sys.exit(EXIT_DIFFERENT if changes else EXIT_OK)
+    # What a scan skipped or could not read was not compared.
+    sys.exit(EXIT_DIFFERENT if changes or warnings else EXIT_OK)

@@ -19,9 +19,10 @@ EXIT_STATUS = [
     (errors.EXIT_OK, "Success; for diff, the replicas hold the same content."),
     (
         errors.EXIT_DIFFERENT,
-        "Finished, but differences remain: diff found differences, or push/pull left "
+        "Finished, but differences remain: diff found differences, or push/pull/sync left "
         "entries alone (a conflict, a newer version on the destination, a file changed "
-        "or unreadable during the run). Each is listed on standard error.",
+        "or unreadable during the run), or a scan skipped files or could not read them "
+        "(so diff could not compare them). Each is listed on standard error.",
     ),
     (errors.EXIT_USAGE, "Usage error, or a generic failure."),
     (errors.EXIT_STATE, "Replica state: not a replica, corrupt index, index of a newer format."),

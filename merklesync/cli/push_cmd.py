@@ -87,8 +87,9 @@ def run_transfer(
                 src, dst, dry_run=dry_run, include=include, progress=progress, force=force
             )
         totals = combined_stats(result.stats, src, dst)
-        # A partial run (--exclude) is not proof the peer has everything.
-        if not dry_run and not excludes and not result.left_alone():
+        # A partial run (--exclude, files skipped) is not proof the peer
+        # has everything.
+        if not dry_run and not excludes and not warnings and not result.left_alone():
             retention.after_success(src, dst, one_way=True)
     report(out, result, totals, warnings, dry_run=dry_run, stats=stats, src=src.name, dst=dst.name)
 
@@ -143,7 +144,8 @@ def report(
             "stats": totals.as_dict(),
         }
     )
-    sys.exit(EXIT_DIFFERENT if left else EXIT_OK)
+    # Files a scan skipped or could not read did not travel: not a success.
+    sys.exit(EXIT_DIFFERENT if left or warnings else EXIT_OK)
 
 
 @click.command()

@@ -93,7 +93,7 @@ def sync(
     with pair as (a, b):
         retention.guard(a, b, allow_stale=allow_stale)
         with out.progress("scanning", "files") as progress:
-            warnings = refresh_all([a, b], checksum=checksum, progress=progress)
+            skipped = refresh_all([a, b], checksum=checksum, progress=progress)
         # The per-path policies of A (of B when A is remote): the file syncs,
         # so both sides normally hold the same one.
         here = local_replica(a) or local_replica(b)
@@ -116,10 +116,11 @@ def sync(
                     f"{path} has {n} conflict copies in {replica.root}; "
                     "settle them with `merklesync resolve`"
                 )
-        # A partial run (--exclude) is not proof the peer has everything.
-        if not dry_run and not excludes and not result.failures():
+        # A partial run (--exclude, files skipped) is not proof the peer
+        # has everything.
+        if not dry_run and not excludes and not skipped and not result.failures():
             retention.after_success(a, b)
-    warnings += result.warnings
+    warnings = skipped + result.warnings
     failures = result.failures()
     for warning in warnings:
         out.warn(warning)
@@ -151,4 +152,4 @@ def sync(
             "stats": totals.as_dict(),
         }
     )
-    sys.exit(EXIT_DIFFERENT if failures or result.unresolved else EXIT_OK)
+    sys.exit(EXIT_DIFFERENT if failures or result.unresolved or skipped else EXIT_OK)

@@ -462,6 +462,11 @@ class DirectorySource:
                 report.hashed += 1
             elif kind is EntryKind.LINK:
                 target = os.readlink(self.abs(rel))
+                if not _storable(target):
+                    report.warnings.append(
+                        f"{rel}: link target is not UTF-8 text, or holds a NUL; skipped"
+                    )
+                    return
                 digest = link_digest(target)
         except FileNotFoundError:
             return
@@ -795,6 +800,16 @@ class DirectorySource:
         head, _, name = rel.rpartition("/")
         base = f"{TEMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}-{name[:80]}"
         return self.abs(f"{head}/{base}" if head else base)
+
+
+def _storable(text: str) -> bool:
+    """Text the index and the protocol can carry (os.fsdecode escapes bytes
+    that are not UTF-8 as lone surrogates, which they cannot)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
 
 
 def _kept(raw: bytes) -> tuple[int, list[str]] | None:

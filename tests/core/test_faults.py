@@ -142,9 +142,15 @@ def test_unreadable_file_is_skipped_and_the_rest_finishes(
 
     monkeypatch.setattr(os, "open", deny)
     r = ms("push", src, dst)
+    d = ms("diff", src, dst, "--json")
+    sy = ms("sync", src, dst)
     monkeypatch.undo()
+    assert r.code == 1, r.err  # finished the rest, but not a success
     assert f"{victim.relative_to(src)}: cannot read: Permission denied" in r.err
     assert len(_files(dst)) == len(_files(src)) - 1
+    assert d.code == 1 and not d.json()["identical"], d.out
+    assert any("Permission denied" in w for w in d.json()["warnings"])
+    assert sy.code == 1, sy.err
 
 
 def test_special_files_are_skipped_with_a_warning(tmp_path: Path) -> None:
@@ -259,7 +265,7 @@ def test_names_a_peer_would_refuse_are_skipped_with_a_warning(tmp_path: Path) ->
     assert r.err.count("skipped") == 3 and "Traceback" not in r.err
     assert "control character in path: 'bad\\nname'" in r.err
     r = ms("push", src, dst)
-    assert r.code == 0, r.err
+    assert r.code == 1, r.err  # the skipped names did not travel
     assert sorted(p.name for p in dst.iterdir()) == [".merklesync", "ok.txt"]
 
 
@@ -413,3 +419,16 @@ def test_read_chunks_reads_the_whole_file(
         os.close(fd)
     assert b"".join(chunks) == content
     assert all(0 < len(c) <= chunk for c in chunks)
+
+
+def test_a_link_whose_target_is_not_utf8_is_skipped_with_a_warning(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "f").write_text("1")
+    assert ms("init", a).code == 0
+    os.symlink(b"tgt\xff", os.fsencode(a / "badtarget"))
+    r = ms("status", a)
+    assert r.code == 0 and "badtarget: link target is not UTF-8" in r.err, r.err
+    r = ms("push", a, b)
+    assert r.code == 1 and "badtarget: link target is not UTF-8" in r.err, r.err
+    assert (b / "f").read_text() == "1" and not os.path.lexists(b / "badtarget")
