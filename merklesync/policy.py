@@ -99,6 +99,9 @@ def keeps_name(x: Entry, y: Entry) -> Entry:
     return newer(x, y)
 
 
+NAME_MAX = 255  # bytes in one path component
+
+
 def conflict_name(path: str, writer: str, stamp: int, n: int = 1) -> str:
     """``dir/name.conflict-<replica>-<YYYYMMDDTHHMMSS>.ext``; ``-<n>`` follows
     the time when that name is taken already."""
@@ -109,7 +112,15 @@ def conflict_name(path: str, writer: str, stamp: int, n: int = 1) -> str:
     when = time.strftime("%Y%m%dT%H%M%S", time.gmtime(stamp / 1e9))
     if n > 1:
         when += f"-{n}"
-    new = f"{stem}{CONFLICT_MARK}{writer}-{when}{dot}{ext}"
+    suffix = f"{CONFLICT_MARK}{writer}-{when}"
+    room = NAME_MAX - len(f"{suffix}{dot}{ext}".encode())
+    if room < 1:  # a very long extension: the whole name is the stem
+        stem, dot, ext = name, "", ""
+        room = NAME_MAX - len(suffix.encode())
+    # A long name is shortened (on a character boundary) to keep the copy's
+    # name within what file systems allow.
+    stem = stem.encode()[:room].decode(errors="ignore")
+    new = f"{stem}{suffix}{dot}{ext}"
     return posixpath.join(head, new) if head else new
 
 

@@ -306,3 +306,24 @@ def test_keep_both_for_files_larger_than_memory_merges(
     assert files(a) == files(b)
     texts = sorted(v for p, v in files(a).items() if p.startswith("shared"))
     assert texts == ["a large version\n" * 100, "b large version\n" * 100]
+
+
+@pytest.mark.parametrize("name", ["n" * 250 + ".txt", "x." + "e" * 250, "é" * 127])
+def test_keep_both_on_a_long_name_keeps_the_copy_within_255_bytes(
+    tmp_path: Path, name: str
+) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / name).write_text("base\n")
+    ms("init", a)
+    assert ms("sync", a, b).code == 0
+    (a / name).write_text("from a\n")
+    (b / name).write_text("from b\n")
+    (a / "other").write_text("travels too\n")
+    r = ms("sync", a, b)
+    assert r.code == 0, r.err
+    fa, fb = files(a), files(b)
+    assert fa == fb and fb["other"] == "travels too\n"
+    copies = [p for p in fa if ".conflict-" in p]
+    assert len(copies) == 1 and len(copies[0].encode()) <= 255
+    assert {fa[name], fa[copies[0]]} == {"from a\n", "from b\n"}
