@@ -21,7 +21,7 @@ import msgpack
 from merklesync import merkle
 from merklesync.clock import VersionVector
 from merklesync.errors import CorruptIndex, LocalIOError, NewerFormat, ReplicaLocked
-from merklesync.merkle import NodeId
+from merklesync.merkle import MAX_DEPTH, NodeId
 from merklesync.model import Entry, EntryKind, key_of
 
 FORMAT = 1
@@ -104,19 +104,29 @@ def _guard(func: Callable[_P, _R]) -> Callable[_P, _R]:
                 raise ReplicaLocked(f"the replica index is busy: {text}; try again") from exc
             if any(w in text for w in ("full", "disk I/O", "readonly", "unable to open")):
                 raise LocalIOError(f"cannot use the replica index: {text}") from exc
-            raise CorruptIndex(_corrupt_message(args[0], text)) from exc
+            raise CorruptIndex(_corrupt_message(_where(args), text)) from exc
         except sqlite3.DatabaseError as exc:
-            raise CorruptIndex(_corrupt_message(args[0], str(exc))) from exc
+            raise CorruptIndex(_corrupt_message(_where(args), str(exc))) from exc
         except (ValueError, msgpack.UnpackException) as exc:  # a row that does not parse
-            raise CorruptIndex(_corrupt_message(args[0], f"bad row: {exc}")) from exc
+            raise CorruptIndex(_corrupt_message(_where(args), f"bad row: {exc}")) from exc
 
     return wrapper
 
 
-def _corrupt_message(index: object, detail: str) -> str:
-    where = getattr(index, "path", "the replica index")
+def _where(args: tuple[object, ...]) -> object:
+    """The index a guarded call works on: the instance, or for the class
+    methods that open one, its path."""
+    if len(args) > 1 and isinstance(args[1], Path):
+        return args[1]
+    return args[0] if args else None
+
+
+def _corrupt_message(where: object, detail: str) -> str:
+    """``where``: the index, or its path (for the class methods that open one)."""
+    path = where if isinstance(where, Path) else getattr(where, "path", None)
+    name = f"the replica index {path}" if path is not None else "the replica index"
     return (
-        f"the replica index {where} is unreadable ({detail}); "
+        f"{name} is unreadable ({detail}); "
         "rebuild it from the files with `merklesync init --rebuild`"
     )
 
@@ -164,6 +174,14 @@ class Index:
     @_guard
     def create(cls, path: Path, replica_id: str) -> Index:
         conn = cls._connect(path)
+        try:
+            return cls._fill(path, conn, replica_id)
+        except BaseException:
+            conn.close()
+            raise
+
+    @classmethod
+    def _fill(cls, path: Path, conn: sqlite3.Connection, replica_id: str) -> Index:
         conn.executescript(SCHEMA)
         for statement in _LISTINGS:
             conn.execute(statement)
@@ -186,6 +204,15 @@ class Index:
     @_guard
     def _open(cls, path: Path) -> Index:
         conn = cls._connect(path)
+        try:
+            return cls._check(path, conn)
+        except BaseException:
+            conn.close()
+            raise
+
+    @classmethod
+    def _check(cls, path: Path, conn: sqlite3.Connection) -> Index:
+        """Check the facts an index must hold; bring an older layout up to date."""
         conn.execute("BEGIN")
         row = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
         if row is None or not isinstance(row[0], int):
@@ -195,6 +222,14 @@ class Index:
                 f"the replica index {path} has format {row[0]}, this merklesync reads "
                 f"format {FORMAT}: upgrade merklesync, or rebuild with `merklesync init --rebuild`"
             )
+        facts = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('replica_id', 'hlc')"))
+        if not isinstance(facts.get("replica_id"), str) or not facts["replica_id"]:
+            raise CorruptIndex(_corrupt_message(path, "no replica id"))
+        if not isinstance(facts.get("hlc", 0), int):
+            raise CorruptIndex(_corrupt_message(path, "bad clock"))
+        depth = conn.execute("SELECT value FROM meta WHERE key = 'depth'").fetchone()
+        if depth is not None and not (isinstance(depth[0], int) and 1 <= depth[0] <= MAX_DEPTH):
+            raise CorruptIndex(_corrupt_message(path, "bad tree depth"))
         conn.execute(
             "CREATE TABLE IF NOT EXISTS peers (replica_id TEXT PRIMARY KEY, "
             "last_sync_ns INTEGER NOT NULL) WITHOUT ROWID"

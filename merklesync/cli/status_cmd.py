@@ -14,7 +14,7 @@ from merklesync.cli.common import (
     stats_option,
 )
 from merklesync.model import Stats
-from merklesync.peer.open import RemoteOptions, combined_stats, open_peer
+from merklesync.peer.open import RemoteOptions, closing, combined_stats, open_peer
 
 
 @click.command()
@@ -36,13 +36,10 @@ def status(
     its root fingerprint, its entry count and what changed since the last scan.
     REPLICA may be remote (HOST:PATH, or the name of a remote)."""
     out = Output(quiet, as_json)
-    peer = open_peer(replica, remote=remote)
-    try:
+    with closing(open_peer(replica, remote=remote)) as peer:
         with out.progress("scanning", "files") as progress:
             report = peer.refresh(checksum=checksum, progress=progress)
         root = peer.root()
-    finally:
-        peer.close()
     totals = combined_stats(Stats(), peer)
     for warning in report.warnings:
         out.warn(warning)

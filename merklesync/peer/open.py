@@ -252,8 +252,7 @@ def opened_pair(
     a bare name says so), once they are known to be apart, and close both
     at the end. ``preview_b``: a dry run, B is not created (see open_peer)."""
     check_apart(local_root(a_spec, remote, b_spec), local_root(b_spec, remote, a_spec))
-    a = open_peer(a_spec, excludes=excludes, remote=remote, near=b_spec)
-    try:
+    with closing(open_peer(a_spec, excludes=excludes, remote=remote, near=b_spec)) as a:
         b = open_peer(
             b_spec,
             create=create_b,
@@ -262,9 +261,19 @@ def opened_pair(
             remote=remote,
             near=a_spec,
         )
-        try:
+        with closing(b):
             yield a, b
-        finally:
-            b.close()
-    finally:
-        a.close()
+
+
+@contextlib.contextmanager
+def closing(peer: Peer) -> Iterator[Peer]:
+    """Close ``peer`` at the end. When the body failed, that failure is the
+    one reported: closing a peer in trouble often fails too (a corrupt
+    index, a dead connection), and would hide why."""
+    try:
+        yield peer
+    except BaseException:
+        with contextlib.suppress(Exception):
+            peer.close()
+        raise
+    peer.close()

@@ -190,11 +190,34 @@ def test_corrupt_index_is_reported_and_rebuilt(pair: tuple[Path, Path]) -> None:
     r = ms("status", src)
     assert r.code == 3
     assert "merklesync init --rebuild" in r.err and "Traceback" not in r.err
+    assert f"the replica index {db} is unreadable" in r.err, r.err
     r = ms("init", "--rebuild", src)
     assert r.code == 0, r.err
     assert "kept as" in r.err
     assert ms("push", src, dst).code == 0
     assert_same_tree(src, dst)
+
+
+@pytest.mark.parametrize(
+    ("sql", "detail"),
+    [
+        ("UPDATE meta SET value = 'abc' WHERE key = 'hlc'", "bad clock"),
+        ("DELETE FROM meta WHERE key = 'replica_id'", "no replica id"),
+        ("UPDATE meta SET value = 99 WHERE key = 'depth'", "bad tree depth"),
+    ],
+)
+def test_damaged_facts_are_a_corrupt_index(pair: tuple[Path, Path], sql: str, detail: str) -> None:
+    src, dst = pair
+    assert ms("push", src, dst).code == 0
+    conn = sqlite3.connect(src / ".merklesync" / "index.db")
+    conn.execute(sql)
+    conn.commit()
+    conn.close()
+    for args in (("status", src), ("push", src, dst), ("push", dst, src)):
+        r = ms(*args)
+        assert r.code == 3, (args, r.err)
+        assert detail in r.err and "merklesync init --rebuild" in r.err, r.err
+        assert "Traceback" not in r.err and len(r.err.splitlines()) == 1
 
 
 def test_index_from_a_newer_format_is_refused(pair: tuple[Path, Path]) -> None:
