@@ -634,6 +634,14 @@ class DirectorySource:
                 return st2
         elif cached.entry.kind is EntryKind.DIR and kind_of(st.st_mode) is EntryKind.DIR:
             return st
+        elif cached.entry.kind is EntryKind.LINK and kind_of(st.st_mode) is EntryKind.LINK:
+            # A racy link (written within the last seconds): its target says.
+            try:
+                target = os.readlink(self.abs(rel))
+            except OSError:
+                raise _Refused("changed on the destination since the scan") from None
+            if link_digest(target) == cached.entry.digest:
+                return st
         raise _Refused("changed on the destination since the scan")
 
     def _make_parents(self, rel: str) -> None:

@@ -312,3 +312,22 @@ def test_a_directory_whose_mode_changed_keeps_its_contents(tmp_path: Path) -> No
     r = ms("push", a, b)
     assert r.code == 1 and "d: the destination has a newer version" in r.err
     assert (b / "d/x").read_text() == "changed" and "conflict" not in r.err
+
+
+def test_a_link_changed_again_within_seconds_is_updated(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "l").symlink_to("t1")
+    ms("init", a)
+    assert ms("push", a, b).code == 0
+    (a / "l").unlink()
+    (a / "l").symlink_to("t2")
+    r = ms("push", a, b)  # b/l was written a moment ago: racy, and still what b's index says
+    assert r.code == 0, r.err
+    assert os.readlink(b / "l") == "t2"
+    (b / "l").unlink()
+    (b / "l").symlink_to("mine")  # changed there since its scan: left alone
+    (a / "l").unlink()
+    (a / "l").symlink_to("t3")
+    r = ms("push", a, b)
+    assert r.code == 1 and os.readlink(b / "l") == "mine"
