@@ -2,17 +2,21 @@
 connection to ADDRESS held open, and agents on it started ahead of need.
 
 Clients find it through a Unix socket (transport/relay.py has the client
-side and the request format). For each client the keeper hands over an
-agent that is already running (``serve --standby``: started, waiting for
-one byte before it opens and locks its replica), relays bytes both ways
-until either side ends, closes that agent's channel, and starts the next
-standby agent for the same command. An agent serves one session and ends,
-as it does when run directly: a client that dies mid-session is, to the
-agent, a dropped connection, and the replica's lock is only held while a
-session runs. A client is never kept waiting on the keeper's troubles: an
-agent that says nothing within AGENT_WAIT, or a connection that is down, gets
-it declined (it then connects by itself, as without a keeper), and the
-connection is made again in the background.
+side; transport/agent_call.py the request). For each client the keeper
+hands over an agent that is already running (``serve --standby``: started,
+waiting for one byte before it opens and locks its replica), starts the
+next standby agent for the same command, and relays bytes both ways until
+either side ends. An agent serves one session and ends, as it does when run
+directly: a client that dies mid-session is, to the agent, a dropped
+connection, and the replica's lock is only held while a session runs; an
+agent that ends in failure leaves its last line in the keeper's log.
+
+A client is never kept waiting on the keeper's troubles: when no agent
+speaks within AGENT_WAIT (its error output does not count), or a channel is
+refused, or the connection is down, the client is declined and connects by
+itself, as without a keeper. Only a connection that is down is made again,
+in the background: a refused or silent channel says nothing of the
+sessions running on the same connection.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from merklesync.errors import MerklesyncError, UsageError
+from merklesync.lock import DEFAULT_WAIT as LOCK_WAIT
+from merklesync.transport import error_line
 from merklesync.transport.agent_call import STANDBY_GO, AgentCall
 from merklesync.transport.relay import (
     ACCEPTED,
@@ -45,7 +51,10 @@ RELAY_CHUNK = 256 * 1024
 MAX_COMMANDS = 4  # standby agents kept: one per distinct command, the latest ones
 CLIENT_END_WAIT = 30.0  # for a client to go once its agent has ended
 KEEPALIVE = 30  # seconds between SSH keepalives on the held connection
-AGENT_WAIT = 5.0  # for an agent's first bytes, or a channel; well under a client's patience
+# For an agent's first bytes, or a channel: longer than an agent waits for
+# its replica's lock (so a busy replica is an answer, not a silence), well
+# under a client's patience (15 s).
+AGENT_WAIT = LOCK_WAIT + 3.0
 STOP_GRACE = 30.0  # seconds the sessions running at a stop get to end
 
 
@@ -180,11 +189,13 @@ class Keeper:
             threading.Thread(target=self._reconnect, daemon=True).start()
 
     def _reconnect(self) -> None:
+        connection = None
         try:
             connection = None if self._stopping.is_set() else self._connect()
         except MerklesyncError as exc:
             self._warn(f"keep-open {self.label}: {exc.message}")
-            connection = None
+        except Exception as exc:  # never leave the keeper reconnecting forever
+            self._warn(f"keep-open {self.label}: cannot connect: {exc}")
         with self._lock:
             self._reconnecting = False
             if connection is not None and not self._stopping.is_set():
@@ -202,8 +213,13 @@ class Keeper:
         while not self._stopping.is_set():
             try:
                 client, _ = self._listener.accept()
-            except OSError:
-                return  # stopped
+            except OSError as exc:
+                if self._stopping.is_set():
+                    return
+                # Out of descriptors, say: clients wait a little, not forever.
+                self._warn(f"keep-open {self.label}: cannot accept a client: {exc}")
+                self._stopping.wait(1.0)
+                continue
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
@@ -224,13 +240,14 @@ class Keeper:
                 client.sendall(b"\x00")
                 return
             client.settimeout(None)
-            with self._idle:
-                self.sessions += 1
             try:
                 client.sendall(ACCEPTED + first)
+                with self._idle:
+                    self.sessions += 1
                 _relay(client, agent)
             finally:
                 agent.close()
+                self._report_failure(agent)
         except OSError:
             pass  # the client went away
         finally:
@@ -257,10 +274,20 @@ class Keeper:
                 client.sendall(b"\x00")
         return commands
 
+    def _report_failure(self, agent: SSHTransport) -> None:
+        """An agent that ended in failure: its last words, for the log (its
+        client heard only that the session ended)."""
+        status = agent.exit_status()
+        if status:
+            detail = error_line(agent.stderr_text()) or f"exit status {status}"
+            self._warn(f"keep-open {self.label}: a relayed session's agent failed: {detail}")
+
     def _agent_for(self, command: str, standby: str) -> tuple[SSHTransport | None, bytes]:
         """An agent running ``command`` that has said its first bytes, and
         those bytes: the standby one, else a new one. None (declined) when
-        none speaks within AGENT_WAIT or the connection is down."""
+        none speaks within AGENT_WAIT or the connection is down. Only a
+        connection that is down is made again: one refused or silent channel
+        says nothing of the sessions running on it."""
         with self._lock:
             agent = self._standby.pop(command, None)
             connection = self._connection
@@ -283,12 +310,15 @@ class Keeper:
         try:
             agent = connection.run(command, timeout=AGENT_WAIT)
         except MerklesyncError:
-            self._reconnect_later(connection)
+            # Refused (MaxSessions, say) or slow: decline this client, and
+            # make a new connection only if this one is down.
+            if not connection.is_active():
+                self._reconnect_later(connection)
             return None, b""
-        first = _first_bytes(agent)
+        first = _first_words(agent)
         if not first:
-            agent.close()  # it failed (the client will see why by itself), or the line is dead
-            if not agent.exited():
+            agent.close()  # it failed (the client will see why by itself), or is stuck
+            if not connection.is_active():
                 self._reconnect_later(connection)
             return None, b""
         self._refill(connection, command, standby)
@@ -342,15 +372,13 @@ def _start(agent: SSHTransport) -> bytes:
         agent.send(STANDBY_GO)
     except MerklesyncError:
         return b""
-    return _first_bytes(agent)
+    return _first_words(agent)
 
 
-def _first_bytes(agent: SSHTransport) -> bytes:
+def _first_words(agent: SSHTransport) -> bytes:
     """What an agent says first, if it says it within AGENT_WAIT."""
-    if not agent.wait_readable(AGENT_WAIT):
-        return b""
     try:
-        return agent.recv(RELAY_CHUNK)
+        return agent.first_words(RELAY_CHUNK, AGENT_WAIT)
     except MerklesyncError:
         return b""
 

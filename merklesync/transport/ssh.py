@@ -556,15 +556,6 @@ class SSHTransport:
         )
         self._stderr_thread.start()
 
-    @property
-    def cipher(self) -> str:
-        """The negotiated cipher (client to server)."""
-        return self._hop.transport.local_cipher
-
-    @property
-    def paramiko_transport(self) -> paramiko.Transport:
-        return self._hop.transport
-
     # -- Transport -----------------------------------------------------------
 
     def send(self, data: bytes) -> None:
@@ -645,16 +636,25 @@ class SSHTransport:
 
     # -- extras --------------------------------------------------------------
 
-    def wait_readable(self, timeout: float) -> bool:
-        """True once `recv` would not block (data, or the end), within
-        ``timeout`` seconds."""
-        if self._pending or self._closed:
-            return True
-        ready, _, _ = select.select([self._chan], [], [], timeout)
-        return bool(ready)
+    def first_words(self, n: int, timeout: float) -> bytes:
+        """Up to ``n`` bytes of the command's output, if it says something
+        within ``timeout`` seconds (empty: it did not, or it ended). What it
+        writes on its error output is no answer."""
+        deadline = time.monotonic() + timeout
+        chan = self._chan
+        while not (self._pending or chan.recv_ready()):
+            left = deadline - time.monotonic()
+            if self._closed or chan.eof_received or chan.closed or left <= 0:
+                return b""
+            # The channel's descriptor is readable on error output too: a
+            # short nap then, so as not to spin while it is drained.
+            if select.select([chan], [], [], min(left, 0.5))[0] and not chan.recv_ready():
+                time.sleep(0.01)
+        return self.recv(n)
 
     def exited(self) -> bool:
-        """True when the remote command has ended (its status is in)."""
+        """True when the remote command has ended or its channel is closed
+        (by either side: call before ``close`` to learn about the far side)."""
         return bool(self._chan.exit_status_ready())
 
     def close_write(self) -> None:
@@ -768,9 +768,13 @@ class SSHConnection:
                 max_packet_size=MAX_PACKET_SIZE,
                 timeout=self._timeout if timeout is None else timeout,
             )
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise ConnectionFailed(f"cannot run a command on {self.label}: {exc}") from exc
+        try:
             # Bytes, so that a path that is not UTF-8 reaches the far side as it is.
             channel.exec_command(command.encode("utf-8", "surrogateescape"))
         except (paramiko.SSHException, OSError, EOFError) as exc:
+            channel.close()  # on a held connection, a leaked channel counts against MaxSessions
             raise ConnectionFailed(f"cannot run a command on {self.label}: {exc}") from exc
         return SSHTransport(
             self._hop, channel, self.label, command, owns_connection=owns_connection

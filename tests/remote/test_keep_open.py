@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from sshd import SSHServer
 
-from merklesync.errors import HostKeyError, UsageError
+from merklesync.errors import ConnectionFailed, HostKeyError, UsageError
 from merklesync.keep_open import Keeper
 from merklesync.transport.agent_call import AgentCall
 from merklesync.transport.relay import pack_request, socket_path
@@ -383,3 +383,75 @@ def test_a_second_watch_for_the_same_host_warns_and_goes_on(
         watch.communicate(timeout=30)
     assert watch.returncode == 0
     assert keeper.socket.exists()  # the first keeper's, untouched
+
+
+def test_a_refused_channel_keeps_the_connection_and_its_sessions(
+    server: SSHServer, keeper: Keeper, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A channel the server refuses (MaxSessions, say) declines that client
+    only: the connection, and whatever runs on it, stays."""
+    dst = f"{server.host}:{tmp_path / 'dst'}"
+    assert cli(server, "push", str(tree), dst).code == 0
+    connection = keeper._connection
+    assert connection is not None
+
+    def refuse(command: str, **kw: object) -> None:
+        raise ConnectionFailed("cannot run a command: administratively prohibited")
+
+    monkeypatch.setattr(keeper, "_standby", {})
+    monkeypatch.setattr(connection, "run", refuse)
+    r = cli(server, "diff", str(tree), dst)
+    assert r.code == 0, r.err  # declined: it connected by itself
+    assert keeper._connection is connection and connection.is_active()
+    monkeypatch.undo()
+    r = cli(server, "diff", str(tree), dst)
+    assert r.code == 0, r.err
+    assert keeper.sessions == 2  # the push, and this diff: through the same connection
+
+
+def test_error_output_before_the_first_bytes_does_not_hold_the_client(
+    server: SSHServer, keeper: Keeper, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent that writes on stderr but says nothing is declined after
+    AGENT_WAIT, before the client's own patience (15 s) runs out."""
+    dst = f"{server.host}:{tmp_path / 'dst'}"
+    assert cli(server, "push", str(tree), dst).code == 0
+    connection = keeper._connection
+    assert connection is not None
+    real_run = connection.run
+    monkeypatch.setattr(keeper, "_standby", {})
+    monkeypatch.setattr(
+        connection, "run", lambda command, **kw: real_run("echo a warning >&2; sleep 30", **kw)
+    )
+    started = time.monotonic()
+    r = cli(server, "diff", str(tree), dst)
+    assert r.code == 0, r.err
+    assert time.monotonic() - started < 14  # declined by the keeper, not timed out by the client
+    assert keeper.sessions == 1
+
+
+def test_a_relayed_agent_that_fails_leaves_its_last_words(
+    server: SSHServer, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    warnings: list[str] = []
+    kept = Keeper(
+        None, server.host, None, server.remote_cmd, str(tmp_path / "dst"), warn=warnings.append
+    )
+    kept.start()
+    try:
+        dst = f"{server.host}:{tmp_path / 'dst'}"
+        assert cli(server, "push", str(tree), dst).code == 0
+        connection = kept._connection
+        assert connection is not None
+        real_run = connection.run
+        monkeypatch.setattr(kept, "_standby", {})
+        monkeypatch.setattr(
+            connection,
+            "run",
+            lambda command, **kw: real_run("printf x; echo boom >&2; exit 3", **kw),
+        )
+        r = cli(server, "diff", str(tree), dst)
+        assert r.code != 0 and "Traceback" not in r.err
+    finally:
+        kept.stop()
+    assert any("agent failed: boom" in w for w in warnings), warnings
