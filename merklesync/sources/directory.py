@@ -94,6 +94,7 @@ class _Listing:
     stats: list[os.stat_result | OSError] = field(default_factory=list)
     keys: list[bytes] = field(default_factory=list)
     has_ignore_file: bool = False
+    _positions: dict[str, int] | None = None  # name -> index, made when first needed
 
     @classmethod
     def read(cls, dir_fd: int) -> _Listing:
@@ -129,10 +130,10 @@ class _Listing:
 
     def identity(self, name: str) -> tuple[int, int] | None:
         """(device, inode) of a name as listed (None: not listed, or no stat)."""
-        try:
-            st = self.stats[self.names.index(name)]
-        except ValueError:
-            return None
+        if self._positions is None:  # once per listing: a directory may hold many
+            self._positions = {n: i for i, n in enumerate(self.names)}
+        i = self._positions.get(name)
+        st = self.stats[i] if i is not None else None
         return (st.st_dev, st.st_ino) if isinstance(st, os.stat_result) else None
 
     def sum(self, rules: bytes) -> bytes | None:
@@ -195,11 +196,13 @@ class DirectorySource:
 
     # -- scanning --------------------------------------------------------
 
-    def hash_file(self, rel: str) -> tuple[bytes, os.stat_result]:
-        """blake3 of a file, read without following links; retried while
-        the file keeps changing under us."""
+    def hash_file(self, rel: str, dir_fd: int | None = None) -> tuple[bytes, os.stat_result]:
+        """blake3 of a file, read without following links (``dir_fd``: its
+        directory, open: the file is found there, not by its whole path);
+        retried while the file keeps changing under us."""
+        where = self.abs(rel) if dir_fd is None else rel.rpartition("/")[2]
         for _ in range(HASH_RETRIES):
-            fd = os.open(self.abs(rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(where, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
             try:
                 before = os.fstat(fd)
                 digest, after = hash_open_file(fd, before.st_size)
@@ -291,27 +294,52 @@ class DirectorySource:
         # last component is not followed at all (O_NOFOLLOW).
         dir_fd = -1
         try:
-            dir_fd = os.open(self.abs(directory), _DIR_FLAGS)
-            if identity is not None:
-                st = os.fstat(dir_fd)
-                if (st.st_dev, st.st_ino) != identity:
-                    report.warnings.append(
-                        f"{directory}: replaced during the scan; looked at again next time"
-                    )
+            try:
+                dir_fd = self._open_dir(directory, identity is None)
+                if identity is not None:
+                    st = os.fstat(dir_fd)
+                    if (st.st_dev, st.st_ino) != identity:
+                        report.warnings.append(
+                            f"{directory}: replaced during the scan; looked at again next time"
+                        )
+                        scan.relist.add(directory)
+                        return []  # keep what we knew
+                listing = _Listing.read(dir_fd)
+            except (FileNotFoundError, NotADirectoryError):
+                listing = _Listing()
+            except OSError as exc:
+                if exc.errno != errno.ELOOP:
+                    report.warnings.append(f"{directory or '.'}: cannot list: {exc.strerror}")
                     scan.relist.add(directory)
-                    return []  # keep what we knew
-            listing = _Listing.read(dir_fd)
-        except (FileNotFoundError, NotADirectoryError):
-            listing = _Listing()
-        except OSError as exc:
-            if exc.errno != errno.ELOOP:
-                report.warnings.append(f"{directory or '.'}: cannot list: {exc.strerror}")
-                scan.relist.add(directory)
-                return []  # keep what we knew: unreadable is not deleted
-            listing = _Listing()  # now a symlink: the directory is gone
+                    return []  # keep what we knew: unreadable is not deleted
+                listing = _Listing()  # it, or a parent, is now a symlink: it is gone
+            return self._scan_open(directory, listing, scan, dir_fd)
         finally:
             if dir_fd >= 0:
                 os.close(dir_fd)
+
+    def _open_dir(self, directory: str, walk: bool) -> int:
+        """Open a directory of the replica. ``walk``: one component at a
+        time from the root, none followed if it is a link (for a directory
+        named by a watcher, which no parent's listing vouches for)."""
+        if not walk or not directory:
+            return os.open(self.abs(directory), _DIR_FLAGS)
+        fd = os.open(self._root, _DIR_FLAGS)
+        try:
+            for part in directory.split("/"):
+                below = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = below
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _scan_open(
+        self, directory: str, listing: _Listing, scan: _Scan, dir_fd: int
+    ) -> list[_Subdir]:
+        """The rest of _scan_directory, with the directory listed (and open
+        as ``dir_fd``, or -1 when it is gone)."""
         ignored = self.ignore.for_directory(directory, has_file=listing.has_ignore_file)
         if scan.shortcuts:
             stored = scan.index.dir_sum(directory)
@@ -322,7 +350,7 @@ class DirectorySource:
                     self._count(scan, scanned)
                     prefix = f"{directory}/" if directory else ""
                     return [(prefix + name, listing.identity(name)) for name in names]
-        return self._scan_listing(directory, listing, ignored, scan)
+        return self._scan_listing(directory, listing, ignored, scan, dir_fd)
 
     @staticmethod
     def _count(scan: _Scan, scanned: int) -> None:
@@ -338,6 +366,7 @@ class DirectorySource:
         listing: _Listing,
         ignored: Callable[[str, bool], bool] | None,
         scan: _Scan,
+        dir_fd: int,
     ) -> list[_Subdir]:
         index, report = scan.index, scan.report
         known = index.stat_cache(directory)  # left in it at the end: gone
@@ -402,6 +431,7 @@ class DirectorySource:
                 scan.racy_after,
                 report,
                 indexed=cached != _ABSENT,
+                dir_fd=dir_fd,
             )
             if len(report.warnings) > before:  # not read this time: look again next time
                 scan.relist.add(directory)
@@ -451,17 +481,22 @@ class DirectorySource:
         racy_after: int,
         report: ScanReport,
         indexed: bool = True,
+        dir_fd: int = -1,
     ) -> None:
         """Read one new or changed entry into the index (``indexed``: the
-        index may hold a row for it; False spares the look-up)."""
+        index may hold a row for it; False spares the look-up; ``dir_fd``:
+        its directory, open, where it is read from)."""
         cached = index.get(rel) if indexed else None
         digest, target = b"", ""
         try:
             if kind is EntryKind.FILE:
-                digest, st = self.hash_file(rel)
+                digest, st = self.hash_file(rel, dir_fd if dir_fd >= 0 else None)
                 report.hashed += 1
             elif kind is EntryKind.LINK:
-                target = os.readlink(self.abs(rel))
+                if dir_fd >= 0:
+                    target = os.readlink(rel.rpartition("/")[2], dir_fd=dir_fd)
+                else:
+                    target = os.readlink(self.abs(rel))
                 if not _storable(target):
                     report.warnings.append(
                         f"{rel}: link target is not UTF-8 text, or holds a NUL; skipped"

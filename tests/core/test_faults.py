@@ -136,7 +136,8 @@ def test_unreadable_file_is_skipped_and_the_rest_finishes(
     real_open = os.open
 
     def deny(path, flags, *args, **kwargs):  # type: ignore[no-untyped-def]
-        if os.fspath(path) == os.fspath(victim):
+        relative = kwargs.get("dir_fd") is not None and os.fspath(path) == victim.name
+        if os.fspath(path) == os.fspath(victim) or relative:
             raise PermissionError(errno.EACCES, "Permission denied")
         return real_open(path, flags, *args, **kwargs)
 

@@ -239,6 +239,30 @@ def test_a_stale_answer_never_lists_through_a_symlink(
     assert not {p for p in live(tree) if p.startswith(sub.name + "/")}
 
 
+@pytest.mark.parametrize("how", ["shallow", "deep"])
+def test_a_stale_answer_never_lists_below_a_parent_turned_symlink(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """The watcher names a directory whose parent is a symlink by now: the
+    scan must not index what is below the link's target either."""
+    elsewhere = tmp_path / "elsewhere"
+    child = next(p for p in sorted(tree.rglob("*")) if p.is_dir() and p.parent != tree)
+    parent = child.parent
+    (elsewhere / child.name).mkdir(parents=True)
+    (elsewhere / child.name / "secret.txt").write_text("outside the replica")
+    scan(tree)
+    shutil.rmtree(parent)
+    os.symlink(elsewhere, parent)
+    rel = child.relative_to(tree).as_posix()
+    answer = Changes("t.1", everything=False, **{how: (rel,)})  # type: ignore[arg-type]
+    monkeypatch.setattr(journal, "ask", lambda root, token: answer)
+    scan(tree)
+    assert f"{rel}/secret.txt" not in live(tree)
+    monkeypatch.undo()
+    scan(tree)
+    assert not {p for p in live(tree) if p.startswith(parent.relative_to(tree).as_posix() + "/")}
+
+
 def live(root: Path) -> set[str]:
     with Replica.open(root) as replica:
         return {e.path for e in replica.index.iter_entries(live_only=True)}
@@ -412,10 +436,12 @@ def test_an_unreadable_file_is_looked_at_again(
     victim.write_bytes(b"new")
     real = DirectorySource.hash_file
 
-    def failing(self: DirectorySource, path: str) -> tuple[bytes, os.stat_result]:
+    def failing(
+        self: DirectorySource, path: str, dir_fd: int | None = None
+    ) -> tuple[bytes, os.stat_result]:
         if path == rel:
             raise OSError(5, "Input/output error")
-        return real(self, path)
+        return real(self, path, dir_fd)
 
     monkeypatch.setattr(DirectorySource, "hash_file", failing)
     report = scan(tree)
