@@ -50,12 +50,14 @@ def check_not_stale(replica: Replica, other: str, now: int | None = None) -> Non
         )
 
 
-def collect(replica: Replica, *, now: int | None = None, dry_run: bool = False) -> list[str]:
+def collect(
+    replica: Replica, *, now: int | None = None, dry_run: bool = False, days: int | None = None
+) -> list[str]:
     """Drop the tombstones every known replica has seen, or that are older
-    than the retention; returns their paths."""
+    than the retention (``days``, default the replica's); returns their paths."""
     now = time.time_ns() if now is None else now
     index = replica.index
-    horizon = now - retention_days(replica) * DAY_NS
+    horizon = now - (retention_days(replica) if days is None else days) * DAY_NS
     peers = index.peers()
     known = set(peers) | index.writers()
     known.discard(replica.replica_id)

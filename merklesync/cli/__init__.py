@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 
 def main() -> None:
-    from merklesync.cli.app import main as run
+    try:
+        from merklesync.cli.app import main as run
 
-    run()
+        run()
+    except KeyboardInterrupt:  # before a command's own handler is in place
+        sys.stderr.write("merklesync: interrupted\n")
+        sys.exit(130)

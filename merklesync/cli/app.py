@@ -4,6 +4,7 @@ command runs (or its help is asked for), so a run loads only what it uses."""
 from __future__ import annotations
 
 import importlib
+import sys
 
 import click
 
@@ -48,4 +49,11 @@ def cli() -> None:
 
 
 def main() -> None:
-    cli(prog_name="merklesync")
+    try:
+        cli(prog_name="merklesync", standalone_mode=False)
+    except click.exceptions.Abort:  # click's word for Ctrl-C (or EOF at a prompt)
+        sys.stderr.write("merklesync: interrupted\n")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)

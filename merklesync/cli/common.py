@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import click
@@ -20,6 +21,17 @@ P = ParamSpec("P")
 R = TypeVar("R")
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: A replica on this machine, named by a directory that exists (the replica
+#: around it is found as git finds a repository).
+LOCAL_REPLICA = click.Path(file_okay=False, exists=True, path_type=Path)
+
+
+def plural(n: int, word: str) -> str:
+    """``1 entry``, ``2 entries``, ``0 tombstones``."""
+    if n == 1:
+        return f"1 {word}"
+    return f"{n} {word[:-1]}ies" if word.endswith("y") else f"{n} {word}s"
+
 
 class Output:
     """Where a command's words go: stdout for results, stderr for the rest."""
@@ -30,7 +42,8 @@ class Output:
         self.verbose = verbose
 
     def line(self, text: str) -> None:
-        if not self.json:
+        """A result line (stdout); none under --quiet or --json."""
+        if not self.json and not self.quiet:
             click.echo(text)
 
     def info(self, text: str) -> None:

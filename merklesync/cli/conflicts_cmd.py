@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from merklesync.cli.common import Output, handle_errors, output_options
+from merklesync.cli.common import LOCAL_REPLICA, Output, handle_errors, output_options
 from merklesync.conflicts import Take, list_conflicts, over_cap, resolve
 from merklesync.errors import EXIT_DIFFERENT, EXIT_OK
 from merklesync.replica import Replica, find_root
@@ -19,7 +19,7 @@ def _open(replica: Path | None) -> Replica:
 
 
 @click.command()
-@click.argument("replica", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.argument("replica", required=False, type=LOCAL_REPLICA)
 @output_options
 @handle_errors
 def conflicts(replica: Path | None, quiet: bool, as_json: bool) -> None:
@@ -77,6 +77,8 @@ def resolve_cmd(
     out = Output(quiet, as_json)
     if not paths and not everything:
         raise click.UsageError("name the conflicted PATHS, or use --all")
+    if paths and everything:
+        raise click.UsageError("name the conflicted PATHS or use --all, not both")
     with _open(None) as r:
         if everything:
             r.scan()

@@ -7,12 +7,12 @@ from pathlib import Path
 import click
 
 from merklesync import retention
-from merklesync.cli.common import Output, handle_errors, output_options
+from merklesync.cli.common import LOCAL_REPLICA, Output, handle_errors, output_options, plural
 from merklesync.replica import Replica, find_root
 
 
 @click.command()
-@click.argument("replica", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.argument("replica", required=False, type=LOCAL_REPLICA)
 @click.option(
     "--retention-days",
     type=click.IntRange(min=1),
@@ -30,12 +30,12 @@ def gc(
     than the retention. sync, push and pull also do this once a day."""
     out = Output(quiet, as_json)
     with Replica.open(find_root(replica or Path.cwd())) as r:
-        if retention_days is not None:
+        if retention_days is not None and not dry_run:
             retention.set_retention_days(r, retention_days)
-        dropped = retention.collect(r, dry_run=dry_run)
-        days = retention.retention_days(r)
+        days = retention.retention_days(r) if retention_days is None else retention_days
+        dropped = retention.collect(r, dry_run=dry_run, days=days)
     for path in dropped if dry_run else []:
         out.line(f"D {path}")
     verb = "would collect" if dry_run else "collected"
-    out.line(f"{verb} {len(dropped)} tombstones (retention {days} days)")
+    out.line(f"{verb} {plural(len(dropped), 'tombstone')} (retention {days} days)")
     out.emit_json({"collected": dropped, "dry_run": dry_run, "retention_days": days})

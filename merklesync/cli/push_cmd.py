@@ -16,6 +16,7 @@ from merklesync.cli.common import (
     exclude_option,
     handle_errors,
     output_options,
+    plural,
     print_stats,
     remote_options,
     stats_option,
@@ -121,7 +122,7 @@ def report(
     applied = result.applied()
     verb = "would copy" if dry_run else "copied"
     count = sum(1 for c in result.changes if c.path not in left_paths) if dry_run else len(applied)
-    out.info(f"{verb} {count} entries from {src} to {dst}; {len(left)} left alone")
+    out.info(f"{verb} {plural(count, 'entry')} from {src} to {dst}; {len(left)} left alone")
     if stats:
         print_stats(out, totals)
     out.emit_json(

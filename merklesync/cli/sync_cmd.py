@@ -15,6 +15,7 @@ from merklesync.cli.common import (
     exclude_option,
     handle_errors,
     output_options,
+    plural,
     print_stats,
     remote_options,
     stats_option,
@@ -85,6 +86,8 @@ def sync(
     (unless the policy is lww, local or remote), and the event is listed."""
     if len(replicas) > 2:
         raise click.UsageError("sync takes at most two replicas: [A] B")
+    if on_conflict == Policy.MERGE_CMD.value and not merge_cmd:
+        raise click.UsageError("--on-conflict merge-cmd needs --merge-cmd CMD")
     a_spec, b_spec = (None, replicas[0]) if len(replicas) == 1 else replicas
     out = Output(quiet, as_json, verbose)
     pair = opened_pair(
@@ -135,7 +138,7 @@ def sync(
     out.info(
         f"{'would sync' if dry_run else 'synced'} {a.name} and {b.name}: "
         f"{kinds['a->b'] + kinds['b->a']} copied, "
-        f"{kinds['conflict'] + kinds['modify-delete']} conflicts settled, "
+        f"{plural(kinds['conflict'] + kinds['modify-delete'], 'conflict')} settled, "
         f"{len(failures) + len(result.unresolved)} left alone"
     )
     if stats:

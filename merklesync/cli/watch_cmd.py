@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shlex
 import signal
 import subprocess
@@ -13,14 +14,14 @@ from types import FrameType
 
 import click
 
-from merklesync.cli.common import Output, handle_errors, remote_options
+from merklesync.cli.common import LOCAL_REPLICA, Output, handle_errors, remote_options
 from merklesync.errors import UsageError
-from merklesync.peer.open import RemoteOptions, resolve, split_command
+from merklesync.peer.open import RSH_ENV, RemoteOptions, resolve, split_command
 from merklesync.replica import find_root
 
 
 @click.command()
-@click.argument("replica", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.argument("replica", required=False, type=LOCAL_REPLICA)
 @click.option(
     "--run",
     "command",
@@ -81,8 +82,10 @@ def watch(
     out = Output(quiet)
     argv = split_command(command, "--run") if command else None
     root = find_root(replica or Path.cwd())
-    if keep_open and remote.rsh:
-        raise UsageError("--keep-open holds connections of the built-in SSH client, not --rsh")
+    if keep_open and (remote.rsh or (remote.rsh is None and os.environ.get(RSH_ENV))):
+        raise UsageError(
+            f"--keep-open holds connections of the built-in SSH client, not --rsh or ${RSH_ENV}"
+        )
 
     def run_command() -> None:
         assert argv is not None

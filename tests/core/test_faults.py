@@ -456,3 +456,20 @@ def test_a_link_whose_target_is_not_utf8_is_skipped_with_a_warning(tmp_path: Pat
     r = ms("push", a, b)
     assert r.code == 1 and "badtarget: link target is not UTF-8" in r.err, r.err
     assert (b / "f").read_text() == "1" and not os.path.lexists(b / "badtarget")
+
+
+def test_ctrl_c_before_a_command_runs_exits_130(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from merklesync import cli
+    from merklesync.cli import app
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(app.LazyGroup, "get_command", interrupted)
+    monkeypatch.setattr(sys, "argv", ["merklesync", "status"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 130
+    assert "interrupted" in capsys.readouterr().err

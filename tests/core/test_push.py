@@ -331,3 +331,24 @@ def test_a_link_changed_again_within_seconds_is_updated(tmp_path: Path) -> None:
     (a / "l").symlink_to("t3")
     r = ms("push", a, b)
     assert r.code == 1 and os.readlink(b / "l") == "mine"
+
+
+def test_quiet_prints_nothing_but_the_exit_code_says(src: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "dst"
+    assert ms("push", "-q", "-n", src, dst).out == ""
+    assert ms("push", "-q", src, dst).code == 0
+    write(src / "new.txt", "n")
+    for args, code in [(("status", "-q", src), 0), (("diff", "-q", src, dst), 1)]:
+        r = ms(*args)
+        assert (r.code, r.out, r.err) == (code, "", ""), args
+    assert ms("gc", "-q", src).out == ""
+
+
+def test_conflicting_options_are_usage_errors(src: Path, tmp_path: Path) -> None:
+    r = ms("sync", src, tmp_path / "b", "--on-conflict", "merge-cmd")
+    assert r.code == 2 and "needs --merge-cmd" in r.err
+    assert not (tmp_path / "b").exists()
+    r = ms("resolve", "--all", "x", "--take", "local")
+    assert r.code == 2 and "not both" in r.err
+    r = ms("gc", tmp_path / "no-such-dir")
+    assert r.code == 2 and "does not exist" in r.err

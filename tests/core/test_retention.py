@@ -89,8 +89,16 @@ def test_gc_command_sets_the_retention_and_collects(tmp_path: Path) -> None:
     r = ms("gc", a, "--retention-days", "30", "--dry-run", "--json")
     assert r.code == 0
     assert r.json() == {"collected": ["gone.txt"], "dry_run": True, "retention_days": 30}
-    assert ms("gc", a).lines() == ["collected 1 tombstones (retention 30 days)"]
+    assert _tombstones(a) == ["gone.txt"]  # a dry run changes nothing, the setting neither
+    assert ms("gc", a, "-n").lines() == [
+        "D gone.txt",
+        "would collect 1 tombstone (retention 90 days)",
+    ]
+    assert ms("gc", a, "--retention-days", "30").lines() == [
+        "collected 1 tombstone (retention 30 days)"
+    ]
     assert _tombstones(a) == []
+    assert ms("gc", a).lines() == ["collected 0 tombstones (retention 30 days)"]
 
 
 def test_tombstone_passed_on_is_kept_until_every_peer_had_it(tmp_path: Path) -> None:

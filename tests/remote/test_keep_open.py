@@ -260,16 +260,20 @@ def test_watch_keep_open_from_the_command_line(
     ("extra", "code", "words"),
     [
         (["--rsh", "ssh"], 2, "not --rsh"),
+        (["MERKLESYNC_RSH=ssh"], 2, "not --rsh or $MERKLESYNC_RSH"),
         (["--keep-open", "relative/local/path"], 2, "needs a remote replica"),
     ],
 )
 def test_watch_keep_open_usage_errors(
     server: SSHServer, tree: Path, extra: list[str], code: int, words: str
 ) -> None:
-    argv = ["watch", str(tree), *extra]
-    if "--keep-open" not in extra:
+    env = dict(server.env)
+    env.update(e.split("=", 1) for e in extra if "=" in e)  # type: ignore[arg-type]
+    options = [e for e in extra if "=" not in e]
+    argv = ["watch", str(tree), *options]
+    if "--keep-open" not in options:
         argv += ["--keep-open", f"{server.host}:/tmp/x"]
-    r = cli(server, *argv)
+    r = run_cli(argv, env)
     assert r.code == code, r.err
     assert words in r.err and r.err.count("\n") == 1
 
