@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import blake3
 import msgpack
@@ -29,6 +30,7 @@ from merklesync.ignore import IGNORE_FILE, STATE_DIR, TEMP_PREFIX, IgnoreRules
 from merklesync.index import TOMBSTONE, Cached, Index
 from merklesync.model import Entry, EntryKind, Outcome, ScanReport, WriteItem, leaf_of
 from merklesync.protocol.paths import check_relpath
+from merklesync.sources.dir_fds import DirFds, NotADirectory
 from merklesync.sources.no_replace import rename_noreplace
 
 CHUNK = 1 << 20
@@ -186,9 +188,8 @@ class DirectorySource:
         self.ignore = ignore
         self._final_modes: dict[str, int] = {}  # see _put_dir
         self._root = str(root)
-        # Parent directories verified (real directories, no symlink) in this
-        # batch of writes; anything removed is forgotten at once.
-        self._checked_dirs: set[str] = set()
+        # The directories this batch of writes goes into, held open.
+        self._dirs = DirFds(self._root)
 
     def abs(self, rel: str) -> str:
         """The path of a (validated, relative) entry path on this machine."""
@@ -600,26 +601,33 @@ class DirectorySource:
         current = cached.entry if cached is not None else None
         if leaf_of(current) != item.expect:
             return Outcome(rel, False, "changed on the destination since the comparison")
-        try:
-            on_disk = self._verify_unchanged(rel, cached, entry)
-        except _Refused as refusal:
-            _drain(item)
-            return Outcome(rel, False, str(refusal))
         placed = None  # the stat of what was written, where known
+        spot: _Spot | None = None
         try:
-            if not entry.deleted:  # nothing to create for a tombstone
-                self._make_parents(rel)
-            if entry.deleted:
-                self._remove(rel, on_disk)
-            elif entry.kind is EntryKind.DIR:
-                self._put_dir(rel, entry, on_disk)
-            elif entry.kind is EntryKind.LINK:
-                self._put_link(rel, entry, on_disk)
+            try:
+                spot = self._spot(rel, create=not entry.deleted)
+            except (FileNotFoundError, NotADirectory):
+                if not entry.deleted:
+                    raise
+                # A tombstone whose parent is gone, or is no directory now:
+                # nothing to remove, if the index agrees.
+                if cached is not None and not cached.entry.deleted:
+                    raise _Refused("deleted on the destination since the scan") from None
+            if spot is None:
+                pass
+            elif entry.deleted:
+                self._remove(spot, self._verify_unchanged(spot, cached, entry))
             else:
-                placed = self._put_file(rel, entry, on_disk, item.data, current)
-        except _Refused as refusal:
+                on_disk = self._verify_unchanged(spot, cached, entry)
+                if entry.kind is EntryKind.DIR:
+                    self._put_dir(spot, entry, on_disk)
+                elif entry.kind is EntryKind.LINK:
+                    self._put_link(spot, entry, on_disk)
+                else:
+                    placed = self._put_file(spot, entry, on_disk, item.data, current)
+        except (_Refused, NotADirectory) as refusal:
             _drain(item)
-            return Outcome(rel, False, str(refusal))
+            return Outcome(rel, False, refusal.message)
         except OSError as exc:
             _drain(item)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
@@ -628,15 +636,28 @@ class DirectorySource:
         clock.observe(entry.stamp)
         stat = None
         if not entry.deleted:
-            st = placed or os.lstat(self.abs(rel))
+            assert spot is not None
+            st = placed or os.stat(spot.name, dir_fd=spot.fd, follow_symlinks=False)
             stat = None if st.st_mtime_ns >= time.time_ns() - RACY_NS else stat_key(st)
             if entry.kind is EntryKind.FILE and entry.mtime_ns != st.st_mtime_ns:
                 entry = dataclasses.replace(entry, mtime_ns=st.st_mtime_ns)
         index.put(entry, stat, current)
         return Outcome(rel, True)
 
+    def _spot(self, rel: str, *, create: bool) -> _Spot:
+        """Where ``rel`` is written: its parent, open (``create``: made if
+        missing), and its name in it."""
+        parent, _, name = rel.rpartition("/")
+        return _Spot(rel, self._dirs.get(parent, create=create), name)
+
+    def _lstat(self, spot: _Spot) -> os.stat_result | None:
+        try:
+            return os.stat(spot.name, dir_fd=spot.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
     def _verify_unchanged(
-        self, rel: str, cached: Cached | None, entry: Entry
+        self, spot: _Spot, cached: Cached | None, entry: Entry
     ) -> os.stat_result | None:
         """The destination must hold exactly what its index says (an
         unindexed directory may be adopted: it holds no content itself).
@@ -645,10 +666,7 @@ class DirectorySource:
         known = cached is not None and not cached.entry.deleted
         if not known and entry.kind is EntryKind.FILE and not entry.deleted:
             return None
-        try:
-            st = os.lstat(self.abs(rel))
-        except (FileNotFoundError, NotADirectoryError):
-            st = None
+        st = self._lstat(spot)
         if st is None:
             if known:
                 raise _Refused("deleted on the destination since the scan")
@@ -662,7 +680,7 @@ class DirectorySource:
             return st
         if cached.entry.kind is EntryKind.FILE and kind_of(st.st_mode) is EntryKind.FILE:
             try:
-                digest, st2 = self.hash_file(rel)
+                digest, st2 = self.hash_file(spot.rel, spot.fd)
             except (OSError, FileChanged):
                 raise _Refused("changed on the destination since the scan") from None
             if digest == cached.entry.digest and st_mod.S_IMODE(st2.st_mode) == cached.entry.mode:
@@ -672,94 +690,72 @@ class DirectorySource:
         elif cached.entry.kind is EntryKind.LINK and kind_of(st.st_mode) is EntryKind.LINK:
             # A racy link (written within the last seconds): its target says.
             try:
-                target = os.readlink(self.abs(rel))
+                target = os.readlink(spot.name, dir_fd=spot.fd)
             except OSError:
                 raise _Refused("changed on the destination since the scan") from None
             if link_digest(target) == cached.entry.digest:
                 return st
         raise _Refused("changed on the destination since the scan")
 
-    def _make_parents(self, rel: str) -> None:
-        """Create missing parent directories; never go through a symlink."""
-        parent = rel.rpartition("/")[0]
-        if not parent or parent in self._checked_dirs:
-            return
-        checked = ""
-        for part in parent.split("/"):
-            checked = f"{checked}/{part}" if checked else part
-            if checked in self._checked_dirs:
-                continue
-            current = self.abs(checked)
-            try:
-                st = os.lstat(current)
-            except FileNotFoundError:
-                os.mkdir(current, 0o755)
-            else:
-                if not st_mod.S_ISDIR(st.st_mode):
-                    raise _Refused(f"parent {current} is not a directory")
-            self._checked_dirs.add(checked)
-
     def end_batch(self) -> None:
-        """Forget the verified parents: the next batch checks them again."""
-        self._checked_dirs.clear()
+        """Close the directories of this batch: the next one walks to them again."""
+        self._dirs.close()
 
-    def _remove(self, rel: str, on_disk: os.stat_result | None) -> None:
-        self._checked_dirs.discard(rel)  # whatever replaces it is checked again
+    def _remove(self, spot: _Spot, on_disk: os.stat_result | None) -> None:
         if on_disk is None:
             return
-        path = self.abs(rel)
         if st_mod.S_ISDIR(on_disk.st_mode):
+            self._dirs.forget(spot.rel)
             try:
-                os.rmdir(path)
+                os.rmdir(spot.name, dir_fd=spot.fd)
             except OSError as exc:
                 if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
                     raise _Refused("directory is not empty on the destination") from None
                 raise
         else:
-            self._recheck(rel, on_disk)  # not edited since it was verified
-            os.unlink(path)
+            self._recheck(spot, on_disk)  # not edited since it was verified
+            os.unlink(spot.name, dir_fd=spot.fd)
 
-    def _clear_other_kind(self, rel: str, on_disk: os.stat_result | None, kind: EntryKind) -> None:
-        if on_disk is not None and kind_of(on_disk.st_mode) is not kind:
-            self._remove(rel, on_disk)
-
-    def _put_dir(self, rel: str, entry: Entry, on_disk: os.stat_result | None) -> None:
-        path = self.abs(rel)
-        self._clear_other_kind(rel, on_disk, EntryKind.DIR)
+    def _put_dir(self, spot: _Spot, entry: Entry, on_disk: os.stat_result | None) -> None:
+        if on_disk is not None and kind_of(on_disk.st_mode) is not EntryKind.DIR:
+            self._remove(spot, on_disk)
         if on_disk is None or kind_of(on_disk.st_mode) is not EntryKind.DIR:
-            os.mkdir(path, 0o700)
+            os.mkdir(spot.name, 0o700, dir_fd=spot.fd)
         if entry.mode & 0o700 != 0o700:
             # A read-only directory gets its mode once its contents are in
             # (as rsync does): until finish(), its owner may write in it.
-            self._final_modes[rel] = entry.mode
-            os.chmod(path, entry.mode | 0o700, follow_symlinks=False)
+            self._final_modes[spot.rel] = entry.mode
+            _chmod(spot, entry.mode | 0o700)
         else:
-            self._final_modes.pop(rel, None)
-            os.chmod(path, entry.mode, follow_symlinks=False)
+            self._final_modes.pop(spot.rel, None)
+            _chmod(spot, entry.mode)
 
     def finish(self) -> None:
         """Give directories written read-only their mode, deepest first."""
-        for rel in sorted(self._final_modes, key=lambda r: r.count("/"), reverse=True):
-            with contextlib.suppress(OSError):  # removed meanwhile: nothing to do
-                os.chmod(self.abs(rel), self._final_modes[rel], follow_symlinks=False)
-        self._final_modes.clear()
+        try:
+            for rel in sorted(self._final_modes, key=lambda r: r.count("/"), reverse=True):
+                with contextlib.suppress(OSError, NotADirectory):  # removed meanwhile
+                    _chmod(self._spot(rel, create=False), self._final_modes[rel])
+        finally:
+            self._final_modes.clear()
+            self._dirs.close()
 
-    def _put_link(self, rel: str, entry: Entry, on_disk: os.stat_result | None) -> None:
+    def _put_link(self, spot: _Spot, entry: Entry, on_disk: os.stat_result | None) -> None:
         if link_digest(entry.target) != entry.digest:
             raise _Refused("link target does not match its digest")
-        tmp = self._temp_name(rel)
-        os.symlink(entry.target, tmp)
+        tmp = _temp_name(spot.name)
+        os.symlink(entry.target, tmp, dir_fd=spot.fd)
         try:
-            self._clear_dir_in_way(rel, on_disk)
-            self._recheck(rel, on_disk)
-            os.replace(tmp, self.abs(rel))
+            self._clear_dir_in_way(spot, on_disk)
+            self._recheck(spot, on_disk)
+            os.replace(tmp, spot.name, src_dir_fd=spot.fd, dst_dir_fd=spot.fd)
         except BaseException:
-            _unlink_quietly(tmp)
+            _unlink_quietly(tmp, spot.fd)
             raise
 
     def _put_file(
         self,
-        rel: str,
+        spot: _Spot,
         entry: Entry,
         on_disk: os.stat_result | None,
         data: Iterable[bytes] | None,
@@ -767,7 +763,6 @@ class DirectorySource:
     ) -> os.stat_result | None:
         """Write a file's content (None: the same bytes are there, only the
         mode and mtime change); returns its stat once placed, if known."""
-        path = self.abs(rel)
         if data is None:
             # Same bytes already there (a mode or version change).
             if (
@@ -777,12 +772,20 @@ class DirectorySource:
                 or current.digest != entry.digest
             ):
                 raise _Refused("content missing for a changed file")
-            os.chmod(path, entry.mode, follow_symlinks=False)
-            os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
+            _chmod(spot, entry.mode)
+            os.utime(
+                spot.name,
+                ns=(entry.mtime_ns, entry.mtime_ns),
+                dir_fd=spot.fd,
+                follow_symlinks=False,
+            )
             return None
-        tmp = self._temp_name(rel)
+        tmp = _temp_name(spot.name)
         fd = os.open(
-            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            tmp,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+            dir_fd=spot.fd,
         )
         try:
             try:
@@ -795,43 +798,39 @@ class DirectorySource:
                 os.fchmod(fd, entry.mode)
                 os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
                 if on_disk is None:
-                    self._place_new(tmp, rel)
+                    self._place_new(tmp, spot)
                 else:
-                    self._clear_dir_in_way(rel, on_disk)
-                    self._recheck(rel, on_disk)
-                    os.replace(tmp, path)
+                    self._clear_dir_in_way(spot, on_disk)
+                    self._recheck(spot, on_disk)
+                    os.replace(tmp, spot.name, src_dir_fd=spot.fd, dst_dir_fd=spot.fd)
                 # The file as placed (a rename changes its ctime), and not
                 # whatever may have replaced it since.
                 return os.fstat(fd)
             finally:
                 os.close(fd)
         except BaseException:
-            _unlink_quietly(tmp)
+            _unlink_quietly(tmp, spot.fd)
             raise
 
-    def _place_new(self, tmp: str, rel: str) -> None:
+    def _place_new(self, tmp: str, spot: _Spot) -> None:
         """Rename a temp file to where nothing was: refused if something is
         there now (an unscanned file, or one made during the transfer)."""
-        path = self.abs(rel)
         try:
-            if rename_noreplace(tmp, path):
+            if rename_noreplace(tmp, spot.name, spot.fd):
                 return
         except FileExistsError:
             raise _Refused(_IN_THE_WAY) from None
-        if os.path.lexists(path):  # no atomic way here: look, then rename
+        if self._lstat(spot) is not None:  # no atomic way here: look, then rename
             raise _Refused(_IN_THE_WAY)
-        os.replace(tmp, path)
+        os.replace(tmp, spot.name, src_dir_fd=spot.fd, dst_dir_fd=spot.fd)
 
-    def _clear_dir_in_way(self, rel: str, on_disk: os.stat_result | None) -> None:
+    def _clear_dir_in_way(self, spot: _Spot, on_disk: os.stat_result | None) -> None:
         if on_disk is not None and st_mod.S_ISDIR(on_disk.st_mode):
-            self._remove(rel, on_disk)
+            self._remove(spot, on_disk)
 
-    def _recheck(self, rel: str, on_disk: os.stat_result | None) -> None:
+    def _recheck(self, spot: _Spot, on_disk: os.stat_result | None) -> None:
         """Compare-and-swap: the destination is as we saw it just now."""
-        try:
-            st = os.lstat(self.abs(rel))
-        except FileNotFoundError:
-            st = None
+        st = self._lstat(spot)
         if on_disk is not None and st_mod.S_ISDIR(on_disk.st_mode):
             on_disk = None  # we removed it ourselves
         if (st is None) != (on_disk is None) or (
@@ -839,10 +838,21 @@ class DirectorySource:
         ):
             raise _Refused("changed on the destination during the transfer")
 
-    def _temp_name(self, rel: str) -> str:
-        head, _, name = rel.rpartition("/")
-        base = f"{TEMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}-{name[:80]}"
-        return self.abs(f"{head}/{base}" if head else base)
+
+class _Spot(NamedTuple):
+    """Where an entry is written: its path, its parent (open), its name there."""
+
+    rel: str
+    fd: int
+    name: str
+
+
+def _chmod(spot: _Spot, mode: int) -> None:
+    os.chmod(spot.name, mode, dir_fd=spot.fd, follow_symlinks=False)
+
+
+def _temp_name(name: str) -> str:
+    return f"{TEMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}-{name[:80]}"
 
 
 def _storable(text: str) -> bool:
@@ -922,9 +932,9 @@ def _abandoned(temp_name: str) -> bool:
     return False
 
 
-def _unlink_quietly(path: str) -> None:
+def _unlink_quietly(name: str, dir_fd: int) -> None:
     with contextlib.suppress(OSError):
-        os.unlink(path)
+        os.unlink(name, dir_fd=dir_fd)
 
 
 def write_all(fd: int, data: bytes) -> None:

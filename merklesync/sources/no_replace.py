@@ -35,14 +35,15 @@ def _renameat2() -> _Renameat2 | None:
     return result
 
 
-def rename_noreplace(src: str, dst: str) -> bool:
-    """Rename ``src`` to ``dst`` if nothing is at ``dst``; raise
+def rename_noreplace(src: str, dst: str, dir_fd: int = _AT_FDCWD) -> bool:
+    """Rename ``src`` to ``dst`` (both in the directory open as ``dir_fd``,
+    or relative to the working directory) if nothing is at ``dst``; raise
     :class:`FileExistsError` if something is. False: this system or file
     system cannot tell atomically, nothing was done."""
     func = _renameat2()
     if func is None:
         return False
-    if func(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+    if func(dir_fd, os.fsencode(src), dir_fd, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
         return True
     code = ctypes.get_errno()
     if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):

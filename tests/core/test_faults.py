@@ -113,10 +113,10 @@ def test_destination_changed_after_scan_is_not_overwritten(
     victim.write_text("new on the source")
     real = directory.DirectorySource._recheck
 
-    def edit_first(self: directory.DirectorySource, r: str, on_disk):  # type: ignore[no-untyped-def]
-        if r == rel.as_posix():
+    def edit_first(self: directory.DirectorySource, spot, on_disk):  # type: ignore[no-untyped-def]
+        if spot.rel == rel.as_posix():
             (dst / rel).write_text("a user edit that must survive")
-        return real(self, r, on_disk)
+        return real(self, spot, on_disk)
 
     monkeypatch.setattr(directory.DirectorySource, "_recheck", edit_first)
     r = ms("push", src, dst)
@@ -392,10 +392,12 @@ def test_a_file_made_on_the_destination_during_the_transfer_is_not_overwritten(
         assert no_replace._renameat2() is not None  # glibc 2.28+: the atomic way is tested
     real = directory.rename_noreplace
 
-    def intruder(tmp: str, path: str) -> bool:
-        if path.endswith("brand-new.txt"):
-            Path(path).write_text("made here meanwhile")
-        return real(tmp, path) if atomic else False  # False: as where renameat2 is missing
+    def intruder(tmp: str, name: str, dir_fd: int) -> bool:
+        if name == "brand-new.txt":
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=dir_fd)
+            os.write(fd, b"made here meanwhile")
+            os.close(fd)
+        return real(tmp, name, dir_fd) if atomic else False  # False: where renameat2 is missing
 
     monkeypatch.setattr(directory, "rename_noreplace", intruder)
     r = ms("push", src, dst)
@@ -473,3 +475,33 @@ def test_ctrl_c_before_a_command_runs_exits_130(
         cli.main()
     assert exit_info.value.code == 130
     assert "interrupted" in capsys.readouterr().err
+
+
+def test_a_parent_swapped_for_a_symlink_mid_push_leads_no_write_outside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parent is checked, then swapped for a symlink just before the
+    file is created in it: every write goes where the check looked."""
+    src, dst, outside = tmp_path / "src", tmp_path / "dst", tmp_path / "outside"
+    for i in range(5):
+        (src / "d").mkdir(parents=True, exist_ok=True)
+        (src / "d" / f"f{i}").write_text(f"file {i}")
+    ms("init", src)
+    ms("init", dst)
+    (dst / "d").mkdir()
+    outside.mkdir()
+    real = directory._temp_name
+    swapped: list[str] = []
+
+    def swap_first(name: str) -> str:
+        if not swapped:
+            os.rename(dst / "d", dst / "d-moved")
+            os.symlink(outside, dst / "d")
+            swapped.append(name)
+        return real(name)
+
+    monkeypatch.setattr(directory, "_temp_name", swap_first)
+    ms("push", src, dst)
+    monkeypatch.undo()
+    assert swapped and list(outside.iterdir()) == []
+    assert [p.name for p in (dst / "d-moved").iterdir()] == [swapped[0]]  # where it was checked

@@ -1,0 +1,74 @@
+"""Directories of a replica held open while writes go into them.
+
+Each is reached from the root one component at a time, never following a
+link (``O_NOFOLLOW``), and every write into it goes through its descriptor.
+So a parent swapped for a symlink after it was checked cannot lead a write
+out of the replica: the write lands in the directory the walk found. A few
+recent ones stay open (writes come in path order, a directory's together).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections import OrderedDict
+
+from merklesync.errors import MerklesyncError
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+KEEP_OPEN = 64
+
+
+class NotADirectory(MerklesyncError):
+    """A parent of a path is not a directory (a file, or a symlink)."""
+
+
+class DirFds:
+    def __init__(self, root: str, keep: int = KEEP_OPEN) -> None:
+        self.root = root
+        self.keep = keep
+        self._open: OrderedDict[str, int] = OrderedDict()  # relative path -> fd, oldest first
+
+    def get(self, directory: str, *, create: bool = False) -> int:
+        """A descriptor of the replica's ``directory`` ("" for the root);
+        ``create``: make what is missing (mode 0755). FileNotFoundError when
+        it is missing otherwise; NotADirectory when a component is not a
+        directory."""
+        fd = self._open.get(directory)
+        if fd is not None:
+            self._open.move_to_end(directory)
+            return fd
+        if not directory:
+            return self._keep("", os.open(self.root, DIR_FLAGS))
+        head, _, name = directory.rpartition("/")
+        parent = self.get(head, create=create)
+        try:
+            fd = os.open(name, DIR_FLAGS, dir_fd=parent)
+        except FileNotFoundError:
+            if not create:
+                raise
+            os.mkdir(name, 0o755, dir_fd=parent)
+            fd = os.open(name, DIR_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                where = os.path.join(self.root, directory)
+                raise NotADirectory(f"parent {where} is not a directory") from None
+            raise
+        return self._keep(directory, fd)
+
+    def _keep(self, directory: str, fd: int) -> int:
+        self._open[directory] = fd
+        while len(self._open) > self.keep:
+            _, old = self._open.popitem(last=False)
+            os.close(old)
+        return fd
+
+    def forget(self, directory: str) -> None:
+        """Close ``directory`` and what is below it (it was removed)."""
+        below = directory + "/"
+        for rel in [r for r in self._open if r == directory or r.startswith(below)]:
+            os.close(self._open.pop(rel))
+
+    def close(self) -> None:
+        while self._open:
+            os.close(self._open.popitem()[1])
