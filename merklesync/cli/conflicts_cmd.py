@@ -18,7 +18,7 @@ def _open(replica: Path | None) -> Replica:
     return Replica.open(find_root(replica or Path.cwd()))
 
 
-@click.command()
+@click.command(short_help="List the conflict copies of a replica.")
 @click.argument("replica", required=False, type=LOCAL_REPLICA)
 @output_options
 @handle_errors
@@ -55,7 +55,7 @@ def conflicts(replica: Path | None, quiet: bool, as_json: bool) -> None:
     sys.exit(EXIT_DIFFERENT if found else EXIT_OK)
 
 
-@click.command(name="resolve")
+@click.command(name="resolve", short_help="Settle conflicts: keep one side, both, or merge.")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option(
     "--take",

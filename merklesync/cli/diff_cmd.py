@@ -22,7 +22,7 @@ from merklesync.peer.open import RemoteOptions, combined_stats, opened_pair, ref
 from merklesync.reconcile import diff as diff_peers
 
 
-@click.command()
+@click.command(short_help="Show how two replicas differ.")
 @click.argument("a")
 @click.argument("b", required=False)
 @checksum_option

@@ -11,7 +11,7 @@ from merklesync.cli.common import LOCAL_REPLICA, Output, handle_errors, output_o
 from merklesync.replica import Replica, find_root
 
 
-@click.command()
+@click.command(short_help="Collect the tombstones every replica has seen.")
 @click.argument("replica", required=False, type=LOCAL_REPLICA)
 @click.option(
     "--retention-days",

@@ -11,7 +11,7 @@ from merklesync.errors import UsageError
 from merklesync.replica import Replica, is_replica
 
 
-@click.command()
+@click.command(short_help="Make a directory a replica (or rebuild its index).")
 @click.argument("directory", default=".", type=click.Path(file_okay=False, path_type=Path))
 @click.option(
     "--rebuild",

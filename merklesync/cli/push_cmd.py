@@ -149,7 +149,7 @@ def report(
     sys.exit(EXIT_DIFFERENT if left or warnings else EXIT_OK)
 
 
-@click.command()
+@click.command(short_help="Copy what SRC has newer into DST (fast-forward only).")
 @click.argument("replicas", nargs=-1, required=True, metavar="[SRC] DST")
 @transfer_options
 @handle_errors
@@ -169,7 +169,7 @@ def push(replicas: tuple[str, ...], **options: object) -> None:
     run_transfer(src, dst, **options)  # type: ignore[arg-type]
 
 
-@click.command()
+@click.command(short_help="Copy what SRC has newer into DST, here by default.")
 @click.argument("replicas", nargs=-1, required=True, metavar="SRC [DST]")
 @transfer_options
 @handle_errors

@@ -21,15 +21,18 @@ def _root(replica: Path | None) -> Path:
     return find_root(replica if replica is not None else Path.cwd())
 
 
-@click.group()
-def remote() -> None:
-    """Name other replicas, as git remote does.
+@click.group(invoke_without_command=True)
+@click.pass_context
+def remote(ctx: click.Context) -> None:
+    """Name other replicas, as git remote does; alone, list them.
 
     After `merklesync remote add origin host:notes`, `merklesync push origin`
     and `merklesync pull origin` work from inside this replica. Names are
     kept in .merklesync/config and are never synced. A name is looked up in the other replica of the
     command, then in the replica around the current directory; a local
     directory of the same name must then be written ./NAME."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(list_)
 
 
 @remote.command("add")

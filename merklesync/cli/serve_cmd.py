@@ -14,7 +14,7 @@ from merklesync.serve import Agent
 from merklesync.transport.agent_call import STANDBY_GO
 
 
-@click.command()
+@click.command(short_help="Serve the protocol for one replica (the remote agent).")
 @click.argument("root", type=click.Path(path_type=Path))
 @click.option(
     "--stdio",

@@ -17,7 +17,7 @@ from merklesync.model import Stats
 from merklesync.peer.open import RemoteOptions, closing, combined_stats, open_peer
 
 
-@click.command()
+@click.command(short_help="Scan a replica; show its root and what changed.")
 @click.argument("replica", required=False)
 @checksum_option
 @stats_option

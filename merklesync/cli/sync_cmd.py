@@ -34,7 +34,7 @@ from merklesync.policy import Policy, Rules, attributes_of, parse_attributes
 from merklesync.sync import sync as sync_peers
 
 
-@click.command()
+@click.command(short_help="Two-way sync; settle conflicts by policy.")
 @click.argument("replicas", nargs=-1, required=True, metavar="[A] B")
 @click.option(
     "--on-conflict",

@@ -20,7 +20,7 @@ from merklesync.peer.open import RSH_ENV, RemoteOptions, resolve, split_command
 from merklesync.replica import find_root
 
 
-@click.command()
+@click.command(short_help="Follow file events so scans look only where things changed.")
 @click.argument("replica", required=False, type=LOCAL_REPLICA)
 @click.option(
     "--run",
