@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from merklesync.clock import HybridClock
-from merklesync.errors import LocalIOError, MerklesyncError, NotAReplica, UsageError
+from merklesync.errors import (
+    CorruptIndex,
+    LocalIOError,
+    MerklesyncError,
+    NewerFormat,
+    NotAReplica,
+    UsageError,
+)
 from merklesync.ignore import STATE_DIR, IgnoreRules
 from merklesync.index import Index
 from merklesync.lock import ReplicaLock
@@ -141,6 +148,7 @@ class Replica:
         try:
             old = state / INDEX_FILE
             if old.exists():
+                _refuse_readable(old, root)
                 moved = state / f"{INDEX_FILE}.broken-{time.strftime('%Y%m%dT%H%M%S')}"
                 os.replace(old, moved)
                 for suffix in ("-wal", "-shm"):
@@ -203,6 +211,18 @@ class Replica:
             return
         with contextlib.suppress(Exception):  # the failure in flight says why
             self.close()
+
+
+def _refuse_readable(path: Path, root: Path) -> None:
+    """Rebuilding throws the versions away: only for an index that cannot be used."""
+    try:
+        Index.open(path).close()
+    except (CorruptIndex, NewerFormat):
+        return
+    raise UsageError(
+        f"the index of {root} is readable: rebuilding it would throw away its versions; "
+        "nothing done (--rebuild is for an index merklesync cannot read)"
+    )
 
 
 class ChildScan:

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import click
 
@@ -159,15 +159,14 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        as_json = bool(kwargs.get("as_json"))
         try:
             return func(*args, **kwargs)
         except MerklesyncError as exc:
-            click.echo(f"merklesync: error: {exc.message}", err=True)
-            sys.exit(exc.exit_code)
+            _fail(exc.message, exc.exit_code, as_json)
         except OSError as exc:  # a local file operation no layer below expected
             where = f"{exc.filename}: " if exc.filename else ""
-            click.echo(f"merklesync: error: {where}{exc.strerror or exc}", err=True)
-            sys.exit(EXIT_IO)
+            _fail(f"{where}{exc.strerror or exc}", EXIT_IO, as_json)
         except KeyboardInterrupt:
             click.echo("merklesync: interrupted", err=True)
             sys.exit(130)
@@ -175,6 +174,14 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
             sys.exit(EXIT_USAGE)
 
     return wrapper
+
+
+def _fail(message: str, code: int, as_json: bool) -> NoReturn:
+    """One line on stderr; with --json, the same as an object on stdout."""
+    click.echo(f"merklesync: error: {message}", err=True)
+    if as_json:
+        click.echo(json.dumps({"error": message, "exit_code": code}, sort_keys=True))
+    sys.exit(code)
 
 
 def print_stats(out: Output, stats: Stats) -> None:

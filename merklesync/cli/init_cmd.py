@@ -6,8 +6,7 @@ from pathlib import Path
 
 import click
 
-from merklesync.cli.common import Output, handle_errors, output_options
-from merklesync.errors import UsageError
+from merklesync.cli.common import Output, handle_errors, output_options, plural
 from merklesync.replica import Replica, is_replica
 
 
@@ -25,10 +24,9 @@ def init(directory: Path, rebuild: bool, quiet: bool, as_json: bool) -> None:
     """Make DIRECTORY a replica: create DIRECTORY/.merklesync/ and scan it."""
     out = Output(quiet, as_json)
     moved = None
+    existing = not rebuild and is_replica(directory)  # then init is a scan, as git init
     if rebuild:
         replica, moved = Replica.rebuild(directory)
-    elif is_replica(directory):
-        raise UsageError(f"{directory.resolve()} is already a replica (use --rebuild to rebuild)")
     else:
         replica = Replica.open(directory, create=True)
     with replica:
@@ -41,11 +39,11 @@ def init(directory: Path, rebuild: bool, quiet: bool, as_json: bool) -> None:
             out.warn(warning)
         if moved is not None:
             out.info(f"the old index was kept as {moved}")
-        if not quiet:
-            out.line(
-                f"Initialised replica {replica.replica_id} in {replica.root} "
-                f"({report.scanned} entries, root {root.hex()})"
-            )
+        verb = "Replica {} already in" if existing else "Initialised replica {} in"
+        out.line(
+            f"{verb.format(replica.replica_id)} {replica.root} "
+            f"({plural(count, 'entry')}, root {root.hex()})"
+        )
         out.emit_json(
             {
                 "root": replica.root.as_posix(),

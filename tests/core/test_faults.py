@@ -221,6 +221,19 @@ def test_damaged_facts_are_a_corrupt_index(pair: tuple[Path, Path], sql: str, de
         assert "Traceback" not in r.err and len(r.err.splitlines()) == 1
 
 
+def test_init_again_is_a_scan_and_rebuild_spares_a_readable_index(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    root.mkdir()
+    (root / "f").write_text("x")
+    first = ms("init", root, "--json").json()
+    again = ms("init", root, "--json")
+    assert again.code == 0 and again.json()["replica_id"] == first["replica_id"]
+    assert "already in" in ms("init", root).out
+    r = ms("init", "--rebuild", root)
+    assert r.code == 2 and "is readable" in r.err and "nothing done" in r.err
+    assert ms("init", root, "--json").json()["replica_id"] == first["replica_id"]
+
+
 def test_index_from_a_newer_format_is_refused(pair: tuple[Path, Path]) -> None:
     src, _ = pair
     conn = sqlite3.connect(src / ".merklesync" / "index.db")
@@ -299,6 +312,7 @@ def test_unexpected_os_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.M
     root = tmp_path / "r"
     root.mkdir()
     ms("init", root)
+    (root / ".merklesync" / "index.db").write_bytes(b"not a database" * 100)
 
     def broken(*args: object, **kwargs: object) -> None:
         raise PermissionError(errno.EACCES, "Permission denied", str(root / ".merklesync"))

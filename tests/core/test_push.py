@@ -245,6 +245,9 @@ def test_missing_source_is_a_clear_error(tmp_path: Path) -> None:
     r = ms("push", tmp_path / "nope", tmp_path / "dst")
     assert r.code == 5
     assert r.err.startswith("merklesync: error: no such directory")
+    r = ms("push", tmp_path / "nope", tmp_path / "dst", "--json")  # scripts get it on stdout too
+    assert r.code == 5
+    assert r.json() == {"error": f"no such directory: {tmp_path / 'nope'}", "exit_code": 5}
 
 
 def test_not_a_replica(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
