@@ -18,9 +18,11 @@ Contract shared by every transport:
 from __future__ import annotations
 
 import re
+import threading
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-__all__ = ["STDERR_LIMIT", "Transport", "error_line"]
+__all__ = ["STDERR_LIMIT", "StderrTail", "Transport", "command_missing", "error_line"]
 
 #: How much of the peer's stderr is kept (the last bytes win).
 STDERR_LIMIT = 64 * 1024
@@ -60,6 +62,37 @@ _MISSING_HINTS = re.compile(
     r"not found|no such file|no module named|cannot execute|permission denied|not recognized",
     re.IGNORECASE,
 )
+
+
+def command_missing(status: int, stderr_line: str) -> bool:
+    """Whether a command that ended before a word of the protocol failed to
+    start at all (the shell's 126/127, or its error line says so)."""
+    return status in (126, 127) or bool(_MISSING_HINTS.search(stderr_line))
+
+
+class StderrTail(threading.Thread):
+    """A peer command's error output, read as it comes (so the command never
+    blocks on it), keeping the last STDERR_LIMIT bytes."""
+
+    def __init__(self, read: Callable[[int], bytes], name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self._read = read
+        self._buf = bytearray()
+        self._lock = threading.Lock()
+        self.start()
+
+    def run(self) -> None:
+        try:
+            while chunk := self._read(1 << 16):
+                with self._lock:
+                    self._buf += chunk
+                    del self._buf[: max(0, len(self._buf) - STDERR_LIMIT)]
+        except Exception:  # the stream broke (an OSError, paramiko's): it has ended
+            return
+
+    def text(self) -> str:
+        with self._lock:
+            return self._buf.decode("utf-8", "replace")
 
 
 def error_line(stderr: str) -> str:

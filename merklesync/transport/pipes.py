@@ -8,46 +8,18 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import threading
 from collections.abc import Mapping
 from types import TracebackType
 from typing import NoReturn
 
 from merklesync.errors import ConnectionFailed, RemoteCommandMissing
-from merklesync.transport import STDERR_LIMIT, error_line
+from merklesync.transport import StderrTail, error_line
 
 __all__ = ["SubprocessTransport"]
 
 _READ_CHUNK = 1 << 16
 _EXIT_WAIT = 5.0
 _CLOSE_WAIT = 2.0
-
-
-class _StderrCollector(threading.Thread):
-    """Drain a pipe into a bounded buffer (the last `STDERR_LIMIT` bytes)."""
-
-    def __init__(self, fd: int, name: str) -> None:
-        super().__init__(name=name, daemon=True)
-        self._fd = fd
-        self._buf = bytearray()
-        self._lock = threading.Lock()
-
-    def run(self) -> None:
-        try:
-            while True:
-                chunk = os.read(self._fd, _READ_CHUNK)
-                if not chunk:
-                    break
-                with self._lock:
-                    self._buf += chunk
-                    if len(self._buf) > STDERR_LIMIT:
-                        del self._buf[: len(self._buf) - STDERR_LIMIT]
-        except OSError:
-            pass
-
-    def text(self) -> str:
-        with self._lock:
-            return self._buf.decode("utf-8", "replace")
 
 
 class SubprocessTransport:
@@ -84,8 +56,8 @@ class SubprocessTransport:
         assert self._proc.stderr is not None
         self._stdin_fd = self._proc.stdin.fileno()
         self._stdout_fd = self._proc.stdout.fileno()
-        self._stderr = _StderrCollector(self._proc.stderr.fileno(), f"stderr-{self._proc.pid}")
-        self._stderr.start()
+        fd = self._proc.stderr.fileno()
+        self._stderr = StderrTail(lambda n: os.read(fd, n), f"stderr-{self._proc.pid}")
 
     # -- Transport -----------------------------------------------------------
 

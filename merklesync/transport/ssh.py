@@ -33,7 +33,7 @@ from types import TracebackType
 from typing import NoReturn
 
 from merklesync.errors import ConnectionFailed, HostKeyError, RemoteCommandMissing
-from merklesync.transport import STDERR_LIMIT, error_line
+from merklesync.transport import StderrTail, command_missing, error_line
 from merklesync.transport.lazy_invoke import defer_invoke
 
 defer_invoke()  # before paramiko is imported
@@ -69,7 +69,6 @@ _EXIT_WAIT = 5.0
 _CLOSE_WAIT = 1.0
 _EOF_STATUS_WAIT = 2.0
 _HINT = "set the command that starts merklesync there with --remote-cmd or MERKLESYNC_REMOTE_CMD"
-_MISSING_RE = re.compile(r"not found|no module named", re.IGNORECASE)
 
 
 # -- configuration --------------------------------------------------------------------
@@ -549,12 +548,7 @@ class SSHTransport:
         self._closed = False
         self._pending = b""
         self._offset = 0
-        self._stderr = bytearray()
-        self._stderr_lock = threading.Lock()
-        self._stderr_thread = threading.Thread(
-            target=self._drain_stderr, name=f"ssh-stderr-{label}", daemon=True
-        )
-        self._stderr_thread.start()
+        self._stderr = StderrTail(channel.recv_stderr, f"ssh-stderr-{label}")
 
     # -- Transport -----------------------------------------------------------
 
@@ -602,7 +596,7 @@ class SSHTransport:
         if self._closed:
             return b""
         # EOF closed stderr too: let the drain finish; the exit status follows EOF.
-        self._stderr_thread.join(timeout=1.0)
+        self._stderr.join(timeout=1.0)
         self._chan.status_event.wait(_EOF_STATUS_WAIT)
         if self.bytes_received == 0:
             self._check_started()
@@ -623,11 +617,10 @@ class SSHTransport:
             chan.close()
         if self._owns_connection:
             self._hop.close()
-        self._stderr_thread.join(timeout=1.0)
+        self._stderr.join(timeout=1.0)
 
     def stderr_text(self) -> str:
-        with self._stderr_lock:
-            return self._stderr.decode("utf-8", "replace")
+        return self._stderr.text()
 
     def exit_status(self) -> int | None:
         if self._chan.exit_status_ready():
@@ -675,26 +668,13 @@ class SSHTransport:
 
     # -- helpers -------------------------------------------------------------
 
-    def _drain_stderr(self) -> None:
-        try:
-            while True:
-                chunk = self._chan.recv_stderr(65536)
-                if not chunk:
-                    return
-                with self._stderr_lock:
-                    self._stderr += chunk
-                    if len(self._stderr) > STDERR_LIMIT:
-                        del self._stderr[: len(self._stderr) - STDERR_LIMIT]
-        except (OSError, EOFError, paramiko.SSHException):
-            return
-
     def _wait_exit(self) -> int | None:
         deadline = time.monotonic() + _EXIT_WAIT
         while not self._chan.exit_status_ready():
             if not self._hop.transport.is_active() or time.monotonic() > deadline:
                 return None
             self._chan.status_event.wait(0.1)
-        self._stderr_thread.join(timeout=1.0)
+        self._stderr.join(timeout=1.0)
         return self._chan.exit_status
 
     def _check_started(self) -> None:
@@ -703,7 +683,7 @@ class SSHTransport:
         if status is None or status == 0:
             return
         line = error_line(self.stderr_text())
-        if status in (126, 127) or _MISSING_RE.search(line):
+        if command_missing(status, line):
             raise RemoteCommandMissing(
                 f"cannot run {self.command!r} on {self.label} (exit status {status}): "
                 f"{line or 'no error message'}; {_HINT}"
