@@ -21,7 +21,7 @@ import blake3
 
 from merklesync import merge
 from merklesync.clock import Order
-from merklesync.model import Entry, EntryKind, Stats, key_of
+from merklesync.model import Entry, EntryKind, Stats, classify, key_of
 from merklesync.peer import Outcome, Peer, Progress
 from merklesync.policy import Policy, Rules, conflict_name, keeps_name, newer, writer_of
 from merklesync.reconcile import differences
@@ -36,7 +36,7 @@ class Event:
 
     path: str
     what: str  # "a->b", "b->a", "merge-version", "conflict", "modify-delete"
-    detail: str = ""
+    detail: str = ""  # for a copy: what it does there, as diff says it (A, D, M, T or =)
 
 
 @dataclass(slots=True)
@@ -240,11 +240,11 @@ class Syncer:
         if y is None or (x is not None and x.vv.compare(y.vv) is Order.AFTER):
             assert x is not None
             self._copy(x, self.a, y, plan, deferred, to_b=True)
-            events.append(Event(x.path, "a->b"))
+            events.append(Event(x.path, "a->b", classify(x, y).value))
             return
         if x is None or x.vv.compare(y.vv) is Order.BEFORE:
             self._copy(y, self.b, x, plan, deferred, to_b=False)
-            events.append(Event(y.path, "b->a"))
+            events.append(Event(y.path, "b->a", classify(y, x).value))
             return
         merged = x.vv.merge(y.vv)
         if x.same_content(y):
@@ -364,10 +364,10 @@ class Syncer:
             plan.to_b.append(Op(copy, None, content=content))
             self._copies[x.path] = copy.path
         self._both(self._resolved(winner, x, y), x, y, deferred, deferred)
-        side = "a" if winner is x else "b"
-        detail = f"keep-both: {side}'s version keeps the name"
+        holder = self.a if winner is x else self.b
+        detail = f"keep-both: the version from {holder.name} keeps the name"
         if copy is not None:
-            detail += f"; the other is now {copy.path}"
+            detail += f"; the other goes to {copy.path}"
         self.result.events.append(Event(x.path, "conflict", detail))
 
 

@@ -118,7 +118,10 @@ def report(
         out.warn(f"left alone: {change.path}: {reason}")
     for change in result.changes:
         if change.action is Action.FORCE and (dry_run or result.outcomes[change.path].ok):
-            out.warn(f"overwrote {change.path}: discarded the destination's newer version")
+            if dry_run:
+                out.warn(f"would overwrite {change.path}: the destination's version would be lost")
+            else:
+                out.warn(f"overwrote {change.path}: discarded the destination's version")
     applied = result.applied()
     verb = "would copy" if dry_run else "copied"
     count = sum(1 for c in result.changes if c.path not in left_paths) if dry_run else len(applied)

@@ -53,7 +53,13 @@ from merklesync.sync import sync as sync_peers
     "theirs, %O the ancestor (empty when unknown), %P the path.",
 )
 @click.option("-n", "--dry-run", is_flag=True, help="Show what would change; write nothing.")
-@click.option("-v", "--verbose", is_flag=True, help="List every change made.")
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="List every change made: a->b or b->a, what it is there (A, D, M or T, as diff "
+    "prints it), the path.",
+)
 @checksum_option
 @allow_stale_option
 @remote_options
@@ -131,7 +137,9 @@ def sync(
         if event.what in ("conflict", "modify-delete"):
             out.warn(f"{event.what}: {event.path}: {event.detail}")
         elif (dry_run or verbose) and event.what != "merge-version":
-            out.line(f"{event.what} {event.path}")
+            # a->b M path: copied from a to b, a modification there (as diff says it)
+            kind = f" {event.detail}" if event.what in ("a->b", "b->a") else ""
+            out.line(f"{event.what}{kind} {event.path}")
     for failure in failures:
         out.warn(f"left alone: {failure.path}: {failure.reason}")
     kinds = Counter(e.what for e in result.events)

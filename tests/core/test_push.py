@@ -266,9 +266,12 @@ def test_force_overwrites_and_says_what_it_discarded(src: Path, tmp_path: Path) 
     (src / rel).write_text("source edit")
     (dst / rel).write_text("destination edit")
     assert ms("push", src, dst).code == 1
+    r = ms("push", src, dst, "--force", "--dry-run")
+    assert f"would overwrite {rel.as_posix()}: the destination's version would be lost" in r.err
+    assert (dst / rel).read_text() == "destination edit"
     r = ms("push", src, dst, "--force")
     assert r.code == 0, r.err
-    assert f"overwrote {rel.as_posix()}: discarded the destination's newer version" in r.err
+    assert f"overwrote {rel.as_posix()}: discarded the destination's version" in r.err
     assert (dst / rel).read_text() == "source edit"
     assert_same_tree(src, dst)
     # The forced write dominates: the next push back is a plain fast-forward.

@@ -119,7 +119,7 @@ def test_dry_run_changes_nothing(pair: tuple[Path, Path]) -> None:
     (a / "new.txt").write_text("n")
     r = ms("sync", a, b, "--dry-run")
     assert r.code == 0
-    assert "a->b new.txt" in r.out
+    assert "a->b A new.txt" in r.out
     assert "new.txt" not in files(b)
 
 
