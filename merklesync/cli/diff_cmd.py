@@ -46,6 +46,11 @@ def diff(
     A), `M path` different content, `T path` type changed. Exit 0 when the
     content is the same, 1 when it differs, 2 or more on error, as diff(1).
 
+    With --json, each change also says which side is ahead (``action``):
+    ``copy`` (A's version is newer: a push from A would copy it),
+    ``dest-newer`` (B's is newer), ``conflict`` (both changed it since they
+    last agreed) or ``merge-version`` (same content, versions to merge).
+
     A replica may be a local path, a remote address (HOST:PATH,
     USER@HOST:PATH, ssh://USER@HOST:PORT/PATH) or the name of a remote
     (see merklesync-remote(1)); with two remote replicas, the comparison is
