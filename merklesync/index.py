@@ -389,6 +389,20 @@ class Index:
         self._dirty = True
 
     @_guard
+    def check(self) -> None:
+        """Read everything there is to read: CorruptIndex if any of it is
+        damaged (SQLite's own check, then every row)."""
+        found = self.conn.execute("PRAGMA quick_check").fetchone()
+        if found is None or found[0] != "ok":
+            raise CorruptIndex(_corrupt_message(self, f"damaged: {found[0] if found else '?'}"))
+        for _entry in self.iter_entries():
+            pass
+        self.peers()
+        for _level, _prefix, total, count in self.conn.execute("SELECT * FROM nodes"):
+            if not (isinstance(total, bytes) and len(total) == 32 and isinstance(count, int)):
+                raise CorruptIndex(_corrupt_message(self, "damaged tree node"))
+
+    @_guard
     def tombstones(self) -> list[tuple[Entry, int]]:
         """Every tombstone, with the time this replica learned of it."""
         rows = self.conn.execute(f"SELECT {_ENTRY_COLUMNS}, learned_ns FROM entries WHERE deleted")

@@ -25,6 +25,7 @@ import contextlib
 import os
 import socket
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -54,7 +55,7 @@ KEEPALIVE = 30  # seconds between SSH keepalives on the held connection
 # For an agent's first bytes, or a channel: longer than an agent waits for
 # its replica's lock (so a busy replica is an answer, not a silence), well
 # under a client's patience (15 s).
-AGENT_WAIT = LOCK_WAIT + 3.0
+AGENT_WAIT = min(LOCK_WAIT + 3.0, 12.0)  # all a client waits for, standby and new agent together
 STOP_GRACE = 30.0  # seconds the sessions running at a stop get to end
 
 
@@ -288,6 +289,7 @@ class Keeper:
         none speaks within AGENT_WAIT or the connection is down. Only a
         connection that is down is made again: one refused or silent channel
         says nothing of the sessions running on it."""
+        deadline = time.monotonic() + AGENT_WAIT
         with self._lock:
             agent = self._standby.pop(command, None)
             connection = self._connection
@@ -299,7 +301,7 @@ class Keeper:
                 if unused is not None:
                     threading.Thread(target=unused.close, daemon=True).start()
         if agent is not None:
-            first = _start(agent)
+            first = _start(agent, deadline)
             if first:
                 self._refill(connection, command, standby)
                 return agent, first
@@ -308,14 +310,14 @@ class Keeper:
             self._reconnect_later(connection)
             return None, b""
         try:
-            agent = connection.run(command, timeout=AGENT_WAIT)
+            agent = connection.run(command, timeout=max(0.1, deadline - time.monotonic()))
         except MerklesyncError:
             # Refused (MaxSessions, say) or slow: decline this client, and
             # make a new connection only if this one is down.
             if not connection.is_active():
                 self._reconnect_later(connection)
             return None, b""
-        first = _first_words(agent)
+        first = _first_words(agent, deadline)
         if not first:
             agent.close()  # it failed (the client will see why by itself), or is stuck
             if not connection.is_active():
@@ -366,19 +368,19 @@ class Keeper:
             agent.close()
 
 
-def _start(agent: SSHTransport) -> bytes:
+def _start(agent: SSHTransport, deadline: float) -> bytes:
     """Wake a standby agent; its first bytes (empty: it is gone, or silent)."""
     try:
         agent.send(STANDBY_GO)
     except MerklesyncError:
         return b""
-    return _first_words(agent)
+    return _first_words(agent, deadline)
 
 
-def _first_words(agent: SSHTransport) -> bytes:
-    """What an agent says first, if it says it within AGENT_WAIT."""
+def _first_words(agent: SSHTransport, deadline: float) -> bytes:
+    """What an agent says first, if it says it by ``deadline`` (monotonic)."""
     try:
-        return agent.first_words(RELAY_CHUNK, AGENT_WAIT)
+        return agent.first_words(RELAY_CHUNK, deadline - time.monotonic())
     except MerklesyncError:
         return b""
 

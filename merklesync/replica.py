@@ -126,7 +126,11 @@ class Replica:
             files.mkdir(exist_ok=True)
             lock = ReplicaLock(scratch / LOCK_FILE)
             lock.acquire()
-            index = Index.create(scratch / INDEX_FILE, new_replica_id())
+            try:
+                index = Index.create(scratch / INDEX_FILE, new_replica_id())
+            except BaseException:
+                lock.release()
+                raise
             replica = cls(files, index, lock, excludes)
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -216,7 +220,11 @@ class Replica:
 def _refuse_readable(path: Path, root: Path) -> None:
     """Rebuilding throws the versions away: only for an index that cannot be used."""
     try:
-        Index.open(path).close()
+        index = Index.open(path)
+        try:
+            index.check()
+        finally:
+            index.close()
     except (CorruptIndex, NewerFormat):
         return
     raise UsageError(

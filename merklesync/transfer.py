@@ -157,9 +157,10 @@ def apply_ops(
     target: Peer, ops: list[Op], outcomes: dict[str, Outcome], progress: Progress | None
 ) -> None:
     """Apply writes to one peer: those without streamed content first
-    (directories shallow to deep), then streams in pipelined batches."""
+    (directories shallow to deep, then deletions deep to shallow, so a
+    directory is empty by its turn), then streams in pipelined batches."""
     plain = [o for o in ops if o.source is None]
-    plain.sort(key=lambda o: (o.entry.kind is not EntryKind.DIR or o.entry.deleted, o.entry.path))
+    plain.sort(key=_plain_order)
     for start in range(0, len(plain), BATCH_FILES):
         items = [
             WriteItem(o.entry, leaf_of(o.expect), _given(o.content))
@@ -174,6 +175,12 @@ def apply_ops(
         mine = [o for o in streamed if o.source is source]
         for batch in _batches(mine):
             _record(target.write(_stream(source, batch, outcomes), progress), outcomes)
+
+
+def _plain_order(op: Op) -> tuple[bool, int, str]:
+    entry = op.entry
+    live_dir = entry.kind is EntryKind.DIR and not entry.deleted
+    return (not live_dir, -entry.path.count("/") if entry.deleted else 0, entry.path)
 
 
 def _given(content: bytes | Path | None) -> Iterable[bytes] | None:

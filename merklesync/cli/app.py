@@ -4,6 +4,7 @@ command runs (or its help is asked for), so a run loads only what it uses."""
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 
 import click
@@ -54,6 +55,9 @@ def main() -> None:
     except click.exceptions.Abort:  # click's word for Ctrl-C (or EOF at a prompt)
         sys.stderr.write("merklesync: interrupted\n")
         sys.exit(130)
-    except click.ClickException as exc:
+    except click.ClickException as exc:  # before the command ran: its arguments
         exc.show()
+        if "--json" in sys.argv[1:]:  # scripts get one JSON object, as from a command
+            error = {"error": exc.format_message(), "exit_code": exc.exit_code}
+            sys.stdout.write(json.dumps(error, sort_keys=True) + "\n")
         sys.exit(exc.exit_code)

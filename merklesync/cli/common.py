@@ -164,6 +164,8 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
             return func(*args, **kwargs)
         except MerklesyncError as exc:
             _fail(exc.message, exc.exit_code, as_json)
+        except click.UsageError as exc:  # raised by the command itself
+            _fail(exc.format_message(), exc.exit_code, as_json)
         except OSError as exc:  # a local file operation no layer below expected
             where = f"{exc.filename}: " if exc.filename else ""
             _fail(f"{where}{exc.strerror or exc}", EXIT_IO, as_json)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from merklesync import remotes
 from merklesync.address import Address, parse_address
-from merklesync.errors import NotAReplica, UsageError
+from merklesync.errors import ConnectionFailed, NotAReplica, UsageError
 from merklesync.model import Stats
 from merklesync.peer import Peer, Progress, ScanReport
 from merklesync.peer.local import LocalPeer
@@ -70,9 +70,16 @@ def open_peer(
     call = AgentCall(remote_cmd, address.path, create, tuple(excludes), preview and create)
     from merklesync.peer.remote import RemotePeer  # the protocol: for remote replicas only
 
-    transport = connect(address, call, options)
     assert address.host is not None
-    return RemotePeer(transport, spec, where=address.host)
+    try:
+        return RemotePeer(connect(address, call, options), spec, where=address.host)
+    except ConnectionFailed as exc:
+        if not (call.preview and "--preview" in exc.message):
+            raise
+    # A merklesync there from before `serve --preview`: a replica that
+    # exists is served as it is; one that does not is reported missing.
+    plain = call._replace(create=False, preview=False)
+    return RemotePeer(connect(address, plain, options), spec, where=address.host)
 
 
 def resolve(spec: str, options: RemoteOptions, near: str | None = None) -> tuple[Address, str]:

@@ -9,6 +9,7 @@ recent ones stay open (writes come in path order, a directory's together).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from collections import OrderedDict
@@ -43,12 +44,14 @@ class DirFds:
         head, _, name = directory.rpartition("/")
         parent = self.get(head, create=create)
         try:
-            fd = os.open(name, DIR_FLAGS, dir_fd=parent)
-        except FileNotFoundError:
-            if not create:
-                raise
-            os.mkdir(name, 0o755, dir_fd=parent)
-            fd = os.open(name, DIR_FLAGS, dir_fd=parent)
+            try:
+                fd = os.open(name, DIR_FLAGS, dir_fd=parent)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                with contextlib.suppress(FileExistsError):  # made meanwhile: fine
+                    os.mkdir(name, 0o755, dir_fd=parent)
+                fd = os.open(name, DIR_FLAGS, dir_fd=parent)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 where = os.path.join(self.root, directory)

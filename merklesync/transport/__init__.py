@@ -64,10 +64,14 @@ _MISSING_HINTS = re.compile(
 )
 
 
+_NOT_STARTED = re.compile(r"not found|no module named", re.IGNORECASE)
+
+
 def command_missing(status: int, stderr_line: str) -> bool:
     """Whether a command that ended before a word of the protocol failed to
-    start at all (the shell's 126/127, or its error line says so)."""
-    return status in (126, 127) or bool(_MISSING_HINTS.search(stderr_line))
+    start at all (the shell's 126/127, or its error line says so), rather
+    than started and failed."""
+    return status in (126, 127) or bool(_NOT_STARTED.search(stderr_line))
 
 
 class StderrTail(threading.Thread):

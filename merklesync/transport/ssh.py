@@ -638,6 +638,8 @@ class SSHTransport:
         while not (self._pending or chan.recv_ready()):
             left = deadline - time.monotonic()
             if self._closed or chan.eof_received or chan.closed or left <= 0:
+                if chan.recv_ready():  # its last words came with its end
+                    break
                 return b""
             # The channel's descriptor is readable on error output too: a
             # short nap then, so as not to spin while it is drained.

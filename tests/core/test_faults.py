@@ -232,6 +232,16 @@ def test_init_again_is_a_scan_and_rebuild_spares_a_readable_index(tmp_path: Path
     r = ms("init", "--rebuild", root)
     assert r.code == 2 and "is readable" in r.err and "nothing done" in r.err
     assert ms("init", root, "--json").json()["replica_id"] == first["replica_id"]
+    # A damaged row: every command says to rebuild, and rebuild does.
+    conn = sqlite3.connect(root / ".merklesync" / "index.db")
+    conn.execute("UPDATE entries SET vv = x'c1c1c1' WHERE path = 'f'")
+    conn.commit()
+    conn.close()
+    (root / "f").write_text("changed")
+    assert "init --rebuild" in ms("status", root).err
+    r = ms("init", "--rebuild", root)
+    assert r.code == 0, r.err
+    assert ms("status", root).code == 0
 
 
 def test_index_from_a_newer_format_is_refused(pair: tuple[Path, Path]) -> None:

@@ -358,3 +358,18 @@ def test_conflicting_options_are_usage_errors(src: Path, tmp_path: Path) -> None
     assert r.code == 2 and "not both" in r.err
     r = ms("gc", tmp_path / "no-such-dir")
     assert r.code == 2 and "does not exist" in r.err
+
+
+def test_a_deleted_nested_tree_goes_in_one_push(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "d0/s1/s2/f", "1")
+    write(a / "d0/s1/g", "2")
+    write(a / "keep", "3")
+    ms("init", a)
+    assert ms("push", a, b).code == 0
+    import shutil
+
+    shutil.rmtree(a / "d0")
+    r = ms("push", a, b)
+    assert r.code == 0, r.err
+    assert sorted(p.name for p in b.iterdir()) == [".merklesync", "keep"]

@@ -286,3 +286,36 @@ def test_watched_replicas_scan_only_what_changed(side: Side, src: Path, tmp_path
     finally:
         for w in watchers:
             w.stop()
+
+
+def test_a_dry_run_against_a_far_side_without_preview(src: Path, tmp_path: Path) -> None:
+    """A merklesync over there from before `serve --preview`: an existing
+    replica is served as it is, a missing one is reported missing."""
+    from tests.remote.conftest import PIPE_HOST, REMOTE_CMD, RSH
+
+    older = tmp_path / "older-merklesync"
+    older.write_text(
+        "#!/bin/sh\n"
+        'case " $* " in *" --preview "*)\n'
+        "  echo \"Error: No such option: '--preview'\" >&2; exit 2;;\n"
+        "esac\n"
+        f'exec {REMOTE_CMD} "$@"\n'
+    )
+    older.chmod(0o755)
+    dst = tmp_path / "dst"
+    assert ms("push", src, dst).code == 0
+    write(src / "new.txt", "n")
+    far = ["--rsh", RSH, "--remote-cmd", str(older)]
+    r = ms("push", src, f"{PIPE_HOST}:{dst}", "--dry-run", *far)
+    assert r.code == 0 and r.lines() == ["A new.txt"], r.err
+    r = ms("push", src, f"{PIPE_HOST}:{tmp_path / 'missing'}", "--dry-run", *far)
+    assert r.code != 0 and "Traceback" not in r.err and not (tmp_path / "missing").exists()
+
+
+def test_json_gets_usage_errors_too(src: Path, tmp_path: Path) -> None:
+    from tests.remote.conftest import run_cli
+
+    r = run_cli(["gc", str(tmp_path / "nope"), "--json"], dict(os.environ))  # while parsing
+    assert r.code == 2 and r.json()["exit_code"] == 2 and "does not exist" in r.json()["error"]
+    r = ms("sync", src, tmp_path / "b", "--on-conflict", "merge-cmd", "--json")  # by the command
+    assert r.code == 2 and "needs --merge-cmd" in r.json()["error"]
