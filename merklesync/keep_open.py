@@ -279,7 +279,7 @@ class Keeper:
         """An agent that ended in failure: its last words, for the log (its
         client heard only that the session ended)."""
         status = agent.exit_status()
-        if status:
+        if status is not None and status > 0:  # -1: no status came (the channel was closed)
             detail = error_line(agent.stderr_text()) or f"exit status {status}"
             self._warn(f"keep-open {self.label}: a relayed session's agent failed: {detail}")
 
