@@ -306,7 +306,9 @@ class Keeper:
                 self._refill(connection, command, standby)
                 return agent, first
             self._standby_failed(agent)
-        if connection is None or not connection.is_active() or self._stopping.is_set():
+        if self._stopping.is_set():
+            return None, b""  # the sessions running keep their connection till the stop
+        if connection is None or not connection.is_active():
             self._reconnect_later(connection)
             return None, b""
         try:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import sys
+from typing import NoReturn
+
+EXIT_INTERRUPTED = 130  # as a shell reports SIGINT
 
 
 def main() -> None:
@@ -11,5 +15,15 @@ def main() -> None:
 
         run()
     except KeyboardInterrupt:  # before a command's own handler is in place
-        sys.stderr.write("merklesync: interrupted\n")
-        sys.exit(130)
+        interrupted()
+
+
+def interrupted() -> NoReturn:
+    """Ctrl-C, wherever it lands: one line, exit 130."""
+    sys.stderr.write("merklesync: interrupted\n")
+    sys.exit(EXIT_INTERRUPTED)
+
+
+def error_json(message: str, code: int) -> str:
+    """An error as --json prints it on stdout, for scripts."""
+    return json.dumps({"error": message, "exit_code": code}, sort_keys=True)

@@ -4,12 +4,12 @@ command runs (or its help is asked for), so a run loads only what it uses."""
 from __future__ import annotations
 
 import importlib
-import json
 import sys
 
 import click
 
 from merklesync import __version__
+from merklesync.cli import error_json, interrupted
 
 # command name -> "module:attribute" under merklesync.cli, in help order
 COMMANDS = {
@@ -53,11 +53,9 @@ def main() -> None:
     try:
         cli(prog_name="merklesync", standalone_mode=False)
     except click.exceptions.Abort:  # click's word for Ctrl-C (or EOF at a prompt)
-        sys.stderr.write("merklesync: interrupted\n")
-        sys.exit(130)
+        interrupted()
     except click.ClickException as exc:  # before the command ran: its arguments
         exc.show()
         if "--json" in sys.argv[1:]:  # scripts get one JSON object, as from a command
-            error = {"error": exc.format_message(), "exit_code": exc.exit_code}
-            sys.stdout.write(json.dumps(error, sort_keys=True) + "\n")
+            click.echo(error_json(exc.format_message(), exc.exit_code))
         sys.exit(exc.exit_code)

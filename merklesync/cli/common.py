@@ -12,6 +12,7 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import click
 
+from merklesync.cli import error_json, interrupted
 from merklesync.errors import EXIT_IO, EXIT_USAGE, MerklesyncError
 from merklesync.model import Change, Stats
 from merklesync.peer import Progress
@@ -170,8 +171,7 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
             where = f"{exc.filename}: " if exc.filename else ""
             _fail(f"{where}{exc.strerror or exc}", EXIT_IO, as_json)
         except KeyboardInterrupt:
-            click.echo("merklesync: interrupted", err=True)
-            sys.exit(130)
+            interrupted()
         except BrokenPipeError:
             sys.exit(EXIT_USAGE)
 
@@ -182,7 +182,7 @@ def _fail(message: str, code: int, as_json: bool) -> NoReturn:
     """One line on stderr; with --json, the same as an object on stdout."""
     click.echo(f"merklesync: error: {message}", err=True)
     if as_json:
-        click.echo(json.dumps({"error": message, "exit_code": code}, sort_keys=True))
+        click.echo(error_json(message, code))
     sys.exit(code)
 
 

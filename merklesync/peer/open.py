@@ -63,11 +63,12 @@ def open_peer(
         return LocalPeer.open(find_root(Path.cwd()), excludes=excludes)
     options = remote or RemoteOptions()
     address, remote_cmd = resolve(spec, options, near)
+    preview = preview and create
     if not address.is_remote:
         return LocalPeer.open(
             Path(address.path), create=create and not preview, preview=preview, excludes=excludes
         )
-    call = AgentCall(remote_cmd, address.path, create, tuple(excludes), preview and create)
+    call = AgentCall(remote_cmd, address.path, create, tuple(excludes), preview)
     from merklesync.peer.remote import RemotePeer  # the protocol: for remote replicas only
 
     assert address.host is not None

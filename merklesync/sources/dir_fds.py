@@ -20,6 +20,22 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 KEEP_OPEN = 64
 
 
+def open_dir(root: str, directory: str) -> int:
+    """Open the replica's ``directory`` from ``root``, one component at a
+    time, none followed if it is a link (ELOOP or ENOTDIR then); the caller
+    closes it. DirFds does the same, keeping what it opens."""
+    fd = os.open(root, DIR_FLAGS)
+    try:
+        for part in directory.split("/") if directory else ():
+            below = os.open(part, DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = below
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 class NotADirectory(MerklesyncError):
     """A parent of a path is not a directory (a file, or a symlink)."""
 

@@ -30,7 +30,7 @@ from merklesync.ignore import IGNORE_FILE, STATE_DIR, TEMP_PREFIX, IgnoreRules
 from merklesync.index import TOMBSTONE, Cached, Index
 from merklesync.model import Entry, EntryKind, Outcome, ScanReport, WriteItem, leaf_of
 from merklesync.protocol.paths import check_relpath
-from merklesync.sources.dir_fds import DirFds, NotADirectory
+from merklesync.sources.dir_fds import DIR_FLAGS, DirFds, NotADirectory, open_dir
 from merklesync.sources.no_replace import rename_noreplace
 
 CHUNK = 1 << 20
@@ -50,7 +50,6 @@ def stat_key(st: os.stat_result) -> bytes:
     return _STAT.pack(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode)
 
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _KINDS = {
     st_mod.S_IFREG: EntryKind.FILE,
     st_mod.S_IFDIR: EntryKind.DIR,
@@ -201,7 +200,7 @@ class DirectorySource:
         """blake3 of a file, read without following links (``dir_fd``: its
         directory, open: the file is found there, not by its whole path);
         retried while the file keeps changing under us."""
-        where = self.abs(rel) if dir_fd is None else rel.rpartition("/")[2]
+        where = self._where(rel, dir_fd)
         for _ in range(HASH_RETRIES):
             fd = os.open(where, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
             try:
@@ -212,6 +211,13 @@ class DirectorySource:
             if stat_key(before) == stat_key(after) and after.st_mtime_ns == before.st_mtime_ns:
                 return digest, after
         raise FileChanged(rel)
+
+    def _where(self, rel: str, dir_fd: int | None) -> str:
+        """How an entry is named: its path, or its name in ``dir_fd``."""
+        return self.abs(rel) if dir_fd is None else rel.rpartition("/")[2]
+
+    def _readlink(self, rel: str, dir_fd: int | None) -> str:
+        return os.readlink(self._where(rel, dir_fd), dir_fd=dir_fd)
 
     def scan(
         self,
@@ -293,11 +299,13 @@ class DirectorySource:
         # must be the directory its parent listed (``identity``): one of its
         # parents swapped for a symlink since would lead elsewhere, and the
         # last component is not followed at all (O_NOFOLLOW).
-        dir_fd = -1
+        dir_fd: int | None = None
         try:
             try:
-                dir_fd = self._open_dir(directory, identity is None)
-                if identity is not None:
+                if identity is None:  # named by a watcher: no parent's listing vouches for it
+                    dir_fd = open_dir(self._root, directory)
+                else:
+                    dir_fd = os.open(self.abs(directory), DIR_FLAGS)
                     st = os.fstat(dir_fd)
                     if (st.st_dev, st.st_ino) != identity:
                         report.warnings.append(
@@ -316,31 +324,14 @@ class DirectorySource:
                 listing = _Listing()  # it, or a parent, is now a symlink: it is gone
             return self._scan_open(directory, listing, scan, dir_fd)
         finally:
-            if dir_fd >= 0:
+            if dir_fd is not None:
                 os.close(dir_fd)
 
-    def _open_dir(self, directory: str, walk: bool) -> int:
-        """Open a directory of the replica. ``walk``: one component at a
-        time from the root, none followed if it is a link (for a directory
-        named by a watcher, which no parent's listing vouches for)."""
-        if not walk or not directory:
-            return os.open(self.abs(directory), _DIR_FLAGS)
-        fd = os.open(self._root, _DIR_FLAGS)
-        try:
-            for part in directory.split("/"):
-                below = os.open(part, _DIR_FLAGS, dir_fd=fd)
-                os.close(fd)
-                fd = below
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-
     def _scan_open(
-        self, directory: str, listing: _Listing, scan: _Scan, dir_fd: int
+        self, directory: str, listing: _Listing, scan: _Scan, dir_fd: int | None
     ) -> list[_Subdir]:
         """The rest of _scan_directory, with the directory listed (and open
-        as ``dir_fd``, or -1 when it is gone)."""
+        as ``dir_fd``; None when it is gone)."""
         ignored = self.ignore.for_directory(directory, has_file=listing.has_ignore_file)
         if scan.shortcuts:
             stored = scan.index.dir_sum(directory)
@@ -367,7 +358,7 @@ class DirectorySource:
         listing: _Listing,
         ignored: Callable[[str, bool], bool] | None,
         scan: _Scan,
-        dir_fd: int,
+        dir_fd: int | None,
     ) -> list[_Subdir]:
         index, report = scan.index, scan.report
         known = index.stat_cache(directory)  # left in it at the end: gone
@@ -482,7 +473,7 @@ class DirectorySource:
         racy_after: int,
         report: ScanReport,
         indexed: bool = True,
-        dir_fd: int = -1,
+        dir_fd: int | None = None,
     ) -> None:
         """Read one new or changed entry into the index (``indexed``: the
         index may hold a row for it; False spares the look-up; ``dir_fd``:
@@ -491,13 +482,10 @@ class DirectorySource:
         digest, target = b"", ""
         try:
             if kind is EntryKind.FILE:
-                digest, st = self.hash_file(rel, dir_fd if dir_fd >= 0 else None)
+                digest, st = self.hash_file(rel, dir_fd)
                 report.hashed += 1
             elif kind is EntryKind.LINK:
-                if dir_fd >= 0:
-                    target = os.readlink(rel.rpartition("/")[2], dir_fd=dir_fd)
-                else:
-                    target = os.readlink(self.abs(rel))
+                target = self._readlink(rel, dir_fd)
                 if not _storable(target):
                     report.warnings.append(
                         f"{rel}: link target is not UTF-8 text, or holds a NUL; skipped"
@@ -602,24 +590,13 @@ class DirectorySource:
         if leaf_of(current) != item.expect:
             return Outcome(rel, False, "changed on the destination since the comparison")
         placed = None  # the stat of what was written, where known
-        spot: _Spot | None = None
         try:
-            try:
-                spot = self._spot(rel, create=not entry.deleted)
-            except (FileNotFoundError, NotADirectory):
-                if not entry.deleted:
-                    raise
-                # A tombstone whose parent is gone, or is no directory now:
-                # nothing to remove, if the index agrees.
-                if cached is not None and not cached.entry.deleted:
-                    raise _Refused("deleted on the destination since the scan") from None
-            if spot is None:
-                pass
-            elif entry.deleted:
-                self._remove(spot, self._verify_unchanged(spot, cached, entry))
-            else:
+            spot = self._spot_for(rel, entry, cached)
+            if spot is not None:
                 on_disk = self._verify_unchanged(spot, cached, entry)
-                if entry.kind is EntryKind.DIR:
+                if entry.deleted:
+                    self._remove(spot, on_disk)
+                elif entry.kind is EntryKind.DIR:
                     self._put_dir(spot, entry, on_disk)
                 elif entry.kind is EntryKind.LINK:
                     self._put_link(spot, entry, on_disk)
@@ -643,6 +620,18 @@ class DirectorySource:
                 entry = dataclasses.replace(entry, mtime_ns=st.st_mtime_ns)
         index.put(entry, stat, current)
         return Outcome(rel, True)
+
+    def _spot_for(self, rel: str, entry: Entry, cached: Cached | None) -> _Spot | None:
+        """Where ``entry`` is written; None for a tombstone whose parent is
+        gone or is no directory now (nothing to remove, if the index agrees)."""
+        try:
+            return self._spot(rel, create=not entry.deleted)
+        except (FileNotFoundError, NotADirectory):
+            if not entry.deleted:
+                raise
+            if cached is not None and not cached.entry.deleted:
+                raise _Refused("deleted on the destination since the scan") from None
+            return None
 
     def _spot(self, rel: str, *, create: bool) -> _Spot:
         """Where ``rel`` is written: its parent, open (``create``: made if
@@ -690,7 +679,7 @@ class DirectorySource:
         elif cached.entry.kind is EntryKind.LINK and kind_of(st.st_mode) is EntryKind.LINK:
             # A racy link (written within the last seconds): its target says.
             try:
-                target = os.readlink(spot.name, dir_fd=spot.fd)
+                target = self._readlink(spot.rel, spot.fd)
             except OSError:
                 raise _Refused("changed on the destination since the scan") from None
             if link_digest(target) == cached.entry.digest:

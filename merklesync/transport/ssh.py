@@ -647,11 +647,6 @@ class SSHTransport:
                 time.sleep(0.01)
         return self.recv(n)
 
-    def exited(self) -> bool:
-        """True when the remote command has ended or its channel is closed
-        (by either side: call before ``close`` to learn about the far side)."""
-        return bool(self._chan.exit_status_ready())
-
     def close_write(self) -> None:
         """Send EOF to the remote command's stdin (half-close)."""
         with contextlib.suppress(Exception):
