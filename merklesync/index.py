@@ -313,6 +313,12 @@ class Index:
         return None if row is None else (bytes(row[0]), bytes(row[1]))
 
     @_guard
+    def listed_dirs(self) -> list[str]:
+        """The directories below the root with a listing sum kept."""
+        rows = self.conn.execute("SELECT parent FROM listings WHERE parent != '' ORDER BY parent")
+        return [parent for (parent,) in rows]
+
+    @_guard
     def set_dir_sum(self, parent: str, value: bytes, kept: bytes) -> None:
         self.conn.execute("INSERT OR REPLACE INTO listings VALUES (?, ?, ?)", (parent, value, kept))
 

@@ -165,8 +165,11 @@ class Replica:
             raise
         return cls(root, index, lock, ()), moved
 
-    def scan(self, *, checksum: bool = False, progress: Progress | None = None) -> ScanReport:
-        """Bring the index up to date with the files."""
+    def scan(
+        self, *, checksum: bool = False, progress: Progress | None = None, spread: bool = True
+    ) -> ScanReport:
+        """Bring the index up to date with the files (``spread``: on a second
+        core too, when no other scan runs beside this one)."""
         self.snapshot_ns = time.time_ns()
         return self.source.scan(
             self.index,
@@ -175,10 +178,12 @@ class Replica:
             checksum=checksum,
             progress=progress,
             learned_ns=self.snapshot_ns,
+            spread=spread,
         )
 
-    def start_scan(self, *, checksum: bool = False) -> ChildScan:
-        """Scan in a forked process, so two local replicas scan on two cores.
+    def start_scan(self, *, checksum: bool = False, spread: bool = False) -> ChildScan:
+        """Scan in a forked process, so two local replicas scan on two cores,
+        or one scans while the other is reached (``spread``: see scan).
         Call from a process with no other threads running."""
         self.index.reload()
         self.snapshot_ns = time.time_ns()
@@ -189,7 +194,15 @@ class Replica:
         receiver, sender = ctx.Pipe(duplex=False)
         proc = ctx.Process(
             target=_scan_child,
-            args=(self.source, self.index.path, checksum, self.snapshot_ns, counter, sender),
+            args=(
+                self.source,
+                self.index.path,
+                checksum,
+                spread,
+                self.snapshot_ns,
+                counter,
+                sender,
+            ),
             daemon=True,
         )
         proc.start()
@@ -277,6 +290,7 @@ def _scan_child(
     source: DirectorySource,
     index_path: Path,
     checksum: bool,
+    spread: bool,
     learned_ns: int,
     counter: Any,
     sender: Connection,
@@ -298,6 +312,7 @@ def _scan_child(
                 checksum=checksum,
                 progress=count,
                 learned_ns=learned_ns,
+                spread=spread,
             )
         finally:
             index.close()

@@ -57,7 +57,7 @@ def diff(
     relayed through this machine."""
     out = Output(quiet, as_json)
     left_spec, right_spec = (None, a) if b is None else (a, b)
-    with opened_pair(left_spec, right_spec, remote=remote) as (left, right):
+    with opened_pair(left_spec, right_spec, remote=remote, checksum=checksum) as (left, right):
         with out.progress("scanning", "files") as progress:
             warnings = refresh_all([left, right], checksum=checksum, progress=progress)
         engine = Stats()

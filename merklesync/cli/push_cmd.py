@@ -76,7 +76,13 @@ def run_transfer(
 ) -> None:
     out = Output(quiet, as_json, verbose)
     pair = opened_pair(
-        src_spec, dst_spec, create_b=True, preview_b=dry_run, excludes=excludes, remote=remote
+        src_spec,
+        dst_spec,
+        create_b=True,
+        preview_b=dry_run,
+        excludes=excludes,
+        remote=remote,
+        checksum=checksum,
     )
     with pair as (src, dst):
         retention.guard(src, dst, allow_stale=allow_stale)

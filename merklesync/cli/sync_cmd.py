@@ -97,7 +97,13 @@ def sync(
     a_spec, b_spec = (None, replicas[0]) if len(replicas) == 1 else replicas
     out = Output(quiet, as_json, verbose)
     pair = opened_pair(
-        a_spec, b_spec, create_b=True, preview_b=dry_run, excludes=excludes, remote=remote
+        a_spec,
+        b_spec,
+        create_b=True,
+        preview_b=dry_run,
+        excludes=excludes,
+        remote=remote,
+        checksum=checksum,
     )
     with pair as (a, b):
         retention.guard(a, b, allow_stale=allow_stale)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -22,6 +23,7 @@ class LocalPeer:
         self.name = name or str(replica.root)
         self.replica_id = replica.replica_id
         self.stats = Stats()
+        self._ahead: tuple[bool, Callable[[Progress | None], ScanReport]] | None = None
 
     @classmethod
     def open(
@@ -36,12 +38,39 @@ class LocalPeer:
         replica = Replica.open(root, create=create, preview=preview, excludes=excludes)
         return cls(replica, str(root.resolve()))
 
-    def refresh(self, *, checksum: bool = False, progress: Progress | None = None) -> ScanReport:
-        return self._count(self.replica.scan(checksum=checksum, progress=progress))
+    def refresh(
+        self, *, checksum: bool = False, progress: Progress | None = None, spread: bool = True
+    ) -> ScanReport:
+        """``spread``: see Replica.scan."""
+        ahead = self._scanned_ahead(checksum)
+        if ahead is not None:
+            return ahead(progress)
+        return self._count(self.replica.scan(checksum=checksum, progress=progress, spread=spread))
 
     def start_refresh(self, *, checksum: bool = False) -> Callable[[Progress | None], ScanReport]:
+        ahead = self._scanned_ahead(checksum)
+        if ahead is not None:
+            return ahead
         child = self.replica.start_scan(checksum=checksum)
         return lambda progress: self._count(child.wait(progress))
+
+    def scan_ahead(self, *, checksum: bool = False) -> None:
+        """Start the scan a refresh would do, in a child process, so that it
+        runs while the other replica is reached (the first refresh then
+        waits for it). Only while this process runs no other thread: else
+        the refresh scans, as it would have."""
+        if self._ahead is None and threading.active_count() == 1:
+            child = self.replica.start_scan(checksum=checksum, spread=True)
+            self._ahead = checksum, lambda progress: self._count(child.wait(progress))
+
+    def _scanned_ahead(self, checksum: bool) -> Callable[[Progress | None], ScanReport] | None:
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return None
+        if ahead[0] == checksum:
+            return ahead[1]
+        ahead[1](None)  # another kind of scan: this one is finished first
+        return None
 
     def _count(self, report: ScanReport) -> ScanReport:
         self.stats.files_scanned += report.scanned
@@ -123,4 +152,11 @@ class LocalPeer:
         self.replica.index.commit()
 
     def close(self) -> None:
-        self.replica.close()
+        """Close the replica, once a scan started ahead is over (it writes
+        the index under this process's lock)."""
+        ahead, self._ahead = self._ahead, None
+        try:
+            if ahead is not None:
+                ahead[1](None)
+        finally:
+            self.replica.close()

@@ -235,7 +235,9 @@ def refresh_all(
             for i in local[1:]:
                 finishers[i] = peers[i].start_refresh(checksum=checksum)
         for i in local if not fork else local[:1]:
-            reports[i] = peers[i].refresh(checksum=checksum, progress=progress)
+            peer = peers[i]
+            assert isinstance(peer, LocalPeer)
+            reports[i] = peer.refresh(checksum=checksum, progress=progress, spread=len(local) == 1)
     for i, finish in finishers.items():
         reports[i] = finish(progress)
     return [w for i in range(len(peers)) for w in reports[i].warnings]
@@ -255,13 +257,25 @@ def opened_pair(
     preview_b: bool = False,
     excludes: Sequence[str] = (),
     remote: RemoteOptions | None = None,
+    checksum: bool = False,
 ) -> Iterator[tuple[Peer, Peer]]:
     """Open the two replicas of a command (each a remote of the other where
     a bare name says so), once they are known to be apart, and close both
-    at the end. ``preview_b``: a dry run, B is not created (see open_peer)."""
-    check_apart(local_root(a_spec, remote, b_spec), local_root(b_spec, remote, a_spec))
-    with closing(open_peer(a_spec, excludes=excludes, remote=remote, near=b_spec)) as a:
-        b = open_peer(
+    at the end. ``preview_b``: a dry run, B is not created (see open_peer).
+
+    A local replica opened before a remote one starts its scan at once
+    (``checksum``: the scan refresh_all will ask for), so it scans while
+    the remote one is reached; B is opened first for that when it is a
+    local replica already (one still to be created waits until A is
+    reached: a failed connection must not leave it behind)."""
+    root_a, root_b = local_root(a_spec, remote, b_spec), local_root(b_spec, remote, a_spec)
+    check_apart(root_a, root_b)
+
+    def open_a() -> Peer:
+        return open_peer(a_spec, excludes=excludes, remote=remote, near=b_spec)
+
+    def open_b() -> Peer:
+        return open_peer(
             b_spec,
             create=create_b,
             preview=preview_b,
@@ -269,8 +283,17 @@ def opened_pair(
             remote=remote,
             near=a_spec,
         )
-        with closing(b):
-            yield a, b
+
+    a_remote, b_remote = (
+        a_spec is not None and root_a is None,
+        b_spec is not None and root_b is None,
+    )
+    b_first = a_remote and root_b is not None and is_replica(root_b)
+    with closing(open_b() if b_first else open_a()) as first:
+        if isinstance(first, LocalPeer) and (a_remote if b_first else b_remote):
+            first.scan_ahead(checksum=checksum)
+        with closing(open_a() if b_first else open_b()) as second:
+            yield (second, first) if b_first else (first, second)
 
 
 @contextlib.contextmanager

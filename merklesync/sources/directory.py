@@ -13,7 +13,6 @@ import dataclasses
 import errno
 import os
 import stat as st_mod
-import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -26,11 +25,13 @@ import msgpack
 from merklesync import journal
 from merklesync.clock import HybridClock, VersionVector
 from merklesync.errors import LocalIOError, MerklesyncError, UnsafePath
-from merklesync.ignore import IGNORE_FILE, STATE_DIR, TEMP_PREFIX, IgnoreRules
+from merklesync.ignore import TEMP_PREFIX, IgnoreRules
 from merklesync.index import TOMBSTONE, Cached, Index
 from merklesync.model import Entry, EntryKind, Outcome, ScanReport, WriteItem, leaf_of
 from merklesync.protocol.paths import check_relpath
+from merklesync.sources import prelist
 from merklesync.sources.dir_fds import DIR_FLAGS, DirFds, NotADirectory, open_dir
+from merklesync.sources.listing import Listing, listing_sum, stat_key
 from merklesync.sources.no_replace import rename_noreplace
 
 CHUNK = 1 << 20
@@ -40,14 +41,8 @@ THREADED_HASH = 8 << 20
 WATCH_TOKEN = "watch_token"  # index meta: the journal token the last scan covered
 RELIST = "relist"  # index meta: directories every partial scan re-lists (_Scan.relist)
 
-_STAT = struct.Struct(">QqqQI")
 _ABSENT = b"absent"  # not in the stat cache (never a packed stat, nor TOMBSTONE)
 _IN_THE_WAY = "an unscanned file is in the way on the destination"
-
-
-def stat_key(st: os.stat_result) -> bytes:
-    """What the stat cache compares: size, mtime, ctime, inode and mode."""
-    return _STAT.pack(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode)
 
 
 _KINDS = {
@@ -80,75 +75,11 @@ class _Scan:
     # Whether the scan may skip work: a watcher's answer, listing sums (not
     # when it looks with other eyes: --checksum, --exclude).
     shortcuts: bool = False
+    # Directories listed ahead of the walk, on two cores (prelist.py).
+    prelisted: dict[str, prelist.Prelisted] = field(default_factory=dict)
 
 
 _Subdir = tuple[str, tuple[int, int] | None]  # a path, and its (device, inode) when listed
-
-
-@dataclass
-class _Listing:
-    """One directory's names with their stats (or why there is none) and
-    packed stat keys (empty without one), in the order listed; the state
-    directory and temp files left out."""
-
-    names: list[str] = field(default_factory=list)
-    stats: list[os.stat_result | OSError] = field(default_factory=list)
-    keys: list[bytes] = field(default_factory=list)
-    has_ignore_file: bool = False
-    _positions: dict[str, int] | None = None  # name -> index, made when first needed
-
-    @classmethod
-    def read(cls, dir_fd: int) -> _Listing:
-        """List a directory opened as ``dir_fd``, removing the temp files
-        abandoned by interrupted runs."""
-        listing = cls()
-        with os.scandir(dir_fd) as it:
-            dirents = list(it)
-        names, stats, keys = listing.names, listing.stats, listing.keys
-        pack = _STAT.pack
-        for de in dirents:
-            name = de.name
-            if name[0] == ".":
-                if name == STATE_DIR:
-                    continue
-                if name.startswith(TEMP_PREFIX):
-                    if _abandoned(name):
-                        with contextlib.suppress(OSError):  # left by an interrupted run
-                            os.unlink(name, dir_fd=dir_fd)
-                    continue
-                if name == IGNORE_FILE:
-                    listing.has_ignore_file = True
-            names.append(name)
-            try:
-                st = de.stat(follow_symlinks=False)
-            except OSError as exc:
-                stats.append(exc)
-                keys.append(b"")
-                continue
-            stats.append(st)
-            keys.append(pack(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode))
-        return listing
-
-    def identity(self, name: str) -> tuple[int, int] | None:
-        """(device, inode) of a name as listed (None: not listed, or no stat)."""
-        if self._positions is None:  # once per listing: a directory may hold many
-            self._positions = {n: i for i, n in enumerate(self.names)}
-        i = self._positions.get(name)
-        st = self.stats[i] if i is not None else None
-        return (st.st_dev, st.st_ino) if isinstance(st, os.stat_result) else None
-
-    def sum(self, rules: bytes) -> bytes | None:
-        """The names and stat keys, and the ignore rules they are judged
-        under, in one digest (None when a stat failed). A listing in
-        another order sums differently: that only costs a slower scan."""
-        if b"" in self.keys:
-            return None
-        names = "\0".join(self.names).encode("utf-8", "surrogateescape")
-        digest = blake3.blake3(len(rules).to_bytes(8, "big") + rules)
-        digest.update(len(names).to_bytes(8, "big"))
-        digest.update(names)
-        digest.update(b"".join(self.keys))  # fixed size each
-        return digest.digest()
 
 
 def link_digest(target: str) -> bytes:
@@ -228,10 +159,13 @@ class DirectorySource:
         checksum: bool = False,
         progress: Callable[[int], None] | None = None,
         learned_ns: int | None = None,
+        spread: bool = True,
     ) -> ScanReport:
         """Bring the index up to date: unchanged entries (same stat) cost
         one stat call; changed ones are re-read. With a watcher running
-        (journal.py), only the directories it saw change are looked at."""
+        (journal.py), only the directories it saw change are looked at.
+        ``spread``: a full scan may list on a second core (no other scan
+        runs beside this one)."""
         scan = _Scan(index, replica_id, clock, checksum, progress)
         scan.shortcuts = not (checksum or self.ignore.has_excludes)
         changes = journal.ask(self.root, index.meta(WATCH_TOKEN)) if scan.shortcuts else None
@@ -239,6 +173,8 @@ class DirectorySource:
         relist = _stored_relist(index) if changes is not None else None
         try:
             if changes is None or changes.everything or relist is None:
+                if spread and scan.shortcuts:
+                    scan.prelisted = prelist.prelist(self._root, index.listed_dirs())
                 self._scan_tree("", scan)
             else:
                 scan.relist = relist
@@ -294,6 +230,12 @@ class DirectorySource:
         all of it is done without reading its rows from the index."""
         report = scan.report
         scan.relist.discard(directory)
+        pre = scan.prelisted.pop(directory, None)
+        if pre is not None and pre.identity == identity:
+            self.ignore.for_directory(directory, has_file=pre.has_ignore_file)
+            subdirs = self._unchanged(directory, scan, pre.digest, pre.subdirs.get)
+            if subdirs is not None:
+                return subdirs
         # Listed through a descriptor, so each stat below resolves one name
         # (not the whole path: about a fifth of a scan's system time). It
         # must be the directory its parent listed (``identity``): one of its
@@ -313,36 +255,53 @@ class DirectorySource:
                         )
                         scan.relist.add(directory)
                         return []  # keep what we knew
-                listing = _Listing.read(dir_fd)
+                listing = Listing.read(dir_fd)
             except (FileNotFoundError, NotADirectoryError):
-                listing = _Listing()
+                listing = Listing()
             except OSError as exc:
                 if exc.errno != errno.ELOOP:
                     report.warnings.append(f"{directory or '.'}: cannot list: {exc.strerror}")
                     scan.relist.add(directory)
                     return []  # keep what we knew: unreadable is not deleted
-                listing = _Listing()  # it, or a parent, is now a symlink: it is gone
+                listing = Listing()  # it, or a parent, is now a symlink: it is gone
             return self._scan_open(directory, listing, scan, dir_fd)
         finally:
             if dir_fd is not None:
                 os.close(dir_fd)
 
     def _scan_open(
-        self, directory: str, listing: _Listing, scan: _Scan, dir_fd: int | None
+        self, directory: str, listing: Listing, scan: _Scan, dir_fd: int | None
     ) -> list[_Subdir]:
         """The rest of _scan_directory, with the directory listed (and open
         as ``dir_fd``; None when it is gone)."""
         ignored = self.ignore.for_directory(directory, has_file=listing.has_ignore_file)
         if scan.shortcuts:
-            stored = scan.index.dir_sum(directory)
-            if stored is not None and stored[0] == listing.sum(self.ignore.signature(directory)):
-                kept = _kept(stored[1])
-                if kept is not None:
-                    scanned, names = kept
-                    self._count(scan, scanned)
-                    prefix = f"{directory}/" if directory else ""
-                    return [(prefix + name, listing.identity(name)) for name in names]
+            subdirs = self._unchanged(directory, scan, listing.digest(), listing.identity)
+            if subdirs is not None:
+                return subdirs
         return self._scan_listing(directory, listing, ignored, scan, dir_fd)
+
+    def _unchanged(
+        self,
+        directory: str,
+        scan: _Scan,
+        digest: bytes | None,
+        identity: Callable[[str], tuple[int, int] | None],
+    ) -> list[_Subdir] | None:
+        """When a directory's listing (its ``digest``) sums to what the index
+        kept with its rows, under the same ignore rules: its subdirectories
+        (each with its ``identity`` as listed), its rows left unread. None:
+        it must be scanned."""
+        stored = scan.index.dir_sum(directory)
+        if stored is None or stored[0] != listing_sum(self.ignore.signature(directory), digest):
+            return None
+        kept = _kept(stored[1])
+        if kept is None:
+            return None
+        scanned, names = kept
+        self._count(scan, scanned)
+        prefix = f"{directory}/" if directory else ""
+        return [(prefix + name, identity(name)) for name in names]
 
     @staticmethod
     def _count(scan: _Scan, scanned: int) -> None:
@@ -355,7 +314,7 @@ class DirectorySource:
     def _scan_listing(
         self,
         directory: str,
-        listing: _Listing,
+        listing: Listing,
         ignored: Callable[[str, bool], bool] | None,
         scan: _Scan,
         dir_fd: int | None,
@@ -441,7 +400,7 @@ class DirectorySource:
     def _keep_sum(
         self,
         directory: str,
-        listing: _Listing,
+        listing: Listing,
         index: Index,
         kept: dict[str, bytes],
         subdirs: list[_Subdir],
@@ -905,20 +864,6 @@ def _drain(item: WriteItem) -> None:
     if item.data is not None:
         for _ in item.data:
             pass
-
-
-def _abandoned(temp_name: str) -> bool:
-    """A temp file whose writer (its pid is in the name) is gone."""
-    pid = temp_name[len(TEMP_PREFIX) :].partition("-")[0]
-    if not pid.isdigit() or int(pid) == os.getpid():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False  # alive, someone else's
-    return False
 
 
 def _unlink_quietly(name: str, dir_fd: int) -> None:

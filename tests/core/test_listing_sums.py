@@ -16,10 +16,21 @@ import pytest
 from merklesync.index import Index
 from merklesync.model import ScanReport
 from merklesync.replica import Replica
+from merklesync.sources import prelist
 from tests.clirun import ms
 from tests.treegen import make_tree
 
 DIRS = 6
+
+
+@pytest.fixture(autouse=True, params=["walked", "prelisted"])
+def listed(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test twice: directories listed as the walk reaches them, and
+    listed ahead on two processes (prelist.py), however few they are."""
+    if request.param == "prelisted":
+        monkeypatch.setattr(prelist, "MIN_DIRS", 1)
+        monkeypatch.setattr(prelist, "can_fork", lambda: True)
+    return str(request.param)
 
 
 @pytest.fixture
@@ -227,7 +238,7 @@ def test_the_first_layout_of_the_sums_is_replaced(tree: Path, reads: list[str]) 
 
 
 def test_a_parent_swapped_for_a_symlink_mid_scan_leads_nowhere(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, listed: str
 ) -> None:
     """A/B listed as a directory; before B's turn, A becomes a symlink to a
     place that also has a B. Opening "A/B" would list that other B: the
@@ -252,5 +263,66 @@ def test_a_parent_swapped_for_a_symlink_mid_scan_leads_nowhere(
     monkeypatch.setattr(os, "open", swapping_open)
     report = scan(root)
     monkeypatch.undo()
-    assert any("A/B: replaced during the scan" in w for w in report.warnings)
+    if listed == "walked":
+        assert any("A/B: replaced during the scan" in w for w in report.warnings)
+    # else A/B was opened (and A swapped) while listing ahead: the walk then
+    # finds A a symlink, and never goes below it.
     assert not {p for p in live(root) if "secret" in p}
+
+
+def test_a_directory_replaced_after_it_was_listed_ahead_is_listed_again(
+    tree: Path, monkeypatch: pytest.MonkeyPatch, listed: str
+) -> None:
+    """Its listing ahead sums as before (same names and stats): taken for
+    the new directory there now, it would hide the new one's files."""
+    sub = a_subdir(tree)
+    real = prelist.prelist
+
+    def then_replaced(root: str, directories: Any) -> dict[str, prelist.Prelisted]:
+        found = real(root, directories)
+        os.rename(sub, tree / "moved-away")
+        sub.mkdir()
+        (sub / "new.txt").write_text("in the new one")
+        return found
+
+    monkeypatch.setattr(prelist, "prelist", then_replaced)
+    report = scan(tree)
+    assert f"{sub.name}/new.txt" in report.added
+    assert f"{sub.name}/new.txt" in live(tree)
+
+
+def test_a_failed_listing_ahead_leaves_its_half_to_the_walk(
+    tree: Path, monkeypatch: pytest.MonkeyPatch, listed: str
+) -> None:
+    """The child dies before it answers: the walk lists its directories."""
+    for victim in [p for p in sorted(tree.rglob("f*")) if p.parent != tree][:3]:
+        victim.write_bytes(b"changed")
+        os.utime(victim, (1_600_000_000, 1_600_000_000))
+    monkeypatch.setattr(prelist, "_to_wire", lambda *a: 1 / 0)  # in the child only
+    report = scan(tree)
+    assert len(report.modified) == 3 and report.scanned == 60 + DIRS
+    assert changes(scan(tree)) == ([], [], [])
+
+
+def test_listed_ahead_as_the_walk_would_list(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from merklesync.sources.dir_fds import DIR_FLAGS
+    from merklesync.sources.listing import Listing
+
+    monkeypatch.setattr(prelist, "MIN_DIRS", 1)
+    monkeypatch.setattr(prelist, "can_fork", lambda: True)
+    dirs = sorted(p.relative_to(tree).as_posix() for p in tree.rglob("*") if p.is_dir())
+    dirs.remove(".merklesync")
+    found = prelist.prelist(str(tree), [*dirs, "no-such-dir"])
+    assert sorted(found) == dirs  # both halves; what cannot be opened left out
+    for d in dirs:
+        fd = os.open(tree / d, DIR_FLAGS)
+        try:
+            listing = Listing.read(fd)
+        finally:
+            os.close(fd)
+        st = os.stat(tree / d)
+        assert found[d] == prelist.Prelisted(
+            (st.st_dev, st.st_ino), listing.digest(), listing.has_ignore_file, listing.subdirs()
+        )
+    monkeypatch.setattr(prelist, "MIN_DIRS", len(dirs) + 1)
+    assert prelist.prelist(str(tree), dirs) == {}  # too few to be worth a fork

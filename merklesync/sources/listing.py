@@ -1,0 +1,119 @@
+"""One directory's listing: its names with their stats, read through a
+descriptor, and the digest that tells a later scan nothing in it changed."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat as st_mod
+import struct
+from dataclasses import dataclass, field
+
+import blake3
+
+from merklesync.ignore import IGNORE_FILE, STATE_DIR, TEMP_PREFIX
+
+STAT = struct.Struct(">QqqQI")
+
+
+def stat_key(st: os.stat_result) -> bytes:
+    """What the stat cache compares: size, mtime, ctime, inode and mode."""
+    return STAT.pack(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode)
+
+
+def listing_sum(rules: bytes, digest: bytes | None) -> bytes | None:
+    """A listing's digest with the ignore rules it is judged under: what a
+    directory's scan keeps, and a later one compares."""
+    if digest is None:
+        return None
+    return blake3.blake3(len(rules).to_bytes(8, "big") + rules + digest).digest()
+
+
+@dataclass
+class Listing:
+    """One directory's names with their stats (or why there is none) and
+    packed stat keys (empty without one), in the order listed; the state
+    directory and temp files left out."""
+
+    names: list[str] = field(default_factory=list)
+    stats: list[os.stat_result | OSError] = field(default_factory=list)
+    keys: list[bytes] = field(default_factory=list)
+    has_ignore_file: bool = False
+    _positions: dict[str, int] | None = None  # name -> index, made when first needed
+
+    @classmethod
+    def read(cls, dir_fd: int) -> Listing:
+        """List a directory opened as ``dir_fd``, removing the temp files
+        abandoned by interrupted runs."""
+        listing = cls()
+        with os.scandir(dir_fd) as it:
+            dirents = list(it)
+        names, stats, keys = listing.names, listing.stats, listing.keys
+        pack = STAT.pack
+        for de in dirents:
+            name = de.name
+            if name[0] == ".":
+                if name == STATE_DIR:
+                    continue
+                if name.startswith(TEMP_PREFIX):
+                    if abandoned(name):
+                        with contextlib.suppress(OSError):  # left by an interrupted run
+                            os.unlink(name, dir_fd=dir_fd)
+                    continue
+                if name == IGNORE_FILE:
+                    listing.has_ignore_file = True
+            names.append(name)
+            try:
+                st = de.stat(follow_symlinks=False)
+            except OSError as exc:
+                stats.append(exc)
+                keys.append(b"")
+                continue
+            stats.append(st)
+            keys.append(pack(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode))
+        return listing
+
+    def identity(self, name: str) -> tuple[int, int] | None:
+        """(device, inode) of a name as listed (None: not listed, or no stat)."""
+        if self._positions is None:  # once per listing: a directory may hold many
+            self._positions = {n: i for i, n in enumerate(self.names)}
+        i = self._positions.get(name)
+        st = self.stats[i] if i is not None else None
+        return (st.st_dev, st.st_ino) if isinstance(st, os.stat_result) else None
+
+    def subdirs(self) -> dict[str, tuple[int, int]]:
+        """The directories listed, each with its (device, inode)."""
+        return {
+            name: (st.st_dev, st.st_ino)
+            for name, st in zip(self.names, self.stats, strict=True)
+            if isinstance(st, os.stat_result) and st_mod.S_ISDIR(st.st_mode)
+        }
+
+    def digest(self) -> bytes | None:
+        """The names and stat keys in one digest (None when a stat failed).
+        A listing in another order differs: that only costs a slower scan."""
+        if b"" in self.keys:
+            return None
+        names = "\0".join(self.names).encode("utf-8", "surrogateescape")
+        digest = blake3.blake3(len(names).to_bytes(8, "big"))
+        digest.update(names)
+        digest.update(b"".join(self.keys))  # fixed size each
+        return digest.digest()
+
+    def sum(self, rules: bytes) -> bytes | None:
+        """See listing_sum."""
+        return listing_sum(rules, self.digest())
+
+
+def abandoned(temp_name: str) -> bool:
+    """A temp file whose writer (its pid is in the name) is gone."""
+    pid = temp_name[len(TEMP_PREFIX) :].partition("-")[0]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, someone else's
+    return False

@@ -1,0 +1,128 @@
+"""A local replica paired with a remote one scans while the remote one is
+reached (LocalPeer.scan_ahead, opened_pair): the same scan, only sooner."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from merklesync.peer import open as peer_open
+from merklesync.peer.local import LocalPeer
+from merklesync.replica import Replica
+from tests.clirun import ms
+from tests.treegen import make_tree
+
+RSH = f"{sys.executable} {Path(__file__).resolve().parents[1] / 'remote' / 'rsh.py'}"
+REMOTE_CMD = f"{sys.executable} -m merklesync"
+
+
+@pytest.fixture
+def replica(tmp_path: Path) -> Path:
+    root = tmp_path / "r"
+    make_tree(root, files=30, dirs=3, seed=5, min_size=0, max_size=64)
+    assert ms("init", root).code == 0
+    (root / "new.txt").write_text("new")
+    return root
+
+
+@pytest.fixture
+def a_thread() -> Iterator[None]:
+    """Another thread running in this process (a connection's reader, say)."""
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def live(root: Path) -> set[str]:
+    with Replica.open(root) as r:
+        return {e.path for e in r.index.iter_entries(live_only=True)}
+
+
+def test_the_scan_ahead_is_the_refresh(replica: Path) -> None:
+    peer = LocalPeer.open(replica)
+    try:
+        peer.scan_ahead()
+        assert peer._ahead is not None  # a child process scans
+        report = peer.refresh()
+        assert report.added == ["new.txt"] and report.scanned == 31 + 3
+        assert peer.stats.files_scanned == report.scanned
+        (replica / "later.txt").write_text("after")
+        assert peer.refresh().added == ["later.txt"]  # the next refresh scans again
+    finally:
+        peer.close()
+
+
+def test_another_kind_of_scan_waits_for_the_one_ahead(replica: Path) -> None:
+    peer = LocalPeer.open(replica)
+    try:
+        peer.scan_ahead(checksum=False)
+        report = peer.refresh(checksum=True)
+        assert report.hashed == 31 and report.added == []  # new.txt: found by the scan ahead
+    finally:
+        peer.close()
+
+
+def test_closing_waits_for_the_scan_ahead(replica: Path) -> None:
+    peer = LocalPeer.open(replica)
+    peer.scan_ahead()
+    peer.close()  # not refreshed: the scan still ends, and writes, before the lock goes
+    assert "new.txt" in live(replica)
+
+
+def test_no_scan_ahead_beside_another_thread(replica: Path, a_thread: None) -> None:
+    """fork does not mix with threads: the refresh scans, as it would have."""
+    peer = LocalPeer.open(replica)
+    try:
+        peer.scan_ahead()
+        assert peer._ahead is None
+        assert peer.refresh().added == ["new.txt"]
+    finally:
+        peer.close()
+
+
+@pytest.mark.parametrize("command", ["push", "pull", "diff"])
+def test_the_local_replica_scans_before_the_remote_one_is_reached(
+    replica: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    other = tmp_path / "other"
+    assert ms("init", other).code == 0
+    if command == "pull":
+        assert ms("push", replica, other).code == 0
+        (other / "from-other.txt").write_text("pulled")
+    started: list[bool] = []
+    real = peer_open.connect
+
+    def connect(*args: object, **kw: object) -> object:
+        started.append(any(p._ahead for p in opened))  # type: ignore[attr-defined]
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    opened: list[LocalPeer] = []
+    real_open = LocalPeer.open.__func__  # type: ignore[attr-defined]
+
+    def open_local(cls: type[LocalPeer], *args: object, **kw: object) -> LocalPeer:
+        peer = real_open(cls, *args, **kw)
+        opened.append(peer)
+        return peer  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(peer_open, "connect", connect)
+    monkeypatch.setattr(LocalPeer, "open", classmethod(open_local))
+    remote = f"pipehost:{other}"
+    a, b = (remote, replica) if command == "pull" else (replica, remote)
+    result = ms(command, a, b, "--rsh", RSH, "--remote-cmd", REMOTE_CMD)
+    assert started == [True]
+    if command == "diff":
+        assert result.code == 1 and "new.txt" in result.out
+    else:
+        assert result.code == 0, result.err
+        here, there = (replica, other) if command == "push" else (other, replica)
+        assert live(there) == live(here)
+        assert "new.txt" in live(there)
