@@ -279,6 +279,13 @@ class ChildScan:
         assert isinstance(result, ScanReport)
         return result
 
+    def cancel(self) -> None:
+        """Stop the scan, unfinished (what it committed stays: a scan
+        resumes where it stopped), and wait until it has."""
+        self.proc.terminate()
+        self.proc.join()
+        self.receiver.close()
+
     def _progress(self, progress: Progress | None, reported: int) -> int:
         done = int(self.counter.value)
         if progress is not None and done > reported:

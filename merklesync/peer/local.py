@@ -10,7 +10,7 @@ from merklesync import merkle
 from merklesync.merkle import NodeId
 from merklesync.model import Entry, EntryKind, Stats
 from merklesync.peer import Node, Outcome, Progress, ScanReport, WriteItem
-from merklesync.replica import Replica
+from merklesync.replica import ChildScan, Replica
 
 COMMIT_EVERY = 2000  # entries written between index commits: progress survives a crash
 
@@ -23,7 +23,7 @@ class LocalPeer:
         self.name = name or str(replica.root)
         self.replica_id = replica.replica_id
         self.stats = Stats()
-        self._ahead: tuple[bool, Callable[[Progress | None], ScanReport]] | None = None
+        self._ahead: tuple[bool, ChildScan] | None = None  # see scan_ahead
 
     @classmethod
     def open(
@@ -60,17 +60,17 @@ class LocalPeer:
         waits for it). Only while this process runs no other thread: else
         the refresh scans, as it would have."""
         if self._ahead is None and threading.active_count() == 1:
-            child = self.replica.start_scan(checksum=checksum, spread=True)
-            self._ahead = checksum, lambda progress: self._count(child.wait(progress))
+            self._ahead = checksum, self.replica.start_scan(checksum=checksum, spread=True)
 
     def _scanned_ahead(self, checksum: bool) -> Callable[[Progress | None], ScanReport] | None:
         ahead, self._ahead = self._ahead, None
         if ahead is None:
             return None
-        if ahead[0] == checksum:
-            return ahead[1]
-        ahead[1](None)  # another kind of scan: this one is finished first
-        return None
+        kind, child = ahead
+        if kind != checksum:
+            child.wait(None)  # another kind of scan: this one ends first
+            return None
+        return lambda progress: self._count(child.wait(progress))
 
     def _count(self, report: ScanReport) -> ScanReport:
         self.stats.files_scanned += report.scanned
@@ -152,11 +152,13 @@ class LocalPeer:
         self.replica.index.commit()
 
     def close(self) -> None:
-        """Close the replica, once a scan started ahead is over (it writes
-        the index under this process's lock)."""
+        """Close the replica. A scan started ahead and never waited for (the
+        run failed first) is stopped, not waited for: a first scan can take
+        long. It writes the index under this process's lock, so it is gone
+        before the lock is."""
         ahead, self._ahead = self._ahead, None
         try:
             if ahead is not None:
-                ahead[1](None)
+                ahead[1].cancel()
         finally:
             self.replica.close()

@@ -42,7 +42,9 @@ class Prelisted(NamedTuple):
 
 def can_fork() -> bool:
     """A second core, and no other thread to be caught mid-way by fork."""
-    return len(os.sched_getaffinity(0)) > 1 and threading.active_count() == 1
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere, all cores
+    cores = len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
+    return cores > 1 and threading.active_count() == 1
 
 
 def prelist(root: str, directories: Sequence[str]) -> dict[str, Prelisted]:
