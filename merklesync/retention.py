@@ -17,7 +17,7 @@ import time
 
 from merklesync.errors import ReplicaError
 from merklesync.peer import Peer
-from merklesync.peer.open import local_replica
+from merklesync.peer.local import local_replica
 from merklesync.replica import Replica
 
 DAY_NS = 86_400 * 10**9

@@ -23,10 +23,10 @@ from merklesync.cli.common import (
 from merklesync.conflicts import list_conflicts, over_cap
 from merklesync.errors import EXIT_DIFFERENT, EXIT_OK
 from merklesync.ignore import exclude_predicate
+from merklesync.peer.local import local_replica
 from merklesync.peer.open import (
     RemoteOptions,
     combined_stats,
-    local_replica,
     opened_pair,
     refresh_all,
 )

@@ -9,10 +9,15 @@ from pathlib import Path
 from merklesync import merkle
 from merklesync.merkle import NodeId
 from merklesync.model import Entry, EntryKind, Stats
-from merklesync.peer import Node, Outcome, Progress, ScanReport, WriteItem
+from merklesync.peer import Node, Outcome, Peer, Progress, ScanReport, WriteItem
 from merklesync.replica import ChildScan, Replica
 
 COMMIT_EVERY = 2000  # entries written between index commits: progress survives a crash
+
+
+def local_replica(peer: Peer) -> Replica | None:
+    """The replica behind a local peer (None for a remote one)."""
+    return peer.replica if isinstance(peer, LocalPeer) else None
 
 
 class LocalPeer:

@@ -18,7 +18,7 @@ from merklesync.errors import ConnectionFailed, NotAReplica, UsageError
 from merklesync.model import Stats
 from merklesync.peer import Peer, Progress, ScanReport
 from merklesync.peer.local import LocalPeer
-from merklesync.replica import Replica, find_root, is_replica
+from merklesync.replica import find_root, is_replica
 from merklesync.transport import Transport
 from merklesync.transport.agent_call import AgentCall
 from merklesync.transport.relay import attach
@@ -241,11 +241,6 @@ def refresh_all(
     for i, finish in finishers.items():
         reports[i] = finish(progress)
     return [w for i in range(len(peers)) for w in reports[i].warnings]
-
-
-def local_replica(peer: Peer) -> Replica | None:
-    """The replica behind a local peer (None for a remote one)."""
-    return peer.replica if isinstance(peer, LocalPeer) else None
 
 
 @contextlib.contextmanager

@@ -3,10 +3,14 @@ migrated from the older layout, and exact about tombstones."""
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 from pathlib import Path
 
+import pytest
+
+from merklesync import index as index_mod
 from merklesync.clock import Order
 from merklesync.replica import Replica
 from tests.clirun import ms
@@ -63,3 +67,41 @@ def test_a_file_deleted_and_made_again_supersedes_its_tombstone(tmp_path: Path) 
         assert cached is not None and not cached.entry.deleted
         assert cached.entry.vv.compare(tombstone.vv) is Order.AFTER
     assert ms("status", root, "--json").json()["hashed"] == 0
+
+
+def test_opening_an_index_reads_it_ahead_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A comparison reads rows scattered over the file: the kernel is asked
+    to read all of it (and the WAL) ahead, in chunks it does not cut short;
+    a refusal is only a lost hint."""
+    root = tmp_path / "r"
+    root.mkdir()
+    (root / "f").write_bytes(b"x")
+    assert ms("init", root).code == 0
+    db = root / ".merklesync" / "index.db"
+    chunk = index_mod.PREFETCH_CHUNK
+    with db.open("ab") as f:
+        f.truncate(chunk * 2 + 1)  # SQLite ignores what follows its pages
+    asked: list[tuple[str, int, int, int]] = []
+    refuse = True
+
+    def advise(fd: int, offset: int, length: int, advice: int) -> None:
+        asked.append((os.readlink(f"/proc/self/fd/{fd}"), offset, length, advice))
+        if refuse:
+            raise OSError(errno.EINVAL, "a file system that takes no hints")
+
+    monkeypatch.setattr(os, "posix_fadvise", advise)
+    with Replica.open(root) as r:
+        assert [e.path for e in r.index.iter_entries()] == ["f"]
+    assert asked[0] == (str(db), 0, chunk, os.POSIX_FADV_WILLNEED)
+    assert [a for a in asked if a[0] == str(db)] == [asked[0]]  # refused: no more asked
+    asked.clear()
+    refuse = False
+    with Replica.open(root):
+        pass
+    assert [(offset, length) for name, offset, length, _ in asked if name == str(db)] == [
+        (0, chunk),
+        (chunk, chunk),
+        (2 * chunk, chunk),
+    ]
