@@ -71,6 +71,8 @@ class IgnoreRules:
         listing of ``directory`` holds an ignore file (None: look)."""
         if has_file is False:
             self._specs[directory] = None  # no need to try opening it
+        elif has_file and directory in self._specs and self._specs[directory] is None:
+            del self._specs[directory]  # none when listed before: there is one now
         parts = directory.split("/") if directory else []
         chain = []
         for depth in range(len(parts) + 1):

@@ -484,9 +484,13 @@ class Index:
         self.conn.execute("BEGIN")
 
     def reload(self) -> None:
-        """Commit, then see what another connection wrote meanwhile."""
+        """Commit, then see what another connection wrote meanwhile. No
+        read is left open: it would pin this connection to what it saw, so
+        it could not write after another one did."""
         self.commit()
         self._pending = merkle.Accumulator(self.depth)
+        self.conn.execute("COMMIT")
+        self.conn.execute("BEGIN")
 
     def _apply_pending(self) -> None:
         for (level, prefix), (delta, dcount) in self._pending.nodes.items():

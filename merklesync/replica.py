@@ -6,6 +6,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ from merklesync.ignore import STATE_DIR, IgnoreRules
 from merklesync.index import Index
 from merklesync.lock import ReplicaLock
 from merklesync.model import Progress, ScanReport
+from merklesync.orphans import die_with_parent
 from merklesync.sources.directory import DirectorySource
 
 if TYPE_CHECKING:
@@ -195,6 +197,7 @@ class Replica:
         proc = ctx.Process(
             target=_scan_child,
             args=(
+                os.getpid(),
                 self.source,
                 self.index.path,
                 checksum,
@@ -285,6 +288,7 @@ class ChildScan:
         self.proc.terminate()
         self.proc.join()
         self.receiver.close()
+        self.replica.index.reload()
 
     def _progress(self, progress: Progress | None, reported: int) -> int:
         done = int(self.counter.value)
@@ -294,6 +298,7 @@ class ChildScan:
 
 
 def _scan_child(
+    parent: int,
     source: DirectorySource,
     index_path: Path,
     checksum: bool,
@@ -302,7 +307,10 @@ def _scan_child(
     counter: Any,
     sender: Connection,
 ) -> None:
-    """Runs in a forked process that shares the parent's lock."""
+    """Runs in a forked process that shares the parent's lock. What ends
+    it is sent to the parent, as one line; an interrupted scan goes quietly
+    (the parent was interrupted too, and says so)."""
+    die_with_parent(parent)
     result: ScanReport | MerklesyncError
     try:
         index = Index.open(index_path)
@@ -325,5 +333,10 @@ def _scan_child(
             index.close()
     except MerklesyncError as exc:
         result = exc
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        result = LocalIOError(f"{where}{exc.strerror or exc}")
+    except KeyboardInterrupt:
+        sys.exit(130)  # multiprocessing exits with it, no traceback
     sender.send(result)
     sender.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -56,7 +57,10 @@ class LocalPeer:
         ahead = self._scanned_ahead(checksum)
         if ahead is not None:
             return ahead
-        child = self.replica.start_scan(checksum=checksum)
+        try:
+            child = self.replica.start_scan(checksum=checksum)
+        except OSError:  # no process to be had (EAGAIN...): the scan waits its turn here
+            return lambda progress: self.refresh(checksum=checksum, progress=progress, spread=False)
         return lambda progress: self._count(child.wait(progress))
 
     def scan_ahead(self, *, checksum: bool = False) -> None:
@@ -65,7 +69,8 @@ class LocalPeer:
         waits for it). Only while this process runs no other thread: else
         the refresh scans, as it would have."""
         if self._ahead is None and threading.active_count() == 1:
-            self._ahead = checksum, self.replica.start_scan(checksum=checksum, spread=True)
+            with contextlib.suppress(OSError):  # no process to be had: the refresh scans
+                self._ahead = checksum, self.replica.start_scan(checksum=checksum, spread=True)
 
     def _scanned_ahead(self, checksum: bool) -> Callable[[Progress | None], ScanReport] | None:
         ahead, self._ahead = self._ahead, None

@@ -42,9 +42,9 @@ class Listing:
     _positions: dict[str, int] | None = None  # name -> index, made when first needed
 
     @classmethod
-    def read(cls, dir_fd: int) -> Listing:
-        """List a directory opened as ``dir_fd``, removing the temp files
-        abandoned by interrupted runs."""
+    def read(cls, dir_fd: int, *, tidy: bool = True) -> Listing:
+        """List a directory opened as ``dir_fd``; ``tidy``: removing the
+        temp files abandoned by interrupted runs."""
         listing = cls()
         with os.scandir(dir_fd) as it:
             dirents = list(it)
@@ -56,7 +56,7 @@ class Listing:
                 if name == STATE_DIR:
                     continue
                 if name.startswith(TEMP_PREFIX):
-                    if abandoned(name):
+                    if tidy and abandoned(name):
                         with contextlib.suppress(OSError):  # left by an interrupted run
                             os.unlink(name, dir_fd=dir_fd)
                     continue

@@ -23,7 +23,8 @@ from typing import Any, NamedTuple
 
 import msgpack
 
-from merklesync.sources.dir_fds import DIR_FLAGS
+from merklesync.orphans import die_with_parent
+from merklesync.sources.dir_fds import open_dir
 from merklesync.sources.listing import Listing
 
 MIN_DIRS = 64  # fewer: forking costs more than it saves
@@ -50,17 +51,29 @@ def can_fork() -> bool:
 def prelist(root: str, directories: Sequence[str]) -> dict[str, Prelisted]:
     """List ``directories`` (relative to ``root``), half in a forked child;
     those that cannot be listed are left out. Empty when there are too few
-    to be worth it, or a fork would be unsafe."""
+    to be worth it, or a fork would be unsafe; the parent's half alone when
+    the child cannot be made or fails: it only loses time."""
     if len(directories) < MIN_DIRS or not can_fork():
         return {}
     theirs, mine = directories[0::2], directories[1::2]
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
+    parent = os.getpid()
+    try:
+        read_fd, write_fd = os.pipe()
+    except OSError:
+        return {}
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(read_fd)
+        os.close(write_fd)
+        return {}
     if pid == 0:  # the child: list, send, and go, running nothing of the parent's
         status = 1
         try:
+            die_with_parent(parent)
             os.close(read_fd)
-            _write_all(write_fd, msgpack.packb([_to_wire(d, p) for d, p in _list(root, theirs)]))
+            listed = [_to_wire(d, p) for d, p in _list(root, theirs)]
+            _write_all(write_fd, msgpack.packb(listed, unicode_errors="surrogateescape"))
             status = 0
         finally:
             os._exit(status)
@@ -70,22 +83,34 @@ def prelist(root: str, directories: Sequence[str]) -> dict[str, Prelisted]:
         data = _read_all(read_fd)  # the child may wait on a full pipe until now
     finally:
         os.close(read_fd)
-        _, status = os.waitpid(pid, 0)
-    if status == 0:
+        exit_status = _reap(pid)
+    if exit_status == 0:
         with contextlib.suppress(ValueError, TypeError, msgpack.UnpackException):
-            found.update(_from_wire(item) for item in msgpack.unpackb(data))
+            items = msgpack.unpackb(data, unicode_errors="surrogateescape")
+            found.update(_from_wire(item) for item in items)
     return found
 
 
+def _reap(pid: int) -> int | None:
+    """The child's exit status (None: not to be had, SIGCHLD ignored say)."""
+    try:
+        return os.waitpid(pid, 0)[1]
+    except ChildProcessError:
+        return None
+
+
 def _list(root: str, directories: Sequence[str]) -> Iterator[tuple[str, Prelisted]]:
+    """Each directory reached from the root without following a link (as
+    the walk would reach it, so nothing outside the replica is listed), and
+    listed without removing anything: the walk tidies what it lists."""
     for directory in directories:
         try:
-            fd = os.open(os.path.join(root, directory), DIR_FLAGS)
+            fd = open_dir(root, directory)
         except OSError:
             continue  # the walk finds out why
         try:
             st = os.fstat(fd)
-            listing = Listing.read(fd)
+            listing = Listing.read(fd, tidy=False)
         except OSError:
             continue
         finally:

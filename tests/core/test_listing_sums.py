@@ -310,6 +310,7 @@ def test_listed_ahead_as_the_walk_would_list(tree: Path, monkeypatch: pytest.Mon
 
     monkeypatch.setattr(prelist, "MIN_DIRS", 1)
     monkeypatch.setattr(prelist, "can_fork", lambda: True)
+    os.mkdir(os.fsencode(a_subdir(tree)) + b"/not-utf8-\xff")  # a name msgpack takes as bytes
     dirs = sorted(p.relative_to(tree).as_posix() for p in tree.rglob("*") if p.is_dir())
     dirs.remove(".merklesync")
     found = prelist.prelist(str(tree), [*dirs, "no-such-dir"])
@@ -326,3 +327,76 @@ def test_listed_ahead_as_the_walk_would_list(tree: Path, monkeypatch: pytest.Mon
         )
     monkeypatch.setattr(prelist, "MIN_DIRS", len(dirs) + 1)
     assert prelist.prelist(str(tree), dirs) == {}  # too few to be worth a fork
+
+
+def test_listing_ahead_follows_no_link_and_removes_nothing(tmp_path: Path, listed: str) -> None:
+    """A directory the index knows (here a/s), whose parent became a link
+    to elsewhere: neither listing ahead nor the walk goes through the link,
+    and a temp-file-like name there is not "tidied" away."""
+    root = tmp_path / "r"
+    (root / "a" / "s").mkdir(parents=True)
+    (root / "a" / "s" / "f").write_text("mine")
+    for path in (root / "a" / "s" / "f", root / "a" / "s", root / "a"):
+        os.utime(path, (1_600_000_000, 1_600_000_000))  # not racy: sums are kept
+    assert ms("init", root).code == 0
+    with Replica.open(root) as replica:
+        assert replica.index.listed_dirs() == ["a", "a/s"]
+    outside = tmp_path / "outside"
+    (outside / "s").mkdir(parents=True)
+    victim = outside / "s" / ".merklesync-tmp-999999-1-victim"
+    victim.write_text("not the replica's")
+    (root / "a").rename(tmp_path / "a-moved")
+    (root / "a").symlink_to(outside)
+    report = scan(root)
+    assert victim.exists()
+    assert "a/s/f" in report.deleted and "a" in report.modified
+    assert not {p for p in live(root) if p.startswith("a/")}
+
+
+def test_an_ignore_file_made_after_the_listing_ahead_is_obeyed(
+    tree: Path, monkeypatch: pytest.MonkeyPatch, listed: str
+) -> None:
+    """Listed ahead without an ignore file, listed again (it changed) with
+    one: the rules read are those of the listing the walk goes by."""
+    sub = a_subdir(tree)
+    (sub / "secret.txt").write_text("left out")
+    real = prelist.prelist
+
+    def then_ignored(root: str, directories: Any) -> dict[str, prelist.Prelisted]:
+        found = real(root, directories)
+        (sub / ".merklesyncignore").write_text("secret.txt\n")
+        return found
+
+    monkeypatch.setattr(prelist, "prelist", then_ignored)
+    scan(tree)
+    assert f"{sub.name}/.merklesyncignore" in live(tree)
+    assert f"{sub.name}/secret.txt" not in live(tree)
+
+
+def test_no_child_to_wait_for_costs_only_time(
+    tree: Path, monkeypatch: pytest.MonkeyPatch, listed: str
+) -> None:
+    """SIGCHLD ignored (as a parent may leave it across exec): the child's
+    exit status cannot be had, its half is listed by the walk."""
+    import signal
+
+    for victim in [p for p in sorted(tree.rglob("f*")) if p.parent != tree][:2]:
+        victim.write_bytes(b"changed")
+        os.utime(victim, (1_600_000_000, 1_600_000_000))
+    old = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        report = scan(tree)
+    finally:
+        signal.signal(signal.SIGCHLD, old)
+    assert len(report.modified) == 2 and not report.warnings
+
+
+def test_no_process_to_fork_costs_only_time(
+    tree: Path, monkeypatch: pytest.MonkeyPatch, listed: str
+) -> None:
+    def no_fork() -> int:
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    report = scan(tree)
+    assert report.scanned == 60 + DIRS and not report.warnings

@@ -3,8 +3,13 @@ reached (LocalPeer.scan_ahead, opened_pair): the same scan, only sooner."""
 
 from __future__ import annotations
 
+import errno
+import functools
+import os
+import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -135,3 +140,123 @@ def test_the_local_replica_scans_before_the_remote_one_is_reached(
         here, there = (replica, other) if command == "push" else (other, replica)
         assert live(there) == live(here)
         assert "new.txt" in live(there)
+
+
+def test_closing_after_the_scan_ahead_wrote(replica: Path) -> None:
+    """The child committed while this process held its last read: the
+    close still writes (no "database is locked")."""
+    peer = LocalPeer.open(replica)
+    peer.scan_ahead()
+    assert peer._ahead is not None
+    peer._ahead[1].proc.join()  # done, and committed
+    peer.close()
+    assert "new.txt" in live(replica)
+
+
+def test_no_process_to_be_had_leaves_the_scan_to_the_refresh(
+    replica: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_process(self: Replica, **kw: object) -> None:
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(Replica, "start_scan", no_process)
+    peer = LocalPeer.open(replica)
+    try:
+        peer.scan_ahead()
+        assert peer._ahead is None
+        assert peer.start_refresh()(None).added == ["new.txt"]  # scanned here, in turn
+    finally:
+        peer.close()
+
+
+class _Sender:
+    def __init__(self) -> None:
+        self.sent: list[object] = []
+
+    def send(self, obj: object) -> None:
+        self.sent.append(obj)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected"),
+    [
+        (PermissionError(errno.EACCES, "Permission denied", "/r/x"), "/r/x: Permission denied"),
+        (KeyboardInterrupt(), None),
+    ],
+)
+def test_what_ends_a_child_scan_is_one_line_or_quiet(
+    replica: Path, monkeypatch: pytest.MonkeyPatch, raised: BaseException, expected: str | None
+) -> None:
+    from merklesync import replica as replica_mod
+    from merklesync.errors import LocalIOError
+    from merklesync.sources.directory import DirectorySource
+
+    def failing(*args: object, **kw: object) -> None:
+        raise raised
+
+    monkeypatch.setattr(DirectorySource, "scan", failing)
+    monkeypatch.setattr(replica_mod, "die_with_parent", lambda parent: None)  # not a child here
+    sender = _Sender()
+    with Replica.open(replica) as r:
+        child = functools.partial(
+            replica_mod._scan_child, os.getppid(), r.source, r.index.path, False, False, 0
+        )
+        if expected is None:
+            with pytest.raises(SystemExit) as exited:
+                child(None, sender)
+            assert exited.value.code == 130 and sender.sent == []
+        else:
+            child(None, sender)
+            assert len(sender.sent) == 1 and isinstance(sender.sent[0], LocalIOError)
+            assert sender.sent[0].message == expected
+
+
+ORPHAN = """
+import os, sys, time
+from pathlib import Path
+from merklesync.replica import Replica
+from merklesync.sources.directory import DirectorySource
+
+def slow(*args, **kw):
+    time.sleep(30)  # bounded: the test stops waiting long before
+
+DirectorySource.scan = slow
+r = Replica.open(Path(sys.argv[1]))
+child = r.start_scan()
+print(child.proc.pid, flush=True)
+time.sleep(30)
+"""
+
+
+def test_a_scan_child_goes_with_its_killed_parent(replica: Path, tmp_path: Path) -> None:
+    """Killed (SIGKILL: no cleanup), the parent leaves no scan running on,
+    holding the replica's lock."""
+    script = tmp_path / "orphan.py"
+    script.write_text(ORPHAN)
+    parent = subprocess.Popen(
+        [sys.executable, str(script), str(replica)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 10
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child)
+    with Replica.open(replica):  # not locked
+        pass
+
+
+def _alive(pid: int) -> bool:
+    """Running (not a zombie waiting for init to reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
