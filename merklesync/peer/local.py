@@ -67,7 +67,10 @@ class LocalPeer:
         """Start the scan a refresh would do, in a child process, so that it
         runs while the other replica is reached (the first refresh then
         waits for it). Only while this process runs no other thread: else
-        the refresh scans, as it would have."""
+        the refresh scans, as it would have; nor when a watcher will say
+        where to look: that scan is cheaper than starting a process."""
+        if self.replica.source.watched(checksum=checksum):
+            return
         if self._ahead is None and threading.active_count() == 1:
             with contextlib.suppress(OSError):  # no process to be had: the refresh scans
                 self._ahead = checksum, self.replica.start_scan(checksum=checksum, spread=True)

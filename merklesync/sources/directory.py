@@ -25,7 +25,7 @@ import msgpack
 from merklesync import journal
 from merklesync.clock import HybridClock, VersionVector
 from merklesync.errors import LocalIOError, MerklesyncError, UnsafePath
-from merklesync.ignore import TEMP_PREFIX, IgnoreRules
+from merklesync.ignore import STATE_DIR, TEMP_PREFIX, IgnoreRules
 from merklesync.index import TOMBSTONE, Cached, Index
 from merklesync.model import Entry, EntryKind, Outcome, ScanReport, WriteItem, leaf_of
 from merklesync.protocol.paths import check_relpath
@@ -149,6 +149,12 @@ class DirectorySource:
 
     def _readlink(self, rel: str, dir_fd: int | None) -> str:
         return os.readlink(self._where(rel, dir_fd), dir_fd=dir_fd)
+
+    def watched(self, *, checksum: bool = False) -> bool:
+        """Whether a scan would ask a running watcher where to look."""
+        if checksum or self.ignore.has_excludes:
+            return False
+        return journal.watcher_running(self.root / STATE_DIR)
 
     def scan(
         self,

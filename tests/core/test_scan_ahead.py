@@ -260,3 +260,22 @@ def _alive(pid: int) -> bool:
             return f.read().rpartition(")")[2].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_no_scan_ahead_where_a_watcher_says_where_to_look(replica: Path) -> None:
+    """With a watcher running, the scan looks only where it says: cheaper
+    than a process. --checksum reads everything: then it goes ahead."""
+    import fcntl
+
+    lock = replica / ".merklesync" / "watch.lock"
+    with lock.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a running watcher holds it
+        peer = LocalPeer.open(replica)
+        try:
+            peer.scan_ahead()
+            assert peer._ahead is None
+            peer.scan_ahead(checksum=True)
+            assert peer._ahead is not None
+            assert peer.refresh(checksum=True).hashed == 31
+        finally:
+            peer.close()
