@@ -69,11 +69,12 @@ class LocalPeer:
         waits for it). Only while this process runs no other thread: else
         the refresh scans, as it would have; nor when a watcher will say
         where to look: that scan is cheaper than starting a process."""
+        if self._ahead is not None or threading.active_count() > 1:
+            return
         if self.replica.source.watched(checksum=checksum):
             return
-        if self._ahead is None and threading.active_count() == 1:
-            with contextlib.suppress(OSError):  # no process to be had: the refresh scans
-                self._ahead = checksum, self.replica.start_scan(checksum=checksum, spread=True)
+        with contextlib.suppress(OSError):  # no process to be had: the refresh scans
+            self._ahead = checksum, self.replica.start_scan(checksum=checksum, spread=True)
 
     def _scanned_ahead(self, checksum: bool) -> Callable[[Progress | None], ScanReport] | None:
         ahead, self._ahead = self._ahead, None

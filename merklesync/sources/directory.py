@@ -72,9 +72,7 @@ class _Scan:
     # those holding hard-linked files (a write through another link raises
     # no event here) and those where something could not be read.
     relist: set[str] = field(default_factory=set)
-    # Whether the scan may skip work: a watcher's answer, listing sums (not
-    # when it looks with other eyes: --checksum, --exclude).
-    shortcuts: bool = False
+    shortcuts: bool = False  # see DirectorySource._shortcuts
     # Directories listed ahead of the walk, on two cores (prelist.py).
     prelisted: dict[str, prelist.Prelisted] = field(default_factory=dict)
 
@@ -150,11 +148,14 @@ class DirectorySource:
     def _readlink(self, rel: str, dir_fd: int | None) -> str:
         return os.readlink(self._where(rel, dir_fd), dir_fd=dir_fd)
 
+    def _shortcuts(self, checksum: bool) -> bool:
+        """Whether a scan may skip work (a watcher's answer, listing sums):
+        not when it looks with other eyes (--checksum, --exclude)."""
+        return not (checksum or self.ignore.has_excludes)
+
     def watched(self, *, checksum: bool = False) -> bool:
         """Whether a scan would ask a running watcher where to look."""
-        if checksum or self.ignore.has_excludes:
-            return False
-        return journal.watcher_running(self.root / STATE_DIR)
+        return self._shortcuts(checksum) and journal.watcher_running(self.root / STATE_DIR)
 
     def scan(
         self,
@@ -173,7 +174,7 @@ class DirectorySource:
         ``spread``: a full scan may list on a second core (no other scan
         runs beside this one)."""
         scan = _Scan(index, replica_id, clock, checksum, progress)
-        scan.shortcuts = not (checksum or self.ignore.has_excludes)
+        scan.shortcuts = self._shortcuts(checksum)
         changes = journal.ask(self.root, index.meta(WATCH_TOKEN)) if scan.shortcuts else None
         index.learned_at = learned_ns  # deletions found now are as old as the scan
         relist = _stored_relist(index) if changes is not None else None
