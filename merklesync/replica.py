@@ -277,18 +277,24 @@ class ChildScan:
         if isinstance(result, MerklesyncError):
             raise result
         self._progress(progress, reported)
-        self.replica.index.reload()
-        self.replica.clock.observe(int(self.replica.index.meta("hlc") or 0))
+        self._take_in()
         assert isinstance(result, ScanReport)
         return result
 
     def cancel(self) -> None:
-        """Stop the scan, unfinished (what it committed stays: a scan
-        resumes where it stopped), and wait until it has."""
+        """Stop the scan and wait until it has. A scan commits once, at its
+        end: stopped sooner, it leaves the index as it was, and the next
+        scan does the work. Stopped later, what it wrote is taken in, as
+        wait() would."""
         self.proc.terminate()
         self.proc.join()
         self.receiver.close()
+        self._take_in()
+
+    def _take_in(self) -> None:
+        """See what the child wrote: the index, and the clock it kept."""
         self.replica.index.reload()
+        self.replica.clock.observe(int(self.replica.index.meta("hlc") or 0))
 
     def _progress(self, progress: Progress | None, reported: int) -> int:
         done = int(self.counter.value)

@@ -238,7 +238,7 @@ class DirectorySource:
         report = scan.report
         scan.relist.discard(directory)
         pre = scan.prelisted.pop(directory, None)
-        if pre is not None and pre.identity == identity:
+        if pre is not None and pre.identity == identity and not pre.has_temp_files:
             self.ignore.for_directory(directory, has_file=pre.has_ignore_file)
             subdirs = self._unchanged(directory, scan, pre.digest, pre.subdirs.get)
             if subdirs is not None:

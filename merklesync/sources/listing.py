@@ -39,6 +39,7 @@ class Listing:
     stats: list[os.stat_result | OSError] = field(default_factory=list)
     keys: list[bytes] = field(default_factory=list)
     has_ignore_file: bool = False
+    has_temp_files: bool = False  # left in place (not tidy), or by a writer still at work
     _positions: dict[str, int] | None = None  # name -> index, made when first needed
 
     @classmethod
@@ -59,6 +60,8 @@ class Listing:
                     if tidy and abandoned(name):
                         with contextlib.suppress(OSError):  # left by an interrupted run
                             os.unlink(name, dir_fd=dir_fd)
+                    else:
+                        listing.has_temp_files = True
                     continue
                 if name == IGNORE_FILE:
                     listing.has_ignore_file = True

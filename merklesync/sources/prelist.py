@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
@@ -24,7 +25,7 @@ from typing import Any, NamedTuple
 import msgpack
 
 from merklesync.orphans import die_with_parent
-from merklesync.sources.dir_fds import open_dir
+from merklesync.sources.dir_fds import DirFds, NotADirectory
 from merklesync.sources.listing import Listing
 
 MIN_DIRS = 64  # fewer: forking costs more than it saves
@@ -38,6 +39,7 @@ class Prelisted(NamedTuple):
     identity: Identity  # of the directory opened
     digest: bytes | None  # Listing.digest()
     has_ignore_file: bool
+    has_temp_files: bool  # the walk lists it itself, and removes the abandoned ones
     subdirs: dict[str, Identity]  # the directories in it
 
 
@@ -61,15 +63,20 @@ def prelist(root: str, directories: Sequence[str]) -> dict[str, Prelisted]:
         read_fd, write_fd = os.pipe()
     except OSError:
         return {}
+    # Signals wait until the child is inside its try: one arriving between
+    # fork and try would unwind the parent's stack in the child.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         pid = os.fork()
     except OSError:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(read_fd)
         os.close(write_fd)
         return {}
     if pid == 0:  # the child: list, send, and go, running nothing of the parent's
         status = 1
         try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             die_with_parent(parent)
             os.close(read_fd)
             listed = [_to_wire(d, p) for d, p in _list(root, theirs)]
@@ -77,6 +84,7 @@ def prelist(root: str, directories: Sequence[str]) -> dict[str, Prelisted]:
             status = 0
         finally:
             os._exit(status)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     os.close(write_fd)
     try:
         found = dict(_list(root, mine))
@@ -101,38 +109,42 @@ def _reap(pid: int) -> int | None:
 
 def _list(root: str, directories: Sequence[str]) -> Iterator[tuple[str, Prelisted]]:
     """Each directory reached from the root without following a link (as
-    the walk would reach it, so nothing outside the replica is listed), and
-    listed without removing anything: the walk tidies what it lists."""
-    for directory in directories:
-        try:
-            fd = open_dir(root, directory)
-        except OSError:
-            continue  # the walk finds out why
-        try:
-            st = os.fstat(fd)
-            listing = Listing.read(fd, tidy=False)
-        except OSError:
-            continue
-        finally:
-            os.close(fd)
-        yield (
-            directory,
-            Prelisted(
-                (st.st_dev, st.st_ino), listing.digest(), listing.has_ignore_file, listing.subdirs()
-            ),
-        )
+    the walk would reach it, so nothing outside the replica is listed; in
+    path order, through the open parents DirFds keeps), and listed without
+    removing anything: the walk tidies what it lists."""
+    dirs = DirFds(root)
+    try:
+        for directory in directories:
+            try:
+                fd = dirs.get(directory)
+                st = os.fstat(fd)
+                listing = Listing.read(fd, tidy=False)
+            except (OSError, NotADirectory):
+                continue  # the walk finds out why
+            yield (
+                directory,
+                Prelisted(
+                    (st.st_dev, st.st_ino),
+                    listing.digest(),
+                    listing.has_ignore_file,
+                    listing.has_temp_files,
+                    listing.subdirs(),
+                ),
+            )
+    finally:
+        dirs.close()
 
 
 def _to_wire(directory: str, p: Prelisted) -> list[object]:
     subdirs = [x for name, (dev, ino) in p.subdirs.items() for x in (name, dev, ino)]
-    return [directory, *p.identity, p.digest, p.has_ignore_file, subdirs]
+    return [directory, *p.identity, p.digest, p.has_ignore_file, p.has_temp_files, subdirs]
 
 
 def _from_wire(item: Any) -> tuple[str, Prelisted]:
     """From this module's own child: shaped as _to_wire made it."""
-    directory, dev, ino, digest, has_file, flat = item
+    directory, dev, ino, digest, has_file, has_temp, flat = item
     subdirs = {flat[i]: (flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)}
-    return directory, Prelisted((dev, ino), digest, has_file, subdirs)
+    return directory, Prelisted((dev, ino), digest, has_file, has_temp, subdirs)
 
 
 def _write_all(fd: int, data: bytes) -> None:

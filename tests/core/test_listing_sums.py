@@ -90,6 +90,22 @@ def on_index(root: Path, sql: str, *args: str) -> None:
         conn.close()
 
 
+def record_prelist(
+    monkeypatch: pytest.MonkeyPatch,
+) -> list[tuple[list[str], dict[str, prelist.Prelisted]]]:
+    """Each listing ahead: the directories asked for, and what came back."""
+    calls: list[tuple[list[str], dict[str, prelist.Prelisted]]] = []
+    real = prelist.prelist
+
+    def recording(root: str, directories: Any) -> dict[str, prelist.Prelisted]:
+        found = real(root, directories)
+        calls.append((list(directories), dict(found)))  # the walk pops from it
+        return found
+
+    monkeypatch.setattr(prelist, "prelist", recording)
+    return calls
+
+
 def a_subdir(root: Path) -> Path:
     return next(p for p in sorted(root.iterdir()) if p.is_dir() and p.name.startswith("d"))
 
@@ -299,8 +315,12 @@ def test_a_failed_listing_ahead_leaves_its_half_to_the_walk(
         victim.write_bytes(b"changed")
         os.utime(victim, (1_600_000_000, 1_600_000_000))
     monkeypatch.setattr(prelist, "_to_wire", lambda *a: 1 / 0)  # in the child only
+    listed_ahead = record_prelist(monkeypatch)
     report = scan(tree)
     assert len(report.modified) == 3 and report.scanned == 60 + DIRS
+    if listed == "prelisted":  # the parent's half, not the child's
+        known = listed_ahead[0][0]
+        assert sorted(listed_ahead[0][1]) == known[1::2]
     assert changes(scan(tree)) == ([], [], [])
 
 
@@ -323,7 +343,11 @@ def test_listed_ahead_as_the_walk_would_list(tree: Path, monkeypatch: pytest.Mon
             os.close(fd)
         st = os.stat(tree / d)
         assert found[d] == prelist.Prelisted(
-            (st.st_dev, st.st_ino), listing.digest(), listing.has_ignore_file, listing.subdirs()
+            (st.st_dev, st.st_ino),
+            listing.digest(),
+            listing.has_ignore_file,
+            listing.has_temp_files,
+            listing.subdirs(),
         )
     monkeypatch.setattr(prelist, "MIN_DIRS", len(dirs) + 1)
     assert prelist.prelist(str(tree), dirs) == {}  # too few to be worth a fork
@@ -383,12 +407,16 @@ def test_no_child_to_wait_for_costs_only_time(
     for victim in [p for p in sorted(tree.rglob("f*")) if p.parent != tree][:2]:
         victim.write_bytes(b"changed")
         os.utime(victim, (1_600_000_000, 1_600_000_000))
+    listed_ahead = record_prelist(monkeypatch)
     old = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     try:
         report = scan(tree)
     finally:
         signal.signal(signal.SIGCHLD, old)
     assert len(report.modified) == 2 and not report.warnings
+    if listed == "prelisted":  # the parent's half, not the child's
+        known = listed_ahead[0][0]
+        assert sorted(listed_ahead[0][1]) == known[1::2]
 
 
 def test_no_process_to_fork_costs_only_time(
@@ -400,3 +428,17 @@ def test_no_process_to_fork_costs_only_time(
     monkeypatch.setattr(os, "fork", no_fork)
     report = scan(tree)
     assert report.scanned == 60 + DIRS and not report.warnings
+
+
+def test_a_temp_file_left_by_an_interrupted_run_goes_at_the_next_scan(
+    tree: Path, listed: str
+) -> None:
+    """Temp names are not in a listing's sum, so an unchanged directory is
+    not read again; listed ahead (which removes nothing), it still goes to
+    the walk, which removes what an interrupted run left."""
+    sub = a_subdir(tree)
+    scan(tree)
+    left = sub / ".merklesync-tmp-999999-1-half-copied"
+    left.write_bytes(b"x" * 1000)
+    assert changes(scan(tree)) == ([], [], [])
+    assert not left.exists()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -76,16 +78,23 @@ def test_another_kind_of_scan_waits_for_the_one_ahead(replica: Path) -> None:
         peer.close()
 
 
-def test_closing_stops_the_scan_ahead(replica: Path) -> None:
+def test_closing_stops_the_scan_ahead(replica: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The run failed before it waited for the scan (the remote replica
-    could not be reached, say): the scan is stopped, and gone before the
-    lock is released; the next one does its work."""
+    could not be reached, say): the scan is stopped, not waited for, and
+    gone before the lock is released; the next one does its work."""
+    from merklesync.sources.directory import DirectorySource
+
+    def slow(*args: object, **kw: object) -> None:
+        time.sleep(30)  # the child's scan: stopped long before
+
+    monkeypatch.setattr(DirectorySource, "scan", slow)
     peer = LocalPeer.open(replica)
     peer.scan_ahead()
     assert peer._ahead is not None
     child = peer._ahead[1].proc
     peer.close()
-    assert child.exitcode is not None
+    assert child.exitcode == -signal.SIGTERM
+    monkeypatch.undo()
     with Replica.open(replica) as r:  # not locked, and whole
         r.scan()
         r.index.check()
@@ -151,6 +160,28 @@ def test_closing_after_the_scan_ahead_wrote(replica: Path) -> None:
     peer._ahead[1].proc.join()  # done, and committed
     peer.close()
     assert "new.txt" in live(replica)
+
+
+def test_a_cancelled_scan_ahead_keeps_the_clock_it_moved(replica: Path) -> None:
+    """The clock never goes back: what a finished child stored is taken in
+    before the replica is closed (which stores this process's clock)."""
+
+    def stored_clock() -> int:
+        conn = sqlite3.connect(replica / ".merklesync" / "index.db")
+        try:
+            return int(conn.execute("SELECT value FROM meta WHERE key = 'hlc'").fetchone()[0])
+        finally:
+            conn.close()
+
+    peer = LocalPeer.open(replica)
+    before = peer.replica.clock.last
+    peer.scan_ahead()
+    assert peer._ahead is not None
+    peer._ahead[1].proc.join()  # finished: new.txt got a stamp, the clock moved
+    moved = stored_clock()
+    assert moved > before
+    peer.close()
+    assert stored_clock() >= moved
 
 
 def test_no_process_to_be_had_leaves_the_scan_to_the_refresh(
