@@ -84,9 +84,9 @@ def prelist(root: str, directories: Sequence[str]) -> dict[str, Prelisted]:
             status = 0
         finally:
             os._exit(status)
-    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     os.close(write_fd)
     try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a Ctrl-C now still reaps the child
         found = dict(_list(root, mine))
         data = _read_all(read_fd)  # the child may wait on a full pipe until now
     finally:
