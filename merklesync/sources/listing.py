@@ -73,6 +73,7 @@ class Listing:
                 keys.append(b"")
                 continue
             stats.append(st)
+            # stat_key(st), inlined: every entry of every scan passes here
             keys.append(pack(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode))
         return listing
 

@@ -17,7 +17,6 @@ from merklesync.transport import StderrTail, error_line
 
 __all__ = ["SubprocessTransport"]
 
-_READ_CHUNK = 1 << 16
 _EXIT_WAIT = 5.0
 _CLOSE_WAIT = 2.0
 
