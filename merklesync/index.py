@@ -71,22 +71,22 @@ CREATE TABLE IF NOT EXISTS nodes (
 # valid only while no row of that directory changes. Index drops a
 # directory's sum when it first writes one of its rows in a transaction
 # (every write to entries goes through Index). Earlier layouts did this with
-# triggers, which made every insert cost twice as much: they are dropped.
+# triggers, which made every insert cost twice as much: they are dropped,
+# with the first layout's table.
+_EARLIER_TRIGGERS = tuple(
+    f"{table}_{event}"
+    for table in ("dirsums", "listings")
+    for event in ("insert", "update", "delete")
+)
 _LISTINGS = (
-    "DROP TRIGGER IF EXISTS dirsums_insert",  # the first layout of this table
-    "DROP TRIGGER IF EXISTS dirsums_update",
-    "DROP TRIGGER IF EXISTS dirsums_delete",
+    *(f"DROP TRIGGER IF EXISTS {name}" for name in _EARLIER_TRIGGERS),
     "DROP TABLE IF EXISTS dirsums",
     "CREATE TABLE IF NOT EXISTS listings "
     "(parent TEXT PRIMARY KEY, sum BLOB NOT NULL, kept BLOB NOT NULL) WITHOUT ROWID",
-    "DROP TRIGGER IF EXISTS listings_insert",
-    "DROP TRIGGER IF EXISTS listings_update",
-    "DROP TRIGGER IF EXISTS listings_delete",
 )
-# Whether the layout above is in place: the table is there, no trigger is.
-_LISTINGS_READY = (
-    "SELECT (SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'listings') "
-    "- (SELECT count(*) FROM sqlite_master WHERE type = 'trigger')"
+# What of the above is there: the layout is in place when that is "listings" alone.
+_LISTINGS_FOUND = "SELECT name FROM sqlite_master WHERE name IN ({})".format(
+    ", ".join(f"'{name}'" for name in ("listings", "dirsums", *_EARLIER_TRIGGERS))
 )
 
 _ENTRY_COLUMNS = "path, kind, deleted, vv, digest, size, mode, mtime_ns, target, stamp"
@@ -268,7 +268,7 @@ class Index:
             "CREATE TABLE IF NOT EXISTS peers (replica_id TEXT PRIMARY KEY, "
             "last_sync_ns INTEGER NOT NULL) WITHOUT ROWID"
         )
-        if conn.execute(_LISTINGS_READY).fetchone()[0] != 1:
+        if {name for (name,) in conn.execute(_LISTINGS_FOUND)} != {"listings"}:
             for statement in _LISTINGS:
                 conn.execute(statement)
             conn.execute("COMMIT")
