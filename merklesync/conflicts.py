@@ -20,7 +20,7 @@ from merklesync.ignore import TEMP_PREFIX
 from merklesync.model import Entry, EntryKind, ScanReport
 from merklesync.policy import CONFLICT_MARK, original_of
 from merklesync.replica import Replica
-from merklesync.sources.directory import write_all
+from merklesync.sources.file_write import write_all
 
 CAP = 5  # conflict copies of one file before sync warns
 

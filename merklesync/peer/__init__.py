@@ -71,7 +71,8 @@ class Peer(Protocol):
         ...
 
     def write(self, items: Iterable[WriteItem], progress: Progress | None = None) -> list[Outcome]:
-        """Apply versions: verified, atomic, compare-and-swap per entry."""
+        """Apply versions: verified, atomic, compare-and-swap per entry; one
+        outcome per item, in the items' order."""
         ...
 
     def remember(self, replica_id: str) -> None:

@@ -142,11 +142,19 @@ class LocalPeer:
     def write(self, items: Iterable[WriteItem], progress: Progress | None = None) -> list[Outcome]:
         self.stats.round_trips += 1
         r = self.replica
-        outcomes: list[Outcome] = []
+        # Outcomes may come out of order (see DirectorySource.write_items).
+        order: dict[int, int] = {}  # id of an item not yet answered -> its place
+        outcomes: list[tuple[int, Outcome]] = []
+
+        def numbered() -> Iterator[WriteItem]:
+            for n, item in enumerate(items):
+                order[id(item)] = n
+                yield item
+
+        writes = r.source.write_items(numbered(), r.index, r.clock)
         try:
-            for n, item in enumerate(items, 1):
-                outcome = r.source.write(item, r.index, r.clock)
-                outcomes.append(outcome)
+            for n, (item, outcome) in enumerate(writes, 1):
+                outcomes.append((order.pop(id(item)), outcome))
                 if outcome.ok and item.entry.kind is EntryKind.FILE and item.data is not None:
                     self.stats.files_transferred += 1
                     self.stats.bytes_transferred += item.entry.size
@@ -155,9 +163,11 @@ class LocalPeer:
                 if n % COMMIT_EVERY == 0:
                     r.index.commit()
         finally:
+            writes.close()  # on a failure here, its placing process stops now
             r.source.end_batch()
             r.index.commit()
-        return outcomes
+        outcomes.sort(key=lambda placed: placed[0])
+        return [outcome for _n, outcome in outcomes]
 
     def remember(self, replica_id: str) -> None:
         # As of this run's scan: a tombstone that arrived during the run is

@@ -14,7 +14,7 @@ import errno
 import os
 import stat as st_mod
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -24,15 +24,23 @@ import msgpack
 
 from merklesync import journal
 from merklesync.clock import HybridClock, VersionVector
-from merklesync.errors import LocalIOError, MerklesyncError, UnsafePath
-from merklesync.ignore import STATE_DIR, TEMP_PREFIX, IgnoreRules
+from merklesync.errors import LocalIOError, UnsafePath
+from merklesync.ignore import STATE_DIR, IgnoreRules
 from merklesync.index import TOMBSTONE, Cached, Index
 from merklesync.model import Entry, EntryKind, Outcome, ScanReport, WriteItem, leaf_of
 from merklesync.protocol.paths import check_relpath
-from merklesync.sources import prelist
+from merklesync.sources import placer, prelist
 from merklesync.sources.dir_fds import DIR_FLAGS, DirFds, NotADirectory, open_dir
+from merklesync.sources.file_write import (
+    IN_THE_WAY,
+    Refused,
+    place_new,
+    temp_name,
+    unlink_quietly,
+    write_file,
+)
 from merklesync.sources.listing import Listing, listing_sum, stat_key
-from merklesync.sources.no_replace import rename_noreplace
+from merklesync.sources.placer import Placer
 
 CHUNK = 1 << 20
 RACY_NS = 2_000_000_000  # an mtime this close to the scan may hide a same-tick edit
@@ -41,8 +49,8 @@ THREADED_HASH = 8 << 20
 WATCH_TOKEN = "watch_token"  # index meta: the journal token the last scan covered
 RELIST = "relist"  # index meta: directories every partial scan re-lists (_Scan.relist)
 
+_CHANGED_SINCE_COMPARISON = "changed on the destination since the comparison"
 _ABSENT = b"absent"  # not in the stat cache (never a packed stat, nor TOMBSTONE)
-_IN_THE_WAY = "an unscanned file is in the way on the destination"
 
 
 _KINDS = {
@@ -118,6 +126,9 @@ class DirectorySource:
         self._root = str(root)
         # The directories this batch of writes goes into, held open.
         self._dirs = DirFds(self._root)
+        self._placer: Placer | None = None  # see write_items
+        self._placer_tried = False
+        self._new_files = 0
 
     def abs(self, rel: str) -> str:
         """The path of a (validated, relative) entry path on this machine."""
@@ -546,15 +557,113 @@ class DirectorySource:
 
     # -- writing ---------------------------------------------------------
 
-    def write(self, item: WriteItem, index: Index, clock: HybridClock) -> Outcome:
+    def write_items(
+        self, items: Iterable[WriteItem], index: Index, clock: HybridClock
+    ) -> Generator[tuple[WriteItem, Outcome], None, None]:
+        """Write each item; yield it with its outcome once that is known.
+
+        Once a run has many new files, they go to a placing process
+        (sources/placer.py) and their outcomes come later. Any other write
+        first waits for every file handed over, so the writes still happen
+        in the order given, as if made here one by one."""
+        handed: dict[str, tuple[WriteItem, Entry | None]] = {}  # by path
+        try:
+            for item in items:
+                entry = item.entry
+                rel = check_relpath(entry.path)
+                if self.ignore.ignored(rel, entry.kind is EntryKind.DIR and not entry.deleted):
+                    yield item, Outcome(rel, False, "ignored on this replica")
+                    continue
+                if rel in handed:  # its index row is still to come
+                    yield from self._settle(handed, index, clock, wait=True)
+                cached = index.get(rel)
+                current = cached.entry if cached is not None else None
+                if leaf_of(current) != item.expect:
+                    yield item, Outcome(rel, False, _CHANGED_SINCE_COMPARISON)
+                    continue
+                child = self._placer_for(item, current)
+                if child is not None:
+                    yield from self._hand_over(child, item, current, handed, index, clock)
+                    continue
+                if handed:
+                    yield from self._settle(handed, index, clock, wait=True)
+                yield item, self._write(item, rel, cached, index, clock)
+            if handed:
+                yield from self._settle(handed, index, clock, wait=True)
+        except BaseException:
+            self._stop_placer()  # what it placed and nobody recorded, the next scan finds
+            raise
+
+    def _placer_for(self, item: WriteItem, current: Entry | None) -> Placer | None:
+        """The placing process, for a new file with its content, once this
+        replica has been given enough of them to make it worth forking."""
         entry = item.entry
-        rel = check_relpath(entry.path)
-        if self.ignore.ignored(rel, entry.kind is EntryKind.DIR and not entry.deleted):
-            return Outcome(rel, False, "ignored on this replica")
-        cached = index.get(rel)
+        if (
+            entry.kind is not EntryKind.FILE
+            or entry.deleted
+            or item.data is None
+            or not (current is None or current.deleted)
+        ):
+            return None
+        if self._placer is None and not self._placer_tried:
+            self._new_files += 1
+            if self._new_files >= placer.MIN_FILES:
+                self._placer_tried = True
+                self._placer = Placer.start(self._root)
+        return self._placer
+
+    def _hand_over(
+        self,
+        placer: Placer,
+        item: WriteItem,
+        current: Entry | None,
+        handed: dict[str, tuple[WriteItem, Entry | None]],
+        index: Index,
+        clock: HybridClock,
+    ) -> Iterator[tuple[WriteItem, Outcome]]:
+        entry = item.entry
+        assert item.data is not None
+        handed[entry.path] = (item, current)
+        try:
+            placer.hand_over(entry.path, entry.mode, entry.mtime_ns, entry.digest, item.data)
+        except OSError as exc:  # reading the content (the child drops the file)
+            del handed[entry.path]
+            yield item, self._failed(entry.path, exc)
+        yield from self._settle(handed, index, clock, wait=False)
+
+    def _settle(
+        self,
+        handed: dict[str, tuple[WriteItem, Entry | None]],
+        index: Index,
+        clock: HybridClock,
+        *,
+        wait: bool,
+    ) -> Iterator[tuple[WriteItem, Outcome]]:
+        """Record what the placing process placed (``wait``: everything)."""
+        assert self._placer is not None
+        for answer in self._placer.answers(wait=wait):
+            if answer.aborted:
+                continue  # its outcome was given when its content failed
+            item, current = handed.pop(answer.path)
+            rel = answer.path
+            if answer.placed is not None:
+                key, mtime_ns = answer.placed
+                yield item, self._record(item.entry, key, mtime_ns, current, index, clock)
+            elif answer.error is not None:
+                yield item, self._failed(rel, answer.error)
+            else:
+                yield item, Outcome(rel, False, answer.refused or "not placed")
+
+    def _stop_placer(self) -> None:
+        placer, self._placer = self._placer, None
+        if placer is not None:
+            placer.close()
+
+    def _write(
+        self, item: WriteItem, rel: str, cached: Cached | None, index: Index, clock: HybridClock
+    ) -> Outcome:
+        entry = item.entry
         current = cached.entry if cached is not None else None
-        if leaf_of(current) != item.expect:
-            return Outcome(rel, False, "changed on the destination since the comparison")
         placed = None  # the stat of what was written, where known
         try:
             spot = self._spot_for(rel, entry, cached)
@@ -568,24 +677,44 @@ class DirectorySource:
                     self._put_link(spot, entry, on_disk)
                 else:
                     placed = self._put_file(spot, entry, on_disk, item.data, current)
-        except (_Refused, NotADirectory) as refusal:
+        except (Refused, NotADirectory) as refusal:
             _drain(item)
             return Outcome(rel, False, refusal.message)
         except OSError as exc:
             _drain(item)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
-                raise LocalIOError(f"{self.abs(rel)}: {exc.strerror}") from exc
-            return Outcome(rel, False, exc.strerror or str(exc))
+            return self._failed(rel, exc)
+        if entry.deleted:
+            return self._record(entry, None, 0, current, index, clock)
+        assert spot is not None
+        st = placed or os.stat(spot.name, dir_fd=spot.fd, follow_symlinks=False)
+        return self._record(entry, stat_key(st), st.st_mtime_ns, current, index, clock)
+
+    def _failed(self, rel: str, exc: OSError) -> Outcome:
+        """A write that failed: the run goes on, unless the disk is full."""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise LocalIOError(f"{self.abs(rel)}: {exc.strerror}") from exc
+        return Outcome(rel, False, exc.strerror or str(exc))
+
+    @staticmethod
+    def _record(
+        entry: Entry,
+        key: bytes | None,
+        mtime_ns: int,
+        current: Entry | None,
+        index: Index,
+        clock: HybridClock,
+    ) -> Outcome:
+        """Record a write in the index: ``key`` and ``mtime_ns`` as the
+        stat cache has them (a racy mtime is left out of the cache, so the
+        next scan reads the file again)."""
         clock.observe(entry.stamp)
         stat = None
         if not entry.deleted:
-            assert spot is not None
-            st = placed or os.stat(spot.name, dir_fd=spot.fd, follow_symlinks=False)
-            stat = None if st.st_mtime_ns >= time.time_ns() - RACY_NS else stat_key(st)
-            if entry.kind is EntryKind.FILE and entry.mtime_ns != st.st_mtime_ns:
-                entry = dataclasses.replace(entry, mtime_ns=st.st_mtime_ns)
+            stat = None if mtime_ns >= time.time_ns() - RACY_NS else key
+            if entry.kind is EntryKind.FILE and entry.mtime_ns != mtime_ns:
+                entry = dataclasses.replace(entry, mtime_ns=mtime_ns)
         index.put(entry, stat, current)
-        return Outcome(rel, True)
+        return Outcome(entry.path, True)
 
     def _spot_for(self, rel: str, entry: Entry, cached: Cached | None) -> _Spot | None:
         """Where ``entry`` is written; None for a tombstone whose parent is
@@ -596,7 +725,7 @@ class DirectorySource:
             if not entry.deleted:
                 raise
             if cached is not None and not cached.entry.deleted:
-                raise _Refused("deleted on the destination since the scan") from None
+                raise Refused("deleted on the destination since the scan") from None
             return None
 
     def _spot(self, rel: str, *, create: bool) -> _Spot:
@@ -617,19 +746,19 @@ class DirectorySource:
         """The destination must hold exactly what its index says (an
         unindexed directory may be adopted: it holds no content itself).
         A new file is not looked for here: it is renamed into place only
-        where nothing is (see _place_new)."""
+        where nothing is (see file_write.place_new)."""
         known = cached is not None and not cached.entry.deleted
         if not known and entry.kind is EntryKind.FILE and not entry.deleted:
             return None
         st = self._lstat(spot)
         if st is None:
             if known:
-                raise _Refused("deleted on the destination since the scan")
+                raise Refused("deleted on the destination since the scan")
             return None
         if not known:
             if st_mod.S_ISDIR(st.st_mode) and entry.kind is EntryKind.DIR and not entry.deleted:
                 return st
-            raise _Refused(_IN_THE_WAY)
+            raise Refused(IN_THE_WAY)
         assert cached is not None
         if cached.stat == stat_key(st):
             return st
@@ -637,7 +766,7 @@ class DirectorySource:
             try:
                 digest, st2 = self.hash_file(spot.rel, spot.fd)
             except (OSError, FileChanged):
-                raise _Refused("changed on the destination since the scan") from None
+                raise Refused("changed on the destination since the scan") from None
             if digest == cached.entry.digest and st_mod.S_IMODE(st2.st_mode) == cached.entry.mode:
                 return st2
         elif cached.entry.kind is EntryKind.DIR and kind_of(st.st_mode) is EntryKind.DIR:
@@ -647,10 +776,10 @@ class DirectorySource:
             try:
                 target = self._readlink(spot.rel, spot.fd)
             except OSError:
-                raise _Refused("changed on the destination since the scan") from None
+                raise Refused("changed on the destination since the scan") from None
             if link_digest(target) == cached.entry.digest:
                 return st
-        raise _Refused("changed on the destination since the scan")
+        raise Refused("changed on the destination since the scan")
 
     def end_batch(self) -> None:
         """Close the directories of this batch: the next one walks to them again."""
@@ -665,7 +794,7 @@ class DirectorySource:
                 os.rmdir(spot.name, dir_fd=spot.fd)
             except OSError as exc:
                 if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise _Refused("directory is not empty on the destination") from None
+                    raise Refused("directory is not empty on the destination") from None
                 raise
         else:
             self._recheck(spot, on_disk)  # not edited since it was verified
@@ -687,6 +816,7 @@ class DirectorySource:
 
     def finish(self) -> None:
         """Give directories written read-only their mode, deepest first."""
+        self._stop_placer()
         try:
             for rel in sorted(self._final_modes, key=lambda r: r.count("/"), reverse=True):
                 with contextlib.suppress(OSError, NotADirectory):  # removed meanwhile
@@ -697,15 +827,15 @@ class DirectorySource:
 
     def _put_link(self, spot: _Spot, entry: Entry, on_disk: os.stat_result | None) -> None:
         if link_digest(entry.target) != entry.digest:
-            raise _Refused("link target does not match its digest")
-        tmp = _temp_name(spot.name)
+            raise Refused("link target does not match its digest")
+        tmp = temp_name(spot.name)
         os.symlink(entry.target, tmp, dir_fd=spot.fd)
         try:
             self._clear_dir_in_way(spot, on_disk)
             self._recheck(spot, on_disk)
             os.replace(tmp, spot.name, src_dir_fd=spot.fd, dst_dir_fd=spot.fd)
         except BaseException:
-            _unlink_quietly(tmp, spot.fd)
+            unlink_quietly(tmp, spot.fd)
             raise
 
     def _put_file(
@@ -726,7 +856,7 @@ class DirectorySource:
                 or current.kind is not EntryKind.FILE
                 or current.digest != entry.digest
             ):
-                raise _Refused("content missing for a changed file")
+                raise Refused("content missing for a changed file")
             _chmod(spot, entry.mode)
             os.utime(
                 spot.name,
@@ -735,49 +865,17 @@ class DirectorySource:
                 follow_symlinks=False,
             )
             return None
-        tmp = _temp_name(spot.name)
-        fd = os.open(
-            tmp,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o600,
-            dir_fd=spot.fd,
-        )
-        try:
-            try:
-                hasher = blake3.blake3()
-                for chunk in data:
-                    hasher.update(chunk)
-                    write_all(fd, chunk)
-                if hasher.digest() != entry.digest:
-                    raise _Refused("content does not match its digest (changed during transfer)")
-                os.fchmod(fd, entry.mode)
-                os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
-                if on_disk is None:
-                    self._place_new(tmp, spot)
-                else:
-                    self._clear_dir_in_way(spot, on_disk)
-                    self._recheck(spot, on_disk)
-                    os.replace(tmp, spot.name, src_dir_fd=spot.fd, dst_dir_fd=spot.fd)
-                # The file as placed (a rename changes its ctime), and not
-                # whatever may have replaced it since.
-                return os.fstat(fd)
-            finally:
-                os.close(fd)
-        except BaseException:
-            _unlink_quietly(tmp, spot.fd)
-            raise
 
-    def _place_new(self, tmp: str, spot: _Spot) -> None:
-        """Rename a temp file to where nothing was: refused if something is
-        there now (an unscanned file, or one made during the transfer)."""
-        try:
-            if rename_noreplace(tmp, spot.name, spot.fd):
-                return
-        except FileExistsError:
-            raise _Refused(_IN_THE_WAY) from None
-        if self._lstat(spot) is not None:  # no atomic way here: look, then rename
-            raise _Refused(_IN_THE_WAY)
-        os.replace(tmp, spot.name, src_dir_fd=spot.fd, dst_dir_fd=spot.fd)
+        def replace(tmp: str) -> None:
+            self._clear_dir_in_way(spot, on_disk)
+            self._recheck(spot, on_disk)
+            os.replace(tmp, spot.name, src_dir_fd=spot.fd, dst_dir_fd=spot.fd)
+
+        def new(tmp: str) -> None:
+            place_new(tmp, spot.name, spot.fd)
+
+        place = new if on_disk is None else replace
+        return write_file(spot.fd, spot.name, entry.mode, entry.mtime_ns, entry.digest, data, place)
 
     def _clear_dir_in_way(self, spot: _Spot, on_disk: os.stat_result | None) -> None:
         if on_disk is not None and st_mod.S_ISDIR(on_disk.st_mode):
@@ -791,7 +889,7 @@ class DirectorySource:
         if (st is None) != (on_disk is None) or (
             st is not None and on_disk is not None and stat_key(st) != stat_key(on_disk)
         ):
-            raise _Refused("changed on the destination during the transfer")
+            raise Refused("changed on the destination during the transfer")
 
 
 class _Spot(NamedTuple):
@@ -804,10 +902,6 @@ class _Spot(NamedTuple):
 
 def _chmod(spot: _Spot, mode: int) -> None:
     os.chmod(spot.name, mode, dir_fd=spot.fd, follow_symlinks=False)
-
-
-def _temp_name(name: str) -> str:
-    return f"{TEMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}-{name[:80]}"
 
 
 def _storable(text: str) -> bool:
@@ -862,26 +956,11 @@ def _below_any(path: str, tops: set[str]) -> bool:
     return False
 
 
-class _Refused(MerklesyncError):
-    """The write was refused for this entry; the run goes on."""
-
-
 def _drain(item: WriteItem) -> None:
     """Consume the rest of a refused item's data so a stream stays in step."""
     if item.data is not None:
         for _ in item.data:
             pass
-
-
-def _unlink_quietly(name: str, dir_fd: int) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(name, dir_fd=dir_fd)
-
-
-def write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _chunks(fd: int, size: int) -> Iterator[bytes]:

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from merklesync.lock import ReplicaLock
-from merklesync.sources import directory, no_replace
+from merklesync.model import Entry
+from merklesync.sources import directory, file_write, no_replace, placer
 from tests.clirun import ms
 from tests.treegen import assert_same_tree, make_tree
 
@@ -35,6 +38,17 @@ def pair(tmp_path: Path) -> tuple[Path, Path]:
     return src, dst
 
 
+@pytest.fixture(params=[False, True], ids=["placed-here", "placing-process"])
+def placing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Run a test as written, then with every new file placed by the
+    placing process (sources/placer.py), which a run starts only for many
+    files and only without other threads (pytest's workers have some)."""
+    if request.param:
+        monkeypatch.setattr(placer, "MIN_FILES", 1)
+        monkeypatch.setattr(placer, "can_fork", lambda: True)
+    return bool(request.param)
+
+
 @pytest.fixture
 def tiny_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A 2 MiB file system (tmpfs) where we may mount one; elsewhere the
@@ -49,7 +63,7 @@ def tiny_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     )
     if not mounted:
         written = {"n": 0}
-        real = directory.write_all
+        real = file_write.write_all
 
         def limited(fd: int, data: bytes) -> None:
             written["n"] += len(data)
@@ -57,13 +71,15 @@ def tiny_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
                 raise OSError(errno.ENOSPC, "No space left on device")
             real(fd, data)
 
-        monkeypatch.setattr(directory, "write_all", limited)
+        monkeypatch.setattr(file_write, "write_all", limited)
     yield mnt
     if mounted:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def test_disk_full_removes_temp_file_and_keeps_destination(tmp_path: Path, tiny_disk: Path) -> None:
+def test_disk_full_removes_temp_file_and_keeps_destination(
+    tmp_path: Path, tiny_disk: Path, placing: bool
+) -> None:
     src, dst = tmp_path / "src", tiny_disk / "dst"
     (src / "d").mkdir(parents=True)
     (src / "small").write_bytes(b"s" * 1000)
@@ -255,18 +271,24 @@ def test_index_from_a_newer_format_is_refused(pair: tuple[Path, Path]) -> None:
     assert "format 99" in r.err
 
 
-def test_interrupted_push_resumes(pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_push_resumes(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, placing: bool
+) -> None:
     src, dst = pair
-    real = directory.DirectorySource.write
+    real = directory.DirectorySource.write_items
     calls = {"n": 0}
 
-    def crash_midway(self, item, index, clock):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] == 20:
-            raise KeyboardInterrupt
-        return real(self, item, index, clock)
+    def crash_midway(self, items, index, clock):  # type: ignore[no-untyped-def]
+        def counted():  # type: ignore[no-untyped-def]
+            for item in items:
+                calls["n"] += 1
+                if calls["n"] == 20:
+                    raise KeyboardInterrupt
+                yield item
 
-    monkeypatch.setattr(directory.DirectorySource, "write", crash_midway)
+        return real(self, counted(), index, clock)
+
+    monkeypatch.setattr(directory.DirectorySource, "write_items", crash_midway)
     r = ms("push", src, dst)
     monkeypatch.undo()
     assert r.code == 130
@@ -340,7 +362,9 @@ def test_bad_rsh_is_a_usage_error(tmp_path: Path) -> None:
     assert "bad --rsh command" in r.err and "Traceback" not in r.err
 
 
-def test_never_writes_through_a_symlink_made_earlier_in_the_same_batch(tmp_path: Path) -> None:
+def test_never_writes_through_a_symlink_made_earlier_in_the_same_batch(
+    tmp_path: Path, placing: bool
+) -> None:
     import blake3
 
     from merklesync.clock import VersionVector
@@ -407,14 +431,14 @@ def test_a_damaged_row_is_a_corrupt_index_not_a_traceback(pair: tuple[Path, Path
 
 @pytest.mark.parametrize("atomic", [True, False], ids=["renameat2", "look-then-rename"])
 def test_a_file_made_on_the_destination_during_the_transfer_is_not_overwritten(
-    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, atomic: bool
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, atomic: bool, placing: bool
 ) -> None:
     src, dst = pair
     ms("push", src, dst)
     (src / "brand-new.txt").write_text("from the source")
     if atomic and sys.platform.startswith("linux"):
         assert no_replace._renameat2() is not None  # glibc 2.28+: the atomic way is tested
-    real = directory.rename_noreplace
+    real = file_write.rename_noreplace
 
     def intruder(tmp: str, name: str, dir_fd: int) -> bool:
         if name == "brand-new.txt":
@@ -423,7 +447,7 @@ def test_a_file_made_on_the_destination_during_the_transfer_is_not_overwritten(
             os.close(fd)
         return real(tmp, name, dir_fd) if atomic else False  # False: where renameat2 is missing
 
-    monkeypatch.setattr(directory, "rename_noreplace", intruder)
+    monkeypatch.setattr(file_write, "rename_noreplace", intruder)
     r = ms("push", src, dst)
     monkeypatch.undo()
     assert r.code == 1
@@ -514,7 +538,7 @@ def test_a_parent_swapped_for_a_symlink_mid_push_leads_no_write_outside(
     ms("init", dst)
     (dst / "d").mkdir()
     outside.mkdir()
-    real = directory._temp_name
+    real = file_write.temp_name
     swapped: list[str] = []
 
     def swap_first(name: str) -> str:
@@ -524,8 +548,102 @@ def test_a_parent_swapped_for_a_symlink_mid_push_leads_no_write_outside(
             swapped.append(name)
         return real(name)
 
-    monkeypatch.setattr(directory, "_temp_name", swap_first)
+    monkeypatch.setattr(file_write, "temp_name", swap_first)
     ms("push", src, dst)
     monkeypatch.undo()
     assert swapped and list(outside.iterdir()) == []
     assert [p.name for p in (dst / "d-moved").iterdir()] == [swapped[0]]  # where it was checked
+
+
+# -- the placing process (sources/placer.py) ----------------------------------
+
+
+def test_files_placed_by_the_placing_process_are_recorded_as_placed(
+    pair: tuple[Path, Path], placing: bool
+) -> None:
+    src, dst = pair
+    r = ms("push", src, dst, "--json")
+    assert r.code == 0, r.err
+    assert_same_tree(src, dst)
+    # The index holds each file's stat as placed: nothing is read again.
+    status = ms("status", dst, "--json").json()
+    assert status["hashed"] == 0 and status["modified"] == status["added"] == []
+    again = ms("push", src, dst, "--json")
+    assert again.code == 0 and again.json()["changes"] == []
+    assert _temp_files(dst) == []
+
+
+def _victim(src: Path) -> Path:
+    files = [p for p in src.rglob("*") if p.is_file() and ".merklesync" not in p.parts]
+    return min(p for p in files if p.stat().st_size > 0)
+
+
+@pytest.mark.parametrize(
+    ("failure", "reason"),
+    [
+        ("unreadable", "Input/output error"),
+        ("not as sent", "content does not match its digest"),
+    ],
+)
+def test_content_that_fails_on_the_way_is_refused_and_the_rest_goes_on(
+    pair: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    placing: bool,
+    failure: str,
+    reason: str,
+) -> None:
+    src, dst = pair
+    victim = _victim(src).relative_to(src).as_posix()
+    real = directory.DirectorySource.read
+
+    def read(self: directory.DirectorySource, entry: Entry) -> Iterator[bytes] | None:
+        chunks = real(self, entry)
+        if entry.path != victim or chunks is None:
+            return chunks
+
+        def spoiled() -> Iterator[bytes]:
+            first = next(iter(chunks))
+            if failure == "unreadable":
+                yield first
+                raise OSError(errno.EIO, "Input/output error")
+            yield first[:-1] + bytes([first[-1] ^ 1])
+            yield from chunks
+
+        return spoiled()
+
+    monkeypatch.setattr(directory.DirectorySource, "read", read)
+    r = ms("push", src, dst, "--json")
+    assert r.code == 1, r.err
+    assert reason in r.err and victim in r.err, r.err
+    assert not (dst / victim).exists() and _temp_files(dst) == []
+    monkeypatch.setattr(directory.DirectorySource, "read", real)
+    assert ms("push", src, dst).code == 0
+    assert_same_tree(src, dst)
+
+
+def test_a_placing_process_that_dies_fails_the_run_and_the_next_one_completes(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src, dst = pair
+    monkeypatch.setattr(placer, "MIN_FILES", 1)
+    monkeypatch.setattr(placer, "can_fork", lambda: True)
+    real = placer._place
+    placed = {"n": 0}
+
+    def dying(*args: Any) -> list[object]:  # runs in the child
+        placed["n"] += 1
+        if placed["n"] == 5:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args)
+
+    monkeypatch.setattr(placer, "_place", dying)
+    r = ms("push", src, dst)
+    assert r.code == 5, r.err
+    assert r.err.strip() == (
+        "merklesync: error: the process placing new files stopped before it was done"
+    ), r.err
+    monkeypatch.setattr(placer, "_place", real)
+    r = ms("push", src, dst)
+    assert r.code == 0, r.err
+    assert_same_tree(src, dst)
+    assert _temp_files(dst) == []

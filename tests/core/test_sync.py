@@ -208,14 +208,16 @@ def test_winner_is_not_written_where_the_copy_failed(
     a, b = pair
     (a / "shared.txt").write_text("from a\n")
     (b / "shared.txt").write_text("from b\n")
-    real = directory.DirectorySource.write
+    real = directory.DirectorySource.write_items
 
-    def refuse_copies(self, item, index, clock):  # type: ignore[no-untyped-def]
-        if ".conflict-" in item.entry.path:
-            return Outcome(item.entry.path, False, "disk says no")
-        return real(self, item, index, clock)
+    def refuse_copies(self, items, index, clock):  # type: ignore[no-untyped-def]
+        for item in items:
+            if ".conflict-" in item.entry.path:
+                yield item, Outcome(item.entry.path, False, "disk says no")
+            else:
+                yield from real(self, [item], index, clock)
 
-    monkeypatch.setattr(directory.DirectorySource, "write", refuse_copies)
+    monkeypatch.setattr(directory.DirectorySource, "write_items", refuse_copies)
     r = ms("sync", a, b, "--json")
     monkeypatch.undo()
     assert r.code == 1
@@ -239,14 +241,16 @@ def test_a_failure_on_one_side_is_not_hidden_by_success_on_the_other(
     a, b = pair
     (a / "shared.txt").write_text("from a\n")
     (b / "shared.txt").write_text("from b\n")
-    real = directory.DirectorySource.write
+    real = directory.DirectorySource.write_items
 
-    def refuse_copies_on_b(self, item, index, clock):  # type: ignore[no-untyped-def]
-        if ".conflict-" in item.entry.path and self.root == b.resolve():
-            return Outcome(item.entry.path, False, "disk says no")
-        return real(self, item, index, clock)
+    def refuse_copies_on_b(self, items, index, clock):  # type: ignore[no-untyped-def]
+        for item in items:
+            if ".conflict-" in item.entry.path and self.root == b.resolve():
+                yield item, Outcome(item.entry.path, False, "disk says no")
+            else:
+                yield from real(self, [item], index, clock)
 
-    monkeypatch.setattr(directory.DirectorySource, "write", refuse_copies_on_b)
+    monkeypatch.setattr(directory.DirectorySource, "write_items", refuse_copies_on_b)
     r = ms("sync", a, b, "--json")
     monkeypatch.undo()
     assert r.code == 1, r.err

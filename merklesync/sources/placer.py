@@ -1,0 +1,321 @@
+"""New files placed by a second process, on a second core.
+
+A first copy is mostly new files, and placing one is a run of short system
+calls (create a temp file, write, chmod, utime, rename, stat) that leave the
+index waiting. rsync splits the same work between a sender and a receiver;
+here a forked child places the files while this process reads their
+content, sends it over a pipe, and records in the index what the child
+placed. Python threads would take turns instead (the GIL).
+
+The child writes each file exactly as the replica would (file_write), into
+directories it reaches from the root without following a link (DirFds), and
+only where nothing is yet. It answers with the placed file's stat, a refusal
+or an error number; this process trusts it no further than a write of its
+own. A child that dies fails the run (LocalIOError); the files it placed and
+nobody recorded are found by the next scan, like those of any interrupted
+run.
+
+To a pipe (``jobs``): per file a header (u32 length, then msgpack ``[path,
+mode, mtime_ns, digest]``), its content as chunks (u32 length,
+bytes) and an end mark (u32 0), or an abort mark (u32 ``ABORT``) when the
+content could not be read to the end. ``FLUSH`` (in place of a header) asks
+for the answers so far; the child then closes the directories it holds
+open, since the parent writes itself only once all is answered (a directory
+removed or replaced by then is looked up again, not written into).
+
+Back (``answers``), in the same order: msgpack ``[path, PLACED, stat_key,
+mtime_ns]``, ``[path, REFUSED, reason]``, ``[path, FAILED, errno, text]``
+or ``[path, ABORTED]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import struct
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any, NamedTuple
+
+import msgpack
+
+from merklesync.errors import LocalIOError
+from merklesync.orphans import die_with_parent
+from merklesync.sources.dir_fds import DirFds, NotADirectory
+from merklesync.sources.file_write import Refused, place_new, write_all, write_file
+from merklesync.sources.listing import stat_key
+
+MIN_FILES = 256  # new files in one run before a child is worth forking
+IN_FLIGHT = 256  # files handed over and not answered (keeps the answers pipe from filling)
+SEND_AT = 256 << 10  # bytes gathered before they go down the pipe
+ANSWER_EVERY = 32  # the child answers in groups this size (or when asked)
+
+_U32 = struct.Struct(">I")
+END = 0
+ABORT = 0xFFFFFFFF
+FLUSH = 0xFFFFFFFE
+
+PLACED, REFUSED, FAILED, ABORTED = range(4)
+
+
+class Answer(NamedTuple):
+    """What became of one file handed over."""
+
+    path: str
+    placed: tuple[bytes, int] | None  # (stat_key, mtime_ns) as placed
+    refused: str | None  # why the write was refused (the run goes on)
+    error: OSError | None  # why it failed
+
+    @property
+    def aborted(self) -> bool:
+        """Dropped: its content could not be read to the end."""
+        return self.placed is None and self.refused is None and self.error is None
+
+
+def can_fork() -> bool:
+    """No other thread to be caught mid-way by fork (paramiko's, a pipe
+    reader's), and a second core to run on."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    cores = len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
+    return cores > 1 and threading.active_count() == 1
+
+
+class Placer:
+    """The parent's end: hand files over, collect what became of them."""
+
+    def __init__(self, pid: int, jobs: int, answers: int) -> None:
+        self._pid = pid
+        self._jobs = jobs
+        self._answers = answers
+        self._out = bytearray()
+        self._unpacker = msgpack.Unpacker(use_list=True, raw=False)
+        self._waiting = 0  # handed over, not answered
+        self._broken = False
+
+    @classmethod
+    def start(cls, root: str) -> Placer | None:
+        """Fork the child for the replica at ``root``; None when it cannot
+        be done safely (then the replica places its files itself)."""
+        if not can_fork():
+            return None
+        parent = os.getpid()
+        try:
+            jobs_r, jobs_w = os.pipe()
+        except OSError:
+            return None
+        try:
+            answers_r, answers_w = os.pipe()
+        except OSError:
+            os.close(jobs_r)
+            os.close(jobs_w)
+            return None
+        # Signals wait until the child is inside its try (see prelist).
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            pid = os.fork()
+        except OSError:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            for fd in (jobs_r, jobs_w, answers_r, answers_w):
+                os.close(fd)
+            return None
+        if pid == 0:  # the child: place, answer, and go, running nothing of the parent's
+            status = 1
+            try:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+                die_with_parent(parent)
+                os.close(jobs_w)
+                os.close(answers_r)
+                _serve(root, jobs_r, answers_w)
+                status = 0
+            finally:
+                os._exit(status)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        os.close(jobs_r)
+        os.close(answers_w)
+        os.set_blocking(answers_r, False)
+        return cls(pid, jobs_w, answers_r)
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    def hand_over(
+        self,
+        path: str,
+        mode: int,
+        mtime_ns: int,
+        digest: bytes,
+        data: Iterable[bytes],
+    ) -> None:
+        """Send one file to be placed at ``path`` (checked: relative, in the
+        replica). An exception from ``data`` (the content's source) is
+        raised here once the child was told to drop the file; it answers
+        ABORTED for it."""
+        header = msgpack.packb([path, mode, mtime_ns, digest])
+        out = self._out
+        out += _U32.pack(len(header))
+        out += header
+        self._waiting += 1
+        try:
+            for chunk in data:
+                if chunk:
+                    out += _U32.pack(len(chunk))
+                    out += chunk
+                    if len(out) >= SEND_AT:
+                        self._send()
+        except BaseException:
+            out += _U32.pack(ABORT)
+            with contextlib.suppress(LocalIOError):
+                self._send()
+            raise
+        out += _U32.pack(END)
+        if len(out) >= SEND_AT:
+            self._send()
+
+    def answers(self, *, wait: bool = False) -> list[Answer]:
+        """Answers that have come (``wait``: until nothing is waiting)."""
+        found = self._read(block=False)
+        if wait or self._waiting >= IN_FLIGHT:
+            self._out += _U32.pack(FLUSH)
+            self._send()
+            while self._waiting > (0 if wait else IN_FLIGHT // 2):
+                found += self._read(block=True)
+        return found
+
+    def close(self) -> None:
+        """Tell the child there is nothing more, and reap it: a file it is
+        placing is finished or removed, not cut off."""
+        with contextlib.suppress(OSError):
+            os.close(self._jobs)
+        with contextlib.suppress(OSError):
+            os.close(self._answers)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self._pid, 0)
+
+    def _send(self) -> None:
+        if not self._broken:
+            try:
+                # Views released even on a failure: the buffer grows again after.
+                with memoryview(self._out) as view:
+                    sent = 0
+                    while sent < len(view):
+                        with view[sent:] as rest:
+                            sent += os.write(self._jobs, rest)
+            except OSError:  # the child is gone (EPIPE)
+                self._broken = True
+        if self._broken:
+            raise _stopped()
+        self._out.clear()
+
+    def _read(self, *, block: bool) -> list[Answer]:
+        if block:
+            os.set_blocking(self._answers, True)
+        try:
+            data = os.read(self._answers, 1 << 16)
+        except BlockingIOError:
+            data = None
+        except OSError:
+            data = b""
+        finally:
+            if block:
+                os.set_blocking(self._answers, False)
+        if data == b"":
+            self._broken = True
+            raise _stopped()
+        if data:
+            self._unpacker.feed(data)
+        found = [_answer(raw) for raw in self._unpacker]
+        self._waiting -= len(found)
+        return found
+
+
+def _stopped() -> LocalIOError:
+    return LocalIOError("the process placing new files stopped before it was done")
+
+
+def _answer(raw: Any) -> Answer:
+    """From this module's own child: shaped as _serve made it."""
+    path, kind = raw[0], raw[1]
+    if kind == PLACED:
+        return Answer(path, (raw[2], raw[3]), None, None)
+    if kind == REFUSED:
+        return Answer(path, None, raw[2], None)
+    if kind == FAILED:
+        return Answer(path, None, None, OSError(raw[2], raw[3]))
+    return Answer(path, None, None, None)
+
+
+# -- the child ---------------------------------------------------------------
+
+
+class _Aborted(Exception):
+    """The parent could not read this file's content to the end."""
+
+
+def _serve(root: str, jobs: int, answers: int) -> None:
+    dirs = DirFds(root)
+    pending: list[bytes] = []
+    with os.fdopen(jobs, "rb", buffering=1 << 20) as stream:
+
+        def exact(n: int) -> bytes:
+            data = stream.read(n)
+            if len(data) != n:
+                raise EOFError
+            return data
+
+        def chunks() -> Iterator[bytes]:
+            while True:
+                (n,) = _U32.unpack(exact(4))
+                if n == END:
+                    return
+                if n == ABORT:
+                    raise _Aborted
+                yield exact(n)
+
+        try:
+            while True:
+                (n,) = _U32.unpack(exact(4))
+                if n == FLUSH:
+                    _answer_all(answers, pending)
+                    dirs.close()  # the parent may change directories now: open them afresh
+                    continue
+                path, mode, mtime_ns, digest = msgpack.unpackb(exact(n))
+                content = chunks()
+                pending.append(msgpack.packb(_place(dirs, path, mode, mtime_ns, digest, content)))
+                for _ in content:  # what a refused file had left
+                    pass
+                if len(pending) >= ANSWER_EVERY:
+                    _answer_all(answers, pending)
+        except EOFError:  # the parent is done (or gone)
+            _answer_all(answers, pending)
+        finally:
+            dirs.close()
+
+
+def _place(
+    dirs: DirFds, path: str, mode: int, mtime_ns: int, digest: bytes, content: Iterator[bytes]
+) -> list[object]:
+    parent, _, name = path.rpartition("/")
+    try:
+        fd = dirs.get(parent, create=True)
+
+        def new(tmp: str) -> None:
+            place_new(tmp, name, fd)
+
+        st = write_file(fd, name, mode, mtime_ns, digest, content, new)
+    except _Aborted:
+        return [path, ABORTED]
+    except (Refused, NotADirectory) as refusal:
+        return [path, REFUSED, refusal.message]
+    except OSError as exc:
+        return [path, FAILED, exc.errno or errno.EIO, exc.strerror or str(exc)]
+    return [path, PLACED, stat_key(st), st.st_mtime_ns]
+
+
+def _answer_all(fd: int, pending: list[bytes]) -> None:
+    if pending:
+        with contextlib.suppress(BrokenPipeError):
+            write_all(fd, b"".join(pending))
+        pending.clear()
