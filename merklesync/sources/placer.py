@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import select
 import signal
 import struct
 import threading
@@ -48,7 +49,7 @@ from merklesync.sources.file_write import Refused, place_new, write_all, write_f
 from merklesync.sources.listing import stat_key
 
 MIN_FILES = 256  # new files in one run before a child is worth forking
-IN_FLIGHT = 256  # files handed over and not answered (keeps the answers pipe from filling)
+IN_FLIGHT = 1024  # files handed over and not answered (their items wait in memory)
 SEND_AT = 256 << 10  # bytes gathered before they go down the pipe
 ANSWER_EVERY = 32  # the child answers in groups this size (or when asked)
 
@@ -92,6 +93,7 @@ class Placer:
         self._out = bytearray()
         self._unpacker = msgpack.Unpacker(use_list=True, raw=False)
         self._waiting = 0  # handed over, not answered
+        self._ready: list[Answer] = []  # answered, not yet asked for
         self._broken = False
 
     @classmethod
@@ -134,6 +136,7 @@ class Placer:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(jobs_r)
         os.close(answers_w)
+        os.set_blocking(jobs_w, False)
         os.set_blocking(answers_r, False)
         return cls(pid, jobs_w, answers_r)
 
@@ -175,13 +178,16 @@ class Placer:
             self._send()
 
     def answers(self, *, wait: bool = False) -> list[Answer]:
-        """Answers that have come (``wait``: until nothing is waiting)."""
-        found = self._read(block=False)
-        if wait or self._waiting >= IN_FLIGHT:
+        """Answers that have come; ``wait``: every answer still to come.
+        With too many files waiting, this waits for some of them."""
+        self._take(block=False)
+        if wait:
             self._out += _U32.pack(FLUSH)
+        if wait or self._waiting >= IN_FLIGHT:
             self._send()
-            while self._waiting > (0 if wait else IN_FLIGHT // 2):
-                found += self._read(block=True)
+            while self._waiting >= (1 if wait else IN_FLIGHT):
+                self._take(block=True)
+        found, self._ready = self._ready, []
         return found
 
     def close(self) -> None:
@@ -195,40 +201,44 @@ class Placer:
             os.waitpid(self._pid, 0)
 
     def _send(self) -> None:
+        """Send what is gathered. While the pipe to the child is full, take
+        in its answers: it may be waiting to send them before it reads on."""
         if not self._broken:
             try:
                 # Views released even on a failure: the buffer grows again after.
                 with memoryview(self._out) as view:
                     sent = 0
                     while sent < len(view):
-                        with view[sent:] as rest:
-                            sent += os.write(self._jobs, rest)
+                        try:
+                            with view[sent:] as rest:
+                                sent += os.write(self._jobs, rest)
+                        except BlockingIOError:
+                            readable, _, _ = select.select([self._answers], [self._jobs], [])
+                            if readable:
+                                self._take(block=False)
             except OSError:  # the child is gone (EPIPE)
                 self._broken = True
         if self._broken:
             raise _stopped()
         self._out.clear()
 
-    def _read(self, *, block: bool) -> list[Answer]:
+    def _take(self, *, block: bool) -> None:
+        """Read the answers there are (``block``: at least some)."""
         if block:
-            os.set_blocking(self._answers, True)
+            select.select([self._answers], [], [])
         try:
             data = os.read(self._answers, 1 << 16)
         except BlockingIOError:
-            data = None
+            return
         except OSError:
             data = b""
-        finally:
-            if block:
-                os.set_blocking(self._answers, False)
-        if data == b"":
+        if not data:
             self._broken = True
             raise _stopped()
-        if data:
-            self._unpacker.feed(data)
+        self._unpacker.feed(data)
         found = [_answer(raw) for raw in self._unpacker]
         self._waiting -= len(found)
-        return found
+        self._ready += found
 
 
 def _stopped() -> LocalIOError:
