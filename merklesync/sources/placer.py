@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import select
 import signal
@@ -50,7 +51,8 @@ from merklesync.sources.listing import stat_key
 
 MIN_FILES = 256  # new files in one run before a child is worth forking
 IN_FLIGHT = 1024  # files handed over and not answered (their items wait in memory)
-SEND_AT = 256 << 10  # bytes gathered before they go down the pipe
+SEND_AT = 64 << 10  # bytes gathered before they go down the pipe
+PIPE_SIZE = 1 << 20  # of the pipe to the child, where the system allows
 ANSWER_EVERY = 32  # the child answers in groups this size (or when asked)
 
 _U32 = struct.Struct(">I")
@@ -136,6 +138,8 @@ class Placer:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(jobs_r)
         os.close(answers_w)
+        with contextlib.suppress(OSError, AttributeError):  # Linux: room for a few files' worth
+            fcntl.fcntl(jobs_w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         os.set_blocking(jobs_w, False)
         os.set_blocking(answers_r, False)
         return cls(pid, jobs_w, answers_r)
