@@ -14,6 +14,7 @@ import errno
 import os
 import stat as st_mod
 import time
+from collections import Counter
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -566,7 +567,7 @@ class DirectorySource:
         (sources/placer.py) and their outcomes come later. Any other write
         first waits for every file handed over, so the writes still happen
         in the order given, as if made here one by one."""
-        handed: dict[str, tuple[WriteItem, Entry | None]] = {}  # by path
+        handed = _Handed()
         try:
             for item in items:
                 entry = item.entry
@@ -574,7 +575,7 @@ class DirectorySource:
                 if self.ignore.ignored(rel, entry.kind is EntryKind.DIR and not entry.deleted):
                     yield item, Outcome(rel, False, "ignored on this replica")
                     continue
-                if rel in handed:  # its index row is still to come
+                if rel in handed.live:  # its index row is still to come
                     yield from self._settle(handed, index, clock, wait=True)
                 cached = index.get(rel)
                 current = cached.entry if cached is not None else None
@@ -585,10 +586,10 @@ class DirectorySource:
                 if child is not None:
                     yield from self._hand_over(child, item, current, handed, index, clock)
                     continue
-                if handed:
+                if handed.live:
                     yield from self._settle(handed, index, clock, wait=True)
                 yield item, self._write(item, rel, cached, index, clock)
-            if handed:
+            if handed.live or handed.dropped:
                 yield from self._settle(handed, index, clock, wait=True)
         except BaseException:
             self._stop_placer()  # what it placed and nobody recorded, the next scan finds
@@ -617,23 +618,24 @@ class DirectorySource:
         placer: Placer,
         item: WriteItem,
         current: Entry | None,
-        handed: dict[str, tuple[WriteItem, Entry | None]],
+        handed: _Handed,
         index: Index,
         clock: HybridClock,
     ) -> Iterator[tuple[WriteItem, Outcome]]:
         entry = item.entry
         assert item.data is not None
-        handed[entry.path] = (item, current)
+        handed.live[entry.path] = (item, current)
         try:
             placer.hand_over(entry.path, entry.mode, entry.mtime_ns, entry.digest, item.data)
         except OSError as exc:  # reading the content (the child drops the file)
-            del handed[entry.path]
+            del handed.live[entry.path]
+            handed.dropped[entry.path] += 1
             yield item, self._failed(entry.path, exc)
         yield from self._settle(handed, index, clock, wait=False)
 
     def _settle(
         self,
-        handed: dict[str, tuple[WriteItem, Entry | None]],
+        handed: _Handed,
         index: Index,
         clock: HybridClock,
         *,
@@ -642,9 +644,12 @@ class DirectorySource:
         """Record what the placing process placed (``wait``: everything)."""
         assert self._placer is not None
         for answer in self._placer.answers(wait=wait):
-            if answer.aborted:
+            if handed.dropped[answer.path]:  # answers come in order: the older one
+                handed.dropped[answer.path] -= 1
+                if not handed.dropped[answer.path]:
+                    del handed.dropped[answer.path]
                 continue  # its outcome was given when its content failed
-            item, current = handed.pop(answer.path)
+            item, current = handed.live.pop(answer.path)
             rel = answer.path
             if answer.placed is not None:
                 key, mtime_ns = answer.placed
@@ -890,6 +895,16 @@ class DirectorySource:
             st is not None and on_disk is not None and stat_key(st) != stat_key(on_disk)
         ):
             raise Refused("changed on the destination during the transfer")
+
+
+@dataclass(slots=True)
+class _Handed:
+    """Files with the placing process, by path. Those it was told to drop
+    (their content failed on the way) are counted: their answers, whatever
+    they say, come before those of a later file at the same path."""
+
+    live: dict[str, tuple[WriteItem, Entry | None]] = field(default_factory=dict)
+    dropped: Counter[str] = field(default_factory=Counter)
 
 
 class _Spot(NamedTuple):

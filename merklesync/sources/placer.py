@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import gc
 import os
 import select
 import signal
@@ -43,8 +44,9 @@ from typing import Any, NamedTuple
 
 import msgpack
 
-from merklesync.errors import LocalIOError
+from merklesync.errors import LocalIOError, UnsafePath
 from merklesync.orphans import die_with_parent
+from merklesync.protocol.paths import check_relpath
 from merklesync.sources.dir_fds import DirFds, NotADirectory
 from merklesync.sources.file_write import Refused, place_new, write_all, write_file
 from merklesync.sources.listing import stat_key
@@ -70,11 +72,6 @@ class Answer(NamedTuple):
     placed: tuple[bytes, int] | None  # (stat_key, mtime_ns) as placed
     refused: str | None  # why the write was refused (the run goes on)
     error: OSError | None  # why it failed
-
-    @property
-    def aborted(self) -> bool:
-        """Dropped: its content could not be read to the end."""
-        return self.placed is None and self.refused is None and self.error is None
 
 
 def can_fork() -> bool:
@@ -127,10 +124,10 @@ class Placer:
         if pid == 0:  # the child: place, answer, and go, running nothing of the parent's
             status = 1
             try:
+                gc.freeze()  # the parent's objects: never collected (nor finalised) here
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 die_with_parent(parent)
-                os.close(jobs_w)
-                os.close(answers_r)
+                _keep_only(jobs_r, answers_w)
                 _serve(root, jobs_r, answers_w)
                 status = 0
             finally:
@@ -158,8 +155,9 @@ class Placer:
     ) -> None:
         """Send one file to be placed at ``path`` (checked: relative, in the
         replica). An exception from ``data`` (the content's source) is
-        raised here once the child was told to drop the file; it answers
-        ABORTED for it."""
+        raised here once the child was told to drop the file. The child
+        answers for it all the same (ABORTED, or a refusal that came first),
+        in its turn; the caller ignores that answer."""
         header = msgpack.packb([path, mode, mtime_ns, digest])
         out = self._out
         out += _U32.pack(len(header))
@@ -206,12 +204,14 @@ class Placer:
 
     def _send(self) -> None:
         """Send what is gathered. While the pipe to the child is full, take
-        in its answers: it may be waiting to send them before it reads on."""
-        if not self._broken:
-            try:
-                # Views released even on a failure: the buffer grows again after.
+        in its answers: it may be waiting to send them before it reads on.
+        What was sent leaves the buffer even when this is interrupted (a
+        Ctrl-C), so an abort mark after it does not send it twice."""
+        sent = 0
+        try:
+            if not self._broken:
+                # Views released before the buffer shrinks, even on a failure.
                 with memoryview(self._out) as view:
-                    sent = 0
                     while sent < len(view):
                         try:
                             with view[sent:] as rest:
@@ -220,11 +220,12 @@ class Placer:
                             readable, _, _ = select.select([self._answers], [self._jobs], [])
                             if readable:
                                 self._take(block=False)
-            except OSError:  # the child is gone (EPIPE)
-                self._broken = True
+        except OSError:  # the child is gone (EPIPE)
+            self._broken = True
+        finally:
+            del self._out[:sent]
         if self._broken:
             raise _stopped()
-        self._out.clear()
 
     def _take(self, *, block: bool) -> None:
         """Read the answers there are (``block``: at least some)."""
@@ -298,8 +299,9 @@ def _serve(root: str, jobs: int, answers: int) -> None:
                 path, mode, mtime_ns, digest = msgpack.unpackb(exact(n))
                 content = chunks()
                 pending.append(msgpack.packb(_place(dirs, path, mode, mtime_ns, digest, content)))
-                for _ in content:  # what a refused file had left
-                    pass
+                with contextlib.suppress(_Aborted):
+                    for _ in content:  # what a refused file had left
+                        pass
                 if len(pending) >= ANSWER_EVERY:
                     _answer_all(answers, pending)
         except EOFError:  # the parent is done (or gone)
@@ -313,6 +315,7 @@ def _place(
 ) -> list[object]:
     parent, _, name = path.rpartition("/")
     try:
+        check_relpath(path)  # the parent checked it; a stream out of step must not write
         fd = dirs.get(parent, create=True)
 
         def new(tmp: str) -> None:
@@ -321,11 +324,35 @@ def _place(
         st = write_file(fd, name, mode, mtime_ns, digest, content, new)
     except _Aborted:
         return [path, ABORTED]
-    except (Refused, NotADirectory) as refusal:
+    except (Refused, NotADirectory, UnsafePath) as refusal:
         return [path, REFUSED, refusal.message]
     except OSError as exc:
         return [path, FAILED, exc.errno or errno.EIO, exc.strerror or str(exc)]
     return [path, PLACED, stat_key(st), st.st_mtime_ns]
+
+
+def _keep_only(*fds: int) -> None:
+    """Close every descriptor the child inherited but these (and stderr):
+    another placer's pipes would never see their end, the replica's index
+    and lock are the parent's; stdin and stdout (a serve agent's channel)
+    become /dev/null."""
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    keep = sorted({2, *fds})
+    low = 3
+    for fd in keep:
+        if fd >= low:
+            os.closerange(low, fd)
+            low = fd + 1
+    os.closerange(low, _max_fd())
+
+
+def _max_fd() -> int:
+    try:
+        return os.sysconf("SC_OPEN_MAX")
+    except (OSError, ValueError):
+        return 1 << 16
 
 
 def _answer_all(fd: int, pending: list[bytes]) -> None:

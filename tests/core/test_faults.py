@@ -647,3 +647,100 @@ def test_a_placing_process_that_dies_fails_the_run_and_the_next_one_completes(
     assert r.code == 0, r.err
     assert_same_tree(src, dst)
     assert _temp_files(dst) == []
+
+
+_FORCED_PLACER = """
+import sys
+from merklesync.sources import placer
+placer.MIN_FILES = 1
+placer.can_fork = lambda: True
+from merklesync.cli import main
+sys.argv = ["merklesync", *sys.argv[1:]]
+main()
+"""
+
+
+def _run_with_placer(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """A command with every new file placed by the placing process, in a
+    process of its own: a hang between the two fails the test, after a
+    while, instead of stopping the suite."""
+    return subprocess.run(
+        [sys.executable, "-c", _FORCED_PLACER, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_long_paths_and_a_large_file_do_not_stall_the_placing_process(tmp_path: Path) -> None:
+    """Answers carry paths: hundreds of long ones fill the pipe back while
+    a large file fills the pipe there; each side must keep reading."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    deep = src / ("d" * 120) / ("e" * 120)
+    deep.mkdir(parents=True)
+    for i in range(400):
+        (deep / f"{'f' * 200}{i:04d}").write_bytes(b"x" * (i % 7))
+    (deep / "zz-large").write_bytes(os.urandom(4 << 20))
+    assert ms("init", src).code == 0
+    r = _run_with_placer("push", src, dst)
+    assert r.returncode == 0, r.stderr
+    assert_same_tree(src, dst)
+
+
+def test_two_replicas_written_by_one_process_each_with_a_placing_process(tmp_path: Path) -> None:
+    """A sync writes new files into both replicas: each has its own child,
+    and neither child may hold the other's pipes open (it would never see
+    the end of its work)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_tree(a, files=30, dirs=3, seed=5)
+    make_tree(b / "other", files=30, dirs=3, seed=6)
+    assert ms("init", a).code == 0 and ms("init", b).code == 0
+    r = _run_with_placer("sync", a, b)
+    assert r.returncode == 0, r.stderr
+    assert_same_tree(a, b)
+
+
+def test_content_failing_after_the_placing_process_refused_the_file(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child refuses a file before its content arrives, then the
+    content fails here: one refusal each, and the run goes on."""
+    from merklesync.sources.dir_fds import DirFds
+
+    src, dst = pair
+    monkeypatch.setattr(placer, "MIN_FILES", 1)
+    monkeypatch.setattr(placer, "can_fork", lambda: True)
+    victim = _victim(src).relative_to(src)
+    parent = victim.parent.as_posix()
+    real_get = DirFds.get
+
+    def get(self: DirFds, directory: str, *, create: bool = False) -> int:
+        if directory == parent:  # as if it were no directory on the destination
+            raise directory_error(parent)
+        return real_get(self, directory, create=create)
+
+    def directory_error(where: str) -> Exception:
+        from merklesync.sources.dir_fds import NotADirectory
+
+        return NotADirectory(f"parent {where} is not a directory")
+
+    real_read = directory.DirectorySource.read
+
+    def read(self: directory.DirectorySource, entry: Entry) -> Iterator[bytes] | None:
+        chunks = real_read(self, entry)
+        if entry.path != victim.as_posix() or chunks is None:
+            return chunks
+
+        def failing() -> Iterator[bytes]:
+            yield next(iter(chunks))
+            raise OSError(errno.EIO, "Input/output error")
+
+        return failing()
+
+    monkeypatch.setattr(DirFds, "get", get)
+    monkeypatch.setattr(directory.DirectorySource, "read", read)
+    r = ms("push", src, dst)
+    assert r.code == 1, r.err
+    assert f"{victim.as_posix()}: Input/output error" in r.err, r.err
+    assert "is not a directory" in r.err
+    assert _temp_files(dst) == []
