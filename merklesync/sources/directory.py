@@ -586,10 +586,10 @@ class DirectorySource:
                 if child is not None:
                     yield from self._hand_over(child, item, current, handed, index, clock)
                     continue
-                if handed.live:
+                if self._placer is not None and self._placer.busy:
                     yield from self._settle(handed, index, clock, wait=True)
                 yield item, self._write(item, rel, cached, index, clock)
-            if handed.live or handed.dropped:
+            if self._placer is not None and self._placer.busy:
                 yield from self._settle(handed, index, clock, wait=True)
         except BaseException:
             self._stop_placer()  # what it placed and nobody recorded, the next scan finds

@@ -93,7 +93,13 @@ class Placer:
         self._unpacker = msgpack.Unpacker(use_list=True, raw=False)
         self._waiting = 0  # handed over, not answered
         self._ready: list[Answer] = []  # answered, not yet asked for
+        self._unflushed = False  # files handed over since the last FLUSH
         self._broken = False
+        self._answers_in = select.poll()
+        self._answers_in.register(answers, select.POLLIN)
+        self._both = select.poll()
+        self._both.register(answers, select.POLLIN)
+        self._both.register(jobs, select.POLLOUT)
 
     @classmethod
     def start(cls, root: str) -> Placer | None:
@@ -127,8 +133,7 @@ class Placer:
                 gc.freeze()  # the parent's objects: never collected (nor finalised) here
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 die_with_parent(parent)
-                _keep_only(jobs_r, answers_w)
-                _serve(root, jobs_r, answers_w)
+                _serve(root, *_keep_only(jobs_r, answers_w))
                 status = 0
             finally:
                 os._exit(status)
@@ -142,8 +147,10 @@ class Placer:
         return cls(pid, jobs_w, answers_r)
 
     @property
-    def waiting(self) -> int:
-        return self._waiting
+    def busy(self) -> bool:
+        """Files handed over and not all answered, or directories the child
+        may still hold open: the parent writes itself only after a wait."""
+        return self._waiting > 0 or self._unflushed
 
     def hand_over(
         self,
@@ -159,6 +166,7 @@ class Placer:
         answers for it all the same (ABORTED, or a refusal that came first),
         in its turn; the caller ignores that answer."""
         header = msgpack.packb([path, mode, mtime_ns, digest])
+        self._unflushed = True
         out = self._out
         out += _U32.pack(len(header))
         out += header
@@ -185,6 +193,7 @@ class Placer:
         self._take(block=False)
         if wait:
             self._out += _U32.pack(FLUSH)
+            self._unflushed = False
         if wait or self._waiting >= IN_FLIGHT:
             self._send()
             while self._waiting >= (1 if wait else IN_FLIGHT):
@@ -217,9 +226,8 @@ class Placer:
                             with view[sent:] as rest:
                                 sent += os.write(self._jobs, rest)
                         except BlockingIOError:
-                            readable, _, _ = select.select([self._answers], [self._jobs], [])
-                            if readable:
-                                self._take(block=False)
+                            self._both.poll()
+                            self._take(block=False)
         except OSError:  # the child is gone (EPIPE)
             self._broken = True
         finally:
@@ -230,7 +238,7 @@ class Placer:
     def _take(self, *, block: bool) -> None:
         """Read the answers there are (``block``: at least some)."""
         if block:
-            select.select([self._answers], [], [])
+            self._answers_in.poll()
         try:
             data = os.read(self._answers, 1 << 16)
         except BlockingIOError:
@@ -331,28 +339,31 @@ def _place(
     return [path, PLACED, stat_key(st), st.st_mtime_ns]
 
 
-def _keep_only(*fds: int) -> None:
-    """Close every descriptor the child inherited but these (and stderr):
-    another placer's pipes would never see their end, the replica's index
-    and lock are the parent's; stdin and stdout (a serve agent's channel)
-    become /dev/null."""
+def _keep_only(jobs: int, answers: int) -> tuple[int, int]:
+    """Close every descriptor the child inherited but its two pipes (and
+    stderr): another placer's pipes would never see their end, the
+    replica's index and lock are the parent's. Stdin and stdout (a serve
+    agent's channel) become /dev/null. Returns the pipes' descriptors,
+    moved above 2 first where they were below."""
+    jobs, answers = (fcntl.fcntl(fd, fcntl.F_DUPFD, 3) if fd < 3 else fd for fd in (jobs, answers))
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     os.dup2(null, 1)
-    keep = sorted({2, *fds})
-    low = 3
-    for fd in keep:
-        if fd >= low:
-            os.closerange(low, fd)
-            low = fd + 1
-    os.closerange(low, _max_fd())
+    keep = {jobs, answers}
+    for fd in _open_fds():
+        if fd > 2 and fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    return jobs, answers
 
 
-def _max_fd() -> int:
+def _open_fds() -> list[int]:
+    """This process's descriptors: from /proc where there is one (closing
+    every possible number can take long where the limit is high)."""
     try:
-        return os.sysconf("SC_OPEN_MAX")
-    except (OSError, ValueError):
-        return 1 << 16
+        return [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return list(range(3, min(os.sysconf("SC_OPEN_MAX"), 1 << 16)))
 
 
 def _answer_all(fd: int, pending: list[bytes]) -> None:

@@ -660,16 +660,41 @@ main()
 """
 
 
-def _run_with_placer(*args: str | Path) -> subprocess.CompletedProcess[str]:
+# The placing process's first pipe gets descriptor 0, as when merklesync
+# runs with stdin closed.
+_PIPE_ON_STDIN = """
+import contextlib, os
+from merklesync.sources import placer
+real_start = placer.Placer.start.__func__
+def start(cls, root):
+    with contextlib.suppress(OSError):
+        os.close(0)
+    return real_start(cls, root)
+placer.Placer.start = classmethod(start)
+"""
+
+
+def _run_with_placer(*args: str | Path, setup: str = "") -> subprocess.CompletedProcess[str]:
     """A command with every new file placed by the placing process, in a
     process of its own: a hang between the two fails the test, after a
     while, instead of stopping the suite."""
     return subprocess.run(
-        [sys.executable, "-c", _FORCED_PLACER, *map(str, args)],
+        [sys.executable, "-c", setup + _FORCED_PLACER, *map(str, args)],
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_the_placing_process_keeps_its_pipe_when_it_is_descriptor_0(
+    pair: tuple[Path, Path],
+) -> None:
+    """The child replaces stdin with /dev/null: a pipe of its own that was
+    descriptor 0 must be moved first, not replaced."""
+    src, dst = pair
+    r = _run_with_placer("push", src, dst, setup=_PIPE_ON_STDIN)
+    assert r.returncode == 0, r.stderr
+    assert_same_tree(src, dst)
 
 
 def test_long_paths_and_a_large_file_do_not_stall_the_placing_process(tmp_path: Path) -> None:
