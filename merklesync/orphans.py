@@ -1,4 +1,5 @@
-"""A forked child of merklesync goes when its parent goes.
+"""Forked children of merklesync: when one may be forked at all, and that
+it goes when its parent goes.
 
 Scan children share the parent's replica lock (the same open file): one
 left running after its parent was killed (SIGKILL, or SIGTERM, whose
@@ -13,6 +14,7 @@ import ctypes
 import os
 import signal
 import sys
+import threading
 
 _PR_SET_PDEATHSIG = 1
 
@@ -26,3 +28,11 @@ def die_with_parent(parent: int) -> None:
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
     if os.getppid() != parent:
         os._exit(1)
+
+
+def can_fork() -> bool:
+    """A second core to run a child on, and no other thread (paramiko's,
+    a pipe reader's) that fork could catch holding a lock."""
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere, all cores
+    cores = len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
+    return cores > 1 and threading.active_count() == 1

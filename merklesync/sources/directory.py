@@ -615,7 +615,7 @@ class DirectorySource:
 
     def _hand_over(
         self,
-        placer: Placer,
+        child: Placer,
         item: WriteItem,
         current: Entry | None,
         handed: _Handed,
@@ -626,7 +626,7 @@ class DirectorySource:
         assert item.data is not None
         handed.live[entry.path] = (item, current)
         try:
-            placer.hand_over(entry.path, entry.mode, entry.mtime_ns, entry.digest, item.data)
+            child.hand_over(entry.path, entry.mode, entry.mtime_ns, entry.digest, item.data)
         except OSError as exc:  # reading the content (the child drops the file)
             del handed.live[entry.path]
             handed.dropped[entry.path] += 1
@@ -660,9 +660,9 @@ class DirectorySource:
                 yield item, Outcome(rel, False, answer.refused or "not placed")
 
     def _stop_placer(self) -> None:
-        placer, self._placer = self._placer, None
-        if placer is not None:
-            placer.close()
+        child, self._placer = self._placer, None
+        if child is not None:
+            child.close()
 
     def _write(
         self, item: WriteItem, rel: str, cached: Cached | None, index: Index, clock: HybridClock

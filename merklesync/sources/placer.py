@@ -38,14 +38,13 @@ import os
 import select
 import signal
 import struct
-import threading
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 import msgpack
 
 from merklesync.errors import LocalIOError, UnsafePath
-from merklesync.orphans import die_with_parent
+from merklesync.orphans import can_fork, die_with_parent
 from merklesync.protocol.paths import check_relpath
 from merklesync.sources.dir_fds import DirFds, NotADirectory
 from merklesync.sources.file_write import Refused, place_new, write_all, write_file
@@ -72,14 +71,6 @@ class Answer(NamedTuple):
     placed: tuple[bytes, int] | None  # (stat_key, mtime_ns) as placed
     refused: str | None  # why the write was refused (the run goes on)
     error: OSError | None  # why it failed
-
-
-def can_fork() -> bool:
-    """No other thread to be caught mid-way by fork (paramiko's, a pipe
-    reader's), and a second core to run on."""
-    affinity = getattr(os, "sched_getaffinity", None)
-    cores = len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
-    return cores > 1 and threading.active_count() == 1
 
 
 class Placer:

@@ -18,13 +18,12 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import msgpack
 
-from merklesync.orphans import die_with_parent
+from merklesync.orphans import can_fork, die_with_parent
 from merklesync.sources.dir_fds import DirFds, NotADirectory
 from merklesync.sources.listing import Listing
 
@@ -41,13 +40,6 @@ class Prelisted(NamedTuple):
     has_ignore_file: bool
     has_temp_files: bool  # the walk lists it itself, and removes the abandoned ones
     subdirs: dict[str, Identity]  # the directories in it
-
-
-def can_fork() -> bool:
-    """A second core, and no other thread to be caught mid-way by fork."""
-    affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere, all cores
-    cores = len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
-    return cores > 1 and threading.active_count() == 1
 
 
 def prelist(root: str, directories: Sequence[str]) -> dict[str, Prelisted]:
