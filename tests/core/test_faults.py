@@ -97,7 +97,7 @@ def test_disk_full_removes_temp_file_and_keeps_destination(
 
 
 def test_source_changed_during_transfer_is_skipped_and_reported(
-    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, placing: bool
 ) -> None:
     src, dst = pair
     victim = _files(src)[0]
@@ -574,24 +574,14 @@ def test_files_placed_by_the_placing_process_are_recorded_as_placed(
 
 
 def _victim(src: Path) -> Path:
-    files = [p for p in src.rglob("*") if p.is_file() and ".merklesync" not in p.parts]
-    return min(p for p in files if p.stat().st_size > 0)
+    return next(p for p in _files(src) if p.stat().st_size > 0)
 
 
-@pytest.mark.parametrize(
-    ("failure", "reason"),
-    [
-        ("unreadable", "Input/output error"),
-        ("not as sent", "content does not match its digest"),
-    ],
-)
-def test_content_that_fails_on_the_way_is_refused_and_the_rest_goes_on(
-    pair: tuple[Path, Path],
-    monkeypatch: pytest.MonkeyPatch,
-    placing: bool,
-    failure: str,
-    reason: str,
+def test_content_unreadable_on_the_way_is_refused_and_the_rest_goes_on(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, placing: bool
 ) -> None:
+    """The source fails mid-file (changed content is the test above): no
+    trace of the file on the destination, the rest copied."""
     src, dst = pair
     victim = _victim(src).relative_to(src).as_posix()
     real = directory.DirectorySource.read
@@ -601,20 +591,16 @@ def test_content_that_fails_on_the_way_is_refused_and_the_rest_goes_on(
         if entry.path != victim or chunks is None:
             return chunks
 
-        def spoiled() -> Iterator[bytes]:
-            first = next(iter(chunks))
-            if failure == "unreadable":
-                yield first
-                raise OSError(errno.EIO, "Input/output error")
-            yield first[:-1] + bytes([first[-1] ^ 1])
-            yield from chunks
+        def failing() -> Iterator[bytes]:
+            yield next(iter(chunks))
+            raise OSError(errno.EIO, "Input/output error")
 
-        return spoiled()
+        return failing()
 
     monkeypatch.setattr(directory.DirectorySource, "read", read)
     r = ms("push", src, dst, "--json")
     assert r.code == 1, r.err
-    assert reason in r.err and victim in r.err, r.err
+    assert f"{victim}: Input/output error" in r.err, r.err
     assert not (dst / victim).exists() and _temp_files(dst) == []
     monkeypatch.setattr(directory.DirectorySource, "read", real)
     assert ms("push", src, dst).code == 0
