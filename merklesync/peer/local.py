@@ -142,19 +142,23 @@ class LocalPeer:
     def write(self, items: Iterable[WriteItem], progress: Progress | None = None) -> list[Outcome]:
         self.stats.round_trips += 1
         r = self.replica
-        # Outcomes may come out of order (see DirectorySource.write_items).
-        order: dict[int, int] = {}  # id of an item not yet answered -> its place
+        # Outcomes may come out of order (see DirectorySource.write_items);
+        # an item given twice is answered in its turns.
+        order: dict[int, list[int]] = {}  # id of an item not yet answered -> its places
         outcomes: list[tuple[int, Outcome]] = []
 
         def numbered() -> Iterator[WriteItem]:
             for n, item in enumerate(items):
-                order[id(item)] = n
+                order.setdefault(id(item), []).append(n)
                 yield item
 
         writes = r.source.write_items(numbered(), r.index, r.clock)
         try:
             for n, (item, outcome) in enumerate(writes, 1):
-                outcomes.append((order.pop(id(item)), outcome))
+                places = order[id(item)]
+                outcomes.append((places.pop(0), outcome))
+                if not places:
+                    del order[id(item)]
                 if outcome.ok and item.entry.kind is EntryKind.FILE and item.data is not None:
                     self.stats.files_transferred += 1
                     self.stats.bytes_transferred += item.entry.size

@@ -755,3 +755,31 @@ def test_content_failing_after_the_placing_process_refused_the_file(
     assert f"{victim.as_posix()}: Input/output error" in r.err, r.err
     assert "is not a directory" in r.err
     assert _temp_files(dst) == []
+
+
+def test_outcomes_come_back_in_the_order_of_the_items(tmp_path: Path, placing: bool) -> None:
+    """Even when new files are answered later than the writes made here,
+    and when one item is given twice."""
+    import blake3
+
+    from merklesync.clock import VersionVector
+    from merklesync.model import EntryKind, WriteItem
+    from merklesync.peer.local import LocalPeer
+
+    vv = VersionVector.of({"peer": 1})
+    items = []
+    for i in range(6):
+        data = f"file {i}".encode()
+        digest = blake3.blake3(data).digest()
+        entry = Entry(f"f{i}", EntryKind.FILE, vv, digest=digest, size=len(data), mode=0o644)
+        items.append(WriteItem(entry, None, [data]))
+        items.append(WriteItem(Entry(f"d{i}", EntryKind.DIR, vv, mode=0o755), None))
+    given = [*items, items[0]]  # the same object again (its content is a list)
+    peer = LocalPeer.open(tmp_path / "r", create=True)
+    try:
+        outcomes = peer.write(given)
+    finally:
+        peer.close()
+    assert [o.path for o in outcomes] == [i.entry.path for i in given]
+    assert [o.ok for o in outcomes] == [True] * len(items) + [False]
+    assert "changed on the destination since the comparison" in outcomes[-1].reason
