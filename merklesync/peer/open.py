@@ -69,17 +69,21 @@ def open_peer(
             Path(address.path), create=create and not preview, preview=preview, excludes=excludes
         )
     call = AgentCall(remote_cmd, address.path, create, tuple(excludes), preview)
-    from merklesync.peer.remote import RemotePeer  # the protocol: for remote replicas only
-
     assert address.host is not None
     try:
-        return RemotePeer(connect(address, call, options), spec, where=address.host)
+        transport = connect(address, call, options)
+        # The protocol (for remote replicas only) loads while the agent starts.
+        from merklesync.peer.remote import RemotePeer
+
+        return RemotePeer(transport, spec, where=address.host)
     except ConnectionFailed as exc:
         if not (call.preview and "--preview" in exc.message):
             raise
     # A merklesync there from before `serve --preview`: a replica that
     # exists is served as it is; one that does not is reported missing.
     plain = call._replace(create=False, preview=False)
+    from merklesync.peer.remote import RemotePeer
+
     return RemotePeer(connect(address, plain, options), spec, where=address.host)
 
 
