@@ -71,20 +71,23 @@ def open_peer(
     call = AgentCall(remote_cmd, address.path, create, tuple(excludes), preview)
     assert address.host is not None
     try:
-        transport = connect(address, call, options)
-        # The protocol (for remote replicas only) loads while the agent starts.
-        from merklesync.peer.remote import RemotePeer
-
-        return RemotePeer(transport, spec, where=address.host)
+        return _remote_peer(connect(address, call, options), spec, address.host)
     except ConnectionFailed as exc:
         if not (call.preview and "--preview" in exc.message):
             raise
     # A merklesync there from before `serve --preview`: a replica that
     # exists is served as it is; one that does not is reported missing.
     plain = call._replace(create=False, preview=False)
+    return _remote_peer(connect(address, plain, options), spec, address.host)
+
+
+def _remote_peer(transport: Transport, spec: str, host: str) -> Peer:
+    """The replica at the far end of ``transport``. The protocol (for
+    remote replicas only) loads here, once the connection is made: while
+    the agent starts on the far side."""
     from merklesync.peer.remote import RemotePeer
 
-    return RemotePeer(connect(address, plain, options), spec, where=address.host)
+    return RemotePeer(transport, spec, where=host)
 
 
 def resolve(spec: str, options: RemoteOptions, near: str | None = None) -> tuple[Address, str]:

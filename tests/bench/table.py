@@ -275,33 +275,31 @@ def first_copies(
     candidate: Callable[[], Sequence[Run]] | None,
     emptied: Sequence[Path],
 ) -> tuple[Result, Result | None]:
-    """``n`` first copies of each tool, in turns as :func:`interleaved` takes them;
+    """``n`` first copies of each tool, in turns (:func:`interleaved`);
     before each round after the first, the ``emptied`` paths are removed (the
     destinations, and the source's ``.merklesync``: each copy starts from nothing).
     ``candidate`` gives the steps of one copy (``init``, then ``push``), timed as one.
     The best copy of each is kept: on a disk whose speed swings with what was just
     removed, one copy each says more about the disk than about the tools."""
-    base_runs: list[Run] = []
-    cand_results: list[Result] = []
+    chained: list[Result] = []
 
-    def candidate_run() -> None:
-        assert candidate is not None
-        cand_results.append(Result.chain("merklesync", candidate()))
-
-    for i in range(n):
-        if i:
+    def empty(round_no: int) -> None:
+        if round_no:
             for path in emptied:
                 shutil.rmtree(path, ignore_errors=True)
-        steps: list[Callable[[], object]] = [lambda: base_runs.append(baseline[1]())]
-        if candidate is not None:
-            steps.append(candidate_run)
-        for step in steps if i % 2 == 0 else reversed(steps):
-            step()
+
+    def one_copy() -> Run:
+        assert candidate is not None
+        steps = candidate()
+        chained.append(Result.chain("merklesync", steps))
+        return steps[-1]  # timed above, as one with the steps before it
+
+    base_runs, _ = interleaved(n, empty, baseline[1], one_copy if candidate else None)
     best = None
-    if cand_results:
-        fastest = min(cand_results, key=lambda r: r.wall_s)
-        peak = max(r.max_rss_kib for r in cand_results)
-        best = Result(fastest.tool, fastest.wall_s, peak, len(cand_results), dict(fastest.stats))
+    if chained:
+        fastest = min(chained, key=lambda r: r.wall_s)
+        peak = max(r.max_rss_kib for r in chained)
+        best = Result(fastest.tool, fastest.wall_s, peak, len(chained), dict(fastest.stats))
     return Result.combine(baseline[0], base_runs), best
 
 

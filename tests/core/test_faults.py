@@ -577,13 +577,9 @@ def _victim(src: Path) -> Path:
     return next(p for p in _files(src) if p.stat().st_size > 0)
 
 
-def test_content_unreadable_on_the_way_is_refused_and_the_rest_goes_on(
-    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, placing: bool
-) -> None:
-    """The source fails mid-file (changed content is the test above): no
-    trace of the file on the destination, the rest copied."""
-    src, dst = pair
-    victim = _victim(src).relative_to(src).as_posix()
+def _read_fails_midway(monkeypatch: pytest.MonkeyPatch, victim: str) -> Any:
+    """Reading ``victim`` on the source fails after its first chunk (EIO);
+    returns the real read, to put back."""
     real = directory.DirectorySource.read
 
     def read(self: directory.DirectorySource, entry: Entry) -> Iterator[bytes] | None:
@@ -598,6 +594,17 @@ def test_content_unreadable_on_the_way_is_refused_and_the_rest_goes_on(
         return failing()
 
     monkeypatch.setattr(directory.DirectorySource, "read", read)
+    return real
+
+
+def test_content_unreadable_on_the_way_is_refused_and_the_rest_goes_on(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, placing: bool
+) -> None:
+    """The source fails mid-file (changed content is the test above): no
+    trace of the file on the destination, the rest copied."""
+    src, dst = pair
+    victim = _victim(src).relative_to(src).as_posix()
+    real = _read_fails_midway(monkeypatch, victim)
     r = ms("push", src, dst, "--json")
     assert r.code == 1, r.err
     assert f"{victim}: Input/output error" in r.err, r.err
@@ -716,7 +723,7 @@ def test_content_failing_after_the_placing_process_refused_the_file(
 ) -> None:
     """The child refuses a file before its content arrives, then the
     content fails here: one refusal each, and the run goes on."""
-    from merklesync.sources.dir_fds import DirFds
+    from merklesync.sources.dir_fds import DirFds, NotADirectory
 
     src, dst = pair
     monkeypatch.setattr(placer, "MIN_FILES", 1)
@@ -727,29 +734,11 @@ def test_content_failing_after_the_placing_process_refused_the_file(
 
     def get(self: DirFds, directory: str, *, create: bool = False) -> int:
         if directory == parent:  # as if it were no directory on the destination
-            raise directory_error(parent)
+            raise NotADirectory(f"parent {parent} is not a directory")
         return real_get(self, directory, create=create)
 
-    def directory_error(where: str) -> Exception:
-        from merklesync.sources.dir_fds import NotADirectory
-
-        return NotADirectory(f"parent {where} is not a directory")
-
-    real_read = directory.DirectorySource.read
-
-    def read(self: directory.DirectorySource, entry: Entry) -> Iterator[bytes] | None:
-        chunks = real_read(self, entry)
-        if entry.path != victim.as_posix() or chunks is None:
-            return chunks
-
-        def failing() -> Iterator[bytes]:
-            yield next(iter(chunks))
-            raise OSError(errno.EIO, "Input/output error")
-
-        return failing()
-
+    _read_fails_midway(monkeypatch, victim.as_posix())
     monkeypatch.setattr(DirFds, "get", get)
-    monkeypatch.setattr(directory.DirectorySource, "read", read)
     r = ms("push", src, dst)
     assert r.code == 1, r.err
     assert f"{victim.as_posix()}: Input/output error" in r.err, r.err
