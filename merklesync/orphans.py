@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
+import gc
 import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 
 _PR_SET_PDEATHSIG = 1
 
@@ -36,3 +39,58 @@ def can_fork() -> bool:
     affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere, all cores
     cores = len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
     return cores > 1 and threading.active_count() == 1
+
+
+def fork_child(work: Callable[..., None], *fds: int) -> int | None:
+    """Fork a child that runs ``work(*fds)`` and exits (status 0 when it
+    returned, 1 when it raised), running nothing of the parent's: its
+    objects are never collected there, every descriptor it inherited but
+    ``fds`` and stderr is closed (another child's pipe would never see its
+    end; the replica's index and lock are the parent's), stdin and stdout
+    are /dev/null, and ``fds`` are moved above 2 first where they were
+    below. The parent gets the child's pid; None when fork failed."""
+    parent = os.getpid()
+    # Signals wait until the child is inside its try: one arriving between
+    # fork and try would unwind the parent's stack in the child.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        pid = os.fork()
+    except OSError:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        return None
+    if pid == 0:
+        status = 1
+        try:
+            gc.freeze()
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            die_with_parent(parent)
+            work(*_keep_only(fds))
+            status = 0
+        finally:
+            os._exit(status)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a Ctrl-C now still reaps the child
+    return pid
+
+
+def _keep_only(fds: tuple[int, ...]) -> list[int]:
+    """Close every descriptor but ``fds`` and stderr; stdin and stdout
+    become /dev/null. Returns ``fds``, moved above 2 where they were below."""
+    kept = [fcntl.fcntl(fd, fcntl.F_DUPFD, 3) if fd < 3 else fd for fd in fds]
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    keep = set(kept)
+    for fd in _open_fds():
+        if fd > 2 and fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    return kept
+
+
+def _open_fds() -> list[int]:
+    """This process's descriptors: from /proc where there is one (closing
+    every possible number can take long where the limit is high)."""
+    try:
+        return [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return list(range(3, min(os.sysconf("SC_OPEN_MAX"), 1 << 16)))

@@ -33,10 +33,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import gc
+import functools
 import os
 import select
-import signal
 import struct
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
@@ -44,7 +43,7 @@ from typing import Any, NamedTuple
 import msgpack
 
 from merklesync.errors import LocalIOError, UnsafePath
-from merklesync.orphans import can_fork, die_with_parent
+from merklesync.orphans import can_fork, fork_child
 from merklesync.protocol.paths import check_relpath
 from merklesync.sources.dir_fds import DirFds, NotADirectory
 from merklesync.sources.file_write import Refused, place_new, write_all, write_file
@@ -98,7 +97,6 @@ class Placer:
         be done safely (then the replica places its files itself)."""
         if not can_fork():
             return None
-        parent = os.getpid()
         try:
             jobs_r, jobs_w = os.pipe()
         except OSError:
@@ -109,26 +107,11 @@ class Placer:
             os.close(jobs_r)
             os.close(jobs_w)
             return None
-        # Signals wait until the child is inside its try (see prelist).
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        try:
-            pid = os.fork()
-        except OSError:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        pid = fork_child(functools.partial(_serve, root), jobs_r, answers_w)
+        if pid is None:
             for fd in (jobs_r, jobs_w, answers_r, answers_w):
                 os.close(fd)
             return None
-        if pid == 0:  # the child: place, answer, and go, running nothing of the parent's
-            status = 1
-            try:
-                gc.freeze()  # the parent's objects: never collected (nor finalised) here
-                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-                die_with_parent(parent)
-                _serve(root, *_keep_only(jobs_r, answers_w))
-                status = 0
-            finally:
-                os._exit(status)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(jobs_r)
         os.close(answers_w)
         with contextlib.suppress(OSError, AttributeError):  # Linux: room for a few files' worth
@@ -328,33 +311,6 @@ def _place(
     except OSError as exc:
         return [path, FAILED, exc.errno or errno.EIO, exc.strerror or str(exc)]
     return [path, PLACED, stat_key(st), st.st_mtime_ns]
-
-
-def _keep_only(jobs: int, answers: int) -> tuple[int, int]:
-    """Close every descriptor the child inherited but its two pipes (and
-    stderr): another placer's pipes would never see their end, the
-    replica's index and lock are the parent's. Stdin and stdout (a serve
-    agent's channel) become /dev/null. Returns the pipes' descriptors,
-    moved above 2 first where they were below."""
-    jobs, answers = (fcntl.fcntl(fd, fcntl.F_DUPFD, 3) if fd < 3 else fd for fd in (jobs, answers))
-    null = os.open(os.devnull, os.O_RDWR)
-    os.dup2(null, 0)
-    os.dup2(null, 1)
-    keep = {jobs, answers}
-    for fd in _open_fds():
-        if fd > 2 and fd not in keep:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-    return jobs, answers
-
-
-def _open_fds() -> list[int]:
-    """This process's descriptors: from /proc where there is one (closing
-    every possible number can take long where the limit is high)."""
-    try:
-        return [int(name) for name in os.listdir("/proc/self/fd")]
-    except OSError:
-        return list(range(3, min(os.sysconf("SC_OPEN_MAX"), 1 << 16)))
 
 
 def _answer_all(fd: int, pending: list[bytes]) -> None:

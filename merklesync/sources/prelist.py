@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import msgpack
 
-from merklesync.orphans import can_fork, die_with_parent
+from merklesync.orphans import can_fork, fork_child
 from merklesync.sources.dir_fds import DirFds, NotADirectory
 from merklesync.sources.listing import Listing
 
@@ -50,35 +49,22 @@ def prelist(root: str, directories: Sequence[str]) -> dict[str, Prelisted]:
     if len(directories) < MIN_DIRS or not can_fork():
         return {}
     theirs, mine = directories[0::2], directories[1::2]
-    parent = os.getpid()
     try:
         read_fd, write_fd = os.pipe()
     except OSError:
         return {}
-    # Signals wait until the child is inside its try: one arriving between
-    # fork and try would unwind the parent's stack in the child.
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        pid = os.fork()
-    except OSError:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+    def child(out: int) -> None:  # list, send, and go
+        listed = [_to_wire(d, p) for d, p in _list(root, theirs)]
+        _write_all(out, msgpack.packb(listed, unicode_errors="surrogateescape"))
+
+    pid = fork_child(child, write_fd)
+    if pid is None:
         os.close(read_fd)
         os.close(write_fd)
         return {}
-    if pid == 0:  # the child: list, send, and go, running nothing of the parent's
-        status = 1
-        try:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            die_with_parent(parent)
-            os.close(read_fd)
-            listed = [_to_wire(d, p) for d, p in _list(root, theirs)]
-            _write_all(write_fd, msgpack.packb(listed, unicode_errors="surrogateescape"))
-            status = 0
-        finally:
-            os._exit(status)
     os.close(write_fd)
     try:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a Ctrl-C now still reaps the child
         found = dict(_list(root, mine))
         data = _read_all(read_fd)  # the child may wait on a full pipe until now
     finally:
