@@ -30,7 +30,7 @@ from merklesync.ignore import STATE_DIR, IgnoreRules
 from merklesync.index import TOMBSTONE, Cached, Index
 from merklesync.model import Entry, EntryKind, Outcome, ScanReport, WriteItem, leaf_of
 from merklesync.protocol.paths import check_relpath
-from merklesync.sources import placer, prelist
+from merklesync.sources import placer, prehash, prelist
 from merklesync.sources.dir_fds import DIR_FLAGS, DirFds, NotADirectory, open_dir
 from merklesync.sources.file_write import (
     IN_THE_WAY,
@@ -84,6 +84,10 @@ class _Scan:
     shortcuts: bool = False  # see DirectorySource._shortcuts
     # Directories listed ahead of the walk, on two cores (prelist.py).
     prelisted: dict[str, prelist.Prelisted] = field(default_factory=dict)
+    # Files hashed ahead of the walk, on two cores (prehash.py): wanted in
+    # a scan that reads every file (a first one, or --checksum).
+    reads_all: bool = False
+    prehash: prehash.Prehasher | None = None
 
 
 _Subdir = tuple[str, tuple[int, int] | None]  # a path, and its (device, inode) when listed
@@ -187,6 +191,7 @@ class DirectorySource:
         runs beside this one)."""
         scan = _Scan(index, replica_id, clock, checksum, progress)
         scan.shortcuts = self._shortcuts(checksum)
+        scan.reads_all = spread and (checksum or index.root()[1] == 0)
         changes = journal.ask(self.root, index.meta(WATCH_TOKEN)) if scan.shortcuts else None
         index.learned_at = learned_ns  # deletions found now are as old as the scan
         relist = _stored_relist(index) if changes is not None else None
@@ -210,9 +215,21 @@ class DirectorySource:
 
     def _scan_tree(self, top: str, scan: _Scan) -> None:
         stack: list[_Subdir] = [(top, None)]
-        while stack:
-            directory, identity = stack.pop()
-            stack.extend(self._scan_directory(directory, scan, identity))
+        try:
+            while stack:
+                directory, identity = stack.pop()
+                stack.extend(self._scan_directory(directory, scan, identity))
+                if scan.prehash is not None:
+                    scan.prehash.finished(directory)
+                elif scan.reads_all and scan.report.hashed >= prehash.MIN_FILES and stack:
+                    scan.reads_all = False  # one try
+                    scan.prehash = prehash.Prehasher.start(
+                        self._root, self.ignore, stack, self.hash_file
+                    )
+        finally:
+            if scan.prehash is not None:
+                scan.prehash.close()
+                scan.prehash = None
 
     def _scan_changed(self, changes: journal.Changes, index: Index, scan: _Scan) -> None:
         """Re-list the directories a watcher saw change (``shallow``) and walk
@@ -391,6 +408,9 @@ class DirectorySource:
                 continue  # a tombstone, a racy entry (None) or a new one never matches
             wrote = True
             before = len(report.warnings)
+            hashed = None
+            if scan.prehash is not None and kind is EntryKind.FILE:
+                hashed = scan.prehash.digest(directory, name, key)
             self._rescan(
                 index,
                 scan.replica_id,
@@ -402,6 +422,7 @@ class DirectorySource:
                 report,
                 indexed=cached != _ABSENT,
                 dir_fd=dir_fd,
+                hashed=hashed,
             )
             if len(report.warnings) > before:  # not read this time: look again next time
                 scan.relist.add(directory)
@@ -452,15 +473,20 @@ class DirectorySource:
         report: ScanReport,
         indexed: bool = True,
         dir_fd: int | None = None,
+        hashed: bytes | None = None,
     ) -> None:
         """Read one new or changed entry into the index (``indexed``: the
         index may hold a row for it; False spares the look-up; ``dir_fd``:
-        its directory, open, where it is read from)."""
+        its directory, open, where it is read from; ``hashed``: a file's
+        digest, read with the stat ``st`` by whoever hashed it ahead)."""
         cached = index.get(rel) if indexed else None
         digest, target = b"", ""
         try:
             if kind is EntryKind.FILE:
-                digest, st = self.hash_file(rel, dir_fd)
+                if hashed is not None:
+                    digest = hashed
+                else:
+                    digest, st = self.hash_file(rel, dir_fd)
                 report.hashed += 1
             elif kind is EntryKind.LINK:
                 target = self._readlink(rel, dir_fd)
