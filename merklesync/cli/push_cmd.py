@@ -115,10 +115,10 @@ def report(
     for warning in warnings:
         out.warn(warning)
     left = result.left_alone()
-    left_paths = {c.path for c, _ in left}
+    reasons = {c.path: reason for c, reason in left}
     if dry_run or out.verbose:
         for change in result.changes:
-            if change.path not in left_paths and change.kind.value != "=":
+            if change.path not in reasons and change.kind.value != "=":
                 out.line(f"{change.kind.value} {change.path}")
     for change, reason in left:
         out.warn(f"left alone: {change.path}: {reason}")
@@ -130,7 +130,7 @@ def report(
                 out.warn(f"overwrote {change.path}: discarded the destination's version")
     applied = result.applied()
     verb = "would copy" if dry_run else "copied"
-    count = sum(1 for c in result.changes if c.path not in left_paths) if dry_run else len(applied)
+    count = sum(1 for c in result.changes if c.path not in reasons) if dry_run else len(applied)
     out.info(f"{verb} {plural(count, 'entry')} from {src} to {dst}; {len(left)} left alone")
     if stats:
         print_stats(out, totals)
@@ -145,7 +145,7 @@ def report(
                     None
                     if dry_run
                     else result.outcomes.get(c.path) is not None and result.outcomes[c.path].ok,
-                    dict((x.path, r) for x, r in left).get(c.path, ""),
+                    reasons.get(c.path, ""),
                 )
                 for c in result.changes
             ],
