@@ -171,10 +171,11 @@ class Cached:
 
 def _to_entry(row: Sequence[Any]) -> Entry:
     path, kind, deleted, vv, digest, size, mode, mtime_ns, target, stamp = row
+    known = _KIND_OF.get(kind)
     return Entry(
         path=path,
-        kind=EntryKind(kind),
-        vv=VersionVector.from_wire(msgpack.unpackb(vv)),
+        kind=known if known is not None else EntryKind(kind),  # ValueError: not a kind
+        vv=_vv(vv),
         digest=digest,
         size=size,
         mode=mode,
@@ -183,6 +184,20 @@ def _to_entry(row: Sequence[Any]) -> Entry:
         deleted=bool(deleted),
         stamp=stamp,
     )
+
+
+_KIND_OF = {int(kind): kind for kind in EntryKind}
+_VVS: dict[bytes, VersionVector] = {}  # packed -> parsed: most rows share a few vectors
+_MAX_VVS = 4096
+
+
+def _vv(packed: bytes) -> VersionVector:
+    vv = _VVS.get(packed)
+    if vv is None:
+        if len(_VVS) >= _MAX_VVS:
+            _VVS.clear()
+        vv = _VVS[packed] = VersionVector.from_wire(msgpack.unpackb(packed))
+    return vv
 
 
 TOMBSTONE = b"\x00"  # stat_cache's mark of a deleted entry (never a packed stat)
