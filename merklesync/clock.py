@@ -85,6 +85,8 @@ class VersionVector:
         if not isinstance(value, list | tuple):
             raise ValueError("version vector must be a list")
         pairs: list[tuple[str, int]] = []
+        canonical = True  # sorted, no replica twice, no zero: as to_wire makes it
+        last = ""
         for item in value:
             if (
                 not isinstance(item, list | tuple)
@@ -96,8 +98,12 @@ class VersionVector:
                 or len(item[0]) > 64
             ):
                 raise ValueError("malformed version vector")
-            pairs.append((item[0], item[1]))
-        return cls.of(pairs)
+            replica, count = item
+            if replica <= last or not count:
+                canonical = False
+            last = replica
+            pairs.append((replica, count))
+        return cls(tuple(pairs)) if canonical else cls.of(pairs)
 
     def __str__(self) -> str:
         return "{" + ", ".join(f"{r}:{c}" for r, c in self.pairs) + "}"

@@ -22,6 +22,9 @@ class EntryKind(enum.IntEnum):
     LINK = 2
 
 
+_KINDS = {int(kind): kind for kind in EntryKind}
+
+
 def key_of(path: str) -> bytes:
     """The bucketing key of a path: independent of the folder layout."""
     return blake3.blake3(path.encode()).digest(KEY_BYTES)
@@ -94,14 +97,21 @@ class Entry:
             raise ValueError("malformed entry path")
         if not isinstance(digest, bytes) or len(digest) not in (0, DIGEST_BYTES):
             raise ValueError("malformed entry digest")
-        ints = (kind, size, mode, mtime_ns, stamp)
-        if not all(isinstance(i, int) and not isinstance(i, bool) for i in ints):
+        int_ = int  # exactly: not a bool
+        if not (
+            type(kind) is int_
+            and type(size) is int_
+            and type(mode) is int_
+            and type(mtime_ns) is int_
+            and type(stamp) is int_
+        ):
             raise ValueError("malformed entry field")
         if not isinstance(deleted, bool) or size < 0 or not 0 <= mode <= 0o7777:
             raise ValueError("malformed entry field")
+        known = _KINDS.get(kind)
         return cls(
             path=path,
-            kind=EntryKind(kind),
+            kind=known if known is not None else EntryKind(kind),  # ValueError: not a kind
             vv=VersionVector.from_wire(vv),
             digest=digest,
             size=size,

@@ -170,9 +170,11 @@ def entry_from_wire(value: object) -> Entry:
     except (ValueError, TypeError, OverflowError) as exc:
         _fail(f"{str(exc) or 'malformed entry'}")
     check_relpath(entry.path)
-    if len({r for r, _ in entry.vv.pairs}) != len(entry.vv.pairs):
+    pairs = entry.vv.pairs
+    if len(pairs) > 1 and len({r for r, _ in pairs}) != len(pairs):
         _fail(f"entry {entry.path!r}: version vector names a replica twice")
-    if "\x00" in entry.target or len(entry.target.encode("utf-8", "replace")) > MAX_PATH_BYTES:
+    target = entry.target
+    if target and ("\x00" in target or len(target.encode("utf-8", "replace")) > MAX_PATH_BYTES):
         _fail(f"entry {entry.path!r}: malformed link target")
     return entry
 

@@ -48,7 +48,7 @@ def _show(path: str, limit: int = 80) -> str:
 
 def is_state_dir(name: str) -> bool:
     """Whether a file system could take ``name`` for the state directory."""
-    folded = _IGNORABLE.sub("", name).casefold().rstrip(". ")
+    folded = (name if name.isascii() else _IGNORABLE.sub("", name)).casefold().rstrip(". ")
     return folded == STATE_DIR
 
 
@@ -58,14 +58,16 @@ def check_relpath(path: object) -> str:
         raise UnsafePath(f"path must be a string, not {type(path).__name__}")
     if not path:
         raise UnsafePath("empty path")
-    if _SURROGATE.search(path):
+    # Most paths: one byte per character, no control character, no surrogate.
+    simple = path.isascii() and path.isprintable()
+    if not simple and _SURROGATE.search(path):
         raise UnsafePath(f"path is not valid UTF-8: {_show(path)}")
-    size = len(path.encode("utf-8"))
+    size = len(path) if simple else len(path.encode("utf-8"))
     if size > MAX_PATH_BYTES:
         raise UnsafePath(f"path of {size} bytes is longer than {MAX_PATH_BYTES}: {_show(path)}")
     if path.startswith("/"):
         raise UnsafePath(f"absolute path: {_show(path)}")
-    if _CONTROL.search(path):
+    if not simple and _CONTROL.search(path):
         raise UnsafePath(f"control character in path: {_show(path)}")
     parts = path.split("/")
     for part in parts:

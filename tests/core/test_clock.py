@@ -71,3 +71,12 @@ def test_hybrid_clock_never_goes_back() -> None:
     assert stamps == [100, 101, 102]
     clock.observe(500)
     assert clock.tick() == 501
+
+
+@given(st.lists(st.tuples(st.sampled_from(["", "a", "b", "ab", "c"]), st.integers(0, 3))))
+def test_any_wire_vector_reads_as_its_canonical_form(pairs: list[tuple[str, int]]) -> None:
+    """Sorted or not, with zeros or a replica twice: the same vector as ``of``
+    makes of it (a peer's wire form is taken as is only when canonical)."""
+    wire = [list(p) for p in pairs]
+    assert VersionVector.from_wire(wire) == VersionVector.of(pairs)
+    assert VersionVector.from_wire(VersionVector.of(pairs).to_wire()) == VersionVector.of(pairs)
