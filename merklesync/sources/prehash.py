@@ -120,11 +120,15 @@ class Prehasher:
 
     def close(self) -> None:
         """Stop the child (it only reads, nothing is left half done) and reap it."""
+        # Before the end of its stream the child holds the pipe open: it has
+        # not exited, so its pid is still its own (SIGCHLD ignored or not).
+        running = not self._ended
         self._ended = True
         with contextlib.suppress(OSError):
             os.close(self._fd)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self._pid, signal.SIGKILL)
+        if running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(self._pid, 0)
 
