@@ -189,6 +189,7 @@ def _to_entry(row: Sequence[Any]) -> Entry:
 _KIND_OF = {int(kind): kind for kind in EntryKind}
 _VVS: dict[bytes, VersionVector] = {}  # packed -> parsed: most rows share a few vectors
 _MAX_VVS = 4096
+_MAX_TRACKED = 250_000  # paths Index remembers storing (see _stored_since_empty)
 
 
 def _vv(packed: bytes) -> VersionVector:
@@ -209,6 +210,11 @@ class Index:
         self.conn = conn
         self._pending = merkle.Accumulator(self.depth)
         self._dirty = False
+        # When the table held no entry as get() first looked (a replica being
+        # filled, by a first copy say): the paths stored since, so that get()
+        # answers for every other one without a query. None: ask SQLite.
+        self._stored_since_empty: set[str] | None = None
+        self._looked = False
         # When tombstones stored now were learned (None: now). A scan sets
         # it to when it started, the moment of the state it records.
         self.learned_at: int | None = None
@@ -334,6 +340,12 @@ class Index:
 
     @_guard
     def get(self, path: str) -> Cached | None:
+        if not self._looked:
+            self._looked = True
+            if self.conn.execute("SELECT 1 FROM entries LIMIT 1").fetchone() is None:
+                self._stored_since_empty = set()
+        if self._stored_since_empty is not None and path not in self._stored_since_empty:
+            return None
         row = self.conn.execute(
             f"SELECT {_ENTRY_COLUMNS}, stat FROM entries WHERE path = ?", (path,)
         ).fetchone()
@@ -451,6 +463,11 @@ class Index:
         )
         self._pending.change(key, None if old is None else old.leaf_hash(), leaf)
         self._dirty = True
+        stored = self._stored_since_empty
+        if stored is not None:
+            stored.add(entry.path)
+            if len(stored) > _MAX_TRACKED:
+                self._stored_since_empty = None  # memory stays bounded: ask SQLite
 
     @_guard
     def check(self) -> None:
@@ -521,6 +538,7 @@ class Index:
         it could not write after another one did."""
         self.commit()
         self._pending = merkle.Accumulator(self.depth)
+        self._stored_since_empty, self._looked = None, False  # others may have stored some
         self.conn.execute("COMMIT")
         self.conn.execute("BEGIN")
 

@@ -105,3 +105,42 @@ def test_opening_an_index_reads_it_ahead_whole(
         (chunk, chunk),
         (2 * chunk, chunk),
     ]
+
+
+def test_an_index_filled_from_empty_answers_from_memory_and_from_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica being filled (a first copy) is asked for every path it
+    writes: what it stored itself it finds, what another connection stored
+    (a scan in a child process) it finds once it has reloaded, and past
+    the bound on paths remembered it asks SQLite again."""
+    from merklesync.clock import VersionVector
+    from merklesync.model import Entry, EntryKind
+
+    monkeypatch.setattr(index_mod, "_MAX_TRACKED", 3)
+    root = tmp_path / "r"
+    root.mkdir()
+    assert ms("init", root).code == 0
+
+    def entry(path: str) -> Entry:
+        return Entry(path, EntryKind.DIR, VersionVector.of({"r": 1}), mode=0o755)
+
+    db = root / ".merklesync" / "index.db"
+    index = index_mod.Index.open(db)
+    try:
+        assert index.get("a") is None  # empty: from now on, stored paths are remembered
+        index.put(entry("a"), None, None)
+        assert index.get("a") is not None and index.get("b") is None
+        index.commit()
+        other = index_mod.Index.open(db)  # another connection
+        other.put(entry("b"), None, None)
+        other.close()
+        assert index.get("b") is None  # not reloaded: this connection's view
+        index.reload()
+        assert index.get("b") is not None
+        for name in "cdefg":  # past the bound: every path is looked up
+            index.put(entry(name), None, None)
+        assert index._stored_since_empty is None  # no more than the bound held
+        assert all(index.get(name) is not None for name in "abcdefg")
+    finally:
+        index.close()
