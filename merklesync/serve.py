@@ -41,6 +41,7 @@ from merklesync.peer import WriteItem
 from merklesync.peer.local import LocalPeer
 from merklesync.protocol.framing import encode_frame
 from merklesync.protocol.messages import (
+    INLINE_PUT,
     PROTOCOL_VERSIONS,
     Bye,
     ByeResult,
@@ -103,7 +104,8 @@ class Agent:
             self.failure = exc
         replica_id = self.peer.replica_id if self.peer is not None else ""
         root_name = display(str(self.peer.replica.root if self.peer is not None else root))
-        self.session = ServerSession(Hello(PROTOCOL_VERSIONS, (), replica_id, SOFTWARE, root_name))
+        hello = Hello(PROTOCOL_VERSIONS, (INLINE_PUT,), replica_id, SOFTWARE, root_name)
+        self.session = ServerSession(hello)
         self._out = bytearray()
         self._events: deque[ServerEvent] = deque()
         self._eof = False
@@ -348,6 +350,8 @@ class _Items:
             raise StopIteration
         if not isinstance(event, Put):  # the session lets nothing else through
             raise ProtocolError("connection closed in the middle of a write")
+        if event.inline is not None:
+            return WriteItem(event.entry, event.expect, (event.inline,))
         if not event.has_data:
             return WriteItem(event.entry, event.expect, None)
         self.current = _Incoming(self.agent)

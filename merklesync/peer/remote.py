@@ -33,6 +33,7 @@ from merklesync.peer import Node, Outcome, Progress, ScanReport, WriteItem
 from merklesync.protocol.messages import (
     BUDGET,
     MAX_COMPARE,
+    MAX_INLINE,
     MAX_KEYS,
     MAX_NODES,
     MAX_READ,
@@ -439,12 +440,20 @@ class _Writer:
         peer = self.peer
         entry = item.entry
         has_data = item.data is not None
+        chunks = iter(item.data) if item.data is not None else None
+        if chunks is not None and entry.size <= MAX_INLINE and self.session.inline_puts:
+            # A small file travels whole in its put: one frame, not three.
+            content = _read_up_to(chunks, entry.size + 1)
+            if len(content) == entry.size:
+                peer._send(self.session.put_inline(entry, item.expect, content))
+                self.puts.append((entry.size, True))
+                return
+            chunks = iter((content,))  # sent as data, up to its size, then given up
         peer._send(self.session.put(entry, item.expect, has_data))
         self.puts.append((entry.size, has_data))
-        if item.data is None:
+        if chunks is None:
             return
         self.in_put = True
-        chunks = iter(item.data)
         gone = ""
         try:
             for chunk in chunks:
@@ -594,3 +603,21 @@ def _read_batches(entries: Sequence[Entry]) -> Iterator[list[Entry]]:
         max_weight=READ_BUDGET,
         max_items=MAX_READ,
     )
+
+
+def _read_up_to(chunks: Iterator[bytes], limit: int) -> bytes:
+    """A file's content, read until its end or past ``limit`` bytes (then
+    closed: the rest is not wanted)."""
+    parts: list[bytes] = []
+    total = 0
+    try:
+        for chunk in chunks:
+            parts.append(chunk)
+            total += len(chunk)
+            if total >= limit:
+                break
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+    return b"".join(parts)

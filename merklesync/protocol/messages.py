@@ -57,6 +57,11 @@ NodeId = tuple[int, int]  # (level, prefix), as merkle and peer define it
 # carry salted 8-byte fingerprints and leaf records (merkle.short).
 PROTOCOL_VERSIONS = (2, 2)
 
+# Capabilities (optional features a hello announces):
+# a server taking a small file's content inside its put (see Put).
+INLINE_PUT = "put-inline"
+MAX_INLINE = 128 << 10  # the most content a put may carry
+
 MAX_NODES = 65_536  # nodes per children / compare / entries_under request
 MAX_COMPARE = 65_536  # leaf records per compare request
 MAX_KEYS = 100_000  # keys per entries request
@@ -413,23 +418,32 @@ class Write(_Bare):
 class Put:
     """One write item: make ``entry`` current if the destination still holds
     the entry whose leaf hash is ``expect`` (nil: nothing). With
-    ``has_data``, ``data`` frames then ``end`` (or ``gone``) follow; without,
+    ``has_data``, ``data`` frames then ``end`` (or ``gone``) follow; with
+    ``inline`` (to a server announcing INLINE_PUT), the file's whole
+    content is here, in place of ``has_data`` on the wire; with neither,
     the item is complete."""
 
     TAG: ClassVar[str] = "put"
     entry: Entry
     expect: bytes | None
     has_data: bool
+    inline: bytes | None = None
 
     def to_wire(self) -> list[object]:
-        return [self.TAG, self.entry.to_wire(), self.expect, self.has_data]
+        data = self.inline if self.inline is not None else self.has_data
+        return [self.TAG, self.entry.to_wire(), self.expect, data]
 
     @classmethod
     def from_wire(cls, msg: list[object]) -> Put:
-        entry_w, expect_w, has_data_w = _fields(msg, 3)
+        entry_w, expect_w, data_w = _fields(msg, 3)
         entry = entry_from_wire(entry_w)
         expect = None if expect_w is None else _bin(expect_w, "expected leaf", size=LEAF_BYTES)
-        has_data = _bool(has_data_w, "has_data")
+        if isinstance(data_w, bytes):
+            inline = _bin(data_w, "inline data", limit=MAX_INLINE)
+            if not _is_live_file(entry) or len(inline) != entry.size:
+                _fail(f"put {entry.path!r}: inline data that is not the file's content")
+            return cls(entry, expect, False, inline)
+        has_data = _bool(data_w, "has_data")
         if has_data and not _is_live_file(entry):
             _fail(f"put {entry.path!r}: data for something that is not a file")
         return cls(entry, expect, has_data)

@@ -38,8 +38,10 @@ from merklesync.errors import ConnectionFailed, MerklesyncError, ProtocolError
 from merklesync.model import Entry, EntryKind
 from merklesync.protocol.framing import MAX_CHUNK, FrameDecoder, encode_frame
 from merklesync.protocol.messages import (
+    INLINE_PUT,
     KEY_SLACK,
     MAX_COMPARE,
+    MAX_INLINE,
     MAX_KEYS,
     MAX_NODES,
     MAX_READ,
@@ -309,6 +311,28 @@ class ClientSession(_Base):
         self._write = self._pending[-1]
         return frame
 
+    @property
+    def inline_puts(self) -> bool:
+        """Whether the server takes a small file's content inside its put."""
+        return self.peer is not None and INLINE_PUT in self.peer.capabilities
+
+    def put_inline(self, entry: Entry, expect: bytes | None, content: bytes) -> bytes:
+        """A whole item: a file with its content (at most MAX_INLINE bytes,
+        exactly its size), to a server that takes it (``inline_puts``)."""
+        if self._write is None or self._put is not None:
+            raise RuntimeError("put_inline() outside a write stream or inside an item")
+        if not self.inline_puts:
+            raise RuntimeError("the server does not take content inside a put")
+        if len(self._write.paths) >= MAX_WRITE_ITEMS:
+            raise ValueError(f"over {MAX_WRITE_ITEMS} items in one write; commit and start another")
+        if entry.kind is not EntryKind.FILE or entry.deleted or len(content) != entry.size:
+            raise ValueError(f"put {entry.path!r}: inline content that is not the file's")
+        if len(content) > MAX_INLINE:
+            raise ValueError(f"put {entry.path!r}: over {MAX_INLINE} bytes to send inline")
+        frame = encode_frame(Put(entry, expect, False, content).to_wire())
+        self._write.paths.append(entry.path)
+        return frame
+
     def put(self, entry: Entry, expect: bytes | None, has_data: bool) -> bytes:
         if self._write is None or self._put is not None:
             raise RuntimeError("put() outside a write stream or inside an item")
@@ -512,6 +536,8 @@ class ServerSession(_Base):
                 self._items += 1
                 if self._items > MAX_WRITE_ITEMS:
                     raise ProtocolError(f"over {MAX_WRITE_ITEMS} items in one write")
+                if msg.inline is not None and INLINE_PUT not in self.hello.capabilities:
+                    raise ProtocolError("client sent content inside a put, not announced here")
                 if msg.has_data:
                     self._put, self._received = msg, 0
                 return msg

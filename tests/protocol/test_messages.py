@@ -77,6 +77,7 @@ CLIENT: list[ClientMessage] = [
     Read((E,)),
     Write(),
     Put(E, None, True),
+    Put(E, None, False, b"x" * E.size),  # its content inline
     Put(LINK, LINK.tombstone(VersionVector.of({"r": 2}), 4).leaf_hash(), False),
     Data(b"chunk"),
     End(),
@@ -161,6 +162,10 @@ def test_entries_round_trip_in_put(entry: Entry) -> None:
         (["put", E.to_wire(), None, 1], "boolean"),
         (["put", LINK.to_wire(), None, True], "not a file"),
         (["put", E.to_wire(), b"\x01" * 31, False], "expected 32 bytes"),
+        (["put", E.to_wire(), None, b"x" * (E.size + 1)], "not the file's content"),
+        (["put", E.to_wire(), None, b""], "not the file's content"),
+        (["put", LINK.to_wire(), None, b""], "not the file's content"),
+        (["put", E.to_wire(), None, b"x" * ((128 << 10) + 1)], "over the limit"),
         (["data", b""], "empty data"),
         (["data", "text"], "expected bytes"),
         (["data", b"x" * ((1 << 20) + 1)], "over the limit"),

@@ -8,6 +8,7 @@ from merklesync.errors import ConnectionFailed, ProtocolError, ReplicaLocked
 from merklesync.model import key_of
 from merklesync.protocol.framing import encode_frame
 from merklesync.protocol.messages import (
+    INLINE_PUT,
     PROTOCOL_VERSIONS,
     ByeResult,
     Children,
@@ -18,6 +19,7 @@ from merklesync.protocol.messages import (
     Entries,
     EntriesResult,
     Gone,
+    Hello,
     Put,
     Read,
     Refresh,
@@ -190,6 +192,40 @@ def test_write_stream() -> None:
     ]
     client.eof()
     server.eof()
+
+
+def test_small_files_travel_inside_their_put_where_the_server_takes_them() -> None:
+    plain_client, plain_server = connected()  # no INLINE_PUT announced
+    assert not plain_client.inline_puts
+    wire = plain_client.write()
+    with pytest.raises(RuntimeError, match="does not take"):
+        plain_client.put_inline(A, None, b"hello")
+    # A client that sends one all the same is refused: the server never said it takes it.
+    wire += frame("put", A.to_wire(), None, b"hello")
+    with pytest.raises(ProtocolError, match="not announced"):
+        plain_server.receive(wire)
+
+    client = ClientSession(hello("client"))
+    server = ServerSession(Hello(PROTOCOL_VERSIONS, (INLINE_PUT,), "rs", "server", "root"))
+    server.receive(client.greeting())
+    client.receive(server.greeting())
+    assert client.inline_puts
+    wire = client.write() + client.put_inline(A, None, b"hello")
+    with pytest.raises(ValueError, match="not the file's"):
+        client.put_inline(B, None, b"toolong")
+    wire += client.put(B, None, True) + client.data(b"abc") + client.end() + client.commit()
+    assert server.receive(wire) == [
+        Write(),
+        Put(A, None, False, b"hello"),
+        Put(B, None, True),
+        Data(b"abc"),
+        End(),
+        Commit(),
+    ]
+    outcomes = [("a.txt", True, ""), ("dir/b.bin", True, "")]
+    assert client.receive(server.respond(WriteResult(outcomes))) == [
+        Answered("write", WriteResult(outcomes))
+    ]
 
 
 def test_client_refuses_more_data_than_the_size() -> None:

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,7 +22,9 @@ from merklesync.peer import remote as remote_mod
 from merklesync.peer.local import LocalPeer
 from merklesync.peer.open import refresh_all
 from merklesync.peer.remote import RemotePeer
+from merklesync.protocol.session import ClientSession
 from merklesync.replica import Replica
+from merklesync.sources.directory import DirectorySource
 from merklesync.transfer import push
 from merklesync.transport.pipes import SubprocessTransport
 from tests.clirun import ms
@@ -208,6 +211,54 @@ def test_large_write_and_read_do_not_deadlock(tmp_path: Path) -> None:
         mine.close()
         far.close()
     assert_same_tree(src, back)
+
+
+@pytest.mark.parametrize("change", ["grows", "shrinks", "same size"])
+def test_a_small_file_changed_before_it_is_sent_whole_is_not_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    """Small files travel inside their put (the agent takes them); one that
+    changed since the scan is given up, or refused by its digest, and the
+    others arrive in one frame each."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_tree(src, files=12, dirs=2, seed=4, min_size=10, max_size=4000)
+    ms("init", src)
+    victim = sorted(p for p in src.rglob("f*") if p.is_file())[0]
+    rel = victim.relative_to(src).as_posix()
+    size = victim.stat().st_size
+    new = {"grows": b"x" * (size + 1), "shrinks": b"x" * (size - 1), "same size": b"x" * size}
+    real_read = DirectorySource.read
+
+    def read_then_change(self: DirectorySource, entry: Entry):  # type: ignore[no-untyped-def]
+        if entry.path == rel:
+            victim.write_bytes(new[change])
+        return real_read(self, entry)
+
+    monkeypatch.setattr(DirectorySource, "read", read_then_change)
+    inline: list[str] = []
+    real_put = ClientSession.put_inline
+
+    def counted(self: ClientSession, entry: Entry, *args: Any) -> bytes:
+        inline.append(entry.path)
+        return real_put(self, entry, *args)
+
+    monkeypatch.setattr(ClientSession, "put_inline", counted)
+    local, far = LocalPeer.open(src), agent(dst, "--create")
+    try:
+        refresh_all([local, far])
+        assert far.session.inline_puts
+        result = push(local, far)
+    finally:
+        far.close()
+        local.close()
+    failed = {p: o.reason for p, o in result.outcomes.items() if not o.ok}
+    assert list(failed) == [rel] and "changed" in failed[rel]
+    assert not (dst / rel).exists()
+    monkeypatch.undo()
+    assert ms("push", src, dst).code == 0
+    assert_same_tree(src, dst)
+    files = [p for p in src.rglob("f*") if p.is_file()]
+    assert len(inline) == len(files) - (change != "same size")  # the rest went whole
 
 
 def test_many_items_use_several_pipelined_write_streams(
