@@ -44,6 +44,10 @@ from merklesync.sources.listing import Listing, listing_sum, stat_key
 from merklesync.sources.placer import Placer
 
 CHUNK = 1 << 20
+# Opening a file to read it: never through a link, and never waiting (a file
+# swapped for a FIFO since it was listed would block the open for ever;
+# O_NONBLOCK changes nothing for a regular file).
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 RACY_NS = 2_000_000_000  # an mtime this close to the scan may hide a same-tick edit
 HASH_RETRIES = 3
 THREADED_HASH = 8 << 20
@@ -147,9 +151,11 @@ class DirectorySource:
         retried while the file keeps changing under us."""
         where = self._where(rel, dir_fd)
         for _ in range(HASH_RETRIES):
-            fd = os.open(where, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            fd = os.open(where, READ_FLAGS, dir_fd=dir_fd)
             try:
                 before = os.fstat(fd)
+                if not st_mod.S_ISREG(before.st_mode):
+                    raise FileChanged(rel)  # no longer a file (a FIFO now, say)
                 digest, after = hash_open_file(fd, before.st_size)
             finally:
                 os.close(fd)
@@ -573,7 +579,7 @@ class DirectorySource:
         regular file, or changed size since the scan. Other changes are
         caught by the receiver, which checks the blake3 digest."""
         try:
-            fd = os.open(self.abs(entry.path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(self.abs(entry.path), READ_FLAGS)
         except OSError:
             return None
         st = os.fstat(fd)

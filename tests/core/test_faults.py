@@ -772,3 +772,64 @@ def test_outcomes_come_back_in_the_order_of_the_items(tmp_path: Path, placing: b
     assert [o.path for o in outcomes] == [i.entry.path for i in given]
     assert [o.ok for o in outcomes] == [True] * len(items) + [False]
     assert "changed on the destination since the comparison" in outcomes[-1].reason
+
+
+# The first file the push reads is swapped for a FIFO just before (no
+# writer ever opens it: opening it to read would wait for ever).
+_SWAPPED_FOR_A_FIFO = """
+import os
+from merklesync.sources import directory
+real_read = directory.DirectorySource.read
+swapped = []
+def read(self, entry):
+    if not swapped:
+        path = self.abs(entry.path)
+        os.unlink(path)
+        os.mkfifo(path)
+        swapped.append(entry.path)
+    return real_read(self, entry)
+directory.DirectorySource.read = read
+"""
+
+
+def test_a_file_swapped_for_a_fifo_before_it_is_read_is_reported_not_waited_for(
+    pair: tuple[Path, Path],
+) -> None:
+    src, dst = pair
+    r = _run_with_placer("push", src, dst, setup=_SWAPPED_FOR_A_FIFO)
+    assert r.returncode == 1, r.stderr
+    assert "changed or gone on the source since the scan" in r.stderr
+    fifo = next(p for p in src.rglob("*") if p.is_fifo())
+    assert not (dst / fifo.relative_to(src)).exists()
+    fifo.unlink()
+    assert ms("push", src, dst).code == 0
+    assert_same_tree(src, dst)
+
+
+# The first file a scan hashes is swapped for a FIFO just before.
+_SWAPPED_WHILE_SCANNED = """
+import os
+from merklesync.sources import directory
+real_hash = directory.DirectorySource.hash_file
+swapped = []
+def hash_file(self, rel, dir_fd=None):
+    if not swapped:
+        os.unlink(self.abs(rel))
+        os.mkfifo(self.abs(rel))
+        swapped.append(rel)
+    return real_hash(self, rel, dir_fd)
+directory.DirectorySource.hash_file = hash_file
+"""
+
+
+def test_a_file_swapped_for_a_fifo_while_scanned_is_skipped_not_waited_for(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "r"
+    make_tree(root, files=10, dirs=2, seed=6)
+    r = _run_with_placer("init", root, setup=_SWAPPED_WHILE_SCANNED)
+    assert r.returncode == 0, r.stderr
+    assert "kept changing while it was read" in r.stderr
+    fifo = next(p for p in root.rglob("*") if p.is_fifo())
+    r = ms("status", root, "--json")
+    assert fifo.relative_to(root).as_posix() not in r.json()["added"]
