@@ -3,6 +3,9 @@ syntax, in any directory, relative to it) and `--exclude` patterns."""
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +29,28 @@ def compile_patterns(lines: Sequence[str]) -> pathspec.PathSpec[Any]:
 IGNORE_FILE = ".merklesyncignore"
 STATE_DIR = ".merklesync"
 TEMP_PREFIX = ".merklesync-tmp-"
+MAX_IGNORE_BYTES = 1 << 20
+
+
+def read_rules(path: Path) -> bytes:
+    """An ignore file's bytes. Only a regular file of at most
+    MAX_IGNORE_BYTES counts (as git, not through a symlink; nor a FIFO,
+    whose reading would never end): OSError otherwise."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_IGNORE_BYTES:
+            raise OSError(errno.EINVAL, "not a regular file of at most 1 MiB", str(path))
+        parts = []
+        total = 0
+        while chunk := os.read(fd, MAX_IGNORE_BYTES + 1 - total):
+            parts.append(chunk)
+            total += len(chunk)
+            if total > MAX_IGNORE_BYTES:
+                raise OSError(errno.EFBIG, "over 1 MiB", str(path))
+        return b"".join(parts)
+    finally:
+        os.close(fd)
 
 
 class IgnoreRules:
@@ -41,7 +66,7 @@ class IgnoreRules:
             path = self.root / directory / IGNORE_FILE if directory else self.root / IGNORE_FILE
             spec = None
             try:
-                text = path.read_bytes()
+                text = read_rules(path)
                 spec = compile_patterns(text.decode("utf-8", "replace").splitlines())
                 self._texts[directory] = text
             except (OSError, UsageError):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from merklesync.errors import UsageError
-from merklesync.ignore import compile_patterns
+from merklesync.ignore import compile_patterns, read_rules
 from merklesync.model import Entry, EntryKind
 
 ATTRIBUTES_FILE = ".merklesyncattributes"
@@ -69,7 +69,7 @@ def parse_attributes(text: str, source: str = ATTRIBUTES_FILE) -> list[tuple[Any
 def attributes_of(root: Path) -> str:
     """The text of a replica's .merklesyncattributes ("" when it has none)."""
     try:
-        return (root / ATTRIBUTES_FILE).read_text(encoding="utf-8", errors="replace")
+        return read_rules(root / ATTRIBUTES_FILE).decode("utf-8", errors="replace")
     except OSError:
         return ""
 

@@ -17,6 +17,7 @@ import pytest
 
 from merklesync.lock import ReplicaLock
 from merklesync.model import Entry
+from merklesync.replica import Replica
 from merklesync.sources import directory, file_write, no_replace, placer
 from tests.clirun import ms
 from tests.treegen import assert_same_tree, make_tree
@@ -833,3 +834,32 @@ def test_a_file_swapped_for_a_fifo_while_scanned_is_skipped_not_waited_for(
     fifo = next(p for p in root.rglob("*") if p.is_fifo())
     r = ms("status", root, "--json")
     assert fifo.relative_to(root).as_posix() not in r.json()["added"]
+
+
+def test_an_ignore_file_that_is_no_plain_file_is_not_read(tmp_path: Path) -> None:
+    """A .merklesyncignore that is a FIFO (reading it would never end), a
+    symlink (to a file elsewhere, or to /dev/zero) or over 1 MiB holds no
+    rules, as git does for a symlinked .gitignore; the scan goes on."""
+    root = tmp_path / "r"
+    for name in ("fifo", "link", "zero", "huge", "plain"):
+        (root / name).mkdir(parents=True)
+        (root / name / "secret.txt").write_text("s")
+    outside = tmp_path / "rules"
+    outside.write_text("secret.txt\n")
+    os.mkfifo(root / "fifo" / ".merklesyncignore")
+    (root / "link" / ".merklesyncignore").symlink_to(outside)
+    (root / "zero" / ".merklesyncignore").symlink_to("/dev/zero")
+    (root / "huge" / ".merklesyncignore").write_text("secret.txt\n" + "#\n" * (1 << 20))
+    (root / "plain" / ".merklesyncignore").write_text("secret.txt\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "merklesync", "init", str(root), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    with Replica.open(root) as replica:
+        live = {e.path for e in replica.index.iter_entries(live_only=True)}
+    for name in ("fifo", "link", "zero", "huge"):
+        assert f"{name}/secret.txt" in live
+    assert "plain/secret.txt" not in live
