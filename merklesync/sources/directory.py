@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import os
 import stat as st_mod
 import time
@@ -25,7 +26,7 @@ import msgpack
 
 from merklesync import journal
 from merklesync.clock import HybridClock, VersionVector
-from merklesync.errors import LocalIOError, UnsafePath
+from merklesync.errors import LocalIOError
 from merklesync.ignore import STATE_DIR, IgnoreRules
 from merklesync.index import TOMBSTONE, Cached, Index
 from merklesync.model import Entry, EntryKind, Outcome, ScanReport, WriteItem, leaf_of
@@ -40,7 +41,7 @@ from merklesync.sources.file_write import (
     unlink_quietly,
     write_file,
 )
-from merklesync.sources.listing import Listing, listing_sum, stat_key
+from merklesync.sources.listing import Listing, listing_sum, refused_name, stat_key
 from merklesync.sources.placer import Placer
 
 CHUNK = 1 << 20
@@ -105,8 +106,13 @@ class FileChanged(Exception):
     """The file changed while it was read."""
 
 
-def hash_open_file(fd: int, size_hint: int) -> tuple[bytes, os.stat_result]:
-    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO if size_hint > THREADED_HASH else 1)
+def hash_open_file(
+    fd: int, size_hint: int, *, threads: bool = True
+) -> tuple[bytes, os.stat_result]:
+    """``threads``: a large file on several threads (never in a forked
+    child: blake3's pool, started before the fork, has no threads there)."""
+    many = threads and size_hint > THREADED_HASH
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO if many else 1)
     for chunk in read_chunks(fd, size_hint):
         hasher.update(chunk)
     return hasher.digest(), os.fstat(fd)
@@ -145,10 +151,13 @@ class DirectorySource:
 
     # -- scanning --------------------------------------------------------
 
-    def hash_file(self, rel: str, dir_fd: int | None = None) -> tuple[bytes, os.stat_result]:
+    def hash_file(
+        self, rel: str, dir_fd: int | None = None, *, threads: bool = True
+    ) -> tuple[bytes, os.stat_result]:
         """blake3 of a file, read without following links (``dir_fd``: its
         directory, open: the file is found there, not by its whole path);
-        retried while the file keeps changing under us."""
+        retried while the file keeps changing under us. ``threads``: see
+        hash_open_file."""
         where = self._where(rel, dir_fd)
         for _ in range(HASH_RETRIES):
             fd = os.open(where, READ_FLAGS, dir_fd=dir_fd)
@@ -156,7 +165,7 @@ class DirectorySource:
                 before = os.fstat(fd)
                 if not st_mod.S_ISREG(before.st_mode):
                     raise FileChanged(rel)  # no longer a file (a FIFO now, say)
-                digest, after = hash_open_file(fd, before.st_size)
+                digest, after = hash_open_file(fd, before.st_size, threads=threads)
             finally:
                 os.close(fd)
             if stat_key(before) == stat_key(after) and after.st_mtime_ns == before.st_mtime_ns:
@@ -230,7 +239,10 @@ class DirectorySource:
                 elif scan.reads_all and scan.report.hashed >= prehash.MIN_FILES and stack:
                     scan.reads_all = False  # one try
                     scan.prehash = prehash.Prehasher.start(
-                        self._root, self.ignore, stack, self.hash_file
+                        self._root,
+                        self.ignore,
+                        stack,
+                        functools.partial(self.hash_file, threads=False),
                     )
         finally:
             if scan.prehash is not None:
@@ -373,12 +385,10 @@ class DirectorySource:
         kept: dict[str, bytes] = {}  # the rows the index should hold now
         for name, st, key in zip(listing.names, listing.stats, listing.keys, strict=True):
             rel = prefix + name
-            if not (name.isascii() and name.isprintable()) or name[0] == "." or len(rel) > 1024:
-                try:  # what a peer would refuse is never put in the index
-                    check_relpath(rel)
-                except UnsafePath as exc:
-                    report.warnings.append(f"{exc.message}; skipped")
-                    continue
+            refused = refused_name(name, rel)
+            if refused is not None:  # what a peer would refuse is never put in the index
+                report.warnings.append(f"{refused.message}; skipped")
+                continue
             cached = known.pop(rel, _ABSENT)
             if isinstance(st, OSError):
                 if isinstance(st, FileNotFoundError):
@@ -415,7 +425,11 @@ class DirectorySource:
             wrote = True
             before = len(report.warnings)
             hashed = None
-            if scan.prehash is not None and kind is EntryKind.FILE:
+            if (
+                scan.prehash is not None
+                and kind is EntryKind.FILE
+                and st.st_size <= prehash.MAX_SIZE
+            ):
                 hashed = scan.prehash.digest(directory, name, key)
             self._rescan(
                 index,

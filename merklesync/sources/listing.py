@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 
 import blake3
 
+from merklesync.errors import UnsafePath
 from merklesync.ignore import IGNORE_FILE, STATE_DIR, TEMP_PREFIX
+from merklesync.protocol.paths import check_relpath
 
 STAT = struct.Struct(">QqqQI")
 
@@ -19,6 +21,18 @@ STAT = struct.Struct(">QqqQI")
 def stat_key(st: os.stat_result) -> bytes:
     """What the stat cache compares: size, mtime, ctime, inode and mode."""
     return STAT.pack(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode)
+
+
+def refused_name(name: str, rel: str) -> UnsafePath | None:
+    """Why a name listed at ``rel`` is never put in an index (a peer would
+    refuse it), or None; cheap for the usual name."""
+    if name.isascii() and name.isprintable() and name[0] != "." and len(rel) <= 1024:
+        return None
+    try:
+        check_relpath(rel)
+    except UnsafePath as exc:
+        return exc
+    return None
 
 
 def listing_sum(rules: bytes, digest: bytes | None) -> bytes | None:

@@ -35,7 +35,7 @@ from merklesync.ignore import IgnoreRules
 from merklesync.orphans import can_fork, fork_child
 from merklesync.sources.dir_fds import DIR_FLAGS
 from merklesync.sources.file_write import write_all
-from merklesync.sources.listing import Listing, stat_key
+from merklesync.sources.listing import Listing, refused_name, stat_key
 
 MIN_FILES = 256  # hashed by the scan itself before a child is worth forking
 GROUP = 64  # files per message
@@ -58,7 +58,8 @@ class Prehasher:
         self._held = 0
         self._done: set[str] = set()  # directories the child has finished
         self._passed: set[str] = set()  # directories the scan has finished
-        self._ended = False
+        self._ended = False  # nothing more will come
+        self._closed = False
         self.used = 0  # digests taken from the child
 
     @classmethod
@@ -119,13 +120,16 @@ class Prehasher:
             self._held -= len(got)
 
     def close(self) -> None:
-        """Stop the child (it only reads, nothing is left half done) and reap it."""
+        """Stop the child (it only reads, nothing is left half done) and reap
+        it; once only (the scan closes it too when it stopped the child)."""
+        if self._closed:
+            return
+        self._closed = True
         # Before the end of its stream the child holds the pipe open: it has
         # not exited, so its pid is still its own (SIGCHLD ignored or not).
         running = not self._ended
         self._ended = True
-        with contextlib.suppress(OSError):
-            os.close(self._fd)
+        os.close(self._fd)
         if running:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._pid, signal.SIGKILL)
@@ -136,9 +140,10 @@ class Prehasher:
         try:
             data = os.read(self._fd, 1 << 16)
         except OSError:
-            data = b""
+            self.close()  # the stream is not at its end: the child may run on
+            return
         if not data:
-            self._ended = True
+            self._ended = True  # the child has closed its end: it is exiting
             return
         self._unpacker.feed(data)
         try:
@@ -151,7 +156,7 @@ class Prehasher:
                 self._held += len(flat) // 3
                 if last:
                     self._done.add(directory)
-        except (ValueError, TypeError, msgpack.UnpackException):
+        except (ValueError, TypeError, IndexError, msgpack.UnpackException):
             self.close()  # not what this module's child sends: hash here
         if self._held > MAX_HELD:  # the walks went different ways: hash here from now on
             self._got.clear()
@@ -200,9 +205,9 @@ def _hash_listed(
     subdirs: list[tuple[str, Identity | None]] = []
     group: list[object] = []
     for name, st in zip(listing.names, listing.stats, strict=True):
-        if isinstance(st, OSError):
-            continue
         rel = prefix + name
+        if isinstance(st, OSError) or refused_name(name, rel) is not None:
+            continue  # as the scan: it neither reads nor walks these
         kind = st_mod.S_IFMT(st.st_mode)
         if kind == st_mod.S_IFDIR:
             if ignored is None or not ignored(rel, True):

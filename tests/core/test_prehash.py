@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -240,3 +242,69 @@ def test_walks_that_part_ways_stop_the_child(
         assert child.digest("a", "f0", key(tmp_path / "a" / "f0")) is not None
     finally:
         child.close()
+
+
+def test_closing_twice_closes_nothing_else(
+    tmp_path: Path, ahead: list[Prehasher], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child stopped itself (walks that parted ways); the scan closes
+    it again at its end: the descriptor number, reused since, is not closed."""
+    monkeypatch.setattr(prehash, "MAX_HELD", 2)
+    for name in "abcde":
+        (tmp_path / name).write_bytes(name.encode())
+    child = start(tmp_path, [("", None)])
+    assert child.digest("elsewhere", "x", b"") is None  # held past MAX_HELD: stopped
+    with open(tmp_path / "a", "rb") as reused:
+        child.close()
+        os.fstat(reused.fileno())  # still open
+
+
+def test_names_the_scan_refuses_are_neither_walked_nor_read(
+    tmp_path: Path, ahead: list[Prehasher]
+) -> None:
+    (tmp_path / "bad\n2").mkdir()
+    (tmp_path / ".MerkleSync").mkdir()
+    for d in ("bad\n2", ".MerkleSync"):
+        for i in range(5):
+            (tmp_path / d / f"f{i}").write_bytes(b"x")
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "ok" / "f").write_bytes(b"y")
+    (tmp_path / "bad\x01name").write_bytes(b"z")
+    child = start(tmp_path, [("", None)])
+    try:
+        assert child.digest("nowhere", "x", b"") is None  # reads to the end
+        assert set(child._got) == {"", "ok"}
+        assert set(child._got[""]) == set() and set(child._got["ok"]) == {"f"}
+    finally:
+        child.close()
+
+
+_POOL_THEN_INIT = """
+import os, sys
+import blake3
+from merklesync.sources import prehash
+prehash.MIN_FILES = 1
+prehash.MAX_SIZE = 64 << 20  # the child hashes the large file too
+prehash.can_fork = lambda: True
+blake3.blake3(os.urandom(9 << 20), max_threads=blake3.blake3.AUTO).digest()  # the pool runs
+from merklesync.cli import main
+sys.argv = ["merklesync", "init", sys.argv[1]]
+main()
+"""
+
+
+def test_the_child_hashes_a_large_file_on_one_thread(tmp_path: Path) -> None:
+    """blake3's thread pool, started here before the fork, has no threads in
+    the child: a large file hashed there on several would wait for ever."""
+    (tmp_path / "a.txt").write_bytes(b"hashed here, then the child starts")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "big").write_bytes(os.urandom(9 << 20))
+    r = subprocess.run(
+        [sys.executable, "-c", _POOL_THEN_INIT, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    digest = indexed(tmp_path)["sub/big"].digest
+    assert digest == blake3.blake3((tmp_path / "sub" / "big").read_bytes()).digest()
