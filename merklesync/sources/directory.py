@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import functools
 import os
 import stat as st_mod
 import time
@@ -106,12 +105,22 @@ class FileChanged(Exception):
     """The file changed while it was read."""
 
 
-def hash_open_file(
-    fd: int, size_hint: int, *, threads: bool = True
-) -> tuple[bytes, os.stat_result]:
-    """``threads``: a large file on several threads (never in a forked
-    child: blake3's pool, started before the fork, has no threads there)."""
-    many = threads and size_hint > THREADED_HASH
+# A large file is hashed on several threads, but never in a forked child:
+# blake3's thread pool, once started, has no threads there (it would wait
+# for ever). Every fork (a placing, listing, hashing or scanning child) says so.
+_threads_here = True
+
+
+def _forked() -> None:
+    global _threads_here
+    _threads_here = False
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def hash_open_file(fd: int, size_hint: int) -> tuple[bytes, os.stat_result]:
+    many = _threads_here and size_hint > THREADED_HASH
     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO if many else 1)
     for chunk in read_chunks(fd, size_hint):
         hasher.update(chunk)
@@ -151,13 +160,10 @@ class DirectorySource:
 
     # -- scanning --------------------------------------------------------
 
-    def hash_file(
-        self, rel: str, dir_fd: int | None = None, *, threads: bool = True
-    ) -> tuple[bytes, os.stat_result]:
+    def hash_file(self, rel: str, dir_fd: int | None = None) -> tuple[bytes, os.stat_result]:
         """blake3 of a file, read without following links (``dir_fd``: its
         directory, open: the file is found there, not by its whole path);
-        retried while the file keeps changing under us. ``threads``: see
-        hash_open_file."""
+        retried while the file keeps changing under us."""
         where = self._where(rel, dir_fd)
         for _ in range(HASH_RETRIES):
             fd = os.open(where, READ_FLAGS, dir_fd=dir_fd)
@@ -165,7 +171,7 @@ class DirectorySource:
                 before = os.fstat(fd)
                 if not st_mod.S_ISREG(before.st_mode):
                     raise FileChanged(rel)  # no longer a file (a FIFO now, say)
-                digest, after = hash_open_file(fd, before.st_size, threads=threads)
+                digest, after = hash_open_file(fd, before.st_size)
             finally:
                 os.close(fd)
             if stat_key(before) == stat_key(after) and after.st_mtime_ns == before.st_mtime_ns:
@@ -239,10 +245,7 @@ class DirectorySource:
                 elif scan.reads_all and scan.report.hashed >= prehash.MIN_FILES and stack:
                     scan.reads_all = False  # one try
                     scan.prehash = prehash.Prehasher.start(
-                        self._root,
-                        self.ignore,
-                        stack,
-                        functools.partial(self.hash_file, threads=False),
+                        self._root, self.ignore, stack, self.hash_file
                     )
         finally:
             if scan.prehash is not None:

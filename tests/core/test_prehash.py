@@ -308,3 +308,28 @@ def test_the_child_hashes_a_large_file_on_one_thread(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     digest = indexed(tmp_path)["sub/big"].digest
     assert digest == blake3.blake3((tmp_path / "sub" / "big").read_bytes()).digest()
+
+
+_POOL_THEN_SCAN_CHILD = """
+import os, sys
+from pathlib import Path
+import blake3
+blake3.blake3(os.urandom(9 << 20), max_threads=blake3.blake3.AUTO).digest()  # the pool runs
+from merklesync.replica import Replica
+with Replica.open(Path(sys.argv[1])) as replica:
+    print(replica.start_scan().wait().hashed)
+"""
+
+
+def test_a_scan_in_a_forked_child_hashes_a_large_file_on_one_thread(tmp_path: Path) -> None:
+    """The same for the scans forked to run beside another (a sync of two
+    local replicas, a scan while the remote one is reached)."""
+    assert ms("init", tmp_path).code == 0
+    (tmp_path / "big").write_bytes(os.urandom(9 << 20))
+    r = subprocess.run(
+        [sys.executable, "-c", _POOL_THEN_SCAN_CHILD, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.stdout.strip() == "1", r.stderr
