@@ -362,10 +362,16 @@ class _Items:
             pass
 
 
+class GivenUp(OSError):
+    """The client gave an item up while sending it (its source changed, or
+    could not be read): an error reading the item's content, which fails
+    that item alone, with the client's reason."""
+
+
 class _Incoming:
-    """The data of one put, read from the stream as it is consumed; it ends
-    early when the client gives the item up (``gone``), and the digest
-    check then refuses it."""
+    """The data of one put, read from the stream as it is consumed; when the
+    client gives the item up (``gone``) it fails like a source that cannot
+    be read (GivenUp), so the item is refused with the client's reason."""
 
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
@@ -383,6 +389,8 @@ class _Incoming:
         self.done = True  # end or gone; the session allows nothing else here
         if event is None:
             raise ProtocolError("connection closed in the middle of a write")
+        if isinstance(event, Gone):  # the writer fails the item with the client's reason
+            raise GivenUp(display(event.reason) or "given up by the client")
         raise StopIteration
 
     def drain(self) -> None:

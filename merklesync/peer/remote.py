@@ -436,15 +436,21 @@ class _Writer:
         return ticket, self.puts
 
     def put(self, item: WriteItem) -> None:
+        """Send one item. A source file that cannot be read to its end fails
+        this item alone (its put is given up), as on a local replica."""
         assert self.puts is not None
         peer = self.peer
         entry = item.entry
         has_data = item.data is not None
         chunks = iter(item.data) if item.data is not None else None
+        unreadable = ""
         if chunks is not None and entry.size <= MAX_INLINE and self.session.inline_puts:
             # A small file travels whole in its put: one frame, not three.
-            content = _read_up_to(chunks, entry.size + 1)
-            if len(content) == entry.size:
+            try:
+                content = _read_up_to(chunks, entry.size + 1)
+            except OSError as exc:
+                content, unreadable = b"", exc.strerror or str(exc)
+            if len(content) == entry.size and not unreadable:
                 peer._send(self.session.put_inline(entry, item.expect, content))
                 self.puts.append((entry.size, True))
                 return
@@ -454,9 +460,16 @@ class _Writer:
         if chunks is None:
             return
         self.in_put = True
-        gone = ""
+        gone = unreadable
         try:
-            for chunk in chunks:
+            while not gone:
+                try:
+                    chunk = next(chunks)
+                except StopIteration:
+                    break
+                except OSError as exc:
+                    gone = exc.strerror or str(exc)
+                    break
                 if len(chunk) > self.session.put_remaining:
                     gone = "changed during the transfer (larger than when scanned)"
                     break

@@ -3,6 +3,7 @@ the library API: batching, splitting, streaming, locking, errors."""
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -259,6 +260,45 @@ def test_a_small_file_changed_before_it_is_sent_whole_is_not_written(
     assert_same_tree(src, dst)
     files = [p for p in src.rglob("f*") if p.is_file()]
     assert len(inline) == len(files) - (change != "same size")  # the rest went whole
+
+
+@pytest.mark.parametrize("size", [3000, 300_000], ids=["inside-its-put", "streamed"])
+def test_a_source_file_unreadable_on_the_way_fails_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    """As on a local replica: the file is reported with its error, nothing
+    of it is written, and every other file arrives."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_tree(src, files=10, dirs=2, seed=7, min_size=10, max_size=2000)
+    (src / "victim").write_bytes(os.urandom(size))
+    ms("init", src)
+    real_read = DirectorySource.read
+
+    def read(self: DirectorySource, entry: Entry) -> Iterator[bytes] | None:
+        chunks = real_read(self, entry)
+        if entry.path != "victim" or chunks is None:
+            return chunks
+
+        def failing() -> Iterator[bytes]:
+            yield next(iter(chunks))[:100]
+            raise OSError(errno.EIO, "Input/output error")
+
+        return failing()
+
+    monkeypatch.setattr(DirectorySource, "read", read)
+    local, far = LocalPeer.open(src), agent(dst, "--create")
+    try:
+        refresh_all([local, far])
+        result = push(local, far)
+    finally:
+        far.close()
+        local.close()
+    failed = {p: o.reason for p, o in result.outcomes.items() if not o.ok}
+    assert failed == {"victim": "Input/output error"}
+    assert not (dst / "victim").exists()
+    monkeypatch.undo()
+    assert ms("push", src, dst).code == 0
+    assert_same_tree(src, dst)
 
 
 def test_many_items_use_several_pipelined_write_streams(
