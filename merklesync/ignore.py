@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from merklesync.errors import UsageError
+from merklesync.reading import open_to_read
 
 if TYPE_CHECKING:
     import pathspec
@@ -33,10 +34,10 @@ MAX_IGNORE_BYTES = 1 << 20
 
 
 def read_rules(path: Path) -> bytes:
-    """An ignore file's bytes. Only a regular file of at most
-    MAX_IGNORE_BYTES counts (as git, not through a symlink; nor a FIFO,
-    whose reading would never end): OSError otherwise."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    """An ignore file's bytes (a symlink is followed). Only a regular file
+    of at most MAX_IGNORE_BYTES counts, not a FIFO (its reading would never
+    end) nor a device (/dev/zero would never end either): OSError otherwise."""
+    fd = open_to_read(path, follow=True)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_IGNORE_BYTES:

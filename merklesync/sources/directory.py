@@ -30,6 +30,7 @@ from merklesync.ignore import STATE_DIR, IgnoreRules
 from merklesync.index import TOMBSTONE, Cached, Index
 from merklesync.model import Entry, EntryKind, Outcome, ScanReport, WriteItem, leaf_of
 from merklesync.protocol.paths import check_relpath
+from merklesync.reading import open_to_read
 from merklesync.sources import placer, prehash, prelist
 from merklesync.sources.dir_fds import DIR_FLAGS, DirFds, NotADirectory, open_dir
 from merklesync.sources.file_write import (
@@ -44,10 +45,6 @@ from merklesync.sources.listing import Listing, listing_sum, refused_name, stat_
 from merklesync.sources.placer import Placer
 
 CHUNK = 1 << 20
-# Opening a file to read it: never through a link, and never waiting (a file
-# swapped for a FIFO since it was listed would block the open for ever;
-# O_NONBLOCK changes nothing for a regular file).
-READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 RACY_NS = 2_000_000_000  # an mtime this close to the scan may hide a same-tick edit
 HASH_RETRIES = 3
 THREADED_HASH = 8 << 20
@@ -105,23 +102,16 @@ class FileChanged(Exception):
     """The file changed while it was read."""
 
 
-# A large file is hashed on several threads, but never in a forked child:
-# blake3's thread pool, once started, has no threads there (it would wait
-# for ever). Every fork (a placing, listing, hashing or scanning child) says so.
-_threads_here = True
-
-
-def _forked() -> None:
-    global _threads_here
-    _threads_here = False
-
-
-os.register_at_fork(after_in_child=_forked)
+# A large file is hashed on several threads, on a pool of its own: blake3's
+# shared pool (AUTO), once started in a process, has no threads in the
+# process's forked children (a placing, listing, hashing or scanning child),
+# where it would wait for ever.
+_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def hash_open_file(fd: int, size_hint: int) -> tuple[bytes, os.stat_result]:
-    many = _threads_here and size_hint > THREADED_HASH
-    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO if many else 1)
+    threads = (_CORES or 1) if size_hint > THREADED_HASH else 1
+    hasher = blake3.blake3(max_threads=threads)
     for chunk in read_chunks(fd, size_hint):
         hasher.update(chunk)
     return hasher.digest(), os.fstat(fd)
@@ -166,7 +156,7 @@ class DirectorySource:
         retried while the file keeps changing under us."""
         where = self._where(rel, dir_fd)
         for _ in range(HASH_RETRIES):
-            fd = os.open(where, READ_FLAGS, dir_fd=dir_fd)
+            fd = open_to_read(where, dir_fd=dir_fd)
             try:
                 before = os.fstat(fd)
                 if not st_mod.S_ISREG(before.st_mode):
@@ -596,7 +586,7 @@ class DirectorySource:
         regular file, or changed size since the scan. Other changes are
         caught by the receiver, which checks the blake3 digest."""
         try:
-            fd = os.open(self.abs(entry.path), READ_FLAGS)
+            fd = open_to_read(self.abs(entry.path))
         except OSError:
             return None
         st = os.fstat(fd)

@@ -838,8 +838,8 @@ def test_a_file_swapped_for_a_fifo_while_scanned_is_skipped_not_waited_for(
 
 def test_an_ignore_file_that_is_no_plain_file_is_not_read(tmp_path: Path) -> None:
     """A .merklesyncignore that is a FIFO (reading it would never end), a
-    symlink (to a file elsewhere, or to /dev/zero) or over 1 MiB holds no
-    rules, as git does for a symlinked .gitignore; the scan goes on."""
+    link to /dev/zero (nor would that) or over 1 MiB holds no rules, and
+    the scan goes on; one linked to a plain file elsewhere holds its rules."""
     root = tmp_path / "r"
     for name in ("fifo", "link", "zero", "huge", "plain"):
         (root / name).mkdir(parents=True)
@@ -860,6 +860,34 @@ def test_an_ignore_file_that_is_no_plain_file_is_not_read(tmp_path: Path) -> Non
     assert r.returncode == 0, r.stderr
     with Replica.open(root) as replica:
         live = {e.path for e in replica.index.iter_entries(live_only=True)}
-    for name in ("fifo", "link", "zero", "huge"):
+    for name in ("fifo", "zero", "huge"):
         assert f"{name}/secret.txt" in live
-    assert "plain/secret.txt" not in live
+    assert "plain/secret.txt" not in live and "link/secret.txt" not in live
+
+
+def test_a_file_under_a_lease_is_opened_waiting_when_it_is_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A non-blocking open of a file another process holds a lease on fails
+    with EAGAIN (Samba, an NFS server): a regular file is opened again,
+    waiting; anything else is not."""
+    from merklesync import reading
+
+    (tmp_path / "f").write_bytes(b"leased")
+    os.mkfifo(tmp_path / "p")
+    real_open = os.open
+
+    def leased(path: Any, flags: int, *args: Any, **kw: Any) -> int:
+        if flags & os.O_NONBLOCK:
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+        return real_open(path, flags, *args, **kw)
+
+    monkeypatch.setattr(os, "open", leased)
+    fd = reading.open_to_read(tmp_path / "f")
+    try:
+        assert os.read(fd, 100) == b"leased"
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError) as raised:
+        reading.open_to_read(tmp_path / "p")  # a FIFO: never opened waiting
+    assert raised.value.errno == errno.EAGAIN

@@ -227,13 +227,20 @@ def test_a_small_file_changed_before_it_is_sent_whole_is_not_written(
     victim = sorted(p for p in src.rglob("f*") if p.is_file())[0]
     rel = victim.relative_to(src).as_posix()
     size = victim.stat().st_size
-    new = {"grows": b"x" * (size + 1), "shrinks": b"x" * (size - 1), "same size": b"x" * size}
     real_read = DirectorySource.read
 
     def read_then_change(self: DirectorySource, entry: Entry):  # type: ignore[no-untyped-def]
+        chunks = real_read(self, entry)  # opened, its size checked: changed in place now
         if entry.path == rel:
-            victim.write_bytes(new[change])
-        return real_read(self, entry)
+            with open(victim, "r+b") as f:
+                if change == "grows":
+                    f.seek(0, os.SEEK_END)
+                    f.write(b"x")
+                elif change == "shrinks":
+                    f.truncate(size - 1)
+                else:
+                    f.write(b"x" * size)
+        return chunks
 
     monkeypatch.setattr(DirectorySource, "read", read_then_change)
     inline: list[str] = []
@@ -253,7 +260,9 @@ def test_a_small_file_changed_before_it_is_sent_whole_is_not_written(
         far.close()
         local.close()
     failed = {p: o.reason for p, o in result.outcomes.items() if not o.ok}
-    assert list(failed) == [rel] and "changed" in failed[rel]
+    said = {"grows": "larger than when scanned", "shrinks": "shorter than when scanned"}
+    assert list(failed) == [rel]
+    assert said.get(change, "does not match its digest") in failed[rel]
     assert not (dst / rel).exists()
     monkeypatch.undo()
     assert ms("push", src, dst).code == 0
