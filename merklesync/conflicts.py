@@ -11,14 +11,17 @@ from __future__ import annotations
 import enum
 import os
 import posixpath
+import stat
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 
 from merklesync import merge
 from merklesync.errors import UsageError
 from merklesync.ignore import TEMP_PREFIX
 from merklesync.model import Entry, EntryKind, ScanReport
 from merklesync.policy import CONFLICT_MARK, original_of
+from merklesync.reading import open_to_read
 from merklesync.replica import Replica
 from merklesync.sources.file_write import write_all
 
@@ -95,11 +98,12 @@ def resolve(
                 done.append(f"kept {c.copy.path} as {new}")
             continue
         if take is Take.UNION:
-            merged = target.read_bytes() if target.is_file() else b""
+            merged = _read_file(target) or b""
             for c in copies:
-                merged = merge.union_merge(
-                    original, merged, (replica.root / c.copy.path).read_bytes()
-                )
+                theirs = _read_file(replica.root / c.copy.path)
+                if theirs is None:
+                    raise UsageError(f"{c.copy.path} is gone: sync or scan first")
+                merged = merge.union_merge(original, merged, theirs)
                 done.append(f"merged {c.copy.path} into {original}")
             if not dry_run:
                 _write(str(target), merged)
@@ -122,6 +126,27 @@ def resolve(
                     (replica.root / c.copy.path).unlink()
     report = None if dry_run else replica.scan()
     return done, report
+
+
+def _read_file(path: Path) -> bytes | None:
+    """A version's bytes: a regular file, read without following a link
+    (whatever the link points at is not the version) nor waiting on a FIFO;
+    None when nothing is there."""
+    try:
+        fd = open_to_read(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise UsageError(f"{path}: not a file to merge ({exc.strerror or exc})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UsageError(f"{path}: not a file to merge")
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _keep_as_own_file(replica: Replica, original: str, c: Conflict, dry_run: bool) -> str:

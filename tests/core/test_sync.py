@@ -331,3 +331,25 @@ def test_keep_both_on_a_long_name_keeps_the_copy_within_255_bytes(
     copies = [p for p in fa if ".conflict-" in p]
     assert len(copies) == 1 and len(copies[0].encode()) <= 255
     assert {fa[name], fa[copies[0]]} == {"from a\n", "from b\n"}
+
+
+def test_union_never_reads_through_a_link(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The name now holds a link (to a file outside the replica): its
+    target is not a version to merge, and nothing of it lands in the tree."""
+    a, _b = _conflicted(pair)
+    secret = tmp_path / "secret"
+    secret.write_text("not for the replicas\n")
+    (a / "shared.txt").unlink()
+    (a / "shared.txt").symlink_to(secret)
+    monkeypatch.chdir(a)
+    r = ms("resolve", "shared.txt", "--take", "union")
+    assert r.code == 2, r.err
+    assert "not a file to merge" in r.err and "Traceback" not in r.err
+    assert (a / "shared.txt").is_symlink()
+    assert not any(
+        "not for the replicas" in p.read_text()
+        for p in a.rglob("*.txt")
+        if p.is_file() and not p.is_symlink()
+    )
