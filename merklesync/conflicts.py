@@ -11,7 +11,6 @@ from __future__ import annotations
 import enum
 import os
 import posixpath
-import stat
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from merklesync.errors import UsageError
 from merklesync.ignore import TEMP_PREFIX
 from merklesync.model import Entry, EntryKind, ScanReport
 from merklesync.policy import CONFLICT_MARK, original_of
-from merklesync.reading import open_to_read
+from merklesync.reading import read_file
 from merklesync.replica import Replica
 from merklesync.sources.file_write import write_all
 
@@ -133,20 +132,11 @@ def _read_file(path: Path) -> bytes | None:
     (whatever the link points at is not the version) nor waiting on a FIFO;
     None when nothing is there."""
     try:
-        fd = open_to_read(path)
+        return read_file(path)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise UsageError(f"{path}: not a file to merge ({exc.strerror or exc})") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise UsageError(f"{path}: not a file to merge")
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
 
 
 def _keep_as_own_file(replica: Replica, original: str, c: Conflict, dry_run: bool) -> str:

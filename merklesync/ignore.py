@@ -3,15 +3,12 @@ syntax, in any directory, relative to it) and `--exclude` patterns."""
 
 from __future__ import annotations
 
-import errno
-import os
-import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from merklesync.errors import UsageError
-from merklesync.reading import open_to_read
+from merklesync.reading import read_file
 
 if TYPE_CHECKING:
     import pathspec
@@ -37,21 +34,7 @@ def read_rules(path: Path) -> bytes:
     """An ignore file's bytes (a symlink is followed). Only a regular file
     of at most MAX_IGNORE_BYTES counts, not a FIFO (its reading would never
     end) nor a device (/dev/zero would never end either): OSError otherwise."""
-    fd = open_to_read(path, follow=True)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_IGNORE_BYTES:
-            raise OSError(errno.EINVAL, "not a regular file of at most 1 MiB", str(path))
-        parts = []
-        total = 0
-        while chunk := os.read(fd, MAX_IGNORE_BYTES + 1 - total):
-            parts.append(chunk)
-            total += len(chunk)
-            if total > MAX_IGNORE_BYTES:
-                raise OSError(errno.EFBIG, "over 1 MiB", str(path))
-        return b"".join(parts)
-    finally:
-        os.close(fd)
+    return read_file(path, follow=True, limit=MAX_IGNORE_BYTES)
 
 
 class IgnoreRules:

@@ -26,3 +26,26 @@ def open_to_read(path: str | Path, *, dir_fd: int | None = None, follow: bool = 
         if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN), str(path)) from None
         return os.open(path, flags & ~os.O_NONBLOCK, dir_fd=dir_fd)
+
+
+def read_file(path: str | Path, *, follow: bool = False, limit: int | None = None) -> bytes:
+    """A regular file's bytes, opened as open_to_read does; OSError when it
+    is no regular file, or holds over ``limit`` bytes."""
+    fd = open_to_read(path, follow=follow)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        too_big = OSError(errno.EFBIG, f"over {limit} bytes", str(path))
+        if limit is not None and st.st_size > limit:
+            raise too_big
+        parts = []
+        total = 0
+        while chunk := os.read(fd, 1 << 20 if limit is None else limit + 1 - total):
+            parts.append(chunk)
+            total += len(chunk)
+            if limit is not None and total > limit:
+                raise too_big
+        return b"".join(parts)
+    finally:
+        os.close(fd)
