@@ -7,8 +7,10 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
+CHUNK = 1 << 20  # read at a time
 _FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK  # O_NONBLOCK: nothing for a regular file
 
 
@@ -49,3 +51,54 @@ def read_file(path: str | Path, *, follow: bool = False, limit: int | None = Non
         return b"".join(parts)
     finally:
         os.close(fd)
+
+
+def read_chunks(fd: int, size: int) -> Iterator[bytes]:
+    """A file's bytes in chunks of at most CHUNK, read from where ``fd``
+    is. ``size`` is what fstat said: a short read that ends there is taken
+    as the end, so a small file costs one read, not two. A file that grew
+    meanwhile is read on (whoever checks its digest or stat finds out)."""
+    want = min(size + 1, CHUNK)
+    total = 0
+    while chunk := os.read(fd, want):
+        yield chunk
+        total += len(chunk)
+        if total == size and len(chunk) < want:
+            return
+        want = CHUNK
+
+
+class OpenFile:
+    """The chunks of a file opened to be read (read_chunks), as an iterator
+    that closes the descriptor at the end, on an error, by ``close``, or
+    when it is dropped, read or not (a generator never started would keep
+    it open)."""
+
+    __slots__ = ("_chunks", "fd", "size")
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = fd
+        self.size = size
+        self._chunks: Iterator[bytes] | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._chunks is None:
+            if self.fd < 0:
+                raise StopIteration
+            self._chunks = read_chunks(self.fd, self.size)
+        try:
+            return next(self._chunks)
+        except BaseException:  # the end, or an error reading
+            self.close()
+            raise
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        self.close()

@@ -30,7 +30,7 @@ from merklesync.ignore import STATE_DIR, IgnoreRules
 from merklesync.index import TOMBSTONE, Cached, Index
 from merklesync.model import Entry, EntryKind, Outcome, ScanReport, WriteItem, leaf_of
 from merklesync.protocol.paths import check_relpath
-from merklesync.reading import open_to_read
+from merklesync.reading import OpenFile, open_to_read, read_chunks
 from merklesync.sources import placer, prehash, prelist
 from merklesync.sources.dir_fds import DIR_FLAGS, DirFds, NotADirectory, open_dir
 from merklesync.sources.file_write import (
@@ -44,7 +44,6 @@ from merklesync.sources.file_write import (
 from merklesync.sources.listing import Listing, listing_sum, refused_name, stat_key
 from merklesync.sources.placer import Placer
 
-CHUNK = 1 << 20
 RACY_NS = 2_000_000_000  # an mtime this close to the scan may hide a same-tick edit
 HASH_RETRIES = 3
 THREADED_HASH = 8 << 20
@@ -115,21 +114,6 @@ def hash_open_file(fd: int, size_hint: int) -> tuple[bytes, os.stat_result]:
     for chunk in read_chunks(fd, size_hint):
         hasher.update(chunk)
     return hasher.digest(), os.fstat(fd)
-
-
-def read_chunks(fd: int, size: int) -> Iterator[bytes]:
-    """A file's bytes in chunks of at most CHUNK, read from where ``fd``
-    is. ``size`` is what fstat said: a short read that ends there is taken
-    as the end, so a small file costs one read, not two. A file that grew
-    meanwhile is read on (whoever checks its digest or stat finds out)."""
-    want = min(size + 1, CHUNK)
-    total = 0
-    while chunk := os.read(fd, want):
-        yield chunk
-        total += len(chunk)
-        if total == size and len(chunk) < want:
-            return
-        want = CHUNK
 
 
 class DirectorySource:
@@ -593,7 +577,7 @@ class DirectorySource:
         if not st_mod.S_ISREG(st.st_mode) or st.st_size != entry.size:
             os.close(fd)
             return None
-        return _chunks(fd, st.st_size)
+        return OpenFile(fd, st.st_size)
 
     # -- writing ---------------------------------------------------------
 
@@ -1015,10 +999,3 @@ def _drain(item: WriteItem) -> None:
     if item.data is not None:
         for _ in item.data:
             pass
-
-
-def _chunks(fd: int, size: int) -> Iterator[bytes]:
-    try:
-        yield from read_chunks(fd, size)
-    finally:
-        os.close(fd)

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from merklesync import reading
 from merklesync.lock import ReplicaLock
 from merklesync.model import Entry
 from merklesync.replica import Replica
@@ -484,16 +485,47 @@ def test_rename_noreplace_never_replaces(tmp_path: Path) -> None:
 def test_read_chunks_reads_the_whole_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: bytes, told: int, chunk: int
 ) -> None:
-    monkeypatch.setattr(directory, "CHUNK", chunk)
+    monkeypatch.setattr(reading, "CHUNK", chunk)
     f = tmp_path / "f"
     f.write_bytes(content)
     fd = os.open(f, os.O_RDONLY)
     try:
-        chunks = list(directory.read_chunks(fd, told))
+        chunks = list(reading.read_chunks(fd, told))
     finally:
         os.close(fd)
     assert b"".join(chunks) == content
     assert all(0 < len(c) <= chunk for c in chunks)
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def test_a_source_file_is_closed_when_its_content_is_dropped_unread(tmp_path: Path) -> None:
+    """A write refused before its content is read (ignored on the
+    destination, changed there since the comparison) drops the content:
+    the file it was to be read from is closed then, not when the run ends."""
+    (tmp_path / "f").write_bytes(b"content")
+    with Replica.open(tmp_path, create=True) as replica:
+        replica.scan()
+        cached = replica.index.get("f")
+        assert cached is not None
+        content = replica.source.read(cached.entry)
+        assert isinstance(content, reading.OpenFile)
+        fd = content.fd
+        assert _is_open(fd)
+        del content
+        assert not _is_open(fd)
+
+        content = replica.source.read(cached.entry)
+        assert isinstance(content, reading.OpenFile)
+        fd = content.fd
+        assert b"".join(content) == b"content"
+        assert not _is_open(fd)  # read to its end
 
 
 def test_a_link_whose_target_is_not_utf8_is_skipped_with_a_warning(tmp_path: Path) -> None:
@@ -871,8 +903,6 @@ def test_a_file_under_a_lease_is_opened_waiting_when_it_is_a_file(
     """A non-blocking open of a file another process holds a lease on fails
     with EAGAIN (Samba, an NFS server): a regular file is opened again,
     waiting; anything else is not."""
-    from merklesync import reading
-
     (tmp_path / "f").write_bytes(b"leased")
     os.mkfifo(tmp_path / "p")
     real_open = os.open
