@@ -118,14 +118,17 @@ def push(
     deferred: list[Change] = []
     for pairs in differences(src, dst, result.stats):
         todo: list[Change] = []
+        same: list[Change] = []  # same content, versions the source is to catch up with
         for s, d in pairs:
             change = plan_one_way(s, d)
             entry = s or d
             assert entry is not None
-            if change.action is Action.DEST_NEWER and change.kind is ChangeKind.NONE:
-                continue  # the destination knows more, and the content is the same
             if not include(change.path, entry.kind is EntryKind.DIR and not entry.deleted):
                 continue
+            if change.kind is ChangeKind.NONE and s is not None and d is not None:
+                same.append(change)
+            if change.action is Action.DEST_NEWER and change.kind is ChangeKind.NONE:
+                continue  # the destination knows more, and the content is the same
             if force and s is not None and change.action in (Action.DEST_NEWER, Action.CONFLICT):
                 change = Change(change.path, change.kind, s, d, Action.FORCE)
             # Keep what the report needs, not the entries: memory stays bounded.
@@ -136,11 +139,38 @@ def push(
                 (deferred if later else todo).append(change)
         if not dry_run:
             _apply(src, dst, todo, result, progress)
+            _catch_up(src, same, result)
     if not dry_run and deferred:
         deferred.sort(key=lambda c: c.path.count("/"), reverse=True)
         _apply(src, dst, deferred, result, progress)
     result.changes.sort(key=lambda c: c.path)
     return result
+
+
+def _catch_up(src: Peer, same: list[Change], result: TransferResult) -> None:
+    """Where both hold the same content, the source takes the version the
+    destination now holds (newer, or merged from both): a change of version
+    only, no file is rewritten. Else their leaves would still differ and
+    every later run would compare them again (two replicas made apart from
+    the same files, say, would compare every entry on every push). Done as
+    any write, compare-and-swap: a source changed since its scan is left
+    alone, and what this did not do is no failure of the run."""
+    ops = []
+    for change in same:
+        s, d = change.src, change.dst
+        assert s is not None and d is not None
+        if change.action is Action.DEST_NEWER:
+            ops.append(Op(dataclasses.replace(s, vv=d.vv, stamp=d.stamp), s))
+        elif change.action is Action.MERGE_VERSION and _done(result, change.path):
+            merged = dataclasses.replace(s, vv=s.vv.merge(d.vv), stamp=max(s.stamp, d.stamp))
+            ops.append(Op(merged, s))
+    if ops:
+        apply_ops(src, ops, {}, None)
+
+
+def _done(result: TransferResult, path: str) -> bool:
+    outcome = result.outcomes.get(path)
+    return outcome is not None and outcome.ok
 
 
 def _apply(

@@ -166,7 +166,9 @@ def push(replicas: tuple[str, ...], **options: object) -> None:
     """Copy to DST whatever SRC (default: the replica around the current
     directory) has newer. Only fast-forwards: where DST has a newer or a
     concurrent version, it is left alone, listed, and the exit code is 1.
-    DST is initialised when it is not a replica yet.
+    Where both hold the same content, no data moves: both take the newer
+    or merged version (SRC's index too), so the next run has nothing to
+    compare there. DST is initialised when it is not a replica yet.
 
     SRC and DST may be local paths, remote addresses (HOST:PATH,
     USER@HOST:PATH, ssh://USER@HOST:PORT/PATH) or names of remotes (see

@@ -885,7 +885,11 @@ class DirectorySource:
                 or current.digest != entry.digest
             ):
                 raise Refused("content missing for a changed file")
-            _chmod(spot, entry.mode)
+            if on_disk is not None and st_mod.S_IMODE(on_disk.st_mode) == entry.mode:
+                if on_disk.st_mtime_ns == entry.mtime_ns:
+                    return on_disk  # a version change only: the file is left as it is
+            else:
+                _chmod(spot, entry.mode)
             os.utime(
                 spot.name,
                 ns=(entry.mtime_ns, entry.mtime_ns),

@@ -166,13 +166,44 @@ def test_same_content_on_both_sides_merges_versions(side: Side, tmp_path: Path) 
     write(b / "f", "same")
     ms("init", a)
     ms("init", b)
+    dry = side.ms("push", side.src(a), side.dst(b), "--json", "--dry-run")
+    assert [c["action"] for c in dry.json()["changes"]] == ["merge-version"]
+    before = [(x / "f").stat() for x in (a, b)]
     r = side.ms("push", side.src(a), side.dst(b), "--json")
     assert r.code == 0, r.err
     assert [c["action"] for c in r.json()["changes"]] == ["merge-version"]
-    back = side.ms("push", side.dst(b), side.src(a), "--json").json()
-    assert [c["change"] for c in back["changes"]] == ["="]
-    assert back["stats"]["files_transferred"] == 0
-    assert side.ms("push", side.src(a), side.dst(b), "--json").json()["changes"] == []
+    assert r.json()["stats"]["files_transferred"] == 0
+    after = [(x / "f").stat() for x in (a, b)]
+    assert [st.st_ctime_ns for st in after] == [st.st_ctime_ns for st in before]  # untouched
+    # Both sides took the merged version: nothing left to compare, either way.
+    for there, back in ((a, b), (b, a)):
+        again = side.ms("push", side.src(there), side.dst(back), "--json", "--stats").json()
+        assert again["changes"] == []
+        assert again["stats"]["round_trips"] == 1
+    assert (a / "f").read_text() == (b / "f").read_text() == "same"
+
+
+def test_a_source_behind_with_the_same_content_catches_up(side: Side, tmp_path: Path) -> None:
+    """The destination's version is newer, its content the same (edited,
+    then edited back): nothing is written there, and the source takes that
+    version, so later runs have nothing to compare."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "f", "same")
+    write(a / "g", "other")
+    ms("init", a)
+    assert side.ms("push", side.src(a), side.dst(b)).code == 0
+    write(b / "f", "changed")
+    ms("status", b)
+    write(b / "f", "same")
+    ms("status", b)
+    dry = side.ms("push", side.src(a), side.dst(b), "--json", "--stats", "--dry-run").json()
+    assert dry["changes"] == [] and dry["stats"]["round_trips"] > 1
+    r = side.ms("push", side.src(a), side.dst(b), "--json", "--stats")
+    assert r.code == 0, r.err
+    assert r.json()["changes"] == [] and r.json()["stats"]["round_trips"] > 1
+    again = side.ms("push", side.src(a), side.dst(b), "--json", "--stats").json()
+    assert again["changes"] == [] and again["stats"]["round_trips"] == 1
+    assert (a / "f").read_text() == (b / "f").read_text() == "same"
 
 
 def test_pushing_into_an_unrelated_nonempty_directory_never_overwrites(
