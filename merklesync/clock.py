@@ -42,19 +42,24 @@ class VersionVector:
                 return c
         return 0
 
+    # Both below start from canonical pairs (sorted, no zero) and only raise
+    # counters, so the result is canonical too: no need for ``of``'s checks.
+
     def bump(self, replica: str) -> VersionVector:
         """One more write by ``replica``."""
-        d = self.as_dict()
+        d = dict(self.pairs)
         d[replica] = d.get(replica, 0) + 1
-        return VersionVector.of(d)
+        return VersionVector(tuple(sorted(d.items())))
 
     def merge(self, other: VersionVector) -> VersionVector:
         """The least vector that dominates or equals both."""
-        d = self.as_dict()
+        if other.pairs == self.pairs:
+            return self
+        d = dict(self.pairs)
         for r, c in other.pairs:
             if c > d.get(r, 0):
                 d[r] = c
-        return VersionVector.of(d)
+        return VersionVector(tuple(sorted(d.items())))
 
     def compare(self, other: VersionVector) -> Order:
         mine, theirs = self.as_dict(), other.as_dict()

@@ -48,6 +48,17 @@ def test_bump_makes_a_strictly_newer_version(a: VersionVector, r: str) -> None:
     assert a.bump(r).compare(a) is Order.AFTER
 
 
+@given(vectors, vectors, st.sampled_from("abcde"))
+def test_merge_and_bump_are_the_vectors_of_builds(
+    a: VersionVector, b: VersionVector, r: str
+) -> None:
+    """Canonical as ``of`` makes them (sorted, no zero), so equal vectors
+    compare, hash and pack equal."""
+    merged = {x: max(a.get(x), b.get(x)) for x in a.as_dict().keys() | b.as_dict().keys()}
+    assert a.merge(b).pairs == VersionVector.of(merged).pairs
+    assert a.bump(r).pairs == VersionVector.of({**a.as_dict(), r: a.get(r) + 1}).pairs
+
+
 def test_vectors_keep_only_writers() -> None:
     assert VersionVector.of({"a": 1, "b": 0}).pairs == (("a", 1),)
     assert VersionVector().bump("x").to_wire() == [["x", 1]]
