@@ -77,6 +77,9 @@ def differences(a: Peer, b: Peer, stats: Stats | None = None) -> Iterator[list[P
                 elif max(x.count, y.count) <= LEAF_FETCH or child[0] >= merkle.MAX_DEPTH:
                     compare_leaves.append(child)
                     pending += max(x.count, y.count)
+                    if pending >= LEAF_BATCH:  # memory stays bounded where much differs
+                        yield from _compared(a, b, compare_leaves, salt, stats)
+                        compare_leaves, pending = [], 0
                 else:
                     nxt.both.append(child)
         for nodes, kids, whole, deeper in (
@@ -88,15 +91,12 @@ def differences(a: Peer, b: Peer, stats: Stats | None = None) -> Iterator[list[P
                     stats.nodes_compared += 1
                     if x.count:
                         _one_sided(child, x, whole, deeper)
-        if pending >= LEAF_BATCH or (compare_leaves and not nxt):
-            batch = _compare_buckets(a, b, compare_leaves, salt, stats)
-            stats.entries_compared += len(batch)
+        if compare_leaves and not nxt:
+            yield from _compared(a, b, compare_leaves, salt, stats)
             compare_leaves, pending = [], 0
-            if batch:
-                yield batch
         # Subtrees only one side has come in slices, so memory stays bounded.
         for nodes in _slices(whole_a):
-            batch = [(e, None) for e in a.entries_under(nodes)]
+            batch: list[Pair] = [(e, None) for e in a.entries_under(nodes)]
             stats.entries_compared += len(batch)
             yield batch
         for nodes in _slices(whole_b):
@@ -104,6 +104,15 @@ def differences(a: Peer, b: Peer, stats: Stats | None = None) -> Iterator[list[P
             stats.entries_compared += len(batch)
             yield batch
         frontier = nxt
+
+
+def _compared(
+    a: Peer, b: Peer, nodes: list[NodeId], salt: bytes, stats: Stats
+) -> Iterator[list[Pair]]:
+    batch = _compare_buckets(a, b, nodes, salt, stats)
+    stats.entries_compared += len(batch)
+    if batch:
+        yield batch
 
 
 def _one_sided(
