@@ -11,6 +11,7 @@ the treegen oracle, and the script stops loudly if one differs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import os
 import shutil
@@ -29,6 +30,7 @@ if str(REPO) not in sys.path:
 from tests.bench.table import (  # noqa: E402
     BenchFailure,
     Column,
+    Result,
     Row,
     Run,
     Watched,
@@ -157,6 +159,7 @@ def run_cases(tools: Tools, runs: int, seed: int, copies: int) -> list[Row]:
         verify(tools, "1 file deleted")
 
         if tools.merklesync is not None:
+            rows += made_apart(tools)
             rows += WATCHED.rows(
                 tools.merklesync,
                 [tools.src, tools.dst_m],
@@ -170,6 +173,35 @@ def run_cases(tools: Tools, runs: int, seed: int, copies: int) -> list[Row]:
         if rows:
             print("\nPartial results before the failure:\n" + render(rows), file=sys.stderr)
         raise
+    return rows
+
+
+def made_apart(tools: Tools) -> list[Row]:
+    """Two copies made apart (a mirror kept by rsync until now): a copy of
+    SRC's files made a replica of its own, then pushed to, once (every
+    entry's versions to merge, no data to move) and again (nothing left to
+    compare). rsync, which keeps no state, does the same both times."""
+    print("case: copies made apart", file=sys.stderr)
+    apart = dataclasses.replace(
+        tools, dst_r=tools.cwd / "apart-rsync", dst_m=tools.cwd / "apart-merklesync"
+    )
+    state = shutil.ignore_patterns(".merklesync")
+    for copy in (apart.dst_r, apart.dst_m):
+        shutil.copytree(tools.src, copy, symlinks=True, ignore=state)
+    assert apart.merklesync is not None
+    init_dst = init_replica(apart.merklesync, apart.dst_m, apart.cwd)
+    rows = [
+        Row(
+            "copies made apart, first push",
+            Result.combine("rsync", [apart.rsync()]),
+            Result.chain("merklesync", [*init_dst, apart.push()]),
+            "single run; DST a copy of SRC's files (copytree); merklesync = init DST + push",
+        ),
+        row("copies made apart, next push", [apart.rsync()], [apart.push()], "single run"),
+    ]
+    verify(apart, "copies made apart")
+    for copy in (apart.dst_r, apart.dst_m):
+        shutil.rmtree(copy)
     return rows
 
 
