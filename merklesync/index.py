@@ -440,6 +440,11 @@ class Index:
         key = key_of(entry.path)
         leaf = entry.leaf_hash()
         parent = parent_of(entry.path)
+        learned = 0
+        if entry.deleted:
+            learned = self.learned_at or time.time_ns()
+            if old is not None and old.deleted:  # known deleted since then
+                learned = self._learned(entry.path) or learned
         self._unlist(parent)
         self.conn.execute(
             "INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -458,7 +463,7 @@ class Index:
                 entry.target,
                 entry.stamp,
                 stat,
-                (self.learned_at or time.time_ns()) if entry.deleted else 0,  # when learned
+                learned,
             ),
         )
         self._pending.change(key, None if old is None else old.leaf_hash(), leaf)
@@ -468,6 +473,13 @@ class Index:
             stored.add(entry.path)
             if len(stored) > _MAX_TRACKED:
                 self._stored_since_empty = None  # memory stays bounded: ask SQLite
+
+    def _learned(self, path: str) -> int:
+        """When the tombstone stored at ``path`` was learned (0: none is)."""
+        row = self.conn.execute(
+            "SELECT learned_ns FROM entries WHERE path = ? AND deleted", (path,)
+        ).fetchone()
+        return int(row[0]) if row is not None else 0
 
     @_guard
     def check(self) -> None:

@@ -4,6 +4,7 @@ opened, and opening a FIFO to read waits for a writer for ever."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -96,9 +97,10 @@ class OpenFile:
             raise
 
     def close(self) -> None:
-        fd, self.fd = self.fd, -1
+        fd, self.fd, self._chunks = self.fd, -1, None  # no read after: the number may be reused
         if fd >= 0:
             os.close(fd)
 
     def __del__(self) -> None:
-        self.close()
+        with contextlib.suppress(Exception):  # at exit, even os may be gone
+            self.close()

@@ -153,8 +153,10 @@ def _catch_up(src: Peer, same: list[Change], result: TransferResult) -> None:
     only, no file is rewritten. Else their leaves would still differ and
     every later run would compare them again (two replicas made apart from
     the same files, say, would compare every entry on every push). Done as
-    any write, compare-and-swap: a source changed since its scan is left
-    alone, and what this did not do is no failure of the run."""
+    any write, compare-and-swap: an entry changed on the source since its
+    scan is left as it is, no failure of the run (the next run compares it
+    again); a failure of the replica itself (a lost connection, a full
+    disk) ends the run, as anywhere else."""
     ops = []
     for change in same:
         s, d = change.src, change.dst

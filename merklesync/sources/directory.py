@@ -699,6 +699,8 @@ class DirectorySource:
                 on_disk = self._verify_unchanged(spot, cached, entry)
                 if entry.deleted:
                     self._remove(spot, on_disk)
+                elif item.data is None and _version_only(entry, current, on_disk):
+                    placed = on_disk  # the same thing is there: only the index changes
                 elif entry.kind is EntryKind.DIR:
                     self._put_dir(spot, entry, on_disk)
                 elif entry.kind is EntryKind.LINK:
@@ -885,10 +887,7 @@ class DirectorySource:
                 or current.digest != entry.digest
             ):
                 raise Refused("content missing for a changed file")
-            if on_disk is not None and st_mod.S_IMODE(on_disk.st_mode) == entry.mode:
-                if on_disk.st_mtime_ns == entry.mtime_ns:
-                    return on_disk  # a version change only: the file is left as it is
-            else:
+            if current.mode != entry.mode:
                 _chmod(spot, entry.mode)
             os.utime(
                 spot.name,
@@ -996,6 +995,22 @@ def _below_any(path: str, tops: set[str]) -> bool:
             return True
         path = path.rpartition("/")[0]
     return False
+
+
+def _version_only(entry: Entry, current: Entry | None, on_disk: os.stat_result | None) -> bool:
+    """Whether writing ``entry`` over ``current`` changes its version only
+    (same kind, content and mode; a file's mtime too): then the file,
+    directory or link on disk (``on_disk``, checked unchanged since the
+    scan) is left as it is, not made again or touched (its ctime, a link's
+    inode, a change of mode made meanwhile to a directory all stay)."""
+    return (
+        on_disk is not None
+        and current is not None
+        and current.same_content(entry)
+        and not entry.deleted
+        and (entry.kind is not EntryKind.FILE or current.mtime_ns == entry.mtime_ns)
+        and kind_of(on_disk.st_mode) is entry.kind
+    )
 
 
 def _drain(item: WriteItem) -> None:

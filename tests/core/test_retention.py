@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from merklesync import retention
+from merklesync.model import Entry, EntryKind
 from merklesync.replica import Replica
 from tests.clirun import ms
 
@@ -149,3 +150,29 @@ def test_a_tombstone_passed_on_is_not_sent_back_and_forth(tmp_path: Path) -> Non
     for x, y in ((a, b), (b, c), (a, b)):
         assert ms("sync", x, y).code == 0
     assert ms("sync", a, c, "--json").json()["events"] == []
+
+
+def test_a_tombstone_given_a_newer_version_keeps_when_it_was_learned(tmp_path: Path) -> None:
+    """The deletion was known since then: a tombstone replaced by one of a
+    newer or merged version (the source catching up after a push) does not
+    start its retention again; a tombstone over a live entry starts it."""
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / "f").write_text("x")
+    ms("init", a)
+    (a / "f").unlink()
+    ms("status", a)
+    with Replica.open(a) as r:
+        [(tomb, first)] = r.index.tombstones()
+        r.index.learned_at = first + 10**12
+        r.index.put(tomb.with_version(tomb.vv.bump("other")), None, tomb)
+        r.index.commit()
+        [(newer, learned)] = r.index.tombstones()
+        assert newer.vv != tomb.vv and learned == first
+        live = newer.with_version(newer.vv.bump("other"))
+        live = Entry(live.path, EntryKind.FILE, live.vv, stamp=live.stamp)
+        r.index.put(live, None, newer)
+        r.index.put(live.tombstone(live.vv.bump("other"), live.stamp + 1), None, live)
+        r.index.commit()
+        [(_again, relearned)] = r.index.tombstones()
+        assert relearned == first + 10**12

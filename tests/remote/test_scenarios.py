@@ -162,19 +162,24 @@ def test_concurrent_edits_are_a_conflict_not_an_overwrite(
 
 def test_same_content_on_both_sides_merges_versions(side: Side, tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
-    write(a / "f", "same")
-    write(b / "f", "same")
-    ms("init", a)
-    ms("init", b)
+    for root in (a, b):
+        write(root / "f", "same")
+        (root / "d").mkdir()
+        os.symlink("f", root / "link")
+        ms("init", root)
     dry = side.ms("push", side.src(a), side.dst(b), "--json", "--dry-run")
-    assert [c["action"] for c in dry.json()["changes"]] == ["merge-version"]
-    before = [(x / "f").stat() for x in (a, b)]
+    assert [c["action"] for c in dry.json()["changes"]] == ["merge-version"] * 3
+    names = ("f", "d", "link")
+    before = [(x / n).lstat() for x in (a, b) for n in names]
     r = side.ms("push", side.src(a), side.dst(b), "--json")
     assert r.code == 0, r.err
-    assert [c["action"] for c in r.json()["changes"]] == ["merge-version"]
+    assert [c["action"] for c in r.json()["changes"]] == ["merge-version"] * 3
     assert r.json()["stats"]["files_transferred"] == 0
-    after = [(x / "f").stat() for x in (a, b)]
-    assert [st.st_ctime_ns for st in after] == [st.st_ctime_ns for st in before]  # untouched
+    after = [(x / n).lstat() for x in (a, b) for n in names]
+    # Left as they were on both sides: not made again, not even touched.
+    assert [(st.st_ino, st.st_ctime_ns) for st in after] == [
+        (st.st_ino, st.st_ctime_ns) for st in before
+    ]
     # Both sides took the merged version: nothing left to compare, either way.
     for there, back in ((a, b), (b, a)):
         again = side.ms("push", side.src(there), side.dst(back), "--json", "--stats").json()
