@@ -23,7 +23,7 @@ from merklesync import merkle
 from merklesync.clock import VersionVector
 from merklesync.errors import CorruptIndex, LocalIOError, NewerFormat, ReplicaLocked
 from merklesync.merkle import MAX_DEPTH, NodeId
-from merklesync.model import Entry, EntryKind, key_of
+from merklesync.model import LEAF_BYTES, Entry, EntryKind, key_of
 
 FORMAT = 1
 PREFETCH_CHUNK = 8 << 20
@@ -89,7 +89,9 @@ _LISTINGS_FOUND = "SELECT name FROM sqlite_master WHERE name IN ({})".format(
     ", ".join(f"'{name}'" for name in ("listings", "dirsums", *_EARLIER_TRIGGERS))
 )
 
-_ENTRY_COLUMNS = "path, kind, deleted, vv, digest, size, mode, mtime_ns, target, stamp"
+# The stored leaf hash too: what put computed from the same row (the tree is
+# made of these), so an entry read here needs not compute it again.
+_ENTRY_COLUMNS = "path, kind, deleted, vv, digest, size, mode, mtime_ns, target, stamp, leaf"
 
 
 def _prefetch(path: Path) -> None:
@@ -170,9 +172,9 @@ class Cached:
 
 
 def _to_entry(row: Sequence[Any]) -> Entry:
-    path, kind, deleted, vv, digest, size, mode, mtime_ns, target, stamp = row
+    path, kind, deleted, vv, digest, size, mode, mtime_ns, target, stamp, leaf = row
     known = _KIND_OF.get(kind)
-    return Entry(
+    entry = Entry(
         path=path,
         kind=known if known is not None else EntryKind(kind),  # ValueError: not a kind
         vv=_vv(vv),
@@ -184,6 +186,9 @@ def _to_entry(row: Sequence[Any]) -> Entry:
         deleted=bool(deleted),
         stamp=stamp,
     )
+    if type(leaf) is bytes and len(leaf) == LEAF_BYTES:
+        object.__setattr__(entry, "_leaf", leaf)
+    return entry
 
 
 _KIND_OF = {int(kind): kind for kind in EntryKind}

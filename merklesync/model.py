@@ -45,6 +45,10 @@ class Entry:
     target: str = ""  # symlink target
     deleted: bool = False
     stamp: int = 0  # hybrid logical clock of the write that made this version
+    # leaf_hash, once asked for: an entry is compared, checked against and
+    # stored several times in a run. Not a field of its own anywhere else
+    # (dataclasses.replace makes a new entry without it).
+    _leaf: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def key(self) -> bytes:
@@ -64,8 +68,12 @@ class Entry:
     def leaf_hash(self) -> bytes:
         """The hash this entry contributes to the Merkle tree: content and
         version, not mtime or size (those follow from the content)."""
-        data = msgpack.packb([self.path, list(self.content()), self.vv.to_wire()])
-        return blake3.blake3(data).digest(LEAF_BYTES)
+        leaf = self._leaf
+        if leaf is None:
+            data = msgpack.packb([self.path, list(self.content()), self.vv.to_wire()])
+            leaf = blake3.blake3(data).digest(LEAF_BYTES)
+            object.__setattr__(self, "_leaf", leaf)
+        return leaf
 
     def tombstone(self, vv: VersionVector, stamp: int) -> Entry:
         return Entry(self.path, self.kind, vv, deleted=True, stamp=stamp)
