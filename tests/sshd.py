@@ -290,7 +290,8 @@ def _relay(chan: Any, sock: socket.socket) -> None:
         chan.shutdown_write()
     t.join(timeout=5)
     sock.close()
-    chan.close()
+    with contextlib.suppress(OSError, EOFError):  # the client's transport may be gone by now
+        chan.close()
 
 
 class ParamikoDaemon:
