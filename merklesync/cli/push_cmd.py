@@ -23,7 +23,7 @@ from merklesync.cli.common import (
 )
 from merklesync.errors import EXIT_DIFFERENT, EXIT_OK
 from merklesync.ignore import exclude_predicate
-from merklesync.model import Action, Stats
+from merklesync.model import Action, ChangeKind, Stats
 from merklesync.peer.open import (
     RemoteOptions,
     combined_stats,
@@ -128,10 +128,14 @@ def report(
                 out.warn(f"would overwrite {change.path}: the destination's version would be lost")
             else:
                 out.warn(f"overwrote {change.path}: discarded the destination's version")
-    applied = result.applied()
+    done = [c for c in result.changes if c.path not in reasons] if dry_run else result.applied()
+    same = sum(1 for c in done if c.kind is ChangeKind.NONE)  # versions merged, nothing moved
     verb = "would copy" if dry_run else "copied"
-    count = sum(1 for c in result.changes if c.path not in reasons) if dry_run else len(applied)
-    out.info(f"{verb} {plural(count, 'entry')} from {src} to {dst}; {len(left)} left alone")
+    line = f"{verb} {plural(len(done) - same, 'entry')} from {src} to {dst}"
+    if same:
+        merged = "to merge" if dry_run else "merged"
+        line += f"; {plural(same, 'entry')} already the same there (versions {merged})"
+    out.info(f"{line}; {len(left)} left alone")
     if stats:
         print_stats(out, totals)
     out.emit_json(

@@ -141,16 +141,36 @@ def test_same_content_on_both_sides_merges_versions(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     write(a / "f", "same")
     write(b / "f", "same")
+    write(a / "g", "only in a")
     ms("init", a)
     ms("init", b)
+    dry = ms("push", a, b, "--dry-run")
+    assert dry.code == 0
+    assert (
+        f"would copy 1 entry from {a} to {b}; 1 entry already the same there "
+        "(versions to merge); 0 left alone"
+    ) in dry.err
     r = ms("push", a, b, "--json")
     assert r.code == 0
-    assert [c["action"] for c in r.json()["changes"]] == ["merge-version"]
-    assert r.json()["stats"]["files_transferred"] == 0
+    assert [c["action"] for c in r.json()["changes"]] == ["merge-version", "copy"]
+    assert r.json()["stats"]["files_transferred"] == 1
     # a took the merged version too: nothing is left to compare either way.
     for there, back in ((b, a), (a, b)):
         again = ms("push", there, back, "--json", "--stats").json()
         assert again["changes"] == [] and again["stats"]["round_trips"] == 1
+
+
+def test_the_summary_tells_merged_versions_from_copies(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root in (a, b):
+        write(root / "f", "same")
+        ms("init", root)
+    r = ms("push", a, b)
+    assert r.code == 0
+    assert (
+        f"copied 0 entries from {a} to {b}; 1 entry already the same there "
+        "(versions merged); 0 left alone"
+    ) in r.err
 
 
 def test_pushing_into_an_unrelated_nonempty_directory_never_overwrites(tmp_path: Path) -> None:
