@@ -23,7 +23,7 @@ from merklesync.cli.common import (
 )
 from merklesync.errors import EXIT_DIFFERENT, EXIT_OK
 from merklesync.ignore import exclude_predicate
-from merklesync.model import Action, ChangeKind, Stats
+from merklesync.model import Action, Change, ChangeKind, Stats
 from merklesync.peer.open import (
     RemoteOptions,
     combined_stats,
@@ -94,16 +94,28 @@ def run_transfer(
                 src, dst, dry_run=dry_run, include=include, progress=progress, force=force
             )
         totals = combined_stats(result.stats, src, dst)
+        left = result.left_alone()
         # A partial run (--exclude, files skipped) is not proof the peer
         # has everything.
-        if not dry_run and not excludes and not warnings and not result.left_alone():
+        if not dry_run and not excludes and not warnings and not left:
             retention.after_success(src, dst, one_way=True)
-    report(out, result, totals, warnings, dry_run=dry_run, stats=stats, src=src.name, dst=dst.name)
+    report(
+        out,
+        result,
+        left,
+        totals,
+        warnings,
+        dry_run=dry_run,
+        stats=stats,
+        src=src.name,
+        dst=dst.name,
+    )
 
 
 def report(
     out: Output,
     result: TransferResult,
+    left: list[tuple[Change, str]],
     totals: Stats,
     warnings: list[str],
     *,
@@ -112,9 +124,9 @@ def report(
     src: str,
     dst: str,
 ) -> None:
+    """``left``: what the run left alone (result.left_alone())."""
     for warning in warnings:
         out.warn(warning)
-    left = result.left_alone()
     reasons = {c.path: reason for c, reason in left}
     if dry_run or out.verbose:
         for change in result.changes:
@@ -138,26 +150,27 @@ def report(
     out.info(f"{line}; {len(left)} left alone")
     if stats:
         print_stats(out, totals)
-    out.emit_json(
-        {
-            "source": src,
-            "destination": dst,
-            "dry_run": dry_run,
-            "changes": [
-                change_json(
-                    c,
-                    None
-                    if dry_run
-                    else result.outcomes.get(c.path) is not None and result.outcomes[c.path].ok,
-                    reasons.get(c.path, ""),
-                )
-                for c in result.changes
-            ],
-            "left_alone": len(left),
-            "warnings": warnings,
-            "stats": totals.as_dict(),
-        }
-    )
+    if out.json:  # built only when asked for: an object per change
+        out.emit_json(
+            {
+                "source": src,
+                "destination": dst,
+                "dry_run": dry_run,
+                "changes": [
+                    change_json(
+                        c,
+                        None
+                        if dry_run
+                        else result.outcomes.get(c.path) is not None and result.outcomes[c.path].ok,
+                        reasons.get(c.path, ""),
+                    )
+                    for c in result.changes
+                ],
+                "left_alone": len(left),
+                "warnings": warnings,
+                "stats": totals.as_dict(),
+            }
+        )
     # Files a scan skipped or could not read did not travel: not a success.
     sys.exit(EXIT_DIFFERENT if left or warnings else EXIT_OK)
 
