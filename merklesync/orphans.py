@@ -15,9 +15,10 @@ import fcntl
 import gc
 import os
 import signal
+import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 _PR_SET_PDEATHSIG = 1
 
@@ -33,12 +34,34 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def two_cores() -> bool:
+    """A second core to run a child on."""
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere, all cores
+    cores = len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
+    return cores > 1
+
+
 def can_fork() -> bool:
     """A second core to run a child on, and no other thread (paramiko's,
     a pipe reader's) that fork could catch holding a lock."""
-    affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere, all cores
-    cores = len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
-    return cores > 1 and threading.active_count() == 1
+    return two_cores() and threading.active_count() == 1
+
+
+def spawn_child(code: str, args: Sequence[str], *fds: int) -> subprocess.Popen[bytes] | None:
+    """Where a fork would not be safe (other threads): a fresh interpreter
+    running ``code`` (``python -c``) with ``args``, then the numbers of
+    ``fds`` (the only descriptors it inherits, with stderr; stdin and
+    stdout are /dev/null), then this process's pid (for die_with_parent).
+    None when it cannot be started."""
+    if not sys.executable:
+        return None
+    argv = [sys.executable, "-c", code, *args, *map(str, fds), str(os.getpid())]
+    try:
+        return subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, pass_fds=fds
+        )
+    except OSError:
+        return None
 
 
 def fork_child(work: Callable[..., None], *fds: int) -> int | None:

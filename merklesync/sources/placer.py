@@ -37,13 +37,13 @@ import functools
 import os
 import select
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 import msgpack
 
 from merklesync.errors import LocalIOError, UnsafePath
-from merklesync.orphans import can_fork, fork_child
+from merklesync.orphans import can_fork, die_with_parent, fork_child, spawn_child, two_cores
 from merklesync.protocol.paths import check_relpath
 from merklesync.sources.dir_fds import DirFds, NotADirectory
 from merklesync.sources.file_write import Refused, place_new, write_all, write_file
@@ -75,8 +75,8 @@ class Answer(NamedTuple):
 class Placer:
     """The parent's end: hand files over, collect what became of them."""
 
-    def __init__(self, pid: int, jobs: int, answers: int) -> None:
-        self._pid = pid
+    def __init__(self, reap: Callable[[], object], jobs: int, answers: int) -> None:
+        self._reap = reap  # waits for the child to end
         self._jobs = jobs
         self._answers = answers
         self._out = bytearray()
@@ -93,9 +93,11 @@ class Placer:
 
     @classmethod
     def start(cls, root: str) -> Placer | None:
-        """Fork the child for the replica at ``root``; None when it cannot
-        be done safely (then the replica places its files itself)."""
-        if not can_fork():
+        """Start the child for the replica at ``root``: forked, or where
+        this process runs other threads (paramiko's, in a pull over SSH) a
+        fresh interpreter. None on a single core, or when no child can be
+        had (then the replica places its files itself)."""
+        if not two_cores():
             return None
         try:
             jobs_r, jobs_w = os.pipe()
@@ -107,8 +109,8 @@ class Placer:
             os.close(jobs_r)
             os.close(jobs_w)
             return None
-        pid = fork_child(functools.partial(_serve, root), jobs_r, answers_w)
-        if pid is None:
+        reap = _start_child(root, jobs_r, answers_w)
+        if reap is None:
             for fd in (jobs_r, jobs_w, answers_r, answers_w):
                 os.close(fd)
             return None
@@ -118,7 +120,7 @@ class Placer:
             fcntl.fcntl(jobs_w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         os.set_blocking(jobs_w, False)
         os.set_blocking(answers_r, False)
-        return cls(pid, jobs_w, answers_r)
+        return cls(reap, jobs_w, answers_r)
 
     @property
     def busy(self) -> bool:
@@ -183,7 +185,7 @@ class Placer:
         with contextlib.suppress(OSError):
             os.close(self._answers)
         with contextlib.suppress(ChildProcessError):
-            os.waitpid(self._pid, 0)
+            self._reap()
 
     def _send(self) -> None:
         """Send what is gathered. While the pipe to the child is full, take
@@ -226,6 +228,32 @@ class Placer:
         found = [_answer(raw) for raw in self._unpacker]
         self._waiting -= len(found)
         self._ready += found
+
+
+def _start_child(root: str, jobs: int, answers: int) -> Callable[[], object] | None:
+    """The child's way to be waited for; None when none could be started."""
+    if can_fork():
+        pid = fork_child(functools.partial(_serve, root), jobs, answers)
+        return None if pid is None else functools.partial(os.waitpid, pid, 0)
+    proc = spawn_child(_SPAWNED, [root], jobs, answers)
+    return None if proc is None else proc.wait
+
+
+_SPAWNED = "import sys; from merklesync.sources.placer import main; main(sys.argv[1:])"
+
+
+def main(argv: list[str]) -> None:
+    """The child when it was spawned rather than forked: ``ROOT JOBS
+    ANSWERS PARENT``. Like a forked one, it ends with status 0 when done
+    and 1 on any failure, printing nothing (its parent tells what failed)."""
+    status = 1
+    try:
+        root, jobs, answers, parent = argv
+        die_with_parent(int(parent))
+        _serve(root, int(jobs), int(answers))
+        status = 0
+    finally:
+        os._exit(status)
 
 
 def _stopped() -> LocalIOError:

@@ -40,15 +40,37 @@ def pair(tmp_path: Path) -> tuple[Path, Path]:
     return src, dst
 
 
-@pytest.fixture(params=[False, True], ids=["placed-here", "placing-process"])
-def placing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+def _placing(mode: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    if not mode:
+        yield mode
+        return
+    monkeypatch.setattr(placer, "MIN_FILES", 1)
+    monkeypatch.setattr(placer, "can_fork", lambda: mode == "fork")
+    started: list[object] = []
+    real = placer.spawn_child
+    monkeypatch.setattr(placer, "spawn_child", lambda *a: started.append(a) or real(*a))
+    yield mode
+    assert bool(started) == (mode == "spawn")
+
+
+@pytest.fixture(
+    params=["", "fork", "spawn"], ids=["placed-here", "placing-process", "placing-spawned"]
+)
+def placing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Run a test as written, then with every new file placed by the
     placing process (sources/placer.py), which a run starts only for many
-    files and only without other threads (pytest's workers have some)."""
-    if request.param:
-        monkeypatch.setattr(placer, "MIN_FILES", 1)
-        monkeypatch.setattr(placer, "can_fork", lambda: True)
-    return bool(request.param)
+    files: forked (as without other threads; pytest's workers have some),
+    then a fresh interpreter (as with them: a pull over SSH)."""
+    yield from _placing(request.param, monkeypatch)
+
+
+@pytest.fixture(params=["", "fork"], ids=["placed-here", "placing-process"])
+def placing_patched(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """As ``placing``, for a test that patches what the placing process
+    runs: a forked one has the patches, a fresh interpreter would not."""
+    yield from _placing(request.param, monkeypatch)
 
 
 @pytest.fixture
@@ -80,7 +102,7 @@ def tiny_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
 
 
 def test_disk_full_removes_temp_file_and_keeps_destination(
-    tmp_path: Path, tiny_disk: Path, placing: bool
+    tmp_path: Path, tiny_disk: Path, placing: str
 ) -> None:
     src, dst = tmp_path / "src", tiny_disk / "dst"
     (src / "d").mkdir(parents=True)
@@ -99,7 +121,7 @@ def test_disk_full_removes_temp_file_and_keeps_destination(
 
 
 def test_source_changed_during_transfer_is_skipped_and_reported(
-    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, placing: bool
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, placing: str
 ) -> None:
     src, dst = pair
     victim = _files(src)[0]
@@ -274,7 +296,7 @@ def test_index_from_a_newer_format_is_refused(pair: tuple[Path, Path]) -> None:
 
 
 def test_interrupted_push_resumes(
-    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, placing: bool
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, placing: str
 ) -> None:
     src, dst = pair
     real = directory.DirectorySource.write_items
@@ -365,7 +387,7 @@ def test_bad_rsh_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def test_never_writes_through_a_symlink_made_earlier_in_the_same_batch(
-    tmp_path: Path, placing: bool
+    tmp_path: Path, placing: str
 ) -> None:
     import blake3
 
@@ -433,7 +455,7 @@ def test_a_damaged_row_is_a_corrupt_index_not_a_traceback(pair: tuple[Path, Path
 
 @pytest.mark.parametrize("atomic", [True, False], ids=["renameat2", "look-then-rename"])
 def test_a_file_made_on_the_destination_during_the_transfer_is_not_overwritten(
-    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, atomic: bool, placing: bool
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, atomic: bool, placing_patched: str
 ) -> None:
     src, dst = pair
     ms("push", src, dst)
@@ -592,7 +614,7 @@ def test_a_parent_swapped_for_a_symlink_mid_push_leads_no_write_outside(
 
 
 def test_files_placed_by_the_placing_process_are_recorded_as_placed(
-    pair: tuple[Path, Path], placing: bool
+    pair: tuple[Path, Path], placing: str
 ) -> None:
     src, dst = pair
     r = ms("push", src, dst, "--json")
@@ -631,7 +653,7 @@ def _read_fails_midway(monkeypatch: pytest.MonkeyPatch, victim: str) -> Any:
 
 
 def test_content_unreadable_on_the_way_is_refused_and_the_rest_goes_on(
-    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, placing: bool
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, placing: str
 ) -> None:
     """The source fails mid-file (changed content is the test above): no
     trace of the file on the destination, the rest copied."""
@@ -779,7 +801,7 @@ def test_content_failing_after_the_placing_process_refused_the_file(
     assert _temp_files(dst) == []
 
 
-def test_outcomes_come_back_in_the_order_of_the_items(tmp_path: Path, placing: bool) -> None:
+def test_outcomes_come_back_in_the_order_of_the_items(tmp_path: Path, placing: str) -> None:
     """Even when new files are answered later than the writes made here,
     and when one item is given twice."""
     import blake3

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from merklesync.sources import placer
 from tests.clirun import ms
 from tests.remote.conftest import Side
 from tests.treegen import assert_same_tree, make_tree, mutate, rsync_itemize
@@ -256,6 +257,20 @@ def test_pull_is_push_reversed(side: Side, src: Path, tmp_path: Path) -> None:
     r = side.ms("push", side.dst(dst), cwd=src)
     assert r.code == 0, r.err
     assert_same_tree(src, dst)
+
+
+def test_many_new_files_both_ways(side: Side, tmp_path: Path) -> None:
+    """Enough new files for the writing side to place them in a second
+    process (sources/placer.py): forked by an agent, a fresh interpreter
+    where the writing process runs threads (a pull over SSH or pipes)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_tree(a, files=placer.MIN_FILES + 44, dirs=6, seed=11)
+    ms("init", a)
+    r = side.ms("push", side.src(a), side.dst(b), "--json")
+    assert r.code == 0, r.err
+    assert r.json()["stats"]["files_transferred"] == placer.MIN_FILES + 44
+    assert_same_tree(a, b)
+    assert no_temp_files(b)
 
 
 def test_ignore_file_and_exclude(side: Side, tmp_path: Path) -> None:
