@@ -104,29 +104,53 @@ def fingerprint(total: int, count: int) -> bytes:
 
 
 class Accumulator:
-    """Sums and counts for the nodes of levels 0..depth, from leaves or deltas."""
+    """Sums and counts for the nodes of levels 0..depth, from leaves or
+    deltas: one update per leaf, in its node of the deepest level; the
+    levels above are summed from those when asked for (``nodes``)."""
 
     def __init__(self, depth: int) -> None:
         self.depth = depth
-        self.nodes: dict[NodeId, list[int]] = {}
+        self._shift = KEY_BYTES * 8 - BITS_PER_LEVEL * depth
+        self._deepest: dict[int, list[int]] = {}  # prefix -> [sum, count]
+        self._nodes: dict[NodeId, list[int]] | None = None
 
     def add(self, key: bytes, leaf: bytes, sign: int = 1) -> None:
+        prefix = int.from_bytes(key, "big") >> self._shift
         value = leaf_value(leaf) * sign
-        full = int.from_bytes(key, "big")
-        for level in range(self.depth + 1):
-            node = (level, full >> (KEY_BYTES * 8 - BITS_PER_LEVEL * level) if level else 0)
-            slot = self.nodes.get(node)
-            if slot is None:
-                self.nodes[node] = [value % MODULUS, sign]
-            else:
-                slot[0] = (slot[0] + value) % MODULUS
-                slot[1] += sign
+        slot = self._deepest.get(prefix)
+        if slot is None:
+            self._deepest[prefix] = [value, sign]
+        else:
+            slot[0] += value
+            slot[1] += sign
+        self._nodes = None
 
     def change(self, key: bytes, old: bytes | None, new: bytes | None) -> None:
         if old is not None:
             self.add(key, old, -1)
         if new is not None:
             self.add(key, new, 1)
+
+    @property
+    def nodes(self) -> dict[NodeId, list[int]]:
+        """Every node a leaf was added under, at every level: (level,
+        prefix) -> [sum modulo MODULUS, count]."""
+        if self._nodes is None:
+            nodes: dict[NodeId, list[int]] = {}
+            here = self._deepest
+            for level in range(self.depth, -1, -1):
+                above: dict[int, list[int]] = {}
+                for prefix, (total, count) in here.items():
+                    nodes[(level, prefix)] = [total % MODULUS, count]
+                    slot = above.get(prefix >> BITS_PER_LEVEL)
+                    if slot is None:
+                        above[prefix >> BITS_PER_LEVEL] = [total, count]
+                    else:
+                        slot[0] += total
+                        slot[1] += count
+                here = above
+            self._nodes = nodes
+        return self._nodes
 
 
 def root_of(leaves: Iterable[tuple[bytes, bytes]]) -> bytes:
