@@ -3,7 +3,6 @@ other, in batches, verified and atomic on the receiving side."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,12 +92,12 @@ def _target(change: Change, writer: str) -> Entry:
     assert src is not None
     if change.action is Action.MERGE_VERSION:
         assert dst is not None
-        return dataclasses.replace(dst, vv=dst.vv.merge(src.vv), stamp=max(src.stamp, dst.stamp))
+        return dst.with_version(dst.vv.merge(src.vv), max(src.stamp, dst.stamp))
     if change.action is Action.FORCE:
         assert dst is not None
         # A new write by the source that dominates what it replaces.
         vv = src.vv.merge(dst.vv).bump(writer)
-        return dataclasses.replace(src, vv=vv, stamp=max(src.stamp, dst.stamp) + 1)
+        return src.with_version(vv, max(src.stamp, dst.stamp) + 1)
     return src
 
 
@@ -115,19 +114,19 @@ def push(
     fast-forward; leave newer and concurrent versions alone, unless
     ``force`` says to overwrite them."""
     result = TransferResult()
-    deferred: list[Change] = []
+    deferred: list[tuple[Change, Entry]] = []  # (change, what the destination is to hold)
     for pairs in differences(src, dst, result.stats):
-        todo: list[Change] = []
-        same: list[Change] = []  # same content, versions the source is to catch up with
+        todo: list[tuple[Change, Entry]] = []
+        same: list[tuple[Change, Entry]] = []  # same content: the source is to catch up
         for s, d in pairs:
             change = plan_one_way(s, d)
             entry = s or d
             assert entry is not None
             if not include(change.path, entry.kind is EntryKind.DIR and not entry.deleted):
                 continue
-            if change.kind is ChangeKind.NONE and s is not None and d is not None:
-                same.append(change)
             if change.action is Action.DEST_NEWER and change.kind is ChangeKind.NONE:
+                if s is not None and d is not None:
+                    same.append((change, d))
                 continue  # the destination knows more, and the content is the same
             if force and s is not None and change.action in (Action.DEST_NEWER, Action.CONFLICT):
                 change = Change(change.path, change.kind, s, d, Action.FORCE)
@@ -135,19 +134,21 @@ def push(
             result.changes.append(Change(change.path, change.kind, None, None, change.action))
             if change.action in (Action.COPY, Action.MERGE_VERSION, Action.FORCE):
                 assert s is not None
-                later = removes_directory(_target(change, src.replica_id), d)
-                (deferred if later else todo).append(change)
+                target = _target(change, src.replica_id)
+                (deferred if removes_directory(target, d) else todo).append((change, target))
+                if change.action is Action.MERGE_VERSION:
+                    same.append((change, target))
         if not dry_run:
             _apply(src, dst, todo, result, progress)
             _catch_up(src, same, result)
     if not dry_run and deferred:
-        deferred.sort(key=lambda c: c.path.count("/"), reverse=True)
+        deferred.sort(key=lambda planned: planned[0].path.count("/"), reverse=True)
         _apply(src, dst, deferred, result, progress)
     result.changes.sort(key=lambda c: c.path)
     return result
 
 
-def _catch_up(src: Peer, same: list[Change], result: TransferResult) -> None:
+def _catch_up(src: Peer, same: list[tuple[Change, Entry]], result: TransferResult) -> None:
     """Where both hold the same content, the source takes the version the
     destination now holds (newer, or merged from both): a change of version
     only, no file is rewritten. Else their leaves would still differ and
@@ -158,14 +159,11 @@ def _catch_up(src: Peer, same: list[Change], result: TransferResult) -> None:
     again); a failure of the replica itself (a lost connection, a full
     disk) ends the run, as anywhere else."""
     ops = []
-    for change in same:
-        s, d = change.src, change.dst
-        assert s is not None and d is not None
-        if change.action is Action.DEST_NEWER:
-            ops.append(Op(dataclasses.replace(s, vv=d.vv, stamp=d.stamp), s))
-        elif change.action is Action.MERGE_VERSION and _done(result, change.path):
-            merged = dataclasses.replace(s, vv=s.vv.merge(d.vv), stamp=max(s.stamp, d.stamp))
-            ops.append(Op(merged, s))
+    for change, held in same:  # held: what the destination holds now, if its write went
+        s = change.src
+        assert s is not None
+        if change.action is Action.DEST_NEWER or _done(result, change.path):
+            ops.append(Op(s.with_version(held.vv, held.stamp), s))
     if ops:
         apply_ops(src, ops, {}, None)
 
@@ -176,12 +174,16 @@ def _done(result: TransferResult, path: str) -> bool:
 
 
 def _apply(
-    src: Peer, dst: Peer, changes: list[Change], result: TransferResult, progress: Progress | None
+    src: Peer,
+    dst: Peer,
+    planned: list[tuple[Change, Entry]],
+    result: TransferResult,
+    progress: Progress | None,
 ) -> None:
     ops = []
-    for c in changes:
+    for c, target in planned:
         assert c.src is not None
-        ops.append(write_op(_target(c, src.replica_id), c.dst, src, c.src))
+        ops.append(write_op(target, c.dst, src, c.src))
     apply_ops(dst, ops, result.outcomes, progress)
 
 
