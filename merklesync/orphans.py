@@ -50,18 +50,42 @@ def can_fork() -> bool:
 def spawn_child(code: str, args: Sequence[str], *fds: int) -> subprocess.Popen[bytes] | None:
     """Where a fork would not be safe (other threads): a fresh interpreter
     running ``code`` (``python -c``) with ``args``, then the numbers of
-    ``fds`` (the only descriptors it inherits, with stderr; stdin and
-    stdout are /dev/null), then this process's pid (for die_with_parent).
-    None when it cannot be started."""
-    if not sys.executable:
+    ``fds`` as it has them (above 2; the only descriptors it inherits),
+    then this process's pid (for die_with_parent). None when it cannot be
+    started (a frozen build has no interpreter to start).
+
+    Isolated (``-I``): no PYTHON* variables and, above all, not the current
+    directory on its path (a pull runs there, among files a peer sent); it
+    gets this process's module path instead, where merklesync's own comes
+    first. In a process group of its own: a Ctrl-C is for the parent, which
+    then stops it. Its stdin, stdout and stderr are /dev/null: whoever
+    started it tells what failed."""
+    if not sys.executable or getattr(sys, "frozen", False):
         return None
-    argv = [sys.executable, "-c", code, *args, *map(str, fds), str(os.getpid())]
+    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
+        here = os.getcwd()
+    except OSError:
+        here = ""
+    path = [package_dir]
+    path += [p for p in sys.path if p and os.path.abspath(p) != here and p != package_dir]
+    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3) for fd in fds]
+    try:
+        argv = [sys.executable, "-I", "-c", f"import sys; sys.path[:] = {path!r}; {code}"]
+        argv += [*args, *map(str, moved), str(os.getpid())]
         return subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, pass_fds=fds
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            pass_fds=moved,
+            process_group=0,
         )
     except OSError:
         return None
+    finally:
+        for fd in moved:
+            os.close(fd)
 
 
 def fork_child(work: Callable[..., None], *fds: int) -> int | None:

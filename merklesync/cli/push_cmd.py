@@ -141,12 +141,12 @@ def report(
             else:
                 out.warn(f"overwrote {change.path}: discarded the destination's version")
     done = [c for c in result.changes if c.path not in reasons] if dry_run else result.applied()
-    same = sum(1 for c in done if c.kind is ChangeKind.NONE)  # versions merged, nothing moved
+    same = sum(1 for c in done if c.kind is ChangeKind.NONE)  # a version only: no data moved
     verb = "would copy" if dry_run else "copied"
     line = f"{verb} {plural(len(done) - same, 'entry')} from {src} to {dst}"
     if same:
-        merged = "to merge" if dry_run else "merged"
-        line += f"; {plural(same, 'entry')} already the same there (versions {merged})"
+        updated = "to update" if dry_run else "updated"
+        line += f"; {plural(same, 'entry')} already the same there (versions {updated})"
     out.info(f"{line}; {len(left)} left alone")
     if stats:
         print_stats(out, totals)

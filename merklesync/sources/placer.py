@@ -37,6 +37,7 @@ import functools
 import os
 import select
 import struct
+import subprocess
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
@@ -109,18 +110,22 @@ class Placer:
             os.close(jobs_r)
             os.close(jobs_w)
             return None
-        reap = _start_child(root, jobs_r, answers_w)
-        if reap is None:
-            for fd in (jobs_r, jobs_w, answers_r, answers_w):
-                os.close(fd)
-            return None
+        child = _start_child(root, jobs_r, answers_w)
         os.close(jobs_r)
         os.close(answers_w)
+        if child is not None and child.spawned is not None and not _said_ready(answers_r):
+            child.spawned.kill()
+            child.spawned.wait()
+            child = None
+        if child is None:
+            os.close(jobs_w)
+            os.close(answers_r)
+            return None
         with contextlib.suppress(OSError, AttributeError):  # Linux: room for a few files' worth
             fcntl.fcntl(jobs_w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         os.set_blocking(jobs_w, False)
         os.set_blocking(answers_r, False)
-        return cls(reap, jobs_w, answers_r)
+        return cls(child.reap, jobs_w, answers_r)
 
     @property
     def busy(self) -> bool:
@@ -230,16 +235,37 @@ class Placer:
         self._ready += found
 
 
-def _start_child(root: str, jobs: int, answers: int) -> Callable[[], object] | None:
-    """The child's way to be waited for; None when none could be started."""
+def _start_child(root: str, jobs: int, answers: int) -> _Child | None:
+    """Fork the child, or where that is not safe spawn it; None when
+    neither could be done."""
     if can_fork():
         pid = fork_child(functools.partial(_serve, root), jobs, answers)
-        return None if pid is None else functools.partial(os.waitpid, pid, 0)
-    proc = spawn_child(_SPAWNED, [root], jobs, answers)
-    return None if proc is None else proc.wait
+        return None if pid is None else _Child(functools.partial(os.waitpid, pid, 0), None)
+    proc = spawn_child(_SPAWNED, [os.path.abspath(root)], jobs, answers)
+    return None if proc is None else _Child(proc.wait, proc)
 
 
-_SPAWNED = "import sys; from merklesync.sources.placer import main; main(sys.argv[1:])"
+class _Child(NamedTuple):
+    reap: Callable[[], object]  # waits for it to end
+    spawned: subprocess.Popen[bytes] | None  # a fresh interpreter: it says READY first
+
+
+def _said_ready(answers: int) -> bool:
+    """Whether a spawned child says it runs: one that could not start (no
+    merklesync where its interpreter looks) ends without a word."""
+    waiting = select.poll()
+    waiting.register(answers, select.POLLIN)
+    if not waiting.poll(READY_WAIT_MS):
+        return False
+    try:
+        return os.read(answers, len(READY)) == READY
+    except OSError:
+        return False
+
+
+_SPAWNED = "from merklesync.sources.placer import main; main(sys.argv[1:])"
+READY = b"R"
+READY_WAIT_MS = 10_000  # for a spawned child to start (a slow disk, a cold cache)
 
 
 def main(argv: list[str]) -> None:
@@ -250,6 +276,7 @@ def main(argv: list[str]) -> None:
     try:
         root, jobs, answers, parent = argv
         die_with_parent(int(parent))
+        write_all(int(answers), READY)
         _serve(root, int(jobs), int(answers))
         status = 0
     finally:

@@ -104,6 +104,8 @@ def tiny_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
 def test_disk_full_removes_temp_file_and_keeps_destination(
     tmp_path: Path, tiny_disk: Path, placing: str
 ) -> None:
+    if placing == "spawn" and not os.path.ismount(tiny_disk):
+        pytest.skip("the full disk is simulated in this process: a spawned one has a real disk")
     src, dst = tmp_path / "src", tiny_disk / "dst"
     (src / "d").mkdir(parents=True)
     (src / "small").write_bytes(b"s" * 1000)
@@ -695,6 +697,51 @@ def test_a_placing_process_that_dies_fails_the_run_and_the_next_one_completes(
     assert r.code == 0, r.err
     assert_same_tree(src, dst)
     assert _temp_files(dst) == []
+
+
+def _spawning(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Every run with new files spawns a placing process (as a pull over
+    SSH does); returns the list of those started."""
+    monkeypatch.setattr(placer, "MIN_FILES", 1)
+    monkeypatch.setattr(placer, "can_fork", lambda: False)
+    started: list[object] = []
+    real = placer.spawn_child
+    monkeypatch.setattr(placer, "spawn_child", lambda *a: started.append(a) or real(*a))
+    return started
+
+
+def test_a_spawned_placing_process_that_cannot_start_leaves_the_files_to_the_run(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An interpreter that cannot run merklesync (a frozen build, another
+    Python) ends without saying it runs: the run places its files itself."""
+    src, dst = pair
+    started = _spawning(monkeypatch)
+    monkeypatch.setattr(placer, "_SPAWNED", "import os; os._exit(3)")
+    r = ms("push", src, dst)
+    assert r.code == 0, r.err
+    assert started and len(r.err.splitlines()) == 1 and r.err.startswith("copied ")  # quiet child
+    assert_same_tree(src, dst)
+    assert _temp_files(dst) == []
+
+
+def test_a_spawned_placing_process_imports_nothing_from_the_current_directory(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A pull runs in the destination, among files a peer sent: a module
+    there named as one the placing process imports is never run."""
+    src, dst = pair
+    started = _spawning(monkeypatch)
+    here = tmp_path / "here"
+    here.mkdir()
+    marker = tmp_path / "imported"
+    for name in ("msgpack", "blake3", "struct"):
+        (here / f"{name}.py").write_text(f"open({str(marker)!r}, 'a').write({name!r})\n")
+    monkeypatch.chdir(here)
+    r = ms("push", src, dst)
+    assert r.code == 0, r.err
+    assert started and not marker.exists()
+    assert_same_tree(src, dst)
 
 
 _FORCED_PLACER = """

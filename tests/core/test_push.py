@@ -148,7 +148,7 @@ def test_same_content_on_both_sides_merges_versions(tmp_path: Path) -> None:
     assert dry.code == 0
     assert (
         f"would copy 1 entry from {a} to {b}; 1 entry already the same there "
-        "(versions to merge); 0 left alone"
+        "(versions to update); 0 left alone"
     ) in dry.err
     r = ms("push", a, b, "--json")
     assert r.code == 0
@@ -169,7 +169,7 @@ def test_the_summary_tells_merged_versions_from_copies(tmp_path: Path) -> None:
     assert r.code == 0
     assert (
         f"copied 0 entries from {a} to {b}; 1 entry already the same there "
-        "(versions merged); 0 left alone"
+        "(versions updated); 0 left alone"
     ) in r.err
 
 
