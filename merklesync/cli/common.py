@@ -34,6 +34,9 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word[:-1]}ies" if word.endswith("y") else f"{n} {word}s"
 
 
+_JSON_PARTS = 4096  # pieces of a JSON document gathered before they are written
+
+
 class Output:
     """Where a command's words go: stdout for results, stderr for the rest."""
 
@@ -56,8 +59,27 @@ class Output:
             click.echo(f"merklesync: {text}", err=True)
 
     def emit_json(self, payload: dict[str, Any]) -> None:
-        if self.json:
-            click.echo(json.dumps(payload, indent=None, sort_keys=True))
+        """One line of JSON on stdout, as ``json.dumps(payload, sort_keys=True)``
+        writes it. A value that is an iterator (a generator, not a list) is
+        written as a list while it is read, a few thousand items at a time:
+        a run of 100,000 changes never holds them all as objects."""
+        if not self.json:
+            return
+        parts: list[str] = ["{"]
+        for n, (key, value) in enumerate(sorted(payload.items())):
+            parts.append(f"{', ' if n else ''}{json.dumps(key)}: ")
+            if not isinstance(value, Iterator):
+                parts.append(json.dumps(value, sort_keys=True))
+                continue
+            parts.append("[")
+            for i, item in enumerate(value):
+                parts.append(f"{', ' if i else ''}{json.dumps(item, sort_keys=True)}")
+                if len(parts) >= _JSON_PARTS:
+                    click.echo("".join(parts), nl=False)
+                    parts.clear()
+            parts.append("]")
+        parts.append("}")
+        click.echo("".join(parts))
 
     @contextmanager
     def progress(self, desc: str, unit: str = "it", scale: bool = False) -> Iterator[Progress]:

@@ -69,16 +69,15 @@ def diff(
         out.line(f"{change.kind.value} {change.path}")
     if stats:
         print_stats(out, totals)
-    if out.json:  # built only when asked for: an object per change
-        out.emit_json(
-            {
-                "a": left.name,
-                "b": right.name,
-                "identical": not changes and not warnings,
-                "changes": [change_json(c) for c in changes],
-                "warnings": warnings,
-                "stats": totals.as_dict(),
-            }
-        )
+    out.emit_json(
+        {
+            "a": left.name,
+            "b": right.name,
+            "identical": not changes and not warnings,
+            "changes": (change_json(c) for c in changes),
+            "warnings": warnings,
+            "stats": totals.as_dict(),
+        }
+    )
     # What a scan skipped or could not read was not compared.
     sys.exit(EXIT_DIFFERENT if changes or warnings else EXIT_OK)

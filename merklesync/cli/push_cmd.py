@@ -150,27 +150,26 @@ def report(
     out.info(f"{line}; {len(left)} left alone")
     if stats:
         print_stats(out, totals)
-    if out.json:  # built only when asked for: an object per change
-        out.emit_json(
-            {
-                "source": src,
-                "destination": dst,
-                "dry_run": dry_run,
-                "changes": [
-                    change_json(
-                        c,
-                        None
-                        if dry_run
-                        else result.outcomes.get(c.path) is not None and result.outcomes[c.path].ok,
-                        reasons.get(c.path, ""),
-                    )
-                    for c in result.changes
-                ],
-                "left_alone": len(left),
-                "warnings": warnings,
-                "stats": totals.as_dict(),
-            }
-        )
+    out.emit_json(
+        {
+            "source": src,
+            "destination": dst,
+            "dry_run": dry_run,
+            "changes": (
+                change_json(
+                    c,
+                    None
+                    if dry_run
+                    else result.outcomes.get(c.path) is not None and result.outcomes[c.path].ok,
+                    reasons.get(c.path, ""),
+                )
+                for c in result.changes
+            ),
+            "left_alone": len(left),
+            "warnings": warnings,
+            "stats": totals.as_dict(),
+        }
+    )
     # Files a scan skipped or could not read did not travel: not a success.
     sys.exit(EXIT_DIFFERENT if left or warnings else EXIT_OK)
 

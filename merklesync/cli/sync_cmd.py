@@ -157,19 +157,16 @@ def sync(
     )
     if stats:
         print_stats(out, totals)
-    if out.json:  # built only when asked for: an object per change
-        out.emit_json(
-            {
-                "a": a.name,
-                "b": b.name,
-                "dry_run": dry_run,
-                "events": [
-                    {"path": e.path, "what": e.what, "detail": e.detail} for e in result.events
-                ],
-                "left_alone": [{"path": f.path, "reason": f.reason} for f in failures],
-                "unresolved": result.unresolved,
-                "warnings": warnings,
-                "stats": totals.as_dict(),
-            }
-        )
+    out.emit_json(
+        {
+            "a": a.name,
+            "b": b.name,
+            "dry_run": dry_run,
+            "events": ({"path": e.path, "what": e.what, "detail": e.detail} for e in result.events),
+            "left_alone": ({"path": f.path, "reason": f.reason} for f in failures),
+            "unresolved": result.unresolved,
+            "warnings": warnings,
+            "stats": totals.as_dict(),
+        }
+    )
     sys.exit(EXIT_DIFFERENT if failures or result.unresolved or skipped else EXIT_OK)
