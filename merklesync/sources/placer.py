@@ -3,9 +3,12 @@
 A first copy is mostly new files, and placing one is a run of short system
 calls (create a temp file, write, chmod, utime, rename, stat) that leave the
 index waiting. rsync splits the same work between a sender and a receiver;
-here a forked child places the files while this process reads their
-content, sends it over a pipe, and records in the index what the child
-placed. Python threads would take turns instead (the GIL).
+here a child places the files while this process reads their content,
+sends it over a pipe, and records in the index what the child placed.
+Python threads would take turns instead (the GIL). The child is forked;
+where this process runs other threads (paramiko's, in a pull over SSH) and
+fork is not safe, it is a fresh interpreter running the same loop (``main``),
+which first says READY on its answers.
 
 The child writes each file exactly as the replica would (file_write), into
 directories it reaches from the root without following a link (DirFds), and
