@@ -489,12 +489,16 @@ class Index:
     @_guard
     def check(self) -> None:
         """Read everything there is to read: CorruptIndex if any of it is
-        damaged (SQLite's own check, then every row)."""
+        damaged (SQLite's own check, then every row, whose stored key and
+        leaf hash must be those of its fields: entries read here come with
+        the stored leaf, and the tree is made of them)."""
         found = self.conn.execute("PRAGMA quick_check").fetchone()
         if found is None or found[0] != "ok":
             raise CorruptIndex(_corrupt_message(self, f"damaged: {found[0] if found else '?'}"))
-        for _entry in self.iter_entries():
-            pass
+        for row in self.conn.execute(f"SELECT {_ENTRY_COLUMNS}, key FROM entries"):
+            entry = _to_entry(row[:-1])
+            if entry.computed_leaf() != entry.leaf_hash() or key_of(entry.path) != row[-1]:
+                raise CorruptIndex(_corrupt_message(self, f"damaged row: {entry.path!r}"))
         self.peers()
         for _level, _prefix, total, count in self.conn.execute("SELECT * FROM nodes"):
             if not (isinstance(total, bytes) and len(total) == 32 and isinstance(count, int)):

@@ -70,10 +70,14 @@ class Entry:
         version, not mtime or size (those follow from the content)."""
         leaf = self._leaf
         if leaf is None:
-            data = msgpack.packb([self.path, list(self.content()), self.vv.to_wire()])
-            leaf = blake3.blake3(data).digest(LEAF_BYTES)
+            leaf = self.computed_leaf()
             object.__setattr__(self, "_leaf", leaf)
         return leaf
+
+    def computed_leaf(self) -> bytes:
+        """leaf_hash, from the fields themselves (never one stored with them)."""
+        data = msgpack.packb([self.path, list(self.content()), self.vv.to_wire()])
+        return blake3.blake3(data).digest(LEAF_BYTES)
 
     def tombstone(self, vv: VersionVector, stamp: int) -> Entry:
         return Entry(self.path, self.kind, vv, deleted=True, stamp=stamp)

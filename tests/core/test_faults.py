@@ -286,6 +286,27 @@ def test_init_again_is_a_scan_and_rebuild_spares_a_readable_index(tmp_path: Path
     assert ms("status", root).code == 0
 
 
+@pytest.mark.parametrize("column", ["leaf", "key"])
+def test_a_row_whose_stored_hash_is_not_its_own_is_damaged(tmp_path: Path, column: str) -> None:
+    """Reads trust the stored leaf hash (the tree is made of them): a row
+    whose leaf or key is not what its fields give makes the index one to
+    rebuild."""
+    root = tmp_path / "r"
+    root.mkdir()
+    (root / "f").write_text("x")
+    assert ms("init", root).code == 0
+    assert ms("init", "--rebuild", root).code == 2  # readable: spared
+    conn = sqlite3.connect(root / ".merklesync" / "index.db")
+    size = 32 if column == "leaf" else 8
+    conn.execute(f"UPDATE entries SET {column} = zeroblob({size}) WHERE path = 'f'")
+    conn.commit()
+    conn.close()
+    r = ms("init", "--rebuild", root)
+    assert r.code == 0, r.err
+    assert ms("status", root).code == 0
+    assert ms("init", "--rebuild", root).code == 2  # rebuilt: readable again
+
+
 def test_index_from_a_newer_format_is_refused(pair: tuple[Path, Path]) -> None:
     src, _ = pair
     conn = sqlite3.connect(src / ".merklesync" / "index.db")
