@@ -26,6 +26,7 @@ import os
 import secrets
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,17 @@ from merklesync.journal import ANSWER, NO_TOKEN, WATCH_DIR, WATCH_LOCK, Changes,
 
 MAX_TRACKED = 200_000  # directories remembered before the journal starts over
 WATCHDOG_LOGGER = "watchdog.observers"
+
+# watchdog warns when the kernel hands it a watch it holds already (a
+# directory removed and made again, given the same watch number): it
+# replaces the old one, which is what is wanted, and the warning would only
+# reach the terminal or the log of `merklesync watch`.
+warnings.filterwarnings(
+    "ignore",
+    message="Callback with id .* already exists for watch",
+    category=RuntimeWarning,
+    module="watchdog",
+)
 
 
 def parent_of(rel: str) -> str:
