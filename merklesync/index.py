@@ -496,8 +496,8 @@ class Index:
         if found is None or found[0] != "ok":
             raise CorruptIndex(_corrupt_message(self, f"damaged: {found[0] if found else '?'}"))
         for row in self.conn.execute(f"SELECT {_ENTRY_COLUMNS}, key FROM entries"):
-            entry = _to_entry(row[:-1])
-            if entry.computed_leaf() != entry.leaf_hash() or key_of(entry.path) != row[-1]:
+            entry, leaf, key = _to_entry(row[:-1]), row[-2], row[-1]
+            if entry.computed_leaf() != leaf or key_of(entry.path) != key:
                 raise CorruptIndex(_corrupt_message(self, f"damaged row: {entry.path!r}"))
         self.peers()
         for _level, _prefix, total, count in self.conn.execute("SELECT * FROM nodes"):

@@ -34,11 +34,15 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def cores() -> int:
+    """The cores this process may run on."""
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere, all cores
+    return len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
+
+
 def two_cores() -> bool:
     """A second core to run a child on."""
-    affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere, all cores
-    cores = len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
-    return cores > 1
+    return cores() > 1
 
 
 def can_fork() -> bool:

@@ -44,7 +44,7 @@ def read_file(path: str | Path, *, follow: bool = False, limit: int | None = Non
             raise too_big
         parts = []
         total = 0
-        while chunk := os.read(fd, 1 << 20 if limit is None else limit + 1 - total):
+        while chunk := os.read(fd, CHUNK if limit is None else limit + 1 - total):
             parts.append(chunk)
             total += len(chunk)
             if limit is not None and total > limit:

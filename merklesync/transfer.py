@@ -162,15 +162,10 @@ def _catch_up(src: Peer, same: list[tuple[Change, Entry]], result: TransferResul
     for change, held in same:  # held: what the destination holds now, if its write went
         s = change.src
         assert s is not None
-        if change.action is Action.DEST_NEWER or _done(result, change.path):
+        if change.action is Action.DEST_NEWER or result.outcomes.get(change.path, _NO).ok:
             ops.append(Op(s.with_version(held.vv, held.stamp), s))
     if ops:
         apply_ops(src, ops, {}, None)
-
-
-def _done(result: TransferResult, path: str) -> bool:
-    outcome = result.outcomes.get(path)
-    return outcome is not None and outcome.ok
 
 
 def _apply(

@@ -29,6 +29,7 @@ from merklesync.errors import LocalIOError
 from merklesync.ignore import STATE_DIR, IgnoreRules
 from merklesync.index import TOMBSTONE, Cached, Index
 from merklesync.model import Entry, EntryKind, Outcome, ScanReport, WriteItem, leaf_of
+from merklesync.orphans import cores
 from merklesync.protocol.paths import check_relpath
 from merklesync.reading import OpenFile, open_to_read, read_chunks
 from merklesync.sources import placer, prehash, prelist
@@ -105,11 +106,11 @@ class FileChanged(Exception):
 # shared pool (AUTO), once started in a process, has no threads in the
 # process's forked children (a placing, listing, hashing or scanning child),
 # where it would wait for ever.
-_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+_CORES = cores()
 
 
 def hash_open_file(fd: int, size_hint: int) -> tuple[bytes, os.stat_result]:
-    threads = (_CORES or 1) if size_hint > THREADED_HASH else 1
+    threads = _CORES if size_hint > THREADED_HASH else 1
     hasher = blake3.blake3(max_threads=threads)
     for chunk in read_chunks(fd, size_hint):
         hasher.update(chunk)
