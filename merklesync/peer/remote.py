@@ -234,21 +234,23 @@ class RemotePeer:
 
     def close(self) -> None:
         """Say bye (the agent closes its replica first, so its lock is free
-        when this returns) and close the transport."""
+        when this returns) and close the transport: without waiting for the
+        agent to exit, once it has answered (it has nothing left to say)."""
         if self._closed:
             return
         self._closed = True
+        ended = False
         try:
             if self._broken is None:
                 if self._stream is not None:
                     self._stream.close()
                 if not self._tickets and self._broken is None:
-                    self._request(self.session.bye())
-                    self._settle()
+                    self._call(self.session.bye(), ByeResult)
+                    ended = True
         except MerklesyncError:
             pass
         finally:
-            self.transport.close()
+            self.transport.close(ended=ended)
 
     def __enter__(self) -> RemotePeer:
         return self

@@ -12,7 +12,8 @@ Contract shared by every transport:
   exited with an error before writing anything), `recv` and `send` raise
   `RemoteCommandMissing` carrying the command's own error line.
 - `send` and `recv` may be called from two different threads (one each).
-- `close` is idempotent; `stderr_text` and `exit_status` work after it.
+- `close` is idempotent; `stderr_text` and `exit_status` work after it
+  (``exit_status`` may be ``None`` after ``close(ended=True)``).
 """
 
 from __future__ import annotations
@@ -45,8 +46,10 @@ class Transport(Protocol):
         """Return up to ``n`` bytes (at least one), or ``b""`` at end of stream."""
         ...
 
-    def close(self) -> None:
-        """Release the connection; safe to call more than once."""
+    def close(self, *, ended: bool = False) -> None:
+        """Release the connection; safe to call more than once. ``ended``:
+        the peer command has said its last word, so the connection need not
+        be held open until it exits."""
         ...
 
     def stderr_text(self) -> str:

@@ -88,7 +88,8 @@ class SubprocessTransport:
         self.bytes_received += len(data)
         return data
 
-    def close(self) -> None:
+    def close(self, *, ended: bool = False) -> None:
+        # A child process is waited for all the same: it is ours to reap.
         if self._closed:
             return
         self._closed = True

@@ -125,7 +125,7 @@ class RelayTransport:
         self.bytes_received += len(data)
         return data
 
-    def close(self) -> None:
+    def close(self, *, ended: bool = False) -> None:
         if self._closed:
             return
         self._closed = True

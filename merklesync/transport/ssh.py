@@ -604,7 +604,7 @@ class SSHTransport:
             self._fail("connection lost")
         return b""
 
-    def close(self) -> None:
+    def close(self, *, ended: bool = False) -> None:
         if self._closed:
             return
         self._closed = True
@@ -612,7 +612,8 @@ class SSHTransport:
         with contextlib.suppress(Exception):
             if not chan.closed:
                 chan.shutdown_write()
-                chan.status_event.wait(_CLOSE_WAIT)
+                if not ended:  # let it see the end of its input and go first
+                    chan.status_event.wait(_CLOSE_WAIT)
         with contextlib.suppress(Exception):
             chan.close()
         if self._owns_connection:

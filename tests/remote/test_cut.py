@@ -75,8 +75,8 @@ class CutTransport:
         self.bytes_received += len(data)
         return data
 
-    def close(self) -> None:
-        self.inner.close()  # waits for the agent to exit
+    def close(self, *, ended: bool = False) -> None:
+        self.inner.close(ended=ended)  # waits for the agent to exit
 
     def stderr_text(self) -> str:
         return self.inner.stderr_text()

@@ -388,6 +388,34 @@ def test_the_agent_holds_the_lock_for_the_session(tree: Path) -> None:
             agent(tree, env=env)
 
 
+class _ClosingRecorded(SubprocessTransport):
+    """Pipes to an agent that note how they were closed."""
+
+    closed_with: list[bool] = []
+
+    def close(self, *, ended: bool = False) -> None:
+        self.closed_with.append(ended)
+        super().close(ended=ended)
+
+
+def test_close_waits_for_the_agent_only_when_it_did_not_say_goodbye(tree: Path) -> None:
+    # Once the agent answered bye (its replica closed, its lock free), the
+    # transport may let it exit on its own: ended=True. A session that broke
+    # keeps the wait: the agent may still be putting things back.
+    _ClosingRecorded.closed_with = []
+    clean = RemotePeer(_ClosingRecorded(serve_argv(tree)), f"pipe:{tree}", where="pipe")
+    clean.refresh()
+    clean.close()
+    broken = RemotePeer(_ClosingRecorded(serve_argv(tree)), f"pipe:{tree}", where="pipe")
+    transport = broken.transport
+    assert isinstance(transport, SubprocessTransport)
+    os.kill(transport.pid, 9)
+    with pytest.raises(ConnectionFailed):
+        broken.root()
+    broken.close()
+    assert _ClosingRecorded.closed_with == [True, False]
+
+
 def test_a_dead_agent_is_a_connection_error_with_its_stderr(remote: RemotePeer) -> None:
     transport = remote.transport
     assert isinstance(transport, SubprocessTransport)
