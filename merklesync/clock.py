@@ -12,6 +12,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+# The largest counter and stamp taken from a peer: far beyond any real
+# history, and far enough below 2**63 (what SQLite and msgpack's signed
+# integers hold) that bumping and ticking from there never overflows.
+MAX_COUNTER = 1 << 62
+MAX_STAMP = 1 << 62
+
 
 class Order(enum.Enum):
     """How two version vectors relate."""
@@ -99,7 +105,7 @@ class VersionVector:
                 or not isinstance(item[0], str)
                 or not isinstance(item[1], int)
                 or isinstance(item[1], bool)
-                or item[1] < 0
+                or not 0 <= item[1] <= MAX_COUNTER
                 or len(item[0]) > 64
             ):
                 raise ValueError("malformed version vector")

@@ -9,11 +9,13 @@ from dataclasses import dataclass, field, fields
 import blake3
 import msgpack
 
-from merklesync.clock import VersionVector
+from merklesync.clock import MAX_STAMP, VersionVector
 
 KEY_BYTES = 8  # leaves are bucketed by the first bytes of blake3(path)
 LEAF_BYTES = 32
 DIGEST_BYTES = 32
+_MAX_INT64 = (1 << 63) - 1  # what the index (SQLite) and the file system take
+_MIN_INT64 = -(1 << 63)
 
 
 class EntryKind(enum.IntEnum):
@@ -131,8 +133,12 @@ class Entry:
             and type(stamp) is int_
         ):
             raise ValueError("malformed entry field")
-        if not isinstance(deleted, bool) or size < 0 or not 0 <= mode <= 0o7777:
+        if not isinstance(deleted, bool) or not 0 <= mode <= 0o7777:
             raise ValueError("malformed entry field")
+        if not (0 <= size <= _MAX_INT64 and _MIN_INT64 <= mtime_ns <= _MAX_INT64):
+            raise ValueError("entry size or modification time out of range")
+        if not 0 <= stamp <= MAX_STAMP:
+            raise ValueError("entry stamp out of range")
         known = _KINDS.get(kind)
         return cls(
             path=path,

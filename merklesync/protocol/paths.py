@@ -12,10 +12,12 @@ A wire path names an entry relative to the replica root, in POSIX form:
   newline or an escape sequence would corrupt line-based output and can
   drive a terminal; sources must skip such files with a warning);
 - at most 4096 bytes of UTF-8 in all, and 255 bytes per component;
-- not inside the replica's state directory: the first component must not be
-  ``.merklesync``, compared case-insensitively, ignoring trailing dots and
-  spaces and the code points HFS+ ignores, so that ``.MerkleSync/index.db``
-  cannot reach the index on a case-insensitive file system.
+- not inside a state directory: no component may be ``.merklesync``,
+  compared case-insensitively, ignoring trailing dots and spaces and the
+  code points HFS+ ignores, so that ``.MerkleSync/index.db`` cannot reach
+  the index on a case-insensitive file system, and no peer can plant a
+  replica (with remotes whose commands would run) in a subdirectory.
+  Scans never enter a ``.merklesync`` directory at any depth either.
 
 Backslash is an ordinary character (it is legal in POSIX names, and systemd
 unit names use it). Paths are compared byte for byte: no Unicode
@@ -69,14 +71,13 @@ def check_relpath(path: object) -> str:
         raise UnsafePath(f"absolute path: {_show(path)}")
     if not simple and _CONTROL.search(path):
         raise UnsafePath(f"control character in path: {_show(path)}")
-    parts = path.split("/")
-    for part in parts:
+    for part in path.split("/"):
         if not part:
             raise UnsafePath(f"empty component in path: {_show(path)}")
         if part in (".", ".."):
             raise UnsafePath(f"'{part}' component in path: {_show(path)}")
         if len(part) > MAX_NAME_BYTES // 4 and len(part.encode("utf-8")) > MAX_NAME_BYTES:
             raise UnsafePath(f"component longer than {MAX_NAME_BYTES} bytes: {_show(path)}")
-    if is_state_dir(parts[0]):
-        raise UnsafePath(f"path inside the {STATE_DIR} state directory: {_show(path)}")
+        if (part[0] == "." or not part.isascii()) and is_state_dir(part):
+            raise UnsafePath(f"path inside a {STATE_DIR} state directory: {_show(path)}")
     return path

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from merklesync.clock import VersionVector
+from merklesync.clock import MAX_STAMP, VersionVector
 from merklesync.model import Entry, EntryKind
 from merklesync.protocol.messages import PROTOCOL_VERSIONS, Hello
 from merklesync.protocol.paths import is_state_dir
@@ -17,6 +17,7 @@ paths = st.lists(names, min_size=1, max_size=4).map("/".join)
 replica_ids = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=16)
 vvs = st.dictionaries(replica_ids, st.integers(1, 2**40), max_size=4).map(VersionVector.of)
 u63 = st.integers(0, 2**63 - 1)
+stamps = st.integers(0, MAX_STAMP)
 
 
 @st.composite
@@ -32,7 +33,7 @@ def entries(draw: st.DrawFn, live_file: bool = False) -> Entry:
         mtime_ns=draw(u63),
         target=draw(st.text(NAME_CHARS, max_size=20)) if kind is EntryKind.LINK else "",
         deleted=False if live_file else draw(st.booleans()),
-        stamp=draw(u63),
+        stamp=draw(stamps),
     )
 
 

@@ -221,6 +221,17 @@ def _entry_wire(**change: object) -> list[object]:
         (_entry_wire(vv=[["a", 1], ["a", 2]]), ProtocolError),
         (_entry_wire(vv=[["a", -1]]), ProtocolError),
         (_entry_wire(vv=[["a", 1]] * 1025), ProtocolError),
+        # Numbers the index could not store, or that would overflow once
+        # bumped or ticked: refused as the protocol error they are.
+        (_entry_wire(size=1 << 63), ProtocolError),
+        (_entry_wire(size=(1 << 64) - 1), ProtocolError),
+        (_entry_wire(mtime_ns=1 << 63), ProtocolError),
+        (_entry_wire(mtime_ns=-(1 << 63) - 1), ProtocolError),
+        (_entry_wire(stamp=(1 << 62) + 1), ProtocolError),
+        (_entry_wire(stamp=(1 << 63) - 1), ProtocolError),
+        (_entry_wire(vv=[["a", (1 << 62) + 1]]), ProtocolError),
+        (_entry_wire(vv=[["a", (1 << 64) - 1]]), ProtocolError),
+        (_entry_wire(path="sub/.merklesync/config"), UnsafePath),
         (_entry_wire(vv="a"), ProtocolError),
         (_entry_wire(target="a\x00b"), ProtocolError),
         (E.to_wire()[:9], ProtocolError),
@@ -230,6 +241,18 @@ def _entry_wire(**change: object) -> list[object]:
 def test_bad_entries(entry_wire: object, error: type[Exception]) -> None:
     with pytest.raises(error):
         parse_client_message(["put", entry_wire, None, False])
+
+
+def test_the_largest_numbers_an_entry_may_carry() -> None:
+    wire = _entry_wire(size=(1 << 63) - 1, mtime_ns=-(1 << 63), stamp=1 << 62, vv=[["a", 1 << 62]])
+    put = parse_client_message(["put", wire, None, False])
+    assert isinstance(put, Put)
+    assert (put.entry.size, put.entry.mtime_ns, put.entry.stamp) == (
+        (1 << 63) - 1,
+        -(1 << 63),
+        1 << 62,
+    )
+    assert put.entry.vv.bump("a").get("a") == (1 << 62) + 1
 
 
 @pytest.mark.parametrize(

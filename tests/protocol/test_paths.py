@@ -21,7 +21,6 @@ from .strategies import paths
         "..foo",
         "foo..",
         "a/.../b",
-        "dir/.merklesync",  # only the top-level state directory is special
         ".merklesyncx/a",
         "back\\slash",  # an ordinary character in POSIX names
         "mailbox:2,S",
@@ -59,6 +58,9 @@ def test_accepted(path: str) -> None:
         (".MerkleSync/index.db", "state directory"),
         (".merklesync./index.db", "state directory"),
         (".merkle\u200csync/index.db", "state directory"),
+        ("dir/.merklesync", "state directory"),  # a replica planted in a subdirectory
+        ("sub/.merklesync/config", "state directory"),
+        ("a/b/.MerkleSync./index.db", "state directory"),
         ("x" * 256, "longer than 255"),
         ("é" * 128, "longer than 255"),
         ("/".join(["y" * 255] * 17), "longer than 4096"),

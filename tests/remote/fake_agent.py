@@ -74,6 +74,9 @@ def main(scenario: str) -> None:
         "absolute": [entry("/tmp/escaped-absolute")],
         "symlink": [entry("evil", kind=2, target="/tmp"), entry("evil/escaped-link")],
         "bad-outcome": [],
+        "nested-state": [entry("sub/.merklesync/config")],
+        "bigstamp": [[*entry("f.txt")[:9], (1 << 63) - 1]],
+        "bigsize": [[*entry("f.txt")[:4], (1 << 64) - 1, *entry("f.txt")[5:]]],
     }.get(scenario, [entry("f.txt")])
     while True:
         msg = wire.recv()

@@ -38,6 +38,9 @@ def escaped(tmp_path: Path) -> list[Path]:
         ("wrong-digest", "the content sent for 'f.txt' does not match its digest"),
         ("text", "over the limit"),
         ("future", "speaks protocol 5-6, this merklesync speaks 2; upgrade merklesync here"),
+        ("nested-state", "path inside a .merklesync state directory: 'sub/.merklesync/config'"),
+        ("bigstamp", "entry stamp out of range"),
+        ("bigsize", "entry size or modification time out of range"),
     ],
 )
 def test_hostile_source(scenario: str, message: str, tmp_path: Path) -> None:
