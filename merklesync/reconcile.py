@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from merklesync import merkle
 from merklesync.batches import batches
 from merklesync.clock import Order
+from merklesync.errors import ProtocolError
 from merklesync.merkle import NodeId
 from merklesync.model import Action, Change, ChangeKind, Entry, Stats, classify
 from merklesync.peer import Node, Peer
@@ -30,14 +31,35 @@ LEAF_BATCH = 16_384  # leaves compared in one exchange at most (128 kB of short 
 Pair = tuple[Entry | None, Entry | None]
 
 
+# Nodes still to descend into, per exchange: a level holding more is taken
+# in slices, the deeper levels of one slice before the next slice, so what
+# is held stays bounded however much differs (or a peer claims differs).
+MAX_FRONTIER = 4096
+
+
 @dataclass(slots=True)
 class _Frontier:
-    both: list[NodeId] = field(default_factory=list)
-    only_a: list[NodeId] = field(default_factory=list)
-    only_b: list[NodeId] = field(default_factory=list)
+    """Nodes to descend into, with what each side said they hold."""
+
+    both: list[tuple[NodeId, int, int]] = field(default_factory=list)
+    only_a: list[tuple[NodeId, int]] = field(default_factory=list)
+    only_b: list[tuple[NodeId, int]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.both or self.only_a or self.only_b)
+
+    def slices(self) -> list[_Frontier]:
+        """This frontier in parts of at most MAX_FRONTIER nodes, in order."""
+        if not self:
+            return []
+        if len(self.both) + len(self.only_a) + len(self.only_b) <= MAX_FRONTIER:
+            return [self]
+        n = MAX_FRONTIER
+        return (
+            [_Frontier(both=self.both[i : i + n]) for i in range(0, len(self.both), n)]
+            + [_Frontier(only_a=self.only_a[i : i + n]) for i in range(0, len(self.only_a), n)]
+            + [_Frontier(only_b=self.only_b[i : i + n]) for i in range(0, len(self.only_b), n)]
+        )
 
 
 def differences(a: Peer, b: Peer, stats: Stats | None = None) -> Iterator[list[Pair]]:
@@ -45,27 +67,23 @@ def differences(a: Peer, b: Peer, stats: Stats | None = None) -> Iterator[list[P
     differs; None where a side has no entry for the path."""
     stats = stats if stats is not None else Stats()
     salt = os.urandom(merkle.SALT_BYTES)  # fresh for each comparison (merkle.short)
-    frontier = _Frontier(both=[merkle.ROOT])
+    # The root's counts are not known here: its children are taken as they come.
+    todo = [_Frontier(both=[(merkle.ROOT, -1, -1)])]
     # Small mismatched nodes met at different levels are compared together,
     # in one exchange after the descent (or sooner, once they hold many
     # entries): a change under a crowded bucket costs no extra round trips.
     compare_leaves: list[NodeId] = []
     pending = 0  # entries in compare_leaves (the larger side of each node)
-    while frontier:
-        kids_a = (
-            a.children(frontier.both + frontier.only_a, salt)
-            if frontier.both or frontier.only_a
-            else []
-        )
-        kids_b = (
-            b.children(frontier.both + frontier.only_b, salt)
-            if frontier.both or frontier.only_b
-            else []
-        )
+    while todo:
+        frontier = todo.pop()
+        asked_a = [(n, ca) for n, ca, _ in frontier.both] + frontier.only_a
+        asked_b = [(n, cb) for n, _, cb in frontier.both] + frontier.only_b
+        kids_a = _children(a, asked_a, salt) if asked_a else []
+        kids_b = _children(b, asked_b, salt) if asked_b else []
         nxt = _Frontier()
         whole_a: list[tuple[NodeId, int]] = []
         whole_b: list[tuple[NodeId, int]] = []
-        for node, xs, ys in zip(frontier.both, kids_a, kids_b, strict=False):
+        for (node, _, _), xs, ys in zip(frontier.both, kids_a, kids_b, strict=False):
             for child, x, y in zip(merkle.children_of(node), xs, ys, strict=True):
                 stats.nodes_compared += 1
                 if x.fingerprint == y.fingerprint:
@@ -81,17 +99,18 @@ def differences(a: Peer, b: Peer, stats: Stats | None = None) -> Iterator[list[P
                         yield from _compared(a, b, compare_leaves, salt, stats)
                         compare_leaves, pending = [], 0
                 else:
-                    nxt.both.append(child)
-        for nodes, kids, whole, deeper in (
+                    nxt.both.append((child, x.count, y.count))
+        for one_side, kids, whole, deeper in (
             (frontier.only_a, kids_a[len(frontier.both) :], whole_a, nxt.only_a),
             (frontier.only_b, kids_b[len(frontier.both) :], whole_b, nxt.only_b),
         ):
-            for node, xs in zip(nodes, kids, strict=True):
+            for (node, _), xs in zip(one_side, kids, strict=True):
                 for child, x in zip(merkle.children_of(node), xs, strict=True):
                     stats.nodes_compared += 1
                     if x.count:
                         _one_sided(child, x, whole, deeper)
-        if compare_leaves and not nxt:
+        todo.extend(reversed(nxt.slices()))
+        if compare_leaves and not todo:
             yield from _compared(a, b, compare_leaves, salt, stats)
             compare_leaves, pending = [], 0
         # Subtrees only one side has come in slices, so memory stays bounded.
@@ -103,7 +122,21 @@ def differences(a: Peer, b: Peer, stats: Stats | None = None) -> Iterator[list[P
             batch = [(None, e) for e in b.entries_under(nodes)]
             stats.entries_compared += len(batch)
             yield batch
-        frontier = nxt
+
+
+def _children(peer: Peer, asked: list[tuple[NodeId, int]], salt: bytes) -> list[list[Node]]:
+    """The children of each node asked for. From a remote peer, they must
+    hold what the peer said the node holds (a count below 0: not said):
+    counts that do not add up would have this side descend without end."""
+    kids = peer.children([node for node, _ in asked], salt)
+    if not peer.local:
+        for (node, count), xs in zip(asked, kids, strict=True):
+            if count >= 0 and sum(x.count for x in xs) != count:
+                raise ProtocolError(
+                    f"{peer.name}: the children of node {list(node)} hold "
+                    f"{sum(x.count for x in xs)} entries, the node {count}"
+                )
+    return kids
 
 
 def _compared(
@@ -116,12 +149,15 @@ def _compared(
 
 
 def _one_sided(
-    child: NodeId, node: Node, whole: list[tuple[NodeId, int]], deeper: list[NodeId]
+    child: NodeId,
+    node: Node,
+    whole: list[tuple[NodeId, int]],
+    deeper: list[tuple[NodeId, int]],
 ) -> None:
     if node.count <= SUBTREE_FETCH or child[0] >= merkle.MAX_DEPTH:
         whole.append((child, node.count))
     else:
-        deeper.append(child)
+        deeper.append((child, node.count))
 
 
 def _slices(nodes: list[tuple[NodeId, int]]) -> Iterator[list[NodeId]]:

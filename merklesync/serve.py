@@ -42,6 +42,7 @@ from merklesync.peer.local import LocalPeer
 from merklesync.protocol.framing import encode_frame
 from merklesync.protocol.messages import (
     INLINE_PUT,
+    MAX_RESULT_ITEMS,
     PROTOCOL_VERSIONS,
     Bye,
     ByeResult,
@@ -204,7 +205,7 @@ class Agent:
             retention.maybe_collect(peer.replica)
             return ByeResult()
         assert isinstance(request, EntriesUnder), request
-        return EntriesResult(peer.entries_under(request.nodes))
+        return EntriesResult(peer.entries_under(request.nodes, limit=MAX_RESULT_ITEMS))
 
     def _progress(self, amount: int) -> None:
         self._progress_amount += amount

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from merklesync import merkle
+from merklesync.errors import ProtocolError
 from merklesync.merkle import NodeId
 from merklesync.model import Entry, EntryKind, Stats
 from merklesync.peer import Node, Outcome, Peer, Progress, ScanReport, WriteItem
@@ -19,6 +20,13 @@ COMMIT_EVERY = 2000  # entries written between index commits: progress survives 
 def local_replica(peer: Peer) -> Replica | None:
     """The replica behind a local peer (None for a remote one)."""
     return peer.replica if isinstance(peer, LocalPeer) else None
+
+
+class TooManyEntries(ProtocolError):
+    """More entries asked for at once than an answer may hold."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"entries_under: the answer would hold over {limit} entries")
 
 
 class LocalPeer:
@@ -129,10 +137,21 @@ class LocalPeer:
         self.stats.round_trips += 1
         return self.replica.index.by_keys(keys)
 
-    def entries_under(self, nodes: Sequence[NodeId]) -> list[Entry]:
+    def entries_under(self, nodes: Sequence[NodeId], limit: int | None = None) -> list[Entry]:
+        """``limit``: fail (TooManyEntries) rather than gather more entries
+        than that, reading none for a stored node that holds more."""
         self.stats.round_trips += 1
         index = self.replica.index
-        return [entry for node in nodes for entry in index.entries_in(node)]
+        if limit is None:
+            return [entry for node in nodes for entry in index.entries_in(node)]
+        found: list[Entry] = []
+        for node in nodes:
+            if node[0] < index.depth and len(found) + index.node(node)[1] > limit:
+                raise TooManyEntries(limit)
+            found.extend(index.entries_in(node))
+            if len(found) > limit:
+                raise TooManyEntries(limit)
+        return found
 
     def read(self, entries: Sequence[Entry]) -> Iterator[tuple[Entry, Iterator[bytes] | None]]:
         self.stats.round_trips += 1

@@ -70,6 +70,10 @@ MAX_READ = 4_096  # entries per read request (the request must also fit a frame)
 MAX_WRITE_ITEMS = 100_000  # put items per write stream
 MAX_RESULT_ITEMS = 1 << 18  # compare / entries_under answer, all frames together
 MAX_REPORT_ITEMS = 1 << 21  # paths and warnings in one refresh answer
+# Frames in one answer, all parts together (each at most MAX_FRAME bytes):
+# what an answer of the largest allowed item counts takes, and a bound on
+# what a peer can make this side hold before it is caught lying.
+MAX_ANSWER_FRAMES = 512
 MAX_VV_PAIRS = 1_024  # replicas in one version vector
 MAX_TEXT = 2_000  # characters of an error message, reason or warning
 MAX_IDENT = 64  # replica id, capability, error code
@@ -162,7 +166,22 @@ def node_from_wire(value: object) -> NodeId:
 
 
 def _nodes(value: object) -> tuple[NodeId, ...]:
-    return tuple(node_from_wire(n) for n in _list(value, "nodes", limit=MAX_NODES))
+    """Node ids of a request: none twice, none inside another, so that the
+    work (and the answer) is at most one pass over what the nodes cover."""
+    nodes = tuple(node_from_wire(n) for n in _list(value, "nodes", limit=MAX_NODES))
+    given = set(nodes)
+    if len(given) != len(nodes):
+        _fail("nodes: a node is named twice")
+    levels = {level for level, _ in given}
+    if len(levels) > 1:
+        shallower = sorted(levels)[:-1]
+        for level, prefix in given:
+            for up in shallower:
+                if up >= level:
+                    break
+                if (up, prefix // merkle.FANOUT ** (level - up)) in given:
+                    _fail(f"nodes: {[level, prefix]} is inside another node of the request")
+    return nodes
 
 
 def entry_from_wire(value: object) -> Entry:
@@ -972,12 +991,14 @@ def split_result(result: Result, budget: int = BUDGET) -> list[Ok | More]:
 
 class Assembly:
     """Merges the parts of one answer as they arrive, checking their shape
-    and that all of them together hold at most ``limit`` items."""
+    and that all of them together hold at most ``limit`` items in at most
+    MAX_ANSWER_FRAMES frames."""
 
     def __init__(self, shape: Shape, limit: int) -> None:
         self.shape = shape
         self.limit = limit
         self.count = 0
+        self.frames = 0
         self._items: list[object] = []
         self._fields: list[object] = [] if not isinstance(shape, tuple) else _empty(shape)
         self._blobs: dict[int, bytearray] = {}
@@ -989,6 +1010,9 @@ class Assembly:
             _fail(f"answer too large: over {self.limit} items")
 
     def add(self, value: object, *, final: bool) -> None:
+        self.frames += 1
+        if self.frames > MAX_ANSWER_FRAMES:
+            _fail(f"answer too large: over {MAX_ANSWER_FRAMES} frames")
         shape = self.shape
         if shape is None:
             if not final:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from merklesync import merkle, reconcile
 from merklesync.model import Stats
+from merklesync.peer import Node
 from merklesync.peer.local import LocalPeer
 from tests.clirun import ms
 from tests.treegen import make_tree
@@ -41,3 +43,41 @@ def test_much_that_differs_comes_in_bounded_batches(
     assert len(batches) >= live // (200 + 2 * merkle.TARGET_BUCKET)
     assert max(len(batch) for batch in batches) < 200 + 2 * merkle.TARGET_BUCKET
     assert stats.entries_compared == live
+
+
+def test_a_wide_level_is_descended_in_slices(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where more nodes differ at a level than MAX_FRONTIER, they are asked
+    for in slices (the deeper levels of one slice first), so the nodes held
+    stay bounded: the same differences come, in more exchanges."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_tree(a, files=1500, dirs=12, seed=8)
+    shutil.copytree(a, b, symlinks=True)
+    assert ms("init", a).code == 0
+    assert ms("init", b).code == 0
+    monkeypatch.setattr(reconcile, "LEAF_FETCH", 2)  # descend to small buckets
+
+    def run() -> tuple[list[str], list[int]]:
+        pa, pb = LocalPeer.open(a), LocalPeer.open(b)
+        asked: list[int] = []
+        children = pa.children
+
+        def counted(nodes: Sequence[merkle.NodeId], salt: bytes) -> list[list[Node]]:
+            asked.append(len(nodes))
+            return children(nodes, salt)
+
+        pa.children = counted  # type: ignore[method-assign]
+        try:
+            found = [x.path for batch in reconcile.differences(pa, pb) for x, _y in batch if x]
+        finally:
+            pa.close()
+            pb.close()
+        return sorted(found), asked
+
+    whole, asked_whole = run()
+    monkeypatch.setattr(reconcile, "MAX_FRONTIER", 5)
+    sliced, asked_sliced = run()
+    assert sliced == whole and len(whole) == 1512  # 1500 files and 12 directories
+    assert max(asked_whole) > 5 >= max(asked_sliced)
+    assert len(asked_sliced) > len(asked_whole)

@@ -70,7 +70,7 @@ CLIENT: list[ClientMessage] = [
     hello(),
     Refresh(True),
     Root(),
-    Children(SALT, ((0, 0), (2, 255))),
+    Children(SALT, ((1, 0), (2, 255))),
     Compare(SALT, (((1, 3), (b"r" * 8, b"s" * 8)), ((2, 9), ()))),
     EntriesUnder(((0, 0),)),
     Entries((b"12345678", b"abcdefgh")),
@@ -154,6 +154,11 @@ def test_entries_round_trip_in_put(entry: Entry) -> None:
         (["children", b"s" * 16, [[1, 16]]], "node id"),
         (["children", b"s" * 16, [[True, 0]]], "node id"),
         (["children", b"s" * 16, [[0, 0]] * 65_537], "over the limit"),
+        # Work for one pass over what the nodes cover, never more.
+        (["entries_under", [[0, 0]] * 2], "named twice"),
+        (["entries_under", [[2, 17], [1, 1]]], "inside another node"),
+        (["children", b"s" * 16, [[1, 3], [3, 0x3FF]]], "inside another node"),
+        (["compare", b"s" * 16, [[2, 5], [0, 0]], [0, 0], b""], "inside another node"),
         (["entries", [b"short"]], "expected 8 bytes"),
         (["entries", ["12345678"]], "expected bytes"),
         (["entries", [b"12345678"] * 100_001], "over the limit"),
@@ -546,3 +551,9 @@ def test_remember_takes_a_replica_id_only() -> None:
     for bad in ([], [""], ["x" * 65], ["bad id"], [7]):
         with pytest.raises(ProtocolError):
             parse_client_message(["remember", *bad])
+
+
+def test_nodes_of_several_levels_are_fine_when_apart() -> None:
+    request = parse_client_message(["entries_under", [[1, 1], [2, 0x20], [3, 0x2FF]]])
+    assert isinstance(request, EntriesUnder)
+    assert request.nodes == ((1, 1), (2, 0x20), (3, 0x2FF))

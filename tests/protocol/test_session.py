@@ -9,6 +9,7 @@ from merklesync.model import key_of
 from merklesync.protocol.framing import encode_frame
 from merklesync.protocol.messages import (
     INLINE_PUT,
+    MAX_ANSWER_FRAMES,
     PROTOCOL_VERSIONS,
     ByeResult,
     Children,
@@ -310,6 +311,8 @@ def _client_after(request: str) -> ClientSession:
     client, _ = connected()
     if request == "root":
         client.root()
+    elif request == "refresh":
+        client.refresh()
     elif request == "children":
         client.children([(0, 0)], SALT)
     elif request == "entries":
@@ -356,6 +359,18 @@ def test_client_refuses_too_many_parts() -> None:
     part = ChildrenResult(KIDS).to_wire()
     with pytest.raises(ProtocolError, match="too large"):
         client.receive(frame("more", part) + frame("ok", part))
+
+
+def test_an_answer_in_more_frames_than_any_honest_one_is_refused() -> None:
+    # Few items (under every item limit), each as large as a frame allows:
+    # what a peer sends to make this side hold gigabytes. Refused once the
+    # parts outnumber what the largest honest answer takes.
+    client = _client_after("refresh")
+    part = frame("more", [0, 0, ["a" * 60_000] * 16, [], [], []])
+    for _ in range(MAX_ANSWER_FRAMES - 1):
+        assert client.receive(part) == []
+    with pytest.raises(ProtocolError, match=f"over {MAX_ANSWER_FRAMES} frames"):
+        client.receive(part + part)
 
 
 def test_client_eof_with_requests_pending() -> None:

@@ -94,6 +94,12 @@ def main(scenario: str) -> None:
         if scenario == "truncated" and tag == "children":
             wire.send(frame(["ok", children(files)])[:20])
             return
+        if scenario == "fanout" and tag == "children":
+            # Every node holds ever more: counts that never add up, which
+            # would have the client descend without end.
+            many = [[bytes([i + 1]) * 8 * 16, [10**12] * 16] for i in range(len(msg[2]))]
+            wire.send(frame(["ok", many]))
+            continue
         if scenario == "text" and tag == "children":
             wire.send(b"Welcome to the machine!\n")
             continue

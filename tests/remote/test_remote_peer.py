@@ -20,7 +20,7 @@ from merklesync.merkle import ROOT, NodeId
 from merklesync.model import Entry, key_of, leaf_of
 from merklesync.peer import WriteItem
 from merklesync.peer import remote as remote_mod
-from merklesync.peer.local import LocalPeer
+from merklesync.peer.local import LocalPeer, TooManyEntries
 from merklesync.peer.open import refresh_all
 from merklesync.peer.remote import RemotePeer
 from merklesync.protocol.session import ClientSession
@@ -339,7 +339,7 @@ def test_agent_errors_arrive_as_the_matching_error(tmp_path: Path) -> None:
 
 BUGGY_AGENT = """
 import sys
-from merklesync.peer.local import LocalPeer
+from merklesync.peer.local import LocalPeer, TooManyEntries
 def boom(*args, **kwargs):
     raise RuntimeError("boom")
 setattr(LocalPeer, sys.argv.pop(1), boom)
@@ -458,3 +458,20 @@ def test_big_write_answers_do_not_block_the_next_stream(
         far.close()
         local.close()
     assert_same_tree(src, dst)
+
+
+def test_the_agent_never_gathers_more_entries_than_an_answer_may_hold(tree: Path) -> None:
+    # What serve asks of its replica for entries_under: the whole tree of
+    # 45 entries fits under a limit of 45, not under 44, whether the nodes
+    # are stored ones (their count is known before reading) or buckets.
+    peer = LocalPeer.open(tree)
+    try:
+        every = [(1, p) for p in range(16)]
+        assert len(peer.entries_under([ROOT], limit=45)) == 45
+        assert len(peer.entries_under(every, limit=45)) == 45
+        with pytest.raises(TooManyEntries, match="over 44 entries"):
+            peer.entries_under([ROOT], limit=44)
+        with pytest.raises(TooManyEntries):
+            peer.entries_under(every, limit=44)
+    finally:
+        peer.close()
