@@ -353,3 +353,66 @@ def test_union_never_reads_through_a_link(
         for p in a.rglob("*.txt")
         if p.is_file() and not p.is_symlink()
     )
+
+
+@pytest.mark.parametrize(
+    ("policy", "b_deletes"),
+    [
+        ("keep-both", False),
+        ("lww", False),
+        ("union", False),
+        ("local", False),
+        ("remote", False),
+        ("lww", True),
+        ("keep-both", True),
+    ],
+)
+def test_an_edit_made_during_a_sync_that_settles_a_conflict_is_kept(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, policy: str, b_deletes: bool
+) -> None:
+    """A's file changes after the scan, before the sync writes anything:
+    the resolution cannot be written on A, so B must not take it either
+    (else A's edit would look older than it on the next run)."""
+    from merklesync.sources import directory
+
+    a, b = pair
+    (a / "shared.txt").write_text("from a\n")
+    if b_deletes:
+        (b / "shared.txt").unlink()
+    else:
+        (b / "shared.txt").write_text("from b\n")
+    precious = "a's edit made during the sync\n"
+    real = directory.DirectorySource.write_items
+    edited: list[bool] = []
+
+    def edit_a_first(self, items, index, clock):  # type: ignore[no-untyped-def]
+        if not edited:
+            edited.append(True)
+            (a / "shared.txt").write_text(precious)
+        yield from real(self, items, index, clock)
+
+    monkeypatch.setattr(directory.DirectorySource, "write_items", edit_a_first)
+    ms("sync", a, b, "--on-conflict", policy)
+    monkeypatch.undo()
+    assert edited and (a / "shared.txt").read_text() == precious
+    r = ms("sync", a, b)
+    assert r.code == 0, r.err
+    # Seen as what it is: a change concurrent with the other side's.
+    assert ("modify-delete" if b_deletes else "conflict") + ": shared.txt" in r.err
+    assert files(a) == files(b)
+    assert precious in files(b).values()
+    assert ms("sync", a, b, "--json").json()["events"] == []
+
+
+@pytest.mark.parametrize("policy", ["lww", "remote"])
+def test_a_file_winning_over_an_empty_directory_is_settled_in_one_run(
+    pair: tuple[Path, Path], policy: str
+) -> None:
+    a, b = pair
+    (a / "shared.txt").unlink()
+    (a / "shared.txt").mkdir()
+    (b / "shared.txt").write_text("file edit, the later write\n")
+    r = ms("sync", a, b, "--on-conflict", policy)
+    assert r.code == 0, r.err
+    assert files(a) == files(b) and files(a)["shared.txt"] == "file edit, the later write\n"
+    assert ms("sync", a, b, "--json").json()["events"] == []
