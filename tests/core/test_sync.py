@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -415,4 +417,51 @@ def test_a_file_winning_over_an_empty_directory_is_settled_in_one_run(
     r = ms("sync", a, b, "--on-conflict", policy)
     assert r.code == 0, r.err
     assert files(a) == files(b) and files(a)["shared.txt"] == "file edit, the later write\n"
+    assert ms("sync", a, b, "--json").json()["events"] == []
+
+
+def _ns(path: Path, ns: int) -> None:
+    os.utime(path, ns=(ns, ns), follow_symlinks=False)
+
+
+def test_lww_a_modification_made_after_a_deletion_wins(pair: tuple[Path, Path]) -> None:
+    """The deletion happened no later than its directory last changed; the
+    scan that finds it comes later, and is not when it happened."""
+    a, b = pair
+    (a / "shared.txt").unlink()
+    deleted_by = os.stat(a).st_ctime_ns
+    (b / "shared.txt").write_text("edited after the deletion\n")
+    _ns(b / "shared.txt", deleted_by + 1)
+    r = ms("sync", a, b, "--on-conflict", "lww")
+    assert r.code == 0, r.err
+    assert "the modification on b wins" in r.err
+    assert files(a)["shared.txt"] == "edited after the deletion\n" == files(b)["shared.txt"]
+
+
+def test_lww_a_modification_made_before_a_deletion_loses(pair: tuple[Path, Path]) -> None:
+    a, b = pair
+    (b / "shared.txt").write_text("edited before the deletion\n")
+    _ns(b / "shared.txt", os.stat(a).st_ctime_ns - 1)
+    (a / "shared.txt").unlink()
+    r = ms("sync", a, b, "--on-conflict", "lww")
+    assert r.code == 0, r.err
+    assert "the deletion on a wins" in r.err
+    assert "shared.txt" not in files(a) and "shared.txt" not in files(b)
+
+
+def test_lww_a_file_edited_after_its_directory_was_removed_wins(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    (a / "d").mkdir(parents=True)
+    (a / "d/f").write_text("f\n")
+    (a / "d/h").write_text("h\n")
+    ms("init", a)
+    assert ms("sync", a, b).code == 0
+    shutil.rmtree(a / "d")
+    deleted_by = os.stat(a).st_ctime_ns
+    (b / "d/f").write_text("edited after d was removed\n")
+    _ns(b / "d/f", deleted_by + 1)
+    r = ms("sync", a, b, "--on-conflict", "lww")
+    assert r.code == 0, r.err
+    assert "modify-delete: d/f: the modification on b wins" in r.err
+    assert files(a) == files(b) == {"d/f": "edited after d was removed\n"}
     assert ms("sync", a, b, "--json").json()["events"] == []
