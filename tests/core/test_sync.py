@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -465,3 +466,59 @@ def test_lww_a_file_edited_after_its_directory_was_removed_wins(tmp_path: Path) 
     assert "modify-delete: d/f: the modification on b wins" in r.err
     assert files(a) == files(b) == {"d/f": "edited after d was removed\n"}
     assert ms("sync", a, b, "--json").json()["events"] == []
+
+
+def _two_conflicts(tmp_path: Path) -> tuple[Path, Path]:
+    """x.txt after two conflicts: the first won by b's R1 (a's L1 kept as a
+    copy), the second by a's L2, its newest (b's R2 kept as a copy)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    now = time.time_ns()
+    a.mkdir()
+    (a / "x.txt").write_text("v0\n")
+    _ns(a / "x.txt", now - 30 * 10**9)
+    ms("init", a)
+    assert ms("sync", a, b).code == 0
+    for side, text, ago in ((a, "L1 (a, old)\n", 20), (b, "R1 (b)\n", 10)):
+        (side / "x.txt").write_text(text)
+        _ns(side / "x.txt", now - ago * 10**9)
+    assert ms("sync", a, b).code == 0
+    assert (a / "x.txt").read_text() == "R1 (b)\n"
+    for side, text, ago in ((a, "L2 (a, newest)\n", 0), (b, "R2 (b)\n", 60)):
+        (side / "x.txt").write_text(text)
+        _ns(side / "x.txt", now - ago * 10**9)
+    assert ms("sync", a, b).code == 0
+    assert (a / "x.txt").read_text() == "L2 (a, newest)\n"
+    assert sorted(files(a).values()) == sorted(["L1 (a, old)\n", "L2 (a, newest)\n", "R2 (b)\n"])
+    return a, b
+
+
+@pytest.mark.parametrize(
+    ("side", "take", "expected"),
+    [
+        ("a", "local", "L2 (a, newest)\n"),
+        ("a", "remote", "R2 (b)\n"),
+        ("b", "local", "R2 (b)\n"),
+        ("b", "remote", "L2 (a, newest)\n"),
+    ],
+)
+def test_resolve_takes_the_newest_version_of_the_side_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, side: str, take: str, expected: str
+) -> None:
+    a, b = _two_conflicts(tmp_path)
+    monkeypatch.chdir(a if side == "a" else b)
+    r = ms("resolve", "x.txt", "--take", take)
+    assert r.code == 0, r.err
+    here = files(a if side == "a" else b)
+    assert here == {"x.txt": expected}
+    assert ms("sync", a, b).code == 0
+    assert files(a) == files(b) == {"x.txt": expected}
+
+
+def test_resolve_local_keeps_an_edit_made_here_since_the_conflict(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _a, b = _two_conflicts(tmp_path)
+    (b / "x.txt").write_text("edited on b after the conflicts\n")
+    monkeypatch.chdir(b)
+    assert ms("resolve", "x.txt", "--take", "local").code == 0
+    assert files(b) == {"x.txt": "edited on b after the conflicts\n"}
