@@ -454,3 +454,17 @@ def test_a_source_edited_during_a_force_keeps_its_edit(
     texts = sorted(p.read_text() for p in b.glob("x*.txt"))
     assert texts == sorted(["a's edit made during the push\n", "a's edit\n"])
     assert sorted(p.read_text() for p in a.glob("x*.txt")) == texts
+
+
+def test_new_id_is_for_an_existing_replica_and_not_with_rebuild(src: Path, tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    r = ms("init", "--new-id", plain)
+    assert r.code == 3 and "not a merklesync replica" in r.err
+    assert not (plain / ".merklesync").exists()
+    assert ms("init", "--new-id", "--rebuild", src).code == 2
+    before = ms("init", src, "--json").json()
+    after = ms("init", "--new-id", src, "--json").json()
+    assert after["replica_id"] != before["replica_id"] == after["previous_replica_id"]
+    assert after["fingerprint"] == before["fingerprint"]  # entries and versions kept
+    assert ms("status", src, "--json").json()["replica_id"] == after["replica_id"]
