@@ -100,6 +100,8 @@ class Syncer:
         self.include = include
         self.result = SyncResult()
         self._copies: dict[str, str] = {}  # conflicted path -> its conflict copy
+        # (conflicted path, the loser's leaf) -> the copy made of it in this run
+        self._made: dict[tuple[str, bytes], str] = {}
         self._unsettled: dict[str, str] = {}  # conflicted path -> why no policy settled it
         # Paths whose write on B carries a tick of A: it waits for A's write.
         self._after_a: set[str] = set()
@@ -369,8 +371,16 @@ class Syncer:
     def _keep_both(self, x: Entry, y: Entry, plan: _Plan, deferred: _Plan) -> None:
         winner = keeps_name(x, y)
         loser = y if winner is x else x
-        copy: Entry | None = None
-        if loser.kind is not EntryKind.DIR:  # two directories never conflict on content
+        copy_path: str | None = None
+        made = self._made.get((x.path, loser.leaf_hash()))
+        if made is not None and all(
+            outcomes.get(made, _NOT_YET).ok
+            for outcomes in (self.result.outcomes_a, self.result.outcomes_b)
+        ):
+            # The first pass made its copy on both sides (the winner was not
+            # written): the second one does not make another.
+            copy_path = self._copies[x.path] = made
+        elif loser.kind is not EntryKind.DIR:  # two directories never conflict on content
             holder = self.a if loser is x else self.b
             content: bytes | Path | None = None
             if loser.kind is EntryKind.FILE:
@@ -393,12 +403,13 @@ class Syncer:
             # loser, only once they are safe (see _pass).
             plan.to_a.append(Op(copy, None, content=content))
             plan.to_b.append(Op(copy, None, content=content))
-            self._copies[x.path] = copy.path
+            self._copies[x.path] = copy_path
+            self._made[(x.path, loser.leaf_hash())] = copy_path
         self._both(self._resolved(winner, x, y), x, y, deferred, deferred)
         holder = self.a if winner is x else self.b
         detail = f"keep-both: the version from {holder.name} keeps the name"
-        if copy is not None:
-            detail += f"; the other goes to {copy.path}"
+        if copy_path is not None:
+            detail += f"; the other goes to {copy_path}"
         self.result.events.append(Event(x.path, "conflict", detail))
 
 

@@ -407,6 +407,35 @@ def test_an_edit_made_during_a_sync_that_settles_a_conflict_is_kept(
     assert ms("sync", a, b, "--json").json()["events"] == []
 
 
+def test_keep_both_makes_one_copy_when_the_winner_cannot_be_written(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A's version keeps the name, but A changes before it is written: the
+    run's second pass does not copy b's version a second time."""
+    from merklesync.sources import directory
+
+    a, b = pair
+    (b / "shared.txt").write_text("from b\n")
+    _ns(b / "shared.txt", time.time_ns() - 100 * 10**9)
+    (a / "shared.txt").write_text("from a, the later write\n")
+    real = directory.DirectorySource.write_items
+
+    def edit_a_before_its_winner(self, items, index, clock):  # type: ignore[no-untyped-def]
+        for item in items:
+            if item.entry.path == "shared.txt" and self.root == a.resolve():
+                (a / "shared.txt").write_text("a's edit made during the sync\n")
+            yield from real(self, [item], index, clock)
+
+    monkeypatch.setattr(directory.DirectorySource, "write_items", edit_a_before_its_winner)
+    r = ms("sync", a, b)
+    monkeypatch.undo()
+    assert r.code == 1, r.err
+    for side in (a, b):
+        copies = [v for p, v in files(side).items() if ".conflict-" in p]
+        assert copies == ["from b\n"], side
+    assert (b / "shared.txt").read_text() == "from b\n"
+
+
 @pytest.mark.parametrize("policy", ["lww", "remote"])
 def test_a_file_winning_over_an_empty_directory_is_settled_in_one_run(
     pair: tuple[Path, Path], policy: str
