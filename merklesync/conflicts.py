@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from merklesync import merge
+from merklesync.clock import Order
 from merklesync.errors import UsageError
 from merklesync.ignore import TEMP_PREFIX
 from merklesync.model import Entry, EntryKind, ScanReport
-from merklesync.policy import CONFLICT_MARK, original_of
+from merklesync.policy import CONFLICT_MARK, original_of, writer_of
 from merklesync.reading import read_file
 from merklesync.replica import Replica
 from merklesync.sources.file_write import write_all
@@ -108,10 +109,7 @@ def resolve(
                 _write(str(target), merged)
             chosen = None
         else:
-            # The newest version written on the wanted side, if a copy holds it;
-            # else the name already holds it.
-            wanted = [c for c in copies if (c.writer == replica.replica_id) == (take is Take.LOCAL)]
-            chosen = wanted[-1] if wanted else None
+            chosen = _wanted_copy(replica, original, copies, take is Take.LOCAL)
             if chosen is not None:
                 done.append(f"took {chosen.copy.path} for {original}")
                 if not dry_run:
@@ -125,6 +123,39 @@ def resolve(
                     (replica.root / c.copy.path).unlink()
     report = None if dry_run else replica.scan()
     return done, report
+
+
+def _wanted_copy(
+    replica: Replica, original: str, copies: list[Conflict], local: bool
+) -> Conflict | None:
+    """The copy holding the newest version written on the wanted side
+    (``local``: this replica; else another one), or None when the name
+    holds it already, or when no copy is from that side.
+
+    ``copies`` are oldest first: each conflict's copy is stamped after
+    both of its versions, and a later conflict is between versions that
+    came after the one before. The name's version beat the newest copy,
+    or came after it: where it changed since that copy was made (its
+    vector no longer the copy's), it was written by the replica that
+    changed it; else it is the version the copy lost to, from the other
+    side of that conflict. Either way it is newer than every copy."""
+    me = replica.replica_id
+    wanted = [c for c in copies if (c.writer == me) == local]
+    if not wanted:
+        return None
+    newest = copies[-1].copy
+    cached = replica.index.get(original)
+    name = cached.entry if cached is not None else None
+    if name is None or name.deleted or name.kind is EntryKind.DIR:
+        return wanted[-1]
+    order = name.vv.compare(newest.vv)
+    if order is Order.EQUAL:
+        name_is_wanted = (copies[-1].writer == me) != local
+    elif order is Order.AFTER:
+        name_is_wanted = (writer_of(name, newest) == me) == local
+    else:  # not after the copy: it cannot tell
+        name_is_wanted = False
+    return None if name_is_wanted else wanted[-1]
 
 
 def _read_file(path: Path) -> bytes | None:

@@ -12,7 +12,8 @@ Exit codes (also in the man pages, section EXIT STATUS):
     on the destination, file changed or unreadable during the run), or a
     scan skipped files or could not read them
 2   usage error or a generic failure
-3   replica state: not a replica, corrupt index, newer format
+3   replica state: not a replica, corrupt index, newer format, two
+    replicas with the same id
 4   replica locked by another process
 5   local I/O error: disk full, permission denied, missing source
 6   connection: SSH refused, timed out, authentication failed, peer died
@@ -69,6 +70,10 @@ class CorruptIndex(ReplicaError):
 
 class NewerFormat(ReplicaError):
     """The replica index was written by a newer merklesync."""
+
+
+class SameReplicaId(ReplicaError):
+    """Two replicas have the same id: one is a copy of the other."""
 
 
 class ReplicaLocked(MerklesyncError):

@@ -167,6 +167,15 @@ class Replica:
             raise
         return cls(root, index, lock, ()), moved
 
+    def renew_id(self) -> str:
+        """Give the replica a fresh random id, keeping its entries and their
+        versions (for a copy of another replica, which had its id): its
+        writes from now on count under the new one. Returns the old id."""
+        old = self.replica_id
+        self.index.set_meta("replica_id", new_replica_id())
+        self.index.commit()
+        return old
+
     def scan(
         self, *, checksum: bool = False, progress: Progress | None = None, spread: bool = True
     ) -> ScanReport:

@@ -5,8 +5,15 @@ For each differing path: equal versions need nothing; where one version
 vector dominates, that version is copied the other way; concurrent versions
 with the same content just merge their vectors; otherwise it is a conflict,
 settled by the path's policy. A resolution is written on both sides with a
-vector that dominates both (merged, plus one tick of the resolving
+vector that dominates both (merged, plus one tick of A, the resolving
 replica), so it travels on as an ordinary update.
+
+A's tick is safe only once A has recorded it: a vector on B with a
+counter of A that A never recorded would make A's next edit of the entry
+look older than it (the same counter again). So A is written first, and
+such a write on B only once its write on A went; where A changed since
+the scan, neither side takes the resolution, and the next run sees the
+new version as a conflict.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from merklesync.reconcile import differences
 from merklesync.transfer import Op, apply_ops, removes_directory, write_op
 
 MAX_MERGE_BYTES = 64 << 20  # content merged in memory at most
+_NOT_YET = Outcome("", False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +100,11 @@ class Syncer:
         self.include = include
         self.result = SyncResult()
         self._copies: dict[str, str] = {}  # conflicted path -> its conflict copy
+        # (conflicted path, the loser's leaf) -> the copy made of it in this run
+        self._made: dict[tuple[str, bytes], str] = {}
         self._unsettled: dict[str, str] = {}  # conflicted path -> why no policy settled it
+        # Paths whose write on B carries a tick of A: it waits for A's write.
+        self._after_a: set[str] = set()
         self._spool: tempfile.TemporaryDirectory[str] | None = None
 
     def _fetch(self, peer: Peer, entry: Entry) -> bytes | Path | None:
@@ -124,6 +136,7 @@ class Syncer:
                     del outcomes[path]
             self._unsettled.clear()
             self._copies.clear()
+            self._after_a.clear()
             self._pass(dry_run, progress)
         self.result.unresolved = sorted(self._unsettled)
         self.result.warnings += [
@@ -144,17 +157,28 @@ class Syncer:
                 if self.include(entry.path, entry.kind is EntryKind.DIR and not entry.deleted):
                     self._decide(x, y, plan, deferred)
             if not dry_run:
-                apply_ops(self.b, plan.to_b, self.result.outcomes_b, progress)
-                apply_ops(self.a, plan.to_a, self.result.outcomes_a, progress)
+                self._apply(plan, progress)
         if not dry_run:
-            for ops, peer, outcomes in (
-                (deferred.to_b, self.b, self.result.outcomes_b),
-                (deferred.to_a, self.a, self.result.outcomes_a),
+            for ops, outcomes in (
+                (deferred.to_a, self.result.outcomes_a),
+                (deferred.to_b, self.result.outcomes_b),
             ):
                 ops[:] = [o for o in ops if self._copy_is_safe(o.entry.path, outcomes)]
                 ops.sort(key=lambda o: o.entry.path.count("/"), reverse=True)
-                apply_ops(peer, ops, outcomes, progress)
+            self._apply(deferred, progress)
         return deferred
+
+    def _apply(self, plan: _Plan, progress: Progress | None) -> None:
+        """Write A's side, then B's: there, a write that carries a tick of A
+        only where A's write of that path went (see the module's docstring)."""
+        outcomes_a = self.result.outcomes_a
+        apply_ops(self.a, plan.to_a, outcomes_a, progress)
+        plan.to_b[:] = [
+            o
+            for o in plan.to_b
+            if o.entry.path not in self._after_a or outcomes_a.get(o.entry.path, _NOT_YET).ok
+        ]
+        apply_ops(self.b, plan.to_b, self.result.outcomes_b, progress)
 
     def _copy_is_safe(self, path: str, outcomes: dict[str, Outcome]) -> bool:
         """A keep-both winner is written on a side only once the loser's
@@ -165,6 +189,8 @@ class Syncer:
         outcome = outcomes.get(copy)
         if outcome is not None and outcome.ok:
             return True
+        if outcome is None and path in self._unsettled:  # not tried: A's side says why
+            return False
         reason = outcome.reason if outcome is not None else "not written"
         self._unresolved(path, f"its conflict copy {copy} could not be written ({reason})")
         return False
@@ -192,6 +218,7 @@ class Syncer:
                     stamp=max(target.stamp, directory.stamp) + 1,
                 )
                 path = directory.path
+                self._after_a.add(path)
                 there = next((e for e in other.entries([key_of(path)]) if e.path == path), None)
                 if not target.deleted:
                     content = op.content
@@ -207,6 +234,7 @@ class Syncer:
                         self._unresolved(path, "no free name for a conflict copy")
                         continue
                     copy = dataclasses.replace(target, path=copy_path, vv=kept.vv, stamp=kept.stamp)
+                    self._after_a.add(copy_path)
                     fixes.to_a.append(Op(copy, None, content=content))
                     fixes.to_b.append(Op(copy, None, content=content))
                 (fixes.to_b if to_b else fixes.to_a).append(Op(kept, directory))
@@ -214,8 +242,7 @@ class Syncer:
                 self.result.events.append(
                     Event(path, "conflict", "the directory still holds entries: it stays")
                 )
-        apply_ops(self.b, fixes.to_b, self.result.outcomes_b, progress)
-        apply_ops(self.a, fixes.to_a, self.result.outcomes_a, progress)
+        self._apply(fixes, progress)
 
     # -- deciding ----------------------------------------------------------
 
@@ -256,20 +283,25 @@ class Syncer:
         self._conflict(x, y, plan, deferred)
 
     def _resolved(self, winner: Entry, x: Entry, y: Entry) -> Entry:
-        """The winner as a new write that dominates both sides."""
+        """The winner as a new write (of A) that dominates both sides."""
         vv = x.vv.merge(y.vv).bump(self.a.replica_id)
+        self._after_a.add(winner.path)
         return dataclasses.replace(winner, vv=vv, stamp=max(x.stamp, y.stamp) + 1)
 
     def _both(self, target: Entry, x: Entry, y: Entry, plan: _Plan, deferred: _Plan) -> None:
-        """Write ``target`` on both sides; its content is x's or y's."""
+        """Write ``target`` on both sides; its content is x's or y's. Both
+        writes go in the same round (B's may wait for A's: see _apply), the
+        later one if either side must wait for a directory to empty."""
         holder_a = x.same_content(target) or target.deleted
         holder_b = y.same_content(target) or target.deleted
+        if removes_directory(target, x) or removes_directory(target, y):
+            plan = deferred
         if holder_a:
-            self._copy(x, self.a, x, plan, deferred, to_b=False, write_as=target)
-            self._copy(x, self.a, y, plan, deferred, to_b=True, write_as=target)
+            self._copy(x, self.a, x, plan, plan, to_b=False, write_as=target)
+            self._copy(x, self.a, y, plan, plan, to_b=True, write_as=target)
         elif holder_b:
-            self._copy(y, self.b, x, plan, deferred, to_b=False, write_as=target)
-            self._copy(y, self.b, y, plan, deferred, to_b=True, write_as=target)
+            self._copy(y, self.b, x, plan, plan, to_b=False, write_as=target)
+            self._copy(y, self.b, y, plan, plan, to_b=True, write_as=target)
 
     def _conflict(self, x: Entry, y: Entry, plan: _Plan, deferred: _Plan) -> None:
         events = self.result.events
@@ -339,8 +371,16 @@ class Syncer:
     def _keep_both(self, x: Entry, y: Entry, plan: _Plan, deferred: _Plan) -> None:
         winner = keeps_name(x, y)
         loser = y if winner is x else x
-        copy: Entry | None = None
-        if loser.kind is not EntryKind.DIR:  # two directories never conflict on content
+        copy_path: str | None = None
+        made = self._made.get((x.path, loser.leaf_hash()))
+        if made is not None and all(
+            outcomes.get(made, _NOT_YET).ok
+            for outcomes in (self.result.outcomes_a, self.result.outcomes_b)
+        ):
+            # The first pass made its copy on both sides (the winner was not
+            # written): the second one does not make another.
+            copy_path = self._copies[x.path] = made
+        elif loser.kind is not EntryKind.DIR:  # two directories never conflict on content
             holder = self.a if loser is x else self.b
             content: bytes | Path | None = None
             if loser.kind is EntryKind.FILE:
@@ -358,16 +398,18 @@ class Syncer:
                 vv=loser.vv.merge(winner.vv).bump(self.a.replica_id),
                 stamp=max(x.stamp, y.stamp) + 1,
             )
+            self._after_a.add(copy_path)
             # The copies are written first; the winner, which may replace the
             # loser, only once they are safe (see _pass).
             plan.to_a.append(Op(copy, None, content=content))
             plan.to_b.append(Op(copy, None, content=content))
-            self._copies[x.path] = copy.path
+            self._copies[x.path] = copy_path
+            self._made[(x.path, loser.leaf_hash())] = copy_path
         self._both(self._resolved(winner, x, y), x, y, deferred, deferred)
         holder = self.a if winner is x else self.b
         detail = f"keep-both: the version from {holder.name} keeps the name"
-        if copy is not None:
-            detail += f"; the other goes to {copy.path}"
+        if copy_path is not None:
+            detail += f"; the other goes to {copy_path}"
         self.result.events.append(Event(x.path, "conflict", detail))
 
 

@@ -95,7 +95,12 @@ def _target(change: Change, writer: str) -> Entry:
         return dst.with_version(dst.vv.merge(src.vv), max(src.stamp, dst.stamp))
     if change.action is Action.FORCE:
         assert dst is not None
-        # A new write by the source that dominates what it replaces.
+        # A new write that dominates what it replaces, made by the
+        # destination (``writer``): the one replica sure to record its
+        # counter, in the very write that uses it. The source records the
+        # vector too (see _catch_up) when nothing changed there since the
+        # scan; if something did, its next version is concurrent with this
+        # one (a conflict), never older.
         vv = src.vv.merge(dst.vv).bump(writer)
         return src.with_version(vv, max(src.stamp, dst.stamp) + 1)
     return src
@@ -115,6 +120,7 @@ def push(
     ``force`` says to overwrite them."""
     result = TransferResult()
     deferred: list[tuple[Change, Entry]] = []  # (change, what the destination is to hold)
+    deferred_same: list[tuple[Change, Entry]] = []  # their catching up, once they are written
     for pairs in differences(src, dst, result.stats):
         todo: list[tuple[Change, Entry]] = []
         same: list[tuple[Change, Entry]] = []  # same content: the source is to catch up
@@ -134,30 +140,33 @@ def push(
             result.changes.append(Change(change.path, change.kind, None, None, change.action))
             if change.action in (Action.COPY, Action.MERGE_VERSION, Action.FORCE):
                 assert s is not None
-                target = _target(change, src.replica_id)
-                (deferred if removes_directory(target, d) else todo).append((change, target))
-                if change.action is Action.MERGE_VERSION:
-                    same.append((change, target))
+                target = _target(change, dst.replica_id)
+                later = removes_directory(target, d)
+                (deferred if later else todo).append((change, target))
+                if change.action in (Action.MERGE_VERSION, Action.FORCE):
+                    (deferred_same if later else same).append((change, target))
         if not dry_run:
             _apply(src, dst, todo, result, progress)
             _catch_up(src, same, result)
     if not dry_run and deferred:
         deferred.sort(key=lambda planned: planned[0].path.count("/"), reverse=True)
         _apply(src, dst, deferred, result, progress)
+        _catch_up(src, deferred_same, result)
     result.changes.sort(key=lambda c: c.path)
     return result
 
 
 def _catch_up(src: Peer, same: list[tuple[Change, Entry]], result: TransferResult) -> None:
     """Where both hold the same content, the source takes the version the
-    destination now holds (newer, or merged from both): a change of version
-    only, no file is rewritten. Else their leaves would still differ and
-    every later run would compare them again (two replicas made apart from
-    the same files, say, would compare every entry on every push). Done as
-    any write, compare-and-swap: an entry changed on the source since its
-    scan is left as it is, no failure of the run (the next run compares it
-    again); a failure of the replica itself (a lost connection, a full
-    disk) ends the run, as anywhere else."""
+    destination now holds (newer, merged from both, or forced there from
+    the source): a change of version only, no file is rewritten. Else
+    their leaves would still differ and every later run would compare them
+    again (two replicas made apart from the same files, say, would compare
+    every entry on every push). Done as any write, compare-and-swap: an
+    entry changed on the source since its scan is left as it is, no
+    failure of the run (the next run compares it again); a failure of the
+    replica itself (a lost connection, a full disk) ends the run, as
+    anywhere else."""
     ops = []
     for change, held in same:  # held: what the destination holds now, if its write went
         s = change.src

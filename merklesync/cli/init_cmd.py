@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from merklesync.cli.common import Output, handle_errors, output_options, plural
+from merklesync.errors import NotAReplica
 from merklesync.replica import Replica, is_replica
 
 
@@ -18,18 +19,33 @@ from merklesync.replica import Replica, is_replica
     help="Set a corrupt or unreadable index aside and build a new one from the files "
     "(the replica gets a new id; versions restart).",
 )
+@click.option(
+    "--new-id",
+    is_flag=True,
+    help="Give the replica DIRECTORY a new random id, keeping its entries and their versions: "
+    "for a copy of another replica (copied with its .merklesync/, or restored from a backup), "
+    "which merklesync refuses to compare with the original until one of them has a new id. "
+    "Changes scanned from then on count as the copy's own.",
+)
 @output_options
 @handle_errors
-def init(directory: Path, rebuild: bool, quiet: bool, as_json: bool) -> None:
+def init(directory: Path, rebuild: bool, new_id: bool, quiet: bool, as_json: bool) -> None:
     """Make DIRECTORY a replica: create DIRECTORY/.merklesync/ and scan it."""
     out = Output(quiet, as_json)
+    if rebuild and new_id:
+        raise click.UsageError("--rebuild gives the replica a new id already: not with --new-id")
     moved = None
+    old_id = None
     existing = not rebuild and is_replica(directory)  # then init is a scan, as git init
+    if new_id and not existing:
+        raise NotAReplica(f"{directory} is not a merklesync replica: --new-id is for one")
     if rebuild:
         replica, moved = Replica.rebuild(directory)
     else:
         replica = Replica.open(directory, create=True)
     with replica:
+        if new_id:
+            old_id = replica.renew_id()  # before the scan: what changed since is this one's
         with out.progress("scanning", "files") as progress:
             report = replica.source.scan(
                 replica.index, replica.replica_id, replica.clock, progress=progress
@@ -40,6 +56,8 @@ def init(directory: Path, rebuild: bool, quiet: bool, as_json: bool) -> None:
         if moved is not None:
             out.info(f"the old index was kept as {moved}")
         verb = "Replica {} already in" if existing else "Initialised replica {} in"
+        if old_id is not None:
+            verb = f"Replica {{}} (new id; it was {old_id}) in"
         out.line(
             f"{verb.format(replica.replica_id)} {replica.root} "
             f"({plural(count, 'entry')}, root {root.hex()})"
@@ -48,6 +66,7 @@ def init(directory: Path, rebuild: bool, quiet: bool, as_json: bool) -> None:
             {
                 "root": replica.root.as_posix(),
                 "replica_id": replica.replica_id,
+                **({"previous_replica_id": old_id} if old_id is not None else {}),
                 "entries": count,
                 "fingerprint": root.hex(),
                 "warnings": report.warnings,

@@ -25,7 +25,11 @@ EXIT_STATUS = [
         "(so diff could not compare them). Each is listed on standard error.",
     ),
     (errors.EXIT_USAGE, "Usage error, or a generic failure."),
-    (errors.EXIT_STATE, "Replica state: not a replica, corrupt index, index of a newer format."),
+    (
+        errors.EXIT_STATE,
+        "Replica state: not a replica, corrupt index, index of a newer format, "
+        "two replicas with the same id.",
+    ),
     (errors.EXIT_LOCKED, "The replica is locked by another merklesync process."),
     (errors.EXIT_IO, "Local I/O error: disk full, permission denied, missing directory."),
     (errors.EXIT_CONNECTION, "Connection: refused, timed out, authentication failed, peer died."),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from merklesync import remotes
 from merklesync.address import Address, parse_address
-from merklesync.errors import ConnectionFailed, NotAReplica, UsageError
+from merklesync.errors import ConnectionFailed, NotAReplica, SameReplicaId, UsageError
 from merklesync.model import Stats
 from merklesync.peer import Peer, Progress, ScanReport
 from merklesync.peer.local import LocalPeer
@@ -219,6 +219,18 @@ def check_apart(ra: Path | None, rb: Path | None) -> None:
         raise UsageError(f"the source {ra} is inside the destination {rb}")
 
 
+def check_distinct(a: Peer, b: Peer) -> None:
+    """Two replicas must not share an id: each counts its own writes in the
+    version vectors under its id, so the writes of one would pass for the
+    other's, and an edit could be overwritten as if it were older."""
+    if a.replica_id and a.replica_id == b.replica_id:
+        raise SameReplicaId(
+            f"{a.name} and {b.name} have the same replica id {a.replica_id}: one is a copy "
+            "of the other (copied with its .merklesync/, or restored from a backup); "
+            "give the copy an id of its own with `merklesync init --new-id DIR` on it"
+        )
+
+
 def refresh_all(
     peers: Sequence[Peer], *, checksum: bool = False, progress: Progress | None = None
 ) -> list[str]:
@@ -264,6 +276,7 @@ def opened_pair(
     """Open the two replicas of a command (each a remote of the other where
     a bare name says so), once they are known to be apart, and close both
     at the end. ``preview_b``: a dry run, B is not created (see open_peer).
+    Two replicas with the same id are refused (see check_distinct).
 
     A local replica opened before a remote one starts its scan at once
     (``checksum``: the scan refresh_all will ask for), so it scans while
@@ -295,6 +308,7 @@ def opened_pair(
         if isinstance(first, LocalPeer) and (a_remote if b_first else b_remote):
             first.scan_ahead(checksum=checksum)
         with closing(open_a() if b_first else open_b()) as second:
+            check_distinct(first, second)
             yield (second, first) if b_first else (first, second)
 
 

@@ -36,6 +36,32 @@ def open_dir(root: str, directory: str) -> int:
     return fd
 
 
+def last_change_above(root: str, rel: str) -> int | None:
+    """When the nearest directory above ``rel`` that is still one last
+    changed (in ns; reached from ``root`` as open_dir does); None when not
+    even the root can be opened. For an entry that is gone, the latest its
+    removal can have happened: removing a name changes its directory, or
+    one above it where that went too. The ctime, which cannot be set back;
+    or the mtime, where later (a file system that keeps a creation time
+    there)."""
+    try:
+        fd = os.open(root, DIR_FLAGS)
+    except OSError:
+        return None
+    try:
+        for part in rel.split("/")[:-1]:
+            try:
+                below = os.open(part, DIR_FLAGS, dir_fd=fd)
+            except OSError:
+                break
+            os.close(fd)
+            fd = below
+        st = os.fstat(fd)
+        return max(st.st_ctime_ns, st.st_mtime_ns)
+    finally:
+        os.close(fd)
+
+
 class NotADirectory(MerklesyncError):
     """A parent of a path is not a directory (a file, or a symlink)."""
 

@@ -32,7 +32,7 @@ from merklesync.model import Entry, EntryKind, Outcome, ScanReport, WriteItem, l
 from merklesync.orphans import cores
 from merklesync.protocol.paths import check_relpath
 from merklesync.reading import OpenFile, open_to_read, read_chunks
-from merklesync.sources import placer, prehash, prelist
+from merklesync.sources import dir_fds, placer, prehash, prelist
 from merklesync.sources.dir_fds import DIR_FLAGS, DirFds, NotADirectory, open_dir
 from merklesync.sources.file_write import (
     IN_THE_WAY,
@@ -544,14 +544,26 @@ class DirectorySource:
     def _tombstone_under(
         self, index: Index, replica_id: str, clock: HybridClock, directory: str, report: ScanReport
     ) -> None:
+        gone = dir_fds.last_change_above(self._root, directory)  # the same for all of them
         for child in index.live_under(directory):  # deepest first
-            self._bury(index, replica_id, clock, child, report)
+            self._bury(index, replica_id, clock, child, report, gone)
 
-    @staticmethod
     def _bury(
-        index: Index, replica_id: str, clock: HybridClock, entry: Entry, report: ScanReport
+        self,
+        index: Index,
+        replica_id: str,
+        clock: HybridClock,
+        entry: Entry,
+        report: ScanReport,
+        gone: int | None = None,
     ) -> None:
-        stamp = max(clock.tick(), entry.stamp + 1)  # after the version it deletes
+        # When the deletion happened, at the latest (``gone``: see
+        # last_change_above), not when this scan came to see it: a write
+        # made elsewhere in between is the later one. And after the version
+        # it deletes.
+        now = clock.tick()
+        gone = gone or dir_fds.last_change_above(self._root, entry.path)
+        stamp = max(now if gone is None else min(now, gone), entry.stamp + 1)
         index.put(entry.tombstone(entry.vv.bump(replica_id), stamp), None, entry)
         report.deleted.append(entry.path)
 

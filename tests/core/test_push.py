@@ -392,3 +392,79 @@ def test_a_deleted_nested_tree_goes_in_one_push(tmp_path: Path) -> None:
     r = ms("push", a, b)
     assert r.code == 0, r.err
     assert sorted(p.name for p in b.iterdir()) == [".merklesync", "keep"]
+
+
+def _forced(tmp_path: Path) -> tuple[Path, Path]:
+    """Two replicas where x.txt was edited on both sides since they agreed."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "x.txt", "v1\n")
+    ms("init", a)
+    assert ms("sync", a, b).code == 0
+    write(b / "x.txt", "b's edit\n")
+    write(a / "x.txt", "a's edit\n")
+    return a, b
+
+
+def test_the_source_edits_again_after_a_force_and_the_edit_travels(tmp_path: Path) -> None:
+    a, b = _forced(tmp_path)
+    assert ms("push", a, b, "--force").code == 0
+    assert (b / "x.txt").read_text() == "a's edit\n"
+    # The source holds the forced version too: nothing left to compare.
+    assert ms("diff", a, b, "--json").json()["changes"] == []
+    write(a / "x.txt", "a's next, longer edit\n")
+    r = ms("sync", a, b)
+    assert r.code == 0, r.err
+    assert (a / "x.txt").read_text() == (b / "x.txt").read_text() == "a's next, longer edit\n"
+
+
+def test_a_file_made_again_after_a_forced_deletion_travels(tmp_path: Path) -> None:
+    a, b = _forced(tmp_path)
+    (a / "x.txt").unlink()
+    assert ms("push", a, b, "--force").code == 0
+    assert not (b / "x.txt").exists()
+    write(a / "x.txt", "made again on a\n")
+    r = ms("sync", a, b)
+    assert r.code == 0, r.err
+    assert (a / "x.txt").read_text() == (b / "x.txt").read_text() == "made again on a\n"
+
+
+def test_a_source_edited_during_a_force_keeps_its_edit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The source's file changes after the forced write reached the
+    destination but before the source recorded it: its edit must not be
+    taken for an older version of the forced one."""
+    from merklesync.sources import directory
+
+    a, b = _forced(tmp_path)
+    real = directory.DirectorySource.write_items
+
+    def edit_a_after_writing_b(self, items, index, clock):  # type: ignore[no-untyped-def]
+        yield from real(self, items, index, clock)
+        if self.root == b.resolve():
+            write(a / "x.txt", "a's edit made during the push\n")
+
+    monkeypatch.setattr(directory.DirectorySource, "write_items", edit_a_after_writing_b)
+    assert ms("push", a, b, "--force").code == 0
+    monkeypatch.undo()
+    assert (b / "x.txt").read_text() == "a's edit\n"
+    r = ms("sync", a, b)
+    assert r.code == 0, r.err
+    assert "conflict: x.txt" in r.err
+    texts = sorted(p.read_text() for p in b.glob("x*.txt"))
+    assert texts == sorted(["a's edit made during the push\n", "a's edit\n"])
+    assert sorted(p.read_text() for p in a.glob("x*.txt")) == texts
+
+
+def test_new_id_is_for_an_existing_replica_and_not_with_rebuild(src: Path, tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    r = ms("init", "--new-id", plain)
+    assert r.code == 3 and "not a merklesync replica" in r.err
+    assert not (plain / ".merklesync").exists()
+    assert ms("init", "--new-id", "--rebuild", src).code == 2
+    before = ms("init", src, "--json").json()
+    after = ms("init", "--new-id", src, "--json").json()
+    assert after["replica_id"] != before["replica_id"] == after["previous_replica_id"]
+    assert after["fingerprint"] == before["fingerprint"]  # entries and versions kept
+    assert ms("status", src, "--json").json()["replica_id"] == after["replica_id"]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -353,3 +356,198 @@ def test_union_never_reads_through_a_link(
         for p in a.rglob("*.txt")
         if p.is_file() and not p.is_symlink()
     )
+
+
+@pytest.mark.parametrize(
+    ("policy", "b_deletes"),
+    [
+        ("keep-both", False),
+        ("lww", False),
+        ("union", False),
+        ("local", False),
+        ("remote", False),
+        ("lww", True),
+        ("keep-both", True),
+    ],
+)
+def test_an_edit_made_during_a_sync_that_settles_a_conflict_is_kept(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, policy: str, b_deletes: bool
+) -> None:
+    """A's file changes after the scan, before the sync writes anything:
+    the resolution cannot be written on A, so B must not take it either
+    (else A's edit would look older than it on the next run)."""
+    from merklesync.sources import directory
+
+    a, b = pair
+    (a / "shared.txt").write_text("from a\n")
+    if b_deletes:
+        (b / "shared.txt").unlink()
+    else:
+        (b / "shared.txt").write_text("from b\n")
+    precious = "a's edit made during the sync\n"
+    real = directory.DirectorySource.write_items
+    edited: list[bool] = []
+
+    def edit_a_first(self, items, index, clock):  # type: ignore[no-untyped-def]
+        if not edited:
+            edited.append(True)
+            (a / "shared.txt").write_text(precious)
+        yield from real(self, items, index, clock)
+
+    monkeypatch.setattr(directory.DirectorySource, "write_items", edit_a_first)
+    ms("sync", a, b, "--on-conflict", policy)
+    monkeypatch.undo()
+    assert edited and (a / "shared.txt").read_text() == precious
+    r = ms("sync", a, b)
+    assert r.code == 0, r.err
+    # Seen as what it is: a change concurrent with the other side's.
+    assert ("modify-delete" if b_deletes else "conflict") + ": shared.txt" in r.err
+    assert files(a) == files(b)
+    assert precious in files(b).values()
+    assert ms("sync", a, b, "--json").json()["events"] == []
+
+
+def test_keep_both_makes_one_copy_when_the_winner_cannot_be_written(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A's version keeps the name, but A changes before it is written: the
+    run's second pass does not copy b's version a second time."""
+    from merklesync.sources import directory
+
+    a, b = pair
+    (b / "shared.txt").write_text("from b\n")
+    _ns(b / "shared.txt", time.time_ns() - 100 * 10**9)
+    (a / "shared.txt").write_text("from a, the later write\n")
+    real = directory.DirectorySource.write_items
+
+    def edit_a_before_its_winner(self, items, index, clock):  # type: ignore[no-untyped-def]
+        for item in items:
+            if item.entry.path == "shared.txt" and self.root == a.resolve():
+                (a / "shared.txt").write_text("a's edit made during the sync\n")
+            yield from real(self, [item], index, clock)
+
+    monkeypatch.setattr(directory.DirectorySource, "write_items", edit_a_before_its_winner)
+    r = ms("sync", a, b)
+    monkeypatch.undo()
+    assert r.code == 1, r.err
+    for side in (a, b):
+        copies = [v for p, v in files(side).items() if ".conflict-" in p]
+        assert copies == ["from b\n"], side
+    assert (b / "shared.txt").read_text() == "from b\n"
+
+
+@pytest.mark.parametrize("policy", ["lww", "remote"])
+def test_a_file_winning_over_an_empty_directory_is_settled_in_one_run(
+    pair: tuple[Path, Path], policy: str
+) -> None:
+    a, b = pair
+    (a / "shared.txt").unlink()
+    (a / "shared.txt").mkdir()
+    (b / "shared.txt").write_text("file edit, the later write\n")
+    r = ms("sync", a, b, "--on-conflict", policy)
+    assert r.code == 0, r.err
+    assert files(a) == files(b) and files(a)["shared.txt"] == "file edit, the later write\n"
+    assert ms("sync", a, b, "--json").json()["events"] == []
+
+
+def _ns(path: Path, ns: int) -> None:
+    os.utime(path, ns=(ns, ns), follow_symlinks=False)
+
+
+def test_lww_a_modification_made_after_a_deletion_wins(pair: tuple[Path, Path]) -> None:
+    """The deletion happened no later than its directory last changed; the
+    scan that finds it comes later, and is not when it happened."""
+    a, b = pair
+    (a / "shared.txt").unlink()
+    deleted_by = os.stat(a).st_ctime_ns
+    (b / "shared.txt").write_text("edited after the deletion\n")
+    _ns(b / "shared.txt", deleted_by + 1)
+    r = ms("sync", a, b, "--on-conflict", "lww")
+    assert r.code == 0, r.err
+    assert "the modification on b wins" in r.err
+    assert files(a)["shared.txt"] == "edited after the deletion\n" == files(b)["shared.txt"]
+
+
+def test_lww_a_modification_made_before_a_deletion_loses(pair: tuple[Path, Path]) -> None:
+    a, b = pair
+    (b / "shared.txt").write_text("edited before the deletion\n")
+    _ns(b / "shared.txt", os.stat(a).st_ctime_ns - 1)
+    (a / "shared.txt").unlink()
+    r = ms("sync", a, b, "--on-conflict", "lww")
+    assert r.code == 0, r.err
+    assert "the deletion on a wins" in r.err
+    assert "shared.txt" not in files(a) and "shared.txt" not in files(b)
+
+
+def test_lww_a_file_edited_after_its_directory_was_removed_wins(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    (a / "d").mkdir(parents=True)
+    (a / "d/f").write_text("f\n")
+    (a / "d/h").write_text("h\n")
+    ms("init", a)
+    assert ms("sync", a, b).code == 0
+    shutil.rmtree(a / "d")
+    deleted_by = os.stat(a).st_ctime_ns
+    (b / "d/f").write_text("edited after d was removed\n")
+    _ns(b / "d/f", deleted_by + 1)
+    r = ms("sync", a, b, "--on-conflict", "lww")
+    assert r.code == 0, r.err
+    assert "modify-delete: d/f: the modification on b wins" in r.err
+    assert files(a) == files(b) == {"d/f": "edited after d was removed\n"}
+    assert ms("sync", a, b, "--json").json()["events"] == []
+
+
+def _two_conflicts(tmp_path: Path) -> tuple[Path, Path]:
+    """x.txt after two conflicts: the first won by b's R1 (a's L1 kept as a
+    copy), the second by a's L2, its newest (b's R2 kept as a copy)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    now = time.time_ns()
+    a.mkdir()
+    (a / "x.txt").write_text("v0\n")
+    _ns(a / "x.txt", now - 30 * 10**9)
+    ms("init", a)
+    assert ms("sync", a, b).code == 0
+    for side, text, ago in ((a, "L1 (a, old)\n", 20), (b, "R1 (b)\n", 10)):
+        (side / "x.txt").write_text(text)
+        _ns(side / "x.txt", now - ago * 10**9)
+    assert ms("sync", a, b).code == 0
+    assert (a / "x.txt").read_text() == "R1 (b)\n"
+    for side, text, ago in ((a, "L2 (a, newest)\n", 0), (b, "R2 (b)\n", 60)):
+        (side / "x.txt").write_text(text)
+        _ns(side / "x.txt", now - ago * 10**9)
+    assert ms("sync", a, b).code == 0
+    assert (a / "x.txt").read_text() == "L2 (a, newest)\n"
+    assert sorted(files(a).values()) == sorted(["L1 (a, old)\n", "L2 (a, newest)\n", "R2 (b)\n"])
+    return a, b
+
+
+@pytest.mark.parametrize(
+    ("side", "take", "expected"),
+    [
+        ("a", "local", "L2 (a, newest)\n"),
+        ("a", "remote", "R2 (b)\n"),
+        ("b", "local", "R2 (b)\n"),
+        ("b", "remote", "L2 (a, newest)\n"),
+    ],
+)
+def test_resolve_takes_the_newest_version_of_the_side_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, side: str, take: str, expected: str
+) -> None:
+    a, b = _two_conflicts(tmp_path)
+    monkeypatch.chdir(a if side == "a" else b)
+    r = ms("resolve", "x.txt", "--take", take)
+    assert r.code == 0, r.err
+    here = files(a if side == "a" else b)
+    assert here == {"x.txt": expected}
+    assert ms("sync", a, b).code == 0
+    assert files(a) == files(b) == {"x.txt": expected}
+
+
+def test_resolve_local_keeps_an_edit_made_here_since_the_conflict(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _a, b = _two_conflicts(tmp_path)
+    (b / "x.txt").write_text("edited on b after the conflicts\n")
+    monkeypatch.chdir(b)
+    assert ms("resolve", "x.txt", "--take", "local").code == 0
+    assert files(b) == {"x.txt": "edited on b after the conflicts\n"}

@@ -5,6 +5,7 @@ replica as the destination and as the source."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -370,3 +371,36 @@ def test_json_gets_usage_errors_too(src: Path, tmp_path: Path) -> None:
     assert r.code == 2 and r.json()["exit_code"] == 2 and "does not exist" in r.json()["error"]
     r = ms("sync", src, tmp_path / "b", "--on-conflict", "merge-cmd", "--json")  # by the command
     assert r.code == 2 and "needs --merge-cmd" in r.json()["error"]
+
+
+def test_a_copy_with_the_same_id_is_refused_until_it_gets_its_own(
+    side: Side, tmp_path: Path
+) -> None:
+    """A replica copied whole (.merklesync/ too) counts its writes under the
+    original's id: comparing the two is refused; init --new-id settles it."""
+    a, c = tmp_path / "a", tmp_path / "c"
+    write(a / "x.txt", "v1\n")
+    write(a / "same.txt", "untouched\n")
+    assert ms("init", a).code == 0
+    shutil.copytree(a, c, symlinks=True)
+    write(a / "x.txt", "a's edit\n")
+    assert ms("status", a).code == 0  # a's counter moves on
+    write(c / "x.txt", "c's only edit, longer\n")
+    for command in ("diff", "push", "pull", "sync"):
+        r = side.ms(command, side.src(a), side.dst(c))
+        assert r.code == 3, (command, r.err)
+        assert "have the same replica id" in r.err and "init --new-id" in r.err
+        assert len(r.err.strip().splitlines()) == 1
+    assert (c / "x.txt").read_text() == "c's only edit, longer\n"
+    old = ms("init", a, "--json").json()["replica_id"]
+    r = ms("init", "--new-id", c, "--json")
+    assert r.code == 0, r.err
+    assert r.json()["previous_replica_id"] == old != r.json()["replica_id"]
+    # Its entries and versions are kept: only x.txt differs, as a conflict.
+    d = side.ms("diff", side.src(a), side.dst(c), "--json").json()["changes"]
+    assert [(ch["path"], ch["action"]) for ch in d] == [("x.txt", "conflict")]
+    r = side.ms("sync", side.src(a), side.dst(c))
+    assert r.code == 0, r.err
+    texts = sorted(p.read_text() for p in user_files(c))
+    assert texts == sorted(["a's edit\n", "c's only edit, longer\n", "untouched\n"])
+    assert sorted(p.read_text() for p in user_files(a)) == texts
