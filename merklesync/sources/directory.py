@@ -123,8 +123,10 @@ class DirectorySource:
         self.ignore = ignore
         self._final_modes: dict[str, int] = {}  # see _put_dir
         self._root = str(root)
-        # The directories this batch of writes goes into, held open.
+        # The directories this batch of writes goes into, held open; and
+        # those this batch of reads reads from (see read).
         self._dirs = DirFds(self._root)
+        self._read_dirs = DirFds(self._root)
         self._placer: Placer | None = None  # see write_items
         self._placer_tried = False
         self._new_files = 0
@@ -569,16 +571,28 @@ class DirectorySource:
     def read(self, entry: Entry) -> Iterator[bytes] | None:
         """The content of a file, or None when it is gone, is no longer a
         regular file, or changed size since the scan. Other changes are
-        caught by the receiver, which checks the blake3 digest."""
+        caught by the receiver, which checks the blake3 digest.
+
+        The file is opened in its directory, reached from the root one
+        component at a time, none followed if it is a link (as writes are,
+        see dir_fds.py): a directory swapped for a symlink since the scan
+        makes the file gone, and nothing outside the replica is ever opened.
+        The directories stay open for the next reads until end_reads."""
+        parent, _, name = entry.path.rpartition("/")
         try:
-            fd = open_to_read(self.abs(entry.path))
-        except OSError:
+            fd = open_to_read(name, dir_fd=self._read_dirs.get(parent))
+        except (OSError, NotADirectory):
             return None
         st = os.fstat(fd)
         if not st_mod.S_ISREG(st.st_mode) or st.st_size != entry.size:
             os.close(fd)
             return None
         return OpenFile(fd, st.st_size)
+
+    def end_reads(self) -> None:
+        """Close the directories of this batch of reads: the next one walks
+        to them again (one swapped for a link meanwhile is not followed)."""
+        self._read_dirs.close()
 
     # -- writing ---------------------------------------------------------
 
@@ -855,6 +869,7 @@ class DirectorySource:
         finally:
             self._final_modes.clear()
             self._dirs.close()
+            self._read_dirs.close()
 
     def _put_link(self, spot: _Spot, entry: Entry, on_disk: os.stat_result | None) -> None:
         if link_digest(entry.target) != entry.digest:

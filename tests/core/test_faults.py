@@ -633,6 +633,37 @@ def test_a_parent_swapped_for_a_symlink_mid_push_leads_no_write_outside(
     assert [p.name for p in (dst / "d-moved").iterdir()] == [swapped[0]]  # where it was checked
 
 
+def test_a_directory_swapped_for_a_symlink_after_the_scan_is_never_read_through(
+    tmp_path: Path,
+) -> None:
+    """A directory swapped for a link to one outside the replica after the
+    scan: its files are gone for the reader (as a file changed since the
+    scan is), never read from outside, and the others are read as before."""
+    from merklesync.peer.local import LocalPeer
+
+    root, outside = tmp_path / "r", tmp_path / "outside"
+    (root / "d" / "e").mkdir(parents=True)
+    (root / "d" / "f").write_bytes(b"inside")
+    (root / "d" / "e" / "g").write_bytes(b"inside too")
+    (root / "h").write_bytes(b"here")
+    (outside / "e").mkdir(parents=True)
+    (outside / "f").write_bytes(b"SECRET")  # the same sizes, other bytes
+    (outside / "e" / "g").write_bytes(b"SECRET TOO")
+    peer = LocalPeer.open(root, create=True)
+    try:
+        peer.refresh()
+        entries = [peer.replica.index.get(p) for p in ("d/e/g", "d/f", "h")]
+        os.rename(root / "d", tmp_path / "d-moved")
+        os.symlink(outside, root / "d")
+        got = {
+            e.path: None if chunks is None else b"".join(chunks)
+            for e, chunks in peer.read([c.entry for c in entries if c is not None])
+        }
+    finally:
+        peer.close()
+    assert got == {"d/e/g": None, "d/f": None, "h": b"here"}
+
+
 # -- the placing process (sources/placer.py) ----------------------------------
 
 
@@ -856,7 +887,9 @@ def test_content_failing_after_the_placing_process_refused_the_file(
     real_get = DirFds.get
 
     def get(self: DirFds, directory: str, *, create: bool = False) -> int:
-        if directory == parent:  # as if it were no directory on the destination
+        # As if it were no directory on the destination (the source reads
+        # through DirFds too).
+        if directory == parent and self.root == str(dst.resolve()):
             raise NotADirectory(f"parent {parent} is not a directory")
         return real_get(self, directory, create=create)
 
