@@ -815,7 +815,10 @@ class DirectorySource:
             if digest == cached.entry.digest and st_mod.S_IMODE(st2.st_mode) == cached.entry.mode:
                 return st2
         elif cached.entry.kind is EntryKind.DIR and kind_of(st.st_mode) is EntryKind.DIR:
-            return st
+            # Its stat moves with what is written in it; what it holds of
+            # its own is its mode.
+            if st_mod.S_IMODE(st.st_mode) == self._dir_mode_on_disk(spot.rel, cached.entry):
+                return st
         elif cached.entry.kind is EntryKind.LINK and kind_of(st.st_mode) is EntryKind.LINK:
             # A racy link (written within the last seconds): its target says.
             try:
@@ -825,6 +828,13 @@ class DirectorySource:
             if link_digest(target) == cached.entry.digest:
                 return st
         raise Refused("changed on the destination since the scan")
+
+    def _dir_mode_on_disk(self, rel: str, entry: Entry) -> int:
+        """The mode a directory indexed as ``entry`` has on disk: its own,
+        unless this run wrote it read-only (its owner may write in it until
+        finish, see _put_dir)."""
+        final = self._final_modes.get(rel)
+        return final | 0o700 if final == entry.mode else entry.mode
 
     def end_batch(self) -> None:
         """Close the directories of this batch: the next one walks to them again."""

@@ -169,6 +169,39 @@ def test_destination_changed_after_scan_is_not_overwritten(
     assert _temp_files(dst) == []
 
 
+@pytest.mark.parametrize("mode", [0o750, 0o755], ids=["its-mode-changed", "its-version-only"])
+def test_a_directory_chmodded_on_the_destination_since_the_scan_is_left_alone(
+    tmp_path: Path, mode: int
+) -> None:
+    """Compare-and-swap holds for a directory's mode as for a file's: a
+    write of a new mode, or of a new version only, finds the mode the user
+    gave it since the scan and is refused, and the next scan finds that
+    change as the user's."""
+    import dataclasses
+
+    from merklesync.model import WriteItem, leaf_of
+    from merklesync.peer.local import LocalPeer
+
+    root = tmp_path / "r"
+    (root / "d").mkdir(parents=True)
+    (root / "d").chmod(0o755)
+    peer = LocalPeer.open(root, create=True)
+    try:
+        peer.refresh()
+        cached = peer.replica.index.get("d")
+        assert cached is not None and cached.entry.mode == 0o755
+        old = cached.entry
+        (root / "d").chmod(0o700)  # the user, after the scan
+        newer = dataclasses.replace(old.with_version(old.vv.bump("peer"), old.stamp + 1), mode=mode)
+        [outcome] = peer.write([WriteItem(newer, leaf_of(old))])
+    finally:
+        peer.close()
+    assert not outcome.ok and outcome.reason == "changed on the destination since the scan"
+    assert (root / "d").stat().st_mode & 0o777 == 0o700
+    r = ms("status", root, "--json")
+    assert r.json()["modified"] == ["d"], r.out
+
+
 def test_unreadable_file_is_skipped_and_the_rest_finishes(
     pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
