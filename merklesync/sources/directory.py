@@ -53,6 +53,8 @@ RELIST = "relist"  # index meta: directories every partial scan re-lists (_Scan.
 
 _CHANGED_SINCE_COMPARISON = "changed on the destination since the comparison"
 _ABSENT = b"absent"  # not in the stat cache (never a packed stat, nor TOMBSTONE)
+# The stat of a file written here that the stat cache must not vouch for (see _touch_up).
+_UNTRUSTED = os.stat_result((0,) * 10)
 
 
 _KINDS = {
@@ -730,6 +732,8 @@ class DirectorySource:
             return self._failed(rel, exc)
         if entry.deleted:
             return self._record(entry, None, 0, current, index, clock)
+        if placed is _UNTRUSTED:  # the stat cache leaves it out: the next scan reads it
+            return self._record(entry, None, entry.mtime_ns, current, index, clock)
         assert spot is not None
         st = placed or os.stat(spot.name, dir_fd=spot.fd, follow_symlinks=False)
         return self._record(entry, stat_key(st), st.st_mtime_ns, current, index, clock)
@@ -903,7 +907,8 @@ class DirectorySource:
         current: Entry | None,
     ) -> os.stat_result | None:
         """Write a file's content (None: the same bytes are there, only the
-        mode and mtime change); returns its stat once placed, if known."""
+        mode and mtime change); returns its stat once placed, if known
+        (_UNTRUSTED: see _touch_up)."""
         if data is None:
             # Same bytes already there (a mode or version change).
             if (
@@ -911,17 +916,10 @@ class DirectorySource:
                 or current.deleted
                 or current.kind is not EntryKind.FILE
                 or current.digest != entry.digest
+                or on_disk is None
             ):
                 raise Refused("content missing for a changed file")
-            if current.mode != entry.mode:
-                _chmod(spot, entry.mode)
-            os.utime(
-                spot.name,
-                ns=(entry.mtime_ns, entry.mtime_ns),
-                dir_fd=spot.fd,
-                follow_symlinks=False,
-            )
-            return None
+            return self._touch_up(spot, entry, on_disk)
 
         def replace(tmp: str) -> None:
             self._clear_dir_in_way(spot, on_disk)
@@ -933,6 +931,40 @@ class DirectorySource:
 
         place = new if on_disk is None else replace
         return write_file(spot.fd, spot.name, entry.mode, entry.mtime_ns, entry.digest, data, place)
+
+    def _touch_up(self, spot: _Spot, entry: Entry, on_disk: os.stat_result) -> os.stat_result:
+        """Give a file that already holds ``entry``'s bytes (``on_disk``,
+        just verified) its mode and mtime, through a descriptor of that very
+        file, checked unchanged first: a file edited or saved over since is
+        refused, not touched. Returns its stat for the stat cache, or _UNTRUSTED
+        when a write meanwhile cannot be ruled out (setting the mtime would
+        hide one), so that the next scan reads the file again instead of
+        taking an edit for the old content."""
+        try:
+            fd = open_to_read(spot.name, dir_fd=spot.fd)
+        except PermissionError:  # a file we may not read: by its name
+            self._recheck(spot, on_disk)
+            if st_mod.S_IMODE(on_disk.st_mode) != entry.mode:
+                _chmod(spot, entry.mode)
+            if on_disk.st_mtime_ns != entry.mtime_ns:
+                times = (entry.mtime_ns, entry.mtime_ns)
+                os.utime(spot.name, ns=times, dir_fd=spot.fd, follow_symlinks=False)
+            return _UNTRUSTED
+        try:
+            before = os.fstat(fd)
+            if stat_key(before) != stat_key(on_disk):
+                raise Refused("changed on the destination during the transfer")
+            if st_mod.S_IMODE(before.st_mode) != entry.mode:
+                os.chmod(fd, entry.mode)
+            moved = before.st_mtime_ns != entry.mtime_ns
+            if moved:
+                os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+            after = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if moved or (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+            return _UNTRUSTED
+        return after
 
     def _clear_dir_in_way(self, spot: _Spot, on_disk: os.stat_result | None) -> None:
         if on_disk is not None and st_mod.S_ISDIR(on_disk.st_mode):

@@ -169,6 +169,60 @@ def test_destination_changed_after_scan_is_not_overwritten(
     assert _temp_files(dst) == []
 
 
+@pytest.mark.parametrize("touched", [False, True], ids=["its-mode", "its-mode-and-mtime"])
+def test_a_file_edited_on_the_destination_while_its_mode_is_set_is_not_taken_for_the_old_content(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, touched: bool
+) -> None:
+    """The same bytes on both sides, a new mode (and mtime) to set: the
+    user edits the destination's file just after it was verified. The
+    edit keeps its bytes and its mtime, and the next scan finds it."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "f").write_text("same bytes")
+    os.utime(a / "f", (1_000_000_000, 1_000_000_000))
+    assert ms("init", a).code == 0 and ms("push", a, b).code == 0
+    (a / "f").chmod(0o600)
+    if touched:
+        os.utime(a / "f", (1_100_000_000, 1_100_000_000))
+    real = directory.DirectorySource._verify_unchanged
+
+    def verify_then_edit(self, spot, cached, entry):  # type: ignore[no-untyped-def]
+        on_disk = real(self, spot, cached, entry)
+        if spot.rel == "f" and self.root == b.resolve():
+            (b / "f").write_text("USER EDIT!")  # the same size
+        return on_disk
+
+    monkeypatch.setattr(directory.DirectorySource, "_verify_unchanged", verify_then_edit)
+    r = ms("push", a, b)
+    monkeypatch.undo()
+    assert (b / "f").read_text() == "USER EDIT!"
+    assert (b / "f").stat().st_mtime_ns > 1_100_000_000 * 10**9
+    status = ms("status", b, "--json").json()
+    assert status["modified"] == ["f"], status
+    assert r.code == 1 and "f: changed on the destination during the transfer" in r.err, r.err
+
+
+def test_a_file_whose_mtime_was_set_is_read_again_by_the_next_scan(tmp_path: Path) -> None:
+    """Setting a file's mtime would hide a write made just before: its
+    stat is not cached, the next scan reads it. A change of mode alone
+    leaves the mtime, which a write would have moved: it is cached."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "f").write_text("same bytes")
+    os.utime(a / "f", (1_000_000_000, 1_000_000_000))
+    assert ms("init", a).code == 0 and ms("push", a, b).code == 0
+    (a / "f").chmod(0o600)
+    assert ms("push", a, b).code == 0
+    assert ms("status", b, "--json").json()["hashed"] == 0
+    (a / "f").chmod(0o640)
+    os.utime(a / "f", (1_100_000_000, 1_100_000_000))
+    assert ms("push", a, b).code == 0
+    assert (b / "f").stat().st_mtime_ns == 1_100_000_000 * 10**9
+    assert (b / "f").stat().st_mode & 0o777 == 0o640
+    status = ms("status", b, "--json").json()
+    assert status["hashed"] == 1 and status["modified"] == [], status
+
+
 @pytest.mark.parametrize("mode", [0o750, 0o755], ids=["its-mode-changed", "its-version-only"])
 def test_a_directory_chmodded_on_the_destination_since_the_scan_is_left_alone(
     tmp_path: Path, mode: int
