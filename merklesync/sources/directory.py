@@ -612,7 +612,7 @@ class DirectorySource:
             for item in items:
                 entry = item.entry
                 rel = check_relpath(entry.path)
-                if self.ignore.ignored(rel, entry.kind is EntryKind.DIR and not entry.deleted):
+                if self.ignore.ignored(rel, entry.kind is EntryKind.DIR):  # deleted or not
                     yield item, Outcome(rel, False, "ignored on this replica")
                     continue
                 if rel in handed.live:  # its index row is still to come
