@@ -3,7 +3,9 @@ reading file content, and writing versions into it safely.
 
 Writes go to a temp file in the destination directory, are verified against
 the blake3 digest, get their mode and mtime, and are renamed into place only
-if the destination still holds what the index says it holds.
+if the destination still holds what the index says it holds. Reads and
+writes reach a file through its directories, from the root, never through a
+symlink (dir_fds.py).
 """
 
 from __future__ import annotations
