@@ -125,7 +125,10 @@ class DirectorySource:
     def __init__(self, root: Path, ignore: IgnoreRules) -> None:
         self.root = root
         self.ignore = ignore
-        self._final_modes: dict[str, int] = {}  # see _put_dir
+        # Directories written read-only, or made writable to write in them,
+        # and the mode each gets at the end of the run (see _put_dir).
+        self._final_modes: dict[str, int] = {}
+        self._writable: set[str] = set()  # directories this batch may write in (_open_up)
         self._root = str(root)
         # The directories this batch of writes goes into, held open; and
         # those this batch of reads reads from (see read).
@@ -666,6 +669,10 @@ class DirectorySource:
     ) -> Iterator[tuple[WriteItem, Outcome]]:
         entry = item.entry
         assert item.data is not None
+        parent = entry.path.rpartition("/")[0]
+        if parent not in self._writable:
+            with contextlib.suppress(OSError, NotADirectory):  # the child says what is wrong
+                self._open_up(parent, self._dirs.get(parent))
         handed.live[entry.path] = (item, current)
         try:
             child.hand_over(entry.path, entry.mode, entry.mtime_ns, entry.digest, item.data)
@@ -716,16 +723,20 @@ class DirectorySource:
             spot = self._spot_for(rel, entry, cached)
             if spot is not None:
                 on_disk = self._verify_unchanged(spot, cached, entry)
-                if entry.deleted:
-                    self._remove(spot, on_disk)
-                elif item.data is None and _version_only(entry, current, on_disk):
+                if item.data is None and _version_only(entry, current, on_disk):
                     placed = on_disk  # the same thing is there: only the index changes
-                elif entry.kind is EntryKind.DIR:
-                    self._put_dir(spot, entry, on_disk)
-                elif entry.kind is EntryKind.LINK:
-                    self._put_link(spot, entry, on_disk)
-                else:
+                elif entry.kind is EntryKind.FILE and item.data is None and not entry.deleted:
                     placed = self._put_file(spot, entry, on_disk, item.data, current)
+                else:  # a name made, replaced or removed in its directory
+                    self._open_up(spot.rel.rpartition("/")[0], spot.fd)
+                    if entry.deleted:
+                        self._remove(spot, on_disk)
+                    elif entry.kind is EntryKind.DIR:
+                        self._put_dir(spot, entry, on_disk)
+                    elif entry.kind is EntryKind.LINK:
+                        self._put_link(spot, entry, on_disk)
+                    else:
+                        placed = self._put_file(spot, entry, on_disk, item.data, current)
         except (Refused, NotADirectory) as refusal:
             _drain(item)
             return Outcome(rel, False, refusal.message)
@@ -845,12 +856,14 @@ class DirectorySource:
     def end_batch(self) -> None:
         """Close the directories of this batch: the next one walks to them again."""
         self._dirs.close()
+        self._writable.clear()
 
     def _remove(self, spot: _Spot, on_disk: os.stat_result | None) -> None:
         if on_disk is None:
             return
         if st_mod.S_ISDIR(on_disk.st_mode):
             self._dirs.forget(spot.rel)
+            self._writable.clear()  # its name may be a new directory's
             try:
                 os.rmdir(spot.name, dir_fd=spot.fd)
             except OSError as exc:
@@ -874,16 +887,35 @@ class DirectorySource:
         else:
             self._final_modes.pop(spot.rel, None)
             _chmod(spot, entry.mode)
+        self._writable.add(spot.rel)
+
+    def _open_up(self, directory: str, fd: int) -> None:
+        """Let its owner write in ``directory`` (open as ``fd``): one found
+        read-only is made writable until finish(), which puts its mode
+        back."""
+        if directory in self._writable:
+            return
+        mode = st_mod.S_IMODE(os.fstat(fd).st_mode)
+        if mode & 0o700 != 0o700 and directory not in self._final_modes:
+            try:
+                os.chmod(fd, mode | 0o700)
+            except PermissionError:
+                pass  # not ours: the write finds out what it may do there
+            else:
+                self._final_modes[directory] = mode
+        self._writable.add(directory)
 
     def finish(self) -> None:
-        """Give directories written read-only their mode, deepest first."""
+        """Give directories written read-only, and those made writable to
+        write in them, their mode, deepest first."""
         self._stop_placer()
         try:
-            for rel in sorted(self._final_modes, key=lambda r: r.count("/"), reverse=True):
+            for rel in _deepest_first(self._final_modes):
                 with contextlib.suppress(OSError, NotADirectory):  # removed meanwhile
-                    _chmod(self._spot(rel, create=False), self._final_modes[rel])
+                    os.chmod(self._dirs.get(rel), self._final_modes[rel])
         finally:
             self._final_modes.clear()
+            self._writable.clear()
             self._dirs.close()
             self._read_dirs.close()
 
@@ -1003,6 +1035,11 @@ class _Spot(NamedTuple):
 
 def _chmod(spot: _Spot, mode: int) -> None:
     os.chmod(spot.name, mode, dir_fd=spot.fd, follow_symlinks=False)
+
+
+def _deepest_first(paths: Iterable[str]) -> list[str]:
+    """Replica paths, each before the directories above it ("" is the root)."""
+    return sorted(paths, key=lambda r: r.count("/") + bool(r), reverse=True)
 
 
 def _storable(text: str) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -749,6 +750,85 @@ def test_a_directory_swapped_for_a_symlink_after_the_scan_is_never_read_through(
     finally:
         peer.close()
     assert got == {"d/e/g": None, "d/f": None, "h": b"here"}
+
+
+# A command killed (SIGKILL) at a point of the destination's run: "finish",
+# where what was written is recorded and read-only directories are still
+# writable; "record", just before the directory "ro" is recorded.
+_KILLED_AT = """
+import os, signal, sys
+from merklesync.index import Index
+from merklesync.sources import directory
+point, dst = sys.argv[1], os.path.realpath(sys.argv[2])
+del sys.argv[1:3]
+real_finish = directory.DirectorySource.finish
+def finish(self):
+    if point == "finish" and str(self.root) == dst:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_finish(self)
+directory.DirectorySource.finish = finish
+real_put = Index.put
+def put(self, entry, stat, old):
+    if point == "record" and entry.path == "ro" and str(self.path).startswith(dst + "/"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_put(self, entry, stat, old)
+Index.put = put
+from merklesync.cli import main
+sys.argv = ["merklesync", *sys.argv[1:]]
+main()
+"""
+
+
+def _run_killed_at(point: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    """A command in a process of its own (killed at ``point``: see
+    _KILLED_AT; "none": not), with a user's rights: as root, without the
+    rights to write where the mode says no (so a read-only directory is
+    one, as for everyone else)."""
+    as_a_user: list[str] = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("needs setpriv to run without root's rights")
+        as_a_user = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner", "--"]
+    dst = args[-1]
+    return subprocess.run(
+        [*as_a_user, sys.executable, "-c", _KILLED_AT, point, str(dst), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _writable_again(*roots: Path) -> None:
+    for root in roots:
+        for d in [root, *root.rglob("*")]:
+            if d.is_dir() and not d.is_symlink():
+                d.chmod(0o755)
+
+
+@pytest.mark.parametrize("point", ["none"])
+def test_a_file_goes_into_a_directory_read_only_on_the_destination(
+    tmp_path: Path, point: str
+) -> None:
+    """Its owner may write in it for the run, and it has its mode again
+    after: no change of mode made there for the next scan to find."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    (a / "ro").mkdir(parents=True)
+    (a / "ro/f").write_text("f")
+    (a / "ro").chmod(0o555)
+    try:
+        assert ms("init", a).code == 0 and ms("push", a, b).code == 0
+        (a / "ro").chmod(0o755)
+        (a / "ro/g").write_text("g")
+        (a / "ro").chmod(0o555)
+        r = _run_killed_at(point, "push", a, b)
+        assert r.returncode == (0 if point == "none" else -signal.SIGKILL), r.stderr
+        assert (b / "ro/g").read_text() == "g"
+        status = ms("status", b, "--json").json()
+        assert status["modified"] == status["added"] == [], status
+        assert (b / "ro").stat().st_mode & 0o777 == 0o555
+        assert ms("diff", a, b).code == 0
+    finally:
+        _writable_again(a, b)
 
 
 # -- the placing process (sources/placer.py) ----------------------------------
