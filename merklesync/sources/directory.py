@@ -34,7 +34,7 @@ from merklesync.model import Entry, EntryKind, Outcome, ScanReport, WriteItem, l
 from merklesync.orphans import cores
 from merklesync.protocol.paths import check_relpath
 from merklesync.reading import OpenFile, open_to_read, read_chunks
-from merklesync.sources import placer, prehash, prelist
+from merklesync.sources import final_modes, placer, prehash, prelist
 from merklesync.sources.dir_fds import DIR_FLAGS, DirFds, NotADirectory, open_dir
 from merklesync.sources.file_write import (
     IN_THE_WAY,
@@ -128,6 +128,7 @@ class DirectorySource:
         # Directories written read-only, or made writable to write in them,
         # and the mode each gets at the end of the run (see _put_dir).
         self._final_modes: dict[str, int] = {}
+        self._notes = final_modes.Notes(root / STATE_DIR)
         self._writable: set[str] = set()  # directories this batch may write in (_open_up)
         self._root = str(root)
         # The directories this batch of writes goes into, held open; and
@@ -877,11 +878,15 @@ class DirectorySource:
     def _put_dir(self, spot: _Spot, entry: Entry, on_disk: os.stat_result | None) -> None:
         if on_disk is not None and kind_of(on_disk.st_mode) is not EntryKind.DIR:
             self._remove(spot, on_disk)
+        # A read-only directory gets its mode once its contents are in (as
+        # rsync does): until finish(), its owner may write in it. Noted
+        # first: a run stopped before then must not leave it so.
+        read_only = entry.mode & 0o700 != 0o700
+        if read_only:
+            self._notes.note(spot.rel, entry.mode, found=False)
         if on_disk is None or kind_of(on_disk.st_mode) is not EntryKind.DIR:
             os.mkdir(spot.name, 0o700, dir_fd=spot.fd)
-        if entry.mode & 0o700 != 0o700:
-            # A read-only directory gets its mode once its contents are in
-            # (as rsync does): until finish(), its owner may write in it.
+        if read_only:
             self._final_modes[spot.rel] = entry.mode
             _chmod(spot, entry.mode | 0o700)
         else:
@@ -892,11 +897,12 @@ class DirectorySource:
     def _open_up(self, directory: str, fd: int) -> None:
         """Let its owner write in ``directory`` (open as ``fd``): one found
         read-only is made writable until finish(), which puts its mode
-        back."""
+        back, noted first as _put_dir does."""
         if directory in self._writable:
             return
         mode = st_mod.S_IMODE(os.fstat(fd).st_mode)
         if mode & 0o700 != 0o700 and directory not in self._final_modes:
+            self._notes.note(directory, mode, found=True)
             try:
                 os.chmod(fd, mode | 0o700)
             except PermissionError:
@@ -913,11 +919,42 @@ class DirectorySource:
             for rel in _deepest_first(self._final_modes):
                 with contextlib.suppress(OSError, NotADirectory):  # removed meanwhile
                     os.chmod(self._dirs.get(rel), self._final_modes[rel])
+            if self._notes.taken:
+                self._notes.clear()
         finally:
             self._final_modes.clear()
             self._writable.clear()
             self._dirs.close()
             self._read_dirs.close()
+
+    def resume(self, index: Index) -> None:
+        """Give the directories a run stopped before its end left writable
+        the mode they were to get (see final_modes.py), so that the next
+        scan does not take that for a change made here: the mode one found
+        read-only had; for one written read-only, the mode the index says,
+        or the one noted where the index has no row for it. Only one still
+        as that run left it (all of its owner's bits, none it did not give
+        it) is changed."""
+        noted = self._notes.read()
+        if noted is None:
+            return
+        try:
+            for rel in _deepest_first(noted):
+                left, found = noted[rel]
+                mode = left
+                cached = index.get(rel) if rel and not found else None
+                if cached is not None and not cached.entry.deleted:
+                    if cached.entry.kind is not EntryKind.DIR:
+                        continue
+                    mode = cached.entry.mode
+                with contextlib.suppress(OSError, NotADirectory):  # gone, or no directory now
+                    fd = self._dirs.get(rel)
+                    now = st_mod.S_IMODE(os.fstat(fd).st_mode)
+                    if now != mode and now & 0o700 == 0o700 and now & ~(left | 0o700) == 0:
+                        os.chmod(fd, mode)
+            self._notes.clear()
+        finally:
+            self._dirs.close()
 
     def _put_link(self, spot: _Spot, entry: Entry, on_disk: os.stat_result | None) -> None:
         if link_digest(entry.target) != entry.digest:

@@ -805,12 +805,69 @@ def _writable_again(*roots: Path) -> None:
                 d.chmod(0o755)
 
 
-@pytest.mark.parametrize("point", ["none"])
+@pytest.mark.parametrize("point", ["finish", "record"])
+def test_a_push_killed_before_its_end_leaves_no_read_only_directory_writable(
+    tmp_path: Path, point: str
+) -> None:
+    """Read-only directories are writable to their owner until the end of
+    the run: one killed before then leaves nothing that the next scan, or
+    a sync, takes for a change of mode made on the destination."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    (a / "ro/inner").mkdir(parents=True)
+    (a / "ro/inner/file").write_text("x")
+    (a / "ro/inner").chmod(0o555)
+    (a / "ro").chmod(0o500)
+    try:
+        assert ms("init", a).code == 0
+        r = _run_killed_at(point, "push", a, b)
+        assert r.returncode == -signal.SIGKILL, r.stderr
+        assert (b / "ro").is_dir()
+        status = ms("status", b, "--json").json()
+        assert "ro" not in status["modified"], status
+        assert (b / "ro").stat().st_mode & 0o777 == 0o500
+        r = _run_killed_at("none", "sync", a, b)
+        assert r.returncode == 0, r.stderr
+        assert_same_tree(a, b)
+        for root in (a, b):
+            assert (root / "ro").stat().st_mode & 0o777 == 0o500
+            assert (root / "ro/inner").stat().st_mode & 0o777 == 0o555
+        assert ms("sync", a, b, "--json").json()["events"] == []
+        assert not (b / ".merklesync" / "final-modes").exists()
+    finally:
+        _writable_again(a, b)
+
+
+def test_the_note_of_directories_left_writable_is_read_with_care(tmp_path: Path) -> None:
+    """What the note names outside the replica, and what does not parse
+    (a record cut short), is left alone; the rest is done, then the note
+    is gone."""
+    import msgpack
+
+    root, outside = tmp_path / "r", tmp_path / "outside"
+    (root / "d").mkdir(parents=True)
+    outside.mkdir()
+    for d in (root / "d", outside):
+        d.chmod(0o755)
+    assert ms("init", root).code == 0
+    note = root / ".merklesync" / "final-modes"
+    records = [["../outside", 0o555, True], ["/abs", 0o555, True], ["d", 0o555, True]]
+    note.write_bytes(
+        b"".join(msgpack.packb(r) for r in records) + msgpack.packb(["d", 0o700, True])[:-1]
+    )
+    ms("status", root)
+    assert (root / "d").stat().st_mode & 0o777 == 0o555
+    assert outside.stat().st_mode & 0o777 == 0o755
+    assert not note.exists()
+    (root / "d").chmod(0o755)
+
+
+@pytest.mark.parametrize("point", ["none", "finish"])
 def test_a_file_goes_into_a_directory_read_only_on_the_destination(
     tmp_path: Path, point: str
 ) -> None:
     """Its owner may write in it for the run, and it has its mode again
-    after: no change of mode made there for the next scan to find."""
+    after (or, when the run is killed before its end, when the replica is
+    next opened: no change of mode made there for the next scan to find)."""
     a, b = tmp_path / "a", tmp_path / "b"
     (a / "ro").mkdir(parents=True)
     (a / "ro/f").write_text("f")
