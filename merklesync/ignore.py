@@ -102,15 +102,29 @@ class IgnoreRules:
         return ignored
 
     def ignored(self, rel: str, is_dir: bool) -> bool:
-        """True when ``rel`` (a relative POSIX path) is left out."""
-        name = rel.rpartition("/")[2]
-        if name == STATE_DIR or name.startswith(TEMP_PREFIX):
+        """True when ``rel`` (a relative POSIX path) is left out: by a rule,
+        or because a directory above it is. As in git, and as a scan, which
+        never enters a directory left out: a rule that takes a path under
+        one back in (``!dir/keep`` after ``dir/``) does not bring it back."""
+        directory, _, name = rel.rpartition("/")
+        if _reserved(name):
             return True
-        directory = rel.rpartition("/")[0]
-        if directory not in self._rules:  # one lookup per directory, not per path
-            self._rules[directory] = self.for_directory(directory)
-        rules = self._rules[directory]
+        # One lookup per directory, not per path.
+        rules = self._rules[directory] if directory in self._rules else self._learn(directory)
         return rules is not None and rules(rel, is_dir)
+
+    def _learn(self, directory: str) -> Callable[[str, bool], bool] | None:
+        """The rules for the paths in ``directory``, learned for those above
+        it first, each once: everything is left out where a directory is."""
+        todo = [directory]
+        while todo[-1] and (parent := todo[-1].rpartition("/")[0]) not in self._rules:
+            todo.append(parent)
+        for below in reversed(todo):
+            head, _, name = below.rpartition("/")
+            above = self._rules[head] if below else None
+            out = bool(below) and (_reserved(name) or (above is not None and above(below, True)))
+            self._rules[below] = _everything if out else self.for_directory(below)
+        return self._rules[directory]
 
     @property
     def has_excludes(self) -> bool:
@@ -123,9 +137,37 @@ class IgnoreRules:
         return self._excludes is not None and self._excludes.match_file(probe)
 
 
+def _reserved(name: str) -> bool:
+    """The state directory, and temp files: never part of a replica."""
+    return name == STATE_DIR or name.startswith(TEMP_PREFIX)
+
+
+def _everything(rel: str, is_dir: bool) -> bool:
+    """The rules of a directory left out: everything in it is."""
+    return True
+
+
 def exclude_predicate(excludes: Sequence[str]) -> Callable[[str, bool], bool]:
-    """A filter for paths in a plan: False for what --exclude leaves out."""
+    """A filter for paths in a plan: False for what --exclude leaves out,
+    a path under a directory it leaves out too (see IgnoreRules.ignored)."""
     if not excludes:
         return lambda path, is_dir: True
     spec = compile_patterns(excludes)
-    return lambda path, is_dir: not spec.match_file(path + "/" if is_dir else path)
+    left_out = {"": False}  # by directory
+
+    def out(directory: str) -> bool:
+        todo = [directory]
+        while todo[-1] and (parent := todo[-1].rpartition("/")[0]) not in left_out:
+            todo.append(parent)
+        for below in reversed(todo):
+            if below not in left_out:
+                above = left_out[below.rpartition("/")[0]]
+                left_out[below] = above or spec.match_file(below + "/")
+        return left_out[directory]
+
+    def include(path: str, is_dir: bool) -> bool:
+        if out(path.rpartition("/")[0]):
+            return False
+        return not spec.match_file(path + "/" if is_dir else path)
+
+    return include

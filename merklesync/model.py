@@ -154,6 +154,13 @@ class Entry:
         )
 
 
+def is_dir_path(*entries: Entry | None) -> bool:
+    """Whether a path is a directory to a rule that matches directories
+    only (``build/``): it is one on either side, live or deleted (a
+    tombstone keeps the kind of what it deletes)."""
+    return any(entry is not None and entry.kind is EntryKind.DIR for entry in entries)
+
+
 class ChangeKind(enum.Enum):
     """How the destination differs from the source, as ``diff`` prints it."""
 

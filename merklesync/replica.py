@@ -116,7 +116,19 @@ class Replica:
         except BaseException:
             lock.release()
             raise
-        return cls(root, index, lock, excludes)
+        return cls._resumed(cls(root, index, lock, excludes))
+
+    @staticmethod
+    def _resumed(replica: Replica) -> Replica:
+        """``replica``, once what a run stopped before its end left
+        unfinished there is finished (DirectorySource.resume)."""
+        try:
+            replica.source.resume(replica.index)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the failure in flight says why
+                replica.close()
+            raise
+        return replica
 
     @classmethod
     def _preview(cls, root: Path, excludes: Sequence[str]) -> Replica:
@@ -165,7 +177,7 @@ class Replica:
         except BaseException:
             lock.release()
             raise
-        return cls(root, index, lock, ()), moved
+        return cls._resumed(cls(root, index, lock, ())), moved
 
     def renew_id(self) -> str:
         """Give the replica a fresh random id, keeping its entries and their

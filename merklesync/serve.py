@@ -400,8 +400,10 @@ class _Incoming:
 
 
 def _indexed(peer: LocalPeer, entry: Entry) -> bool:
-    """Only files the last scan saw are served: the scan never goes through
-    a symlink, so neither does a read."""
+    """Only files the last scan saw are served. Neither the scan nor the
+    read goes through a symlink (the read opens the file from the root one
+    directory at a time, none followed: DirectorySource.read), so what is
+    served is a file inside the replica, at the path the scan saw."""
     cached = peer.replica.index.get(entry.path)
     if cached is None:
         return False

@@ -28,7 +28,7 @@ import blake3
 
 from merklesync import merge
 from merklesync.clock import Order
-from merklesync.model import Entry, EntryKind, Stats, classify, key_of
+from merklesync.model import Entry, EntryKind, Stats, classify, is_dir_path, key_of
 from merklesync.peer import Outcome, Peer, Progress
 from merklesync.policy import Policy, Rules, conflict_name, keeps_name, newer, writer_of
 from merklesync.reconcile import differences
@@ -154,7 +154,7 @@ class Syncer:
             for x, y in pairs:
                 entry = x or y
                 assert entry is not None
-                if self.include(entry.path, entry.kind is EntryKind.DIR and not entry.deleted):
+                if self.include(entry.path, is_dir_path(x, y)):
                     self._decide(x, y, plan, deferred)
             if not dry_run:
                 self._apply(plan, progress)

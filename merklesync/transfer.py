@@ -7,7 +7,16 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from merklesync.model import Action, Change, ChangeKind, Entry, EntryKind, Stats, leaf_of
+from merklesync.model import (
+    Action,
+    Change,
+    ChangeKind,
+    Entry,
+    EntryKind,
+    Stats,
+    is_dir_path,
+    leaf_of,
+)
 from merklesync.peer import Outcome, Peer, Progress, WriteItem
 from merklesync.reconcile import differences, plan_one_way
 
@@ -126,9 +135,7 @@ def push(
         same: list[tuple[Change, Entry]] = []  # same content: the source is to catch up
         for s, d in pairs:
             change = plan_one_way(s, d)
-            entry = s or d
-            assert entry is not None
-            if not include(change.path, entry.kind is EntryKind.DIR and not entry.deleted):
+            if not include(change.path, is_dir_path(s, d)):
                 continue
             if change.action is Action.DEST_NEWER and change.kind is ChangeKind.NONE:
                 if s is not None and d is not None:

@@ -155,8 +155,12 @@ class LocalPeer:
 
     def read(self, entries: Sequence[Entry]) -> Iterator[tuple[Entry, Iterator[bytes] | None]]:
         self.stats.round_trips += 1
-        for entry in entries:
-            yield entry, self.replica.source.read(entry)
+        source = self.replica.source
+        try:
+            for entry in entries:
+                yield entry, source.read(entry)
+        finally:
+            source.end_reads()
 
     def write(self, items: Iterable[WriteItem], progress: Progress | None = None) -> list[Outcome]:
         self.stats.round_trips += 1

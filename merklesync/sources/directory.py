@@ -3,7 +3,9 @@ reading file content, and writing versions into it safely.
 
 Writes go to a temp file in the destination directory, are verified against
 the blake3 digest, get their mode and mtime, and are renamed into place only
-if the destination still holds what the index says it holds.
+if the destination still holds what the index says it holds. Reads and
+writes reach a file through its directories, from the root, never through a
+symlink (dir_fds.py).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from merklesync.model import Entry, EntryKind, Outcome, ScanReport, WriteItem, l
 from merklesync.orphans import cores
 from merklesync.protocol.paths import check_relpath
 from merklesync.reading import OpenFile, open_to_read, read_chunks
-from merklesync.sources import dir_fds, placer, prehash, prelist
+from merklesync.sources import dir_fds, final_modes, placer, prehash, prelist
 from merklesync.sources.dir_fds import DIR_FLAGS, DirFds, NotADirectory, open_dir
 from merklesync.sources.file_write import (
     IN_THE_WAY,
@@ -53,6 +55,8 @@ RELIST = "relist"  # index meta: directories every partial scan re-lists (_Scan.
 
 _CHANGED_SINCE_COMPARISON = "changed on the destination since the comparison"
 _ABSENT = b"absent"  # not in the stat cache (never a packed stat, nor TOMBSTONE)
+# The stat of a file written here that the stat cache must not vouch for (see _touch_up).
+_UNTRUSTED = os.stat_result((0,) * 10)
 
 
 _KINDS = {
@@ -121,10 +125,16 @@ class DirectorySource:
     def __init__(self, root: Path, ignore: IgnoreRules) -> None:
         self.root = root
         self.ignore = ignore
-        self._final_modes: dict[str, int] = {}  # see _put_dir
+        # Directories written read-only, or made writable to write in them,
+        # and the mode each gets at the end of the run (see _put_dir).
+        self._final_modes: dict[str, int] = {}
+        self._notes = final_modes.Notes(root / STATE_DIR)
+        self._writable: set[str] = set()  # directories this batch may write in (_open_up)
         self._root = str(root)
-        # The directories this batch of writes goes into, held open.
+        # The directories this batch of writes goes into, held open; and
+        # those this batch of reads reads from (see read).
         self._dirs = DirFds(self._root)
+        self._read_dirs = DirFds(self._root)
         self._placer: Placer | None = None  # see write_items
         self._placer_tried = False
         self._new_files = 0
@@ -581,16 +591,28 @@ class DirectorySource:
     def read(self, entry: Entry) -> Iterator[bytes] | None:
         """The content of a file, or None when it is gone, is no longer a
         regular file, or changed size since the scan. Other changes are
-        caught by the receiver, which checks the blake3 digest."""
+        caught by the receiver, which checks the blake3 digest.
+
+        The file is opened in its directory, reached from the root one
+        component at a time, none followed if it is a link (as writes are,
+        see dir_fds.py): a directory swapped for a symlink since the scan
+        makes the file gone, and nothing outside the replica is ever opened.
+        The directories stay open for the next reads until end_reads."""
+        parent, _, name = entry.path.rpartition("/")
         try:
-            fd = open_to_read(self.abs(entry.path))
-        except OSError:
+            fd = open_to_read(name, dir_fd=self._read_dirs.get(parent))
+        except (OSError, NotADirectory):
             return None
         st = os.fstat(fd)
         if not st_mod.S_ISREG(st.st_mode) or st.st_size != entry.size:
             os.close(fd)
             return None
         return OpenFile(fd, st.st_size)
+
+    def end_reads(self) -> None:
+        """Close the directories of this batch of reads: the next one walks
+        to them again (one swapped for a link meanwhile is not followed)."""
+        self._read_dirs.close()
 
     # -- writing ---------------------------------------------------------
 
@@ -608,7 +630,7 @@ class DirectorySource:
             for item in items:
                 entry = item.entry
                 rel = check_relpath(entry.path)
-                if self.ignore.ignored(rel, entry.kind is EntryKind.DIR and not entry.deleted):
+                if self.ignore.ignored(rel, entry.kind is EntryKind.DIR):  # deleted or not
                     yield item, Outcome(rel, False, "ignored on this replica")
                     continue
                 if rel in handed.live:  # its index row is still to come
@@ -660,6 +682,10 @@ class DirectorySource:
     ) -> Iterator[tuple[WriteItem, Outcome]]:
         entry = item.entry
         assert item.data is not None
+        parent = entry.path.rpartition("/")[0]
+        if parent not in self._writable:
+            with contextlib.suppress(OSError, NotADirectory):  # the child says what is wrong
+                self._open_up(parent, self._dirs.get(parent))
         handed.live[entry.path] = (item, current)
         try:
             child.hand_over(entry.path, entry.mode, entry.mtime_ns, entry.digest, item.data)
@@ -710,16 +736,20 @@ class DirectorySource:
             spot = self._spot_for(rel, entry, cached)
             if spot is not None:
                 on_disk = self._verify_unchanged(spot, cached, entry)
-                if entry.deleted:
-                    self._remove(spot, on_disk)
-                elif item.data is None and _version_only(entry, current, on_disk):
+                if item.data is None and _version_only(entry, current, on_disk):
                     placed = on_disk  # the same thing is there: only the index changes
-                elif entry.kind is EntryKind.DIR:
-                    self._put_dir(spot, entry, on_disk)
-                elif entry.kind is EntryKind.LINK:
-                    self._put_link(spot, entry, on_disk)
-                else:
+                elif entry.kind is EntryKind.FILE and item.data is None and not entry.deleted:
                     placed = self._put_file(spot, entry, on_disk, item.data, current)
+                else:  # a name made, replaced or removed in its directory
+                    self._open_up(spot.rel.rpartition("/")[0], spot.fd)
+                    if entry.deleted:
+                        self._remove(spot, on_disk)
+                    elif entry.kind is EntryKind.DIR:
+                        self._put_dir(spot, entry, on_disk)
+                    elif entry.kind is EntryKind.LINK:
+                        self._put_link(spot, entry, on_disk)
+                    else:
+                        placed = self._put_file(spot, entry, on_disk, item.data, current)
         except (Refused, NotADirectory) as refusal:
             _drain(item)
             return Outcome(rel, False, refusal.message)
@@ -728,6 +758,8 @@ class DirectorySource:
             return self._failed(rel, exc)
         if entry.deleted:
             return self._record(entry, None, 0, current, index, clock)
+        if placed is _UNTRUSTED:  # the stat cache leaves it out: the next scan reads it
+            return self._record(entry, None, entry.mtime_ns, current, index, clock)
         assert spot is not None
         st = placed or os.stat(spot.name, dir_fd=spot.fd, follow_symlinks=False)
         return self._record(entry, stat_key(st), st.st_mtime_ns, current, index, clock)
@@ -813,7 +845,10 @@ class DirectorySource:
             if digest == cached.entry.digest and st_mod.S_IMODE(st2.st_mode) == cached.entry.mode:
                 return st2
         elif cached.entry.kind is EntryKind.DIR and kind_of(st.st_mode) is EntryKind.DIR:
-            return st
+            # Its stat moves with what is written in it; what it holds of
+            # its own is its mode.
+            if st_mod.S_IMODE(st.st_mode) == self._dir_mode_on_disk(spot.rel, cached.entry):
+                return st
         elif cached.entry.kind is EntryKind.LINK and kind_of(st.st_mode) is EntryKind.LINK:
             # A racy link (written within the last seconds): its target says.
             try:
@@ -824,15 +859,24 @@ class DirectorySource:
                 return st
         raise Refused("changed on the destination since the scan")
 
+    def _dir_mode_on_disk(self, rel: str, entry: Entry) -> int:
+        """The mode a directory indexed as ``entry`` has on disk: its own,
+        unless this run wrote it read-only (its owner may write in it until
+        finish, see _put_dir)."""
+        final = self._final_modes.get(rel)
+        return final | 0o700 if final == entry.mode else entry.mode
+
     def end_batch(self) -> None:
         """Close the directories of this batch: the next one walks to them again."""
         self._dirs.close()
+        self._writable.clear()
 
     def _remove(self, spot: _Spot, on_disk: os.stat_result | None) -> None:
         if on_disk is None:
             return
         if st_mod.S_ISDIR(on_disk.st_mode):
             self._dirs.forget(spot.rel)
+            self._writable.clear()  # its name may be a new directory's
             try:
                 os.rmdir(spot.name, dir_fd=spot.fd)
             except OSError as exc:
@@ -846,26 +890,82 @@ class DirectorySource:
     def _put_dir(self, spot: _Spot, entry: Entry, on_disk: os.stat_result | None) -> None:
         if on_disk is not None and kind_of(on_disk.st_mode) is not EntryKind.DIR:
             self._remove(spot, on_disk)
+        # A read-only directory gets its mode once its contents are in (as
+        # rsync does): until finish(), its owner may write in it. Noted
+        # first: a run stopped before then must not leave it so.
+        read_only = entry.mode & 0o700 != 0o700
+        if read_only:
+            self._notes.note(spot.rel, entry.mode, found=False)
         if on_disk is None or kind_of(on_disk.st_mode) is not EntryKind.DIR:
             os.mkdir(spot.name, 0o700, dir_fd=spot.fd)
-        if entry.mode & 0o700 != 0o700:
-            # A read-only directory gets its mode once its contents are in
-            # (as rsync does): until finish(), its owner may write in it.
+        if read_only:
             self._final_modes[spot.rel] = entry.mode
             _chmod(spot, entry.mode | 0o700)
         else:
             self._final_modes.pop(spot.rel, None)
             _chmod(spot, entry.mode)
+        self._writable.add(spot.rel)
+
+    def _open_up(self, directory: str, fd: int) -> None:
+        """Let its owner write in ``directory`` (open as ``fd``): one found
+        read-only is made writable until finish(), which puts its mode
+        back, noted first as _put_dir does."""
+        if directory in self._writable:
+            return
+        mode = st_mod.S_IMODE(os.fstat(fd).st_mode)
+        if mode & 0o700 != 0o700 and directory not in self._final_modes:
+            self._notes.note(directory, mode, found=True)
+            try:
+                os.chmod(fd, mode | 0o700)
+            except PermissionError:
+                pass  # not ours: the write finds out what it may do there
+            else:
+                self._final_modes[directory] = mode
+        self._writable.add(directory)
 
     def finish(self) -> None:
-        """Give directories written read-only their mode, deepest first."""
+        """Give directories written read-only, and those made writable to
+        write in them, their mode, deepest first."""
         self._stop_placer()
         try:
-            for rel in sorted(self._final_modes, key=lambda r: r.count("/"), reverse=True):
+            for rel in _deepest_first(self._final_modes):
                 with contextlib.suppress(OSError, NotADirectory):  # removed meanwhile
-                    _chmod(self._spot(rel, create=False), self._final_modes[rel])
+                    os.chmod(self._dirs.get(rel), self._final_modes[rel])
+            if self._notes.taken:
+                self._notes.clear()
         finally:
             self._final_modes.clear()
+            self._writable.clear()
+            self._dirs.close()
+            self._read_dirs.close()
+
+    def resume(self, index: Index) -> None:
+        """Give the directories a run stopped before its end left writable
+        the mode they were to get (see final_modes.py), so that the next
+        scan does not take that for a change made here: the mode one found
+        read-only had; for one written read-only, the mode the index says,
+        or the one noted where the index has no row for it. Only one still
+        as that run left it (all of its owner's bits, none it did not give
+        it) is changed."""
+        noted = self._notes.read()
+        if noted is None:
+            return
+        try:
+            for rel in _deepest_first(noted):
+                left, found = noted[rel]
+                mode = left
+                cached = index.get(rel) if rel and not found else None
+                if cached is not None and not cached.entry.deleted:
+                    if cached.entry.kind is not EntryKind.DIR:
+                        continue
+                    mode = cached.entry.mode
+                with contextlib.suppress(OSError, NotADirectory):  # gone, or no directory now
+                    fd = self._dirs.get(rel)
+                    now = st_mod.S_IMODE(os.fstat(fd).st_mode)
+                    if now != mode and now & 0o700 == 0o700 and now & ~(left | 0o700) == 0:
+                        os.chmod(fd, mode)
+            self._notes.clear()
+        finally:
             self._dirs.close()
 
     def _put_link(self, spot: _Spot, entry: Entry, on_disk: os.stat_result | None) -> None:
@@ -890,7 +990,8 @@ class DirectorySource:
         current: Entry | None,
     ) -> os.stat_result | None:
         """Write a file's content (None: the same bytes are there, only the
-        mode and mtime change); returns its stat once placed, if known."""
+        mode and mtime change); returns its stat once placed, if known
+        (_UNTRUSTED: see _touch_up)."""
         if data is None:
             # Same bytes already there (a mode or version change).
             if (
@@ -898,17 +999,10 @@ class DirectorySource:
                 or current.deleted
                 or current.kind is not EntryKind.FILE
                 or current.digest != entry.digest
+                or on_disk is None
             ):
                 raise Refused("content missing for a changed file")
-            if current.mode != entry.mode:
-                _chmod(spot, entry.mode)
-            os.utime(
-                spot.name,
-                ns=(entry.mtime_ns, entry.mtime_ns),
-                dir_fd=spot.fd,
-                follow_symlinks=False,
-            )
-            return None
+            return self._touch_up(spot, entry, on_disk)
 
         def replace(tmp: str) -> None:
             self._clear_dir_in_way(spot, on_disk)
@@ -920,6 +1014,40 @@ class DirectorySource:
 
         place = new if on_disk is None else replace
         return write_file(spot.fd, spot.name, entry.mode, entry.mtime_ns, entry.digest, data, place)
+
+    def _touch_up(self, spot: _Spot, entry: Entry, on_disk: os.stat_result) -> os.stat_result:
+        """Give a file that already holds ``entry``'s bytes (``on_disk``,
+        just verified) its mode and mtime, through a descriptor of that very
+        file, checked unchanged first: a file edited or saved over since is
+        refused, not touched. Returns its stat for the stat cache, or _UNTRUSTED
+        when a write meanwhile cannot be ruled out (setting the mtime would
+        hide one), so that the next scan reads the file again instead of
+        taking an edit for the old content."""
+        try:
+            fd = open_to_read(spot.name, dir_fd=spot.fd)
+        except PermissionError:  # a file we may not read: by its name
+            self._recheck(spot, on_disk)
+            if st_mod.S_IMODE(on_disk.st_mode) != entry.mode:
+                _chmod(spot, entry.mode)
+            if on_disk.st_mtime_ns != entry.mtime_ns:
+                times = (entry.mtime_ns, entry.mtime_ns)
+                os.utime(spot.name, ns=times, dir_fd=spot.fd, follow_symlinks=False)
+            return _UNTRUSTED
+        try:
+            before = os.fstat(fd)
+            if stat_key(before) != stat_key(on_disk):
+                raise Refused("changed on the destination during the transfer")
+            if st_mod.S_IMODE(before.st_mode) != entry.mode:
+                os.chmod(fd, entry.mode)
+            moved = before.st_mtime_ns != entry.mtime_ns
+            if moved:
+                os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+            after = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if moved or (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+            return _UNTRUSTED
+        return after
 
     def _clear_dir_in_way(self, spot: _Spot, on_disk: os.stat_result | None) -> None:
         if on_disk is not None and st_mod.S_ISDIR(on_disk.st_mode):
@@ -956,6 +1084,11 @@ class _Spot(NamedTuple):
 
 def _chmod(spot: _Spot, mode: int) -> None:
     os.chmod(spot.name, mode, dir_fd=spot.fd, follow_symlinks=False)
+
+
+def _deepest_first(paths: Iterable[str]) -> list[str]:
+    """Replica paths, each before the directories above it ("" is the root)."""
+    return sorted(paths, key=lambda r: r.count("/") + bool(r), reverse=True)
 
 
 def _storable(text: str) -> bool:

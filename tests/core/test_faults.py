@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -167,6 +168,93 @@ def test_destination_changed_after_scan_is_not_overwritten(
     assert "changed on the destination during the transfer" in r.err
     assert (dst / rel).read_text() == "a user edit that must survive"
     assert _temp_files(dst) == []
+
+
+@pytest.mark.parametrize("touched", [False, True], ids=["its-mode", "its-mode-and-mtime"])
+def test_a_file_edited_on_the_destination_while_its_mode_is_set_is_not_taken_for_the_old_content(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, touched: bool
+) -> None:
+    """The same bytes on both sides, a new mode (and mtime) to set: the
+    user edits the destination's file just after it was verified. The
+    edit keeps its bytes and its mtime, and the next scan finds it."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "f").write_text("same bytes")
+    os.utime(a / "f", (1_000_000_000, 1_000_000_000))
+    assert ms("init", a).code == 0 and ms("push", a, b).code == 0
+    (a / "f").chmod(0o600)
+    if touched:
+        os.utime(a / "f", (1_100_000_000, 1_100_000_000))
+    real = directory.DirectorySource._verify_unchanged
+
+    def verify_then_edit(self, spot, cached, entry):  # type: ignore[no-untyped-def]
+        on_disk = real(self, spot, cached, entry)
+        if spot.rel == "f" and self.root == b.resolve():
+            (b / "f").write_text("USER EDIT!")  # the same size
+        return on_disk
+
+    monkeypatch.setattr(directory.DirectorySource, "_verify_unchanged", verify_then_edit)
+    r = ms("push", a, b)
+    monkeypatch.undo()
+    assert (b / "f").read_text() == "USER EDIT!"
+    assert (b / "f").stat().st_mtime_ns > 1_100_000_000 * 10**9
+    status = ms("status", b, "--json").json()
+    assert status["modified"] == ["f"], status
+    assert r.code == 1 and "f: changed on the destination during the transfer" in r.err, r.err
+
+
+def test_a_file_whose_mtime_was_set_is_read_again_by_the_next_scan(tmp_path: Path) -> None:
+    """Setting a file's mtime would hide a write made just before: its
+    stat is not cached, the next scan reads it. A change of mode alone
+    leaves the mtime, which a write would have moved: it is cached."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "f").write_text("same bytes")
+    os.utime(a / "f", (1_000_000_000, 1_000_000_000))
+    assert ms("init", a).code == 0 and ms("push", a, b).code == 0
+    (a / "f").chmod(0o600)
+    assert ms("push", a, b).code == 0
+    assert ms("status", b, "--json").json()["hashed"] == 0
+    (a / "f").chmod(0o640)
+    os.utime(a / "f", (1_100_000_000, 1_100_000_000))
+    assert ms("push", a, b).code == 0
+    assert (b / "f").stat().st_mtime_ns == 1_100_000_000 * 10**9
+    assert (b / "f").stat().st_mode & 0o777 == 0o640
+    status = ms("status", b, "--json").json()
+    assert status["hashed"] == 1 and status["modified"] == [], status
+
+
+@pytest.mark.parametrize("mode", [0o750, 0o755], ids=["its-mode-changed", "its-version-only"])
+def test_a_directory_chmodded_on_the_destination_since_the_scan_is_left_alone(
+    tmp_path: Path, mode: int
+) -> None:
+    """Compare-and-swap holds for a directory's mode as for a file's: a
+    write of a new mode, or of a new version only, finds the mode the user
+    gave it since the scan and is refused, and the next scan finds that
+    change as the user's."""
+    import dataclasses
+
+    from merklesync.model import WriteItem, leaf_of
+    from merklesync.peer.local import LocalPeer
+
+    root = tmp_path / "r"
+    (root / "d").mkdir(parents=True)
+    (root / "d").chmod(0o755)
+    peer = LocalPeer.open(root, create=True)
+    try:
+        peer.refresh()
+        cached = peer.replica.index.get("d")
+        assert cached is not None and cached.entry.mode == 0o755
+        old = cached.entry
+        (root / "d").chmod(0o700)  # the user, after the scan
+        newer = dataclasses.replace(old.with_version(old.vv.bump("peer"), old.stamp + 1), mode=mode)
+        [outcome] = peer.write([WriteItem(newer, leaf_of(old))])
+    finally:
+        peer.close()
+    assert not outcome.ok and outcome.reason == "changed on the destination since the scan"
+    assert (root / "d").stat().st_mode & 0o777 == 0o700
+    r = ms("status", root, "--json")
+    assert r.json()["modified"] == ["d"], r.out
 
 
 def test_unreadable_file_is_skipped_and_the_rest_finishes(
@@ -633,6 +721,173 @@ def test_a_parent_swapped_for_a_symlink_mid_push_leads_no_write_outside(
     assert [p.name for p in (dst / "d-moved").iterdir()] == [swapped[0]]  # where it was checked
 
 
+def test_a_directory_swapped_for_a_symlink_after_the_scan_is_never_read_through(
+    tmp_path: Path,
+) -> None:
+    """A directory swapped for a link to one outside the replica after the
+    scan: its files are gone for the reader (as a file changed since the
+    scan is), never read from outside, and the others are read as before."""
+    from merklesync.peer.local import LocalPeer
+
+    root, outside = tmp_path / "r", tmp_path / "outside"
+    (root / "d" / "e").mkdir(parents=True)
+    (root / "d" / "f").write_bytes(b"inside")
+    (root / "d" / "e" / "g").write_bytes(b"inside too")
+    (root / "h").write_bytes(b"here")
+    (outside / "e").mkdir(parents=True)
+    (outside / "f").write_bytes(b"SECRET")  # the same sizes, other bytes
+    (outside / "e" / "g").write_bytes(b"SECRET TOO")
+    peer = LocalPeer.open(root, create=True)
+    try:
+        peer.refresh()
+        entries = [peer.replica.index.get(p) for p in ("d/e/g", "d/f", "h")]
+        os.rename(root / "d", tmp_path / "d-moved")
+        os.symlink(outside, root / "d")
+        got = {
+            e.path: None if chunks is None else b"".join(chunks)
+            for e, chunks in peer.read([c.entry for c in entries if c is not None])
+        }
+    finally:
+        peer.close()
+    assert got == {"d/e/g": None, "d/f": None, "h": b"here"}
+
+
+# A command killed (SIGKILL) at a point of the destination's run: "finish",
+# where what was written is recorded and read-only directories are still
+# writable; "record", just before the directory "ro" is recorded.
+_KILLED_AT = """
+import os, signal, sys
+from merklesync.index import Index
+from merklesync.sources import directory
+point, dst = sys.argv[1], os.path.realpath(sys.argv[2])
+del sys.argv[1:3]
+real_finish = directory.DirectorySource.finish
+def finish(self):
+    if point == "finish" and str(self.root) == dst:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_finish(self)
+directory.DirectorySource.finish = finish
+real_put = Index.put
+def put(self, entry, stat, old):
+    if point == "record" and entry.path == "ro" and str(self.path).startswith(dst + "/"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_put(self, entry, stat, old)
+Index.put = put
+from merklesync.cli import main
+sys.argv = ["merklesync", *sys.argv[1:]]
+main()
+"""
+
+
+def _run_killed_at(point: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    """A command in a process of its own (killed at ``point``: see
+    _KILLED_AT; "none": not), with a user's rights: as root, without the
+    rights to write where the mode says no (so a read-only directory is
+    one, as for everyone else)."""
+    as_a_user: list[str] = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("needs setpriv to run without root's rights")
+        as_a_user = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner", "--"]
+    dst = args[-1]
+    return subprocess.run(
+        [*as_a_user, sys.executable, "-c", _KILLED_AT, point, str(dst), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _writable_again(*roots: Path) -> None:
+    for root in roots:
+        for d in [root, *root.rglob("*")]:
+            if d.is_dir() and not d.is_symlink():
+                d.chmod(0o755)
+
+
+@pytest.mark.parametrize("point", ["finish", "record"])
+def test_a_push_killed_before_its_end_leaves_no_read_only_directory_writable(
+    tmp_path: Path, point: str
+) -> None:
+    """Read-only directories are writable to their owner until the end of
+    the run: one killed before then leaves nothing that the next scan, or
+    a sync, takes for a change of mode made on the destination."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    (a / "ro/inner").mkdir(parents=True)
+    (a / "ro/inner/file").write_text("x")
+    (a / "ro/inner").chmod(0o555)
+    (a / "ro").chmod(0o500)
+    try:
+        assert ms("init", a).code == 0
+        r = _run_killed_at(point, "push", a, b)
+        assert r.returncode == -signal.SIGKILL, r.stderr
+        assert (b / "ro").is_dir()
+        status = ms("status", b, "--json").json()
+        assert "ro" not in status["modified"], status
+        assert (b / "ro").stat().st_mode & 0o777 == 0o500
+        r = _run_killed_at("none", "sync", a, b)
+        assert r.returncode == 0, r.stderr
+        assert_same_tree(a, b)
+        for root in (a, b):
+            assert (root / "ro").stat().st_mode & 0o777 == 0o500
+            assert (root / "ro/inner").stat().st_mode & 0o777 == 0o555
+        assert ms("sync", a, b, "--json").json()["events"] == []
+        assert not (b / ".merklesync" / "final-modes").exists()
+    finally:
+        _writable_again(a, b)
+
+
+def test_the_note_of_directories_left_writable_is_read_with_care(tmp_path: Path) -> None:
+    """What the note names outside the replica, and what does not parse
+    (a record cut short), is left alone; the rest is done, then the note
+    is gone."""
+    import msgpack
+
+    root, outside = tmp_path / "r", tmp_path / "outside"
+    (root / "d").mkdir(parents=True)
+    outside.mkdir()
+    for d in (root / "d", outside):
+        d.chmod(0o755)
+    assert ms("init", root).code == 0
+    note = root / ".merklesync" / "final-modes"
+    records = [["../outside", 0o555, True], ["/abs", 0o555, True], ["d", 0o555, True]]
+    note.write_bytes(
+        b"".join(msgpack.packb(r) for r in records) + msgpack.packb(["d", 0o700, True])[:-1]
+    )
+    ms("status", root)
+    assert (root / "d").stat().st_mode & 0o777 == 0o555
+    assert outside.stat().st_mode & 0o777 == 0o755
+    assert not note.exists()
+    (root / "d").chmod(0o755)
+
+
+@pytest.mark.parametrize("point", ["none", "finish"])
+def test_a_file_goes_into_a_directory_read_only_on_the_destination(
+    tmp_path: Path, point: str
+) -> None:
+    """Its owner may write in it for the run, and it has its mode again
+    after (or, when the run is killed before its end, when the replica is
+    next opened: no change of mode made there for the next scan to find)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    (a / "ro").mkdir(parents=True)
+    (a / "ro/f").write_text("f")
+    (a / "ro").chmod(0o555)
+    try:
+        assert ms("init", a).code == 0 and ms("push", a, b).code == 0
+        (a / "ro").chmod(0o755)
+        (a / "ro/g").write_text("g")
+        (a / "ro").chmod(0o555)
+        r = _run_killed_at(point, "push", a, b)
+        assert r.returncode == (0 if point == "none" else -signal.SIGKILL), r.stderr
+        assert (b / "ro/g").read_text() == "g"
+        status = ms("status", b, "--json").json()
+        assert status["modified"] == status["added"] == [], status
+        assert (b / "ro").stat().st_mode & 0o777 == 0o555
+        assert ms("diff", a, b).code == 0
+    finally:
+        _writable_again(a, b)
+
+
 # -- the placing process (sources/placer.py) ----------------------------------
 
 
@@ -856,7 +1111,9 @@ def test_content_failing_after_the_placing_process_refused_the_file(
     real_get = DirFds.get
 
     def get(self: DirFds, directory: str, *, create: bool = False) -> int:
-        if directory == parent:  # as if it were no directory on the destination
+        # As if it were no directory on the destination (the source reads
+        # through DirFds too).
+        if directory == parent and self.root == str(dst.resolve()):
             raise NotADirectory(f"parent {parent} is not a directory")
         return real_get(self, directory, create=create)
 

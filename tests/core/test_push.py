@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from merklesync.replica import Replica
 from tests.clirun import ms
 from tests.treegen import assert_same_tree, make_tree, mutate, rsync_itemize
 
@@ -229,6 +230,59 @@ def test_ignore_file_and_exclude(tmp_path: Path) -> None:
     ]
     assert ms("push", a, b).code == 0
     assert (b / "secret/key").read_text() == "s"
+
+
+def _index_paths(root: Path) -> list[str]:
+    with Replica.open(root) as replica:
+        return sorted(e.path for e in replica.index.iter_entries(live_only=True))
+
+
+def test_nothing_is_written_under_a_directory_the_destination_ignores(tmp_path: Path) -> None:
+    """`dir/` then `!dir/keep`: as in git, and as the scan, which never
+    enters an ignored directory, nothing under it is taken back in: a push
+    writes no dir/keep there, and the index keeps no row for it."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "dir/keep", "k")
+    write(a / "dir/other", "o")
+    write(a / "f", "f")
+    ms("init", a)
+    write(b / ".merklesyncignore", "dir/\n!dir/keep\n")
+    ms("init", b)
+    r = ms("push", a, b)
+    assert r.code == 1 and "dir/keep: ignored on this replica" in r.err, r.err
+    assert not (b / "dir").exists()
+    assert _index_paths(b) == [".merklesyncignore", "f"]
+    # The same with --exclude, on both sides: the run leaves dir/keep out.
+    c = tmp_path / "c"
+    r = ms("push", a, c, "--exclude", "dir/", "--exclude", "!dir/keep")
+    assert r.code == 0, r.err
+    assert not (c / "dir").exists() and _index_paths(c) == ["f"]
+
+
+def test_a_deleted_directory_is_matched_by_a_rule_for_directories(tmp_path: Path) -> None:
+    """A tombstone is a directory to `build/` when what it deletes was one."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "build/out.o", "obj")
+    write(a / "f", "f")
+    ms("init", a)
+    assert ms("push", a, b).code == 0
+    (a / "build/out.o").unlink()
+    (a / "build").rmdir()
+    r = ms("push", a, b, "--exclude", "build/")
+    assert r.code == 0, r.err
+    assert (b / "build/out.o").read_text() == "obj"
+    # A replica that ignores build/ takes no tombstone for it either.
+    c = tmp_path / "c"
+    write(c / ".merklesyncignore", "build/\n")
+    ms("init", c)
+    write(a / "build/out.o", "obj")
+    ms("push", a, c)
+    (a / "build/out.o").unlink()
+    (a / "build").rmdir()
+    r = ms("push", a, c)
+    assert "build: ignored on this replica" in r.err, r.err
+    with Replica.open(c) as replica:
+        assert replica.index.get("build") is None
 
 
 def test_destination_inside_source_is_refused(src: Path) -> None:

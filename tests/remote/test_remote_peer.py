@@ -184,6 +184,29 @@ def test_file_changed_on_the_agent_side_ends_as_gone(remote: RemotePeer, tree: P
     assert got[1][1] == (tree / entries[1].path).read_bytes()
 
 
+def test_the_agent_never_reads_through_a_directory_swapped_for_a_symlink(
+    remote: RemotePeer, tree: Path, tmp_path: Path
+) -> None:
+    """A directory of the replica swapped for a link to one outside it
+    after the scan: the agent says its files are gone and sends no byte
+    read from outside."""
+    remote.refresh()
+    files = [e for e in remote.entries_under([ROOT]) if e.kind == 0 and not e.deleted]
+    victim = next(e for e in files if "/" in e.path and e.size > 0)
+    directory = victim.path.rpartition("/")[0]
+    outside = tmp_path / "outside"
+    for e in files:
+        if e.path.startswith(directory + "/"):
+            (outside / e.path).parent.mkdir(parents=True, exist_ok=True)
+            (outside / e.path).write_bytes(b"S" * e.size)  # the same sizes
+    os.rename(tree / directory, tmp_path / "moved")
+    os.symlink(outside / directory, tree / directory)
+    got = {e.path: None if c is None else b"".join(c) for e, c in remote.read(files)}
+    under = [e.path for e in files if e.path.startswith(directory + "/")]
+    assert victim.path in under and all(got[p] is None for p in under)
+    assert all(got[e.path] == (tree / e.path).read_bytes() for e in files if e.path not in under)
+
+
 def test_large_write_and_read_do_not_deadlock(tmp_path: Path) -> None:
     src, dst = tmp_path / "src", tmp_path / "dst"
     make_tree(src, files=30, dirs=3, min_size=1 << 20, max_size=3 << 20, seed=8)
