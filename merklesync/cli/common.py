@@ -16,7 +16,7 @@ from merklesync.cli import error_json, interrupted
 from merklesync.errors import EXIT_IO, EXIT_USAGE, MerklesyncError
 from merklesync.model import Change, Stats
 from merklesync.peer import Progress
-from merklesync.peer.open import RemoteOptions
+from merklesync.peer.open import DEFAULT_TIMEOUT, RemoteOptions
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -141,19 +141,36 @@ def allow_stale_option(func: F) -> F:
 
 
 def remote_options(func: F) -> F:
-    """--remote-cmd, --rsh and --accept-new-host-key, passed on to the
+    """--remote-cmd, --rsh, --accept-new-host-key and --timeout, passed on to the
     command as one ``remote`` keyword argument (a RemoteOptions)."""
 
     @functools.wraps(func)
     def wrapper(
-        *args: Any, remote_cmd: str | None, rsh: str | None, accept_new_host_key: bool, **kw: Any
+        *args: Any,
+        remote_cmd: str | None,
+        rsh: str | None,
+        accept_new_host_key: bool,
+        timeout: float,
+        **kw: Any,
     ) -> Any:
         kw["remote"] = RemoteOptions(
-            remote_cmd=remote_cmd, rsh=rsh, accept_new_host_key=accept_new_host_key
+            remote_cmd=remote_cmd,
+            rsh=rsh,
+            accept_new_host_key=accept_new_host_key,
+            timeout=timeout or None,
         )
         return func(*args, **kw)
 
     for option in (
+        click.option(
+            "--timeout",
+            type=click.FloatRange(min=0),
+            default=DEFAULT_TIMEOUT,
+            show_default=True,
+            metavar="SECONDS",
+            help="Give up (exit 6) when a remote replica says nothing for this long; "
+            "0: wait for ever.",
+        ),
         click.option(
             "--accept-new-host-key",
             is_flag=True,

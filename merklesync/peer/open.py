@@ -26,6 +26,10 @@ from merklesync.transport.relay import attach
 REMOTE_CMD_ENV = "MERKLESYNC_REMOTE_CMD"
 RSH_ENV = "MERKLESYNC_RSH"
 DEFAULT_REMOTE_CMD = "merklesync"
+# Seconds without a word from the agent before a run gives up: far longer
+# than it is ever silent (a scan reports progress every second; an answer
+# is bounded), short enough that a hung run does not hold locks for ever.
+DEFAULT_TIMEOUT = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,13 +40,15 @@ class RemoteOptions:
     (default: the named remote's ``remote-cmd``, then ``$MERKLESYNC_REMOTE_CMD``,
     then ``merklesync``). ``rsh``: run ``RSH [-l USER] [-p PORT] HOST COMMAND``
     as a local command instead of connecting with the built-in SSH client
-    (as rsync's ``-e``; default ``$MERKLESYNC_RSH``).
+    (as rsync's ``-e``; default ``$MERKLESYNC_RSH``). ``timeout``: seconds
+    without a byte from the agent before the run fails (None: no limit).
     """
 
     remote_cmd: str | None = None
     rsh: str | None = None
     accept_new_host_key: bool = False
     connect_timeout: float = 15.0
+    timeout: float | None = DEFAULT_TIMEOUT
 
 
 def open_peer(
@@ -138,10 +144,16 @@ def split_command(text: str, option: str) -> list[str]:
 
 
 def connect(address: Address, call: AgentCall, options: RemoteOptions) -> Transport:
-    """Start the agent on the address's host: through the ``rsh`` command
-    when one is set; else through the connection `merklesync watch
-    --keep-open` may hold to that address (transport/relay.py); else
-    through the built-in SSH client."""
+    """Start the agent on the address's host (with the run's timeout)."""
+    transport = _started(address, call, options)
+    transport.timeout = options.timeout
+    return transport
+
+
+def _started(address: Address, call: AgentCall, options: RemoteOptions) -> Transport:
+    """Through the ``rsh`` command when one is set; else through the
+    connection `merklesync watch --keep-open` may hold to that address
+    (transport/relay.py); else through the built-in SSH client."""
     assert address.host is not None
     rsh = options.rsh if options.rsh is not None else os.environ.get(RSH_ENV)
     if rsh:

@@ -12,6 +12,7 @@ Contract shared by every transport:
   exited with an error before writing anything), `recv` and `send` raise
   `RemoteCommandMissing` carrying the command's own error line.
 - `send` and `recv` may be called from two different threads (one each).
+- `recv` raises `ConnectionFailed` after ``timeout`` seconds without a byte.
 - `close` is idempotent; `stderr_text` and `exit_status` work after it
   (``exit_status`` may be ``None`` after ``close(ended=True)``).
 """
@@ -23,7 +24,14 @@ import threading
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-__all__ = ["STDERR_LIMIT", "StderrTail", "Transport", "command_missing", "error_line"]
+__all__ = [
+    "STDERR_LIMIT",
+    "StderrTail",
+    "Transport",
+    "command_missing",
+    "error_line",
+    "silent_for",
+]
 
 #: How much of the peer's stderr is kept (the last bytes win).
 STDERR_LIMIT = 64 * 1024
@@ -37,6 +45,10 @@ class Transport(Protocol):
     bytes_sent: int
     #: Payload bytes returned by `recv` so far.
     bytes_received: int
+    #: Seconds `recv` waits for a byte before it raises `ConnectionFailed`
+    #: (None: for ever). A peer that says nothing for that long is taken
+    #: for gone: a hung run must not hold its replicas locked for ever.
+    timeout: float | None
 
     def send(self, data: bytes) -> None:
         """Send all of ``data``."""
@@ -59,6 +71,11 @@ class Transport(Protocol):
     def exit_status(self) -> int | None:
         """The peer command's exit status, or ``None`` while it runs."""
         ...
+
+
+def silent_for(label: str, timeout: float) -> str:
+    """What a transport says of a peer that stopped talking."""
+    return f"{label}: no answer for {timeout:g} s (--timeout); giving up"
 
 
 _MISSING_HINTS = re.compile(

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import subprocess
 from collections.abc import Mapping
 from types import TracebackType
 from typing import NoReturn
 
 from merklesync.errors import ConnectionFailed, RemoteCommandMissing
-from merklesync.transport import StderrTail, error_line
+from merklesync.transport import StderrTail, error_line, silent_for
 
 __all__ = ["SubprocessTransport"]
 
@@ -36,6 +37,7 @@ class SubprocessTransport:
         self.argv = list(argv)
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.timeout: float | None = None
         self._closed = False
         try:
             self._proc = subprocess.Popen(
@@ -77,6 +79,10 @@ class SubprocessTransport:
     def recv(self, n: int) -> bytes:
         if self._closed:
             return b""
+        if self.timeout is not None:
+            ready, _, _ = select.select([self._stdout_fd], [], [], self.timeout)
+            if not ready:
+                raise ConnectionFailed(silent_for(self.argv[0], self.timeout))
         try:
             data = os.read(self._stdout_fd, n)
         except OSError as exc:

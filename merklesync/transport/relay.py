@@ -25,6 +25,7 @@ from pathlib import Path
 import blake3
 
 from merklesync.errors import ConnectionFailed
+from merklesync.transport import silent_for
 from merklesync.transport.agent_call import AgentCall
 
 __all__ = ["ACCEPTED", "RelayTransport", "attach", "socket_path"]
@@ -104,6 +105,7 @@ class RelayTransport:
     def __init__(self, sock: socket.socket, label: str) -> None:
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.timeout: float | None = None
         self.label = label
         self._sock = sock
         self._closed = False
@@ -119,7 +121,11 @@ class RelayTransport:
         if self._closed:
             return b""
         try:
+            self._sock.settimeout(self.timeout)
             data = self._sock.recv(n)
+        except TimeoutError:
+            assert self.timeout is not None
+            raise ConnectionFailed(silent_for(self.label, self.timeout)) from None
         except OSError as exc:
             raise self._lost(exc) from None
         self.bytes_received += len(data)

@@ -33,7 +33,7 @@ from types import TracebackType
 from typing import NoReturn
 
 from merklesync.errors import ConnectionFailed, HostKeyError, RemoteCommandMissing
-from merklesync.transport import StderrTail, command_missing, error_line
+from merklesync.transport import StderrTail, command_missing, error_line, silent_for
 from merklesync.transport.lazy_invoke import defer_invoke
 
 defer_invoke()  # before paramiko is imported
@@ -539,6 +539,7 @@ class SSHTransport:
     ) -> None:
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.timeout: float | None = None
         self.label = label
         self.command = command
         self._hop = hop
@@ -584,7 +585,11 @@ class SSHTransport:
             # Take everything paramiko has buffered: its buffer is an array
             # that memmoves its tail on every partial read, quadratic with a
             # large window.  The rest is served from ``_pending``.
+            self._chan.settimeout(self.timeout)
             data = self._chan.recv(max(n, len(self._chan.in_buffer)))
+        except TimeoutError:
+            assert self.timeout is not None
+            raise ConnectionFailed(silent_for(self.label, self.timeout)) from None
         except (OSError, EOFError, paramiko.SSHException) as exc:
             self._fail(f"cannot receive ({exc})")
         if data:

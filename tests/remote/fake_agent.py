@@ -78,6 +78,10 @@ def main(scenario: str) -> None:
         "bigstamp": [[*entry("f.txt")[:9], (1 << 63) - 1]],
         "bigsize": [[*entry("f.txt")[:4], (1 << 64) - 1, *entry("f.txt")[5:]]],
     }.get(scenario, [entry("f.txt")])
+    if scenario == "silent":  # hears everything, answers nothing, until the client goes
+        while os.read(0, 1 << 16):
+            pass
+        return
     while True:
         msg = wire.recv()
         if msg is None:

@@ -37,6 +37,7 @@ class CutTransport:
     ) -> None:
         argv = [sys.executable, "-m", "merklesync", "serve", "--stdio", *extra, str(root)]
         self.inner = SubprocessTransport(argv)
+        self.timeout: float | None = None
         self.send_limit, self.recv_limit = send_limit, recv_limit
         self.bytes_sent = self.bytes_received = 0
         self.cut = False

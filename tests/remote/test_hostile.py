@@ -56,6 +56,15 @@ def test_hostile_source(scenario: str, message: str, tmp_path: Path) -> None:
         assert [p.name for p in dst.iterdir()] == [".merklesync"]
 
 
+def test_an_agent_that_falls_silent_is_given_up_after_the_timeout(tmp_path: Path) -> None:
+    # Else a hung agent (or link) would keep the run, and its replica's
+    # lock, for ever: cron's next runs would all find the replica in use.
+    dst = tmp_path / "dst"
+    code, err = run("silent", "pull", "--timeout", "0.5", "evilhost:/fake", str(dst))
+    assert code == 6, err
+    assert err.count("\n") == 1 and "no answer for 0.5 s (--timeout); giving up" in err, err
+
+
 def test_hostile_write_answer(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()

@@ -123,3 +123,12 @@ def test_env_and_cwd(tmp_path: Path) -> None:
 )
 def test_error_line(stderr: str, line: str) -> None:
     assert error_line(stderr) == line
+
+
+def test_a_command_that_says_nothing_is_given_up_after_the_timeout() -> None:
+    with SubprocessTransport(["cat"]) as t:
+        t.timeout = 0.3
+        with pytest.raises(ConnectionFailed, match=r"^cat: no answer for 0.3 s \(--timeout\)"):
+            t.recv(10)
+        t.send(b"here\n")  # within the limit, an answer is an answer
+        assert t.recv(10) == b"here\n"

@@ -109,6 +109,16 @@ def test_recv_small_reads_of_big_buffer(srv: SSHServer) -> None:
         assert got == n == t.bytes_received
 
 
+def test_a_command_that_says_nothing_is_given_up_after_the_timeout(srv: SSHServer) -> None:
+    with connect(srv, "cat >/dev/null") as t:
+        t.timeout = 0.3
+        with pytest.raises(ConnectionFailed, match=r"no answer for 0.3 s \(--timeout\)"):
+            t.recv(10)
+    with connect(srv, "sleep 0.2; echo late") as t:
+        t.timeout = 30.0  # a slow answer within the limit is an answer
+        assert read_all(t) == b"late\n"
+
+
 def test_stderr_and_exit_status(srv: SSHServer) -> None:
     with connect(srv, "echo out; echo warn >&2; exit 0") as t:
         assert read_all(t) == b"out\n"
