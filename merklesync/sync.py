@@ -154,6 +154,11 @@ class Syncer:
             for x, y in pairs:
                 entry = x or y
                 assert entry is not None
+                if entry.path in self._made.values():
+                    # A conflict copy this run wrote on both sides, met
+                    # again by the comparison still under way: the next run
+                    # compares it (a write now would race the one just made).
+                    continue
                 if self.include(entry.path, is_dir_path(x, y)):
                     self._decide(x, y, plan, deferred)
             if not dry_run:
