@@ -154,10 +154,7 @@ class Syncer:
             for x, y in pairs:
                 entry = x or y
                 assert entry is not None
-                if entry.path in self._made.values():
-                    # A conflict copy this run wrote on both sides, met
-                    # again by the comparison still under way: the next run
-                    # compares it (a write now would race the one just made).
+                if self._made_here(entry.path):
                     continue
                 if self.include(entry.path, is_dir_path(x, y)):
                     self._decide(x, y, plan, deferred)
@@ -184,6 +181,16 @@ class Syncer:
             if o.entry.path not in self._after_a or outcomes_a.get(o.entry.path, _NOT_YET).ok
         ]
         apply_ops(self.b, plan.to_b, self.result.outcomes_b, progress)
+
+    def _made_here(self, path: str) -> bool:
+        """A conflict copy this run wrote on both sides, met again by the
+        comparison still under way: the next run compares it (a write now,
+        refused as the copy's stat is not trusted yet, would hide that the
+        copy is there)."""
+        return path in self._made.values() and all(
+            outcomes.get(path, _NOT_YET).ok
+            for outcomes in (self.result.outcomes_a, self.result.outcomes_b)
+        )
 
     def _copy_is_safe(self, path: str, outcomes: dict[str, Outcome]) -> bool:
         """A keep-both winner is written on a side only once the loser's
