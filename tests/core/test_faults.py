@@ -170,6 +170,16 @@ def test_destination_changed_after_scan_is_not_overwritten(
     assert _temp_files(dst) == []
 
 
+def _one_old_file_pushed(tmp_path: Path) -> tuple[Path, Path]:
+    """Replicas a and b holding the same file f, of an old mtime."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "f").write_text("same bytes")
+    os.utime(a / "f", (1_000_000_000, 1_000_000_000))
+    assert ms("init", a).code == 0 and ms("push", a, b).code == 0
+    return a, b
+
+
 @pytest.mark.parametrize("touched", [False, True], ids=["its-mode", "its-mode-and-mtime"])
 def test_a_file_edited_on_the_destination_while_its_mode_is_set_is_not_taken_for_the_old_content(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, touched: bool
@@ -177,11 +187,7 @@ def test_a_file_edited_on_the_destination_while_its_mode_is_set_is_not_taken_for
     """The same bytes on both sides, a new mode (and mtime) to set: the
     user edits the destination's file just after it was verified. The
     edit keeps its bytes and its mtime, and the next scan finds it."""
-    a, b = tmp_path / "a", tmp_path / "b"
-    a.mkdir()
-    (a / "f").write_text("same bytes")
-    os.utime(a / "f", (1_000_000_000, 1_000_000_000))
-    assert ms("init", a).code == 0 and ms("push", a, b).code == 0
+    a, b = _one_old_file_pushed(tmp_path)
     (a / "f").chmod(0o600)
     if touched:
         os.utime(a / "f", (1_100_000_000, 1_100_000_000))
@@ -207,11 +213,7 @@ def test_a_file_whose_mtime_was_set_is_read_again_by_the_next_scan(tmp_path: Pat
     """Setting a file's mtime would hide a write made just before: its
     stat is not cached, the next scan reads it. A change of mode alone
     leaves the mtime, which a write would have moved: it is cached."""
-    a, b = tmp_path / "a", tmp_path / "b"
-    a.mkdir()
-    (a / "f").write_text("same bytes")
-    os.utime(a / "f", (1_000_000_000, 1_000_000_000))
-    assert ms("init", a).code == 0 and ms("push", a, b).code == 0
+    a, b = _one_old_file_pushed(tmp_path)
     (a / "f").chmod(0o600)
     assert ms("push", a, b).code == 0
     assert ms("status", b, "--json").json()["hashed"] == 0
