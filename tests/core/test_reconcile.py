@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from merklesync import merkle, reconcile
+from merklesync.errors import ProtocolError
 from merklesync.model import Stats
 from merklesync.peer import Node
 from merklesync.peer.local import LocalPeer
@@ -81,3 +82,38 @@ def test_a_wide_level_is_descended_in_slices(
     assert sliced == whole and len(whole) == 1512  # 1500 files and 12 directories
     assert max(asked_whole) > 5 >= max(asked_sliced)
     assert len(asked_sliced) > len(asked_whole)
+
+
+@pytest.mark.parametrize("lie", [False, True], ids=["one-more-each-time", "16-times-more"])
+def test_a_remote_node_may_grow_a_little_during_a_comparison_but_not_without_end(
+    tmp_path: Path, lie: bool
+) -> None:
+    """A sync writes conflict copies (new paths) while it compares: a node
+    met again may hold a few more entries than its parent said. A peer whose
+    children hold 16 times more at every level is lying."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_tree(a, files=3000, dirs=12, seed=9)
+    shutil.copytree(a, b, symlinks=True)
+    assert ms("init", a).code == 0
+    assert ms("init", b).code == 0
+    pa, pb = LocalPeer.open(a), LocalPeer.open(b)
+    children = pb.children
+
+    def claimed(nodes: Sequence[merkle.NodeId], salt: bytes) -> list[list[Node]]:
+        out = []
+        for (level, _), ks in zip(nodes, children(nodes, salt), strict=True):
+            times, plus = (16 ** (level + 1), 0) if lie else (1, level + 1)
+            out.append([Node(k.fingerprint, k.count * times + plus if k.count else 0) for k in ks])
+        return out
+
+    pb.children = claimed  # type: ignore[method-assign]
+    pb.local = False  # type: ignore[misc]
+    try:
+        if lie:
+            with pytest.raises(ProtocolError, match="the children of node"):
+                list(reconcile.differences(pa, pb))
+        else:
+            assert sum(len(batch) for batch in reconcile.differences(pa, pb)) == 3012
+    finally:
+        pa.close()
+        pb.close()
