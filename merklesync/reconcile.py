@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from merklesync import merkle
 from merklesync.batches import batches
@@ -67,6 +68,16 @@ def differences(a: Peer, b: Peer, stats: Stats | None = None) -> Iterator[list[P
     differs; None where a side has no entry for the path."""
     stats = stats if stats is not None else Stats()
     salt = os.urandom(merkle.SALT_BYTES)  # fresh for each comparison (merkle.short)
+    grown_a, grown_b = _Growth(), _Growth()
+    for batch in _descend(a, b, salt, stats, grown_a, grown_b):
+        grown_a.given += len(batch)
+        grown_b.given += len(batch)
+        yield batch
+
+
+def _descend(
+    a: Peer, b: Peer, salt: bytes, stats: Stats, grown_a: _Growth, grown_b: _Growth
+) -> Iterator[list[Pair]]:
     # The root's counts are not known here: its children are taken as they come.
     todo = [_Frontier(both=[(merkle.ROOT, -1, -1)])]
     # Small mismatched nodes met at different levels are compared together,
@@ -78,8 +89,8 @@ def differences(a: Peer, b: Peer, stats: Stats | None = None) -> Iterator[list[P
         frontier = todo.pop()
         asked_a = [(n, ca) for n, ca, _ in frontier.both] + frontier.only_a
         asked_b = [(n, cb) for n, _, cb in frontier.both] + frontier.only_b
-        kids_a = _children(a, asked_a, salt) if asked_a else []
-        kids_b = _children(b, asked_b, salt) if asked_b else []
+        kids_a = _children(a, asked_a, salt, grown_a) if asked_a else []
+        kids_b = _children(b, asked_b, salt, grown_b) if asked_b else []
         nxt = _Frontier()
         whole_a: list[tuple[NodeId, int]] = []
         whole_b: list[tuple[NodeId, int]] = []
@@ -124,21 +135,38 @@ def differences(a: Peer, b: Peer, stats: Stats | None = None) -> Iterator[list[P
             yield batch
 
 
-def _children(peer: Peer, asked: list[tuple[NodeId, int]], salt: bytes) -> list[list[Node]]:
-    """The children of each node asked for. From a remote peer, they may
-    not hold much more than the peer said the node holds (a count below 0:
-    not said): counts that grow level after level would have this side
-    descend without end. Not exactly as much: a sync writes conflict copies,
-    new paths, while it compares, and one may land under a node met again."""
+@dataclass(slots=True)
+class _Growth:
+    """Entries a remote peer's nodes held beyond what it said of them, in
+    one comparison. A sync writes conflict copies (new paths) while it
+    compares, and one may land under a node still to be descended: at most
+    one new path per differing pair already given out, and a few more."""
+
+    given: int = 0  # pairs yielded so far
+    beyond: int = 0
+
+    SLACK: ClassVar[int] = 64
+
+
+def _children(
+    peer: Peer, asked: list[tuple[NodeId, int]], salt: bytes, growth: _Growth
+) -> list[list[Node]]:
+    """The children of each node asked for. From a remote peer, they must
+    hold what the peer said the node holds (a count below 0: not said),
+    give or take what this comparison may have written there (_Growth):
+    counts that grow level after level would have this side descend
+    without end."""
     kids = peer.children([node for node, _ in asked], salt)
     if not peer.local:
         for (node, count), xs in zip(asked, kids, strict=True):
             held = sum(x.count for x in xs)
-            if count >= 0 and held > 2 * count + MAX_FRONTIER:
-                raise ProtocolError(
-                    f"{peer.name}: the children of node {list(node)} hold "
-                    f"{held} entries, the node {count}"
-                )
+            if count >= 0 and held > count:
+                growth.beyond += held - count
+                if growth.beyond > growth.given + growth.SLACK:
+                    raise ProtocolError(
+                        f"{peer.name}: the children of node {list(node)} hold "
+                        f"{held} entries, the node {count}"
+                    )
     return kids
 
 

@@ -102,6 +102,7 @@ class Syncer:
         self._copies: dict[str, str] = {}  # conflicted path -> its conflict copy
         # (conflicted path, the loser's leaf) -> the copy made of it in this run
         self._made: dict[tuple[str, bytes], str] = {}
+        self._copy_paths: set[str] = set()  # the values of _made
         self._unsettled: dict[str, str] = {}  # conflicted path -> why no policy settled it
         # Paths whose write on B carries a tick of A: it waits for A's write.
         self._after_a: set[str] = set()
@@ -187,7 +188,7 @@ class Syncer:
         comparison still under way: the next run compares it (a write now,
         refused as the copy's stat is not trusted yet, would hide that the
         copy is there)."""
-        return path in self._made.values() and all(
+        return path in self._copy_paths and all(
             outcomes.get(path, _NOT_YET).ok
             for outcomes in (self.result.outcomes_a, self.result.outcomes_b)
         )
@@ -417,6 +418,7 @@ class Syncer:
             plan.to_b.append(Op(copy, None, content=content))
             self._copies[x.path] = copy_path
             self._made[(x.path, loser.leaf_hash())] = copy_path
+            self._copy_paths.add(copy_path)
         self._both(self._resolved(winner, x, y), x, y, deferred, deferred)
         holder = self.a if winner is x else self.b
         detail = f"keep-both: the version from {holder.name} keeps the name"
