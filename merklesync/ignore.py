@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from merklesync.errors import UsageError
 from merklesync.reading import read_file
@@ -114,17 +114,17 @@ class IgnoreRules:
         return rules is not None and rules(rel, is_dir)
 
     def _learn(self, directory: str) -> Callable[[str, bool], bool] | None:
-        """The rules for the paths in ``directory``, learned for those above
-        it first, each once: everything is left out where a directory is."""
-        todo = [directory]
-        while todo[-1] and (parent := todo[-1].rpartition("/")[0]) not in self._rules:
-            todo.append(parent)
-        for below in reversed(todo):
-            head, _, name = below.rpartition("/")
-            above = self._rules[head] if below else None
+        """The rules for the paths in ``directory``: everything is left out
+        where a directory is."""
+
+        def learn(
+            below: str, above: Callable[[str, bool], bool] | None
+        ) -> Callable[[str, bool], bool] | None:
+            name = below.rpartition("/")[2]
             out = bool(below) and (_reserved(name) or (above is not None and above(below, True)))
-            self._rules[below] = _everything if out else self.for_directory(below)
-        return self._rules[directory]
+            return _everything if out else self.for_directory(below)
+
+        return _down_to(self._rules, directory, learn)
 
     @property
     def has_excludes(self) -> bool:
@@ -135,6 +135,22 @@ class IgnoreRules:
         """True when only a command-line --exclude leaves ``rel`` out."""
         probe = rel + "/" if is_dir else rel
         return self._excludes is not None and self._excludes.match_file(probe)
+
+
+V = TypeVar("V")
+
+
+def _down_to(known: dict[str, V], directory: str, learn: Callable[[str, V | None], V]) -> V:
+    """What ``known`` says of ``directory``; where it says nothing yet,
+    learned for the directories above it first, each once:
+    ``learn(directory, what is known of its parent)`` (None for the root)."""
+    todo = [directory]
+    while todo[-1] and (parent := todo[-1].rpartition("/")[0]) not in known:
+        todo.append(parent)
+    for below in reversed(todo):
+        if below not in known:
+            known[below] = learn(below, known[below.rpartition("/")[0]] if below else None)
+    return known[directory]
 
 
 def _reserved(name: str) -> bool:
@@ -155,18 +171,11 @@ def exclude_predicate(excludes: Sequence[str]) -> Callable[[str, bool], bool]:
     spec = compile_patterns(excludes)
     left_out = {"": False}  # by directory
 
-    def out(directory: str) -> bool:
-        todo = [directory]
-        while todo[-1] and (parent := todo[-1].rpartition("/")[0]) not in left_out:
-            todo.append(parent)
-        for below in reversed(todo):
-            if below not in left_out:
-                above = left_out[below.rpartition("/")[0]]
-                left_out[below] = above or spec.match_file(below + "/")
-        return left_out[directory]
+    def learn(below: str, above: bool | None) -> bool:
+        return bool(above) or spec.match_file(below + "/")
 
     def include(path: str, is_dir: bool) -> bool:
-        if out(path.rpartition("/")[0]):
+        if _down_to(left_out, path.rpartition("/")[0], learn):
             return False
         return not spec.match_file(path + "/" if is_dir else path)
 
