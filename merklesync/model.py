@@ -16,6 +16,20 @@ LEAF_BYTES = 32
 DIGEST_BYTES = 32
 _MAX_INT64 = (1 << 63) - 1  # what the index (SQLite) and the file system take
 _MIN_INT64 = -(1 << 63)
+# The mode bits a replica syncs: the permission bits and the sticky bit.
+# Setuid and setgid are each machine's own, as in Unison and Syncthing: a
+# scan leaves them out, a peer's entry never sets them (one that carries them
+# is written without), and a directory or file whose mode is changed in place
+# keeps its own. So a replica a peer writes into never gets a setuid program
+# from it, and pulling as root from a replica you do not control cannot
+# plant one.
+SYNCED_MODE = 0o1777
+LOCAL_MODE = 0o6000
+
+
+def synced_mode(mode: int) -> int:
+    """The part of a mode (``st_mode``, or an entry's) that a replica syncs."""
+    return mode & SYNCED_MODE
 
 
 class EntryKind(enum.IntEnum):
@@ -42,7 +56,7 @@ class Entry:
     vv: VersionVector
     digest: bytes = b""  # blake3 of the content; of the target for a link
     size: int = 0
-    mode: int = 0  # permission bits only
+    mode: int = 0  # the synced bits (SYNCED_MODE); an older index may hold others
     mtime_ns: int = 0
     target: str = ""  # symlink target
     deleted: bool = False

@@ -30,7 +30,16 @@ from merklesync.clock import HybridClock, VersionVector
 from merklesync.errors import LocalIOError
 from merklesync.ignore import STATE_DIR, IgnoreRules
 from merklesync.index import TOMBSTONE, Cached, Index
-from merklesync.model import Entry, EntryKind, Outcome, ScanReport, WriteItem, leaf_of
+from merklesync.model import (
+    LOCAL_MODE,
+    Entry,
+    EntryKind,
+    Outcome,
+    ScanReport,
+    WriteItem,
+    leaf_of,
+    synced_mode,
+)
 from merklesync.orphans import cores
 from merklesync.protocol.paths import check_relpath
 from merklesync.reading import OpenFile, open_to_read, read_chunks
@@ -520,7 +529,7 @@ class DirectorySource:
             vv=VersionVector(),
             digest=digest,
             size=st.st_size if kind is EntryKind.FILE else 0,
-            mode=st_mod.S_IMODE(st.st_mode),
+            mode=synced_mode(st.st_mode),
             mtime_ns=st.st_mtime_ns if kind is EntryKind.FILE else 0,
             target=target,
         )
@@ -842,12 +851,12 @@ class DirectorySource:
                 digest, st2 = self.hash_file(spot.rel, spot.fd)
             except (OSError, FileChanged):
                 raise Refused("changed on the destination since the scan") from None
-            if digest == cached.entry.digest and st_mod.S_IMODE(st2.st_mode) == cached.entry.mode:
+            if digest == cached.entry.digest and _same_mode(st2, cached.entry):
                 return st2
         elif cached.entry.kind is EntryKind.DIR and kind_of(st.st_mode) is EntryKind.DIR:
             # Its stat moves with what is written in it; what it holds of
             # its own is its mode.
-            if st_mod.S_IMODE(st.st_mode) == self._dir_mode_on_disk(spot.rel, cached.entry):
+            if synced_mode(st.st_mode) == self._dir_mode_on_disk(spot.rel, cached.entry):
                 return st
         elif cached.entry.kind is EntryKind.LINK and kind_of(st.st_mode) is EntryKind.LINK:
             # A racy link (written within the last seconds): its target says.
@@ -860,11 +869,12 @@ class DirectorySource:
         raise Refused("changed on the destination since the scan")
 
     def _dir_mode_on_disk(self, rel: str, entry: Entry) -> int:
-        """The mode a directory indexed as ``entry`` has on disk: its own,
-        unless this run wrote it read-only (its owner may write in it until
-        finish, see _put_dir)."""
+        """The synced mode a directory indexed as ``entry`` has on disk: its
+        own, unless this run wrote it read-only (its owner may write in it
+        until finish, see _put_dir)."""
         final = self._final_modes.get(rel)
-        return final | 0o700 if final == entry.mode else entry.mode
+        mode = synced_mode(entry.mode)
+        return mode | 0o700 if final is not None and synced_mode(final) == mode else mode
 
     def end_batch(self) -> None:
         """Close the directories of this batch: the next one walks to them again."""
@@ -893,17 +903,20 @@ class DirectorySource:
         # A read-only directory gets its mode once its contents are in (as
         # rsync does): until finish(), its owner may write in it. Noted
         # first: a run stopped before then must not leave it so.
-        read_only = entry.mode & 0o700 != 0o700
+        mode = synced_mode(entry.mode)
+        if on_disk is not None and kind_of(on_disk.st_mode) is EntryKind.DIR:
+            mode = _mode_in_place(on_disk, entry)  # its setgid (a shared group's, say) stays
+        read_only = mode & 0o700 != 0o700
         if read_only:
-            self._notes.note(spot.rel, entry.mode, found=False)
+            self._notes.note(spot.rel, mode, found=False)
         if on_disk is None or kind_of(on_disk.st_mode) is not EntryKind.DIR:
             os.mkdir(spot.name, 0o700, dir_fd=spot.fd)
         if read_only:
-            self._final_modes[spot.rel] = entry.mode
-            _chmod(spot, entry.mode | 0o700)
+            self._final_modes[spot.rel] = mode
+            _chmod(spot, mode | 0o700)
         else:
             self._final_modes.pop(spot.rel, None)
-            _chmod(spot, entry.mode)
+            _chmod(spot, mode)
         self._writable.add(spot.rel)
 
     def _open_up(self, directory: str, fd: int) -> None:
@@ -958,7 +971,7 @@ class DirectorySource:
                 if cached is not None and not cached.entry.deleted:
                     if cached.entry.kind is not EntryKind.DIR:
                         continue
-                    mode = cached.entry.mode
+                    mode = synced_mode(cached.entry.mode) | (left & LOCAL_MODE)
                 with contextlib.suppress(OSError, NotADirectory):  # gone, or no directory now
                     fd = self._dirs.get(rel)
                     now = st_mod.S_IMODE(os.fstat(fd).st_mode)
@@ -1027,8 +1040,8 @@ class DirectorySource:
             fd = open_to_read(spot.name, dir_fd=spot.fd)
         except PermissionError:  # a file we may not read: by its name
             self._recheck(spot, on_disk)
-            if st_mod.S_IMODE(on_disk.st_mode) != entry.mode:
-                _chmod(spot, entry.mode)
+            if not _same_mode(on_disk, entry):
+                _chmod(spot, _mode_in_place(on_disk, entry))
             if on_disk.st_mtime_ns != entry.mtime_ns:
                 times = (entry.mtime_ns, entry.mtime_ns)
                 os.utime(spot.name, ns=times, dir_fd=spot.fd, follow_symlinks=False)
@@ -1037,8 +1050,8 @@ class DirectorySource:
             before = os.fstat(fd)
             if stat_key(before) != stat_key(on_disk):
                 raise Refused("changed on the destination during the transfer")
-            if st_mod.S_IMODE(before.st_mode) != entry.mode:
-                os.chmod(fd, entry.mode)
+            if not _same_mode(before, entry):
+                os.chmod(fd, _mode_in_place(before, entry))
             moved = before.st_mtime_ns != entry.mtime_ns
             if moved:
                 os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
@@ -1080,6 +1093,17 @@ class _Spot(NamedTuple):
     rel: str
     fd: int
     name: str
+
+
+def _same_mode(st: os.stat_result, entry: Entry) -> bool:
+    """Whether what is on disk has ``entry``'s mode, as far as it is synced."""
+    return synced_mode(st.st_mode) == synced_mode(entry.mode)
+
+
+def _mode_in_place(st: os.stat_result, entry: Entry) -> int:
+    """The mode that gives a file or directory (``st``) ``entry``'s synced
+    bits, keeping its own setuid and setgid (see model.SYNCED_MODE)."""
+    return synced_mode(entry.mode) | (st.st_mode & LOCAL_MODE)
 
 
 def _chmod(spot: _Spot, mode: int) -> None:

@@ -18,6 +18,7 @@ import blake3
 
 from merklesync.errors import MerklesyncError
 from merklesync.ignore import TEMP_PREFIX
+from merklesync.model import synced_mode
 from merklesync.sources.no_replace import rename_noreplace
 
 IN_THE_WAY = "an unscanned file is in the way on the destination"
@@ -57,7 +58,7 @@ def write_file(
                 write_all(fd, chunk)
             if hasher.digest() != digest:
                 raise Refused(NOT_AS_SENT)
-            os.fchmod(fd, mode)
+            os.fchmod(fd, synced_mode(mode))  # never setuid or setgid from a peer
             os.utime(fd, ns=(mtime_ns, mtime_ns))
             place(tmp)
             return os.fstat(fd)

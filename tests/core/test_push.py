@@ -96,6 +96,32 @@ def test_symlinks_modes_and_empty_dirs(tmp_path: Path) -> None:
     assert (b / "d/file").stat().st_mode & 0o777 == 0o600
 
 
+def test_setuid_and_setgid_stay_on_their_own_machine(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "shared/prog", "#!/bin/sh\n")
+    os.chmod(a / "shared/prog", 0o4755)
+    os.chmod(a / "shared", 0o2775)
+    ms("init", a)
+    assert ms("push", a, b).code == 0
+    assert (b / "shared/prog").stat().st_mode & 0o7777 == 0o755
+    assert (b / "shared").stat().st_mode & 0o7777 == 0o775
+    assert ms("diff", a, b).code == 0  # the synced bits agree
+    # Each side's own setuid/setgid bits survive a change of the synced
+    # ones made on the other side (a file rewritten gets none).
+    os.chmod(b / "shared", 0o2775)
+    os.chmod(b / "shared/prog", 0o4755)
+    ms("status", b)
+    os.chmod(a / "shared", 0o2770)
+    os.chmod(a / "shared/prog", 0o4750)
+    assert ms("push", a, b).code == 0
+    assert (b / "shared").stat().st_mode & 0o7777 == 0o2770
+    assert (b / "shared/prog").stat().st_mode & 0o7777 == 0o4750
+    write(a / "shared/prog", "#!/bin/sh\nexit 0\n")
+    assert ms("push", a, b).code == 0
+    assert (b / "shared/prog").stat().st_mode & 0o7777 == 0o750
+    assert ms("diff", a, b).code == 0
+
+
 def test_type_changes_both_ways(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     write(a / "x/inner", "i")

@@ -4,7 +4,7 @@
 
 It plays a replica holding one file (``SCENARIO`` decides which lies it
 tells) and answers: hello, refresh, children, entries_under, read, write,
-bye. The frames are built by hand from lists, so nothing here trusts the
+remember, bye. The frames are built by hand from lists, so nothing here trusts the
 code under test to make them right.
 """
 
@@ -77,6 +77,7 @@ def main(scenario: str) -> None:
         "nested-state": [entry("sub/.merklesync/config")],
         "bigstamp": [[*entry("f.txt")[:9], (1 << 63) - 1]],
         "bigsize": [[*entry("f.txt")[:4], (1 << 64) - 1, *entry("f.txt")[5:]]],
+        "setuid": [[*entry("prog")[:5], 0o6755, *entry("prog")[6:]]],
     }.get(scenario, [entry("f.txt")])
     if scenario == "silent":  # hears everything, answers nothing, until the client goes
         while os.read(0, 1 << 16):
@@ -125,6 +126,8 @@ def main(scenario: str) -> None:
                     paths.append(item[1][0])
             outcomes = [["../../" + p if scenario == "bad-outcome" else p, True, ""] for p in paths]
             wire.send(frame(["ok", outcomes]))
+        elif tag == "remember":
+            wire.send(frame(["ok", None]))
         elif tag == "bye":
             wire.send(frame(["ok", None]))
             return

@@ -65,6 +65,16 @@ def test_an_agent_that_falls_silent_is_given_up_after_the_timeout(tmp_path: Path
     assert err.count("\n") == 1 and "no answer for 0.5 s (--timeout); giving up" in err, err
 
 
+def test_a_peer_never_gives_a_file_setuid_or_setgid(tmp_path: Path) -> None:
+    # Pulling as root from a replica someone else controls must not plant
+    # a setuid program here: those bits are never taken from a peer.
+    dst = tmp_path / "dst"
+    code, err = run("setuid", "pull", "evilhost:/fake", str(dst))
+    assert code == 0, err
+    assert (dst / "prog").read_bytes() == b"the honest content\n"
+    assert (dst / "prog").stat().st_mode & 0o7777 == 0o755
+
+
 def test_hostile_write_answer(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
