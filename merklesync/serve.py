@@ -188,8 +188,8 @@ class Agent:
         if isinstance(request, Refresh):
             self._progress_due = time.monotonic() + PROGRESS_EVERY
             self._progress_amount = 0
-            r = peer.refresh(checksum=request.checksum, progress=self._progress)
-            return RefreshResult(r.scanned, r.hashed, r.added, r.modified, r.deleted, r.warnings)
+            report = peer.refresh(checksum=request.checksum, progress=self._progress)
+            return RefreshResult.of(report)
         if isinstance(request, Root):
             node = peer.root()
             return RootResult(node.fingerprint, node.count)

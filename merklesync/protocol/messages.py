@@ -45,7 +45,7 @@ from merklesync.errors import (
     UnsafePath,
     UsageError,
 )
-from merklesync.model import KEY_BYTES, LEAF_BYTES, Entry, EntryKind
+from merklesync.model import KEY_BYTES, LEAF_BYTES, Entry, EntryKind, ScanReport
 from merklesync.protocol.framing import MAX_ARRAY, MAX_CHUNK, MAX_FRAME
 from merklesync.protocol.paths import MAX_PATH_BYTES, check_relpath
 
@@ -70,6 +70,7 @@ MAX_READ = 4_096  # entries per read request (the request must also fit a frame)
 MAX_WRITE_ITEMS = 100_000  # put items per write stream
 MAX_RESULT_ITEMS = 1 << 18  # compare / entries_under answer, all frames together
 MAX_REPORT_ITEMS = 1 << 21  # paths and warnings in one refresh answer
+REPORT_BYTES = 4 << 20  # text of the paths and warnings an agent lists in one (RefreshResult.of)
 # Frames in one answer, all parts together (each at most MAX_FRAME bytes):
 # what an answer of the largest allowed item counts takes, and a bound on
 # what a peer can make this side hold before it is caught lying.
@@ -722,6 +723,40 @@ class RefreshResult:
 
     def to_wire(self) -> list[object]:
         return [self.scanned, self.hashed, self.added, self.modified, self.deleted, self.warnings]
+
+    @classmethod
+    def of(cls, report: ScanReport, budget: int = REPORT_BYTES) -> RefreshResult:
+        """A scan report as an answer: its warnings, then the paths added,
+        modified and deleted, as far as ``budget`` bytes of their text go;
+        what is left out is counted in one more warning. The answer so stays
+        a few frames, far inside the client's limits, even after a scan that
+        found millions of changes (the first scan of a large tree), which
+        the client of a push or a sync does not list anyway."""
+        room = budget
+        left: list[str] = []
+
+        def listed(items: list[str], what: str) -> list[str]:
+            nonlocal room
+            for n, item in enumerate(items):
+                size = len(item.encode("utf-8", "surrogateescape")) + 8
+                if size > room:
+                    room = 0
+                    left.append(f"{len(items) - n:,} {what}")
+                    return items[:n]
+                room -= size
+            return items
+
+        warnings = listed(report.warnings, "warnings")
+        added = listed(report.added, "added")
+        modified = listed(report.modified, "modified")
+        deleted = listed(report.deleted, "deleted")
+        if left:
+            warnings = [
+                *warnings,
+                f"not listed here (over {budget:,} bytes of paths and warnings): "
+                + ", ".join(left),
+            ]
+        return cls(report.scanned, report.hashed, added, modified, deleted, warnings)
 
     @classmethod
     def from_wire(cls, value: object) -> RefreshResult:

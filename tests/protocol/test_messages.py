@@ -16,10 +16,12 @@ from merklesync.errors import (
     ReplicaLocked,
     UnsafePath,
 )
-from merklesync.model import Entry, EntryKind, key_of
+from merklesync.model import Entry, EntryKind, ScanReport, key_of
 from merklesync.protocol.framing import FrameDecoder, encode_frame
 from merklesync.protocol.messages import (
+    MAX_REPORT_ITEMS,
     OPS,
+    REPORT_BYTES,
     Assembly,
     Bye,
     ByeResult,
@@ -557,3 +559,45 @@ def test_nodes_of_several_levels_are_fine_when_apart() -> None:
     request = parse_client_message(["entries_under", [[1, 1], [2, 0x20], [3, 0x2FF]]])
     assert isinstance(request, EntriesUnder)
     assert request.nodes == ((1, 1), (2, 0x20), (3, 0x2FF))
+
+
+def test_a_refresh_answer_lists_what_fits_and_counts_the_rest() -> None:
+    report = ScanReport(
+        scanned=9,
+        hashed=7,
+        added=[f"dir/new{i}" for i in range(5)],
+        modified=["m1", "m2"],
+        deleted=["gone"],
+        warnings=["w1: cannot read", "w2: cannot read"],
+    )
+    assert RefreshResult.of(report) == RefreshResult(
+        9, 7, report.added, report.modified, report.deleted, report.warnings
+    )
+    room = sum(len(w) + 8 for w in report.warnings) + 3 * (len("dir/new0") + 8)
+    answer = RefreshResult.of(report, budget=room)
+    assert (answer.scanned, answer.hashed) == (9, 7)
+    assert answer.added == ["dir/new0", "dir/new1", "dir/new2"]
+    assert answer.modified == answer.deleted == []
+    assert answer.warnings == [
+        "w1: cannot read",
+        "w2: cannot read",
+        f"not listed here (over {room:,} bytes of paths and warnings): "
+        "2 added, 2 modified, 1 deleted",
+    ]
+
+
+def test_a_refresh_answer_stays_a_few_frames_whatever_the_scan_found() -> None:
+    # The first scan of a large tree finds every path: an agent that sent
+    # them all would send more than the client takes (items, frames).
+    deep = "/".join(["d" * 250] * 15)
+    report = ScanReport(added=[f"{deep}/{i:06d}" for i in range(8_000)])
+    answer = RefreshResult.of(report)
+    parts = split_result(answer)
+    assert len(parts) <= 6
+    assembly = Assembly(RefreshResult.SHAPE, MAX_REPORT_ITEMS)
+    for part in parts:
+        assembly.add(part.value, final=isinstance(part, Ok))
+    received = RefreshResult.from_wire(assembly.value())
+    assert received.added == report.added[: len(received.added)]
+    assert len(received.added) == REPORT_BYTES // (len(report.added[0]) + 8)
+    assert received.warnings[-1].endswith(f"{8_000 - len(received.added):,} added")

@@ -302,6 +302,34 @@ def test_status_of_the_remote_side(side: Side, src: Path, tmp_path: Path) -> Non
     assert r.json()["entries"] == ms("status", dst, "--json").json()["entries"]
 
 
+def test_a_scan_that_finds_more_than_an_answer_lists(side: Side, tmp_path: Path) -> None:
+    # Paths of about 3.8 kB: some 1,100 of them fill what a refresh answer
+    # lists (as a few million short ones would, on a first scan). The scan
+    # records them all; the answer lists what fits and counts the rest.
+    root = tmp_path / "big"
+    root.mkdir()
+    assert ms("init", root).code == 0
+    deep = root.joinpath(*["d" * 250] * 15)
+    deep.mkdir(parents=True)
+    for i in range(1_300):
+        (deep / f"{i:05d}").write_text(str(i))
+    r = side.ms("status", side.addr(root), "--json")
+    assert r.code == 0, r.err
+    out = r.json()
+    assert out["entries"] == 1_315
+    if side.remote:
+        listed = len(out["added"])
+        assert 1_000 < listed < 1_200
+        left = f"{1_315 - listed:,} added"
+        assert out["warnings"] == [
+            f"not listed here (over 4,194,304 bytes of paths and warnings): {left}"
+        ]
+    else:
+        assert len(out["added"]) == 1_315 and out["warnings"] == []
+    r = side.ms("status", side.addr(root), "--json")
+    assert r.json()["added"] == [] and r.json()["entries"] == 1_315
+
+
 def test_missing_replica_is_the_remote_error(side: Side, tmp_path: Path) -> None:
     r = side.ms("diff", side.src(tmp_path / "nope"), side.dst(tmp_path / "also-nope"))
     assert r.code == 5, r.err
