@@ -246,7 +246,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="also write the report (Markdown) here")
     p.add_argument("--tmp", type=Path, help="where to make the trees (default: $TMPDIR)")
     p.add_argument("--keep", action="store_true", help="keep the trees")
-    p.add_argument("--merklesync", help="command to run merklesync (default: python -m merklesync)")
+    p.add_argument("--merklesync", help="command to run merklesync (default: installed in a venv)")
     p.add_argument("--rsync-only", action="store_true", help="measure rsync alone (the bar)")
     return p.parse_args(argv)
 
@@ -262,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         work / "src",
         work / "dst-rsync",
         work / "dst-merklesync",
-        None if args.rsync_only else merklesync_argv(args.merklesync),
+        None if args.rsync_only else merklesync_argv(args.merklesync, work),
         work,
     )
     try:

@@ -86,14 +86,22 @@ class SshEndpoint:
 
 
 @contextmanager
-def loopback_sshd(work: Path, kind: str = "openssh") -> Iterator[SshEndpoint]:
-    """Start the test suite's loopback sshd (tests/sshd.py) under ``work``; stop it after."""
+def loopback_sshd(
+    work: Path, kind: str = "openssh", merklesync: Sequence[str] | None = None
+) -> Iterator[SshEndpoint]:
+    """Start the test suite's loopback sshd (tests/sshd.py) under ``work``; stop it
+    after. ``merklesync``: the command that starts merklesync, on the far side too."""
     sshd = importlib.import_module("tests.sshd")
     workdir = work / "sshd"
     workdir.mkdir()
     daemon = sshd.start_daemon(kind, workdir)
     try:
-        server = sshd.SSHServer(daemon, work / "ssh-home")
+        home = work / "ssh-home"
+        server = (
+            sshd.SSHServer(daemon, home)
+            if merklesync is None
+            else sshd.SSHServer(daemon, home, remote_cmd=shlex.join(merklesync))
+        )
         yield SshEndpoint(
             host=str(server.host),
             port=int(server.port),
@@ -105,6 +113,26 @@ def loopback_sshd(work: Path, kind: str = "openssh") -> Iterator[SshEndpoint]:
         )
     finally:
         daemon.stop()
+
+
+def session_floor(ssh: SshEndpoint, runs: int) -> float:
+    """Best wall time of a bare SSH session, ``ssh HOST true`` with OpenSSH's
+    client: what every run that starts a command on the far side pays (rsync,
+    Unison and merklesync alike) before that command does anything."""
+    argv = [*ssh.ssh_options, ssh.host, "true"]
+    return min(checked(argv, run_measured(argv, env=ssh.env)).wall_s for _ in range(runs))
+
+
+def floor_line(floor: float, rows: Sequence[Row], case: str, baseline: str) -> str:
+    """The session floor, as a share of the baseline tool's time for ``case``."""
+    row = next((r for r in rows if r.case == case), None)
+    share = ""
+    if row is not None and row.baseline.wall_s:
+        share = f", {floor / row.baseline.wall_s:.2f}x {baseline}'s '{case}'"
+    return (
+        f"A bare SSH session (`ssh HOST true`, OpenSSH, best of 5): {floor:.3f} s{share}: "
+        "the least any run pays that starts its command on the far side afresh."
+    )
 
 
 # --------------------------------------------------------------------------- the tools
@@ -357,7 +385,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="also write the report (Markdown) here")
     p.add_argument("--tmp", type=Path, help="where to make the trees (default: $TMPDIR)")
     p.add_argument("--keep", action="store_true", help="keep the trees")
-    p.add_argument("--merklesync", help="command to run merklesync (default: python -m merklesync)")
+    p.add_argument("--merklesync", help="command to run merklesync (default: installed in a venv)")
     p.add_argument("--push-args", default="", help="extra arguments for merklesync push")
     p.add_argument("--rsync-only", action="store_true", help="measure rsync alone (the bar)")
     p.add_argument(
@@ -387,24 +415,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             "--stats totals; merklesync bytes_sent + bytes_received."
         )
         print(header + "\n", file=sys.stderr)
-        with loopback_sshd(work, args.sshd) as ssh:
+        merklesync = None if args.rsync_only else merklesync_argv(args.merklesync, work)
+        with loopback_sshd(work, args.sshd, merklesync) as ssh:
             header += f" Server: {ssh.kind} on 127.0.0.1:{ssh.port}."
             tools = SshTools(
                 ssh,
                 work / "src",
                 work / "dst-rsync",
                 work / "dst-merklesync",
-                None if args.rsync_only else merklesync_argv(args.merklesync),
+                merklesync,
                 work,
                 shlex.split(args.push_args),
             )
             series = [int(x) for x in args.series.split(",") if x.strip()]
             rows = run_cases(tools, args.runs, args.seed, series, info.file_count, args.copies)
+            floor = session_floor(ssh, 5)
         depth = merkle.depth_for(info.file_count + len(info.dirs))
         report = [header, render_rows(rows, COLUMNS)]
         if not args.rsync_only:
             key_bytes = sum(len(p.encode()) for p in info.files) / max(1, len(info.files))
             report.append(targets(rows, depth, key_bytes))
+        report.append(floor_line(floor, rows, "nothing changed", "rsync"))
         write_report("\n\n".join(report), args.out)
         return 0
     except BenchFailure as e:

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.bench.bench_ssh import SshEndpoint, loopback_sshd  # noqa: E402
+from tests.bench.bench_ssh import SshEndpoint, floor_line, loopback_sshd, session_floor  # noqa: E402
 from tests.bench.table import (  # noqa: E402
     MISSING,
     BenchFailure,
@@ -274,7 +274,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="also write the report (Markdown) here")
     p.add_argument("--tmp", type=Path, help="where to make the trees (default: $TMPDIR)")
     p.add_argument("--keep", action="store_true", help="keep the trees")
-    p.add_argument("--merklesync", help="command to run merklesync (default: python -m merklesync)")
+    p.add_argument("--merklesync", help="command to run merklesync (default: installed in a venv)")
     p.add_argument("--sync-args", default="", help="extra arguments for merklesync sync")
     p.add_argument("--unison-only", action="store_true", help="measure Unison alone (the bar)")
     p.add_argument(
@@ -311,13 +311,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             "measured. Unison reports no wire bytes."
         )
         print(header + "\n", file=sys.stderr)
-        with loopback_sshd(work, args.sshd) as ssh:
+        merklesync = None if args.unison_only else merklesync_argv(args.merklesync, work)
+        with loopback_sshd(work, args.sshd, merklesync) as ssh:
             header += f" Server: {ssh.kind} on 127.0.0.1:{ssh.port}."
             tools = SyncTools(
                 ssh,
                 pairs[0],
                 pairs[1],
-                None if args.unison_only else merklesync_argv(args.merklesync),
+                merklesync,
                 work / "unison-local",
                 work / "unison-remote",
                 work,
@@ -325,7 +326,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 shlex.split(args.sync_args),
             )
             rows = run_cases(tools, args.runs, args.seed)
-        write_report("\n\n".join([header, render(rows), targets(rows)]), args.out)
+            floor = session_floor(ssh, 5)
+        floor_text = floor_line(floor, rows, "nothing changed", "unison")
+        write_report("\n\n".join([header, render(rows), targets(rows), floor_text]), args.out)
         return 0
     except BenchFailure as e:
         print(f"\nBENCHMARK FAILED: {e}", file=sys.stderr)

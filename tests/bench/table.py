@@ -14,7 +14,6 @@ time it falls back to ``os.wait4`` on the direct child and marks the result
 
 from __future__ import annotations
 
-import compileall
 import contextlib
 import functools
 import json
@@ -105,20 +104,34 @@ def checked(argv: Sequence[str | os.PathLike[str]], m: Measured) -> Measured:
     return m
 
 
-def merklesync_argv(spec: str | None = None) -> list[str]:
+def merklesync_argv(spec: str | None, work: Path) -> list[str]:
     """How to start merklesync: ``spec`` split as a shell would, or by default
-    ``python -m merklesync`` with this interpreter (a pyenv/venv shim would add its own
-    start-up time to every run). The package's modules are compiled first, as
-    installing a package does: an editable install run with PYTHONDONTWRITEBYTECODE
-    set would otherwise compile every module changed since its last byte code, on
-    both sides of every run."""
-    compile_package()
-    return shlex.split(spec) if spec else [sys.executable, "-m", "merklesync"]
-
-
-@functools.cache
-def compile_package() -> None:
-    compileall.compile_dir(REPO / "merklesync", quiet=1)
+    merklesync as a user has it: this checkout installed with pip into a fresh
+    virtual environment under ``work``, run as ``python -m merklesync`` (a
+    console script behind a pyenv shim would add its own start-up time). An
+    installed package has its byte code compiled and loads no editable-install
+    hook; a development checkout run in place may compile changed modules at
+    every start (PYTHONDONTWRITEBYTECODE) and runs the .pth hooks of this
+    interpreter's site-packages: some 20-80 ms of every run, on both sides of
+    an SSH run."""
+    if spec:
+        return shlex.split(spec)
+    # Built from a copy of what the package is made of: a build in the checkout
+    # itself would leave a build/ there, whose stale files a later one takes in.
+    source = work / "merklesync-source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    shutil.copytree(
+        REPO / "merklesync", source / "merklesync", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    venv = work / "venv"
+    print(f"installing merklesync into {venv}", file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([*pip, str(source)], check=True)
+    return [str(python), "-m", "merklesync"]
 
 
 _GNU_TIME = "/usr/bin/time"
