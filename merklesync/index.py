@@ -197,6 +197,23 @@ _MAX_VVS = 4096
 _MAX_TRACKED = 250_000  # paths Index remembers storing (see _stored_since_empty)
 
 
+_PACKED: dict[VersionVector, bytes] = {}  # the other way: a run writes a few vectors often
+_INSERT = "INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+_UPDATE = (
+    "UPDATE entries SET leaf = ?, kind = ?, deleted = ?, vv = ?, digest = ?, size = ?, "
+    "mode = ?, mtime_ns = ?, target = ?, stamp = ?, stat = ?, learned_ns = ? WHERE path = ?"
+)
+
+
+def _packed(vv: VersionVector) -> bytes:
+    packed = _PACKED.get(vv)
+    if packed is None:
+        if len(_PACKED) >= _MAX_VVS:
+            _PACKED.clear()
+        packed = _PACKED[vv] = msgpack.packb(vv.to_wire())
+    return packed
+
+
 def _vv(packed: bytes) -> VersionVector:
     vv = _VVS.get(packed)
     if vv is None:
@@ -451,26 +468,26 @@ class Index:
             if old is not None and old.deleted:  # known deleted since then
                 learned = self._learned(entry.path) or learned
         self._unlist(parent)
-        self.conn.execute(
-            "INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                entry.path,
-                parent,
-                key,
-                leaf,
-                int(entry.kind),
-                int(entry.deleted),
-                msgpack.packb(entry.vv.to_wire()),
-                entry.digest,
-                entry.size,
-                entry.mode,
-                entry.mtime_ns,
-                entry.target,
-                entry.stamp,
-                stat,
-                learned,
-            ),
+        fields = (
+            leaf,
+            int(entry.kind),
+            int(entry.deleted),
+            _packed(entry.vv),
+            entry.digest,
+            entry.size,
+            entry.mode,
+            entry.mtime_ns,
+            entry.target,
+            entry.stamp,
+            stat,
+            learned,
+            entry.path,
         )
+        # A row that is there is updated in place: its path, parent and key
+        # stay, so SQLite leaves their indexes alone (a replace would delete
+        # the row and insert it again, in every index).
+        if old is None or not self.conn.execute(_UPDATE, fields).rowcount:
+            self.conn.execute(_INSERT, (entry.path, parent, key, *fields[:-1]))
         self._pending.change(key, None if old is None else old.leaf_hash(), leaf)
         self._dirty = True
         stored = self._stored_since_empty
