@@ -18,7 +18,12 @@ Union merge (``union_merge``), chosen by content, whatever the file name:
   ``["a"]`` + ``"b"`` -> ``["a", "b"]`` and ``[1, 2]`` + ``2`` -> ``[1, 2]``, so
   merging the result again with either side changes nothing. The output keeps
   ours' layout: its indentation (or one line, with or without spaces after
-  ``,`` and ``:``), ``\\uXXXX`` escapes or raw UTF-8, CRLF, final newline.
+  ``,`` and ``:``), ``\\uXXXX`` escapes or raw UTF-8, CRLF, final newline, a
+  byte order mark. Numbers keep their value, not always their spelling
+  (``1.10`` is written ``1.1``, ``1E3`` ``1000.0``); a document holding a
+  number that would not be written back exactly (more digits than a double
+  holds, ``1e400``), or a string that cannot be UTF-8 (a lone surrogate
+  escape), is not merged.
 * **Text** (valid UTF-8 without NUL on both sides): ours' lines unchanged and
   in order, then theirs' lines that ours lacks, each once, with ours' newline
   style (``\\r\\n`` and ``\\n`` end the same line); a final newline if either
@@ -36,15 +41,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
-import shlex
 import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path, PurePosixPath
-from typing import TypeAlias
+from typing import IO, TypeAlias
 
 from merklesync.errors import EXIT_DIFFERENT, MerklesyncError
 
@@ -72,11 +78,15 @@ def union_merge(path: str, ours: bytes, theirs: bytes) -> bytes:
         return _merge_lines(ours_text, theirs_text).encode("utf-8")
     if ours_json is None or theirs_json is None:
         raise MergeFailed(f"{path}: not text or JSON; cannot merge by union")
+    if isinstance(ours_json, _Inexact) or isinstance(theirs_json, _Inexact):
+        raise MergeFailed(f"{path}: a number in it would not be written back exactly")
     try:
         merged = _merge_values(ours_json.value, theirs_json.value)
         return _JSONLayout.of(ours_text, ours_json.value).dump(merged).encode("utf-8")
     except RecursionError:
         raise MergeFailed(f"{path}: JSON nested too deeply to merge") from None
+    except UnicodeEncodeError:  # a lone surrogate, escaped in the JSON: no UTF-8 for it
+        raise MergeFailed(f"{path}: a string in it cannot be written as UTF-8") from None
 
 
 def _as_text(data: bytes) -> str | None:
@@ -93,11 +103,38 @@ class _Parsed:
     value: JSONValue
 
 
+class _Inexact(_Parsed):
+    """A JSON document with a number a double cannot hold: not merged."""
+
+
+class _InexactNumber(Exception):
+    pass
+
+
+def _exact_float(literal: str) -> float:
+    """A JSON number with a fraction or exponent, as json.loads reads it,
+    where the double written back for it has the same value."""
+    value = float(literal)
+    if not math.isfinite(value) or Decimal(repr(value)) != Decimal(literal):
+        raise _InexactNumber(literal)
+    return value
+
+
+def _not_json(literal: str) -> float:
+    """NaN and Infinity, which json.loads takes and no JSON holds."""
+    raise _InexactNumber(literal)
+
+
 def _as_json(text: str) -> _Parsed | None:
     """The parsed document, or None when ``text`` is not a JSON array or
-    object (a file of one number or string per line is text, not JSON)."""
+    object (a file of one number or string per line is text, not JSON).
+    A byte order mark before it is no part of it (the layout keeps it)."""
     try:
-        value = json.loads(text)
+        value = json.loads(
+            text.removeprefix(_BOM), parse_float=_exact_float, parse_constant=_not_json
+        )
+    except _InexactNumber:
+        return _Inexact(None)
     except (ValueError, RecursionError):
         return None
     return _Parsed(value) if isinstance(value, list | dict) else None
@@ -142,15 +179,17 @@ class _JSONLayout:
     ensure_ascii: bool
     newline: str
     final_newline: bool
+    bom: bool = False
 
     @classmethod
     def of(cls, text: str, value: JSONValue) -> _JSONLayout:
         newline = "\r\n" if "\r\n" in text else "\n"
         final = text.endswith("\n")
-        body = text.replace("\r\n", "\n").strip()
+        bom = text.startswith(_BOM)
+        body = text.removeprefix(_BOM).replace("\r\n", "\n").strip()
         unit = _indent_unit(body)
         candidates = [
-            cls(indent, tight, ascii_, newline, final)
+            cls(indent, tight, ascii_, newline, final, bom)
             for ascii_ in (False, True)
             for indent, tight in ((None, False), (None, True), (unit, False))
         ]
@@ -159,20 +198,24 @@ class _JSONLayout:
                 return layout
         # Not written by a JSON serializer we know: the closest layout.
         if "\n" in body:
-            return cls(unit, False, False, newline, final)
+            return cls(unit, False, False, newline, final, bom)
         tight = ", " not in body and ": " not in body
-        return cls(None, tight, False, newline, final)
+        return cls(None, tight, False, newline, final, bom)
 
     def dump_body(self, value: JSONValue) -> str:
         if self.indent is not None:
-            return json.dumps(value, indent=self.indent, ensure_ascii=self.ensure_ascii)
+            return json.dumps(
+                value, indent=self.indent, ensure_ascii=self.ensure_ascii, allow_nan=False
+            )
         separators = (",", ":") if self.tight else (", ", ": ")
-        return json.dumps(value, separators=separators, ensure_ascii=self.ensure_ascii)
+        return json.dumps(
+            value, separators=separators, ensure_ascii=self.ensure_ascii, allow_nan=False
+        )
 
     def dump(self, value: JSONValue) -> str:
         # json.dumps escapes newlines inside strings, so every "\n" is layout.
         body = self.dump_body(value).replace("\n", self.newline)
-        return body + (self.newline if self.final_newline else "")
+        return (_BOM if self.bom else "") + body + (self.newline if self.final_newline else "")
 
 
 def _indent_unit(body: str) -> str:
@@ -187,6 +230,7 @@ def _indent_unit(body: str) -> str:
     return "  "
 
 
+_BOM = "\ufeff"
 _LINE_END = re.compile(r"\r?\n")
 
 
@@ -226,7 +270,35 @@ def _merge_lines(ours: str, theirs: str) -> str:
 
 # -- merge commands ----------------------------------------------------------
 
-_PLACEHOLDER = re.compile(r"%([ABOP])")
+_PLACEHOLDER = "ABOP"  # %A is $1, ... %P is $4
+
+
+def _with_arguments(command: str) -> str:
+    """``command`` with each placeholder made the shell argument it stands
+    for, quoted as where it stands needs: ``"$1"`` outside quotes, ``$1``
+    inside double quotes, and inside single quotes the quote closed around
+    ``"$1"``. So a value is one word wherever it is, and never code."""
+    out: list[str] = []
+    quote = ""  # the quote we are inside, if any
+    i = 0
+    while i < len(command):
+        ch = command[i]
+        if ch == "%" and i + 1 < len(command) and command[i + 1] in _PLACEHOLDER:
+            n = _PLACEHOLDER.index(command[i + 1]) + 1
+            out.append({"": f'"${n}"', '"': f"${n}", "'": f"'\"${n}\"'"}[quote])
+            i += 2
+            continue
+        if ch == "\\" and quote != "'" and i + 1 < len(command):
+            out.append(command[i : i + 2])  # an escaped character, whatever it is
+            i += 2
+            continue
+        if ch in "'\"" and quote in ("", ch):
+            quote = "" if quote else ch
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
 _SUFFIX = re.compile(r"\.[A-Za-z0-9_-]{1,16}")
 
 
@@ -242,11 +314,15 @@ def run_merge_command(
 
     ``%A`` (ours; the command leaves the result in it), ``%B`` (theirs),
     ``%O`` (the common ancestor; an empty file when unknown) and ``%P`` (the
-    path in the replica) are replaced by shell-quoted values, and the command
-    runs under ``sh -c`` in a private temporary directory, which is removed
-    afterwards. Exit status 0 returns the new content of ``%A``; any other
+    path in the replica) stand for the shell's ``$1`` to ``$4``, whose values
+    are given to ``sh -c`` as arguments (see _with_arguments): one word each,
+    never read as shell code, whatever a path holds and however the command
+    quotes them. The command
+    runs in a private temporary directory, which is removed afterwards. Exit
+    status 0 of the shell returns the new content of ``%A``; any other
     status, a timeout or a command that cannot run raises :class:`MergeFailed`
-    with the last line the command wrote to standard error.
+    with the last line the command wrote to standard error (a process it
+    leaves behind holding that is not waited for).
     """
     suffix = PurePosixPath(path).suffix
     suffix = suffix if _SUFFIX.fullmatch(suffix) else ""
@@ -259,10 +335,9 @@ def run_merge_command(
         files["A"].write_bytes(ours)
         files["B"].write_bytes(theirs)
         files["O"].write_bytes(base or b"")
-        values = {key: shlex.quote(str(file)) for key, file in files.items()}
-        values["P"] = shlex.quote(path)
-        script = _PLACEHOLDER.sub(lambda m: values[m.group(1)], command)
-        returncode, stderr = _run_shell(script, tmp, timeout, path)
+        script = _with_arguments(command)
+        argv = [str(files["A"]), str(files["B"]), str(files["O"]), path]
+        returncode, stderr = _run_shell(script, argv, tmp, timeout, path)
         if returncode != 0:
             detail = _last_line(stderr)
             raise MergeFailed(
@@ -277,30 +352,44 @@ def run_merge_command(
             ) from None
 
 
-def _run_shell(script: str, cwd: str, timeout: float, path: str) -> tuple[int, bytes]:
-    try:
-        proc = subprocess.Popen(
-            ["sh", "-c", script],
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # a timeout kills the command's children too
-        )
-    except OSError as exc:
-        raise MergeFailed(f"{path}: cannot run merge command: {exc.strerror or exc}") from None
-    try:
-        _, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        _, stderr = proc.communicate()
-        detail = _last_line(stderr)
-        raise MergeFailed(
-            f"{path}: merge command timed out after {timeout:g} s"
-            + (f": {detail}" if detail else "")
-        ) from None
-    return proc.returncode, stderr
+def _run_shell(
+    script: str, argv: list[str], cwd: str, timeout: float, path: str
+) -> tuple[int, bytes]:
+    """Run ``script`` with ``argv`` as $1...; its exit status and what it
+    wrote to standard error (into a file: a process it started and left
+    running with that open cannot hold the run)."""
+    with tempfile.TemporaryFile(dir=cwd) as stderr:
+        try:
+            proc = subprocess.Popen(
+                ["sh", "-c", script, "merge", *argv],
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                start_new_session=True,  # a timeout kills the command's children too
+            )
+        except OSError as exc:
+            raise MergeFailed(f"{path}: cannot run merge command: {exc.strerror or exc}") from None
+        try:
+            returncode = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            detail = _last_line(_tail(stderr))
+            raise MergeFailed(
+                f"{path}: merge command timed out after {timeout:g} s"
+                + (f": {detail}" if detail else "")
+            ) from None
+        return returncode, _tail(stderr)
+
+
+def _tail(file: IO[bytes]) -> bytes:
+    file.seek(max(0, os.fstat(file.fileno()).st_size - _STDERR_KEPT))
+    return file.read()
+
+
+_STDERR_KEPT = 64 << 10  # of a merge command's standard error, the end
 
 
 def _last_line(stderr: bytes) -> str:

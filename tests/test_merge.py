@@ -309,6 +309,42 @@ def test_deep_json_fails_cleanly() -> None:
         union(deep, b"[1]")
 
 
+@pytest.mark.parametrize(
+    ("ours", "theirs"),
+    [
+        (b'{"id": 0.12345678901234567890123, "a": 1}', b'{"id": 0.1, "b": 2}'),  # > a double
+        (b'{"x": 1e400, "a": 1}', b'{"x": 1e400, "b": 2}'),  # would be written Infinity
+        (b'{"x": NaN, "a": 1}', b'{"b": 2}'),  # taken by json.loads, no JSON
+    ],
+)
+def test_union_refuses_numbers_it_would_not_write_back_exactly(ours: bytes, theirs: bytes) -> None:
+    for a, b in ((ours, theirs), (theirs, ours)):
+        with pytest.raises(MergeFailed, match="a number in it would not be written back exactly"):
+            union_merge("data.json", a, b)
+
+
+def test_union_keeps_the_value_of_numbers() -> None:
+    big = b"123456789012345678901234567890"
+    merged = union(b'{"p": 1.10, "n": 1E3, "big": ' + big + b', "a": 1}', b'{"p": 1.1, "b": 2}')
+    assert merged == b'{"p": 1.1, "n": 1000.0, "big": ' + big + b', "a": 1, "b": 2}'
+
+
+def test_union_refuses_a_string_that_cannot_be_utf8() -> None:
+    # A lone surrogate, escaped: valid JSON that no UTF-8 file can hold raw
+    # (ours writes raw UTF-8). It used to end the whole sync with a traceback.
+    with pytest.raises(MergeFailed, match="cannot be written as UTF-8"):
+        union_merge("c.json", '["é"]\n'.encode(), b'["\\udc80"]\n')
+
+
+def test_union_of_json_with_a_byte_order_mark_keeps_it() -> None:
+    ours = '\ufeff{\n  "a": 1\n}\n'.encode()
+    theirs = '\ufeff{\n  "b": 2\n}\n'.encode()
+    merged = union(ours, theirs)
+    assert merged == '\ufeff{\n  "a": 1,\n  "b": 2\n}\n'.encode()
+    assert json.loads(merged.decode("utf-8-sig")) == {"a": 1, "b": 2}
+    assert json.loads(union(ours, b'{"c": 3}').decode("utf-8-sig")) == {"a": 1, "c": 3}
+
+
 # -- merge commands ----------------------------------------------------------
 
 
@@ -355,6 +391,25 @@ def test_merge_command_missing() -> None:
 def test_merge_command_removing_the_result_fails() -> None:
     with pytest.raises(MergeFailed, match="left no result"):
         run_merge_command("rm %A", "f", b"a", b"b", None)
+
+
+def test_a_path_is_never_shell_code_however_the_command_quotes_it(tmp_path: Path) -> None:
+    planted = tmp_path / "planted"
+    name = f"notes/$(touch {planted}).txt"
+    for command in ('echo "merging %P" >&2; cat %B >> %A', "cat %B >> %A # '%P'", "echo %P"):
+        assert run_merge_command(command, name, b"a\n", b"b\n", None) in (b"a\nb\n", b"a\n")
+    assert not planted.exists()
+    for command in ('printf "[%s]" "%P" > %A', "printf '[%s]' '%P' > %A", "printf [%s] %P > %A"):
+        shown = run_merge_command(command, name, b"", b"", None)
+        assert shown == f"[{name}]".encode(), command
+
+
+def test_a_process_the_command_leaves_running_does_not_hold_the_merge() -> None:
+    # It keeps standard error open: the merge is done when the shell ends.
+    start = time.monotonic()
+    merged = run_merge_command("cat %B >> %A; (sleep 20 &)", "f.txt", b"a\n", b"b\n", None, 10)
+    assert merged == b"a\nb\n"
+    assert time.monotonic() - start < 5
 
 
 @pytest.mark.parametrize("command", ["sleep 10", "sleep 10; true", "sleep 10 & wait"])
