@@ -17,13 +17,13 @@ from pathlib import Path
 
 from merklesync import merge
 from merklesync.clock import Order
-from merklesync.errors import UsageError
-from merklesync.ignore import TEMP_PREFIX
+from merklesync.errors import MerklesyncError, UsageError
+from merklesync.index import TOMBSTONE
 from merklesync.model import Entry, EntryKind, ScanReport
-from merklesync.policy import CONFLICT_MARK, original_of, writer_of
+from merklesync.policy import CONFLICT_MARK, NAME_MAX, original_of, writer_of
 from merklesync.reading import read_file
 from merklesync.replica import Replica
-from merklesync.sources.file_write import write_all
+from merklesync.sources.file_write import temp_name, write_all
 
 CAP = 5  # conflict copies of one file before sync warns
 
@@ -49,8 +49,42 @@ def list_conflicts(replica: Replica) -> list[Conflict]:
             continue
         parsed = original_of(entry.path)
         if parsed is not None:
-            found.append(Conflict(parsed[0], entry, parsed[1]))
+            found.append(Conflict(_unshortened(replica, entry.path, parsed[0]), entry, parsed[1]))
     return found
+
+
+def _unshortened(replica: Replica, copy: str, original: str) -> str:
+    """The file ``copy`` is a conflict copy of. Its name says, unless it
+    was shortened to fit a file name (see policy.conflict_name): then it is
+    the one other file in that directory whose name begins with what is
+    left of the original's stem and ends with its extension. None such, or
+    more than one: the name as parsed (resolve refuses to settle it)."""
+    if len(posixpath.basename(copy).encode()) < NAME_MAX - 3:  # never shortened
+        return original
+    head, name = posixpath.split(original)
+    stem, dot, ext = name.rpartition(".") if "." in name[1:] else (name, "", "")
+    ending = f"{dot}{ext}"
+    found = [
+        path
+        for path, stat in replica.index.stat_cache(head).items()
+        if stat != TOMBSTONE
+        and CONFLICT_MARK not in posixpath.basename(path)
+        and posixpath.basename(path).startswith(stem)
+        and posixpath.basename(path).endswith(ending)
+        and len(posixpath.basename(path)) > len(name)
+    ]
+    return found[0] if len(found) == 1 else original
+
+
+def _shortened_beyond_telling(replica: Replica, copies: list[Conflict]) -> bool:
+    """Copies whose original's name was shortened in theirs and cannot be
+    told from the others in their directory (see _unshortened)."""
+    for c in copies:
+        if len(posixpath.basename(c.copy.path).encode()) >= NAME_MAX - 3:
+            cached = replica.index.get(c.original)
+            if cached is None or cached.entry.deleted:
+                return True
+    return False
 
 
 def over_cap(conflicts: list[Conflict], cap: int = CAP) -> dict[str, int]:
@@ -62,7 +96,7 @@ def over_cap(conflicts: list[Conflict], cap: int = CAP) -> dict[str, int]:
 
 def _write(path: str, data: bytes) -> None:
     head, name = os.path.split(path)
-    tmp = os.path.join(head, f"{TEMP_PREFIX}{os.getpid()}-resolve-{name[:80]}")
+    tmp = os.path.join(head, temp_name(name))
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     try:
         write_all(fd, data)
@@ -73,56 +107,84 @@ def _write(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+@dataclass
+class Resolved:
+    """What resolve did, one line each; the originals it could not settle,
+    each with why (the others were settled all the same); the scan that
+    recorded it all (None on a dry run)."""
+
+    done: list[str]
+    failed: list[MerklesyncError]
+    report: ScanReport | None
+
+
 def resolve(
     replica: Replica, originals: list[str], take: Take, *, dry_run: bool = False
-) -> tuple[list[str], ScanReport | None]:
-    """Settle the conflicts of the given original paths; returns what was
-    done, one line each, and the scan that recorded it."""
+) -> Resolved:
+    """Settle the conflicts of the given original paths, one after the
+    other: one that cannot be settled is left as it was, and the others
+    are settled all the same."""
     replica.scan()
     by_original: dict[str, list[Conflict]] = defaultdict(list)
     for c in list_conflicts(replica):
         by_original[c.original].append(c)
     done: list[str] = []
+    failed: list[MerklesyncError] = []
     for original in originals:
         copies = sorted(by_original.get(original, []), key=lambda c: c.copy.stamp)
-        if not copies:
-            raise UsageError(f"no conflict copies of {original}")
-        target = replica.root / original
-        if take is not Take.BOTH and target.is_dir() and not target.is_symlink():
-            raise UsageError(
-                f"{original} is a directory now: move it or its conflict copies by hand"
-            )
-        if take is Take.BOTH:
-            for c in copies:
-                new = _keep_as_own_file(replica, original, c, dry_run)
-                done.append(f"kept {c.copy.path} as {new}")
-            continue
-        if take is Take.UNION:
-            merged = _read_file(target) or b""
-            for c in copies:
-                theirs = _read_file(replica.root / c.copy.path)
-                if theirs is None:
-                    raise UsageError(f"{c.copy.path} is gone: sync or scan first")
-                merged = merge.union_merge(original, merged, theirs)
-                done.append(f"merged {c.copy.path} into {original}")
-            if not dry_run:
-                _write(str(target), merged)
-            chosen = None
-        else:
-            chosen = _wanted_copy(replica, original, copies, take is Take.LOCAL)
-            if chosen is not None:
-                done.append(f"took {chosen.copy.path} for {original}")
-                if not dry_run:
-                    os.replace(replica.root / chosen.copy.path, target)
-            else:
-                done.append(f"kept {original}")
+        try:
+            done += _settle(replica, original, copies, take, dry_run)
+        except MerklesyncError as exc:
+            failed.append(exc)
+    return Resolved(done, failed, None if dry_run else replica.scan())
+
+
+def _settle(
+    replica: Replica, original: str, copies: list[Conflict], take: Take, dry_run: bool
+) -> list[str]:
+    """Settle one original's conflict copies (oldest first); what was done.
+    Nothing is changed before all that it takes has been read."""
+    if not copies:
+        raise UsageError(f"no conflict copies of {original}")
+    if _shortened_beyond_telling(replica, copies):
+        raise UsageError(
+            f"{copies[0].copy.path}: its name was shortened, and which file it is a copy of "
+            "cannot be told: rename it or settle it by hand"
+        )
+    target = replica.root / original
+    if take is not Take.BOTH and target.is_dir() and not target.is_symlink():
+        raise UsageError(f"{original} is a directory now: move it or its conflict copies by hand")
+    done: list[str] = []
+    if take is Take.BOTH:
         for c in copies:
-            if c is not chosen:
-                done.append(f"removed {c.copy.path}")
-                if not dry_run:
-                    (replica.root / c.copy.path).unlink()
-    report = None if dry_run else replica.scan()
-    return done, report
+            new = _keep_as_own_file(replica, original, c, dry_run)
+            done.append(f"kept {c.copy.path} as {new}")
+        return done
+    if take is Take.UNION:
+        merged = _read_file(target) or b""
+        for c in copies:
+            theirs = _read_file(replica.root / c.copy.path)
+            if theirs is None:
+                raise UsageError(f"{c.copy.path} is gone: sync or scan first")
+            merged = merge.union_merge(original, merged, theirs)
+            done.append(f"merged {c.copy.path} into {original}")
+        if not dry_run:
+            _write(str(target), merged)
+        chosen = None
+    else:
+        chosen = _wanted_copy(replica, original, copies, take is Take.LOCAL)
+        if chosen is not None:
+            done.append(f"took {chosen.copy.path} for {original}")
+            if not dry_run:
+                os.replace(replica.root / chosen.copy.path, target)
+        else:
+            done.append(f"kept {original}")
+    for c in copies:
+        if c is not chosen:
+            done.append(f"removed {c.copy.path}")
+            if not dry_run:
+                (replica.root / c.copy.path).unlink()
+    return done
 
 
 def _wanted_copy(
@@ -160,10 +222,10 @@ def _wanted_copy(
 
 def _read_file(path: Path) -> bytes | None:
     """A version's bytes: a regular file, read without following a link
-    (whatever the link points at is not the version) nor waiting on a FIFO;
-    None when nothing is there."""
+    (whatever the link points at is not the version) nor waiting on a FIFO,
+    and no larger than a sync merges; None when nothing is there."""
     try:
-        return read_file(path)
+        return read_file(path, limit=merge.MAX_MERGE_BYTES)
     except FileNotFoundError:
         return None
     except OSError as exc:

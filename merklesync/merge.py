@@ -57,6 +57,9 @@ from merklesync.errors import EXIT_DIFFERENT, MerklesyncError
 JSONValue: TypeAlias = "bool | int | float | str | list[JSONValue] | dict[str, JSONValue] | None"
 
 
+MAX_MERGE_BYTES = 64 << 20  # of one version, merged in memory at most
+
+
 class MergeFailed(MerklesyncError):
     """The versions could not be merged."""
 

@@ -34,7 +34,6 @@ from merklesync.policy import Policy, Rules, conflict_name, keeps_name, newer, w
 from merklesync.reconcile import differences
 from merklesync.transfer import Op, apply_ops, removes_directory, write_op
 
-MAX_MERGE_BYTES = 64 << 20  # content merged in memory at most
 _NOT_YET = Outcome("", False)
 
 
@@ -69,7 +68,7 @@ class _Plan:
 
 def _content(peer: Peer, entry: Entry) -> bytes | None:
     """A small file's content, for merging."""
-    if entry.deleted or entry.kind is not EntryKind.FILE or entry.size > MAX_MERGE_BYTES:
+    if entry.deleted or entry.kind is not EntryKind.FILE or entry.size > merge.MAX_MERGE_BYTES:
         return None
     for _entry, chunks in peer.read([entry]):
         if chunks is not None:
@@ -110,7 +109,7 @@ class Syncer:
 
     def _fetch(self, peer: Peer, entry: Entry) -> bytes | Path | None:
         """A file's content to write elsewhere: in memory, or spooled."""
-        if entry.size <= MAX_MERGE_BYTES:
+        if entry.size <= merge.MAX_MERGE_BYTES:
             return _content(peer, entry)
         return _spool(peer, entry, self._spool_dir())
 

@@ -73,7 +73,10 @@ def resolve_cmd(
 ) -> None:
     """Settle the conflicts of PATHS (or of every file, with --all) in the
     replica around the current directory. The result is an ordinary local
-    change: the next sync or push takes it to the other replicas."""
+    change: the next sync or push takes it to the other replicas. A file
+    that cannot be settled (no conflict copies, nothing to merge by union)
+    is left as it was and named on standard error, the others are settled
+    all the same, and the exit status is that failure's (1 or 2)."""
     out = Output(quiet, as_json)
     if not paths and not everything:
         raise click.UsageError("name the conflicted PATHS, or use --all")
@@ -90,7 +93,17 @@ def resolve_cmd(
                 else p.as_posix()
                 for p in paths
             ]
-        done, _report = resolve(r, originals, Take(take), dry_run=dry_run)
-    for line in done:
+        resolved = resolve(r, originals, Take(take), dry_run=dry_run)
+    for line in resolved.done:
         out.line(line)
-    out.emit_json({"dry_run": dry_run, "done": done})
+    for failure in resolved.failed:
+        out.warn(f"not resolved: {failure.message}")
+    out.emit_json(
+        {
+            "dry_run": dry_run,
+            "done": resolved.done,
+            "failed": [failure.message for failure in resolved.failed],
+        }
+    )
+    if resolved.failed:
+        sys.exit(max(failure.exit_code for failure in resolved.failed))

@@ -87,8 +87,11 @@ def place_new(tmp: str, name: str, dir_fd: int) -> None:
 
 def temp_name(name: str) -> str:
     """A temp name beside ``name``; the writer's pid in it tells a later
-    scan whether it was abandoned (listing.abandoned)."""
-    return f"{TEMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}-{name[:80]}"
+    scan whether it was abandoned (listing.abandoned). Of ``name``, 80 bytes
+    at most: 80 characters of a script of three bytes each, and the prefix,
+    would be over the 255 a name may hold."""
+    short = name if len(name) <= 20 else name.encode()[:80].decode(errors="ignore")
+    return f"{TEMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}-{short}"
 
 
 def write_all(fd: int, data: bytes | bytearray) -> None:

@@ -122,6 +122,16 @@ def test_setuid_and_setgid_stay_on_their_own_machine(tmp_path: Path) -> None:
     assert ms("diff", a, b).code == 0
 
 
+def test_a_long_name_in_a_script_of_three_bytes_a_character(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    name = "文" * 83 + ".txt"  # 253 bytes: near the longest a name may be
+    write(a / name, "x")
+    ms("init", a)
+    r = ms("push", a, b)
+    assert r.code == 0, r.err
+    assert (b / name).read_text() == "x"
+
+
 def test_type_changes_both_ways(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     write(a / "x/inner", "i")

@@ -191,6 +191,50 @@ def test_resolve_needs_paths_or_all(
     assert r.code == 2 and "no conflict copies of nothing.txt" in r.err
 
 
+def test_a_copy_whose_name_was_shortened_is_settled_for_its_own_file(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its name leaves no room for the whole original's: the conflict copy
+    # holds a shortened one, and resolve must not write that as a new file.
+    a, b = pair
+    name = "n" * 240 + ".txt"
+    (a / name).write_text("base\n")
+    assert ms("sync", a, b).code == 0
+    (a / name).write_text("from a\n")
+    (b / name).write_text("from b\n")
+    assert ms("sync", a, b).code == 0
+    [c] = ms("conflicts", a, "--json").json()["conflicts"]
+    assert c["path"] == name and len(c["copy"].encode()) <= 255
+    monkeypatch.chdir(a)
+    r = ms("resolve", "--all", "--take", "local")
+    assert r.code == 0, r.err
+    ours = {p: text for p, text in files(a).items() if p.startswith("nnn")}
+    assert ours == {name: "from a\n"}  # no copy left, no file made under a shortened name
+    assert ms("sync", a, b).code == 0
+    assert files(a) == files(b)
+
+
+def test_resolve_all_settles_what_it_can_and_says_what_it_cannot(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = pair
+    (a / "notes.txt").write_text("a\n")
+    (b / "notes.txt").write_text("b\n")
+    (a / "image.bin").write_bytes(b"\0a")
+    (b / "image.bin").write_bytes(b"\0b")
+    assert ms("sync", a, b).code == 0
+    monkeypatch.chdir(a)
+    r = ms("resolve", "--all", "--take", "union", "--json")
+    assert r.code == 1, r.err
+    assert "not resolved: image.bin: not text or JSON; cannot merge by union" in r.err
+    out = r.json()
+    assert out["failed"] == ["image.bin: not text or JSON; cannot merge by union"]
+    assert any(line.endswith("into notes.txt") for line in out["done"])
+    assert sorted((a / "notes.txt").read_text().splitlines()) == ["a", "b"]
+    [left] = ms("conflicts", a, "--json").json()["conflicts"]
+    assert left["path"] == "image.bin"
+
+
 def test_warning_past_the_cap_of_conflict_copies(pair: tuple[Path, Path]) -> None:
     a, b = pair
     for round_ in range(6):
@@ -302,9 +346,9 @@ def test_resolve_with_several_copies(
 def test_keep_both_for_files_larger_than_memory_merges(
     pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from merklesync import sync as sync_module
+    from merklesync import merge as merge_module
 
-    monkeypatch.setattr(sync_module, "MAX_MERGE_BYTES", 10)  # everything is "large" now
+    monkeypatch.setattr(merge_module, "MAX_MERGE_BYTES", 10)  # everything is "large" now
     a, b = pair
     (a / "shared.txt").write_text("a large version\n" * 100)
     (b / "shared.txt").write_text("b large version\n" * 100)

@@ -94,10 +94,10 @@ def test_large_conflict_copies_are_spooled_over_a_pipe(
     monkeypatch: pytest.MonkeyPatch,
     direction: str,
 ) -> None:
-    from merklesync import sync as sync_module
+    from merklesync import merge as merge_module
 
     side = make_side(f"pipe-{direction}", daemons, tmp_path)
-    monkeypatch.setattr(sync_module, "MAX_MERGE_BYTES", 10)  # the client spools everything
+    monkeypatch.setattr(merge_module, "MAX_MERGE_BYTES", 10)  # the client spools everything
     a, b = pair
     assert side.ms("sync", side.src(a), side.dst(b)).code == 0
     (a / "cart.json").write_text("mine\n" * 50)
