@@ -364,7 +364,8 @@ class RemotePeer:
     def _eof(self) -> MerklesyncError:
         """End of stream: a protocol error in the middle of a frame (the
         agent cut its answer short), unless the agent died; a connection
-        error otherwise, with the agent's last words."""
+        error otherwise, with the agent's last words. Through a keeper, whose
+        agent's end this side cannot see: always the session lost."""
         try:
             self.session.eof()
             truncated: ProtocolError | None = None
@@ -372,6 +373,11 @@ class RemotePeer:
             truncated = type(exc)(f"{self.where}: {exc.message}")
         except ConnectionFailed:
             truncated = None
+        if self.transport.relayed:  # the keeper ended the session: it died, or the agent did
+            midway = " in the middle of an answer" if truncated is not None else ""
+            return ConnectionFailed(
+                f"{self.where}: the session kept open by `merklesync watch` ended{midway}"
+            )
         status = self._exit_status(wait=truncated is not None)
         if truncated is not None and not status:
             return truncated

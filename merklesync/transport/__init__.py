@@ -49,6 +49,10 @@ class Transport(Protocol):
     #: (None: for ever). A peer that says nothing for that long is taken
     #: for gone: a hung run must not hold its replicas locked for ever.
     timeout: float | None
+    #: A session a keeper relays (relay.py): the agent's exit status and
+    #: stderr stay with the keeper, so an end of stream here is the session
+    #: lost, whatever was under way.
+    relayed: bool
 
     def send(self, data: bytes) -> None:
         """Send all of ``data``."""

@@ -25,6 +25,8 @@ _CLOSE_WAIT = 2.0
 class SubprocessTransport:
     """Run ``argv`` locally and talk to it through its stdin and stdout."""
 
+    relayed = False
+
     def __init__(
         self,
         argv: list[str],

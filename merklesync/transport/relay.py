@@ -102,6 +102,8 @@ def attach(
 class RelayTransport:
     """A session relayed by a keeper, as a `Transport`."""
 
+    relayed = True
+
     def __init__(self, sock: socket.socket, label: str) -> None:
         self.bytes_sent = 0
         self.bytes_received = 0

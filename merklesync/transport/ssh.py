@@ -528,6 +528,8 @@ def _authenticate(t: paramiko.Transport, target: _Target) -> None:
 class SSHTransport:
     """A command running on an SSH server, as a `Transport`."""
 
+    relayed = False
+
     def __init__(
         self,
         hop: _Hop,

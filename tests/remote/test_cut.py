@@ -85,6 +85,10 @@ class CutTransport:
     def exit_status(self) -> int | None:
         return self.inner.exit_status()
 
+    @property
+    def relayed(self) -> bool:
+        return self.inner.relayed
+
 
 def temp_files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.name.startswith(".merklesync-tmp-")]

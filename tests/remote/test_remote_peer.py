@@ -498,3 +498,28 @@ def test_the_agent_never_gathers_more_entries_than_an_answer_may_hold(tree: Path
             peer.entries_under(every, limit=44)
     finally:
         peer.close()
+
+
+def test_a_keeper_that_ends_the_session_mid_answer_is_a_lost_connection() -> None:
+    # Through `merklesync watch --keep-open` the agent's exit status stays
+    # with the keeper: an answer cut short is a session lost (exit 6, worth
+    # a retry), not a hostile peer (exit 7).
+    import socket
+
+    from merklesync.protocol.framing import encode_frame
+    from merklesync.protocol.messages import PROTOCOL_VERSIONS, Hello
+    from merklesync.transport.relay import RelayTransport
+
+    ours, keeper = socket.socketpair()
+    hello = Hello(PROTOCOL_VERSIONS, (), "fake0000", "merklesync 9", "/data")
+    keeper.sendall(encode_frame(hello.to_wire())[:12])
+    keeper.shutdown(socket.SHUT_WR)  # it says no more (it still takes in what is sent)
+    try:
+        with pytest.raises(ConnectionFailed) as info:
+            RemotePeer(RelayTransport(ours, "far"), "far:/data", where="far")
+    finally:
+        keeper.close()
+    assert info.value.message == (
+        "far: the session kept open by `merklesync watch` ended in the middle of an answer"
+    )
+    assert info.value.exit_code == 6
