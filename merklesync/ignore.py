@@ -3,6 +3,8 @@ syntax, in any directory, relative to it) and `--exclude` patterns."""
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -44,6 +46,22 @@ class IgnoreRules:
         self._texts: dict[str, bytes] = {}  # the ignore files read, as read
         self._rules: dict[str, Callable[[str, bool], bool] | None] = {}
         self._excludes = compile_patterns(excludes) if excludes else None
+        # Directories whose ignore file is a symlink or has other hard
+        # links: edited through another name, it changes without an event
+        # in the tree, where a watcher would see it.
+        self.volatile: set[str] = set()
+
+    def start_over(self) -> None:
+        """Forget the ignore files read: the next look reads them again."""
+        self._specs.clear()
+        self._texts.clear()
+        self._rules.clear()
+        self.volatile.clear()
+
+    @property
+    def looked_at(self) -> set[str]:
+        """The directories whose ignore file was looked for since start_over."""
+        return set(self._specs)
 
     def _spec(self, directory: str) -> pathspec.PathSpec[Any] | None:
         if directory not in self._specs:
@@ -53,6 +71,9 @@ class IgnoreRules:
                 text = read_rules(path)
                 spec = compile_patterns(text.decode("utf-8", "replace").splitlines())
                 self._texts[directory] = text
+                st = os.lstat(path)
+                if stat.S_ISLNK(st.st_mode) or st.st_nlink > 1:
+                    self.volatile.add(directory)
             except (OSError, UsageError):
                 spec = None
             self._specs[directory] = spec

@@ -6,11 +6,14 @@ touched since it started and answers questions (see journal.py). A scan that
 asked holds the replica lock and does its own, partial, scan.
 
 Events it cannot vouch for make the next answer "everything": a start, a
-kernel queue overflow (watchdog logs it; a logging handler notices), a
-failure to rebuild watches, and the periodic full rescan (``rescan_every``),
-the safety net Syncthing also keeps. Directories no watch covers are walked
-by every scan (watch_coverage.py). A tree on a network file system is not
-watched at all.
+kernel queue overflow (watchdog logs it from 7.1 on; a logging handler
+notices), a failure to rebuild watches, a change of the mount table (a file
+system mounted inside the tree raises no event of its own), and the
+periodic full rescan (``rescan_every``), the safety net Syncthing also
+keeps. Each of them also has the next answer check again which directories
+are watched: those no watch covers (another file system mounted inside)
+are walked by every scan (watch_coverage.py). A tree on a network file
+system is not watched at all.
 
 For continuous work, ``on_settled`` is called once changes have been quiet
 for ``settle`` seconds (`watch --run`); what that call itself changes in the
@@ -24,12 +27,13 @@ import fcntl
 import logging
 import os
 import secrets
+import select
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
@@ -188,6 +192,7 @@ class Watcher:
         log.addHandler(lost)
         log.setLevel(logging.WARNING)  # what a root logger set higher would drop
         observer = Observer()
+        mounts = _MountTable()
         try:
             observer.schedule(_Handler(self), str(self.root), recursive=True)
             try:
@@ -211,8 +216,10 @@ class Watcher:
                     self.failure = f"{self.root} was moved or removed"
                     break
                 now = time.monotonic()
+                if mounts.changed():
+                    self.lost_events()
                 if now - last_full >= self.rescan_every:
-                    self.journal.lost_track()
+                    self.lost_events()
                     self._last_event, last_full = now, now
                 changed = self._last_event
                 settled = changed is not None and now - changed >= self.settle
@@ -220,6 +227,7 @@ class Watcher:
                     self._last_event = None  # changes during the call make another one
                     self.on_settled()
         finally:
+            mounts.close()
             observer.stop()
             with contextlib.suppress(RuntimeError):
                 observer.join(5)
@@ -290,6 +298,9 @@ class Watcher:
             journal.touched(rel, deep=True)
             with self._answering:
                 self._to_check.add(rel)
+                if len(self._to_check) > MAX_TRACKED:  # memory stays bounded: check them all
+                    self._to_check.clear()
+                    self._check_all = True
         if rel.rpartition("/")[2] == IGNORE_FILE:
             journal.touched(parent_of(rel), deep=True)  # what is left out below changed
 
@@ -349,6 +360,31 @@ class Watcher:
                 temp.unlink()
             return
         self.answered += 1
+
+
+class _MountTable:
+    """Tells when a file system was mounted or unmounted (Linux: the mount
+    table in /proc is then ready with a priority event); never elsewhere."""
+
+    def __init__(self) -> None:
+        self._file: IO[bytes] | None = None
+        self._poll = select.poll()
+        with contextlib.suppress(OSError):
+            self._file = open("/proc/self/mountinfo", "rb")  # noqa: SIM115 (closed by close)
+            self._file.read()
+            self._poll.register(self._file, select.POLLPRI | select.POLLERR)
+
+    def changed(self) -> bool:
+        if self._file is None or not self._poll.poll(0):
+            return False
+        with contextlib.suppress(OSError):
+            self._file.seek(0)
+            self._file.read()  # what has been seen: the next change raises the event again
+        return True
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
 
 
 def _encodable(rel: str) -> bool:

@@ -61,6 +61,10 @@ HASH_RETRIES = 3
 THREADED_HASH = 8 << 20
 WATCH_TOKEN = "watch_token"  # index meta: the journal token the last scan covered
 RELIST = "relist"  # index meta: directories every partial scan re-lists (_Scan.relist)
+# Index meta: directories every partial scan walks deep, whatever a watcher
+# says: those whose ignore file is a symlink or has other hard links, since
+# its rules can change without an event in the tree (IgnoreRules.volatile).
+REWALK = "rewalk"
 
 _CHANGED_SINCE_COMPARISON = "changed on the destination since the comparison"
 _ABSENT = b"absent"  # not in the stat cache (never a packed stat, nor TOMBSTONE)
@@ -207,20 +211,28 @@ class DirectorySource:
         scan = _Scan(index, replica_id, clock, checksum, progress)
         scan.shortcuts = self._shortcuts(checksum)
         scan.reads_all = spread and (checksum or index.root()[1] == 0)
+        self.ignore.start_over()  # an ignore file may have changed since the last scan
         changes = journal.ask(self.root, index.meta(WATCH_TOKEN)) if scan.shortcuts else None
         index.learned_at = learned_ns  # deletions found now are as old as the scan
-        relist = _stored_relist(index) if changes is not None else None
+        relist = _stored_dirs(index, RELIST) if changes is not None else None
+        rewalk = _stored_dirs(index, REWALK) if changes is not None else None
         try:
-            if changes is None or changes.everything or relist is None:
+            if changes is None or changes.everything or relist is None or rewalk is None:
+                rewalk = set()
                 if spread and scan.shortcuts:
                     scan.prelisted = prelist.prelist(self._root, index.listed_dirs())
                 self._scan_tree("", scan)
             else:
                 scan.relist = relist
-                self._scan_changed(changes, index, scan)
+                deep = (*changes.deep, *sorted(rewalk))
+                self._scan_changed(dataclasses.replace(changes, deep=deep), index, scan)
         finally:
             index.learned_at = None
         index.set_meta(RELIST, msgpack.packb(sorted(scan.relist)))
+        # Of the directories looked at, those whose ignore file can change
+        # without an event here; the others as the last scan found them.
+        kept = {d for d in rewalk if d not in self.ignore.looked_at}
+        index.set_meta(REWALK, msgpack.packb(sorted(kept | self.ignore.volatile)))
         if progress is not None and scan.pending:
             progress(scan.pending)
         index.set_meta(WATCH_TOKEN, None if changes is None else changes.token)
@@ -1143,10 +1155,11 @@ def _kept(raw: bytes) -> tuple[int, list[str]] | None:
     return None
 
 
-def _stored_relist(index: Index) -> set[str] | None:
-    """The directories the last scan left to re-list (see _Scan.relist);
-    None when what is stored does not parse: then the scan walks everything."""
-    raw = index.meta(RELIST)
+def _stored_dirs(index: Index, key: str) -> set[str] | None:
+    """The directories the last scan left to re-list or walk again (RELIST,
+    REWALK); None when what is stored does not parse: then the scan walks
+    everything."""
+    raw = index.meta(key)
     if raw is None:
         return set()
     try:

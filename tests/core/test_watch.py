@@ -490,6 +490,90 @@ def test_an_unwatched_directory_is_walked_every_time(tree: Path) -> None:
         running.stop()
 
 
+def test_the_periodic_rescan_checks_again_which_directories_are_watched(tree: Path) -> None:
+    # A directory that lost its watch without an event (the way a file
+    # system mounted there loses it) is found at the next periodic rescan,
+    # and walked by every scan from then on, not by that one alone.
+    running = Running(tree, rescan_every=1.0)
+    try:
+        scan(tree)
+        scan(tree)
+        sub = next(p for p in sorted(tree.iterdir()) if p.is_dir() and p.name.startswith("d"))
+        _drop_watch(sub)
+        time.sleep(1.5)  # past the rescan
+        scan(tree)
+        for n in range(2):
+            victim = sorted(p for p in sub.iterdir() if p.is_file())[n]
+            victim.write_bytes(f"no event for this {n}".encode())
+            assert victim.relative_to(tree).as_posix() in scan(tree).modified
+    finally:
+        running.stop()
+
+
+def test_a_file_system_mounted_inside_while_watched_is_walked_every_time(tree: Path) -> None:
+    mnt = tree / "mnt"
+    mnt.mkdir()
+    running = Running(tree)
+    try:
+        scan(tree)
+        scan(tree)
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "merklesync-test", str(mnt)], capture_output=True, check=False
+        )
+        if mounted.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+        try:
+            time.sleep(0.5)  # the watcher sees the mount table change
+            for name in ("one.txt", "two.txt"):
+                (mnt / name).write_text(name)
+                assert f"mnt/{name}" in scan(tree).added
+        finally:
+            subprocess.run(["umount", str(mnt)], check=True)
+    finally:
+        running.stop()
+
+
+@pytest.mark.parametrize("how", ["symlink", "hard link"])
+def test_an_ignore_file_edited_through_another_name_is_seen(
+    tree: Path, tmp_path: Path, how: str
+) -> None:
+    # Edited through its target, or another of its links, outside the tree:
+    # no event in the tree, yet the rules below it changed.
+    rules = tmp_path / "shared-rules"
+    rules.write_text("*.log\n")
+    sub = next(p for p in sorted(tree.iterdir()) if p.is_dir() and p.name.startswith("d"))
+    (sub / "deeper").mkdir()
+    (sub / "deeper" / "build.log").write_text("log")
+    if how == "symlink":
+        os.symlink(rules, sub / ".merklesyncignore")
+    else:
+        os.link(rules, sub / ".merklesyncignore")
+    scan(tree)
+    running = Running(tree)
+    try:
+        scan(tree)
+        scan(tree)
+        rules.write_text("# nothing left out\n")
+        assert f"{sub.name}/deeper/build.log" in scan(tree).added
+        rules.write_text("*.log\n")
+        scan(tree)
+        with Replica.open(tree) as replica:  # left out again: no longer indexed
+            assert replica.index.get(f"{sub.name}/deeper/build.log") is None
+        assert_full_scan_agrees(tree)
+    finally:
+        running.stop()
+
+
+def test_new_directories_to_check_stay_bounded(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A tree that keeps making directories (build caches) while no scan asks.
+    monkeypatch.setattr("merklesync.watcher.MAX_TRACKED", 1000)
+    watcher = Watcher(tree)
+    for i in range(5000):
+        watcher.event("created", True, f"{tree}/tmp-{i}", "")
+    assert len(watcher._to_check) <= 1000
+    assert watcher._check_all  # the next answer checks every directory instead
+
+
 def test_network_file_systems_are_not_watched(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from merklesync.errors import UsageError
     from merklesync.watch_coverage import remote_file_system
