@@ -359,6 +359,9 @@ class Watcher:
             with contextlib.suppress(OSError):
                 temp.unlink()
             return
+        if not (self.folder / name).exists():  # asked, and given up waiting: nobody reads it
+            with contextlib.suppress(OSError):
+                final.unlink()
         self.answered += 1
 
 

@@ -574,6 +574,13 @@ def test_new_directories_to_check_stay_bounded(tree: Path, monkeypatch: pytest.M
     assert watcher._check_all  # the next answer checks every directory instead
 
 
+def test_an_answer_nobody_waits_for_any_more_is_not_left_behind(tree: Path) -> None:
+    watcher = Watcher(tree)
+    watcher.folder.mkdir(parents=True, exist_ok=True)
+    watcher._answer(question_name("0123456789abcdef", "none"))  # its asker gave up
+    assert not [p for p in watcher.folder.iterdir() if "0123456789abcdef" in p.name]
+
+
 def test_network_file_systems_are_not_watched(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from merklesync.errors import UsageError
     from merklesync.watch_coverage import remote_file_system
