@@ -46,12 +46,34 @@ def is_replica(root: Path) -> bool:
 
 
 def find_root(start: Path) -> Path:
-    """The replica around ``start``, looking upwards as git does."""
+    """The replica around ``start``, looking upwards as git does, when it is
+    this user's (see owned_here): a replica another user made in a shared
+    directory above (/tmp, say) must not become the source of a push, nor
+    give the name of a remote whose command would run as this user."""
     here = start.resolve()
     for candidate in (here, *here.parents):
         if is_replica(candidate):
+            if not owned_here(candidate):
+                raise NotAReplica(
+                    f"{candidate} is a replica of another user (its {STATE_DIR} is not yours): "
+                    f"not used for {start}; name it explicitly if you mean it"
+                )
             return candidate
     raise NotAReplica(f"not a merklesync replica (or any parent up to /): {start}")
+
+
+def owned_here(root: Path) -> bool:
+    """Whether ``root``'s state belongs to this user (as git's safe.directory
+    check: to root, under sudo, the user who ran sudo)."""
+    try:
+        owner = (root / STATE_DIR).stat().st_uid
+    except OSError:
+        return False
+    me = os.geteuid()
+    if owner == me:
+        return True
+    sudo = os.environ.get("SUDO_UID", "")
+    return me == 0 and sudo.isdecimal() and owner == int(sudo)
 
 
 class Replica:

@@ -10,12 +10,14 @@ from merklesync import retention
 from merklesync.cli.common import LOCAL_REPLICA, Output, handle_errors, output_options, plural
 from merklesync.replica import Replica, find_root
 
+MAX_RETENTION_DAYS = 36_500  # a century: its nanoseconds fit the index's integers
+
 
 @click.command(short_help="Collect the tombstones every replica has seen.")
 @click.argument("replica", required=False, type=LOCAL_REPLICA)
 @click.option(
     "--retention-days",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MAX_RETENTION_DAYS),
     help="Keep tombstones this many days at most (saved in the replica; default 90). "
     "Replicas away longer are refused by sync, push and pull.",
 )

@@ -18,7 +18,7 @@ from merklesync.errors import ConnectionFailed, NotAReplica, SameReplicaId, Usag
 from merklesync.model import Stats
 from merklesync.peer import Peer, Progress, ScanReport
 from merklesync.peer.local import LocalPeer
-from merklesync.replica import find_root, is_replica
+from merklesync.replica import find_root, is_replica, owned_here
 from merklesync.transport import Transport
 from merklesync.transport.agent_call import AgentCall
 from merklesync.transport.relay import attach
@@ -124,9 +124,14 @@ def find_remote(spec: str, near: str | None = None) -> remotes.Remote | None:
             if not address.is_remote and is_replica(Path(address.path)):
                 roots.append(Path(address.path))
     with contextlib.suppress(NotAReplica):
-        roots.append(find_root(Path.cwd()))
+        roots.append(find_root(Path.cwd()))  # only this user's (see replica.owned_here)
     for root in roots:
         found = remotes.load(root).get(spec)
+        if found is not None and not owned_here(root):
+            raise UsageError(
+                f"{spec} is a remote of {root}, a replica of another user: its remotes "
+                "(whose commands would run as you) are not used; give the address instead"
+            )
         if found is not None:
             return found
     return None

@@ -558,3 +558,30 @@ def test_new_id_is_for_an_existing_replica_and_not_with_rebuild(src: Path, tmp_p
     assert after["replica_id"] != before["replica_id"] == after["previous_replica_id"]
     assert after["fingerprint"] == before["fingerprint"]  # entries and versions kept
     assert ms("status", src, "--json").json()["replica_id"] == after["replica_id"]
+
+
+def test_a_replica_of_another_user_around_here_is_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A replica someone else made in a shared directory above (/tmp, say):
+    # neither the source of a push nor a place where remote names (and the
+    # commands they run) are looked up. As git's safe.directory check.
+    shared, mine, backup = tmp_path / "shared", tmp_path / "mine", tmp_path / "backup"
+    write(shared / "planted", "theirs")
+    write(mine / "notes", "mine")
+    assert ms("init", shared).code == 0 and ms("init", mine).code == 0
+    assert ms("remote", "add", "backup", str(backup), "--replica", str(shared)).code == 0
+    (shared / "work").mkdir()
+    monkeypatch.chdir(shared / "work")
+    me = os.geteuid()
+    monkeypatch.setattr(os, "geteuid", lambda: me + 1)  # they are someone else's now
+    r = ms("push", str(backup))
+    assert r.code == 3 and "is a replica of another user" in r.err, r.err
+    r = ms("push", str(shared), "backup")
+    assert r.code == 2 and "backup is a remote of" in r.err and "another user" in r.err, r.err
+    assert not backup.exists()
+    # Root, under sudo, acts for the user who ran it.
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setenv("SUDO_UID", str(me))
+    assert ms("push", "backup").code == 0
+    assert (backup / "planted").read_text() == "theirs"

@@ -98,6 +98,8 @@ def test_gc_command_sets_the_retention_and_collects(tmp_path: Path) -> None:
     assert ms("gc", a, "--retention-days", "30").lines() == [
         "collected 1 tombstone (retention 30 days)"
     ]
+    r = ms("gc", a, "--retention-days", "99999999999999999999")  # no traceback: a usage error
+    assert r.code == 2 and "not in the range 1<=x<=36500" in r.err
     assert _tombstones(a) == []
     assert ms("gc", a).lines() == ["collected 0 tombstones (retention 30 days)"]
 
