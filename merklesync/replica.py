@@ -45,15 +45,17 @@ def is_replica(root: Path) -> bool:
     return (root / STATE_DIR / INDEX_FILE).exists()
 
 
-def find_root(start: Path) -> Path:
+def find_root(start: Path, *, named: bool = False) -> Path:
     """The replica around ``start``, looking upwards as git does, when it is
     this user's (see owned_here): a replica another user made in a shared
     directory above (/tmp, say) must not become the source of a push, nor
-    give the name of a remote whose command would run as this user."""
+    give the name of a remote whose command would run as this user.
+    ``named``: ``start`` was named on the command line, so a replica right
+    there is meant, whoever owns it."""
     here = start.resolve()
     for candidate in (here, *here.parents):
         if is_replica(candidate):
-            if not owned_here(candidate):
+            if not owned_here(candidate) and not (named and candidate == here):
                 raise NotAReplica(
                     f"{candidate} is a replica of another user (its {STATE_DIR} is not yours): "
                     f"not used for {start}; name it explicitly if you mean it"

@@ -15,7 +15,7 @@ from merklesync.replica import Replica, find_root
 
 
 def _open(replica: Path | None) -> Replica:
-    return Replica.open(find_root(replica or Path.cwd()))
+    return Replica.open(find_root(replica or Path.cwd(), named=replica is not None))
 
 
 @click.command(short_help="List the conflict copies of a replica.")

@@ -31,7 +31,7 @@ def gc(
     directory) that every replica it knows of has seen, or that are older
     than the retention. sync, push and pull also do this once a day."""
     out = Output(quiet, as_json)
-    with Replica.open(find_root(replica or Path.cwd())) as r:
+    with Replica.open(find_root(replica or Path.cwd(), named=replica is not None)) as r:
         if retention_days is not None and not dry_run:
             retention.set_retention_days(r, retention_days)
         days = retention.retention_days(r) if retention_days is None else retention_days

@@ -18,7 +18,7 @@ replica_option = click.option(
 
 
 def _root(replica: Path | None) -> Path:
-    return find_root(replica if replica is not None else Path.cwd())
+    return find_root(replica or Path.cwd(), named=replica is not None)
 
 
 @click.group(invoke_without_command=True)

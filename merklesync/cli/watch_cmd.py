@@ -81,7 +81,7 @@ def watch(
 
     out = Output(quiet)
     argv = split_command(command, "--run") if command else None
-    root = find_root(replica or Path.cwd())
+    root = find_root(replica or Path.cwd(), named=replica is not None)
     if keep_open and (remote.rsh or (remote.rsh is None and os.environ.get(RSH_ENV))):
         raise UsageError(
             f"--keep-open holds connections of the built-in SSH client, not --rsh or ${RSH_ENV}"

@@ -580,6 +580,8 @@ def test_a_replica_of_another_user_around_here_is_not_used(
     r = ms("push", str(shared), "backup")
     assert r.code == 2 and "backup is a remote of" in r.err and "another user" in r.err, r.err
     assert not backup.exists()
+    assert ms("conflicts").code == 3  # around here: not used
+    assert ms("conflicts", str(shared)).code == 0  # named: meant, whoever owns it
     # Root, under sudo, acts for the user who ran it.
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     monkeypatch.setenv("SUDO_UID", str(me))
