@@ -63,8 +63,10 @@ def collect(
     known.discard(replica.replica_id)
     # Every known replica must have completed a run with this one that began
     # (its scan, see Replica.snapshot_ns) no earlier than this one learned of
-    # the deletion; our own clock on both sides of the test.
-    seen_by_all = min((peers.get(r, 0) for r in known), default=now)
+    # the deletion; our own clock on both sides of the test. A run recorded
+    # later than now was stamped by a clock since set back (it ran ahead):
+    # when it really happened is unknown, so it proves nothing.
+    seen_by_all = min((_trusted(peers.get(r, 0), now) for r in known), default=now)
     dropped = []
     for entry, learned in index.tombstones():
         if learned < horizon or learned <= seen_by_all:
@@ -75,6 +77,10 @@ def collect(
         index.set_meta("last_gc", now)
         index.commit()
     return dropped
+
+
+def _trusted(stamp: int, now: int) -> int:
+    return stamp if stamp <= now else 0
 
 
 def maybe_collect(replica: Replica, now: int | None = None) -> list[str]:

@@ -178,3 +178,20 @@ def test_a_tombstone_given_a_newer_version_keeps_when_it_was_learned(tmp_path: P
         r.index.commit()
         [(_again, relearned)] = r.index.tombstones()
         assert relearned == first + 10**12
+
+
+def test_a_run_recorded_by_a_clock_running_ahead_proves_nothing(tmp_path: Path) -> None:
+    # a and b synced while a's clock was two days ahead (then set right):
+    # that record says nothing of a deletion learned since.
+    a, b = _pair(tmp_path)
+    with Replica.open(a) as r:
+        [other] = r.index.peers()
+        r.index.remember_peer(other, time.time_ns() + 2 * retention.DAY_NS)
+    (a / "gone.txt").unlink()
+    ms("status", a)
+    with Replica.open(a) as r:
+        assert retention.collect(r) == []  # b has not seen the deletion
+    assert ms("sync", a, b).code == 0
+    assert not (a / "gone.txt").exists() and not (b / "gone.txt").exists()
+    with Replica.open(a) as r:
+        assert retention.collect(r) == ["gone.txt"]  # now it has
