@@ -8,6 +8,7 @@ that reaches the other replicas on the next sync.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import posixpath
@@ -95,16 +96,23 @@ def over_cap(conflicts: list[Conflict], cap: int = CAP) -> dict[str, int]:
 
 
 def _write(path: str, data: bytes) -> None:
+    """Replace ``path`` with ``data`` (its mode kept) through a temp file,
+    which no failure or Ctrl-C leaves behind."""
     head, name = os.path.split(path)
     tmp = os.path.join(head, temp_name(name))
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     try:
-        write_all(fd, data)
-    finally:
-        os.close(fd)
-    if os.path.exists(path):
-        os.chmod(tmp, os.stat(path).st_mode & 0o7777)
-    os.replace(tmp, path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        try:
+            write_all(fd, data)
+        finally:
+            os.close(fd)
+        if os.path.exists(path):
+            os.chmod(tmp, os.stat(path).st_mode & 0o7777)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 @dataclass

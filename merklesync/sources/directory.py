@@ -997,8 +997,8 @@ class DirectorySource:
         if link_digest(entry.target) != entry.digest:
             raise Refused("link target does not match its digest")
         tmp = temp_name(spot.name)
-        os.symlink(entry.target, tmp, dir_fd=spot.fd)
         try:
+            os.symlink(entry.target, tmp, dir_fd=spot.fd)
             self._clear_dir_in_way(spot, on_disk)
             self._recheck(spot, on_disk)
             os.replace(tmp, spot.name, src_dir_fd=spot.fd, dst_dir_fd=spot.fd)

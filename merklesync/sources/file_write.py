@@ -44,12 +44,16 @@ def write_file(
     placed (a rename changes its ctime), not whatever may replace it later.
     On any failure the temp file is removed."""
     tmp = temp_name(name)
-    fd = os.open(
-        tmp,
-        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-        0o600,
-        dir_fd=dir_fd,
-    )
+    try:
+        fd = os.open(
+            tmp,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+            dir_fd=dir_fd,
+        )
+    except BaseException:  # a Ctrl-C raised as the call returns: made, not yet ours
+        unlink_quietly(tmp, dir_fd)
+        raise
     try:
         try:
             hasher = blake3.blake3()

@@ -39,6 +39,7 @@ import fcntl
 import functools
 import os
 import select
+import signal
 import struct
 import subprocess
 from collections.abc import Callable, Iterable, Iterator
@@ -310,6 +311,12 @@ class _Aborted(Exception):
 
 
 def _serve(root: str, jobs: int, answers: int) -> None:
+    # A Ctrl-C is for the parent, which then ends the jobs: the file being
+    # placed is finished or removed. When the parent dies instead, the
+    # kernel's SIGTERM (die_with_parent) unwinds the file being written too,
+    # where its default action would leave its temp file behind.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _terminated)
     dirs = DirFds(root)
     pending: list[bytes] = []
     with os.fdopen(jobs, "rb", buffering=1 << 20) as stream:
@@ -348,6 +355,10 @@ def _serve(root: str, jobs: int, answers: int) -> None:
             _answer_all(answers, pending)
         finally:
             dirs.close()
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(1)
 
 
 def _place(
