@@ -4,7 +4,9 @@ syntax, in any directory, relative to it) and `--exclude` patterns."""
 from __future__ import annotations
 
 import os
+import re
 import stat
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -21,8 +23,10 @@ def compile_patterns(lines: Sequence[str]) -> pathspec.PathSpec[Any]:
     import pathspec
 
     try:
-        return pathspec.GitIgnoreSpec.from_lines(list(lines))
-    except (ValueError, TypeError) as exc:
+        with warnings.catch_warnings():  # re's FutureWarning on "[[": its pattern, no news
+            warnings.simplefilter("ignore", FutureWarning)
+            return pathspec.GitIgnoreSpec.from_lines(list(lines))
+    except (ValueError, TypeError, re.error) as exc:  # re.error: "[z-a]" and the like
         raise UsageError(f"bad pattern: {exc}") from exc
 
 

@@ -37,8 +37,12 @@ class ReplicaLock:
                         f"process{holder}; try again when it has finished"
                     ) from None
                 time.sleep(0.05)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as exc:  # not a regular file (a FIFO put there, say)
+            os.close(fd)
+            raise LocalIOError(f"cannot use lock file {self.path}: {exc.strerror}") from exc
         self._fd = fd
 
     def release(self) -> None:

@@ -242,6 +242,11 @@ class Stats:
 Progress = Callable[[int], None]  # called with an amount of work just done
 
 
+# How the warning begins that counts the paths a remote replica's scan
+# found and its answer did not list (protocol.messages.RefreshResult.of).
+NOT_LISTED = "not listed here"
+
+
 @dataclass(slots=True)
 class ScanReport:
     """What a scan of a replica found."""
@@ -255,6 +260,12 @@ class ScanReport:
 
     def to_wire(self) -> list[object]:
         return [self.scanned, self.hashed, self.added, self.modified, self.deleted, self.warnings]
+
+    @property
+    def skipped(self) -> list[str]:
+        """The warnings of files skipped or unreadable: all but the one that
+        counts the paths a remote replica's answer left out (NOT_LISTED)."""
+        return [w for w in self.warnings if not w.startswith(NOT_LISTED)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -279,7 +279,10 @@ class Replica:
 
 
 def _refuse_readable(path: Path, root: Path) -> None:
-    """Rebuilding throws the versions away: only for an index that cannot be used."""
+    """Rebuilding throws the versions away: only for an index that cannot be
+    used (anything but a regular file there is none)."""
+    if path.is_symlink() or not path.is_file():
+        return
     try:
         index = Index.open(path)
         try:

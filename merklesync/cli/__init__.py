@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import sys
@@ -25,8 +26,13 @@ def main() -> None:
 
 
 def interrupted() -> NoReturn:
-    """Ctrl-C, wherever it lands: one line, exit 130."""
+    """Ctrl-C, wherever it lands: one line, exit 130 (with --json, the
+    same as an object on stdout, as any error)."""
     sys.stderr.write("merklesync: interrupted\n")
+    if "--json" in sys.argv[1:]:
+        with contextlib.suppress(OSError):
+            sys.stdout.write(error_json("interrupted", EXIT_INTERRUPTED) + "\n")
+            sys.stdout.flush()
     sys.exit(EXIT_INTERRUPTED)
 
 

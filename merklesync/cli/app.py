@@ -55,7 +55,10 @@ def main() -> None:
     except click.exceptions.Abort:  # click's word for Ctrl-C (or EOF at a prompt)
         interrupted()
     except click.ClickException as exc:  # before the command ran: its arguments
-        exc.show()
+        message = exc.format_message()
+        if isinstance(exc, click.UsageError) and exc.ctx is not None:
+            message += f" (see `{exc.ctx.command_path} --help`)"
+        click.echo(f"merklesync: error: {message}", err=True)  # one line, as every error
         if "--json" in sys.argv[1:]:  # scripts get one JSON object, as from a command
             click.echo(error_json(exc.format_message(), exc.exit_code))
         sys.exit(exc.exit_code)

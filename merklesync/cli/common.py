@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
+import math
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -164,7 +166,8 @@ def remote_options(func: F) -> F:
     for option in (
         click.option(
             "--timeout",
-            type=click.FloatRange(min=0),
+            type=click.FloatRange(min=0, max=MAX_TIMEOUT),
+            callback=_finite,
             default=DEFAULT_TIMEOUT,
             show_default=True,
             metavar="SECONDS",
@@ -194,6 +197,15 @@ def remote_options(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+MAX_TIMEOUT = 86_400.0 * 365  # seconds: a year; 0 waits for ever
+
+
+def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if math.isnan(value):
+        raise click.BadParameter("not a number")
+    return value
+
+
 def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
     """A MerklesyncError becomes one line on stderr and its exit code."""
 
@@ -206,13 +218,19 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
             _fail(exc.message, exc.exit_code, as_json)
         except click.UsageError as exc:  # raised by the command itself
             _fail(exc.format_message(), exc.exit_code, as_json)
+        except BrokenPipeError:  # whoever read our output stopped (`| head`): nothing to say
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # no second failure as it is flushed at exit
+            sys.exit(EXIT_USAGE)
         except OSError as exc:  # a local file operation no layer below expected
             where = f"{exc.filename}: " if exc.filename else ""
             _fail(f"{where}{exc.strerror or exc}", EXIT_IO, as_json)
+        except RuntimeError as exc:
+            if not str(exc).startswith("Symlink loop"):  # Path.resolve's word for ELOOP
+                raise
+            _fail(f"{exc}", EXIT_IO, as_json)
         except KeyboardInterrupt:
             interrupted()
-        except BrokenPipeError:
-            sys.exit(EXIT_USAGE)
 
     return wrapper
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
 from merklesync.cli.common import Output, handle_errors, output_options, plural
-from merklesync.errors import NotAReplica
+from merklesync.errors import EXIT_DIFFERENT, NotAReplica
 from merklesync.replica import Replica, is_replica
 
 
@@ -72,3 +73,5 @@ def init(directory: Path, rebuild: bool, new_id: bool, quiet: bool, as_json: boo
                 "warnings": report.warnings,
             }
         )
+    if report.skipped:  # files skipped or unreadable, each named: see the exit codes
+        sys.exit(EXIT_DIFFERENT)

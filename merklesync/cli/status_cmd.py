@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from merklesync.cli.common import (
@@ -13,6 +15,7 @@ from merklesync.cli.common import (
     remote_options,
     stats_option,
 )
+from merklesync.errors import EXIT_DIFFERENT
 from merklesync.model import Stats
 from merklesync.peer.open import RemoteOptions, closing, combined_stats, open_peer
 
@@ -65,3 +68,5 @@ def status(
     )
     if stats:
         print_stats(out, totals)
+    if report.skipped:  # files skipped or unreadable, each named: see the exit codes
+        sys.exit(EXIT_DIFFERENT)

@@ -276,7 +276,9 @@ def refresh_all(
             reports[i] = peer.refresh(checksum=checksum, progress=progress, spread=len(local) == 1)
     for i, finish in finishers.items():
         reports[i] = finish(progress)
-    return [w for i in range(len(peers)) for w in reports[i].warnings]
+    # Files skipped or unreadable; not what a remote answer left unlisted
+    # (the paths found: nobody here lists them).
+    return [w for i in range(len(peers)) for w in reports[i].skipped]
 
 
 @contextlib.contextmanager

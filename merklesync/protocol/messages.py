@@ -45,7 +45,7 @@ from merklesync.errors import (
     UnsafePath,
     UsageError,
 )
-from merklesync.model import KEY_BYTES, LEAF_BYTES, Entry, EntryKind, ScanReport
+from merklesync.model import KEY_BYTES, LEAF_BYTES, NOT_LISTED, Entry, EntryKind, ScanReport
 from merklesync.protocol.framing import MAX_ARRAY, MAX_CHUNK, MAX_FRAME
 from merklesync.protocol.paths import MAX_PATH_BYTES, check_relpath
 
@@ -753,8 +753,7 @@ class RefreshResult:
         if left:
             warnings = [
                 *warnings,
-                f"not listed here (over {budget:,} bytes of paths and warnings): "
-                + ", ".join(left),
+                f"{NOT_LISTED} (over {budget:,} bytes of paths and warnings): " + ", ".join(left),
             ]
         return cls(report.scanned, report.hashed, added, modified, deleted, warnings)
 

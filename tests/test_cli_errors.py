@@ -1,0 +1,147 @@
+"""What the command line does with careless input: one line on stderr,
+`merklesync: error: ...`, the documented exit code, never a traceback (and
+with --json one object on stdout, errors and Ctrl-C too). Run as a user
+runs it: a process of its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.treegen import make_tree
+
+
+def run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "merklesync", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        check=False,
+    )
+
+
+def one_error_line(r: subprocess.CompletedProcess[str]) -> str:
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("merklesync: error: "), r.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def replica(tmp_path: Path) -> Path:
+    root = tmp_path / "r"
+    root.mkdir()
+    (root / "f").write_text("x")
+    assert run("init", "-q", root).returncode == 0
+    return root
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["push", "--bogus", "a", "b"], "No such option '--bogus'"),
+        (["sync", "--on-conflict", "bogus", "a", "b"], "'bogus' is not one of"),
+        (["status", "x:/r", "--timeout", "nan"], "--timeout': not a number"),
+        (["status", "x:/r", "--timeout", "inf"], "is not in the range"),
+        (["gc", "--retention-days", "-1"], "is not in the range"),
+    ],
+)
+def test_a_bad_argument_is_one_line(args: list[str], said: str) -> None:
+    r = run(*args)
+    assert r.returncode == 2
+    line = one_error_line(r)
+    assert said in line and "--help" in line
+    r = run(*args, "--json")
+    assert r.returncode == 2 and json.loads(r.stdout)["exit_code"] == 2
+
+
+def test_a_bad_exclude_pattern_is_one_line(replica: Path, tmp_path: Path) -> None:
+    r = run("push", replica, tmp_path / "b", "--exclude", "[z-a]", "--json")
+    assert r.returncode == 2
+    assert "bad pattern" in one_error_line(r)
+    assert json.loads(r.stdout)["exit_code"] == 2
+
+
+def test_a_bad_pattern_in_an_ignore_file_holds_no_rules(tmp_path: Path) -> None:
+    root = tmp_path / "ig"
+    root.mkdir()
+    (root / "f").write_text("x")
+    (root / ".merklesyncignore").write_text("[z-a]\n")
+    r = run("init", root, "--json")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert json.loads(r.stdout)["entries"] == 2
+
+
+def test_a_symlink_loop_as_a_replica_is_one_line(tmp_path: Path) -> None:
+    os.symlink(tmp_path / "L2", tmp_path / "L1")
+    os.symlink(tmp_path / "L1", tmp_path / "L2")
+    for args in (["status", tmp_path / "L1"], ["init", tmp_path / "L1"]):
+        r = run(*args)
+        assert r.returncode == 5
+        assert "Symlink loop" in one_error_line(r)
+
+
+def test_a_scan_that_skips_a_file_exits_1(replica: Path) -> None:
+    os.mkfifo(replica / "fifo")
+    for args in (["status", replica], ["init", replica]):
+        r = run(*args)
+        assert r.returncode == 1, r.stderr
+        assert "fifo: not a file, directory or link; skipped" in r.stderr
+
+
+def test_a_lock_file_that_is_no_file_is_one_line(replica: Path) -> None:
+    lock = replica / ".merklesync" / "lock"
+    lock.unlink()
+    os.mkfifo(lock)
+    r = run("status", replica)
+    assert r.returncode == 5
+    assert f"cannot use lock file {lock}" in one_error_line(r)
+
+
+def test_output_closed_early_is_no_error(replica: Path, tmp_path: Path) -> None:
+    for i in range(3000):
+        (replica / f"n{i}").write_text("n")
+    (tmp_path / "other").mkdir()
+    assert run("init", "-q", tmp_path / "other").returncode == 0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "merklesync", "diff", replica, tmp_path / "other"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()  # as `| head -1` does
+    assert proc.wait(60) == 2
+    assert "error" not in proc.stderr.read()
+
+
+def test_ctrl_c_with_json_is_one_object(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_tree(src, files=3000, dirs=30, seed=6, max_size=1500)
+    assert run("init", "-q", src).returncode == 0
+    dst = tmp_path / "dst"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "merklesync", "push", "--json", src, dst],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        if dst.exists() and sum(1 for _ in dst.rglob("f*")) >= 100:
+            os.killpg(proc.pid, signal.SIGINT)
+            break
+        time.sleep(0.01)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert json.loads(out) == {"error": "interrupted", "exit_code": 130}
+    assert err.strip() == "merklesync: interrupted"
