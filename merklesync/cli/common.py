@@ -142,6 +142,15 @@ def allow_stale_option(func: F) -> F:
     )(func)
 
 
+MAX_TIMEOUT = 86_400.0 * 365  # seconds: a year; 0 waits for ever
+
+
+def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if math.isnan(value):
+        raise click.BadParameter("not a number")
+    return value
+
+
 def remote_options(func: F) -> F:
     """--remote-cmd, --rsh, --accept-new-host-key and --timeout, passed on to the
     command as one ``remote`` keyword argument (a RemoteOptions)."""
@@ -197,15 +206,6 @@ def remote_options(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-MAX_TIMEOUT = 86_400.0 * 365  # seconds: a year; 0 waits for ever
-
-
-def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
-    if math.isnan(value):
-        raise click.BadParameter("not a number")
-    return value
-
-
 def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
     """A MerklesyncError becomes one line on stderr and its exit code."""
 
@@ -228,7 +228,7 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
         except RuntimeError as exc:
             if not str(exc).startswith("Symlink loop"):  # Path.resolve's word for ELOOP
                 raise
-            _fail(f"{exc}", EXIT_IO, as_json)
+            _fail(str(exc), EXIT_IO, as_json)
         except KeyboardInterrupt:
             interrupted()
 

@@ -231,7 +231,7 @@ class DirectorySource:
         index.set_meta(RELIST, msgpack.packb(sorted(scan.relist)))
         # Of the directories looked at, those whose ignore file can change
         # without an event here; the others as the last scan found them.
-        kept = {d for d in rewalk if d not in self.ignore.looked_at}
+        kept = rewalk - self.ignore.looked_at
         index.set_meta(REWALK, msgpack.packb(sorted(kept | self.ignore.volatile)))
         if progress is not None and scan.pending:
             progress(scan.pending)
