@@ -151,7 +151,7 @@ def _settle(
     replica: Replica, original: str, copies: list[Conflict], take: Take, dry_run: bool
 ) -> list[str]:
     """Settle one original's conflict copies (oldest first); what was done.
-    Nothing is changed before all that it takes has been read."""
+    A union is merged whole, from every copy, before anything is written."""
     if not copies:
         raise UsageError(f"no conflict copies of {original}")
     if _shortened_beyond_telling(replica, copies):

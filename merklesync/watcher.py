@@ -371,8 +371,9 @@ class _MountTable:
 
     def __init__(self) -> None:
         self._file: IO[bytes] | None = None
-        self._poll = select.poll()
-        with contextlib.suppress(OSError):
+        self._poll: Any = None
+        with contextlib.suppress(OSError, AttributeError):  # no /proc, or no poll
+            self._poll = select.poll()
             self._file = open("/proc/self/mountinfo", "rb")  # noqa: SIM115 (closed by close)
             self._file.read()
             self._poll.register(self._file, select.POLLPRI | select.POLLERR)
