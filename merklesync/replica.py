@@ -113,6 +113,7 @@ class Replica:
         root = root.resolve()
         if preview and not is_replica(root):
             return cls._preview(root, excludes)
+        _check_index_path(root)
         if not root.is_dir():
             if create and not root.exists():
                 try:
@@ -276,6 +277,22 @@ class Replica:
             return
         with contextlib.suppress(Exception):  # the failure in flight says why
             self.close()
+
+
+# SQLite opens its files by paths shorter than 512 bytes, the index's
+# write-ahead log ("-wal") included.
+MAX_INDEX_PATH = 511 - len("-wal")
+
+
+def _check_index_path(root: Path) -> None:
+    """Refuse, before anything is made, a replica whose index SQLite could
+    not open for the length of its path."""
+    size = len(os.fsencode(root / STATE_DIR / INDEX_FILE))
+    if size > MAX_INDEX_PATH:
+        raise LocalIOError(
+            f"{root}: too deep for a replica: the path of its index would be {size} bytes, "
+            f"over the {MAX_INDEX_PATH} SQLite takes"
+        )
 
 
 def _refuse_readable(path: Path, root: Path) -> None:

@@ -145,3 +145,14 @@ def test_ctrl_c_with_json_is_one_object(tmp_path: Path) -> None:
     assert proc.returncode == 130, err
     assert json.loads(out) == {"error": "interrupted", "exit_code": 130}
     assert err.strip() == "merklesync: interrupted"
+
+
+def test_a_replica_too_deep_for_its_index_is_refused_before_anything_is_made(
+    replica: Path, tmp_path: Path
+) -> None:
+    top = tmp_path / "deep"
+    dst = top.joinpath(*["g" * 100] * 5)  # its index's path: over the 507 bytes SQLite takes
+    r = run("push", replica, dst)
+    assert r.returncode == 5
+    assert "too deep for a replica" in one_error_line(r)
+    assert not top.exists()
