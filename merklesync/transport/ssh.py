@@ -1,10 +1,13 @@
 """A transport over an SSH exec channel (paramiko).
 
-`open_ssh` resolves the host through ``~/.ssh/config`` (HostName, Port, User,
-IdentityFile, IdentitiesOnly, UserKnownHostsFile, HostKeyAlias,
-HashKnownHosts, ProxyCommand, ProxyJump), verifies the host key against the
-known_hosts files, authenticates with ssh-agent keys and key files, and runs
-one command whose stdin/stdout become the byte stream.
+`open_ssh` resolves the host through ``~/.ssh/config`` (Include, HostName,
+Port, User, IdentityFile, IdentitiesOnly, UserKnownHostsFile and
+GlobalKnownHostsFile with their tokens, HostKeyAlias, HashKnownHosts,
+ProxyCommand run by $SHELL, ProxyJump), verifies the host key against the
+known_hosts files (a host a @cert-authority line covers is refused: host
+certificates are not checked), authenticates with ssh-agent keys and key
+files in OpenSSH's order, and runs one command whose stdin/stdout become
+the byte stream.
 
 Host keys: an unknown key is rejected unless ``accept_new_host_key`` is set
 (then it is appended to the first UserKnownHostsFile, like OpenSSH's
@@ -18,12 +21,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import getpass
+import glob
 import hashlib
 import hmac
 import logging
 import os
 import re
 import select
+import shlex
 import socket
 import threading
 import time
@@ -100,7 +105,9 @@ class _Target:
 
     @property
     def known_hosts_name(self) -> str:
-        name = (self.host_key_alias or self.hostname).lower()
+        if self.host_key_alias:  # as OpenSSH: the alias alone, whatever the port
+            return self.host_key_alias.lower()
+        name = self.hostname.lower()
         return name if self.port == 22 else f"[{name}]:{self.port}"
 
 
@@ -121,15 +128,8 @@ def _resolve(alias: str, user: str | None, port: int | None) -> _Target:
         raise ConnectionFailed(f"bad user name {user!r}")
     if port is not None and not 0 < port < 65536:
         raise ConnectionFailed(f"bad port {port}")
-    text = ""
     path = _config_path()
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise ConnectionFailed(f"cannot read {path}: {exc.strerror}") from exc
+    text = _read_config(path)
     # Explicit values go first: in ssh_config the first obtained value wins,
     # and tokens such as %p and %r in ProxyCommand then see them too.
     overrides = "".join(
@@ -160,11 +160,41 @@ def _resolve(alias: str, user: str | None, port: int | None) -> _Target:
         resolved_port = int(opt("port") or 22)
     except ValueError as exc:
         raise ConnectionFailed(f"bad Port for host {alias!r} in {path}") from exc
-    known = files("userknownhostsfile") or [
+    hostname = opt("hostname") or alias
+    remote_user = opt("user") or getpass.getuser()
+    tokens = {
+        "%": "%",
+        "d": os.path.expanduser("~"),
+        "u": getpass.getuser(),
+        "i": str(os.getuid()),
+        "l": socket.gethostname(),
+        "h": hostname,
+        "n": alias,
+        "p": str(resolved_port),
+        "r": remote_user,
+        "k": opt("hostkeyalias") or hostname,
+    }
+
+    def known_files(key: str) -> list[str]:
+        """Known-hosts files with their tokens expanded, as OpenSSH does."""
+        out = []
+        for name in files(key):
+            try:
+                name = re.sub(r"%(.)", lambda m: tokens[m.group(1)], name)
+            except KeyError:
+                raise ConnectionFailed(
+                    f"{key} {name!r} in {path}: a token merklesync does not know"
+                ) from None
+            if not os.path.isabs(name):
+                raise ConnectionFailed(f"{key} {name!r} in {path}: not an absolute path")
+            out.append(name)
+        return out
+
+    known = known_files("userknownhostsfile") or [
         os.path.expanduser("~/.ssh/known_hosts"),
         os.path.expanduser("~/.ssh/known_hosts2"),
     ]
-    global_known = files("globalknownhostsfile") or [
+    global_known = known_files("globalknownhostsfile") or [
         "/etc/ssh/ssh_known_hosts",
         "/etc/ssh/ssh_known_hosts2",
     ]
@@ -173,9 +203,9 @@ def _resolve(alias: str, user: str | None, port: int | None) -> _Target:
     ]
     return _Target(
         alias=alias,
-        hostname=opt("hostname") or alias,
+        hostname=hostname,
         port=resolved_port,
-        user=opt("user") or getpass.getuser(),
+        user=remote_user,
         identity_files=identity_files,
         identities_only=(opt("identitiesonly") or "no").lower() == "yes",
         known_hosts=known,
@@ -185,6 +215,46 @@ def _resolve(alias: str, user: str | None, port: int | None) -> _Target:
         proxy_command=opt("proxycommand"),
         proxy_jump=opt("proxyjump"),
     )
+
+
+_INCLUDE = re.compile(r"\s*include\s+(.*?)\s*$", re.IGNORECASE)
+_BLOCK = re.compile(r"\s*(host|match)\s", re.IGNORECASE)
+_MAX_INCLUDE_DEPTH = 16  # as OpenSSH's READCONF_MAX_DEPTH
+
+
+def _read_config(path: str, depth: int = 0) -> str:
+    """The text of an ssh_config file, its ``Include`` lines replaced by the
+    files they name (globs, ``~``, paths relative to ~/.ssh; as OpenSSH, in
+    the Host or Match block where they stand). A byte that is not UTF-8 (a
+    comment in Latin-1) is carried, not fatal."""
+    if depth > _MAX_INCLUDE_DEPTH:
+        raise ConnectionFailed(f"SSH configuration: Include nested too deeply at {path}")
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        raise ConnectionFailed(f"cannot read {path}: {exc.strerror}") from exc
+    out: list[str] = []
+    block = "Host *"  # the block lines stand in: after an included file, it goes on
+    for line in text.splitlines():
+        if _BLOCK.match(line):
+            block = line
+        found = _INCLUDE.match(line)
+        if found is None:
+            out.append(line)
+            continue
+        for pattern in shlex.split(found.group(1)):
+            pattern = os.path.expanduser(pattern)
+            if not os.path.isabs(pattern):
+                pattern = os.path.join(os.path.expanduser("~/.ssh"), pattern)
+            for name in sorted(glob.glob(pattern)):
+                included = _read_config(name, depth + 1)
+                out.append(included)
+                if any(_BLOCK.match(x) for x in included.splitlines()):
+                    out.append(block)
+    return "\n".join(out) + "\n"
 
 
 def _parse_jump(spec: str) -> tuple[str, str | None, int | None]:
@@ -291,6 +361,13 @@ def _check_host_key(target: _Target, key: paramiko.PKey, accept_new: bool) -> No
     plain = [e for e in entries if e.marker is None]
     if any(e.blob == blob for e in plain):
         return
+    authority = next((e for e in entries if e.marker == "@cert-authority"), None)
+    if authority is not None:  # never trust on first use what a CA was to vouch for
+        raise HostKeyError(
+            f"host key for {name} is to be vouched for by a certificate authority "
+            f"({authority.where}), and merklesync does not check host certificates: "
+            f"add the host's own key ({offered}) to known_hosts to use it"
+        )
     same_type = [e for e in plain if e.keytype == keytype]
     if same_type:
         raise HostKeyError(
@@ -372,8 +449,11 @@ def _connect(target: _Target, accept_new: bool, timeout: float, depth: int = 0) 
     closers: list[Callable[[], None]] = []
     sock: _Sock
     if target.proxy_command:
+        shell = os.environ.get("SHELL") or "/bin/sh"  # as OpenSSH runs it: $SHELL -c
         try:
-            sock = paramiko.ProxyCommand(target.proxy_command)
+            sock = paramiko.ProxyCommand(
+                f"{shell} -c {shlex.quote('exec ' + target.proxy_command)}"
+            )
         except (paramiko.SSHException, OSError) as exc:
             raise ConnectionFailed(f"ProxyCommand {target.proxy_command!r} failed: {exc}") from exc
     elif target.proxy_jump:
@@ -454,16 +534,27 @@ def _handshake(t: paramiko.Transport, target: _Target, accept_new: bool, timeout
     raise ConnectionFailed(f"SSH handshake with {target.label} failed: {why}{via}")
 
 
-def _load_key_files(target: _Target) -> tuple[list[tuple[str, paramiko.PKey]], list[str]]:
-    keys: list[tuple[str, paramiko.PKey]] = []
+@dataclass
+class _Identity:
+    """One IdentityFile: its key when it loads without a passphrase, else its
+    public half (``.pub`` beside it), by which ssh-agent may hold it."""
+
+    path: str
+    key: paramiko.PKey | None
+    public: bytes | None
+    encrypted: bool = False
+
+
+def _load_identities(target: _Target) -> tuple[list[_Identity], list[str]]:
+    found: list[_Identity] = []
     notes: list[str] = []
     for path in target.identity_files:
         if not os.path.exists(path):
             continue
         try:
             key = paramiko.PKey.from_path(path)
-        except paramiko.PasswordRequiredException:
-            notes.append(f"{path} is encrypted (add it to ssh-agent)")
+        except (paramiko.PasswordRequiredException, TypeError):  # TypeError: paramiko 4+
+            found.append(_Identity(path, None, _public_half(path), encrypted=True))
             continue
         except (paramiko.SSHException, OSError, ValueError, UnknownKeyType) as exc:
             notes.append(f"cannot load {path}: {exc}")
@@ -472,22 +563,63 @@ def _load_key_files(target: _Target) -> tuple[list[tuple[str, paramiko.PKey]], l
         if os.path.exists(cert):
             with contextlib.suppress(paramiko.SSHException, OSError, ValueError):
                 key.load_certificate(cert)
-        keys.append((path, key))
-    return keys, notes
+        found.append(_Identity(path, key, key.asbytes()))
+    return found, notes
+
+
+def _public_half(path: str) -> bytes | None:
+    """The key blob of ``path``.pub, if it reads."""
+    try:
+        with open(path + ".pub", encoding="ascii", errors="replace") as f:
+            fields = f.read().split()
+        return base64.b64decode(fields[1], validate=True) if len(fields) >= 2 else None
+    except (OSError, ValueError):
+        return None
+
+
+def _key_order(
+    identities: list[_Identity], agent_keys: list[paramiko.PKey], identities_only: bool
+) -> tuple[list[tuple[str, paramiko.PKey]], list[str]]:
+    """The keys to offer, as OpenSSH orders them: the IdentityFiles ssh-agent
+    holds (an encrypted one is usable so), the agent's other keys unless
+    IdentitiesOnly, then the IdentityFiles read from disk. A server counts
+    the keys offered (MaxAuthTries): the configured ones come first. Also
+    the notes on identities that cannot be used."""
+    held = {k.asbytes(): k for k in agent_keys}
+    order: list[tuple[str, paramiko.PKey]] = []
+    used: set[bytes] = set()
+
+    def offer(label: str, key: paramiko.PKey) -> None:
+        if key.asbytes() not in used:
+            used.add(key.asbytes())
+            order.append((label, key))
+
+    for ident in identities:
+        if ident.public in held:
+            offer(f"{ident.path} (from ssh-agent)", held[ident.public])
+    if not identities_only:
+        for key in held.values():
+            offer(f"agent key {key.fingerprint}", key)
+    notes: list[str] = []
+    for ident in identities:
+        if ident.key is not None:
+            offer(ident.path, ident.key)
+        elif ident.public not in held:
+            notes.append(f"{ident.path} is encrypted (add it to ssh-agent)")
+    return order, notes
 
 
 def _authenticate(t: paramiko.Transport, target: _Target) -> None:
-    file_keys, notes = _load_key_files(target)
+    identities, notes = _load_identities(target)
     agent: paramiko.Agent | None = None
-    candidates: list[tuple[str, paramiko.PKey]] = []
-    if not target.identities_only:
-        try:
-            agent = paramiko.Agent()
-            candidates += [(f"agent key {k.fingerprint}", k) for k in agent.get_keys()]
-        except (paramiko.SSHException, OSError):
-            agent = None
-    seen = {k.asbytes() for _, k in candidates}
-    candidates += [(p, k) for p, k in file_keys if k.asbytes() not in seen]
+    agent_keys: list[paramiko.PKey] = []
+    try:
+        agent = paramiko.Agent()
+        agent_keys = list(agent.get_keys())
+    except (paramiko.SSHException, OSError):
+        agent = None
+    candidates, unusable = _key_order(identities, agent_keys, target.identities_only)
+    notes += unusable
     tried: list[str] = []
     try:
         for label, key in candidates:

@@ -428,3 +428,87 @@ def test_rekey_default_threshold(srv: SSHServer, monkeypatch: pytest.MonkeyPatch
     total = 600 * 1024 * 1024
     assert push_count(srv, total) == total
     assert len(kex) >= 2
+
+
+# -- what OpenSSH users take for granted ------------------------------------------------
+
+
+def test_an_encrypted_key_is_said_so_and_used_from_ssh_agent(
+    srv: SSHServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The usual set-up with a passphrase: the file encrypted, the key in
+    # ssh-agent; IdentitiesOnly still takes the agent's copy of that key.
+    if shutil.which("ssh-agent") is None or shutil.which("ssh-keygen") is None:
+        pytest.skip("needs ssh-agent and ssh-keygen (openssh-client)")
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
+        subprocess.run(["ssh-add", str(srv.identity)], env=env, check=True, capture_output=True)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-p", "-N", "secret", "-f", str(srv.identity)],
+            check=True,
+            capture_output=True,
+        )
+        with pytest.raises(ConnectionFailed) as info:  # no agent here: said, no traceback
+            connect(srv)
+        assert f"{srv.identity} is encrypted (add it to ssh-agent)" in info.value.message
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        with connect(srv, "echo ok") as t:  # IdentitiesOnly yes, as the fixture writes it
+            assert read_all(t) == b"ok\n"
+    finally:
+        agent.terminate()
+        agent.wait(10)
+
+
+def test_include_in_the_ssh_config(srv: SSHServer) -> None:
+    parts = srv.ssh_config.parent / "config.d"
+    parts.mkdir()
+    (parts / "50-test").write_text(srv.config_block())
+    srv.ssh_config.write_text("# all in parts\nInclude config.d/*\n")
+    with connect(srv, "echo ok") as t:
+        assert read_all(t) == b"ok\n"
+
+
+def test_a_config_with_a_byte_that_is_not_utf8(srv: SSHServer) -> None:
+    srv.ssh_config.write_bytes(b"# caf\xe9 (Latin-1)\n" + srv.config_block().encode())
+    with connect(srv, "echo ok") as t:
+        assert read_all(t) == b"ok\n"
+
+
+def test_tokens_in_the_known_hosts_file_option(srv: SSHServer) -> None:
+    srv.known_hosts.rename(srv.known_hosts.with_name(f"kh_{srv.user}"))
+    srv.write_config("UserKnownHostsFile %d/.ssh/kh_%r")
+    with connect(srv, "echo ok") as t:
+        assert read_all(t) == b"ok\n"
+    srv.write_config("UserKnownHostsFile kh_relative")
+    with pytest.raises(ConnectionFailed, match="not an absolute path"):
+        connect(srv, accept_new_host_key=True)
+    assert not Path("kh_relative").exists()
+
+
+def test_host_key_alias_is_looked_up_as_it_is_whatever_the_port(srv: SSHServer) -> None:
+    srv.known_hosts.write_text(f"test-alias {srv.daemon.host_key_line}\n")
+    srv.write_config("HostKeyAlias test-alias")
+    with connect(srv, "echo ok") as t:
+        assert read_all(t) == b"ok\n"
+
+
+def test_a_host_a_certificate_authority_vouches_for_is_never_trusted_on_first_use(
+    srv: SSHServer,
+) -> None:
+    ca = generate_key(srv.home / "ca_key")
+    srv.known_hosts.write_text(f"@cert-authority [{srv.hostname}]:* {ca}\n")
+    before = srv.known_hosts.read_text()
+    with pytest.raises(HostKeyError, match="certificate authority"):
+        connect(srv, accept_new_host_key=True)
+    assert srv.known_hosts.read_text() == before
+
+
+def test_proxy_command_runs_in_a_shell_as_openssh_runs_it(srv: SSHServer) -> None:
+    srv.write_config(f"ProxyCommand {sys.executable} {sshd.__file__} relay %h %p 2>/dev/null")
+    with connect(srv, "echo ok") as t:
+        assert read_all(t) == b"ok\n"
