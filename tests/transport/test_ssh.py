@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import os
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import paramiko
@@ -363,24 +365,31 @@ def test_hostile_host_names_rejected(host: str) -> None:
         open_ssh(host, None, None, "cat")
 
 
-@pytest.mark.skipif(not shutil.which("ssh-agent"), reason="needs ssh-agent")
-def test_ssh_agent_key(srv: SSHServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+@contextlib.contextmanager
+def ssh_agent(tmp_path: Path, key: Path) -> Iterator[Path]:
+    """An ssh-agent of its own, holding ``key``; yields its socket."""
     sock = tmp_path / "agent.sock"
     agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10
         while not sock.exists() and time.monotonic() < deadline:
             time.sleep(0.02)
-        env = {**srv.env, "SSH_AUTH_SOCK": str(sock)}
-        subprocess.run(["ssh-add", "-q", str(srv.identity)], env=env, check=True)
+        env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
+        subprocess.run(["ssh-add", "-q", str(key)], env=env, check=True, capture_output=True)
+        yield sock
+    finally:
+        agent.terminate()
+        agent.wait(timeout=10)
+
+
+@pytest.mark.skipif(not shutil.which("ssh-agent"), reason="needs ssh-agent")
+def test_ssh_agent_key(srv: SSHServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    with ssh_agent(tmp_path, srv.identity) as sock:
         srv.identity.unlink()  # only the agent has the key now
         srv.write_config(identity=None)
         monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
         with connect(srv, "echo agent") as t:
             assert read_all(t) == b"agent\n"
-    finally:
-        agent.terminate()
-        agent.wait(timeout=10)
 
 
 # -- re-keying in the middle of a stream ------------------------------------------------
@@ -440,14 +449,7 @@ def test_an_encrypted_key_is_said_so_and_used_from_ssh_agent(
     # ssh-agent; IdentitiesOnly still takes the agent's copy of that key.
     if shutil.which("ssh-agent") is None or shutil.which("ssh-keygen") is None:
         pytest.skip("needs ssh-agent and ssh-keygen (openssh-client)")
-    sock = tmp_path / "agent.sock"
-    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while not sock.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
-        subprocess.run(["ssh-add", str(srv.identity)], env=env, check=True, capture_output=True)
+    with ssh_agent(tmp_path, srv.identity) as sock:
         subprocess.run(
             ["ssh-keygen", "-q", "-p", "-N", "secret", "-f", str(srv.identity)],
             check=True,
@@ -459,9 +461,6 @@ def test_an_encrypted_key_is_said_so_and_used_from_ssh_agent(
         monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
         with connect(srv, "echo ok") as t:  # IdentitiesOnly yes, as the fixture writes it
             assert read_all(t) == b"ok\n"
-    finally:
-        agent.terminate()
-        agent.wait(10)
 
 
 def test_include_in_the_ssh_config(srv: SSHServer) -> None:
