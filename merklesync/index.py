@@ -140,7 +140,8 @@ def _guard(func: Callable[_P, _R]) -> Callable[_P, _R]:
         except sqlite3.DatabaseError as exc:
             raise CorruptIndex(_corrupt_message(_where(args), str(exc))) from exc
         except (ValueError, msgpack.UnpackException) as exc:  # a row that does not parse
-            raise CorruptIndex(_corrupt_message(_where(args), f"bad row: {exc}")) from exc
+            why = str(exc) or type(exc).__name__
+            raise CorruptIndex(_corrupt_message(_where(args), f"bad row: {why}")) from exc
 
     return wrapper
 
