@@ -14,7 +14,13 @@ from pathlib import Path
 
 from merklesync import remotes
 from merklesync.address import Address, parse_address
-from merklesync.errors import ConnectionFailed, NotAReplica, SameReplicaId, UsageError
+from merklesync.errors import (
+    ConnectionFailed,
+    NotAReplica,
+    ReplicaLocked,
+    SameReplicaId,
+    UsageError,
+)
 from merklesync.model import Stats
 from merklesync.peer import Peer, Progress, ScanReport
 from merklesync.peer.local import LocalPeer
@@ -326,9 +332,23 @@ def opened_pair(
     with closing(open_b() if b_first else open_a()) as first:
         if isinstance(first, LocalPeer) and (a_remote if b_first else b_remote):
             first.scan_ahead(checksum=checksum)
-        with closing(open_a() if b_first else open_b()) as second:
+        with closing(_second(open_a if b_first else open_b, first)) as second:
             check_distinct(first, second)
             yield (second, first) if b_first else (first, second)
+
+
+def _second(opener: Callable[[], Peer], first: Peer) -> Peer:
+    """The second replica of a pair. Found locked by this very process (its
+    lock names our pid): it is the first one, reached again by an address
+    (`push a localhost:a`), and the agent could not open it to say its id."""
+    try:
+        return opener()
+    except ReplicaLocked as exc:
+        if isinstance(first, LocalPeer) and f"(pid {os.getpid()})" in exc.message:
+            raise ReplicaLocked(
+                f"{exc.message}; that is this run: the same replica as {first.name}?"
+            ) from exc
+        raise
 
 
 @contextlib.contextmanager

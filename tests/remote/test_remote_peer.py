@@ -523,3 +523,19 @@ def test_a_keeper_that_ends_the_session_mid_answer_is_a_lost_connection() -> Non
         "far: the session kept open by `merklesync watch` ended in the middle of an answer"
     )
     assert info.value.exit_code == 6
+
+
+def test_the_same_replica_named_again_by_an_address_is_said_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The agent finds it locked by this very run, and cannot say its id.
+    from tests.remote.conftest import PIPE_HOST, REMOTE_CMD, RSH
+
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / "f").write_text("x")
+    assert ms("init", a).code == 0
+    monkeypatch.setenv("MERKLESYNC_LOCK_WAIT", "0.2")
+    r = ms("push", a, f"{PIPE_HOST}:{a}", "--rsh", RSH, "--remote-cmd", REMOTE_CMD)
+    assert r.code == 4, r.err
+    assert f"that is this run: the same replica as {a.resolve()}?" in r.err
