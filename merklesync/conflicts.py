@@ -21,7 +21,13 @@ from merklesync.clock import Order
 from merklesync.errors import MerklesyncError, UsageError
 from merklesync.index import TOMBSTONE
 from merklesync.model import Entry, EntryKind, ScanReport
-from merklesync.policy import CONFLICT_MARK, NAME_MAX, original_of, writer_of
+from merklesync.policy import (
+    CONFLICT_MARK,
+    maybe_shortened,
+    original_of,
+    split_name,
+    writer_of,
+)
 from merklesync.reading import read_file
 from merklesync.replica import Replica
 from merklesync.sources.file_write import temp_name, write_all
@@ -60,10 +66,10 @@ def _unshortened(replica: Replica, copy: str, original: str) -> str:
     the one other file in that directory whose name begins with what is
     left of the original's stem and ends with its extension. None such, or
     more than one: the name as parsed (resolve refuses to settle it)."""
-    if len(posixpath.basename(copy).encode()) < NAME_MAX - 3:  # never shortened
+    if not maybe_shortened(copy):
         return original
     head, name = posixpath.split(original)
-    stem, dot, ext = name.rpartition(".") if "." in name[1:] else (name, "", "")
+    stem, dot, ext = split_name(name)
     ending = f"{dot}{ext}"
     found = [
         path
@@ -81,7 +87,7 @@ def _shortened_beyond_telling(replica: Replica, copies: list[Conflict]) -> bool:
     """Copies whose original's name was shortened in theirs and cannot be
     told from the others in their directory (see _unshortened)."""
     for c in copies:
-        if len(posixpath.basename(c.copy.path).encode()) >= NAME_MAX - 3:
+        if maybe_shortened(c.copy.path):
             cached = replica.index.get(c.original)
             if cached is None or cached.entry.deleted:
                 return True

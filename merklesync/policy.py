@@ -106,9 +106,7 @@ def conflict_name(path: str, writer: str, stamp: int, n: int = 1) -> str:
     """``dir/name.conflict-<replica>-<YYYYMMDDTHHMMSS>.ext``; ``-<n>`` follows
     the time when that name is taken already."""
     head, name = posixpath.split(path)
-    stem, dot, ext = name.rpartition(".")
-    if not stem:  # no extension, or a dotfile
-        stem, dot, ext = name, "", ""
+    stem, dot, ext = split_name(name)
     when = time.strftime("%Y%m%dT%H%M%S", time.gmtime(stamp / 1e9))
     if n > 1:
         when += f"-{n}"
@@ -122,6 +120,20 @@ def conflict_name(path: str, writer: str, stamp: int, n: int = 1) -> str:
     stem = stem.encode()[:room].decode(errors="ignore")
     new = f"{stem}{suffix}{dot}{ext}"
     return posixpath.join(head, new) if head else new
+
+
+def split_name(name: str) -> tuple[str, str, str]:
+    """A file name as its conflict copies are named from it: (stem, ".",
+    extension), or (name, "", "") without an extension (a dotfile has none)."""
+    stem, dot, ext = name.rpartition(".")
+    return (stem, dot, ext) if stem else (name, "", "")
+
+
+def maybe_shortened(copy: str) -> bool:
+    """Whether the name of conflict copy ``copy`` may hold its original's
+    shortened (conflict_name cuts the stem, on a character boundary, to a
+    name of NAME_MAX bytes, or up to 3 less)."""
+    return len(posixpath.basename(copy).encode()) >= NAME_MAX - 3
 
 
 def original_of(path: str) -> tuple[str, str] | None:
