@@ -73,7 +73,8 @@ class IgnoreRules:
             spec = None
             try:
                 text = read_rules(path)
-                spec = compile_patterns(text.decode("utf-8", "replace").splitlines())
+                # A BOM is no part of the first rule (git skips it too).
+                spec = compile_patterns(text.decode("utf-8-sig", "replace").splitlines())
                 self._texts[directory] = text
                 st = os.lstat(path)
                 if stat.S_ISLNK(st.st_mode) or st.st_nlink > 1:
@@ -108,7 +109,7 @@ class IgnoreRules:
         elif has_file and directory in self._specs and self._specs[directory] is None:
             del self._specs[directory]  # none when listed before: there is one now
         parts = directory.split("/") if directory else []
-        chain = []
+        chain: list[tuple[int, pathspec.PathSpec[Any]]] = []
         for depth in range(len(parts) + 1):
             prefix = "/".join(parts[:depth])
             spec = self._spec(prefix)
@@ -117,12 +118,23 @@ class IgnoreRules:
         excludes = self._excludes
         if excludes is None and not chain:
             return None
+        if len(chain) > 1:
+            chain.reverse()  # as in git, the deepest file that says something decides
+
+            def judged(probe: str) -> bool:
+                for cut, spec in chain:
+                    said = spec.check_file(probe[cut:]).include  # None: no rule matches
+                    if said is not None:
+                        return said
+                return False
+        else:
+            judged = (lambda probe: False) if not chain else _matcher(*chain[0])
 
         def ignored(rel: str, is_dir: bool) -> bool:
             probe = rel + "/" if is_dir else rel
             if excludes is not None and excludes.match_file(probe):
                 return True
-            return any(spec.match_file(probe[cut:]) for cut, spec in chain)
+            return judged(probe)
 
         return ignored
 
@@ -176,6 +188,12 @@ def _down_to(known: dict[str, V], directory: str, learn: Callable[[str, V | None
         if below not in known:
             known[below] = learn(below, known[below.rpartition("/")[0]] if below else None)
     return known[directory]
+
+
+def _matcher(cut: int, spec: pathspec.PathSpec[Any]) -> Callable[[str], bool]:
+    """One ignore file's verdict on a path below its directory (``cut``:
+    the length of that directory's prefix in the path)."""
+    return lambda probe: spec.match_file(probe[cut:])
 
 
 def _reserved(name: str) -> bool:

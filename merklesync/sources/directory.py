@@ -396,7 +396,9 @@ class DirectorySource:
             rel = prefix + name
             refused = refused_name(name, rel)
             if refused is not None:  # what a peer would refuse is never put in the index
-                report.warnings.append(f"{refused.message}; skipped")
+                is_dir = not isinstance(st, OSError) and st_mod.S_ISDIR(st.st_mode)
+                if ignored is None or not ignored(rel, is_dir):  # else, not ours to judge
+                    report.warnings.append(f"{refused.message}; skipped")
                 continue
             cached = known.pop(rel, _ABSENT)
             if isinstance(st, OSError):
@@ -459,7 +461,13 @@ class DirectorySource:
             if stat != TOMBSTONE:
                 wrote = True
                 gone = index.get(rel)
-                if gone is not None:
+                if gone is None:
+                    continue
+                if ignored is not None and self._left_out(rel, gone.entry, ignored):
+                    # Ignored now, then deleted before a scan saw it ignored:
+                    # as for one still there, no tombstone (its copies elsewhere stay).
+                    self._forget(index, rel)
+                else:
                     self._tombstone(index, scan.replica_id, scan.clock, gone.entry, report)
         if clean and len(report.warnings) == warned and scan.shortcuts:
             self._keep_sum(directory, listing, index, kept, subdirs, check=wrote)
@@ -597,6 +605,12 @@ class DirectorySource:
         stamp = max(now if gone is None else min(now, gone), entry.stamp + 1)
         index.put(entry.tombstone(entry.vv.bump(replica_id), stamp), None, entry)
         report.deleted.append(entry.path)
+
+    def _left_out(self, rel: str, entry: Entry, ignored: Callable[[str, bool], bool]) -> bool:
+        """Whether an indexed path is left out by the ignore files (not by
+        a run's --exclude, which keeps its row as it is)."""
+        is_dir = entry.kind is EntryKind.DIR
+        return ignored(rel, is_dir) and not self.ignore.excluded_by_option(rel, is_dir)
 
     def _forget(self, index: Index, rel: str) -> None:
         cached = index.get(rel)

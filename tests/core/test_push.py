@@ -295,6 +295,73 @@ def test_nothing_is_written_under_a_directory_the_destination_ignores(tmp_path: 
     assert not (c / "dir").exists() and _index_paths(c) == ["f"]
 
 
+def test_a_path_ignored_then_deleted_before_a_scan_is_not_deleted_elsewhere(
+    tmp_path: Path,
+) -> None:
+    """Made ignored, then removed (a `make clean`) before any scan saw it
+    ignored: as for an ignored path still there, its row goes without a
+    tombstone, and the other replica keeps its copy."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "a.log", "data")
+    write(a / "build/x.o", "obj")
+    ms("init", a)
+    assert ms("push", a, b).code == 0
+    write(a / ".merklesyncignore", "*.log\nbuild/\n")
+    (a / "a.log").unlink()
+    (a / "build/x.o").unlink()
+    (a / "build").rmdir()
+    ms("push", a, b)
+    assert (b / "a.log").read_text() == "data" and (b / "build/x.o").read_text() == "obj"
+    assert _index_paths(a) == [".merklesyncignore"]
+    with Replica.open(a) as replica:
+        assert [e.path for e in replica.index.iter_entries() if e.deleted] == []
+
+
+def test_nested_ignore_file_takes_back_what_a_parent_one_ignores(tmp_path: Path) -> None:
+    """As in git, the deepest ignore file with a rule for a path decides:
+    `!a.log` in sub/ takes back sub/a.log from the root's `*.log`."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / ".merklesyncignore", "*.log\n")
+    write(a / "sub/.merklesyncignore", "!a.log\n")
+    for name in ("a.log", "sub/a.log", "sub/b.log", "sub/c.txt"):
+        write(a / name, name)
+    ms("init", a)
+    assert ms("push", a, b).code == 0
+    assert _index_paths(b) == [
+        ".merklesyncignore",
+        "sub",
+        "sub/.merklesyncignore",
+        "sub/a.log",
+        "sub/c.txt",
+    ]
+
+
+def test_a_byte_order_mark_is_no_part_of_the_first_rule(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    (a).mkdir()
+    (a / ".merklesyncignore").write_bytes(b"\xef\xbb\xbf*.log\n")
+    write(a / "a.log", "noise")
+    write(a / "keep.txt", "k")
+    ms("init", a)
+    assert ms("push", a, b).code == 0
+    assert _index_paths(b) == [".merklesyncignore", "keep.txt"]
+
+
+def test_a_name_no_peer_takes_is_not_warned_about_when_ignored(tmp_path: Path) -> None:
+    """A name merklesync cannot carry (a newline in it) is skipped with a
+    warning and exit 1, unless a rule or --exclude leaves it out anyway."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "bad\nname", "x")
+    write(a / "f", "f")
+    r = ms("init", a)
+    assert r.code == 1 and "skipped" in r.err
+    r = ms("push", a, b, "--exclude", "bad*")
+    assert r.code == 0 and "skipped" not in r.err, r.err
+    write(a / ".merklesyncignore", "bad*\n")
+    r = ms("push", a, b)
+    assert r.code == 0 and "skipped" not in r.err, r.err
+
+
 def test_a_deleted_directory_is_matched_by_a_rule_for_directories(tmp_path: Path) -> None:
     """A tombstone is a directory to `build/` when what it deletes was one."""
     a, b = tmp_path / "a", tmp_path / "b"
