@@ -118,17 +118,7 @@ class IgnoreRules:
         excludes = self._excludes
         if excludes is None and not chain:
             return None
-        if len(chain) > 1:
-            chain.reverse()  # as in git, the deepest file that says something decides
-
-            def judged(probe: str) -> bool:
-                for cut, spec in chain:
-                    said = spec.check_file(probe[cut:]).include  # None: no rule matches
-                    if said is not None:
-                        return said
-                return False
-        else:
-            judged = (lambda probe: False) if not chain else _matcher(*chain[0])
+        judged = _judge(chain)
 
         def ignored(rel: str, is_dir: bool) -> bool:
             probe = rel + "/" if is_dir else rel
@@ -190,10 +180,24 @@ def _down_to(known: dict[str, V], directory: str, learn: Callable[[str, V | None
     return known[directory]
 
 
-def _matcher(cut: int, spec: pathspec.PathSpec[Any]) -> Callable[[str], bool]:
-    """One ignore file's verdict on a path below its directory (``cut``:
-    the length of that directory's prefix in the path)."""
-    return lambda probe: spec.match_file(probe[cut:])
+def _judge(chain: list[tuple[int, pathspec.PathSpec[Any]]]) -> Callable[[str], bool]:
+    """Whether the ignore files in force leave a path out: ``chain``, from
+    the root down, holds each one with the length of its directory's prefix
+    in the paths it judges. As in git, the deepest one with a rule for the
+    path decides."""
+    if len(chain) == 1:
+        cut, spec = chain[0]
+        return lambda probe: spec.match_file(probe[cut:])
+    deepest_first = chain[::-1]
+
+    def judged(probe: str) -> bool:
+        for cut, spec in deepest_first:
+            said = spec.check_file(probe[cut:]).include  # None: no rule matches
+            if said is not None:
+                return said
+        return False
+
+    return judged
 
 
 def _reserved(name: str) -> bool:
