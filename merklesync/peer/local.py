@@ -193,6 +193,7 @@ class LocalPeer:
             writes.close()  # on a failure here, its placing process stops now
             r.source.end_batch()
             r.index.commit()
+        r.source.written()
         outcomes.sort(key=lambda placed: placed[0])
         return [outcome for _n, outcome in outcomes]
 

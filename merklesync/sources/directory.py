@@ -43,7 +43,7 @@ from merklesync.model import (
 from merklesync.orphans import cores
 from merklesync.protocol.paths import check_relpath
 from merklesync.reading import OpenFile, open_to_read, read_chunks
-from merklesync.sources import dir_fds, final_modes, placer, prehash, prelist
+from merklesync.sources import dir_fds, final_modes, placer, prehash, prelist, write_intents
 from merklesync.sources.dir_fds import DIR_FLAGS, DirFds, NotADirectory, open_dir
 from merklesync.sources.file_write import (
     IN_THE_WAY,
@@ -142,6 +142,10 @@ class DirectorySource:
         # and the mode each gets at the end of the run (see _put_dir).
         self._final_modes: dict[str, int] = {}
         self._notes = final_modes.Notes(root / STATE_DIR)
+        # Writes noted before they are made (write_intents.py); and during a
+        # scan, those an interrupted run noted, by path.
+        self._intents = write_intents.Intents(root / STATE_DIR)
+        self._noted: dict[str, Entry] = {}
         self._writable: set[str] = set()  # directories this batch may write in (_open_up)
         self._root = str(root)
         # The directories this batch of writes goes into, held open; and
@@ -216,6 +220,8 @@ class DirectorySource:
         index.learned_at = learned_ns  # deletions found now are as old as the scan
         relist = _stored_dirs(index, RELIST) if changes is not None else None
         rewalk = _stored_dirs(index, REWALK) if changes is not None else None
+        noted = self._intents.read()
+        self._noted = noted or {}
         try:
             if changes is None or changes.everything or relist is None or rewalk is None:
                 rewalk = set()
@@ -228,6 +234,7 @@ class DirectorySource:
                 self._scan_changed(dataclasses.replace(changes, deep=deep), index, scan)
         finally:
             index.learned_at = None
+            self._noted = {}
         index.set_meta(RELIST, msgpack.packb(sorted(scan.relist)))
         # Of the directories looked at, those whose ignore file can change
         # without an event here; the others as the last scan found them.
@@ -238,6 +245,8 @@ class DirectorySource:
         index.set_meta(WATCH_TOKEN, None if changes is None else changes.token)
         index.set_meta("hlc", clock.last)
         index.commit()
+        if noted is not None and not self.ignore.has_excludes:  # else, kept for a scan of all
+            self._intents.clear()
         return scan.report
 
     def _scan_tree(self, top: str, scan: _Scan) -> None:
@@ -557,6 +566,12 @@ class DirectorySource:
             # Touched, not changed: no new version.
             index.put(fresh.with_version(old.vv, old.stamp), stat, old)
             return
+        noted = self._noted.get(rel)
+        if noted is not None and _as_noted(noted, fresh, old):
+            # Written by a run stopped before it recorded the write: its version.
+            clock.observe(noted.stamp)
+            index.put(fresh.with_version(noted.vv, noted.stamp), stat, old)
+            return
         if old is not None and not old.deleted and old.kind is EntryKind.DIR is not kind:
             # No longer a directory: what was under it is gone. (A directory
             # whose mode changed keeps its contents.)
@@ -600,6 +615,13 @@ class DirectorySource:
         # last_change_above), not when this scan came to see it: a write
         # made elsewhere in between is the later one. And after the version
         # it deletes.
+        noted = self._noted.get(entry.path)
+        if noted is not None and noted.deleted and _as_noted(noted, noted, entry):
+            # Removed by a run stopped before it recorded the removal.
+            clock.observe(noted.stamp)
+            index.put(noted, None, entry)
+            report.deleted.append(entry.path)
+            return
         now = clock.tick()
         gone = gone or dir_fds.last_change_above(self._root, entry.path)
         stamp = max(now if gone is None else min(now, gone), entry.stamp + 1)
@@ -681,6 +703,8 @@ class DirectorySource:
                     continue
                 if self._placer is not None and self._placer.busy:
                     yield from self._settle(handed, index, clock, wait=True)
+                self._intents.note(entry)
+                self._flush_intents()
                 yield item, self._write(item, rel, cached, index, clock)
             if self._placer is not None and self._placer.busy:
                 yield from self._settle(handed, index, clock, wait=True)
@@ -703,7 +727,7 @@ class DirectorySource:
             self._new_files += 1
             if self._new_files >= placer.MIN_FILES:
                 self._placer_tried = True
-                self._placer = Placer.start(self._root)
+                self._placer = Placer.start(self._root, self._flush_intents)
         return self._placer
 
     def _hand_over(
@@ -722,6 +746,7 @@ class DirectorySource:
             with contextlib.suppress(OSError, NotADirectory):  # the child says what is wrong
                 self._open_up(parent, self._dirs.get(parent))
         handed.live[entry.path] = (item, current)
+        self._intents.note(entry)  # the placer has it noted before anything goes to its child
         try:
             child.hand_over(entry.path, entry.mode, entry.mtime_ns, entry.digest, item.data)
         except OSError as exc:  # reading the content (the child drops the file)
@@ -755,6 +780,18 @@ class DirectorySource:
                 yield item, self._failed(rel, answer.error)
             else:
                 yield item, Outcome(rel, False, answer.refused or "not placed")
+
+    def _flush_intents(self) -> None:
+        """Make the writes noted durable, before any of them is made."""
+        try:
+            self._intents.flush()
+        except OSError as exc:
+            raise LocalIOError(f"{self._intents.path}: {exc.strerror or exc}") from exc
+
+    def written(self) -> None:
+        """Every write of the batch is in the index (committed): none is
+        left for a scan to recognize."""
+        self._intents.clear()
 
     def _stop_placer(self) -> None:
         child, self._placer = self._placer, None
@@ -1192,6 +1229,14 @@ def _below_any(path: str, tops: set[str]) -> bool:
             return True
         path = path.rpartition("/")[0]
     return False
+
+
+def _as_noted(noted: Entry, found: Entry, old: Entry | None) -> bool:
+    """Whether ``found`` (what a scan reads) is what the write noted as
+    ``noted`` made of ``old`` (what the index holds): the same content, at a
+    version that is no older (every write records one that dominates what
+    it replaces)."""
+    return noted.content() == found.content() and (old is None or noted.vv.dominates(old.vv))
 
 
 def _version_only(entry: Entry, current: Entry | None, on_disk: os.stat_result | None) -> bool:

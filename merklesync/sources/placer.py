@@ -80,8 +80,15 @@ class Answer(NamedTuple):
 class Placer:
     """The parent's end: hand files over, collect what became of them."""
 
-    def __init__(self, reap: Callable[[], object], jobs: int, answers: int) -> None:
+    def __init__(
+        self,
+        reap: Callable[[], object],
+        jobs: int,
+        answers: int,
+        before_send: Callable[[], None],
+    ) -> None:
         self._reap = reap  # waits for the child to end
+        self._before_send = before_send
         self._jobs = jobs
         self._answers = answers
         self._out = bytearray()
@@ -97,11 +104,13 @@ class Placer:
         self._both.register(jobs, select.POLLOUT)
 
     @classmethod
-    def start(cls, root: str) -> Placer | None:
+    def start(cls, root: str, before_send: Callable[[], None]) -> Placer | None:
         """Start the child for the replica at ``root``: forked, or where
         this process runs other threads (paramiko's, in a pull over SSH) a
         fresh interpreter. None on a single core, or when no child can be
-        had (then the replica places its files itself)."""
+        had (then the replica places its files itself). ``before_send`` is
+        called before anything handed over goes to the child (the replica
+        notes its writes first: write_intents.py)."""
         if not two_cores():
             return None
         try:
@@ -129,7 +138,7 @@ class Placer:
             fcntl.fcntl(jobs_w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         os.set_blocking(jobs_w, False)
         os.set_blocking(answers_r, False)
-        return cls(child.reap, jobs_w, answers_r)
+        return cls(child.reap, jobs_w, answers_r, before_send)
 
     @property
     def busy(self) -> bool:
@@ -201,6 +210,7 @@ class Placer:
         in its answers: it may be waiting to send them before it reads on.
         What was sent leaves the buffer even when this is interrupted (a
         Ctrl-C), so an abort mark after it does not send it twice."""
+        self._before_send()
         sent = 0
         try:
             if not self._broken:

@@ -1083,10 +1083,10 @@ _PIPE_ON_STDIN = """
 import contextlib, os
 from merklesync.sources import placer
 real_start = placer.Placer.start.__func__
-def start(cls, root):
+def start(cls, root, *args):
     with contextlib.suppress(OSError):
         os.close(0)
-    return real_start(cls, root)
+    return real_start(cls, root, *args)
 placer.Placer.start = classmethod(start)
 """
 
@@ -1314,3 +1314,116 @@ def test_a_file_under_a_lease_is_opened_waiting_when_it_is_a_file(
     with pytest.raises(OSError) as raised:
         reading.open_to_read(tmp_path / "p")  # a FIFO: never opened waiting
     assert raised.value.errno == errno.EAGAIN
+
+
+# -- writes made, not yet recorded (sources/write_intents.py) -----------------
+
+# Killed (SIGKILL) as the N-th write is about to be recorded in the index:
+# what was written before it, by this process or by its placing process,
+# is on the disk and in no committed row.
+_KILLED_AT_RECORD = """
+import os, signal
+from merklesync.sources import directory
+_real, _seen = directory.DirectorySource._record, [0]
+def _record(*args, **kwargs):
+    _seen[0] += 1
+    if _seen[0] >= {n}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _real(*args, **kwargs)
+directory.DirectorySource._record = staticmethod(_record)
+"""
+
+
+def _killed_at_record(n: int, *args: str | Path) -> None:
+    r = _run_with_placer(*args, setup=_KILLED_AT_RECORD.format(n=n))
+    assert r.returncode == -signal.SIGKILL, r.stderr
+
+
+def _unrecorded(root: Path) -> list[str]:
+    """Files on the disk of ``root`` that its index has no live row for."""
+    with Replica.open(root) as replica:
+        rows = {e.path for e in replica.index.iter_entries(live_only=True)}
+    return [
+        p.relative_to(root).as_posix()
+        for p in _files(root)
+        if p.relative_to(root).as_posix() not in rows
+    ]
+
+
+def test_a_file_placed_by_a_killed_push_is_the_source_s_version_not_a_new_one(
+    pair: tuple[Path, Path],
+) -> None:
+    """Files the placing process placed before the push was killed, and
+    that no row records: the next scan takes each for the write it was
+    (the source's version), not for a file made on the destination; so a
+    deletion of one on the source then goes through, and does not come
+    back from the destination as a modification that wins."""
+    src, dst = pair
+    dirs = sum(1 for p in src.rglob("*") if p.is_dir() and ".merklesync" not in p.parts)
+    _killed_at_record(dirs + 3, "push", src, dst)  # directories come first
+    victim = _unrecorded(dst)[0]
+    assert (dst / victim).read_bytes() == (src / victim).read_bytes()
+    (src / victim).unlink()
+    r = ms("sync", src, dst)
+    assert r.code == 0 and "modif" not in r.out + r.err, r.out + r.err
+    assert not (src / victim).exists() and not (dst / victim).exists()
+    assert_same_tree(src, dst)
+    assert not (dst / ".merklesync" / "intents").exists()
+
+
+def test_a_file_replaced_by_a_killed_push_is_no_conflict_at_the_next_one(
+    tmp_path: Path,
+) -> None:
+    """A file replaced (by this process: one file), and the push killed
+    before the row: the source's next edit is a fast-forward, no conflict."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    (src / "d").mkdir(parents=True)
+    (src / "d/f").write_text("v1")
+    ms("init", src)
+    assert ms("push", src, dst).code == 0
+    (src / "d/f").write_text("v2, longer")
+    _killed_at_record(1, "push", src, dst)
+    assert (dst / "d/f").read_text() == "v2, longer"
+    (src / "d/f").write_text("v3, longer still")
+    r = ms("push", src, dst)
+    assert r.code == 0, r.err
+    assert (dst / "d/f").read_text() == "v3, longer still"
+
+
+def test_a_file_removed_by_a_killed_push_is_the_source_s_deletion(tmp_path: Path) -> None:
+    """A deletion made on the destination, and the push killed before its
+    tombstone: the scan records the source's tombstone, so the file made
+    again on the source is a fast-forward, no modify-delete conflict."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    (src / "f").write_text("v1")
+    (src / "g").write_text("g")
+    ms("init", src)
+    assert ms("push", src, dst).code == 0
+    (src / "f").unlink()
+    _killed_at_record(1, "push", src, dst)
+    assert not (dst / "f").exists()
+    (src / "f").write_text("again")
+    r = ms("push", src, dst)
+    assert r.code == 0, r.err
+    assert (dst / "f").read_text() == "again"
+
+
+def test_a_write_noted_but_not_what_the_scan_finds_is_a_change_made_here(
+    tmp_path: Path,
+) -> None:
+    """An interrupted write's note counts only for the state it describes:
+    a file the user changed since is this replica's own new version (a
+    conflict with the source's next one, as any concurrent edit)."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    (src / "f").write_text("v1")
+    ms("init", src)
+    assert ms("push", src, dst).code == 0
+    (src / "f").write_text("v2, longer")
+    _killed_at_record(1, "push", src, dst)
+    (dst / "f").write_text("edited on the destination")
+    (src / "f").write_text("v3, longer still")
+    r = ms("push", src, dst)
+    assert r.code == 1 and "conflict" in r.err, r.err
+    assert (dst / "f").read_text() == "edited on the destination"
