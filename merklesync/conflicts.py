@@ -187,17 +187,19 @@ def _settle(
         chosen = None
     else:
         chosen = _wanted_copy(replica, original, copies, take is Take.LOCAL)
-        if chosen is not None:
-            done.append(f"took {chosen.copy.path} for {original}")
-            if not dry_run:
-                os.replace(replica.root / chosen.copy.path, target)
-        else:
+        if chosen is None:
             done.append(f"kept {original}")
+        else:
+            done.append(f"took {chosen.copy.path} for {original}")
+    # The others go first: a run stopped on the way, then run again, finds
+    # the chosen copy alone, and chooses it again.
     for c in copies:
         if c is not chosen:
             done.append(f"removed {c.copy.path}")
             if not dry_run:
                 (replica.root / c.copy.path).unlink()
+    if chosen is not None and not dry_run:
+        os.replace(replica.root / chosen.copy.path, target)
     return done
 
 

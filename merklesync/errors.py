@@ -33,6 +33,7 @@ EXIT_IO = 5
 EXIT_CONNECTION = 6
 EXIT_PROTOCOL = 7
 EXIT_HOSTKEY = 8
+EXIT_INTERRUPTED = 130  # as a shell reports SIGINT
 
 
 class MerklesyncError(Exception):

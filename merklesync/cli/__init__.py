@@ -8,7 +8,7 @@ import json
 import sys
 from typing import NoReturn
 
-EXIT_INTERRUPTED = 130  # as a shell reports SIGINT
+from merklesync.errors import EXIT_INTERRUPTED
 
 
 def main() -> None:

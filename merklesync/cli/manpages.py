@@ -35,6 +35,11 @@ EXIT_STATUS = [
     (errors.EXIT_CONNECTION, "Connection: refused, timed out, authentication failed, peer died."),
     (errors.EXIT_PROTOCOL, "Protocol: the peer sent something malformed, hostile or unexpected."),
     (errors.EXIT_HOSTKEY, "SSH host key unknown or changed."),
+    (
+        errors.EXIT_INTERRUPTED,
+        "Interrupted (Ctrl-C, SIGINT): what was being written is finished or removed; "
+        "run the command again to go on.",
+    ),
 ]
 
 

@@ -595,3 +595,31 @@ def test_resolve_local_keeps_an_edit_made_here_since_the_conflict(
     monkeypatch.chdir(b)
     assert ms("resolve", "x.txt", "--take", "local").code == 0
     assert files(b) == {"x.txt": "edited on b after the conflicts\n"}
+
+
+def test_resolve_stopped_on_the_way_then_run_again_takes_the_same_copy(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two copies from the other side; `--take remote` chooses the newer.
+    Stopped after its first removal (a signal, a crash), then run again,
+    it must choose that one again: the older copy is no candidate by then."""
+    a, b = pair
+    for n in (1, 2):
+        (b / "shared.txt").write_text(f"b, round {n}\n")
+        (a / "shared.txt").write_text(f"a, round {n}\n")  # the later write keeps the name
+        assert ms("sync", a, b).code == 0
+    assert len(ms("conflicts", a).lines()) == 2
+    monkeypatch.chdir(a)
+    real_unlink = Path.unlink
+
+    def stopped(self: Path, missing_ok: bool = False) -> None:
+        real_unlink(self, missing_ok)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "unlink", stopped)
+    assert ms("resolve", "shared.txt", "--take", "remote").code == 130
+    monkeypatch.setattr(Path, "unlink", real_unlink)
+    r = ms("resolve", "shared.txt", "--take", "remote")
+    assert r.code == 0, r.err
+    assert (a / "shared.txt").read_text() == "b, round 2\n"
+    assert ms("conflicts", a).code == 0
