@@ -192,12 +192,14 @@ class Replica:
             old = state / INDEX_FILE
             if old.exists():
                 _refuse_readable(old, root)
-                moved = state / f"{INDEX_FILE}.broken-{time.strftime('%Y%m%dT%H%M%S')}"
-                os.replace(old, moved)
+                moved = _aside(state, f"{INDEX_FILE}.broken-{time.strftime('%Y%m%dT%H%M%S')}")
+                # Its log first: one left beside the new index would be
+                # replayed into it.
                 for suffix in ("-wal", "-shm"):
                     side = state / f"{INDEX_FILE}{suffix}"
                     if side.exists():
                         os.replace(side, state / f"{moved.name}{suffix}")
+                os.replace(old, moved)
             index = Index.create(old, new_replica_id())
         except BaseException:
             lock.release()
@@ -411,3 +413,15 @@ def _scan_child(
         sys.exit(130)  # multiprocessing exits with it, no traceback
     sender.send(result)
     sender.close()
+
+
+def _aside(state: Path, name: str) -> Path:
+    """A name in ``state`` for a broken index set aside, none of its files
+    taken: a rebuild run twice in a second keeps both (the first may have
+    set aside the user's index, the second what the first left half made)."""
+    taken = {p.name for p in state.iterdir()}
+    candidate, n = name, 1
+    while any(f"{candidate}{suffix}" in taken for suffix in ("", "-wal", "-shm")):
+        n += 1
+        candidate = f"{name}-{n}"
+    return state / candidate

@@ -412,6 +412,25 @@ def test_rebuild_sets_aside_whatever_is_where_the_index_should_be(tmp_path: Path
     assert ms("status", root).code == 0
 
 
+def test_rebuild_twice_in_a_second_keeps_both_indexes_set_aside(tmp_path: Path) -> None:
+    """The user's broken index, then what a rebuild stopped half way left:
+    the second rebuild sets that aside under a name of its own, never over
+    the first (the names tell the second only)."""
+    root = tmp_path / "r"
+    root.mkdir()
+    (root / "f").write_text("x")
+    assert ms("init", root).code == 0
+    state = root / ".merklesync"
+    (state / "index.db").write_bytes(b"the user's broken index")
+    assert ms("init", "--rebuild", root).code == 0
+    (state / "index.db").write_bytes(b"half made")
+    (state / "index.db-wal").write_bytes(b"its log")
+    assert ms("init", "--rebuild", root).code == 0
+    aside = {p.name: p.read_bytes() for p in state.glob("index.db.broken-*")}
+    assert {b"half made", b"its log", b"the user's broken index"} <= set(aside.values())
+    assert ms("status", root).code == 0
+
+
 def test_index_from_a_newer_format_is_refused(pair: tuple[Path, Path]) -> None:
     src, _ = pair
     conn = sqlite3.connect(src / ".merklesync" / "index.db")
