@@ -142,13 +142,15 @@ def sync(
     for event in result.events:
         if event.what in ("conflict", "modify-delete"):
             out.warn(f"{event.what}: {event.path}: {event.detail}")
-        elif (dry_run or verbose) and event.what != "merge-version":
-            # a->b M path: copied from a to b, a modification there (as diff says it)
+        elif (dry_run or verbose) and event.what != "merge-version" and event.detail != "=":
+            # a->b M path: copied from a to b, a modification there (as diff
+            # says it); "=": only the version moves (a deletion to a replica
+            # that never had the path, say), as push lists it: not at all.
             kind = f" {event.detail}" if event.what in ("a->b", "b->a") else ""
             out.line(f"{event.what}{kind} {event.path}")
     for failure in failures:
         out.warn(f"left alone: {failure.path}: {failure.reason}")
-    kinds = Counter(e.what for e in result.events)
+    kinds = Counter(e.what for e in result.events if e.detail != "=")
     out.info(
         f"{'would sync' if dry_run else 'synced'} {a.name} and {b.name}: "
         f"{kinds['a->b'] + kinds['b->a']} copied, "

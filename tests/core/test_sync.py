@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from merklesync.replica import Replica
 from tests.clirun import ms
 from tests.treegen import assert_same_tree, make_tree, mutate
 
@@ -623,3 +624,23 @@ def test_resolve_stopped_on_the_way_then_run_again_takes_the_same_copy(
     assert r.code == 0, r.err
     assert (a / "shared.txt").read_text() == "b, round 2\n"
     assert ms("conflicts", a).code == 0
+
+
+def test_a_deletion_sent_to_a_replica_that_never_had_the_path_is_no_copy(
+    tmp_path: Path,
+) -> None:
+    """As push says it: the tombstone travels (so an old copy from a third
+    replica cannot bring the file back there), and is neither listed nor
+    counted as a file copied."""
+    a, n = tmp_path / "a", tmp_path / "n"
+    a.mkdir()
+    (a / "f").write_text("f")
+    (a / "g").write_text("g")
+    assert ms("init", a).code == 0
+    (a / "g").unlink()
+    assert ms("status", a).code == 0
+    r = ms("sync", "-v", a, n)
+    assert r.code == 0, r.err
+    assert r.lines() == ["a->b A f"] and "1 copied" in r.err, (r.out, r.err)
+    with Replica.open(n) as replica:
+        assert [e.path for e in replica.index.iter_entries() if e.deleted] == ["g"]
