@@ -102,6 +102,8 @@ class Syncer:
         # (conflicted path, the loser's leaf) -> the copy made of it in this run
         self._made: dict[tuple[str, bytes], str] = {}
         self._copy_paths: set[str] = set()  # the values of _made
+        # Copies an earlier run made (see _free_name) -> whether A, B hold it.
+        self._held: dict[str, tuple[bool, bool]] = {}
         self._unsettled: dict[str, str] = {}  # conflicted path -> why no policy settled it
         # Paths whose write on B carries a tick of A: it waits for A's write.
         self._after_a: set[str] = set()
@@ -198,6 +200,9 @@ class Syncer:
         copy = self._copies.get(path)
         if copy is None:
             return True
+        held = self._held.get(copy)
+        if held is not None and held[0 if outcomes is self.result.outcomes_a else 1]:
+            return True
         outcome = outcomes.get(copy)
         if outcome is not None and outcome.ok:
             return True
@@ -241,14 +246,18 @@ class Syncer:
                             path, "a directory with entries against an unreadable file"
                         )
                         continue
-                    copy_path = self._free_name(path, writer_of(target, directory), target.stamp)
-                    if copy_path is None:
+                    free = self._free_name(target, writer_of(target, directory))
+                    if free is None:
                         self._unresolved(path, "no free name for a conflict copy")
                         continue
-                    copy = dataclasses.replace(target, path=copy_path, vv=kept.vv, stamp=kept.stamp)
-                    self._after_a.add(copy_path)
-                    fixes.to_a.append(Op(copy, None, content=content))
-                    fixes.to_b.append(Op(copy, None, content=content))
+                    copy_path, made_before = free
+                    if not made_before:
+                        copy = dataclasses.replace(
+                            target, path=copy_path, vv=kept.vv, stamp=kept.stamp
+                        )
+                        self._after_a.add(copy_path)
+                        fixes.to_a.append(Op(copy, None, content=content))
+                        fixes.to_b.append(Op(copy, None, content=content))
                 (fixes.to_b if to_b else fixes.to_a).append(Op(kept, directory))
                 (fixes.to_a if to_b else fixes.to_b).append(Op(kept, there))
                 self.result.events.append(
@@ -368,13 +377,23 @@ class Syncer:
         self.result.events.append(Event(x.path, "conflict", f"{policy.value}: merged both"))
         return True
 
-    def _free_name(self, path: str, writer: str, stamp: int) -> str | None:
-        """A conflict-copy name that neither side uses yet."""
+    def _free_name(self, loser: Entry, writer: str) -> tuple[str, bool] | None:
+        """A conflict-copy name for ``loser`` that neither side uses yet
+        (False); or one that holds it already, on one side or both (True):
+        a run stopped after it made the copy, before it wrote the winner.
+        Where one side lacks it, this run copies it there as any entry."""
         for n in range(1, 100):
-            name = conflict_name(path, writer, stamp, n)
+            name = conflict_name(loser.path, writer, loser.stamp, n)
             key = key_of(name)
-            if not any(e.path == name for peer in (self.a, self.b) for e in peer.entries([key])):
-                return name
+            held = [
+                next((e for e in peer.entries([key]) if e.path == name), None)
+                for peer in (self.a, self.b)
+            ]
+            if held == [None, None]:
+                return name, False
+            if all(e is None or e.content() == loser.content() for e in held):
+                self._held[name] = (held[0] is not None, held[1] is not None)
+                return name, True
         return None
 
     def _unresolved(self, path: str, why: str) -> None:
@@ -400,23 +419,25 @@ class Syncer:
                 if content is None:
                     self._unresolved(x.path, "the losing version could not be read")
                     return
-            copy_path = self._free_name(loser.path, writer_of(loser, winner), loser.stamp)
-            if copy_path is None:
+            free = self._free_name(loser, writer_of(loser, winner))
+            if free is None:
                 self._unresolved(x.path, "no free name for a conflict copy")
                 return
-            copy = dataclasses.replace(
-                loser,
-                path=copy_path,
-                vv=loser.vv.merge(winner.vv).bump(self.a.replica_id),
-                stamp=max(x.stamp, y.stamp) + 1,
-            )
-            self._after_a.add(copy_path)
-            # The copies are written first; the winner, which may replace the
-            # loser, only once they are safe (see _pass).
-            plan.to_a.append(Op(copy, None, content=content))
-            plan.to_b.append(Op(copy, None, content=content))
+            copy_path, made_before = free
+            if not made_before:
+                copy = dataclasses.replace(
+                    loser,
+                    path=copy_path,
+                    vv=loser.vv.merge(winner.vv).bump(self.a.replica_id),
+                    stamp=max(x.stamp, y.stamp) + 1,
+                )
+                self._after_a.add(copy_path)
+                # The copies are written first; the winner, which may replace
+                # the loser, only once they are safe (see _pass).
+                plan.to_a.append(Op(copy, None, content=content))
+                plan.to_b.append(Op(copy, None, content=content))
+                self._made[(x.path, loser.leaf_hash())] = copy_path
             self._copies[x.path] = copy_path
-            self._made[(x.path, loser.leaf_hash())] = copy_path
             self._copy_paths.add(copy_path)
         self._both(self._resolved(winner, x, y), x, y, deferred, deferred)
         holder = self.a if winner is x else self.b

@@ -1446,3 +1446,43 @@ def test_a_write_noted_but_not_what_the_scan_finds_is_a_change_made_here(
     r = ms("push", src, dst)
     assert r.code == 1 and "conflict" in r.err, r.err
     assert (dst / "f").read_text() == "edited on the destination"
+
+
+# Killed (SIGKILL) at the start of the N-th batch of writes to one side.
+_KILLED_AT_APPLY = """
+import os, signal
+from merklesync import sync, transfer
+_real, _seen = transfer.apply_ops, [0]
+def apply_ops(target, ops, *args, **kwargs):
+    if ops:
+        _seen[0] += 1
+        if _seen[0] >= {n}:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return _real(target, ops, *args, **kwargs)
+transfer.apply_ops = sync.apply_ops = apply_ops
+"""
+
+
+@pytest.mark.parametrize("batches", [2, 3])
+def test_keep_both_stopped_after_its_copies_makes_no_second_copy(
+    tmp_path: Path, batches: int
+) -> None:
+    """A keep-both sync killed once the conflict copy was written on A
+    (2: before B's) or on both (3: before the winner): the next sync uses
+    that copy, on both sides, and makes no second one."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "f.txt").write_text("base")
+    ms("init", a)
+    assert ms("sync", a, b).code == 0
+    (a / "f.txt").write_text("edit on a")
+    (b / "f.txt").write_text("edit on b, later")
+    r = _run_with_placer("sync", a, b, setup=_KILLED_AT_APPLY.format(n=batches))
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    r = ms("sync", a, b)
+    assert r.code == 0, r.err
+    assert ms("sync", a, b).code == 0
+    for root in (a, b):
+        texts = sorted(p.read_text() for p in root.iterdir() if p.is_file())
+        assert texts == ["edit on a", "edit on b, later"], (root, list(root.iterdir()))
+    assert_same_tree(a, b)
