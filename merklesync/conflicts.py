@@ -170,8 +170,9 @@ def _settle(
         raise UsageError(f"{original} is a directory now: move it or its conflict copies by hand")
     done: list[str] = []
     if take is Take.BOTH:
+        planned: set[str] = set()
         for c in copies:
-            new = _keep_as_own_file(replica, original, c, dry_run)
+            new = _keep_as_own_file(replica, original, c, dry_run, planned)
             done.append(f"kept {c.copy.path} as {new}")
         return done
     if take is Take.UNION:
@@ -248,20 +249,34 @@ def _read_file(path: Path) -> bytes | None:
         raise UsageError(f"{path}: not a file to merge ({exc.strerror or exc})") from None
 
 
-def _keep_as_own_file(replica: Replica, original: str, c: Conflict, dry_run: bool) -> str:
+def _keep_as_own_file(
+    replica: Replica, original: str, c: Conflict, dry_run: bool, planned: set[str]
+) -> str:
     """Rename a conflict copy to NAME.<writer>.EXT (-2, -3... when taken),
-    never over an existing file."""
+    never over an existing file. ``planned``: the names a dry run has
+    given already (it makes none); the name given is added."""
     stem, ext = posixpath.splitext(original)
+    copy = replica.root / c.copy.path
     for n in range(1, 1000):
         new = f"{stem}.{c.writer}{'' if n == 1 else f'-{n}'}{ext}"
         if dry_run:
-            if not (replica.root / new).exists():
+            if new not in planned and not (replica.root / new).exists():
+                planned.add(new)
                 return new
             continue
         try:
-            os.link(replica.root / c.copy.path, replica.root / new)  # fails if it exists
+            os.link(copy, replica.root / new)  # fails if it exists
         except FileExistsError:
-            continue
-        os.unlink(replica.root / c.copy.path)
+            if not _same_file(copy, replica.root / new):
+                continue
+            # Linked by a run stopped before it removed the copy: done but that.
+        os.unlink(copy)
         return new
     raise UsageError(f"no free name to keep {c.copy.path}")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False

@@ -644,3 +644,44 @@ def test_a_deletion_sent_to_a_replica_that_never_had_the_path_is_no_copy(
     assert r.lines() == ["a->b A f"] and "1 copied" in r.err, (r.out, r.err)
     with Replica.open(n) as replica:
         assert [e.path for e in replica.index.iter_entries() if e.deleted] == ["g"]
+
+
+def _two_copies_by_one_writer(pair: tuple[Path, Path]) -> Path:
+    """Two conflict copies of shared.txt in A, both of B's versions."""
+    a, b = pair
+    for n in (1, 2):
+        (b / "shared.txt").write_text(f"b, round {n}\n")
+        (a / "shared.txt").write_text(f"a, round {n}\n")  # the later write keeps the name
+        assert ms("sync", a, b).code == 0
+    assert len(ms("conflicts", a).lines()) == 2
+    return a
+
+
+def test_resolve_take_both_dry_run_names_what_the_run_then_makes(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = _two_copies_by_one_writer(pair)
+    monkeypatch.chdir(a)
+    dry = ms("resolve", "-n", "shared.txt", "--take", "both").lines()
+    assert len({line.rpartition(" as ")[2] for line in dry}) == 2, dry
+    assert ms("resolve", "shared.txt", "--take", "both").lines() == dry
+
+
+def test_resolve_take_both_stopped_after_a_link_makes_no_second_name(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Linked to its new name, stopped before the copy was removed: run
+    again, the copy is found kept already, not kept a second time."""
+    a = _two_copies_by_one_writer(pair)
+    monkeypatch.chdir(a)
+    real_unlink = os.unlink
+
+    def stopped(path: str | Path, *args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "unlink", stopped)
+    assert ms("resolve", "shared.txt", "--take", "both").code == 130
+    monkeypatch.setattr(os, "unlink", real_unlink)
+    assert ms("resolve", "shared.txt", "--take", "both").code == 0
+    texts = sorted(p.read_text() for p in a.iterdir() if p.is_file())
+    assert texts == ["a, round 2\n", "b, round 1\n", "b, round 2\n", "keep\n"], texts
