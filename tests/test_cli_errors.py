@@ -156,3 +156,22 @@ def test_a_replica_too_deep_for_its_index_is_refused_before_anything_is_made(
     assert r.returncode == 5
     assert "too deep for a replica" in one_error_line(r)
     assert not top.exists()
+
+
+def test_a_name_that_would_break_or_reorder_a_line_is_shown_escaped(tmp_path: Path) -> None:
+    """U+2028 (a line break to str.splitlines) and a right-to-left override
+    in names: one line each in plain output, shown as escapes; exact in
+    --json."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    names = ["line\u2028sep", "fake\u202etxt.exe", "caf\u00e9"]
+    for name in names:
+        (a / name).write_text(name)
+    b.mkdir()
+    assert run("init", a).returncode == 0 and run("init", b).returncode == 0
+    r = run("diff", a, b)
+    assert r.returncode == 1
+    lines = r.stdout.splitlines()
+    assert sorted(lines) == ["A caf\u00e9", "A fake\\u202etxt.exe", "A line\\u2028sep"], lines
+    changes = json.loads(run("diff", a, b, "--json").stdout)["changes"]
+    assert sorted(c["path"] for c in changes) == sorted(names)

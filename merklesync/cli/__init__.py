@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import re
 import sys
 from typing import NoReturn
 
@@ -34,6 +35,21 @@ def interrupted() -> NoReturn:
             sys.stdout.write(error_json("interrupted", EXIT_INTERRUPTED) + "\n")
             sys.stdout.flush()
     sys.exit(EXIT_INTERRUPTED)
+
+
+# What would make a line of plain output read as two lines (the line and
+# paragraph separators, where str.splitlines breaks), or in another order
+# than it was written (bidirectional controls): such a character in a name
+# is shown as an escape, ``\u2028``. Control characters never get this far
+# (no index holds a name with one). --json output is exact.
+_UNSEEN = re.compile("[\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+def plain(text: str) -> str:
+    """``text`` as a line of plain output shows it (see _UNSEEN)."""
+    if text.isascii():
+        return text
+    return _UNSEEN.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def error_json(message: str, code: int) -> str:

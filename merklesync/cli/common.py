@@ -14,7 +14,7 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import click
 
-from merklesync.cli import error_json, interrupted
+from merklesync.cli import error_json, interrupted, plain
 from merklesync.errors import EXIT_IO, EXIT_USAGE, MerklesyncError
 from merklesync.model import Change, Stats
 from merklesync.peer import Progress
@@ -50,15 +50,15 @@ class Output:
     def line(self, text: str) -> None:
         """A result line (stdout); none under --quiet or --json."""
         if not self.json and not self.quiet:
-            click.echo(text)
+            click.echo(plain(text))
 
     def info(self, text: str) -> None:
         if not self.quiet and not self.json:
-            click.echo(text, err=True)
+            click.echo(plain(text), err=True)
 
     def warn(self, text: str) -> None:
         if not self.quiet:
-            click.echo(f"merklesync: {text}", err=True)
+            click.echo(f"merklesync: {plain(text)}", err=True)
 
     def emit_json(self, payload: dict[str, Any]) -> None:
         """One line of JSON on stdout, as ``json.dumps(payload, sort_keys=True)``
@@ -237,7 +237,7 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
 
 def _fail(message: str, code: int, as_json: bool) -> NoReturn:
     """One line on stderr; with --json, the same as an object on stdout."""
-    click.echo(f"merklesync: error: {message}", err=True)
+    click.echo(f"merklesync: error: {plain(message)}", err=True)
     if as_json:
         click.echo(error_json(message, code))
     sys.exit(code)
