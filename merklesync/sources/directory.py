@@ -566,16 +566,16 @@ class DirectorySource:
             # Touched, not changed: no new version.
             index.put(fresh.with_version(old.vv, old.stamp), stat, old)
             return
+        if old is not None and not old.deleted and old.kind is EntryKind.DIR is not kind:
+            # No longer a directory: what was under it is gone. (A directory
+            # whose mode changed keeps its contents.)
+            self._tombstone_under(index, replica_id, clock, old.path, report)
         noted = self._noted.get(rel)
         if noted is not None and _as_noted(noted, fresh, old):
             # Written by a run stopped before it recorded the write: its version.
             clock.observe(noted.stamp)
             index.put(fresh.with_version(noted.vv, noted.stamp), stat, old)
             return
-        if old is not None and not old.deleted and old.kind is EntryKind.DIR is not kind:
-            # No longer a directory: what was under it is gone. (A directory
-            # whose mode changed keeps its contents.)
-            self._tombstone_under(index, replica_id, clock, old.path, report)
         vv = (old.vv if old is not None else VersionVector()).bump(replica_id)
         # The write's stamp: when it happened (its mtime), and always after
         # the version it replaces, whatever the clocks say.

@@ -1486,3 +1486,30 @@ def test_keep_both_stopped_after_its_copies_makes_no_second_copy(
         texts = sorted(p.read_text() for p in root.iterdir() if p.is_file())
         assert texts == ["edit on a", "edit on b, later"], (root, list(root.iterdir()))
     assert_same_tree(a, b)
+
+
+def test_a_directory_replaced_by_a_file_in_a_killed_push_leaves_no_row_under_it(
+    tmp_path: Path,
+) -> None:
+    """The directory's entries removed and the file placed, none of it
+    recorded: the next scan takes the file and the removals for the
+    source's writes, and keeps no live row under what is now a file."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    (src / "d").mkdir(parents=True)
+    for name in ("x", "y"):
+        (src / "d" / name).write_text(name)
+    ms("init", src)
+    assert ms("push", src, dst).code == 0
+    shutil.rmtree(src / "d")
+    (src / "d").write_text("a file now")
+    _killed_at_record(3, "push", src, dst)  # x, y, then d: killed before d is recorded
+    assert (dst / "d").read_text() == "a file now"
+    assert ms("status", dst).code == 0
+    assert _unrecorded(dst) == []
+    with Replica.open(dst) as replica:
+        live = sorted(e.path for e in replica.index.iter_entries(live_only=True))
+    assert live == ["d"]
+    (src / "d").write_text("edited on the source")
+    r = ms("push", src, dst)
+    assert r.code == 0, r.err
+    assert_same_tree(src, dst)
