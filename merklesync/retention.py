@@ -90,13 +90,12 @@ def maybe_collect(replica: Replica, now: int | None = None) -> list[str]:
 
 
 def guard(a: Peer, b: Peer, *, allow_stale: bool = False) -> None:
-    """Refuse a run with a replica that has been away too long."""
+    """Refuse a run with a replica that has been away too long, by the
+    record and the retention of each side (an agent checks its own)."""
     if allow_stale:
         return
     for mine, other in ((a, b), (b, a)):
-        replica = local_replica(mine)
-        if replica is not None:
-            check_not_stale(replica, other.replica_id)
+        mine.check_not_stale(other.replica_id)
 
 
 def after_success(a: Peer, b: Peer, *, one_way: bool = False) -> list[str]:

@@ -41,6 +41,7 @@ from merklesync.peer import WriteItem
 from merklesync.peer.local import LocalPeer
 from merklesync.protocol.framing import encode_frame
 from merklesync.protocol.messages import (
+    GUARD,
     INLINE_PUT,
     MAX_RESULT_ITEMS,
     PROTOCOL_VERSIONS,
@@ -58,6 +59,7 @@ from merklesync.protocol.messages import (
     EntriesUnder,
     Error,
     Gone,
+    Guard,
     Hello,
     Put,
     Read,
@@ -105,7 +107,7 @@ class Agent:
             self.failure = exc
         replica_id = self.peer.replica_id if self.peer is not None else ""
         root_name = display(str(self.peer.replica.root if self.peer is not None else root))
-        hello = Hello(PROTOCOL_VERSIONS, (INLINE_PUT,), replica_id, SOFTWARE, root_name)
+        hello = Hello(PROTOCOL_VERSIONS, (INLINE_PUT, GUARD), replica_id, SOFTWARE, root_name)
         self.session = ServerSession(hello)
         self._out = bytearray()
         self._events: deque[ServerEvent] = deque()
@@ -203,6 +205,9 @@ class Agent:
         if isinstance(request, Remember):
             peer.remember(request.replica_id)
             retention.maybe_collect(peer.replica)
+            return ByeResult()
+        if isinstance(request, Guard):
+            peer.check_not_stale(request.replica_id)
             return ByeResult()
         assert isinstance(request, EntriesUnder), request
         return EntriesResult(peer.entries_under(request.nodes, limit=MAX_RESULT_ITEMS))

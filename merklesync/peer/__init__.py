@@ -75,6 +75,12 @@ class Peer(Protocol):
         outcome per item, in the items' order."""
         ...
 
+    def check_not_stale(self, replica_id: str) -> None:
+        """Refuse a run with ``replica_id`` (StaleReplica) when it has been
+        away from this replica longer than this replica's tombstone
+        retention: files deleted here and forgotten since could come back."""
+        ...
+
     def remember(self, replica_id: str) -> None:
         """Record that a run with ``replica_id`` just completed: this replica
         has seen everything that one had (tombstones can be collected)."""

@@ -197,6 +197,11 @@ class LocalPeer:
         outcomes.sort(key=lambda placed: placed[0])
         return [outcome for _n, outcome in outcomes]
 
+    def check_not_stale(self, replica_id: str) -> None:
+        from merklesync import retention  # which reads peers of this module
+
+        retention.check_not_stale(self.replica, replica_id)
+
     def remember(self, replica_id: str) -> None:
         # As of this run's scan: a tombstone that arrived during the run is
         # not proof that the other side has seen it in a later one.

@@ -141,6 +141,12 @@ class RemotePeer:
         self._settle()
         self._call(self.session.remember(replica_id), ByeResult)
 
+    def check_not_stale(self, replica_id: str) -> None:
+        self._ready()
+        if self.session.guards:  # an agent of an earlier version: not asked, as before
+            self._settle()
+            self._call(self.session.guard(replica_id), ByeResult)
+
     def root(self) -> Node:
         self._ready()
         self._settle()

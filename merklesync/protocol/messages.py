@@ -61,6 +61,9 @@ PROTOCOL_VERSIONS = (2, 2)
 # a server taking a small file's content inside its put (see Put).
 INLINE_PUT = "put-inline"
 MAX_INLINE = 128 << 10  # the most content a put may carry
+# a server that checks, when asked, that a replica has not been away from
+# its own longer than its tombstone retention (see Guard).
+GUARD = "guard"
 
 MAX_NODES = 65_536  # nodes per children / compare / entries_under request
 MAX_COMPARE = 65_536  # leaf records per compare request
@@ -538,6 +541,25 @@ class Remember:
         return cls(_ident(replica_id, "remember: replica id"))
 
 
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """Before a run with the client's other replica: the agent refuses it
+    (a ``replica`` error) when that replica has been away from the agent's
+    longer than the agent's tombstone retention; files deleted and
+    forgotten there since could come back. Answered with nil."""
+
+    TAG: ClassVar[str] = "guard"
+    replica_id: str
+
+    def to_wire(self) -> list[object]:
+        return [self.TAG, self.replica_id]
+
+    @classmethod
+    def from_wire(cls, msg: list[object]) -> Guard:
+        (replica_id,) = _fields(msg, 1)
+        return cls(_ident(replica_id, "guard: replica id"))
+
+
 # -- answers: server to client -------------------------------------------
 
 
@@ -649,7 +671,17 @@ class Done(_Bare):
 
 
 Request = (
-    Refresh | Root | Children | Compare | Entries | EntriesUnder | Read | Write | Remember | Bye
+    Refresh
+    | Root
+    | Children
+    | Compare
+    | Entries
+    | EntriesUnder
+    | Read
+    | Write
+    | Remember
+    | Guard
+    | Bye
 )
 ClientMessage = Hello | Request | Put | Data | End | Gone | Commit
 ServerMessage = Hello | Ok | More | Error | Progress | Data | End | Gone | Done
@@ -664,6 +696,7 @@ _REQUESTS: tuple[type[Request], ...] = (
     Read,
     Write,
     Remember,
+    Guard,
     Bye,
 )
 OPS: frozenset[str] = frozenset(cls.TAG for cls in _REQUESTS)  # the server's allowlist
@@ -939,6 +972,7 @@ RESULT_TYPES: dict[str, type[Result]] = {
     EntriesUnder.TAG: EntriesResult,
     Write.TAG: WriteResult,
     Remember.TAG: ByeResult,  # nil, as for bye
+    Guard.TAG: ByeResult,
     Bye.TAG: ByeResult,
 }  # read has no result value: it is answered by a stream
 

@@ -38,6 +38,7 @@ from merklesync.errors import ConnectionFailed, MerklesyncError, ProtocolError
 from merklesync.model import Entry, EntryKind
 from merklesync.protocol.framing import MAX_CHUNK, FrameDecoder, encode_frame
 from merklesync.protocol.messages import (
+    GUARD,
     INLINE_PUT,
     KEY_SLACK,
     MAX_COMPARE,
@@ -66,6 +67,7 @@ from merklesync.protocol.messages import (
     EntriesUnder,
     Error,
     Gone,
+    Guard,
     Hello,
     More,
     NodeId,
@@ -378,6 +380,17 @@ class ClientSession(_Base):
     def remember(self, replica_id: str) -> bytes:
         """Ask the agent to record a complete run with ``replica_id``."""
         return self._request(Remember(replica_id), Assembly(ByeResult.SHAPE, 0))
+
+    @property
+    def guards(self) -> bool:
+        """Whether the server checks, when asked, that a replica is not stale."""
+        return self.peer is not None and GUARD in self.peer.capabilities
+
+    def guard(self, replica_id: str) -> bytes:
+        """Ask the agent whether a run with ``replica_id`` may go on (see Guard)."""
+        if not self.guards:
+            raise RuntimeError("the server does not check replicas for staleness")
+        return self._request(Guard(replica_id), Assembly(ByeResult.SHAPE, 0))
 
     def bye(self) -> bytes:
         frame = self._request(Bye(), Assembly(ByeResult.SHAPE, 0))

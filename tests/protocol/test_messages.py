@@ -39,6 +39,7 @@ from merklesync.protocol.messages import (
     EntriesUnder,
     Error,
     Gone,
+    Guard,
     More,
     Ok,
     Progress,
@@ -86,6 +87,7 @@ CLIENT: list[ClientMessage] = [
     Gone("changed while read"),
     Commit(),
     Remember("0123456789abcdef"),
+    Guard("0123456789abcdef"),
     Bye(),
 ]
 SERVER: list[ServerMessage] = [
@@ -128,6 +130,7 @@ def test_ops_allowlist() -> None:
         "read",
         "write",
         "remember",
+        "guard",
         "bye",
     } == OPS
 
@@ -549,10 +552,11 @@ def test_messages_with_one_part_replaced(
             parse(mutated)
 
 
-def test_remember_takes_a_replica_id_only() -> None:
-    for bad in ([], [""], ["x" * 65], ["bad id"], [7]):
+@pytest.mark.parametrize("tag", ["remember", "guard"])
+def test_remember_and_guard_take_a_replica_id_only(tag: str) -> None:
+    for bad in ([], [""], ["x" * 65], ["bad id"], [7], ["0123456789abcdef", 1]):
         with pytest.raises(ProtocolError):
-            parse_client_message(["remember", *bad])
+            parse_client_message([tag, *bad])
 
 
 def test_nodes_of_several_levels_are_fine_when_apart() -> None:

@@ -136,3 +136,43 @@ def test_status_of_a_remote_replica_reports_its_traffic(
     assert stats["files_scanned"] > 30  # the agent's scan, reported back
     assert stats["bytes_sent"] > 0 and stats["bytes_received"] > 0
     assert r.json()["entries"] > 30
+
+
+def _away(root: Path, days: int) -> None:
+    """Make ``root``'s record of its one peer ``days`` days old."""
+    import time
+
+    from merklesync import retention
+    from merklesync.replica import Replica
+
+    with Replica.open(root) as r:
+        [other] = r.index.peers()
+        r.index.remember_peer(other, time.time_ns() - days * retention.DAY_NS)
+
+
+@pytest.mark.parametrize("holder", ["a", "b"])
+def test_a_replica_away_too_long_is_refused_whichever_side_holds_the_record(
+    side: Side, pair: tuple[Path, Path], holder: str
+) -> None:
+    """The record that says a replica has been away is checked where it is
+    kept: in this process, or by the agent on the far side."""
+    a, b = pair
+    assert side.ms("sync", side.src(a), side.dst(b)).code == 0
+    _away(a if holder == "a" else b, 100)
+    for command in ("sync", "push", "pull"):
+        src, dst = (side.src(a), side.dst(b)) if command != "pull" else (side.dst(b), side.src(a))
+        r = side.ms(command, src, dst)
+        assert r.code == 3, (command, r.out, r.err)
+        assert "longer than the tombstone retention (90 days)" in r.err, r.err
+    assert side.ms("sync", side.src(a), side.dst(b), "--allow-stale").code == 0
+
+
+def test_a_replica_away_too_long_is_refused_between_two_agents(
+    daemons: Callable[[str], Daemon], tmp_path: Path, pair: tuple[Path, Path]
+) -> None:
+    side = make_side("pipe-to", daemons, tmp_path)
+    a, b = pair
+    assert side.ms("sync", a, b).code == 0
+    _away(b, 100)
+    r = side.ms("sync", side.addr(a), side.addr(b))
+    assert r.code == 3 and "tombstone retention" in r.err, r.err
