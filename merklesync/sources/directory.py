@@ -246,7 +246,7 @@ class DirectorySource:
         index.set_meta("hlc", clock.last)
         index.commit()
         if noted is not None and not self.ignore.has_excludes:  # else, kept for a scan of all
-            self._intents.clear()
+            self._intents.discard()
         return scan.report
 
     def _scan_tree(self, top: str, scan: _Scan) -> None:

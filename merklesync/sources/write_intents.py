@@ -46,6 +46,7 @@ class Intents:
     def __init__(self, state: Path) -> None:
         self.path = state / FILE
         self._fd: int | None = None
+        self._start = 0  # the file's size when this process first wrote to it
         self._out = bytearray()
 
     def note(self, entry: Entry) -> None:
@@ -58,6 +59,9 @@ class Intents:
             return
         if self._fd is None:
             self._fd = os.open(self.path, _FLAGS, 0o600)
+            # What is there already is an earlier run's, kept for a scan of
+            # every path (one with --exclude keeps it): clear leaves it.
+            self._start = os.fstat(self._fd).st_size
         try:
             if os.write(self._fd, self._out) != len(self._out):  # a full disk
                 raise OSError(f"{self.path}: short write")
@@ -65,11 +69,25 @@ class Intents:
             self._out.clear()
 
     def clear(self) -> None:
-        """Every write noted is in the index now (or was never made)."""
+        """Every write this process noted is in the index now (or was
+        never made): its notes go, an earlier run's stay."""
         self._out.clear()
         fd, self._fd = self._fd, None
-        if fd is not None:
+        if fd is None:
+            return
+        try:
+            if self._start:
+                os.ftruncate(fd, self._start)
+            else:
+                with contextlib.suppress(OSError):  # a read-only file system
+                    os.unlink(self.path)
+        finally:
             os.close(fd)
+
+    def discard(self) -> None:
+        """A scan of every path has read all that is noted: none is left
+        for another to recognize."""
+        self.clear()
         with contextlib.suppress(OSError):  # none; or a read-only file system
             os.unlink(self.path)
 

@@ -1358,6 +1358,19 @@ def _killed_at_record(n: int, *args: str | Path) -> None:
     assert r.returncode == -signal.SIGKILL, r.stderr
 
 
+# The same, as the write of one path is about to be recorded.
+_KILLED_AT_RECORD_OF = """
+import os, signal
+from merklesync.sources import directory
+_real = directory.DirectorySource._record
+def _record(entry, *args, **kwargs):
+    if entry.path == {path!r}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _real(entry, *args, **kwargs)
+directory.DirectorySource._record = staticmethod(_record)
+"""
+
+
 def _unrecorded(root: Path) -> list[str]:
     """Files on the disk of ``root`` that its index has no live row for."""
     with Replica.open(root) as replica:
@@ -1488,28 +1501,55 @@ def test_keep_both_stopped_after_its_copies_makes_no_second_copy(
     assert_same_tree(a, b)
 
 
-def test_a_directory_replaced_by_a_file_in_a_killed_push_leaves_no_row_under_it(
-    tmp_path: Path,
+@pytest.mark.parametrize("becomes", ["file", "link"])
+def test_a_directory_replaced_in_a_killed_push_leaves_no_row_under_it(
+    tmp_path: Path, becomes: str
 ) -> None:
-    """The directory's entries removed and the file placed, none of it
-    recorded: the next scan takes the file and the removals for the
-    source's writes, and keeps no live row under what is now a file."""
+    """The directory's entries removed and a file or link put in its place,
+    none of it recorded: the next scan takes all of it for the source's
+    writes, and keeps no live row under what is no directory now."""
     src, dst = tmp_path / "src", tmp_path / "dst"
-    (src / "d").mkdir(parents=True)
-    for name in ("x", "y"):
-        (src / "d" / name).write_text(name)
+    (src / "d" / "sub").mkdir(parents=True)
+    (src / "d" / "sub" / "x").write_text("x")
+    (src / "d" / "y").write_text("y")
+    (src / "target").mkdir()
     ms("init", src)
     assert ms("push", src, dst).code == 0
     shutil.rmtree(src / "d")
-    (src / "d").write_text("a file now")
-    _killed_at_record(3, "push", src, dst)  # x, y, then d: killed before d is recorded
-    assert (dst / "d").read_text() == "a file now"
+    if becomes == "file":
+        (src / "d").write_text("a file now")
+    else:
+        (src / "d").symlink_to("target")
+    r = _run_with_placer("push", src, dst, setup=_KILLED_AT_RECORD_OF.format(path="d"))
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert (dst / "d").is_symlink() == (becomes == "link")
     assert ms("status", dst).code == 0
-    assert _unrecorded(dst) == []
     with Replica.open(dst) as replica:
         live = sorted(e.path for e in replica.index.iter_entries(live_only=True))
-    assert live == ["d"]
-    (src / "d").write_text("edited on the source")
+    assert live == ["d", "target"]
+    assert ms("diff", src, dst).code == 0
+    r = ms("sync", src, dst)
+    assert r.code == 0 and "0 copied" in r.err, r.err
+    assert_same_tree(src, dst)
+
+
+def test_a_run_with_exclude_keeps_the_notes_of_an_interrupted_one(tmp_path: Path) -> None:
+    """A scan with --exclude may not look at every noted path: it keeps the
+    notes, and so do the writes of that run (they drop their own only); the
+    next full run takes the interrupted write for what it was."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    (src / "f.txt").write_text("v1")
+    (src / "g.txt").write_text("g1")
+    ms("init", src)
+    assert ms("push", src, dst).code == 0
+    (src / "f.txt").write_text("v2, longer")
+    _killed_at_record(1, "push", src, dst)
+    (src / "g.txt").write_text("g2, longer")
+    assert ms("push", src, dst, "--exclude", "f.txt").code == 0
+    assert (dst / ".merklesync" / "intents").exists()
+    (src / "f.txt").write_text("v3, longer still")
     r = ms("push", src, dst)
     assert r.code == 0, r.err
-    assert_same_tree(src, dst)
+    assert (dst / "f.txt").read_text() == "v3, longer still"
+    assert not (dst / ".merklesync" / "intents").exists()
