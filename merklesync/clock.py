@@ -125,13 +125,14 @@ class HybridClock:
     going backwards, and always later than any stamp it has seen."""
 
     def __init__(self, last: int = 0, now: Callable[[], int] = time.time_ns) -> None:
-        self.last = last
+        self.last = min(last, MAX_STAMP)
         self._now = now
 
     def tick(self) -> int:
-        self.last = max(self._now(), self.last + 1)
+        self.last = min(max(self._now(), self.last + 1), MAX_STAMP)
         return self.last
 
     def observe(self, stamp: int) -> None:
-        """Remember a stamp received from elsewhere."""
-        self.last = max(self.last, stamp)
+        """Remember a stamp received from elsewhere (or one an earlier
+        release stored beyond MAX_STAMP, as MAX_STAMP)."""
+        self.last = max(self.last, min(stamp, MAX_STAMP))

@@ -20,7 +20,7 @@ from typing import Any, ParamSpec, TypeVar
 import msgpack
 
 from merklesync import merkle
-from merklesync.clock import VersionVector
+from merklesync.clock import MAX_STAMP, VersionVector
 from merklesync.errors import CorruptIndex, LocalIOError, NewerFormat, ReplicaLocked
 from merklesync.merkle import MAX_DEPTH, NodeId
 from merklesync.model import LEAF_BYTES, Entry, EntryKind, key_of
@@ -185,7 +185,7 @@ def _to_entry(row: Sequence[Any]) -> Entry:
         mtime_ns=mtime_ns,
         target=target,
         deleted=bool(deleted),
-        stamp=stamp,
+        stamp=stamp if stamp <= MAX_STAMP else MAX_STAMP,  # an earlier release's
     )
     if type(leaf) is bytes and len(leaf) == LEAF_BYTES:
         object.__setattr__(entry, "_leaf", leaf)

@@ -26,7 +26,7 @@ import blake3
 import msgpack
 
 from merklesync import journal
-from merklesync.clock import HybridClock, VersionVector
+from merklesync.clock import MAX_STAMP, HybridClock, VersionVector
 from merklesync.errors import LocalIOError
 from merklesync.ignore import STATE_DIR, IgnoreRules
 from merklesync.index import TOMBSTONE, Cached, Index
@@ -37,6 +37,7 @@ from merklesync.model import (
     Outcome,
     ScanReport,
     WriteItem,
+    int64,
     leaf_of,
     synced_mode,
 )
@@ -559,7 +560,7 @@ class DirectorySource:
             digest=digest,
             size=st.st_size if kind is EntryKind.FILE else 0,
             mode=synced_mode(st.st_mode),
-            mtime_ns=st.st_mtime_ns if kind is EntryKind.FILE else 0,
+            mtime_ns=int64(st.st_mtime_ns) if kind is EntryKind.FILE else 0,
             target=target,
         )
         if old is not None and not old.deleted and old.content() == fresh.content():
@@ -579,7 +580,10 @@ class DirectorySource:
         vv = (old.vv if old is not None else VersionVector()).bump(replica_id)
         # The write's stamp: when it happened (its mtime), and always after
         # the version it replaces, whatever the clocks say.
-        stamp = max(st.st_mtime_ns, old.stamp + 1 if old is not None else 0)
+        # A time ahead of this machine's clock (a file dated in the future)
+        # is not when the write happened: it happened by now.
+        written = min(st.st_mtime_ns, time.time_ns())
+        stamp = min(max(written, old.stamp + 1 if old is not None else 0), MAX_STAMP)
         clock.observe(stamp)
         index.put(fresh.with_version(vv, stamp), stat, old)
         if old is None or old.deleted:

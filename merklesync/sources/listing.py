@@ -13,14 +13,21 @@ import blake3
 
 from merklesync.errors import UnsafePath
 from merklesync.ignore import IGNORE_FILE, STATE_DIR, TEMP_PREFIX
+from merklesync.model import int64
 from merklesync.protocol.paths import check_relpath
 
 STAT = struct.Struct(">QqqQI")
 
 
 def stat_key(st: os.stat_result) -> bytes:
-    """What the stat cache compares: size, mtime, ctime, inode and mode."""
-    return STAT.pack(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode)
+    """What the stat cache compares: size, mtime, ctime, inode and mode
+    (a time beyond 64 bits of ns as the nearest one)."""
+    try:
+        return STAT.pack(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode)
+    except struct.error:
+        return STAT.pack(
+            st.st_size, int64(st.st_mtime_ns), int64(st.st_ctime_ns), st.st_ino, st.st_mode
+        )
 
 
 def refused_name(name: str, rel: str) -> UnsafePath | None:
@@ -88,7 +95,12 @@ class Listing:
                 continue
             stats.append(st)
             # stat_key(st), inlined: every entry of every scan passes here
-            keys.append(pack(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode))
+            try:
+                keys.append(
+                    pack(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode)
+                )
+            except struct.error:  # a time beyond 64 bits of ns
+                keys.append(stat_key(st))
         return listing
 
     def identity(self, name: str) -> tuple[int, int] | None:

@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -1553,3 +1554,80 @@ def test_a_run_with_exclude_keeps_the_notes_of_an_interrupted_one(tmp_path: Path
     assert r.code == 0, r.err
     assert (dst / "f.txt").read_text() == "v3, longer still"
     assert not (dst / ".merklesync" / "intents").exists()
+
+
+_YEAR_NS = 365 * 86_400 * 10**9
+
+
+def _holding(when: int, *places: Path) -> Path | None:
+    """The first of ``places`` whose file system holds a file time ``when``."""
+    for place in places:
+        probe = place / "probe"
+        try:
+            probe.write_text("")
+            os.utime(probe, ns=(when, when))
+            held = os.stat(probe).st_mtime_ns == when
+        except OSError:
+            held = False
+        finally:
+            probe.unlink(missing_ok=True)
+        if held:
+            return place
+    return None
+
+
+# 1570; 2150, past the stamps' range; 2300, past 64 bits of ns
+@pytest.mark.parametrize("years", [-400, 180, 330])
+def test_a_file_dated_far_away_is_copied_and_breaks_nothing(tmp_path: Path, years: int) -> None:
+    """A file's time may lie far in the future, or beyond what 64 bits of
+    nanoseconds hold: its version's stamp is no later than this machine's
+    clock (the write happened by now), its time is carried as the nearest
+    one the index and the wire hold, and every command goes on."""
+    when = time.time_ns() + years * _YEAR_NS
+    shm = Path(tempfile.mkdtemp(dir="/dev/shm")) if os.path.isdir("/dev/shm") else tmp_path
+    try:
+        place = _holding(when, tmp_path, shm)
+        if place is None:
+            pytest.skip("no file system here holds such a time")
+        _far_away(place, when)
+    finally:
+        if shm != tmp_path:
+            shutil.rmtree(shm)
+
+
+def _far_away(place: Path, when: int) -> None:
+    src, dst = place / "src", place / "dst"
+    src.mkdir()
+    (src / "ok").write_text("ok")
+    (src / "far").write_text("far")
+    os.utime(src / "far", ns=(when, when))
+    assert ms("init", src).code == 0
+    assert ms("status", src).code == 0
+    r = ms("push", src, dst)
+    assert r.code == 0, r.err
+    assert (dst / "far").read_text() == "far"
+    if abs(when) < 1 << 63:
+        assert os.stat(dst / "far").st_mtime_ns == when
+    with Replica.open(src) as replica:
+        [far] = [e for e in replica.index.iter_entries() if e.path == "far"]
+        assert far.stamp <= time.time_ns() and replica.clock.last <= time.time_ns()
+    r = _run_pipe("push", src, place / "remote")
+    assert r.returncode == 0, r.stderr
+    (src / "far").unlink()
+    assert ms("push", src, dst).code == 0
+    assert _run_pipe("push", src, place / "remote").returncode == 0
+
+
+def _run_pipe(command: str, src: Path, dst: Path) -> subprocess.CompletedProcess[str]:
+    """A command with ``dst`` reached through an agent over a pipe."""
+    from tests.remote.conftest import PIPE_HOST, REMOTE_CMD, RSH
+
+    return subprocess.run(
+        [
+            *(sys.executable, "-m", "merklesync", command, str(src), f"{PIPE_HOST}:{dst}"),
+            *("--rsh", RSH, "--remote-cmd", REMOTE_CMD),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
