@@ -23,6 +23,8 @@ def int64(n: int) -> int:
     file's time can lie beyond (ns after 2262, or before 1677, on a file
     system with 64-bit seconds), and is carried as the nearest one."""
     return n if _MIN_INT64 <= n <= _MAX_INT64 else max(_MIN_INT64, min(n, _MAX_INT64))
+
+
 # The mode bits a replica syncs: the permission bits and the sticky bit.
 # Setuid and setgid are each machine's own, as in Unison and Syncthing: a
 # scan leaves them out, a peer's entry never sets them (one that carries them

@@ -1093,7 +1093,16 @@ class DirectorySource:
             place_new(tmp, spot.name, spot.fd)
 
         place = new if on_disk is None else replace
-        return write_file(spot.fd, spot.name, entry.mode, entry.mtime_ns, entry.digest, data, place)
+        return write_file(
+            spot.fd,
+            spot.name,
+            entry.mode,
+            entry.mtime_ns,
+            entry.digest,
+            data,
+            place,
+            _owner_kept(on_disk),
+        )
 
     def _touch_up(self, spot: _Spot, entry: Entry, on_disk: os.stat_result) -> os.stat_result:
         """Give a file that already holds ``entry``'s bytes (``on_disk``,
@@ -1233,6 +1242,16 @@ def _below_any(path: str, tops: set[str]) -> bool:
             return True
         path = path.rpartition("/")[0]
     return False
+
+
+def _owner_kept(on_disk: os.stat_result | None) -> tuple[int, int] | None:
+    """Whom a file replaced with new content is to belong to: whoever owned
+    the file it replaces, where that is someone else and this process may
+    give files away (root, as rsync -a keeps it); else None, the writer."""
+    if on_disk is None or os.geteuid() != 0:
+        return None
+    owner = (on_disk.st_uid, on_disk.st_gid)
+    return owner if owner != (os.geteuid(), os.getegid()) else None
 
 
 def _as_noted(noted: Entry, found: Entry, old: Entry | None) -> bool:

@@ -37,12 +37,14 @@ def write_file(
     digest: bytes,
     data: Iterable[bytes],
     place: Callable[[str], None],
+    owner: tuple[int, int] | None = None,
 ) -> os.stat_result:
     """Write ``data`` to a temp file in the directory open as ``dir_fd``,
-    check it against ``digest``, give it ``mode`` and ``mtime_ns``, then let
-    ``place`` rename the temp name to ``name``. Returns the file's stat as
-    placed (a rename changes its ctime), not whatever may replace it later.
-    On any failure the temp file is removed."""
+    check it against ``digest``, give it ``mode`` and ``mtime_ns`` (and
+    ``owner``, uid and gid, where this process may: the owner of the file
+    it replaces), then let ``place`` rename the temp name to ``name``.
+    Returns the file's stat as placed (a rename changes its ctime), not
+    whatever may replace it later. On any failure the temp file is removed."""
     tmp = temp_name(name)
     try:
         fd = os.open(
@@ -62,6 +64,9 @@ def write_file(
                 write_all(fd, chunk)
             if hasher.digest() != digest:
                 raise Refused(NOT_AS_SENT)
+            if owner is not None:
+                with contextlib.suppress(OSError):  # not ours to give (an id not mapped here)
+                    os.fchown(fd, *owner)
             os.fchmod(fd, synced_mode(mode))  # never setuid or setgid from a peer
             os.utime(fd, ns=(mtime_ns, mtime_ns))
             place(tmp)

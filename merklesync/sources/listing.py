@@ -96,9 +96,7 @@ class Listing:
             stats.append(st)
             # stat_key(st), inlined: every entry of every scan passes here
             try:
-                keys.append(
-                    pack(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode)
-                )
+                keys.append(pack(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode))
             except struct.error:  # a time beyond 64 bits of ns
                 keys.append(stat_key(st))
         return listing

@@ -654,3 +654,21 @@ def test_a_replica_of_another_user_around_here_is_not_used(
     monkeypatch.setenv("SUDO_UID", str(me))
     assert ms("push", "backup").code == 0
     assert (backup / "planted").read_text() == "theirs"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user takes root")
+def test_a_file_replaced_as_root_keeps_its_owner(tmp_path: Path) -> None:
+    """As with rsync -a run as root: the file written over another user's
+    copy is still theirs (and not root's, which that user could no longer
+    write); its mode is the source's."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write(src / "f", "v1")
+    ms("init", src)
+    assert ms("push", src, dst).code == 0
+    os.chown(dst / "f", 1234, 2345)
+    write(src / "f", "v2, longer")
+    (src / "f").chmod(0o640)
+    assert ms("push", src, dst).code == 0
+    st = (dst / "f").stat()
+    assert (dst / "f").read_text() == "v2, longer"
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (1234, 2345, 0o640)
