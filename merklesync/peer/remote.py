@@ -90,6 +90,7 @@ class RemotePeer:
         self._events: deque[ClientEvent] = deque()
         self._tickets: deque[int] = deque()  # requests in flight, oldest first
         self._answers: dict[int, Answered | Failed] = {}
+        self._guards: list[int] = []  # guard requests whose answers are not yet looked at
         self._next_ticket = 0
         self._progress: Progress | None = None
         self._stream: _ReadStream | None = None
@@ -142,10 +143,12 @@ class RemotePeer:
         self._call(self.session.remember(replica_id), ByeResult)
 
     def check_not_stale(self, replica_id: str) -> None:
+        """Asked without waiting: answers come in order, so the next result
+        taken (the scan's, before anything is written) raises the refusal,
+        and the scan request follows this one with no round trip between."""
         self._ready()
         if self.session.guards:  # an agent of an earlier version: not asked, as before
-            self._settle()
-            self._call(self.session.guard(replica_id), ByeResult)
+            self._guards.append(self._request(self.session.guard(replica_id)))
 
     def root(self) -> Node:
         self._ready()
@@ -336,6 +339,10 @@ class RemotePeer:
 
     def _result(self, ticket: int, kind: type[R]) -> R:
         self._await(ticket)
+        while self._guards and self._guards[0] < ticket:  # answered before this one
+            guarded = self._answers.pop(self._guards.pop(0))
+            if isinstance(guarded, Failed):
+                raise self._remote_error(guarded.error)
         answer = self._answers.pop(ticket)
         if isinstance(answer, Failed):
             raise self._remote_error(answer.error)
