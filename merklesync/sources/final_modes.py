@@ -18,7 +18,7 @@ mode it had, and gets that mode back then, or when the replica is next
 opened.
 
 The file is a stream of msgpack ``[path, mode, found]`` records, appended
-to: one ``write`` each, which a process killed afterwards cannot undo.
+to, one ``write`` each (record_file.py).
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ import msgpack
 
 from merklesync.errors import UnsafePath
 from merklesync.protocol.paths import check_relpath
+from merklesync.sources import record_file
 
 FILE = "final-modes"
-_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
 class Notes:
@@ -52,10 +52,8 @@ class Notes:
         """Note ``rel``, to get ``mode``: before it is made writable.
         ``found``: it had that mode (else it is written with it)."""
         if self._fd is None:
-            self._fd = os.open(self.path, _FLAGS, 0o600)
-        data = msgpack.packb([rel, mode, found])
-        if os.write(self._fd, data) != len(data):  # a full disk: not noted
-            raise OSError(f"{self.path}: short write")
+            self._fd = record_file.open_to_append(self.path)
+        record_file.append(self._fd, msgpack.packb([rel, mode, found]), self.path)
 
     def clear(self) -> None:
         """The run is over: every directory noted has its mode."""
@@ -70,21 +68,12 @@ class Notes:
         mode it was to get and whether it was found so (the last one
         noted); what does not parse is left out (the end of a record cut
         short, say). None: no such run."""
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except OSError:  # none: the last run ended (or it is not ours to read)
+        found = record_file.records(self.path)
+        if found is None:  # none: the last run ended (or it is not ours to read)
             return None
         noted: dict[str, tuple[int, bool]] = {}
-        unpacker = msgpack.Unpacker()
-        try:
-            while chunk := os.read(fd, 1 << 16):
-                unpacker.feed(chunk)
-                for record in unpacker:
-                    _take(record, noted)
-        except (OSError, ValueError, msgpack.UnpackException):
-            pass  # what came before it stands
-        finally:
-            os.close(fd)
+        for record in found:
+            _take(record, noted)
         return noted
 
 

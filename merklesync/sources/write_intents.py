@@ -17,10 +17,10 @@ this replica's counter. Anything else it finds is a change made here, as
 always. A batch whose rows are all committed removes the file, and so does
 the scan that read it, once its own rows are.
 
-The file is a stream of msgpack entries (``Entry.to_wire``), appended to,
-one ``write`` per group of writes, made before any of them (the placing
-process, sources/placer.py, is handed nothing before the group is noted).
-A process killed afterwards cannot undo it.
+The file is a stream of msgpack entries (``Entry.to_wire``), appended to
+(record_file.py), one ``write`` per group of writes, made before any of
+them (the placing process, sources/placer.py, is handed nothing before the
+group is noted).
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ import msgpack
 from merklesync.errors import UnsafePath
 from merklesync.model import Entry
 from merklesync.protocol.paths import check_relpath
+from merklesync.sources import record_file
 
 FILE = "intents"
 MAX_READ = 64 << 20  # what a scan reads of the file at most (a batch notes far less)
-_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
 class Intents:
@@ -58,13 +58,12 @@ class Intents:
         if not self._out:
             return
         if self._fd is None:
-            self._fd = os.open(self.path, _FLAGS, 0o600)
+            self._fd = record_file.open_to_append(self.path)
             # What is there already is an earlier run's, kept for a scan of
             # every path (one with --exclude keeps it): clear leaves it.
             self._start = os.fstat(self._fd).st_size
         try:
-            if os.write(self._fd, self._out) != len(self._out):  # a full disk
-                raise OSError(f"{self.path}: short write")
+            record_file.append(self._fd, self._out, self.path)
         finally:
             self._out.clear()
 
@@ -95,23 +94,12 @@ class Intents:
         """The writes noted by a run that did not see them all recorded,
         by path (the last one noted for a path); what does not parse is
         left out (a record cut short, say). None: no such run."""
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except OSError:  # none: the last run ended (or it is not ours to read)
+        found = record_file.records(self.path, MAX_READ)
+        if found is None:  # none: the last run ended (or it is not ours to read)
             return None
         noted: dict[str, Entry] = {}
-        unpacker = msgpack.Unpacker(use_list=True, max_buffer_size=MAX_READ)
-        total = 0
-        try:
-            while total < MAX_READ and (chunk := os.read(fd, 1 << 16)):
-                total += len(chunk)
-                unpacker.feed(chunk)
-                for record in unpacker:
-                    _take(record, noted)
-        except (OSError, ValueError, msgpack.UnpackException):
-            pass  # what came before it stands
-        finally:
-            os.close(fd)
+        for record in found:
+            _take(record, noted)
         return noted
 
 

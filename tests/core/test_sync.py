@@ -604,12 +604,7 @@ def test_resolve_stopped_on_the_way_then_run_again_takes_the_same_copy(
     """Two copies from the other side; `--take remote` chooses the newer.
     Stopped after its first removal (a signal, a crash), then run again,
     it must choose that one again: the older copy is no candidate by then."""
-    a, b = pair
-    for n in (1, 2):
-        (b / "shared.txt").write_text(f"b, round {n}\n")
-        (a / "shared.txt").write_text(f"a, round {n}\n")  # the later write keeps the name
-        assert ms("sync", a, b).code == 0
-    assert len(ms("conflicts", a).lines()) == 2
+    a = _two_copies_by_one_writer(pair)
     monkeypatch.chdir(a)
     real_unlink = Path.unlink
 
