@@ -187,21 +187,34 @@ def _settle(
             _write(str(target), merged)
         chosen = None
     else:
-        chosen = _wanted_copy(replica, original, copies, take is Take.LOCAL)
+        local = take is Take.LOCAL
+        chosen = _wanted_copy(replica, original, copies, local)
         if chosen is None:
             done.append(f"kept {original}")
         else:
             done.append(f"took {chosen.copy.path} for {original}")
-    # The others go first: a run stopped on the way, then run again, finds
-    # the chosen copy alone, and chooses it again.
+    # In an order a run stopped on the way, then run again, chooses the
+    # same by: the older copies of the chosen one's side (the newest copy,
+    # which the choice is judged by, stays), the chosen one onto the name,
+    # then the other side's (none is from the wanted side then).
+    if chosen is not None:
+        first = [c for c in copies if c is not chosen and _on_side(replica, c, local)]
+        copies = [*first, chosen, *(c for c in copies if c not in first and c is not chosen)]
     for c in copies:
-        if c is not chosen:
-            done.append(f"removed {c.copy.path}")
+        if c is chosen:
             if not dry_run:
-                (replica.root / c.copy.path).unlink()
-    if chosen is not None and not dry_run:
-        os.replace(replica.root / chosen.copy.path, target)
+                os.replace(replica.root / c.copy.path, target)
+            continue
+        done.append(f"removed {c.copy.path}")
+        if not dry_run:
+            (replica.root / c.copy.path).unlink()
     return done
+
+
+def _on_side(replica: Replica, c: Conflict, local: bool) -> bool:
+    """Whether a copy holds a version of the side asked for (``local``:
+    written by this replica; else by another one)."""
+    return (c.writer == replica.replica_id) == local
 
 
 def _wanted_copy(
@@ -219,7 +232,7 @@ def _wanted_copy(
     changed it; else it is the version the copy lost to, from the other
     side of that conflict. Either way it is newer than every copy."""
     me = replica.replica_id
-    wanted = [c for c in copies if (c.writer == me) == local]
+    wanted = [c for c in copies if _on_side(replica, c, local)]
     if not wanted:
         return None
     newest = copies[-1].copy

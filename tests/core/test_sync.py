@@ -680,3 +680,60 @@ def test_resolve_take_both_stopped_after_a_link_makes_no_second_name(
     assert ms("resolve", "shared.txt", "--take", "both").code == 0
     texts = sorted(p.read_text() for p in a.iterdir() if p.is_file())
     assert texts == ["a, round 2\n", "b, round 1\n", "b, round 2\n", "keep\n"], texts
+
+
+def _ids(a: Path, b: Path, id_a: str, id_b: str) -> None:
+    """Make A and B (empty, new) replicas with the given ids."""
+    for root, rid in ((a, id_a), (b, id_b)):
+        root.mkdir()
+        assert ms("init", root).code == 0
+        with Replica.open(root) as replica:
+            replica.index.set_meta("replica_id", rid)
+            replica.index.commit()
+
+
+@pytest.mark.parametrize("stop", ["before the move", "after the move"])
+def test_resolve_stopped_then_run_again_takes_what_it_chose_whatever_the_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop: str
+) -> None:
+    """Copies from both sides, the name changed here since: `--take remote`
+    chooses B's newest copy. Stopped before or after moving it onto the
+    name, then run again, it must end the same (the choice is judged by the
+    newest copy, which must stay until the chosen one is on the name)."""
+    import os as os_module
+
+    from merklesync import conflicts
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    _ids(a, b, "f" * 16, "0" * 16)  # B's id first: its versions win ties of writer
+    (a / "f").write_text("base\n")
+    assert ms("sync", a, b).code == 0
+    for first, second, n in ((a, b, 1), (b, a, 2), (a, b, 3)):
+        (first / "f").write_text(f"{first.name}{n}\n")
+        (second / "f").write_text(f"{second.name}{n}\n")  # the later write keeps the name
+        assert ms("sync", a, b).code == 0
+    (a / "f").write_text("a, edited since\n")
+    monkeypatch.chdir(a)
+    real_replace, real_unlink = os_module.replace, Path.unlink
+    moved: list[bool] = []
+
+    def replace(src: object, dst: object, *args: object, **kwargs: object) -> None:
+        if str(dst).endswith("/f") and stop == "before the move":
+            raise KeyboardInterrupt
+        real_replace(src, dst, *args, **kwargs)  # type: ignore[arg-type]
+        moved.append(str(dst).endswith("/f"))
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        if any(moved):
+            raise KeyboardInterrupt
+        real_unlink(self, missing_ok)
+
+    monkeypatch.setattr(conflicts.os, "replace", replace)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    assert ms("resolve", "f", "--take", "remote").code == 130
+    monkeypatch.setattr(conflicts.os, "replace", real_replace)
+    monkeypatch.setattr(Path, "unlink", real_unlink)
+    r = ms("resolve", "f", "--take", "remote")
+    assert r.code == 0, r.err
+    assert (a / "f").read_text() == "b2\n"
+    assert ms("conflicts", a).code == 0
