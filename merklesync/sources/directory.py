@@ -604,7 +604,10 @@ class DirectorySource:
     ) -> None:
         gone = dir_fds.last_change_above(self._root, directory)  # the same for all of them
         for child in index.live_under(directory):  # deepest first
-            self._bury(index, replica_id, clock, child, report, gone)
+            if self._left_out(child.path, child, self.ignore.ignored):
+                index.forget(child)  # ignored now: no tombstone, as for one still there
+            else:
+                self._bury(index, replica_id, clock, child, report, gone)
 
     def _bury(
         self,

@@ -317,6 +317,28 @@ def test_a_path_ignored_then_deleted_before_a_scan_is_not_deleted_elsewhere(
         assert [e.path for e in replica.index.iter_entries() if e.deleted] == []
 
 
+def test_an_ignored_file_in_a_directory_deleted_before_a_scan_is_not_deleted_elsewhere(
+    tmp_path: Path,
+) -> None:
+    """The same under a directory removed whole: what the rules leave out
+    now goes from the index without a tombstone; the rest is deleted."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "d/x.log", "log")
+    write(a / "d/y.txt", "y")
+    ms("init", a)
+    assert ms("push", a, b).code == 0
+    write(a / ".merklesyncignore", "*.log\n")
+    (a / "d/x.log").unlink()
+    (a / "d/y.txt").unlink()
+    (a / "d").rmdir()
+    r = ms("push", a, b)
+    assert "d: directory is not empty on the destination" in r.err, r.err
+    assert (b / "d/x.log").read_text() == "log" and not (b / "d/y.txt").exists()
+    with Replica.open(a) as replica:
+        deleted = sorted(e.path for e in replica.index.iter_entries() if e.deleted)
+    assert deleted == ["d", "d/y.txt"]
+
+
 def test_nested_ignore_file_takes_back_what_a_parent_one_ignores(tmp_path: Path) -> None:
     """As in git, the deepest ignore file with a rule for a path decides:
     `!a.log` in sub/ takes back sub/a.log from the root's `*.log`."""
