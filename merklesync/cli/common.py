@@ -60,6 +60,10 @@ class Output:
         if not self.quiet:
             click.echo(f"merklesync: {plain(text)}", err=True)
 
+    def error(self, text: str) -> None:
+        """A failure the run goes on after (stderr), under --quiet too."""
+        click.echo(f"merklesync: error: {plain(text)}", err=True)
+
     def emit_json(self, payload: dict[str, Any]) -> None:
         """One line of JSON on stdout, as ``json.dumps(payload, sort_keys=True)``
         writes it. A value that is an iterator (a generator, not a list) is

@@ -15,7 +15,7 @@ from types import FrameType
 import click
 
 from merklesync.cli.common import LOCAL_REPLICA, Output, handle_errors, remote_options
-from merklesync.errors import UsageError
+from merklesync.errors import EXIT_DIFFERENT, UsageError
 from merklesync.peer.open import RSH_ENV, RemoteOptions, resolve, split_command
 from merklesync.replica import find_root
 
@@ -27,7 +27,8 @@ from merklesync.replica import find_root
     "command",
     metavar="CMD",
     help="Run CMD (split as a shell would, not run by one) once at start and again whenever "
-    "changes have settled, e.g. --run 'merklesync push . backup:/srv/data'.",
+    "changes have settled, e.g. --run 'merklesync push . backup:/srv/data'. A run that fails "
+    "is an error on stderr, under --quiet too; watch then exits 1 if the last one failed.",
 )
 @click.option(
     "--settle",
@@ -87,16 +88,20 @@ def watch(
             f"--keep-open holds connections of the built-in SSH client, not --rsh or ${RSH_ENV}"
         )
 
+    failed = [False]  # the last --run command's outcome
+
     def run_command() -> None:
         assert argv is not None
         out.info(f"running {shlex.join(argv)}")
         try:
             code = subprocess.run(argv, stdin=subprocess.DEVNULL, check=False).returncode
         except OSError as exc:
-            out.warn(f"cannot run {argv[0]}: {exc.strerror}")
-            return
-        if code != 0:
-            out.warn(f"{shlex.join(argv)} exited with status {code}")
+            code = -1
+            out.error(f"cannot run {argv[0]}: {exc.strerror}")
+        else:
+            if code != 0:
+                out.error(f"{shlex.join(argv)} exited with status {code}")
+        failed[0] = code != 0
 
     watcher = Watcher(
         root,
@@ -116,7 +121,7 @@ def watch(
             keepers.enter_context(_kept_open(spec, root, remote, out))
         watcher.run(ready=lambda: out.info(f"watching {root}"))
     out.info(f"stopped watching {root}")
-    sys.exit(0)
+    sys.exit(EXIT_DIFFERENT if failed[0] else 0)  # the last --run failed: cron hears of it
 
 
 @contextlib.contextmanager

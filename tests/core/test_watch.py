@@ -410,6 +410,26 @@ def test_watch_run_keeps_a_copy_in_step(tree: Path, tmp_path: Path) -> None:
     assert "watching" in err and "Traceback" not in err
 
 
+def test_watch_run_failing_is_an_error_under_quiet_too(tree: Path, tmp_path: Path) -> None:
+    """From cron with --quiet, a --run command that fails must still be
+    heard of: an error on stderr each time, and exit 1 when the last one
+    failed."""
+    marker = tmp_path / "ran"
+    cmd = f"{sys.executable} -c \"open({str(marker)!r}, 'a').write('x'); raise SystemExit(3)\""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "merklesync", "watch", "-q", str(tree), "--run", cmd],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert wait_for(marker.exists)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1, err
+    assert "merklesync: error: " in err and "exited with status 3" in err, err
+
+
 # -- what events do not say -----------------------------------------------------
 
 
