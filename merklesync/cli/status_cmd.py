@@ -36,8 +36,9 @@ def status(
     remote: RemoteOptions,
 ) -> None:
     """Scan REPLICA (default: the one around the current directory) and print
-    its root fingerprint, its entry count and what changed since the last scan.
-    REPLICA may be remote (HOST:PATH, or the name of a remote)."""
+    its root fingerprint, its entry count (the leaves of its tree: deletions
+    still kept as tombstones count too) and what changed since the last
+    scan. REPLICA may be remote (HOST:PATH, or the name of a remote)."""
     out = Output(quiet, as_json)
     with closing(open_peer(replica, remote=remote)) as peer:
         with out.progress("scanning", "files") as progress:
