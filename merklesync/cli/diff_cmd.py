@@ -48,8 +48,9 @@ def diff(
 
     With --json, each change also says which side is ahead (``action``):
     ``copy`` (A's version is newer: a push from A would copy it),
-    ``dest-newer`` (B's is newer), ``conflict`` (both changed it since they
-    last agreed) or ``merge-version`` (same content, versions to merge).
+    ``dest-newer`` (B's is newer) or ``conflict`` (both changed it since
+    they last agreed). Entries whose content is the same are no change,
+    whatever their versions (a push merges those without moving data).
 
     A replica may be a local path, a remote address (HOST:PATH,
     USER@HOST:PATH, ssh://USER@HOST:PORT/PATH) or the name of a remote
