@@ -51,7 +51,11 @@ def find_root(start: Path, *, named: bool = False) -> Path:
     directory above (/tmp, say) must not become the source of a push, nor
     give the name of a remote whose command would run as this user.
     ``named``: ``start`` was named on the command line, so a replica right
-    there is meant, whoever owns it."""
+    there is meant, whoever owns it (and one that does not exist is a
+    missing directory, as for every command)."""
+    if named and not start.is_dir():
+        what = "no such directory" if not start.exists() else "not a directory"
+        raise LocalIOError(f"{what}: {start}")
     here = start.resolve()
     for candidate in (here, *here.parents):
         if is_replica(candidate):

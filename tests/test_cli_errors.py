@@ -175,3 +175,15 @@ def test_a_name_that_would_break_or_reorder_a_line_is_shown_escaped(tmp_path: Pa
     assert sorted(lines) == ["A caf\u00e9", "A fake\\u202etxt.exe", "A line\\u2028sep"], lines
     changes = json.loads(run("diff", a, b, "--json").stdout)["changes"]
     assert sorted(c["path"] for c in changes) == sorted(names)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("watch",), ("gc",), ("conflicts",), ("remote", "list", "--replica"), ("status",)],
+)
+def test_a_missing_replica_directory_is_exit_5_for_every_command(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    r = run(*args, tmp_path / "nosuch")
+    assert r.returncode == 5, r.stderr
+    assert "no such directory" in one_error_line(r)

@@ -26,7 +26,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: A replica on this machine, named by a directory that exists (the replica
 #: around it is found as git finds a repository).
-LOCAL_REPLICA = click.Path(file_okay=False, exists=True, path_type=Path)
+LOCAL_REPLICA = click.Path(file_okay=False, path_type=Path)  # a missing one: exit 5, as elsewhere
 
 
 def plural(n: int, word: str) -> str:
