@@ -554,8 +554,8 @@ def test_conflicting_options_are_usage_errors(src: Path, tmp_path: Path) -> None
     assert not (tmp_path / "b").exists()
     r = ms("resolve", "--all", "x", "--take", "local")
     assert r.code == 2 and "not both" in r.err
-    r = ms("gc", tmp_path / "no-such-dir")
-    assert r.code == 2 and "does not exist" in r.err
+    r = ms("gc", tmp_path / "no-such-dir")  # as the exit status table says: a missing directory
+    assert r.code == 5 and "no such directory" in r.err
 
 
 def test_a_deleted_nested_tree_goes_in_one_push(tmp_path: Path) -> None:
