@@ -395,8 +395,10 @@ def test_a_dry_run_against_a_far_side_without_preview(src: Path, tmp_path: Path)
 def test_json_gets_usage_errors_too(src: Path, tmp_path: Path) -> None:
     from tests.remote.conftest import run_cli
 
-    r = run_cli(["gc", str(tmp_path / "nope"), "--json"], dict(os.environ))  # while parsing
-    assert r.code == 2 and r.json()["exit_code"] == 2 and "does not exist" in r.json()["error"]
+    r = run_cli(["gc", str(src), "--retention-days", "many", "--json"], dict(os.environ))
+    assert r.code == 2 and r.json()["exit_code"] == 2 and "many" in r.json()["error"]  # parsing
+    r = run_cli(["gc", str(tmp_path / "nope"), "--json"], dict(os.environ))
+    assert r.code == 5 and r.json()["exit_code"] == 5 and "no such directory" in r.json()["error"]
     r = ms("sync", src, tmp_path / "b", "--on-conflict", "merge-cmd", "--json")  # by the command
     assert r.code == 2 and "needs --merge-cmd" in r.json()["error"]
 
