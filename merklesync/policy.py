@@ -69,7 +69,8 @@ def parse_attributes(text: str, source: str = ATTRIBUTES_FILE) -> list[tuple[Any
 def attributes_of(root: Path) -> str:
     """The text of a replica's .merklesyncattributes ("" when it has none)."""
     try:
-        return read_rules(root / ATTRIBUTES_FILE).decode("utf-8", errors="replace")
+        # A BOM is no part of the first rule (as in ignore files).
+        return read_rules(root / ATTRIBUTES_FILE).decode("utf-8-sig", errors="replace")
     except OSError:
         return ""
 

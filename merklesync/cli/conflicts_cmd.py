@@ -87,12 +87,7 @@ def resolve_cmd(
             r.scan()
             originals = sorted({c.original for c in list_conflicts(r)})
         else:
-            originals = [
-                Path(p).resolve().relative_to(r.root).as_posix()
-                if Path(p).resolve().is_relative_to(r.root)
-                else p.as_posix()
-                for p in paths
-            ]
+            originals = [_in_replica(Path(p), r.root) for p in paths]
         resolved = resolve(r, originals, Take(take), dry_run=dry_run)
     for line in resolved.done:
         out.line(line)
@@ -107,3 +102,11 @@ def resolve_cmd(
     )
     if resolved.failed:
         sys.exit(max(failure.exit_code for failure in resolved.failed))
+
+
+def _in_replica(path: Path, root: Path) -> str:
+    """A path named on the command line, as the replica names it: the
+    directories above it resolved, never the name itself (a symlink in
+    conflict is that link, not the file it points at)."""
+    here = path.resolve() if path.name in ("", ".", "..") else path.parent.resolve() / path.name
+    return here.relative_to(root).as_posix() if here.is_relative_to(root) else path.as_posix()

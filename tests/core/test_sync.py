@@ -737,3 +737,39 @@ def test_resolve_stopped_then_run_again_takes_what_it_chose_whatever_the_order(
     assert r.code == 0, r.err
     assert (a / "f").read_text() == "b2\n"
     assert ms("conflicts", a).code == 0
+
+
+def test_resolve_a_symlink_settles_the_link_not_what_it_points_at(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`resolve lnk` is about the link in conflict; the file it points at,
+    in a conflict of its own, is left as it is."""
+    a, b = pair
+    (a / "lnk").symlink_to("old")
+    assert ms("sync", a, b).code == 0
+    for root, target, text in ((a, "shared.txt", "from a\n"), (b, "./shared.txt", "from b\n")):
+        (root / "shared.txt").write_text(text)
+        (root / "lnk").unlink()
+        (root / "lnk").symlink_to(target)
+    assert ms("sync", a, b).code == 0
+    assert len(ms("conflicts", a).lines()) == 2
+    monkeypatch.chdir(a)
+    r = ms("resolve", "lnk", "--take", "remote")
+    assert r.code == 0, r.err
+    [left] = ms("conflicts", a).lines()
+    assert left.startswith("shared.txt\t")
+
+
+def test_a_byte_order_mark_is_no_part_of_the_first_attribute_rule(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / ".merklesyncattributes").write_bytes(b"\xef\xbb\xbf*.txt conflict=local\n")
+    (a / "f.txt").write_text("base\n")
+    assert ms("init", a).code == 0
+    assert ms("sync", a, b).code == 0
+    (b / "f.txt").write_text("from b\n")
+    (a / "f.txt").write_text("from a, later\n")
+    (b / "f.txt").write_text("from b, later still\n")
+    assert ms("sync", a, b).code == 0
+    assert (a / "f.txt").read_text() == (b / "f.txt").read_text() == "from a, later\n"
+    assert ms("conflicts", a).code == 0
