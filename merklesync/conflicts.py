@@ -47,6 +47,7 @@ class Conflict:
     original: str
     copy: Entry
     writer: str  # the replica that wrote the copy's version
+    written: str  # when, to the second (YYYYMMDDTHHMMSS, UTC: from its name)
 
 
 def list_conflicts(replica: Replica) -> list[Conflict]:
@@ -56,7 +57,10 @@ def list_conflicts(replica: Replica) -> list[Conflict]:
             continue
         parsed = original_of(entry.path)
         if parsed is not None:
-            found.append(Conflict(_unshortened(replica, entry.path, parsed[0]), entry, parsed[1]))
+            original, writer, written = parsed
+            found.append(
+                Conflict(_unshortened(replica, entry.path, original), entry, writer, written)
+            )
     return found
 
 

@@ -137,8 +137,9 @@ def maybe_shortened(copy: str) -> bool:
     return len(posixpath.basename(copy).encode()) >= NAME_MAX - 3
 
 
-def original_of(path: str) -> tuple[str, str] | None:
-    """For a conflict copy: (the original path, the writer); else None."""
+def original_of(path: str) -> tuple[str, str, str] | None:
+    """For a conflict copy: (the original path, the writer, when the
+    version was written: YYYYMMDDTHHMMSS, UTC); else None."""
     head, name = posixpath.split(path)
     stem, mark, rest = name.partition(CONFLICT_MARK)
     writer, dash, tail = rest.partition("-")
@@ -149,4 +150,4 @@ def original_of(path: str) -> tuple[str, str] | None:
     if n and not n.isdigit():
         return None
     original = f"{stem}.{ext}" if dot else stem
-    return (posixpath.join(head, original) if head else original), writer
+    return (posixpath.join(head, original) if head else original), writer, moment

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -32,7 +31,10 @@ def conflicts(replica: Path | None, quiet: bool, as_json: bool) -> None:
         found = list_conflicts(r)
         me = r.replica_id
     for c in found:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(c.copy.stamp / 1e9))
+        # The copy's own stamp is its making, after both versions: its
+        # version's time is in its name.
+        w = c.written
+        when = f"{w[:4]}-{w[4:6]}-{w[6:8]} {w[9:11]}:{w[11:13]}:{w[13:15]}"
         who = f"{c.writer} (this replica)" if c.writer == me else c.writer
         out.line(f"{c.original}\t{c.copy.path}\twritten by {who} at {when} UTC")
     for path, n in over_cap(found).items():
@@ -45,7 +47,8 @@ def conflicts(replica: Path | None, quiet: bool, as_json: bool) -> None:
                     "copy": c.copy.path,
                     "writer": c.writer,
                     "this_replica": c.writer == me,
-                    "stamp_ns": c.copy.stamp,
+                    "written": c.written,  # the version's time, to the second (UTC)
+                    "stamp_ns": c.copy.stamp,  # the copy's own: its making
                     "size": c.copy.size,
                 }
                 for c in found
@@ -76,7 +79,12 @@ def resolve_cmd(
     change: the next sync or push takes it to the other replicas. A file
     that cannot be settled (no conflict copies, nothing to merge by union)
     is left as it was and named on standard error, the others are settled
-    all the same, and the exit status is that failure's (1 or 2)."""
+    all the same, and the exit status is that failure's (1 or 2).
+
+    On a replica that wrote none of the versions (a third one the conflict
+    reached), local keeps the version under the name and remote takes the
+    newest copy: settle such a conflict with both or union there, or with
+    local or remote on a replica that wrote one of them."""
     out = Output(quiet, as_json)
     if not paths and not everything:
         raise click.UsageError("name the conflicted PATHS, or use --all")

@@ -148,15 +148,30 @@ def _conflicted(pair: tuple[Path, Path]) -> tuple[Path, Path]:
     return a, b
 
 
-def test_conflicts_lists_copies_with_their_writer(
-    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    a, b = _conflicted(pair)
+def test_conflicts_lists_copies_with_their_writer_and_when(tmp_path: Path) -> None:
+    """Each copy with the replica that wrote its version and when: the
+    version's time (in the copy's name), not the copy's own making."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "shared.txt").write_text("base\n")
+    day_ago = time.time() - 86_400
+    os.utime(a / "shared.txt", (day_ago, day_ago))
+    assert ms("init", a).code == 0
+    assert ms("sync", a, b).code == 0
+    when = time.time() - 7200  # the losing version: B's, two hours ago
+    (b / "shared.txt").write_text("from b\n")
+    os.utime(b / "shared.txt", (when, when))
+    (a / "shared.txt").write_text("from a\n")
+    assert ms("sync", a, b).code == 0
     r = ms("conflicts", a, "--json")
     assert r.code == 1
     [c] = r.json()["conflicts"]
     assert c["path"] == "shared.txt" and c["copy"].startswith("shared.conflict-")
-    assert ms("conflicts", b).lines()[0].startswith("shared.txt\tshared.conflict-")
+    written = time.strftime("%Y%m%dT%H%M%S", time.gmtime(when))
+    assert c["written"] == written and c["copy"].endswith(f"-{written}.txt")
+    line = ms("conflicts", b).lines()[0]
+    assert line.startswith("shared.txt\tshared.conflict-")
+    assert line.endswith(time.strftime(" at %Y-%m-%d %H:%M:%S UTC", time.gmtime(when))), line
 
 
 @pytest.mark.parametrize("take", ["local", "remote", "both", "union"])
