@@ -18,6 +18,7 @@ from merklesync.model import (
     leaf_of,
 )
 from merklesync.peer import Outcome, Peer, Progress, WriteItem
+from merklesync.policy import writer_of
 from merklesync.reconcile import differences, plan_one_way
 
 BATCH_FILES = 2048
@@ -31,6 +32,9 @@ class TransferResult:
     changes: list[Change] = field(default_factory=list)
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     stats: Stats = field(default_factory=Stats)
+    # What --force overwrites, by path: the destination's version, as
+    # "the version written by R" or "a deletion by R".
+    discarded: dict[str, str] = field(default_factory=dict)
 
     def applied(self) -> list[Change]:
         return [c for c in self.changes if self.outcomes.get(c.path, _NO).ok]
@@ -143,6 +147,9 @@ def push(
                 continue  # the destination knows more, and the content is the same
             if force and s is not None and change.action in (Action.DEST_NEWER, Action.CONFLICT):
                 change = Change(change.path, change.kind, s, d, Action.FORCE)
+                if d is not None:
+                    what = "a deletion" if d.deleted else "the version written"
+                    result.discarded[change.path] = f"{what} by {writer_of(d, s)}"
             # Keep what the report needs, not the entries: memory stays bounded.
             result.changes.append(Change(change.path, change.kind, None, None, change.action))
             if change.action in (Action.COPY, Action.MERGE_VERSION, Action.FORCE):

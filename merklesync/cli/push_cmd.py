@@ -136,10 +136,11 @@ def report(
         out.warn(f"left alone: {change.path}: {reason}")
     for change in result.changes:
         if change.action is Action.FORCE and (dry_run or result.outcomes[change.path].ok):
+            lost = result.discarded.get(change.path, "the destination's version")
             if dry_run:
-                out.warn(f"would overwrite {change.path}: the destination's version would be lost")
+                out.warn(f"would overwrite {change.path}: {lost} would be lost")
             else:
-                out.warn(f"overwrote {change.path}: discarded the destination's version")
+                out.warn(f"overwrote {change.path}: discarded {lost}")
     done = [c for c in result.changes if c.path not in reasons] if dry_run else result.applied()
     same = sum(1 for c in done if c.kind is ChangeKind.NONE)  # a version only: no data moved
     verb = "would copy" if dry_run else "copied"

@@ -464,12 +464,14 @@ def test_force_overwrites_and_says_what_it_discarded(src: Path, tmp_path: Path) 
     (src / rel).write_text("source edit")
     (dst / rel).write_text("destination edit")
     assert ms("push", src, dst).code == 1
+    with Replica.open(dst) as replica:
+        by = replica.replica_id  # whose version goes: the destination wrote it
     r = ms("push", src, dst, "--force", "--dry-run")
-    assert f"would overwrite {rel.as_posix()}: the destination's version would be lost" in r.err
+    assert f"would overwrite {rel.as_posix()}: the version written by {by} would be lost" in r.err
     assert (dst / rel).read_text() == "destination edit"
     r = ms("push", src, dst, "--force")
     assert r.code == 0, r.err
-    assert f"overwrote {rel.as_posix()}: discarded the destination's version" in r.err
+    assert f"overwrote {rel.as_posix()}: discarded the version written by {by}" in r.err
     assert (dst / rel).read_text() == "source edit"
     assert_same_tree(src, dst)
     # The forced write dominates: the next push back is a plain fast-forward.
