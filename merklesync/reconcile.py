@@ -205,7 +205,12 @@ def _compare_buckets(
     other side's leaves (short, salted) and answers with what differs."""
     if a.local and b.local:
         mine, theirs = a.entries_under(nodes), b.entries_under(nodes)
-        stats.nodes_compared += len(mine) + len(theirs)
+        # Counted as between a local and a remote side, which learns only
+        # of the other side's entries that differ: the numbers compare.
+        known = {(e.path, e.leaf_hash()) for e in mine}
+        stats.nodes_compared += len(mine) + sum(
+            (e.path, e.leaf_hash()) not in known for e in theirs
+        )
         return _pair(mine, theirs)
     near, far = (a, b) if a.local or not b.local else (b, a)
     mine = near.entries_under(nodes)

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from sshd import Daemon
 
 from merklesync.sources import placer
 from tests.clirun import ms
-from tests.remote.conftest import Side
+from tests.remote.conftest import Side, make_side
 from tests.treegen import assert_same_tree, make_tree, mutate, rsync_itemize
 
 
@@ -434,3 +436,23 @@ def test_a_copy_with_the_same_id_is_refused_until_it_gets_its_own(
     texts = sorted(p.read_text() for p in user_files(c))
     assert texts == sorted(["a's edit\n", "c's only edit, longer\n", "untouched\n"])
     assert sorted(p.read_text() for p in user_files(a)) == texts
+
+
+def test_diff_counts_the_same_whatever_the_kind_of_peer(
+    daemons: Callable[[str], Daemon], tmp_path: Path
+) -> None:
+    """--stats counts as the other kinds do: round trips and the entries
+    compared are the same between two local replicas and through an agent."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_tree(a, files=3000, dirs=30, seed=21)
+    ms("init", a)
+    assert ms("push", a, b).code == 0
+    mutate(a, modify=3, add=0, delete=0, seed=22)
+    pipe = make_side("pipe-to", daemons, tmp_path)
+    counts = []
+    for dst in (str(b), pipe.addr(b)):
+        r = pipe.ms("diff", a, dst, "--json", "--stats")
+        assert r.code == 1, r.err
+        stats = r.json()["stats"]
+        counts.append((stats["round_trips"], stats["nodes_compared"]))
+    assert counts[0] == counts[1], counts
