@@ -187,3 +187,12 @@ def test_a_missing_replica_directory_is_exit_5_for_every_command(
     r = run(*args, tmp_path / "nosuch")
     assert r.returncode == 5, r.stderr
     assert "no such directory" in one_error_line(r)
+
+
+def test_a_mistyped_name_inside_a_replica_is_no_such_directory(replica: Path) -> None:
+    """As git's "does not appear to be a git repository": not a complaint
+    that one replica would lie inside the other."""
+    for command in ("diff", "pull"):
+        r = run(command, "orign", cwd=replica)
+        assert r.returncode == 5, (command, r.stderr)
+        assert "no such directory (nor remote): orign" in one_error_line(r)

@@ -16,6 +16,7 @@ from merklesync import remotes
 from merklesync.address import Address, parse_address
 from merklesync.errors import (
     ConnectionFailed,
+    LocalIOError,
     NotAReplica,
     ReplicaLocked,
     SameReplicaId,
@@ -309,6 +310,12 @@ def opened_pair(
     local replica already (one still to be created waits until A is
     reached: a failed connection must not leave it behind)."""
     root_a, root_b = local_root(a_spec, remote, b_spec), local_root(b_spec, remote, a_spec)
+    # Named and missing, where nothing is to be made: that, before how the
+    # two paths lie (a mistyped name inside a replica is no nested replica).
+    for root, spec in ((root_a, a_spec), (root_b, None if create_b else b_spec)):
+        if spec is not None and root is not None and not root.exists():
+            named = "" if "/" in spec else " (nor remote)"  # a bare name may be a remote's
+            raise LocalIOError(f"no such directory{named}: {spec}")
     check_apart(root_a, root_b)
 
     def open_a() -> Peer:
