@@ -18,7 +18,6 @@ from merklesync.model import (
     leaf_of,
 )
 from merklesync.peer import Outcome, Peer, Progress, WriteItem
-from merklesync.policy import writer_of
 from merklesync.reconcile import differences, plan_one_way
 
 BATCH_FILES = 2048
@@ -148,8 +147,7 @@ def push(
             if force and s is not None and change.action in (Action.DEST_NEWER, Action.CONFLICT):
                 change = Change(change.path, change.kind, s, d, Action.FORCE)
                 if d is not None:
-                    what = "a deletion" if d.deleted else "the version written"
-                    result.discarded[change.path] = f"{what} by {writer_of(d, s)}"
+                    result.discarded[change.path] = _discarded(d, s)
             # Keep what the report needs, not the entries: memory stays bounded.
             result.changes.append(Change(change.path, change.kind, None, None, change.action))
             if change.action in (Action.COPY, Action.MERGE_VERSION, Action.FORCE):
@@ -168,6 +166,17 @@ def push(
         _catch_up(src, deferred_same, result)
     result.changes.sort(key=lambda c: c.path)
     return result
+
+
+def _discarded(lost: Entry, kept: Entry) -> str:
+    """Whose version --force overwrites: the replicas whose writes it holds
+    and the source's does not (which of them wrote last, the vectors do
+    not say)."""
+    by = sorted(r for r, c in lost.vv.pairs if c > kept.vv.get(r))
+    if not by:
+        return "the destination's version"
+    what = "a deletion" if lost.deleted else "the version written"
+    return f"{what} by {', '.join(by)}"
 
 
 def _catch_up(src: Peer, same: list[tuple[Change, Entry]], result: TransferResult) -> None:

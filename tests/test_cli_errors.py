@@ -195,4 +195,15 @@ def test_a_mistyped_name_inside_a_replica_is_no_such_directory(replica: Path) ->
     for command in ("diff", "pull"):
         r = run(command, "orign", cwd=replica)
         assert r.returncode == 5, (command, r.stderr)
-        assert "no such directory (nor remote): orign" in one_error_line(r)
+        line = one_error_line(r)
+        assert "no such directory (nor remote): " in line and line.endswith("/orign"), line
+
+
+def test_a_remote_whose_directory_is_missing_is_named_by_its_path(replica: Path) -> None:
+    """`pull bk` where the remote bk is a local path that is gone: the path
+    is missing, not the remote."""
+    assert run("remote", "add", "bk", "../bk", cwd=replica).returncode == 0
+    r = run("pull", "bk", cwd=replica)
+    assert r.returncode == 5, r.stderr
+    line = one_error_line(r)
+    assert line.endswith(f"no such directory: {replica.parent / 'bk'}"), line

@@ -89,6 +89,7 @@ def watch(
         )
 
     failed = [False]  # the last --run command's outcome
+    stopping = [False]  # a command cut short by the stop is no failure
 
     def run_command() -> None:
         assert argv is not None
@@ -99,6 +100,8 @@ def watch(
             code = -1
             out.error(f"cannot run {argv[0]}: {exc.strerror}")
         else:
+            if stopping[0]:
+                return
             if code != 0:
                 out.error(f"{shlex.join(argv)} exited with status {code}")
         failed[0] = code != 0
@@ -112,6 +115,7 @@ def watch(
     )
 
     def stop(signum: int, frame: FrameType | None) -> None:
+        stopping[0] = True
         watcher.stop()
 
     signal.signal(signal.SIGTERM, stop)

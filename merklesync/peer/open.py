@@ -314,8 +314,9 @@ def opened_pair(
     # two paths lie (a mistyped name inside a replica is no nested replica).
     for root, spec in ((root_a, a_spec), (root_b, None if create_b else b_spec)):
         if spec is not None and root is not None and not root.exists():
-            named = "" if "/" in spec else " (nor remote)"  # a bare name may be a remote's
-            raise LocalIOError(f"no such directory{named}: {spec}")
+            # A bare name that is no remote's either: say so (as git does).
+            as_named = root == Path(spec).absolute() and "/" not in spec
+            raise LocalIOError(f"no such directory{' (nor remote)' if as_named else ''}: {root}")
     check_apart(root_a, root_b)
 
     def open_a() -> Peer:

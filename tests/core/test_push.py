@@ -696,3 +696,23 @@ def test_a_file_replaced_as_root_keeps_its_owner(tmp_path: Path) -> None:
     st = (dst / "f").stat()
     assert (dst / "f").read_text() == "v2, longer"
     assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (1234, 2345, 0o640)
+
+
+def test_force_names_every_replica_whose_writes_it_discards(tmp_path: Path) -> None:
+    """The version --force overwrites may hold the writes of several
+    replicas (C's edit, then B's on top): all are named, in no order the
+    vectors cannot tell."""
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    write(a / "f", "base")
+    ms("init", a)
+    assert ms("push", a, b).code == 0 and ms("push", a, c).code == 0
+    write(c / "f", "c's edit")
+    assert ms("push", c, b).code == 0
+    write(b / "f", "b's edit on top")
+    write(a / "f", "a's edit")
+    ids = []
+    for root in (b, c):
+        with Replica.open(root) as replica:
+            ids.append(replica.replica_id)
+    r = ms("push", a, b, "--force", "--dry-run")
+    assert f"the version written by {', '.join(sorted(ids))} would be lost" in r.err, r.err

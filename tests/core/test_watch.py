@@ -647,3 +647,22 @@ for text in (
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "something else" in r.stderr and "Callback with id" not in r.stderr
+
+
+def test_watch_stopped_while_its_command_runs_is_no_failure(tree: Path, tmp_path: Path) -> None:
+    """A stop (SIGTERM to the process group, as a service manager sends,
+    or Ctrl-C) cuts the running command short: that is no failed run."""
+    marker = tmp_path / "started"
+    cmd = f"{sys.executable} -c \"open({str(marker)!r}, 'w'); import time; time.sleep(30)\""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "merklesync", "watch", "-q", str(tree), "--run", cmd],
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert wait_for(marker.exists)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "error" not in err, err
