@@ -21,7 +21,9 @@ def _root(replica: Path | None) -> Path:
     return find_root(replica or Path.cwd(), named=replica is not None)
 
 
-@click.group(invoke_without_command=True)
+# The metavar as click 8.5 writes it for a group that runs alone too: the
+# same usage line (and man page) whatever click is installed.
+@click.group(invoke_without_command=True, subcommand_metavar="[COMMAND] [ARGS]...")
 @click.pass_context
 def remote(ctx: click.Context) -> None:
     """Name other replicas, as git remote does; alone, list them.
