@@ -44,10 +44,14 @@ def check_not_stale(replica: Replica, other: str, now: int | None = None) -> Non
     if last is not None and now - last > days * DAY_NS:
         away = (now - last) // DAY_NS
         raise StaleReplica(
-            f"replica {other} last synced with {replica.root} {away} days ago, longer than the "
-            f"tombstone retention ({days} days): files deleted since could come back. Check it, "
-            "then run again with --allow-stale, or make it a fresh copy"
+            f"replica {other} last synced with {replica.root} {_days(away)} ago, longer than "
+            f"the tombstone retention ({_days(days)}): files deleted since could come back. "
+            "Check it, then run again with --allow-stale, or make it a fresh copy"
         )
+
+
+def _days(n: int) -> str:
+    return "1 day" if n == 1 else f"{n} days"
 
 
 def collect(

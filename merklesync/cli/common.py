@@ -117,7 +117,10 @@ def output_options(func: F) -> F:
 
 def stats_option(func: F) -> F:
     return click.option(
-        "--stats", is_flag=True, help="Print round trips, nodes compared and bytes exchanged."
+        "--stats",
+        is_flag=True,
+        help="Print round trips, nodes and entries compared, bytes exchanged, and files "
+        "scanned, hashed and transferred.",
     )(func)
 
 

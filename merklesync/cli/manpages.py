@@ -22,7 +22,8 @@ EXIT_STATUS = [
         "Finished, but differences remain: diff found differences, or push/pull/sync left "
         "entries alone (a conflict, a newer version on the destination, a file changed "
         "or unreadable during the run), or a scan skipped files or could not read them "
-        "(so diff could not compare them). Each is listed on standard error.",
+        "(so diff could not compare them), or conflicts found conflict copies, or watch "
+        "stopped after its last --run command failed. Each is listed on standard error.",
     ),
     (errors.EXIT_USAGE, "Usage error, or a generic failure."),
     (
