@@ -315,7 +315,7 @@ def opened_pair(
     for root, spec in ((root_a, a_spec), (root_b, None if create_b else b_spec)):
         if spec is not None and root is not None and not root.exists():
             # A bare name that is no remote's either: say so (as git does).
-            as_named = root == Path(spec).absolute() and "/" not in spec
+            as_named = root == Path(spec).resolve() and "/" not in spec
             raise LocalIOError(f"no such directory{' (nor remote)' if as_named else ''}: {root}")
     check_apart(root_a, root_b)
 
