@@ -52,6 +52,11 @@ def plain(text: str) -> str:
     return _UNSEEN.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
+def error_line(message: str) -> str:
+    """An error as every command prints it on stderr: one line."""
+    return f"merklesync: error: {plain(message)}"
+
+
 def error_json(message: str, code: int) -> str:
     """An error as --json prints it on stdout, for scripts."""
     return json.dumps({"error": message, "exit_code": code}, sort_keys=True)

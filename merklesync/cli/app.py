@@ -9,7 +9,7 @@ import sys
 import click
 
 from merklesync import __version__
-from merklesync.cli import error_json, interrupted, plain
+from merklesync.cli import error_json, error_line, interrupted
 
 # command name -> "module:attribute" under merklesync.cli, in help order
 COMMANDS = {
@@ -58,7 +58,7 @@ def main() -> None:
         message = exc.format_message()
         if isinstance(exc, click.UsageError) and exc.ctx is not None:
             message += f" (see `{exc.ctx.command_path} --help`)"
-        click.echo(f"merklesync: error: {plain(message)}", err=True)  # one line, as every error
+        click.echo(error_line(message), err=True)
         if "--json" in sys.argv[1:]:  # scripts get one JSON object, as from a command
             click.echo(error_json(exc.format_message(), exc.exit_code))
         sys.exit(exc.exit_code)

@@ -14,7 +14,7 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import click
 
-from merklesync.cli import error_json, interrupted, plain
+from merklesync.cli import error_json, error_line, interrupted, plain
 from merklesync.errors import EXIT_IO, EXIT_USAGE, MerklesyncError
 from merklesync.model import Change, Stats
 from merklesync.peer import Progress
@@ -62,7 +62,7 @@ class Output:
 
     def error(self, text: str) -> None:
         """A failure the run goes on after (stderr), under --quiet too."""
-        click.echo(f"merklesync: error: {plain(text)}", err=True)
+        click.echo(error_line(text), err=True)
 
     def emit_json(self, payload: dict[str, Any]) -> None:
         """One line of JSON on stdout, as ``json.dumps(payload, sort_keys=True)``
@@ -244,7 +244,7 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
 
 def _fail(message: str, code: int, as_json: bool) -> NoReturn:
     """One line on stderr; with --json, the same as an object on stdout."""
-    click.echo(f"merklesync: error: {plain(message)}", err=True)
+    click.echo(error_line(message), err=True)
     if as_json:
         click.echo(error_json(message, code))
     sys.exit(code)

@@ -525,39 +525,37 @@ class Bye(_Bare):
 
 
 @dataclass(frozen=True, slots=True)
-class Remember:
-    """The client's replica and the agent's now agree (a complete run): the
-    agent records it, for tombstone collection. Answered with nil."""
+class _AboutReplica:
+    """A request about one other replica, named by its id."""
 
-    TAG: ClassVar[str] = "remember"
+    TAG: ClassVar[str]
     replica_id: str
 
     def to_wire(self) -> list[object]:
         return [self.TAG, self.replica_id]
 
     @classmethod
-    def from_wire(cls, msg: list[object]) -> Remember:
+    def from_wire(cls, msg: list[object]) -> Self:
         (replica_id,) = _fields(msg, 1)
-        return cls(_ident(replica_id, "remember: replica id"))
+        return cls(_ident(replica_id, f"{cls.TAG}: replica id"))
 
 
 @dataclass(frozen=True, slots=True)
-class Guard:
+class Remember(_AboutReplica):
+    """The client's replica and the agent's now agree (a complete run): the
+    agent records it, for tombstone collection. Answered with nil."""
+
+    TAG: ClassVar[str] = "remember"
+
+
+@dataclass(frozen=True, slots=True)
+class Guard(_AboutReplica):
     """Before a run with the client's other replica: the agent refuses it
     (a ``replica`` error) when that replica has been away from the agent's
     longer than the agent's tombstone retention; files deleted and
     forgotten there since could come back. Answered with nil."""
 
     TAG: ClassVar[str] = "guard"
-    replica_id: str
-
-    def to_wire(self) -> list[object]:
-        return [self.TAG, self.replica_id]
-
-    @classmethod
-    def from_wire(cls, msg: list[object]) -> Guard:
-        (replica_id,) = _fields(msg, 1)
-        return cls(_ident(replica_id, "guard: replica id"))
 
 
 # -- answers: server to client -------------------------------------------

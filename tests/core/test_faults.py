@@ -1338,38 +1338,36 @@ def test_a_file_under_a_lease_is_opened_waiting_when_it_is_a_file(
 
 # -- writes made, not yet recorded (sources/write_intents.py) -----------------
 
-# Killed (SIGKILL) as the N-th write is about to be recorded in the index:
-# what was written before it, by this process or by its placing process,
-# is on the disk and in no committed row.
+# Killed (SIGKILL) as a write is about to be recorded in the index (the
+# N-th, or the one of a path): what was written before it, by this process
+# or by its placing process, is on the disk and in no committed row.
 _KILLED_AT_RECORD = """
 import os, signal
 from merklesync.sources import directory
 _real, _seen = directory.DirectorySource._record, [0]
-def _record(*args, **kwargs):
-    _seen[0] += 1
-    if _seen[0] >= {n}:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return _real(*args, **kwargs)
-directory.DirectorySource._record = staticmethod(_record)
-"""
-
-
-def _killed_at_record(n: int, *args: str | Path) -> None:
-    r = _run_with_placer(*args, setup=_KILLED_AT_RECORD.format(n=n))
-    assert r.returncode == -signal.SIGKILL, r.stderr
-
-
-# The same, as the write of one path is about to be recorded.
-_KILLED_AT_RECORD_OF = """
-import os, signal
-from merklesync.sources import directory
-_real = directory.DirectorySource._record
 def _record(entry, *args, **kwargs):
-    if entry.path == {path!r}:
+    _seen[0] += 1
+    if _seen[0] >= {n} or entry.path == {path!r}:
         os.kill(os.getpid(), signal.SIGKILL)
     return _real(entry, *args, **kwargs)
 directory.DirectorySource._record = staticmethod(_record)
 """
+
+
+def _killed_at_record(*args: str | Path, n: int = 1 << 30, path: str | None = None) -> None:
+    r = _run_with_placer(*args, setup=_KILLED_AT_RECORD.format(n=n, path=path))
+    assert r.returncode == -signal.SIGKILL, r.stderr
+
+
+def _pushed(tmp_path: Path, files: dict[str, str]) -> tuple[Path, Path]:
+    """A replica holding ``files`` (path -> text), pushed to a new one."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for rel, text in files.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text(text)
+    ms("init", src)
+    assert ms("push", src, dst).code == 0
+    return src, dst
 
 
 def _unrecorded(root: Path) -> list[str]:
@@ -1393,7 +1391,7 @@ def test_a_file_placed_by_a_killed_push_is_the_source_s_version_not_a_new_one(
     back from the destination as a modification that wins."""
     src, dst = pair
     dirs = sum(1 for p in src.rglob("*") if p.is_dir() and ".merklesync" not in p.parts)
-    _killed_at_record(dirs + 3, "push", src, dst)  # directories come first
+    _killed_at_record("push", src, dst, n=dirs + 3)  # directories come first
     victim = _unrecorded(dst)[0]
     assert (dst / victim).read_bytes() == (src / victim).read_bytes()
     (src / victim).unlink()
@@ -1409,13 +1407,9 @@ def test_a_file_replaced_by_a_killed_push_is_no_conflict_at_the_next_one(
 ) -> None:
     """A file replaced (by this process: one file), and the push killed
     before the row: the source's next edit is a fast-forward, no conflict."""
-    src, dst = tmp_path / "src", tmp_path / "dst"
-    (src / "d").mkdir(parents=True)
-    (src / "d/f").write_text("v1")
-    ms("init", src)
-    assert ms("push", src, dst).code == 0
+    src, dst = _pushed(tmp_path, {"d/f": "v1"})
     (src / "d/f").write_text("v2, longer")
-    _killed_at_record(1, "push", src, dst)
+    _killed_at_record("push", src, dst, n=1)
     assert (dst / "d/f").read_text() == "v2, longer"
     (src / "d/f").write_text("v3, longer still")
     r = ms("push", src, dst)
@@ -1427,14 +1421,9 @@ def test_a_file_removed_by_a_killed_push_is_the_source_s_deletion(tmp_path: Path
     """A deletion made on the destination, and the push killed before its
     tombstone: the scan records the source's tombstone, so the file made
     again on the source is a fast-forward, no modify-delete conflict."""
-    src, dst = tmp_path / "src", tmp_path / "dst"
-    src.mkdir()
-    (src / "f").write_text("v1")
-    (src / "g").write_text("g")
-    ms("init", src)
-    assert ms("push", src, dst).code == 0
+    src, dst = _pushed(tmp_path, {"f": "v1", "g": "g"})
     (src / "f").unlink()
-    _killed_at_record(1, "push", src, dst)
+    _killed_at_record("push", src, dst, n=1)
     assert not (dst / "f").exists()
     (src / "f").write_text("again")
     r = ms("push", src, dst)
@@ -1448,13 +1437,9 @@ def test_a_write_noted_but_not_what_the_scan_finds_is_a_change_made_here(
     """An interrupted write's note counts only for the state it describes:
     a file the user changed since is this replica's own new version (a
     conflict with the source's next one, as any concurrent edit)."""
-    src, dst = tmp_path / "src", tmp_path / "dst"
-    src.mkdir()
-    (src / "f").write_text("v1")
-    ms("init", src)
-    assert ms("push", src, dst).code == 0
+    src, dst = _pushed(tmp_path, {"f": "v1"})
     (src / "f").write_text("v2, longer")
-    _killed_at_record(1, "push", src, dst)
+    _killed_at_record("push", src, dst, n=1)
     (dst / "f").write_text("edited on the destination")
     (src / "f").write_text("v3, longer still")
     r = ms("push", src, dst)
@@ -1521,8 +1506,7 @@ def test_a_directory_replaced_in_a_killed_push_leaves_no_row_under_it(
         (src / "d").write_text("a file now")
     else:
         (src / "d").symlink_to("target")
-    r = _run_with_placer("push", src, dst, setup=_KILLED_AT_RECORD_OF.format(path="d"))
-    assert r.returncode == -signal.SIGKILL, r.stderr
+    _killed_at_record("push", src, dst, path="d")
     assert (dst / "d").is_symlink() == (becomes == "link")
     assert ms("status", dst).code == 0
     with Replica.open(dst) as replica:
@@ -1538,14 +1522,9 @@ def test_a_run_with_exclude_keeps_the_notes_of_an_interrupted_one(tmp_path: Path
     """A scan with --exclude may not look at every noted path: it keeps the
     notes, and so do the writes of that run (they drop their own only); the
     next full run takes the interrupted write for what it was."""
-    src, dst = tmp_path / "src", tmp_path / "dst"
-    src.mkdir()
-    (src / "f.txt").write_text("v1")
-    (src / "g.txt").write_text("g1")
-    ms("init", src)
-    assert ms("push", src, dst).code == 0
+    src, dst = _pushed(tmp_path, {"f.txt": "v1", "g.txt": "g1"})
     (src / "f.txt").write_text("v2, longer")
-    _killed_at_record(1, "push", src, dst)
+    _killed_at_record("push", src, dst, n=1)
     (src / "g.txt").write_text("g2, longer")
     assert ms("push", src, dst, "--exclude", "f.txt").code == 0
     assert (dst / ".merklesync" / "intents").exists()

@@ -414,19 +414,8 @@ def test_watch_run_failing_is_an_error_under_quiet_too(tree: Path, tmp_path: Pat
     """From cron with --quiet, a --run command that fails must still be
     heard of: an error on stderr each time, and exit 1 when the last one
     failed."""
-    marker = tmp_path / "ran"
-    cmd = f"{sys.executable} -c \"open({str(marker)!r}, 'a').write('x'); raise SystemExit(3)\""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "merklesync", "watch", "-q", str(tree), "--run", cmd],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert wait_for(marker.exists)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 1, err
+    code, err = _stopped_once_run(tree, tmp_path, "raise SystemExit(3)", group=False)
+    assert code == 1, err
     assert "merklesync: error: " in err and "exited with status 3" in err, err
 
 
@@ -652,17 +641,28 @@ for text in (
 def test_watch_stopped_while_its_command_runs_is_no_failure(tree: Path, tmp_path: Path) -> None:
     """A stop (SIGTERM to the process group, as a service manager sends,
     or Ctrl-C) cuts the running command short: that is no failed run."""
+    code, err = _stopped_once_run(tree, tmp_path, "import time; time.sleep(30)", group=True)
+    assert code == 0 and "error" not in err, err
+
+
+def _stopped_once_run(tree: Path, tmp_path: Path, then: str, *, group: bool) -> tuple[int, str]:
+    """`watch -q --run` of a Python command that marks its start, then does
+    ``then``; stopped (SIGTERM: to watch, or to its whole process group)
+    once it started. Watch's exit status and standard error."""
     marker = tmp_path / "started"
-    cmd = f"{sys.executable} -c \"open({str(marker)!r}, 'w'); import time; time.sleep(30)\""
+    cmd = f"{sys.executable} -c \"open({str(marker)!r}, 'w'); {then}\""
     proc = subprocess.Popen(
         [sys.executable, "-m", "merklesync", "watch", "-q", str(tree), "--run", cmd],
         stderr=subprocess.PIPE,
         text=True,
-        start_new_session=True,
+        start_new_session=group,
     )
     try:
         assert wait_for(marker.exists)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        if group:
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0 and "error" not in err, err
+    return proc.returncode, err
