@@ -10,7 +10,8 @@ Exit codes (also in the man pages, section EXIT STATUS):
 1   finished, but differences remain: ``diff`` found differences, or
     ``push``/``pull``/``sync`` left entries alone (conflict, newer version
     on the destination, file changed or unreadable during the run), or a
-    scan skipped files or could not read them
+    scan skipped files or could not read them, or ``repair`` left the
+    replicas different (where it left one out: that failure's code)
 2   usage error or a generic failure
 3   replica state: not a replica, corrupt index, newer format, two
     replicas with the same id

@@ -31,3 +31,12 @@ def test_watch_example_runs(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "- water the basil" in proc.stdout
     assert "files scanned: 0" in proc.stdout
+
+
+def test_three_sites_example_runs(tmp_path: Path) -> None:
+    proc = run_example("three-sites.sh", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "- fix the bike" in proc.stdout and "- book the ferry" in proc.stdout
+    assert "rye.txt" in proc.stdout
+    assert "identical: True changes: 0" in proc.stdout
+    assert "3 replicas identical" in proc.stderr

@@ -19,6 +19,7 @@ COMMANDS = {
     "push": "push_cmd:push",
     "pull": "push_cmd:pull",
     "sync": "sync_cmd:sync",
+    "repair": "repair_cmd:repair_cmd",
     "conflicts": "conflicts_cmd:conflicts",
     "resolve": "conflicts_cmd:resolve_cmd",
     "gc": "gc_cmd:gc",

@@ -23,7 +23,9 @@ EXIT_STATUS = [
         "entries alone (a conflict, a newer version on the destination, a file changed "
         "or unreadable during the run), or a scan skipped files or could not read them "
         "(so diff could not compare them), or conflicts found conflict copies, or watch "
-        "stopped after its last --run command failed. Each is listed on standard error.",
+        "stopped after its last --run command failed, or repair left the replicas "
+        "different. Each is listed on standard error. (repair: where a replica was left "
+        "out, the status is that failure's, one of those below.)",
     ),
     (errors.EXIT_USAGE, "Usage error, or a generic failure."),
     (

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -20,52 +22,115 @@ from merklesync.cli.common import (
     remote_options,
     stats_option,
 )
-from merklesync.conflicts import list_conflicts, over_cap
 from merklesync.errors import EXIT_DIFFERENT, EXIT_OK
-from merklesync.ignore import exclude_predicate
-from merklesync.peer.local import local_replica
 from merklesync.peer.open import (
     RemoteOptions,
     combined_stats,
     opened_pair,
     refresh_all,
 )
-from merklesync.policy import Policy, Rules, attributes_of, parse_attributes
-from merklesync.sync import sync as sync_peers
+from merklesync.policy import Policy
+from merklesync.sync import SyncResult
+from merklesync.sync_run import rules_for, sync_pair
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def sync_options(func: F) -> F:
+    """The options of sync and repair: the conflict policy, and how much to say."""
+    for option in reversed(
+        [
+            click.option(
+                "--on-conflict",
+                type=click.Choice([p.value for p in Policy]),
+                default=Policy.KEEP_BOTH.value,
+                show_default=True,
+                help="What to do when both sides changed an entry: keep-both (the other "
+                "version becomes NAME.conflict-REPLICA-TIME.EXT), lww (the later write wins), "
+                "local (A wins), remote (B wins), union (merge text lines or JSON sets), "
+                "merge-cmd (run --merge-cmd). Patterns in .merklesyncattributes "
+                "(PATTERN conflict=POLICY) override it.",
+            ),
+            click.option(
+                "--merge-cmd",
+                metavar="CMD",
+                help="Merge command for merge-cmd, as git merge drivers: %A ours (the result), "
+                "%B theirs, %O the ancestor (empty when unknown), %P the path.",
+            ),
+            click.option(
+                "-n", "--dry-run", is_flag=True, help="Show what would change; write nothing."
+            ),
+            click.option(
+                "-v",
+                "--verbose",
+                is_flag=True,
+                help="List every change made: which way (a->b or b->a; repair names the two "
+                "replicas), what it is there (A, D, M or T, as diff prints it), the path.",
+            ),
+            checksum_option,
+            allow_stale_option,
+            remote_options,
+            exclude_option,
+            stats_option,
+            output_options,
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+def check_policy(on_conflict: str, merge_cmd: str | None) -> None:
+    if on_conflict == Policy.MERGE_CMD.value and not merge_cmd:
+        raise click.UsageError("--on-conflict merge-cmd needs --merge-cmd CMD")
+
+
+def print_result(
+    out: Output, result: SyncResult, *, listed: bool, arrows: tuple[str, str] = ("a->b", "b->a")
+) -> None:
+    """What a sync did, on stderr (conflicts, what it left alone) and, when
+    ``listed`` (-v, --dry-run), every change on stdout: ``a->b M path``
+    (``arrows`` name the two directions)."""
+    for warning in result.warnings:
+        out.warn(warning)
+    named = dict(zip(("a->b", "b->a"), arrows, strict=True))
+    for event in result.events:
+        if event.what in ("conflict", "modify-delete"):
+            out.warn(f"{event.what}: {event.path}: {event.detail}")
+        elif listed and event.what != "merge-version" and event.detail != "=":
+            # a->b M path: copied from a to b, a modification there (as diff
+            # says it); "=": only the version moves (a deletion to a replica
+            # that never had the path, say), as push lists it: not at all.
+            if event.what in named:
+                out.line(f"{named[event.what]} {event.detail} {event.path}")
+            else:
+                out.line(f"{event.what} {event.path}")
+    for failure in result.failures():
+        out.warn(f"left alone: {failure.path}: {failure.reason}")
+
+
+def counts(result: SyncResult) -> str:
+    """``3 copied, 1 conflict settled, 0 left alone``."""
+    kinds = Counter(e.what for e in result.events if e.detail != "=")
+    return (
+        f"{kinds['a->b'] + kinds['b->a']} copied, "
+        f"{plural(kinds['conflict'] + kinds['modify-delete'], 'conflict')} settled, "
+        f"{len(result.failures()) + len(result.unresolved)} left alone"
+    )
+
+
+def result_json(result: SyncResult) -> dict[str, Any]:
+    """A sync's events, what it left alone and what no policy settled, for
+    --json (the lists as iterators: see Output.emit_json)."""
+    return {
+        "events": ({"path": e.path, "what": e.what, "detail": e.detail} for e in result.events),
+        "left_alone": ({"path": f.path, "reason": f.reason} for f in result.failures()),
+        "unresolved": result.unresolved,
+    }
 
 
 @click.command(short_help="Two-way sync; settle conflicts by policy.")
 @click.argument("replicas", nargs=-1, required=True, metavar="[A] B")
-@click.option(
-    "--on-conflict",
-    type=click.Choice([p.value for p in Policy]),
-    default=Policy.KEEP_BOTH.value,
-    show_default=True,
-    help="What to do when both sides changed an entry: keep-both (the other version becomes "
-    "NAME.conflict-REPLICA-TIME.EXT), lww (the later write wins), local (A wins), remote "
-    "(B wins), union (merge text lines or JSON sets), merge-cmd (run --merge-cmd). "
-    "Patterns in .merklesyncattributes (PATTERN conflict=POLICY) override it.",
-)
-@click.option(
-    "--merge-cmd",
-    metavar="CMD",
-    help="Merge command for merge-cmd, as git merge drivers: %A ours (the result), %B "
-    "theirs, %O the ancestor (empty when unknown), %P the path.",
-)
-@click.option("-n", "--dry-run", is_flag=True, help="Show what would change; write nothing.")
-@click.option(
-    "-v",
-    "--verbose",
-    is_flag=True,
-    help="List every change made: a->b or b->a, what it is there (A, D, M or T, as diff "
-    "prints it), the path.",
-)
-@checksum_option
-@allow_stale_option
-@remote_options
-@exclude_option
-@stats_option
-@output_options
+@sync_options
 @handle_errors
 def sync(
     replicas: tuple[str, ...],
@@ -86,14 +151,15 @@ def sync(
     what changed on both is settled by the conflict policy, never silently
     overwritten. B is initialised when it is not a replica yet. Either may
     be remote (HOST:PATH, USER@HOST:PATH, ssh://USER@HOST:PORT/PATH, or the
-    name of a remote).
+    name of a remote). For more than two replicas, see `merklesync repair`.
 
     A modification and a deletion of the same entry: the modification wins
     (unless the policy is lww, local or remote), and the event is listed."""
     if len(replicas) > 2:
-        raise click.UsageError("sync takes at most two replicas: [A] B")
-    if on_conflict == Policy.MERGE_CMD.value and not merge_cmd:
-        raise click.UsageError("--on-conflict merge-cmd needs --merge-cmd CMD")
+        raise click.UsageError(
+            "sync takes at most two replicas: [A] B (`merklesync repair` takes any number)"
+        )
+    check_policy(on_conflict, merge_cmd)
     a_spec, b_spec = (None, replicas[0]) if len(replicas) == 1 else replicas
     out = Output(quiet, as_json, verbose)
     pair = opened_pair(
@@ -109,54 +175,21 @@ def sync(
         retention.guard(a, b, allow_stale=allow_stale)
         with out.progress("scanning", "files") as progress:
             skipped = refresh_all([a, b], checksum=checksum, progress=progress)
-        # The per-path policies of A (of B when A is remote): the file syncs,
-        # so both sides normally hold the same one.
-        here = local_replica(a) or local_replica(b)
-        text = attributes_of(here.root) if here is not None else ""
-        rules = Rules(Policy(on_conflict), merge_cmd, tuple(parse_attributes(text)))
         with out.progress("syncing", "B", scale=True) as progress:
-            result = sync_peers(
+            result = sync_pair(
                 a,
                 b,
-                rules=rules,
-                include=exclude_predicate(excludes),
+                rules=rules_for([a, b], on_conflict, merge_cmd),
+                excludes=excludes,
                 dry_run=dry_run,
+                scan_complete=not skipped,
                 progress=progress,
             )
         totals = combined_stats(result.stats, a, b)
-        made_copies = any(e.what == "conflict" for e in result.events)
-        for replica in filter(None, (local_replica(a), local_replica(b)) if made_copies else ()):
-            for path, n in over_cap(list_conflicts(replica)).items():
-                result.warnings.append(
-                    f"{path} has {n} conflict copies in {replica.root}; "
-                    "settle them with `merklesync resolve`"
-                )
-        # A partial run (--exclude, files skipped) is not proof the peer
-        # has everything.
-        if not dry_run and not excludes and not skipped and not result.failures():
-            retention.after_success(a, b)
-    warnings = skipped + result.warnings
-    failures = result.failures()
-    for warning in warnings:
+    for warning in skipped:
         out.warn(warning)
-    for event in result.events:
-        if event.what in ("conflict", "modify-delete"):
-            out.warn(f"{event.what}: {event.path}: {event.detail}")
-        elif (dry_run or verbose) and event.what != "merge-version" and event.detail != "=":
-            # a->b M path: copied from a to b, a modification there (as diff
-            # says it); "=": only the version moves (a deletion to a replica
-            # that never had the path, say), as push lists it: not at all.
-            kind = f" {event.detail}" if event.what in ("a->b", "b->a") else ""
-            out.line(f"{event.what}{kind} {event.path}")
-    for failure in failures:
-        out.warn(f"left alone: {failure.path}: {failure.reason}")
-    kinds = Counter(e.what for e in result.events if e.detail != "=")
-    out.info(
-        f"{'would sync' if dry_run else 'synced'} {a.name} and {b.name}: "
-        f"{kinds['a->b'] + kinds['b->a']} copied, "
-        f"{plural(kinds['conflict'] + kinds['modify-delete'], 'conflict')} settled, "
-        f"{len(failures) + len(result.unresolved)} left alone"
-    )
+    print_result(out, result, listed=dry_run or verbose)
+    out.info(f"{'would sync' if dry_run else 'synced'} {a.name} and {b.name}: {counts(result)}")
     if stats:
         print_stats(out, totals)
     out.emit_json(
@@ -164,11 +197,10 @@ def sync(
             "a": a.name,
             "b": b.name,
             "dry_run": dry_run,
-            "events": ({"path": e.path, "what": e.what, "detail": e.detail} for e in result.events),
-            "left_alone": ({"path": f.path, "reason": f.reason} for f in failures),
-            "unresolved": result.unresolved,
-            "warnings": warnings,
+            **result_json(result),
+            "warnings": skipped + result.warnings,
             "stats": totals.as_dict(),
         }
     )
-    sys.exit(EXIT_DIFFERENT if failures or result.unresolved or skipped else EXIT_OK)
+    failed = result.failures() or result.unresolved or skipped
+    sys.exit(EXIT_DIFFERENT if failed else EXIT_OK)

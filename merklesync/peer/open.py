@@ -17,6 +17,7 @@ from merklesync.address import Address, parse_address
 from merklesync.errors import (
     ConnectionFailed,
     LocalIOError,
+    MerklesyncError,
     NotAReplica,
     ReplicaLocked,
     SameReplicaId,
@@ -231,16 +232,20 @@ def local_root(
     return None if address.is_remote else Path(address.path).resolve()
 
 
-def check_apart(ra: Path | None, rb: Path | None) -> None:
+def check_apart(
+    ra: Path | None, rb: Path | None, roles: tuple[str, str] = ("source", "destination")
+) -> None:
     """Two local replicas must not be the same or nested in each other."""
     if ra is None or rb is None:
         return
     if ra == rb:
-        raise UsageError(f"source and destination are the same replica: {ra}")
+        if roles[0] == roles[1]:
+            raise UsageError(f"the same replica is named twice: {ra}")
+        raise UsageError(f"{roles[0]} and {roles[1]} are the same replica: {ra}")
     if rb.is_relative_to(ra):
-        raise UsageError(f"the destination {rb} is inside the source {ra}")
+        raise UsageError(f"the {roles[1]} {rb} is inside the {roles[0]} {ra}")
     if ra.is_relative_to(rb):
-        raise UsageError(f"the source {ra} is inside the destination {rb}")
+        raise UsageError(f"the {roles[0]} {ra} is inside the {roles[1]} {rb}")
 
 
 def check_distinct(a: Peer, b: Peer) -> None:
@@ -256,9 +261,15 @@ def check_distinct(a: Peer, b: Peer) -> None:
 
 
 def refresh_all(
-    peers: Sequence[Peer], *, checksum: bool = False, progress: Progress | None = None
+    peers: Sequence[Peer],
+    *,
+    checksum: bool = False,
+    progress: Progress | None = None,
+    failed: dict[int, MerklesyncError] | None = None,
 ) -> list[str]:
-    """Scan every peer at the same time; returns their warnings.
+    """Scan every peer at the same time; returns their warnings. A failure
+    ends the scans, unless ``failed`` is given: then it is put there (by
+    the peer's place in ``peers``) and the others go on.
 
     Remote peers are asked first, so they scan on their machines while this
     one scans the local peers. Local peers beyond the first scan in forked
@@ -266,26 +277,44 @@ def refresh_all(
     transport and the pipe readers are threads, and fork does not mix with
     threads); otherwise they scan here, one after the other.
     """
+    reports: dict[int, ScanReport] = {}
     finishers: dict[int, Callable[[Progress | None], ScanReport]] = {}
+
+    def guarded(i: int, step: Callable[[int], None]) -> None:
+        try:
+            step(i)
+        except MerklesyncError as exc:
+            if failed is None:
+                raise
+            failed[i] = exc
+
+    def start(i: int) -> None:
+        finishers[i] = peers[i].start_refresh(checksum=checksum)
+
+    def finish(i: int) -> None:
+        reports[i] = finishers[i](progress)
+
+    def scan_here(i: int) -> None:
+        peer = peers[i]
+        assert isinstance(peer, LocalPeer)
+        reports[i] = peer.refresh(checksum=checksum, progress=progress, spread=len(local) == 1)
+
     for i, peer in enumerate(peers):
         if not isinstance(peer, LocalPeer):
-            finishers[i] = peer.start_refresh(checksum=checksum)
+            guarded(i, start)
     local = [i for i, peer in enumerate(peers) if isinstance(peer, LocalPeer)]
-    reports: dict[int, ScanReport] = {}
     if local:
         fork = threading.active_count() == 1
         if fork:
             for i in local[1:]:
-                finishers[i] = peers[i].start_refresh(checksum=checksum)
+                guarded(i, start)
         for i in local if not fork else local[:1]:
-            peer = peers[i]
-            assert isinstance(peer, LocalPeer)
-            reports[i] = peer.refresh(checksum=checksum, progress=progress, spread=len(local) == 1)
-    for i, finish in finishers.items():
-        reports[i] = finish(progress)
+            guarded(i, scan_here)
+    for i in list(finishers):
+        guarded(i, finish)
     # Files skipped or unreadable; not what a remote answer left unlisted
     # (the paths found: nobody here lists them).
-    return [w for i in range(len(peers)) for w in reports[i].skipped]
+    return [w for i in range(len(peers)) if i in reports for w in reports[i].skipped]
 
 
 @contextlib.contextmanager
@@ -343,6 +372,65 @@ def opened_pair(
         with closing(_second(open_a if b_first else open_b, first)) as second:
             check_distinct(first, second)
             yield (second, first) if b_first else (first, second)
+
+
+@contextlib.contextmanager
+def opened_replicas(
+    specs: Sequence[str | None],
+    *,
+    preview: bool = False,
+    excludes: Sequence[str] = (),
+    remote: RemoteOptions | None = None,
+) -> Iterator[tuple[list[Peer], list[tuple[str, MerklesyncError]]]]:
+    """Open any number of replicas, in order, and close them all at the
+    end: those that open, and (name, error) for those that do not (cannot
+    be reached, locked, corrupt, a copy of one already open), so that the
+    others can go on. Every one after the first is created when it is not
+    a replica yet (``preview``: shown as --dry-run would make it). Two that
+    are the same or nested directories are a usage error, before anything
+    opens; so is a missing first one."""
+    options = remote or RemoteOptions()
+    near = [specs[1] if i == 0 else specs[0] for i in range(len(specs))]
+    roots = [local_root(spec, options, near[i]) for i, spec in enumerate(specs)]
+    first, first_root = specs[0], roots[0]
+    if first is not None and first_root is not None and not first_root.exists():
+        raise LocalIOError(f"no such directory: {first_root}")
+    for i, ri in enumerate(roots):
+        for rj in roots[i + 1 :]:
+            check_apart(ri, rj, ("replica", "replica"))
+    peers: list[Peer] = []
+    failed: list[tuple[str, MerklesyncError]] = []
+    try:
+        for i, spec in enumerate(specs):
+            name = spec if spec is not None else str(first_root or ".")
+            try:
+                peer = open_peer(
+                    spec,
+                    create=i > 0,
+                    preview=preview,
+                    excludes=excludes,
+                    remote=options,
+                    near=near[i],
+                )
+            except UsageError:
+                raise
+            except MerklesyncError as exc:
+                failed.append((name, exc))
+                continue
+            try:
+                for other in peers:
+                    check_distinct(other, peer)
+            except MerklesyncError as exc:
+                failed.append((peer.name, exc))
+                with contextlib.suppress(Exception):
+                    peer.close()
+                continue
+            peers.append(peer)
+        yield peers, failed
+    finally:
+        for peer in peers:
+            with contextlib.suppress(Exception):
+                peer.close()
 
 
 def _second(opener: Callable[[], Peer], first: Peer) -> Peer:

@@ -107,3 +107,24 @@ class ConvergingReplicas(ThreeReplicas):
 
 TestThreeReplicas = ConvergingReplicas.TestCase
 TestThreeReplicas.settings = settings(max_examples=20, stateful_step_count=14, deadline=None)
+
+
+class RepairedReplicas(ThreeReplicas):
+    """The same edits, brought together by `merklesync repair` from any hub."""
+
+    @rule(hub=st.integers(0, 2))
+    def repair(self, hub: int) -> None:
+        order = self.roots[hub:] + self.roots[:hub]
+        r = ms("repair", *order, "--json")
+        assert r.code == 0, r.err
+        assert r.json()["identical"] is True
+        seen = set().union(*self.views)
+        self.views = [set(seen) for _ in self.roots]
+        states = [contents(root) for root in self.roots]
+        assert states[0] == states[1] == states[2]
+        again = ms("repair", *order, "--json").json()
+        assert [s["events"] for s in again["syncs"]] == [[], []], again
+
+
+TestRepairedReplicas = RepairedReplicas.TestCase
+TestRepairedReplicas.settings = settings(max_examples=10, stateful_step_count=12, deadline=None)

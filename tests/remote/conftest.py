@@ -33,7 +33,7 @@ from tests.clirun import Result, ms
 HERE = Path(__file__).resolve().parent
 RSH = f"{sys.executable} {HERE / 'rsh.py'}"
 REMOTE_CMD = f"{sys.executable} -m merklesync"
-REMOTE_COMMANDS = {"diff", "push", "pull", "status", "sync"}
+REMOTE_COMMANDS = {"diff", "push", "pull", "repair", "status", "sync"}
 PIPE_HOST = "pipehost"
 
 

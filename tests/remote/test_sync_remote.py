@@ -176,3 +176,42 @@ def test_a_replica_away_too_long_is_refused_between_two_agents(
     _away(b, 100)
     r = side.ms("sync", side.addr(a), side.addr(b))
     assert r.code == 3 and "tombstone retention" in r.err, r.err
+
+
+def test_repair_over_the_wire(side: Side, pair: tuple[Path, Path], tmp_path: Path) -> None:
+    a, b = pair
+    c = tmp_path / "c"
+    # "to": the hub here, the others remote; "from": the hub remote
+    r = side.ms("repair", side.src(a), side.dst(b), side.dst(c))
+    assert r.code == 0, r.err
+    assert_same_tree(a, b)
+    assert_same_tree(a, c)
+    mutate(b, modify=1, add=1, delete=1, seed=5)
+    (c / "cart.json").write_text(json.dumps({"items": ["coffee", "tea"]}))
+    (b / "cart.json").write_text(json.dumps({"items": ["coffee", "milk"]}))
+    r = side.ms("repair", side.src(a), side.dst(b), side.dst(c), "--on-conflict", "union")
+    assert r.code == 0, r.err
+    assert_same_tree(a, b)
+    assert_same_tree(a, c)
+    assert sorted(json.loads((a / "cart.json").read_text())["items"]) == ["coffee", "milk", "tea"]
+    again = side.ms("repair", side.src(a), side.dst(b), side.dst(c), "--json", "--stats").json()
+    assert again["identical"] is True
+    assert [s["events"] for s in again["syncs"]] == [[], []]
+    assert again["stats"]["round_trips"] == 2  # one a sync: the roots match
+
+
+def test_repair_goes_on_past_an_unreachable_replica(
+    daemons: Callable[[str], Daemon], pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    remote_side = make_side("ssh-to", daemons, tmp_path)
+    a, b = pair
+    c = tmp_path / "c"
+    mutate(a, modify=1, add=1, delete=0, seed=6)
+    nowhere = "ssh://127.0.0.1:1/nowhere"  # nothing listens on port 1
+    r = remote_side.ms("repair", a, nowhere, remote_side.dst(b), c, "--json")
+    assert r.code == 6, r.err
+    assert "left out ssh://127.0.0.1:1/nowhere" in r.err
+    assert_same_tree(a, b)
+    assert_same_tree(a, c)
+    result = r.json()
+    assert [(g["replica"], g["exit_code"]) for g in result["left_out"]] == [(nowhere, 6)]

@@ -1,0 +1,201 @@
+"""A sync run between opened and scanned replicas: two of them
+(`merklesync sync`), or any number brought to the same state
+(`merklesync repair`, the anti-entropy round a cron job runs).
+
+Repair goes through the first replica, the hub: it syncs with each of the
+others in turn, gathering every change; then every replica it met before
+the last one is synced with it once more, to take what arrived after its
+turn (skipped where the hub's root is still the one they shared). With d
+replicas that is at most 2d - 3 pairwise syncs, each one the ordinary
+two-way sync with its conflict policies, its retention guard and its
+record of who has seen what. A replica that cannot take part (it cannot be
+reached, is locked, has been away too long, or fails on the way) is left
+out and named; the others go on. Only a failure of the hub ends the round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from merklesync import retention
+from merklesync.conflicts import list_conflicts, over_cap
+from merklesync.errors import MerklesyncError
+from merklesync.ignore import exclude_predicate
+from merklesync.peer import Node, Peer, Progress
+from merklesync.peer.local import local_replica
+from merklesync.policy import Policy, Rules, attributes_of, parse_attributes
+from merklesync.sync import SyncResult, sync
+
+
+def rules_for(peers: Sequence[Peer], policy: str, merge_cmd: str | None) -> Rules:
+    """The conflict rules of a run: ``policy`` by default, and the per-path
+    patterns of the first local replica's .merklesyncattributes (the file
+    syncs, so the replicas normally hold the same one)."""
+    here = next(filter(None, map(local_replica, peers)), None)
+    text = attributes_of(here.root) if here is not None else ""
+    return Rules(Policy(policy), merge_cmd, tuple(parse_attributes(text)))
+
+
+def sync_pair(
+    a: Peer,
+    b: Peer,
+    *,
+    rules: Rules,
+    excludes: Sequence[str] = (),
+    dry_run: bool = False,
+    scan_complete: bool = True,
+    progress: Progress | None = None,
+) -> SyncResult:
+    """Sync two scanned replicas (their retention already checked: see
+    retention.guard). ``scan_complete``: neither scan skipped a file; only
+    then, and with nothing left out or left alone, is the run a proof that
+    each side has all the other has, and recorded as such."""
+    result = sync(
+        a, b, rules=rules, include=exclude_predicate(excludes), dry_run=dry_run, progress=progress
+    )
+    if any(e.what == "conflict" for e in result.events):
+        for replica in filter(None, (local_replica(a), local_replica(b))):
+            for path, n in over_cap(list_conflicts(replica)).items():
+                result.warnings.append(
+                    f"{path} has {n} conflict copies in {replica.root}; "
+                    "settle them with `merklesync resolve`"
+                )
+    if not dry_run and not excludes and scan_complete and not result.failures():
+        retention.after_success(a, b)
+    return result
+
+
+@dataclass(slots=True)
+class PairSync:
+    """One sync of a repair round: the hub with ``other``."""
+
+    hub: str
+    other: str
+    second: bool  # the second pass: what reached the hub after the first
+    result: SyncResult | None  # None: it failed (``error``)
+    error: MerklesyncError | None = None
+    round_trips: int = 0  # of the busier side (the two sides' requests overlap)
+
+
+@dataclass(slots=True)
+class LeftOut:
+    """A replica that took no part, or stopped taking part, and why."""
+
+    name: str
+    error: MerklesyncError
+
+
+@dataclass(slots=True)
+class RepairResult:
+    syncs: list[PairSync] = field(default_factory=list)
+    left_out: list[LeftOut] = field(default_factory=list)
+    roots: dict[str, Node] = field(default_factory=dict)  # of each replica at the end
+
+    def identical(self) -> bool:
+        """Every replica reached holds the same tree (same root)."""
+        return len({(n.fingerprint, n.count) for n in self.roots.values()}) <= 1
+
+    def exit_error(self) -> MerklesyncError | None:
+        """The first failure that left a replica out, if any."""
+        return self.left_out[0].error if self.left_out else None
+
+
+def repair(
+    peers: Sequence[Peer],
+    *,
+    rules: Rules,
+    excludes: Sequence[str] = (),
+    dry_run: bool = False,
+    allow_stale: bool = False,
+    scans_complete: bool = True,
+    progress: Progress | None = None,
+    on_sync: Callable[[PairSync], None] = lambda done: None,
+) -> RepairResult:
+    """Bring ``peers`` (opened and scanned; the first is the hub) to the
+    same state. ``scans_complete``: no scan skipped a file (else no sync
+    is recorded as complete: see sync_pair). ``on_sync`` hears of each sync as it
+    ends. A dry run shows each pair as it stands now, in one pass: what
+    would reach the hub from one replica is not shown going on to the next."""
+    out = RepairResult()
+    hub, others = peers[0], list(peers[1:])
+    shared: dict[int, Node] = {}  # the hub's root right after its sync with others[i]
+
+    def leave_out(peer: Peer, error: MerklesyncError) -> None:
+        out.left_out.append(LeftOut(peer.name, error))
+
+    def hub_root() -> Node | None:
+        try:
+            return hub.root()
+        except MerklesyncError as exc:
+            leave_out(hub, exc)
+            return None
+
+    def one(i: int, second: bool) -> bool:
+        """Sync the hub with others[i]; False when the hub failed."""
+        other = others[i]
+        result: SyncResult | None = None
+        error: MerklesyncError | None = None
+        trips = hub.stats.round_trips, other.stats.round_trips
+        try:
+            retention.guard(hub, other, allow_stale=allow_stale)
+            result = sync_pair(
+                hub,
+                other,
+                rules=rules,
+                excludes=excludes,
+                dry_run=dry_run,
+                scan_complete=scans_complete,
+                progress=progress,
+            )
+        except MerklesyncError as exc:
+            error = exc
+        made = max(hub.stats.round_trips - trips[0], other.stats.round_trips - trips[1])
+        done = PairSync(hub.name, other.name, second, result, error, made)
+        out.syncs.append(done)
+        on_sync(done)
+        shared.pop(i, None)
+        root = hub_root()  # also: whose failure was it?
+        if root is None:
+            return False
+        if error is not None:
+            leave_out(other, error)
+        else:
+            shared[i] = root
+        return True
+
+    tried: set[int] = set()
+    current: set[int] = set()  # holds all the hub gathered
+    hub_ok = True
+    for i in range(len(others)):
+        tried.add(i)
+        if not one(i, second=False):
+            hub_ok = False
+            break
+    if hub_ok and not dry_run:
+        current.add(len(others) - 1)
+        for i in range(len(others) - 1):
+            if i in shared:
+                now = hub_root()
+                if now is None or (now != shared[i] and not one(i, second=True)):
+                    hub_ok = False
+                    break
+            current.add(i)
+    if not hub_ok:  # the round ends here: say who missed what
+        for i, other in enumerate(others):
+            if i not in tried:
+                leave_out(other, MerklesyncError(f"not synced: {hub.name} failed"))
+            elif i in shared and i not in current:
+                leave_out(
+                    other,
+                    MerklesyncError(
+                        f"not given what reached {hub.name} after its turn: {hub.name} failed"
+                    ),
+                )
+        return out
+    for peer in [hub, *(others[i] for i in range(len(others)) if i in shared)]:
+        try:
+            out.roots[peer.name] = peer.root()
+        except MerklesyncError as exc:
+            leave_out(peer, exc)
+    return out
