@@ -201,6 +201,48 @@ def test_a_mistyped_name_inside_a_replica_is_no_such_directory(replica: Path) ->
         assert "no such directory (nor remote): " in line and line.endswith("/orign"), line
 
 
+def test_a_mistyped_name_to_push_to_inside_a_replica_says_no_remote(replica: Path) -> None:
+    for command in ("push", "sync"):
+        r = run(command, "orign", cwd=replica)
+        assert r.returncode == 2, (command, r.stderr)
+        line = one_error_line(r)
+        assert line.endswith(
+            "is inside the source " + str(replica) + " (and no remote is named 'orign')"
+        ), line
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "said"),
+    [
+        ("mstest:n1", "mstest:n1/inner", "the destination mstest:n1/inner is inside the source"),
+        ("mstest:n1/inner", "mstest:n1", "the source mstest:n1/inner is inside the destination"),
+        ("mstest:n1", "mstest:./n1/", "source and destination are the same replica"),
+        ("ssh://u@h:2222/srv/a", "ssh://u@h:2222/srv/a/b", "is inside the source"),
+        ("mstest:", "mstest:data", "is inside the source"),  # the remote home, and in it
+    ],
+)
+def test_remote_replicas_on_one_host_must_be_apart(a: str, b: str, said: str) -> None:
+    """Checked before anything connects (nothing listens for these hosts)."""
+    for command in ("push", "sync", "diff"):
+        r = run(command, a, b, "--rsh", "false")
+        assert r.returncode == 2, (command, r.stderr)
+        assert said in one_error_line(r), r.stderr
+
+
+def test_repair_names_remote_replicas_on_one_host_once() -> None:
+    r = run("repair", "/tmp", "h:x", "h:x/y", "--rsh", "false")
+    assert r.returncode == 2
+    assert "the replica h:x/y is inside the replica h:x" in one_error_line(r)
+
+
+def test_remote_replicas_on_other_hosts_or_paths_are_apart() -> None:
+    """Distinct by host, user, port or path: they get as far as connecting
+    (--rsh false: the connection fails, exit 6)."""
+    for b in ("other:n1", "u@mstest:n1", "ssh://mstest:2/~/n1", "mstest:n10", "mstest:/n1"):
+        r = run("diff", "mstest:n1", b, "--rsh", "false")
+        assert r.returncode == 6, (b, r.stderr)
+
+
 def test_a_remote_whose_directory_is_missing_is_named_by_its_path(replica: Path) -> None:
     """`pull bk` where the remote bk is a local path that is gone: the path
     is missing, not the remote."""

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import posixpath
 import shlex
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath, PurePosixPath
 
 from merklesync import remotes
 from merklesync.address import Address, parse_address
@@ -233,19 +234,58 @@ def local_root(
 
 
 def check_apart(
-    ra: Path | None, rb: Path | None, roles: tuple[str, str] = ("source", "destination")
+    ra: PurePath | None,
+    rb: PurePath | None,
+    roles: tuple[str, str] = ("source", "destination"),
+    shown: tuple[str, str] | None = None,
 ) -> None:
-    """Two local replicas must not be the same or nested in each other."""
+    """Two replicas must not be the same or nested in each other: local
+    ones by their resolved paths, remote ones on one host by the paths
+    given (see remote_path). ``shown``: how to name them."""
     if ra is None or rb is None:
         return
+    sa, sb = shown or (str(ra), str(rb))
     if ra == rb:
         if roles[0] == roles[1]:
-            raise UsageError(f"the same replica is named twice: {ra}")
-        raise UsageError(f"{roles[0]} and {roles[1]} are the same replica: {ra}")
+            raise UsageError(f"the same replica is named twice: {sa}")
+        raise UsageError(f"{roles[0]} and {roles[1]} are the same replica: {sa}")
     if rb.is_relative_to(ra):
-        raise UsageError(f"the {roles[1]} {rb} is inside the {roles[0]} {ra}")
+        raise UsageError(f"the {roles[1]} {sb} is inside the {roles[0]} {sa}")
     if ra.is_relative_to(rb):
-        raise UsageError(f"the {roles[0]} {ra} is inside the {roles[1]} {rb}")
+        raise UsageError(f"the {roles[0]} {sa} is inside the {roles[1]} {sb}")
+
+
+def remote_path(spec: str | None, options: RemoteOptions, near: str | None) -> PurePath | None:
+    """Where a remote replica lives, as a path to compare with another one's
+    on the same host (by the user, host and port given): under
+    ``/user@host:port``, then ``root`` or ``home`` (a path from the root,
+    or from the remote home), then the path. None for a local replica. Two spellings of one
+    directory (a symlink, an alias of the host) are not seen as one: the
+    agent's lock still stops two sessions on one replica."""
+    if spec is None:
+        return None
+    address, _ = resolve(spec, options, near)
+    if not address.is_remote:
+        return None
+    where = f"{address.user or ''}@{address.host}:{address.port or ''}"
+    path = posixpath.normpath(address.path)
+    base = "root" if path.startswith("/") else "home"
+    return PurePosixPath("/", where, base, path.lstrip("/"))
+
+
+def check_remotes_apart(
+    a_spec: str | None,
+    b_spec: str | None,
+    options: RemoteOptions,
+    roles: tuple[str, str] = ("source", "destination"),
+) -> None:
+    """check_apart for two remote replicas on one host."""
+    check_apart(
+        remote_path(a_spec, options, b_spec),
+        remote_path(b_spec, options, a_spec),
+        roles,
+        (str(a_spec), str(b_spec)),
+    )
 
 
 def check_distinct(a: Peer, b: Peer) -> None:
@@ -344,9 +384,15 @@ def opened_pair(
     for root, spec in ((root_a, a_spec), (root_b, None if create_b else b_spec)):
         if spec is not None and root is not None and not root.exists():
             # A bare name that is no remote's either: say so (as git does).
-            as_named = root == Path(spec).resolve() and "/" not in spec
-            raise LocalIOError(f"no such directory{' (nor remote)' if as_named else ''}: {root}")
-    check_apart(root_a, root_b)
+            nor = " (nor remote)" if _bare_missing(spec, root) else ""
+            raise LocalIOError(f"no such directory{nor}: {root}")
+    try:
+        check_apart(root_a, root_b)
+    except UsageError as exc:
+        if b_spec is None or root_b is None or not _bare_missing(b_spec, root_b):
+            raise
+        raise UsageError(f"{exc.message} (and no remote is named {b_spec!r})") from exc
+    check_remotes_apart(a_spec, b_spec, remote or RemoteOptions())
 
     def open_a() -> Peer:
         return open_peer(a_spec, excludes=excludes, remote=remote, near=b_spec)
@@ -396,8 +442,9 @@ def opened_replicas(
     if first is not None and first_root is not None and not first_root.exists():
         raise LocalIOError(f"no such directory: {first_root}")
     for i, ri in enumerate(roots):
-        for rj in roots[i + 1 :]:
-            check_apart(ri, rj, ("replica", "replica"))
+        for j in range(i + 1, len(specs)):
+            check_apart(ri, roots[j], ("replica", "replica"))
+            check_remotes_apart(specs[i], specs[j], options, ("replica", "replica"))
     peers: list[Peer] = []
     failed: list[tuple[str, MerklesyncError]] = []
     try:
@@ -431,6 +478,12 @@ def opened_replicas(
         for peer in peers:
             with contextlib.suppress(Exception):
                 peer.close()
+
+
+def _bare_missing(spec: str, root: Path) -> bool:
+    """``spec``, a bare name, names a missing directory for want of a
+    remote by that name (a mistyped one, say)."""
+    return "/" not in spec and root == Path(spec).resolve() and not root.exists()
 
 
 def _second(opener: Callable[[], Peer], first: Peer) -> Peer:
