@@ -251,3 +251,27 @@ def test_a_remote_whose_directory_is_missing_is_named_by_its_path(replica: Path)
     assert r.returncode == 5, r.stderr
     line = one_error_line(r)
     assert line.endswith(f"no such directory: {replica.parent / 'bk'}"), line
+
+
+@pytest.mark.parametrize("command", ["init", "gc", "conflicts", "watch"])
+def test_a_command_for_this_machine_refuses_a_remote_address(
+    command: str, replica: Path, tmp_path: Path
+) -> None:
+    """Not taken for a local directory named host:path (init made one)."""
+    for spec in ("mstest:newinit", "ssh://mstest/srv/x"):
+        r = run(command, spec, cwd=tmp_path)
+        assert r.returncode == 2, (command, spec, r.stderr)
+        assert f"{spec} is a remote replica's address: {command} works on a replica" in (
+            one_error_line(r)
+        )
+    assert not (tmp_path / "mstest:newinit").exists()
+    assert run("remote", "add", "origin", "mstest:x", cwd=replica).returncode == 0
+    r = run(command, "origin", cwd=replica)
+    assert r.returncode == 2, r.stderr
+    assert "origin is the name of a remote" in one_error_line(r)
+
+
+def test_init_of_a_local_directory_with_a_colon_in_its_name(tmp_path: Path) -> None:
+    r = run("init", "./odd:name", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "odd:name" / ".merklesync").is_dir()

@@ -14,19 +14,62 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import click
 
+from merklesync.address import parse_address
 from merklesync.cli import error_json, error_line, interrupted, plain
 from merklesync.errors import EXIT_IO, EXIT_USAGE, MerklesyncError
 from merklesync.model import Change, Stats
 from merklesync.peer import Progress
-from merklesync.peer.open import DEFAULT_TIMEOUT, RemoteOptions
+from merklesync.peer.open import DEFAULT_TIMEOUT, RemoteOptions, find_remote
 
 P = ParamSpec("P")
 R = TypeVar("R")
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: A replica on this machine, named by a directory that exists (the replica
-#: around it is found as git finds a repository).
-LOCAL_REPLICA = click.Path(file_okay=False, path_type=Path)  # a missing one: exit 5, as elsewhere
+
+class LocalReplica(click.Path):
+    """A replica on this machine, named by a directory (a missing one: exit
+    5, as elsewhere; the replica around it is found as git finds a
+    repository). What names a remote replica (``host:path``, a remote's
+    name) is refused here, instead of taken as a local path: the command
+    works on this machine only."""
+
+    def __init__(self) -> None:
+        super().__init__(file_okay=False, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and value:
+            command = ctx.info_name if ctx is not None else "this command"
+            try:
+                remote = parse_address(value).is_remote
+            except MerklesyncError:
+                remote = False
+            if remote:
+                made = "; a push or sync to it makes one there" if command == "init" else ""
+                local = "" if value.startswith("ssh://") else f" (a local directory: ./{value})"
+                self.fail(
+                    f"{value} is a remote replica's address: {command} works on a replica on "
+                    f"this machine{made}{local}",
+                    param,
+                    ctx,
+                )
+            if "/" not in value and not os.path.lexists(value) and _a_remote(value):
+                self.fail(
+                    f"{value} is the name of a remote: {command} works on a replica on "
+                    "this machine",
+                    param,
+                    ctx,
+                )
+        return super().convert(value, param, ctx)
+
+
+LOCAL_REPLICA = LocalReplica()
+
+
+def _a_remote(name: str) -> bool:
+    try:
+        return find_remote(name) is not None
+    except MerklesyncError:  # a remote of another user's replica: a remote all the same
+        return True
 
 
 def plural(n: int, word: str) -> str:

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import click
 
-from merklesync.cli.common import Output, handle_errors, output_options, plural
+from merklesync.cli.common import LOCAL_REPLICA, Output, handle_errors, output_options, plural
 from merklesync.errors import EXIT_DIFFERENT, NotAReplica
 from merklesync.replica import Replica, is_replica
 
 
 @click.command(short_help="Make a directory a replica (or rebuild its index).")
-@click.argument("directory", default=".", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("directory", default=".", type=LOCAL_REPLICA)
 @click.option(
     "--rebuild",
     is_flag=True,
