@@ -46,9 +46,11 @@ def repair_cmd(
     A replica that cannot take part (it cannot be reached, is locked, has
     been away longer than the tombstone retention, or fails on the way) is
     named and left out; the others go on, and the exit status is that
-    failure's. At the end the replicas' roots are compared: `identical`
-    when they all hold the same tree. With --dry-run, each pair is shown
-    as it stands now, once."""
+    failure's. When A cannot take part, none is synced: name the same
+    replica first in every round (another one, whose spokes know only A,
+    could bring back deletions they have forgotten). At the end the
+    replicas' roots are compared: `identical` when they all hold the same
+    tree. With --dry-run, each pair is shown as it stands now, once."""
     check_policy(on_conflict, merge_cmd)
     specs: list[str | None] = [None, *replicas] if len(replicas) == 1 else list(replicas)
     out = Output(quiet, as_json, verbose)
@@ -56,10 +58,15 @@ def repair_cmd(
         peers,
         unopened,
     ):
-        left = [LeftOut(name, error) for name, error in unopened]
+        if unopened and unopened[0][0] == 0:
+            _, name, error = unopened[0]
+            raise _hub_failed(name, error)
+        left = [LeftOut(name, error) for _, name, error in unopened]
         failed: dict[int, MerklesyncError] = {}
         with out.progress("scanning", "files") as progress:
             skipped = refresh_all(peers, checksum=checksum, progress=progress, failed=failed)
+        if 0 in failed:
+            raise _hub_failed(peers[0].name, failed[0])
         left += [LeftOut(peers[i].name, error) for i, error in sorted(failed.items())]
         taking_part = [p for i, p in enumerate(peers) if i not in failed]
         for gone in left:
@@ -69,9 +76,7 @@ def repair_cmd(
 
         def said(done: PairSync) -> None:
             if done.result is None:
-                assert done.error is not None
-                out.error(f"{done.hub} and {done.other}: {done.error.message}")
-                return
+                return  # named with the replicas left out
             arrows = (f"{done.hub} -> {done.other}", f"{done.other} -> {done.hub}")
             print_result(out, done.result, listed=dry_run or verbose, arrows=arrows)
             word = "would sync" if dry_run else "synced again" if done.second else "synced"
@@ -104,11 +109,12 @@ def repair_cmd(
         out.warn(warning)
     identical: bool | None = None
     if not dry_run and not excludes and result.roots:
-        identical = result.identical() and len(result.roots) == len(specs)
+        identical = result.identical() and not left
         if result.identical():
             node = next(iter(result.roots.values()))
+            among = f" of {len(specs)}" if left else ""
             out.info(
-                f"{plural(len(result.roots), 'replica')} identical: {plural(node.count, 'entry')}, "
+                f"{len(result.roots)}{among} replicas identical: {plural(node.count, 'entry')}, "
                 f"root {node.fingerprint.hex()[:16]}"
             )
         else:
@@ -137,6 +143,17 @@ def repair_cmd(
         for done in result.syncs
     )
     sys.exit(EXIT_DIFFERENT if unsettled or skipped or identical is False else EXIT_OK)
+
+
+def _hub_failed(name: str, error: MerklesyncError) -> MerklesyncError:
+    """The first replica cannot take part: nothing is synced (another hub
+    could bring back deletions its spokes have forgotten: see README)."""
+    failure = MerklesyncError(
+        f"{name}: {error.message} (the first replica, through which the others sync: "
+        "none was synced)"
+    )
+    failure.exit_code = error.exit_code
+    return failure
 
 
 def _groups(roots: dict[str, Node]) -> list[str]:

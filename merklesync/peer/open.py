@@ -427,14 +427,15 @@ def opened_replicas(
     preview: bool = False,
     excludes: Sequence[str] = (),
     remote: RemoteOptions | None = None,
-) -> Iterator[tuple[list[Peer], list[tuple[str, MerklesyncError]]]]:
+) -> Iterator[tuple[list[Peer], list[tuple[int, str, MerklesyncError]]]]:
     """Open any number of replicas, in order, and close them all at the
-    end: those that open, and (name, error) for those that do not (cannot
-    be reached, locked, corrupt, a copy of one already open), so that the
-    others can go on. Every one after the first is created when it is not
-    a replica yet (``preview``: shown as --dry-run would make it). Two that
-    are the same or nested directories are a usage error, before anything
-    opens; so is a missing first one."""
+    end: those that open, and (place in ``specs``, name, error) for those
+    that do not (cannot be reached, locked, corrupt, a copy of one already
+    open), so that the others can go on. Every one after the first is
+    created when it is not a replica yet (``preview``: shown as --dry-run
+    would make it). Two that are the same or nested directories are a usage
+    error, before anything opens; so is a missing first one, and one found
+    locked by this very run (named twice: by an address and a path, say)."""
     options = remote or RemoteOptions()
     near = [specs[1] if i == 0 else specs[0] for i in range(len(specs))]
     roots = [local_root(spec, options, near[i]) for i, spec in enumerate(specs)]
@@ -446,7 +447,7 @@ def opened_replicas(
             check_apart(ri, roots[j], ("replica", "replica"))
             check_remotes_apart(specs[i], specs[j], options, ("replica", "replica"))
     peers: list[Peer] = []
-    failed: list[tuple[str, MerklesyncError]] = []
+    failed: list[tuple[int, str, MerklesyncError]] = []
     try:
         for i, spec in enumerate(specs):
             name = spec if spec is not None else str(first_root or ".")
@@ -459,16 +460,23 @@ def opened_replicas(
                     remote=options,
                     near=near[i],
                 )
+            except ReplicaLocked as exc:
+                if f"(pid {os.getpid()})" in exc.message:
+                    raise UsageError(
+                        f"{name} is held by this very run: a replica named twice?"
+                    ) from exc
+                failed.append((i, name, exc))
+                continue
             except UsageError:
                 raise
             except MerklesyncError as exc:
-                failed.append((name, exc))
+                failed.append((i, name, exc))
                 continue
             try:
                 for other in peers:
                     check_distinct(other, peer)
             except MerklesyncError as exc:
-                failed.append((peer.name, exc))
+                failed.append((i, peer.name, exc))
                 with contextlib.suppress(Exception):
                     peer.close()
                 continue

@@ -3,6 +3,8 @@ through the first one, the others going on when one cannot take part."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -125,6 +127,16 @@ def test_dry_run_writes_nowhere(four: list[Path], tmp_path: Path) -> None:
     assert "would sync" in r.err and "->" in r.out
 
 
+_HOLD = """
+import sys
+from merklesync.lock import ReplicaLock
+lock = ReplicaLock(sys.argv[1])
+lock.acquire()
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
 def test_a_locked_replica_is_left_out_and_the_others_go_on(
     four: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -132,12 +144,16 @@ def test_a_locked_replica_is_left_out_and_the_others_go_on(
     from merklesync import replica
 
     monkeypatch.setattr(replica, "ReplicaLock", lambda path: ReplicaLock(path, wait=0.2))
-    held = ReplicaLock(four[1] / ".merklesync" / "lock")
-    held.acquire()
+    holder = subprocess.Popen(  # another process holds b's lock
+        [sys.executable, "-c", _HOLD, str(four[1] / ".merklesync" / "lock")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
     try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
         r = ms("repair", *four, "--json")
     finally:
-        held.release()
+        holder.communicate(b"", timeout=30)
     assert r.code == 4, r.err  # the lock's own exit status
     assert f"left out {four[1]}" in r.err and "in use by another merklesync process" in r.err
     assert_same_tree(four[0], four[2])
@@ -209,3 +225,47 @@ def test_when_the_hub_fails_the_round_ends_and_says_who_missed_what(four: list[P
     assert "not given what reached" in result.left_out[1].error.message
     assert "not synced" in result.left_out[2].error.message
     assert result.roots == {}
+
+
+def test_a_hub_that_cannot_take_part_ends_the_round(four: list[Path], tmp_path: Path) -> None:
+    """Another hub could bring back deletions its spokes have forgotten."""
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    mutate(four[1], modify=1, add=1, delete=0, seed=13)
+    before = [snapshot(root) for root in four]
+    r = ms("repair", plain, *four[1:], "--json")
+    assert r.code == 3, r.err
+    assert "the first replica, through which the others sync: none was synced" in r.err
+    assert [snapshot(root) for root in four] == before
+    assert r.json()["exit_code"] == 3
+
+
+def test_the_same_replica_by_two_names_is_a_usage_error(four: list[Path]) -> None:
+    """A path and an address of one replica: this run holds its lock."""
+    rsh = f"{sys.executable} {Path(__file__).parents[1] / 'remote' / 'rsh.py'}"
+    r = ms(
+        "repair",
+        *four[:2],
+        f"pipehost:{four[1]}",
+        "--rsh",
+        rsh,
+        "--remote-cmd",
+        f"{sys.executable} -m merklesync",
+    )
+    assert r.code == 2, r.err
+    assert "is held by this very run: a replica named twice?" in r.err
+
+
+def test_left_out_replicas_are_named_once_and_the_rest_counted(
+    four: list[Path], tmp_path: Path
+) -> None:
+    with Replica.open(four[2]) as c:
+        c_id = c.index.replica_id
+    with Replica.open(four[0]) as hub:
+        hub.index.remember_peer(c_id, time.time_ns() - 100 * retention.DAY_NS)
+    r = ms("repair", *four)
+    assert r.code == 3
+    assert r.err.count("longer than the tombstone retention") == 1, r.err
+    assert "3 of 4 replicas identical" in r.err
+    result = ms("repair", *four, "--json").json()
+    assert result["identical"] is False and len(set(result["roots"].values())) == 1
