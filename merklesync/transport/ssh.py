@@ -95,6 +95,7 @@ class _Target:
     hash_known_hosts: bool
     proxy_command: str | None
     proxy_jump: str | None
+    connect_timeout: float | None = None  # ConnectTimeout, seconds
 
     @property
     def label(self) -> str:
@@ -160,6 +161,12 @@ def _resolve(alias: str, user: str | None, port: int | None) -> _Target:
         resolved_port = int(opt("port") or 22)
     except ValueError as exc:
         raise ConnectionFailed(f"bad Port for host {alias!r} in {path}") from exc
+    try:
+        connect_timeout = float(opt("connecttimeout") or 0) or None
+    except ValueError as exc:
+        raise ConnectionFailed(f"bad ConnectTimeout for host {alias!r} in {path}") from exc
+    if connect_timeout is not None and not 0 < connect_timeout < 1e6:
+        raise ConnectionFailed(f"bad ConnectTimeout for host {alias!r} in {path}")
     hostname = opt("hostname") or alias
     remote_user = opt("user") or getpass.getuser()
     tokens = {
@@ -175,8 +182,9 @@ def _resolve(alias: str, user: str | None, port: int | None) -> _Target:
         "k": opt("hostkeyalias") or hostname,
     }
 
-    def known_files(key: str) -> list[str]:
-        """Known-hosts files with their tokens expanded, as OpenSSH does."""
+    def expanded(key: str, absolute: bool = True) -> list[str]:
+        """Files named by ``key``, with their tokens expanded as OpenSSH does
+        (those paramiko left: %n, %p, %i, %k, %%)."""
         out = []
         for name in files(key):
             try:
@@ -185,20 +193,20 @@ def _resolve(alias: str, user: str | None, port: int | None) -> _Target:
                 raise ConnectionFailed(
                     f"{key} {name!r} in {path}: a token merklesync does not know"
                 ) from None
-            if not os.path.isabs(name):
+            if absolute and not os.path.isabs(name):
                 raise ConnectionFailed(f"{key} {name!r} in {path}: not an absolute path")
             out.append(name)
         return out
 
-    known = known_files("userknownhostsfile") or [
+    known = expanded("userknownhostsfile") or [
         os.path.expanduser("~/.ssh/known_hosts"),
         os.path.expanduser("~/.ssh/known_hosts2"),
     ]
-    global_known = known_files("globalknownhostsfile") or [
+    global_known = expanded("globalknownhostsfile") or [
         "/etc/ssh/ssh_known_hosts",
         "/etc/ssh/ssh_known_hosts2",
     ]
-    identity_files = files("identityfile") or [
+    identity_files = expanded("identityfile", absolute=False) or [
         os.path.expanduser(f"~/.ssh/{name}") for name in _DEFAULT_IDENTITIES
     ]
     return _Target(
@@ -214,6 +222,7 @@ def _resolve(alias: str, user: str | None, port: int | None) -> _Target:
         hash_known_hosts=(opt("hashknownhosts") or "no").lower() == "yes",
         proxy_command=opt("proxycommand"),
         proxy_jump=opt("proxyjump"),
+        connect_timeout=connect_timeout,
     )
 
 
@@ -443,7 +452,9 @@ class _Hop:
 
 
 def _connect(target: _Target, accept_new: bool, timeout: float, depth: int = 0) -> _Hop:
-    """An authenticated paramiko transport to ``target`` (through its proxies)."""
+    """An authenticated paramiko transport to ``target`` (through its proxies),
+    within ``timeout`` seconds (its ConnectTimeout where it has one)."""
+    timeout = target.connect_timeout or timeout
     if depth > _MAX_JUMPS:
         raise ConnectionFailed(f"too many ProxyJump hops (loop?) reaching {target.alias}")
     closers: list[Callable[[], None]] = []

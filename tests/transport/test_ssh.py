@@ -294,6 +294,21 @@ def test_handshake_timeout() -> None:
             open_ssh("127.0.0.1", None, port, "cat", connect_timeout=0.5)
 
 
+def test_connect_timeout_from_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".ssh").mkdir()
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never speaks
+        port = silent.getsockname()[1]
+        (tmp_path / ".ssh" / "config").write_text(
+            f"Host silent\n  HostName 127.0.0.1\n  Port {port}\n  ConnectTimeout 1\n"
+        )
+        with pytest.raises(ConnectionFailed, match="timed out after 1 s"):
+            open_ssh("silent", None, None, "cat")  # not the 15 s given
+        (tmp_path / ".ssh" / "config").write_text("Host silent\n  ConnectTimeout soon\n")
+        with pytest.raises(ConnectionFailed, match="bad ConnectTimeout"):
+            open_ssh("silent", None, None, "cat")
+
+
 # -- ~/.ssh/config ----------------------------------------------------------------------
 
 
@@ -487,6 +502,24 @@ def test_tokens_in_the_known_hosts_file_option(srv: SSHServer) -> None:
     with pytest.raises(ConnectionFailed, match="not an absolute path"):
         connect(srv, accept_new_host_key=True)
     assert not Path("kh_relative").exists()
+
+
+@pytest.mark.parametrize("name", ["k_%n", "k_%p", "k%%x", "k_%h_%r"])
+def test_tokens_in_the_identity_file_option(srv: SSHServer, name: str) -> None:
+    expanded = (
+        name.replace("%n", srv.host)
+        .replace("%p", str(srv.port))
+        .replace("%%", "%")
+        .replace("%h", srv.hostname)
+        .replace("%r", srv.user)
+    )
+    srv.identity.rename(srv.identity.with_name(expanded))
+    try:
+        srv.write_config(identity=f"~/.ssh/{name}")
+        with connect(srv, "echo ok") as t:
+            assert read_all(t) == b"ok\n"
+    finally:
+        srv.identity.with_name(expanded).rename(srv.identity)
 
 
 def test_host_key_alias_is_looked_up_as_it_is_whatever_the_port(srv: SSHServer) -> None:
