@@ -526,12 +526,27 @@ def _handshake(t: paramiko.Transport, target: _Target, accept_new: bool, timeout
         t.start_client(event=done)
     except (paramiko.SSHException, OSError) as exc:
         raise ConnectionFailed(f"SSH handshake with {target.label} failed: {exc}") from exc
-    finished = done.wait(timeout)
+    proxy = t.sock if isinstance(t.sock, paramiko.ProxyCommand) else None
+    deadline = time.monotonic() + timeout
+    ended: int | None = None  # the ProxyCommand's exit status, once it has ended
+    while not (finished := done.wait(min(0.1, max(0.0, deadline - time.monotonic())))):
+        ended = _ended(proxy) if proxy is not None else None
+        if ended is not None or time.monotonic() >= deadline:
+            break
     if finished and t.is_active():
         _check_host_key(target, t.get_remote_server_key(), accept_new)
         return
     err = t.get_exception()
     via = f" (through ProxyCommand {target.proxy_command!r})" if target.proxy_command else ""
+    if proxy is not None and ended is None and (finished or err is not None):
+        for _ in range(10):  # broken pipe: the ProxyCommand is ending, its words matter
+            if (ended := _ended(proxy)) is not None:
+                break
+            time.sleep(0.05)
+    if proxy is not None and ended is not None:
+        said = _last_words(proxy)
+        why = f"ProxyCommand exited with status {ended}" + (f": {said}" if said else "")
+        raise ConnectionFailed(f"SSH handshake with {target.label} failed: {why}")
     if not finished:
         why = f"timed out after {timeout:g} s"
     elif isinstance(err, paramiko.ProxyCommandFailure):
@@ -543,6 +558,33 @@ def _handshake(t: paramiko.Transport, target: _Target, accept_new: bool, timeout
     else:
         why = str(err) or type(err).__name__
     raise ConnectionFailed(f"SSH handshake with {target.label} failed: {why}{via}")
+
+
+def _ended(proxy: paramiko.ProxyCommand) -> int | None:
+    """A ProxyCommand's exit status once it has ended, else None; it is not
+    reaped here (paramiko signals it by its pid when the transport closes)."""
+    try:
+        info = os.waitid(os.P_PID, proxy.process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return None
+    return None if info is None else info.si_status
+
+
+def _last_words(proxy: paramiko.ProxyCommand) -> str:
+    """The last line a ProxyCommand that ended wrote on its stderr (what is
+    there within a moment: a child of it may hold the pipe open)."""
+    stream = proxy.process.stderr
+    if stream is None:
+        return ""
+    data = b""
+    with contextlib.suppress(OSError, ValueError):
+        while len(data) < 65536 and select.select([stream], [], [], 0.2)[0]:
+            chunk = os.read(stream.fileno(), 4096)
+            if not chunk:
+                break
+            data += chunk
+    lines = data.decode("utf-8", "replace").strip().splitlines()
+    return lines[-1].strip() if lines else ""
 
 
 @dataclass

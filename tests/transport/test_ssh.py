@@ -320,6 +320,15 @@ def test_config_alias_resolution(srv: SSHServer) -> None:
     assert t.label.startswith(f"{srv.user}@{srv.host}:{srv.port} (127.0.0.1)")
 
 
+def test_a_proxy_command_that_fails_at_once_says_so_at_once(srv: SSHServer) -> None:
+    srv.write_config("ProxyCommand sh -c 'echo nosuchproxy: not found >&2; exit 127'")
+    started = time.monotonic()
+    with pytest.raises(ConnectionFailed) as info:
+        open_ssh(srv.host, None, None, "cat", connect_timeout=30)
+    assert time.monotonic() - started < 10
+    assert "ProxyCommand exited with status 127: nosuchproxy: not found" in info.value.message
+
+
 def test_explicit_user_and_port_override_config(srv: SSHServer) -> None:
     srv.write_config(port=sshd.free_port(), user="nobody-such")
     with open_ssh(srv.host, srv.user, srv.port, "echo ok") as t:
