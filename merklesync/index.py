@@ -567,7 +567,14 @@ class Index:
                 self._apply_pending()
             self._pending = merkle.Accumulator(self.depth)
             self._dirty = False
-        self.conn.execute("COMMIT")
+        try:
+            self.conn.execute("COMMIT")
+        except sqlite3.OperationalError:
+            # A full disk: SQLite rolled the transaction back. Begin the next,
+            # so that a later commit says what is wrong, not "no transaction".
+            if not self.conn.in_transaction:
+                self.conn.execute("BEGIN")
+            raise
         self._unlisted.clear()
         self.conn.execute("BEGIN")
 

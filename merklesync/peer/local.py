@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from merklesync import merkle
-from merklesync.errors import ProtocolError
+from merklesync.errors import MerklesyncError, ProtocolError
 from merklesync.merkle import NodeId
 from merklesync.model import Entry, EntryKind, Stats
 from merklesync.peer import Node, Outcome, Peer, Progress, ScanReport, WriteItem
@@ -176,6 +176,7 @@ class LocalPeer:
                 yield item
 
         writes = r.source.write_items(numbered(), r.index, r.clock)
+        failed = True
         try:
             for n, (item, outcome) in enumerate(writes, 1):
                 places = order[id(item)]
@@ -189,10 +190,15 @@ class LocalPeer:
                     progress(item.entry.size if item.data is not None else 0)
                 if n % COMMIT_EVERY == 0:
                     r.index.commit()
+            failed = False
         finally:
             writes.close()  # on a failure here, its placing process stops now
             r.source.end_batch()
-            r.index.commit()
+            if not failed:
+                r.index.commit()
+            else:  # keep what is recorded; the first failure is the one to report
+                with contextlib.suppress(MerklesyncError):
+                    r.index.commit()
         r.source.written()
         outcomes.sort(key=lambda placed: placed[0])
         return [outcome for _n, outcome in outcomes]

@@ -1610,3 +1610,53 @@ def _run_pipe(command: str, src: Path, dst: Path) -> subprocess.CompletedProcess
         text=True,
         timeout=120,
     )
+
+
+class _FullAtCommit:
+    """A connection whose disk fills at the first COMMIT once armed: SQLite
+    rolls the transaction back and says so, as it does on SQLITE_FULL."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self.armed = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql == "COMMIT" and self.armed:
+            self.armed = False
+            self._conn.execute("ROLLBACK")
+            raise sqlite3.OperationalError("database or disk is full")
+        return self._conn.execute(sql, *args)
+
+
+def test_a_disk_full_at_commit_is_a_disk_full_not_a_corrupt_index(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The index is fine once there is room again: no advice to rebuild it
+    (a rebuild would forget the replica's id and its tombstones)."""
+    src, dst = pair
+    assert ms("push", src, dst).code == 0
+    for f in list(src.rglob("*.bin"))[:5]:
+        f.write_bytes(b"new content")
+    from merklesync.peer.local import LocalPeer
+
+    real_write = LocalPeer.write
+
+    def write_on_a_full_disk(self: LocalPeer, *args: Any, **kwargs: Any) -> Any:
+        index = self.replica.index
+        if self.replica.root == dst.resolve():
+            index.conn = _FullAtCommit(index.conn)  # type: ignore[assignment]
+            index.conn.armed = True  # type: ignore[attr-defined]
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(LocalPeer, "write", write_on_a_full_disk)
+    monkeypatch.setattr("merklesync.peer.local.COMMIT_EVERY", 2)  # full at a commit midway
+    r = ms("push", src, dst)
+    assert r.code == 5, r.err
+    assert "database or disk is full" in r.err and "rebuild" not in r.err
+    monkeypatch.undo()
+    assert ms("push", src, dst).code == 0
+    assert_same_tree(src, dst)
+    assert ms("diff", src, dst).code == 0
