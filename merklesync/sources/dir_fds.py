@@ -12,12 +12,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import resource
 from collections import OrderedDict
 
 from merklesync.errors import MerklesyncError
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-KEEP_OPEN = 64
+# Directories kept open by one walk or writer: a few of them may run at
+# once, so a small share of the process's descriptors (ulimit -n).
+KEEP_OPEN = max(4, min(64, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 16))
 
 
 def open_dir(root: str, directory: str) -> int:

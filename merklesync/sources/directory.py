@@ -979,14 +979,24 @@ class DirectorySource:
         read_only = mode & 0o700 != 0o700
         if read_only:
             self._notes.note(spot.rel, mode, found=False)
-        if on_disk is None or kind_of(on_disk.st_mode) is not EntryKind.DIR:
+        made = on_disk is None or kind_of(on_disk.st_mode) is not EntryKind.DIR
+        if made:
             os.mkdir(spot.name, 0o700, dir_fd=spot.fd)
-        if read_only:
-            self._final_modes[spot.rel] = mode
-            _chmod(spot, mode | 0o700)
-        else:
-            self._final_modes.pop(spot.rel, None)
-            _chmod(spot, mode)
+        try:
+            if read_only:
+                self._final_modes[spot.rel] = mode
+                _chmod(spot, mode | 0o700)
+            else:
+                self._final_modes.pop(spot.rel, None)
+                _chmod(spot, mode)
+        except OSError:
+            # Not left half made (at 0o700, which the next scan would take
+            # for an edit made here): as if never written.
+            if made:
+                self._final_modes.pop(spot.rel, None)
+                with contextlib.suppress(OSError):
+                    os.rmdir(spot.name, dir_fd=spot.fd)
+            raise
         self._writable.add(spot.rel)
 
     def _open_up(self, directory: str, fd: int) -> None:

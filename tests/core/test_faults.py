@@ -1660,3 +1660,58 @@ def test_a_disk_full_at_commit_is_a_disk_full_not_a_corrupt_index(
     assert ms("push", src, dst).code == 0
     assert_same_tree(src, dst)
     assert ms("diff", src, dst).code == 0
+
+
+def test_a_directory_whose_mode_cannot_be_set_is_not_left_half_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Left at the mode it is made with (0o700), the next scan would take it
+    for an edit made on the destination: a conflict at every push after."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    (src / "w1").mkdir(parents=True)
+    (src / "w1" / "f").write_text("x")
+    os.chmod(src / "w1", 0o755)
+    assert ms("init", src).code == 0
+    real = directory._chmod
+
+    def no_descriptor_left(spot: Any, mode: int) -> None:
+        if spot.rel == "w1":
+            raise OSError(errno.EMFILE, "Too many open files")
+        real(spot, mode)
+
+    monkeypatch.setattr(directory, "_chmod", no_descriptor_left)
+    r = ms("push", src, dst)
+    assert r.code == 1 and "w1: Too many open files" in r.err
+    assert not (dst / "w1").exists() or (dst / "w1").stat().st_mode & 0o777 != 0o700
+    monkeypatch.undo()
+    assert ms("push", src, dst).code == 0
+    assert_same_tree(src, dst)
+    assert ms("diff", src, dst).code == 0
+
+
+def test_a_low_open_files_limit(tmp_path: Path) -> None:
+    """Directories kept open are a share of the limit (ulimit -n 32)."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    deep = src.joinpath(*(f"d{i}" for i in range(60)))
+    deep.mkdir(parents=True)
+    (deep / "leaf").write_text("deep")
+    for w in range(40):
+        (src / f"w{w}").mkdir()
+        for f in range(3):
+            (src / f"w{w}" / f"f{f}").write_text(f"{w}{f}")
+    assert ms("init", src).code == 0
+
+    def limited() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (32, 32))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "merklesync", "push", str(src), str(dst)],
+        preexec_fn=limited,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert_same_tree(src, dst)
