@@ -8,6 +8,7 @@ nothing loads the whole tree into memory.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sqlite3
@@ -250,11 +251,21 @@ class Index:
     @classmethod
     @_guard
     def create(cls, path: Path, replica_id: str) -> Index:
+        """A new index at ``path`` (which does not exist: the replica's lock
+        is held); one that cannot be made whole (a full disk) is removed,
+        so that the next run makes it afresh instead of finding it broken."""
         conn = cls._connect(path)
         try:
             return cls._fill(path, conn, replica_id)
         except BaseException:
             conn.close()
+            for leftover in (
+                path,
+                path.with_name(f"{path.name}-wal"),
+                path.with_name(f"{path.name}-shm"),
+            ):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
             raise
 
     @classmethod

@@ -1715,3 +1715,25 @@ def test_a_low_open_files_limit(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert_same_tree(src, dst)
+
+
+def test_a_new_replica_that_cannot_be_made_whole_is_not_left_broken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk while its index is made: the next run makes it afresh
+    (it found an index without its tables, and said to rebuild it)."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_tree(src, files=5, dirs=1, seed=3)
+    assert ms("init", src).code == 0
+    from merklesync import index
+
+    def full(*args: Any) -> Any:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(index.Index, "_fill", classmethod(full))
+    r = ms("push", src, dst)
+    assert r.code == 5, r.err
+    assert not (dst / ".merklesync" / "index.db").exists()
+    monkeypatch.undo()
+    assert ms("push", src, dst).code == 0
+    assert_same_tree(src, dst)
