@@ -35,6 +35,7 @@ EXIT_CONNECTION = 6
 EXIT_PROTOCOL = 7
 EXIT_HOSTKEY = 8
 EXIT_INTERRUPTED = 130  # as a shell reports SIGINT
+EXIT_TERMINATED = 143  # SIGTERM
 
 
 class MerklesyncError(Exception):

@@ -113,6 +113,7 @@ def fork_child(work: Callable[..., None], *fds: int) -> int | None:
         status = 1
         try:
             gc.freeze()
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the command's handler
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             die_with_parent(parent)
             work(*_keep_only(fds))

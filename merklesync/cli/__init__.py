@@ -6,13 +6,25 @@ import contextlib
 import gc
 import json
 import re
+import signal
 import sys
 from typing import NoReturn
 
-from merklesync.errors import EXIT_INTERRUPTED
+from merklesync.errors import EXIT_INTERRUPTED, EXIT_TERMINATED
+
+_terminated = False  # SIGTERM came: the run ends as a Ctrl-C does
+
+
+def _terminate(signum: int, frame: object) -> None:
+    global _terminated
+    _terminated = True
+    raise KeyboardInterrupt
 
 
 def main() -> None:
+    # SIGTERM (systemd, timeout, kill) ends a run as a Ctrl-C does: the file
+    # being written is finished or removed, the lock released, one line.
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         from merklesync.cli.app import main as run
 
@@ -27,14 +39,17 @@ def main() -> None:
 
 
 def interrupted() -> NoReturn:
-    """Ctrl-C, wherever it lands: one line, exit 130 (with --json, the
-    same as an object on stdout, as any error)."""
-    sys.stderr.write("merklesync: interrupted\n")
+    """Ctrl-C, wherever it lands: one line, exit 130; SIGTERM: 143 (with
+    --json, the same as an object on stdout, as any error)."""
+    word, code = (
+        ("terminated", EXIT_TERMINATED) if _terminated else ("interrupted", EXIT_INTERRUPTED)
+    )
+    sys.stderr.write(f"merklesync: {word}\n")
     if "--json" in sys.argv[1:]:
         with contextlib.suppress(OSError):
-            sys.stdout.write(error_json("interrupted", EXIT_INTERRUPTED) + "\n")
+            sys.stdout.write(error_json(word, code) + "\n")
             sys.stdout.flush()
-    sys.exit(EXIT_INTERRUPTED)
+    sys.exit(code)
 
 
 # What would make a line of plain output read as two lines (the line and

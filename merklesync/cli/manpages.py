@@ -43,6 +43,7 @@ EXIT_STATUS = [
         "Interrupted (Ctrl-C, SIGINT): what was being written is finished or removed; "
         "run the command again to go on.",
     ),
+    (errors.EXIT_TERMINATED, "Terminated (SIGTERM): the same as 130."),
 ]
 
 

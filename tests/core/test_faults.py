@@ -500,6 +500,34 @@ def test_ctrl_c_in_a_terminal_during_a_first_copy_leaves_no_temp_file(tmp_path: 
     assert set(codes) <= {0, 130} and 130 in codes  # interrupted, at least once
 
 
+@pytest.mark.parametrize("group", [False, True], ids=["the-run", "its-group"])
+def test_sigterm_during_a_first_copy_ends_it_as_ctrl_c_does(tmp_path: Path, group: bool) -> None:
+    """systemd, timeout and kill send SIGTERM: to the run, or (systemd) to
+    every process of it. One line, exit 143, no temp file left."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_tree(src, files=3000, dirs=30, seed=5, max_size=1500)
+    assert ms("init", src).code == 0
+    run = subprocess.Popen(
+        [sys.executable, "-m", "merklesync", "push", str(src), str(dst)],
+        start_new_session=True,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while run.poll() is None and time.monotonic() < deadline:
+        if dst.exists() and next(dst.rglob("f*"), None) is not None:
+            (os.killpg if group else os.kill)(run.pid, signal.SIGTERM)
+            break
+        time.sleep(0.01)
+    _, err = run.communicate(timeout=60)
+    time.sleep(0.5)  # anything left behind by a process still ending
+    assert run.returncode == 143, err
+    assert err.strip() == "merklesync: terminated"
+    assert _temp_files(dst) == []
+    assert ms("push", str(src), str(dst)).code == 0
+    assert_same_tree(src, dst)
+
+
 def test_same_second_edit_is_not_missed(tmp_path: Path) -> None:
     root = tmp_path / "r"
     root.mkdir()
