@@ -5,6 +5,7 @@ excludes]``."""
 
 from __future__ import annotations
 
+import re
 import shlex
 from typing import Any, NamedTuple
 
@@ -15,6 +16,8 @@ from merklesync.errors import UsageError
 REQUEST_VERSION = 1
 MAX_EXCLUDES = 256
 STANDBY_GO = b"\x01"  # what wakes an agent started with ``serve --standby``
+# ``~user/`` (or ``~user``) at the start of a remote path: a portable user name
+_USER_HOME = re.compile(r"(~[A-Za-z_][A-Za-z0-9_.-]*)(?:/|\Z)")
 
 
 class AgentCall(NamedTuple):
@@ -27,14 +30,18 @@ class AgentCall(NamedTuple):
     def command(self, *, standby: bool = False) -> str:
         """The shell command that starts the agent. The path is quoted; a
         leading ``~/`` becomes a path relative to the remote home (where
-        the command starts)."""
+        the command starts); a leading ``~user/``, that user's home, as the
+        remote shell expands it (as with rsync and scp)."""
         if not self.remote_cmd.strip():
             raise UsageError("the remote command is empty (--remote-cmd or MERKLESYNC_REMOTE_CMD)")
         path = self.path
+        home = ""
         if path in ("~", "~/"):
             path = "."
         elif path.startswith("~/"):
             path = path[2:]
+        elif user_home := _USER_HOME.match(path):
+            home, path = user_home.group(1), path[user_home.end() :]
         words = [self.remote_cmd, "serve", "--stdio"]
         if standby:
             words.append("--standby")
@@ -42,7 +49,10 @@ class AgentCall(NamedTuple):
             words.append("--preview" if self.preview else "--create")
         for pattern in self.excludes:
             words += ["--exclude", shlex.quote(pattern)]
-        words += ["--", shlex.quote(path)]
+        if home:  # ~user/ left unquoted for the shell to expand, the rest quoted
+            words += ["--", f"{home}/{shlex.quote(path)}" if path else f"{home}/"]
+        else:
+            words += ["--", shlex.quote(path)]
         return " ".join(words)
 
     def request(self) -> bytes:
