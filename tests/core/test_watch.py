@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -414,7 +415,9 @@ def test_watch_run_failing_is_an_error_under_quiet_too(tree: Path, tmp_path: Pat
     """From cron with --quiet, a --run command that fails must still be
     heard of: an error on stderr each time, and exit 1 when the last one
     failed."""
-    code, err = _stopped_once_run(tree, tmp_path, "raise SystemExit(3)", group=False)
+    code, err = _stopped_once_run(
+        tree, tmp_path, "raise SystemExit(3)", group=False, said="exited with status 3"
+    )
     assert code == 1, err
     assert "merklesync: error: " in err and "exited with status 3" in err, err
 
@@ -645,10 +648,13 @@ def test_watch_stopped_while_its_command_runs_is_no_failure(tree: Path, tmp_path
     assert code == 0 and "error" not in err, err
 
 
-def _stopped_once_run(tree: Path, tmp_path: Path, then: str, *, group: bool) -> tuple[int, str]:
+def _stopped_once_run(
+    tree: Path, tmp_path: Path, then: str, *, group: bool, said: str = ""
+) -> tuple[int, str]:
     """`watch -q --run` of a Python command that marks its start, then does
     ``then``; stopped (SIGTERM: to watch, or to its whole process group)
-    once it started. Watch's exit status and standard error."""
+    once it started, and once watch said ``said`` on stderr, if given.
+    Watch's exit status and standard error."""
     marker = tmp_path / "started"
     cmd = f"{sys.executable} -c \"open({str(marker)!r}, 'w'); {then}\""
     proc = subprocess.Popen(
@@ -657,12 +663,18 @@ def _stopped_once_run(tree: Path, tmp_path: Path, then: str, *, group: bool) -> 
         text=True,
         start_new_session=group,
     )
+    heard = ""
     try:
         assert wait_for(marker.exists)
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 60
+        while said and said not in heard and time.monotonic() < deadline:
+            if select.select([proc.stderr], [], [], 1)[0]:
+                heard += proc.stderr.readline()
     finally:
         if group:
             os.killpg(proc.pid, signal.SIGTERM)
         else:
             proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
-    return proc.returncode, err
+    return proc.returncode, heard + err
