@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import click
@@ -51,3 +52,34 @@ def test_nothing_is_written_without_json() -> None:
         Output(as_json=False).emit_json({"changes": iter([1, 2])})
 
     assert CliRunner().invoke(emit, catch_exceptions=False).stdout == ""
+
+
+def test_every_command_that_reads_a_replica_takes_stats(tmp_path: Any) -> None:
+    """--stats on init, status, conflicts, resolve, diff, push, pull, sync
+    and repair: the counters on stderr, and in the --json document."""
+    from tests.clirun import ms
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    for n in range(3):
+        (a / f"f{n}").write_text(f"{n}\n")
+    r = ms("init", a, "--stats")
+    assert r.code == 0 and "files scanned: 3" in r.err and "files hashed: 3" in r.err
+    assert ms("init", a, "--json").json()["stats"]["files_scanned"] == 3
+    assert ms("push", a, b, "--stats").code == 0
+    for args in (("status", a), ("conflicts", a), ("diff", a, b), ("sync", a, b)):
+        r = ms(*args, "--stats")
+        assert r.code == 0 and "files scanned: " in r.err, (args, r.err)
+        assert "files_scanned" in ms(*args, "--json", "--stats").json()["stats"], args
+    assert ms("repair", a, b, "--json").json()["stats"]["round_trips"] == 1
+    (a / "f0").write_text("mine\n")
+    (b / "f0").write_text("theirs\n")
+    assert ms("sync", a, b).code == 0
+    old = os.getcwd()
+    os.chdir(a)
+    try:
+        r = ms("resolve", "--all", "--take", "local", "--stats", "--json")
+    finally:
+        os.chdir(old)
+    assert r.code == 0, r.err
+    assert r.json()["stats"]["files_scanned"] >= 3

@@ -17,7 +17,7 @@ import click
 from merklesync.address import parse_address
 from merklesync.cli import error_json, error_line, interrupted, plain
 from merklesync.errors import EXIT_IO, EXIT_USAGE, MerklesyncError
-from merklesync.model import Change, Stats
+from merklesync.model import Change, ScanReport, Stats
 from merklesync.peer import Progress
 from merklesync.peer.open import DEFAULT_TIMEOUT, RemoteOptions, find_remote
 
@@ -291,6 +291,13 @@ def _fail(message: str, code: int, as_json: bool) -> NoReturn:
     if as_json:
         click.echo(error_json(message, code))
     sys.exit(code)
+
+
+def scan_stats(report: ScanReport | None) -> Stats:
+    """The counters of a command whose only work is a local scan."""
+    if report is None:
+        return Stats()
+    return Stats(files_scanned=report.scanned, files_hashed=report.hashed)
 
 
 def print_stats(out: Output, stats: Stats) -> None:

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import click
 
-from merklesync.cli.common import LOCAL_REPLICA, Output, handle_errors, output_options
+from merklesync.cli.common import (
+    LOCAL_REPLICA,
+    Output,
+    handle_errors,
+    output_options,
+    print_stats,
+    scan_stats,
+    stats_option,
+)
 from merklesync.conflicts import Take, list_conflicts, over_cap, resolve
 from merklesync.errors import EXIT_DIFFERENT, EXIT_OK
 from merklesync.replica import Replica, find_root
@@ -19,15 +27,16 @@ def _open(replica: Path | None) -> Replica:
 
 @click.command(short_help="List the conflict copies of a replica.")
 @click.argument("replica", required=False, type=LOCAL_REPLICA)
+@stats_option
 @output_options
 @handle_errors
-def conflicts(replica: Path | None, quiet: bool, as_json: bool) -> None:
+def conflicts(replica: Path | None, stats: bool, quiet: bool, as_json: bool) -> None:
     """List the conflict copies in REPLICA (default: the one around the
     current directory): for each, the file it belongs to, the replica that
     wrote that version, and when. Exit 1 when there are any."""
     out = Output(quiet, as_json)
     with _open(replica) as r:
-        r.scan()
+        report = r.scan()
         found = list_conflicts(r)
         me = r.replica_id
     for c in found:
@@ -39,8 +48,11 @@ def conflicts(replica: Path | None, quiet: bool, as_json: bool) -> None:
         out.line(f"{c.original}\t{c.copy.path}\twritten by {who} at {when} UTC")
     for path, n in over_cap(found).items():
         out.warn(f"{path} has {n} conflict copies; settle them with `merklesync resolve`")
+    if stats:
+        print_stats(out, scan_stats(report))
     out.emit_json(
         {
+            "stats": scan_stats(report).as_dict(),
             "conflicts": [
                 {
                     "path": c.original,
@@ -52,7 +64,7 @@ def conflicts(replica: Path | None, quiet: bool, as_json: bool) -> None:
                     "size": c.copy.size,
                 }
                 for c in found
-            ]
+            ],
         }
     )
     sys.exit(EXIT_DIFFERENT if found else EXIT_OK)
@@ -69,10 +81,17 @@ def conflicts(replica: Path | None, quiet: bool, as_json: bool) -> None:
 )
 @click.option("--all", "everything", is_flag=True, help="Settle every conflict in the replica.")
 @click.option("-n", "--dry-run", is_flag=True, help="Show what would be done; change nothing.")
+@stats_option
 @output_options
 @handle_errors
 def resolve_cmd(
-    paths: tuple[Path, ...], take: str, everything: bool, dry_run: bool, quiet: bool, as_json: bool
+    paths: tuple[Path, ...],
+    take: str,
+    everything: bool,
+    dry_run: bool,
+    stats: bool,
+    quiet: bool,
+    as_json: bool,
 ) -> None:
     """Settle the conflicts of PATHS (or of every file, with --all) in the
     replica around the current directory. The result is an ordinary local
@@ -101,8 +120,11 @@ def resolve_cmd(
         out.line(line)
     for failure in resolved.failed:
         out.warn(f"not resolved: {failure.message}")
+    if stats:
+        print_stats(out, scan_stats(resolved.report))
     out.emit_json(
         {
+            "stats": scan_stats(resolved.report).as_dict(),
             "dry_run": dry_run,
             "done": resolved.done,
             "failed": [failure.message for failure in resolved.failed],

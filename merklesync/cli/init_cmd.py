@@ -7,7 +7,16 @@ from pathlib import Path
 
 import click
 
-from merklesync.cli.common import LOCAL_REPLICA, Output, handle_errors, output_options, plural
+from merklesync.cli.common import (
+    LOCAL_REPLICA,
+    Output,
+    handle_errors,
+    output_options,
+    plural,
+    print_stats,
+    scan_stats,
+    stats_option,
+)
 from merklesync.errors import EXIT_DIFFERENT, NotAReplica
 from merklesync.replica import Replica, is_replica
 
@@ -28,9 +37,12 @@ from merklesync.replica import Replica, is_replica
     "which merklesync refuses to compare with the original until one of them has a new id. "
     "Changes scanned from then on count as the copy's own.",
 )
+@stats_option
 @output_options
 @handle_errors
-def init(directory: Path, rebuild: bool, new_id: bool, quiet: bool, as_json: bool) -> None:
+def init(
+    directory: Path, rebuild: bool, new_id: bool, stats: bool, quiet: bool, as_json: bool
+) -> None:
     """Make DIRECTORY a replica: create DIRECTORY/.merklesync/ and scan it."""
     out = Output(quiet, as_json)
     if rebuild and new_id:
@@ -63,8 +75,11 @@ def init(directory: Path, rebuild: bool, new_id: bool, quiet: bool, as_json: boo
             f"{verb.format(replica.replica_id)} {replica.root} "
             f"({plural(count, 'entry')}, root {root.hex()})"
         )
+        if stats:
+            print_stats(out, scan_stats(report))
         out.emit_json(
             {
+                "stats": scan_stats(report).as_dict(),
                 "root": replica.root.as_posix(),
                 "replica_id": replica.replica_id,
                 **({"previous_replica_id": old_id} if old_id is not None else {}),
