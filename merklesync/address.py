@@ -26,7 +26,9 @@ __all__ = ["Address", "parse_address"]
 
 _HOST_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
 _IPV6_RE = re.compile(r"[0-9A-Fa-f:.]+(%[A-Za-z0-9_.-]+)?\Z")
-_USER_RE = re.compile(r"[^\s:/@\[\]-][^\s:/\[\]]*\Z")
+# No shell metacharacters (what the SSH client refuses too, as OpenSSH does):
+# a user name reaches ProxyCommand lines and the remote's shell.
+_USER_RE = re.compile(r"[^\s:/@\[\]'\"`$;&|<>\\()*?!#-][^\s:/\[\]'\"`$;&|<>\\()*?!#]*\Z")
 _SSH_URL = "ssh://"
 
 

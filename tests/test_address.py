@@ -83,6 +83,10 @@ def test_str_canonical(address: Address, text: str) -> None:
         "[not-ipv6]:p",
         "host::module",
         "a\0b",
+        "machine$@host:p",  # shell metacharacters in a user name: refused, as OpenSSH does
+        "o'brien@host:p",
+        "a;b@host:p",
+        "ssh://u$(x)@host/p",
     ],
 )
 def test_bad(text: str) -> None:
