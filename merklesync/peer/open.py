@@ -97,12 +97,13 @@ def open_peer(
 
 
 def _remote_peer(transport: Transport, spec: str, host: str) -> Peer:
-    """The replica at the far end of ``transport``. The protocol (for
-    remote replicas only) loads here, once the connection is made: while
-    the agent starts on the far side."""
+    """The replica at the far end of ``transport``, its errors named by the
+    address given (with the host, for a remote's name): two replicas on one
+    host are told apart. The protocol (for remote replicas only) loads
+    here, once the connection is made: while the agent starts there."""
     from merklesync.peer.remote import RemotePeer
 
-    return RemotePeer(transport, spec, where=host)
+    return RemotePeer(transport, spec, where=spec if ":" in spec else f"{spec} ({host})")
 
 
 def resolve(spec: str, options: RemoteOptions, near: str | None = None) -> tuple[Address, str]:

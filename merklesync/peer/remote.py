@@ -62,7 +62,7 @@ from merklesync.protocol.session import (
     Progressed,
     ReadDone,
 )
-from merklesync.transport import Transport, error_line
+from merklesync.transport import Transport, error_line, how_it_ended
 
 SOFTWARE = f"merklesync {__version__}"
 RECV_SIZE = 1 << 20
@@ -395,7 +395,7 @@ class RemotePeer:
         if truncated is not None and not status:
             return truncated
         line = error_line(self.transport.stderr_text())
-        how = f" (exit status {status})" if status else ""
+        how = how_it_ended(status) if status else ""
         return ConnectionFailed(
             f"{self.where}: the agent closed the connection{how}" + (f": {line}" if line else "")
         )
@@ -426,8 +426,8 @@ class RemotePeer:
     def _write(self, data: bytes) -> None:
         try:
             self.transport.send(data)
-        except MerklesyncError as exc:
-            raise self._fail(exc) from None
+        except MerklesyncError as exc:  # named by the replica: two may share a host
+            raise self._fail(type(exc)(f"{self.where}: {exc.message}")) from None
         finally:
             self.stats.bytes_sent = self.transport.bytes_sent
 

@@ -77,6 +77,19 @@ class Transport(Protocol):
         ...
 
 
+def how_it_ended(status: int | None) -> str:
+    """`` (exit status 3)``, `` (killed by signal 9)``: a peer command's end,
+    for a message ("" while it runs). paramiko gives -1 for a command ended
+    by a signal (exit-signal), a subprocess minus the signal's number."""
+    if status is None:
+        return ""
+    if status == -1:
+        return " (killed by a signal)"
+    if status < 0:
+        return f" (killed by signal {-status})"
+    return f" (exit status {status})"
+
+
 def silent_for(label: str, timeout: float) -> str:
     """What a transport says of a peer that stopped talking."""
     return f"{label}: no answer for {timeout:g} s (--timeout); giving up"

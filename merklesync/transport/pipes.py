@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import NoReturn
 
 from merklesync.errors import ConnectionFailed, RemoteCommandMissing
-from merklesync.transport import StderrTail, error_line, silent_for
+from merklesync.transport import StderrTail, error_line, how_it_ended, silent_for
 
 __all__ = ["SubprocessTransport"]
 
@@ -170,5 +170,4 @@ class SubprocessTransport:
             self._check_started()
         status = self._wait_exit()
         line = error_line(self.stderr_text())
-        detail = f" (exit status {status})" if status is not None else ""
-        raise ConnectionFailed(f"{what}{detail}" + (f": {line}" if line else ""))
+        raise ConnectionFailed(f"{what}{how_it_ended(status)}" + (f": {line}" if line else ""))

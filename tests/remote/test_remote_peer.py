@@ -3,8 +3,10 @@ the library API: batching, splitting, streaming, locking, errors."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -539,3 +541,20 @@ def test_the_same_replica_named_again_by_an_address_is_said_so(
     r = ms("push", a, f"{PIPE_HOST}:{a}", "--rsh", RSH, "--remote-cmd", REMOTE_CMD)
     assert r.code == 4, r.err
     assert f"that is this run: the same replica as {a.resolve()}?" in r.err
+
+
+def test_an_agent_killed_midway_is_said_to_be(tree: Path) -> None:
+    peer = agent(tree)
+    try:
+        peer.root()
+        transport = peer.transport
+        assert isinstance(transport, SubprocessTransport)
+        os.kill(transport._proc.pid, signal.SIGKILL)
+        transport._proc.wait(30)
+        with pytest.raises(ConnectionFailed) as info:
+            peer.refresh()
+        assert info.value.message.startswith("pipe: "), info.value.message
+        assert "(killed by signal 9)" in info.value.message
+    finally:
+        with contextlib.suppress(Exception):
+            peer.close()
