@@ -295,6 +295,16 @@ def leaf_of(entry: Entry | None) -> bytes | None:
 
 
 @dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A file that could not be read to be sent, and why."""
+
+    reason: str
+
+
+GONE = Unreadable("changed or gone on the source since the scan")
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     path: str
     ok: bool

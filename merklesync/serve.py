@@ -36,7 +36,7 @@ from merklesync.errors import (
     MerklesyncError,
     ProtocolError,
 )
-from merklesync.model import Entry, EntryKind
+from merklesync.model import GONE, Entry, EntryKind, Unreadable
 from merklesync.peer import WriteItem
 from merklesync.peer.local import LocalPeer
 from merklesync.protocol.framing import encode_frame
@@ -235,11 +235,15 @@ class Agent:
             return
         self._send(self.session.read_done())
 
-    def _send_file(self, peer: LocalPeer, entry: Entry, chunks: Iterator[bytes] | None) -> None:
-        if chunks is None or not _indexed(peer, entry):
-            if chunks is not None:
-                _close(chunks)
-            self._send(self.session.file_gone("gone or changed since the scan"))
+    def _send_file(
+        self, peer: LocalPeer, entry: Entry, chunks: Iterator[bytes] | Unreadable
+    ) -> None:
+        if isinstance(chunks, Unreadable):
+            self._send(self.session.file_gone(chunks.reason))
+            return
+        if not _indexed(peer, entry):
+            _close(chunks)
+            self._send(self.session.file_gone(GONE.reason))
             return
         hasher = blake3.blake3()
         sent = 0

@@ -28,7 +28,15 @@ import blake3
 
 from merklesync import merge
 from merklesync.clock import Order
-from merklesync.model import Entry, EntryKind, Stats, classify, is_dir_path, key_of
+from merklesync.model import (
+    Entry,
+    EntryKind,
+    Stats,
+    Unreadable,
+    classify,
+    is_dir_path,
+    key_of,
+)
 from merklesync.peer import Outcome, Peer, Progress
 from merklesync.policy import Policy, Rules, conflict_name, keeps_name, newer, writer_of
 from merklesync.reconcile import differences
@@ -71,7 +79,7 @@ def _content(peer: Peer, entry: Entry) -> bytes | None:
     if entry.deleted or entry.kind is not EntryKind.FILE or entry.size > merge.MAX_MERGE_BYTES:
         return None
     for _entry, chunks in peer.read([entry]):
-        if chunks is not None:
+        if not isinstance(chunks, Unreadable):
             return b"".join(chunks)
     return None
 
@@ -81,7 +89,7 @@ def _spool(peer: Peer, entry: Entry, spool: Path) -> Path | None:
     can be written back to the side it came from."""
     target = spool / f"{len(list(spool.iterdir()))}.data"
     for _entry, chunks in peer.read([entry]):
-        if chunks is None:
+        if isinstance(chunks, Unreadable):
             return None
         with open(target, "wb") as f:
             for chunk in chunks:

@@ -17,7 +17,7 @@ from merklesync.model import (
     is_dir_path,
     leaf_of,
 )
-from merklesync.peer import Outcome, Peer, Progress, WriteItem
+from merklesync.peer import Outcome, Peer, Progress, Unreadable, WriteItem
 from merklesync.reconcile import differences, plan_one_way
 
 BATCH_FILES = 2048
@@ -273,10 +273,8 @@ def _stream(source: Peer, batch: list[Op], outcomes: dict[str, Outcome]) -> Iter
     by_path = {o.read_as.path: o for o in batch if o.read_as is not None}
     for entry, chunks in source.read([o.read_as for o in batch if o.read_as is not None]):
         op = by_path[entry.path]
-        if chunks is None:
-            outcomes[op.entry.path] = Outcome(
-                op.entry.path, False, "changed or gone on the source since the scan"
-            )
+        if isinstance(chunks, Unreadable):
+            outcomes[op.entry.path] = Outcome(op.entry.path, False, chunks.reason)
             continue
         yield WriteItem(op.entry, leaf_of(op.expect), chunks)
 

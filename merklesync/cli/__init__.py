@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import os
 import re
 import signal
 import sys
@@ -13,10 +14,15 @@ from typing import NoReturn
 from merklesync.errors import EXIT_INTERRUPTED, EXIT_TERMINATED
 
 _terminated = False  # SIGTERM came: the run ends as a Ctrl-C does
+_command_pid = 0  # the process the handler is for, not a child forked from it
 
 
 def _terminate(signum: int, frame: object) -> None:
     global _terminated
+    if os.getpid() != _command_pid:  # a forked child: dies of it, as by default
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     _terminated = True
     raise KeyboardInterrupt
 
@@ -24,6 +30,8 @@ def _terminate(signum: int, frame: object) -> None:
 def main() -> None:
     # SIGTERM (systemd, timeout, kill) ends a run as a Ctrl-C does: the file
     # being written is finished or removed, the lock released, one line.
+    global _command_pid
+    _command_pid = os.getpid()
     signal.signal(signal.SIGTERM, _terminate)
     try:
         from merklesync.cli.app import main as run

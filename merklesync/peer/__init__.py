@@ -12,9 +12,17 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from merklesync.merkle import NodeId
-from merklesync.model import Entry, Outcome, Progress, ScanReport, Stats, WriteItem
+from merklesync.model import (
+    Entry,
+    Outcome,
+    Progress,
+    ScanReport,
+    Stats,
+    Unreadable,
+    WriteItem,
+)
 
-__all__ = ["Node", "Outcome", "Peer", "Progress", "ScanReport", "WriteItem"]
+__all__ = ["Node", "Outcome", "Peer", "Progress", "ScanReport", "Unreadable", "WriteItem"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,9 +73,11 @@ class Peer(Protocol):
         """Every entry under the given nodes (for subtrees the other side lacks)."""
         ...
 
-    def read(self, entries: Sequence[Entry]) -> Iterator[tuple[Entry, Iterator[bytes] | None]]:
-        """Stream the content of the given files, in order; None for a file
-        that is gone or changed since the scan."""
+    def read(
+        self, entries: Sequence[Entry]
+    ) -> Iterator[tuple[Entry, Iterator[bytes] | Unreadable]]:
+        """Stream the content of the given files, in order; for a file that
+        is gone or changed since the scan, or cannot be read, why."""
         ...
 
     def write(self, items: Iterable[WriteItem], progress: Progress | None = None) -> list[Outcome]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from merklesync import merkle
 from merklesync.errors import MerklesyncError, ProtocolError
 from merklesync.merkle import NodeId
-from merklesync.model import Entry, EntryKind, Stats
+from merklesync.model import Entry, EntryKind, Stats, Unreadable
 from merklesync.peer import Node, Outcome, Peer, Progress, ScanReport, WriteItem
 from merklesync.replica import ChildScan, Replica
 
@@ -153,7 +153,9 @@ class LocalPeer:
                 raise TooManyEntries(limit)
         return found
 
-    def read(self, entries: Sequence[Entry]) -> Iterator[tuple[Entry, Iterator[bytes] | None]]:
+    def read(
+        self, entries: Sequence[Entry]
+    ) -> Iterator[tuple[Entry, Iterator[bytes] | Unreadable]]:
         self.stats.round_trips += 1
         source = self.replica.source
         try:

@@ -28,7 +28,7 @@ from merklesync import __version__
 from merklesync.batches import batches
 from merklesync.errors import ConnectionFailed, MerklesyncError, ProtocolError
 from merklesync.merkle import NodeId
-from merklesync.model import Entry, Stats
+from merklesync.model import Entry, Stats, Unreadable
 from merklesync.peer import Node, Outcome, Progress, ScanReport, WriteItem
 from merklesync.protocol.messages import (
     BUDGET,
@@ -181,7 +181,9 @@ class RemotePeer:
         results = self._batched(self.session.entries_under, nodes, MAX_NODES, EntriesResult)
         return [e for r in results for e in r.entries]
 
-    def read(self, entries: Sequence[Entry]) -> Iterator[tuple[Entry, Iterator[bytes] | None]]:
+    def read(
+        self, entries: Sequence[Entry]
+    ) -> Iterator[tuple[Entry, Iterator[bytes] | Unreadable]]:
         """Stream the files; each one's chunks must be taken before the next
         file (what is left of a file is skipped when the next one is asked
         for). A file that arrives whole but does not match its digest is a
@@ -544,7 +546,7 @@ class _ReadStream:
         self.done = False
         self.current: _FileChunks | None = None
 
-    def files(self) -> Iterator[tuple[Entry, Iterator[bytes] | None]]:
+    def files(self) -> Iterator[tuple[Entry, Iterator[bytes] | Unreadable]]:
         peer = self.peer
         while not self.done:
             if self.current is not None:
@@ -559,7 +561,7 @@ class _ReadStream:
                 self._finish()
                 raise peer._remote_error(event.error)
             elif isinstance(event, FileGone):
-                yield event.entry, None
+                yield event.entry, Unreadable(event.reason)
             elif isinstance(event, FileData | FileEnd):
                 self.current = _FileChunks(self, event)
                 yield event.entry, self.current

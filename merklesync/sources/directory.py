@@ -31,11 +31,13 @@ from merklesync.errors import LocalIOError
 from merklesync.ignore import STATE_DIR, IgnoreRules
 from merklesync.index import TOMBSTONE, Cached, Index
 from merklesync.model import (
+    GONE,
     LOCAL_MODE,
     Entry,
     EntryKind,
     Outcome,
     ScanReport,
+    Unreadable,
     WriteItem,
     int64,
     leaf_of,
@@ -71,6 +73,10 @@ _CHANGED_SINCE_COMPARISON = "changed on the destination since the comparison"
 _ABSENT = b"absent"  # not in the stat cache (never a packed stat, nor TOMBSTONE)
 # The stat of a file written here that the stat cache must not vouch for (see _touch_up).
 _UNTRUSTED = os.stat_result((0,) * 10)
+
+# A file open_to_read cannot reach for these is not there (any more) as the
+# scan saw it: a name gone, a directory on its way replaced, a link.
+_GONE_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EISDIR})
 
 
 _KINDS = {
@@ -652,9 +658,10 @@ class DirectorySource:
 
     # -- reading ---------------------------------------------------------
 
-    def read(self, entry: Entry) -> Iterator[bytes] | None:
-        """The content of a file, or None when it is gone, is no longer a
-        regular file, or changed size since the scan. Other changes are
+    def read(self, entry: Entry) -> Iterator[bytes] | Unreadable:
+        """The content of a file, or why not: it is gone, is no longer a
+        regular file, or changed size since the scan (GONE), or it cannot
+        be read (permission denied, an I/O error...). Other changes are
         caught by the receiver, which checks the blake3 digest.
 
         The file is opened in its directory, reached from the root one
@@ -665,12 +672,16 @@ class DirectorySource:
         parent, _, name = entry.path.rpartition("/")
         try:
             fd = open_to_read(name, dir_fd=self._read_dirs.get(parent))
-        except (OSError, NotADirectory):
-            return None
+        except NotADirectory:
+            return GONE
+        except OSError as exc:
+            if exc.errno in _GONE_ERRNOS:
+                return GONE
+            return Unreadable(f"cannot read it: {exc.strerror or exc}")
         st = os.fstat(fd)
         if not st_mod.S_ISREG(st.st_mode) or st.st_size != entry.size:
             os.close(fd)
-            return None
+            return GONE
         return OpenFile(fd, st.st_size)
 
     def end_reads(self) -> None:

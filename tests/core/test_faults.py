@@ -19,7 +19,7 @@ import pytest
 
 from merklesync import reading
 from merklesync.lock import ReplicaLock
-from merklesync.model import Entry
+from merklesync.model import Entry, Unreadable
 from merklesync.replica import Replica
 from merklesync.sources import directory, file_write, no_replace, placer
 from tests.clirun import ms
@@ -838,7 +838,7 @@ def test_a_directory_swapped_for_a_symlink_after_the_scan_is_never_read_through(
         os.rename(root / "d", tmp_path / "d-moved")
         os.symlink(outside, root / "d")
         got = {
-            e.path: None if chunks is None else b"".join(chunks)
+            e.path: None if isinstance(chunks, Unreadable) else b"".join(chunks)
             for e, chunks in peer.read([c.entry for c in entries if c is not None])
         }
     finally:
@@ -1009,9 +1009,9 @@ def _read_fails_midway(monkeypatch: pytest.MonkeyPatch, victim: str) -> Any:
     returns the real read, to put back."""
     real = directory.DirectorySource.read
 
-    def read(self: directory.DirectorySource, entry: Entry) -> Iterator[bytes] | None:
+    def read(self: directory.DirectorySource, entry: Entry) -> Iterator[bytes] | Unreadable:
         chunks = real(self, entry)
-        if entry.path != victim or chunks is None:
+        if entry.path != victim or isinstance(chunks, Unreadable):
             return chunks
 
         def failing() -> Iterator[bytes]:
@@ -1762,6 +1762,29 @@ def test_a_new_replica_that_cannot_be_made_whole_is_not_left_broken(
     r = ms("push", src, dst)
     assert r.code == 5, r.err
     assert not (dst / ".merklesync" / "index.db").exists()
+    monkeypatch.undo()
+    assert ms("push", src, dst).code == 0
+    assert_same_tree(src, dst)
+
+
+def test_a_file_that_cannot_be_read_when_sent_is_named_with_why(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not "changed or gone": the reason (an I/O error, no descriptor left,
+    permission denied) is what the admin needs; the rest is copied."""
+    src, dst = pair
+    victim = sorted(_files(src))[0].relative_to(src).as_posix()
+    real = directory.open_to_read
+
+    def failing(name: str, dir_fd: int | None = None) -> int:
+        if victim.endswith("/" + name) or victim == name:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(name, dir_fd=dir_fd)
+
+    monkeypatch.setattr(directory, "open_to_read", failing)
+    r = ms("push", src, dst)
+    assert r.code == 1, r.err
+    assert f"left alone: {victim}: cannot read it: Input/output error" in r.err
     monkeypatch.undo()
     assert ms("push", src, dst).code == 0
     assert_same_tree(src, dst)
