@@ -22,13 +22,27 @@ from dataclasses import dataclass
 
 from merklesync.errors import UsageError
 
-__all__ = ["Address", "parse_address"]
+__all__ = ["Address", "parse_address", "safe_user"]
 
 _HOST_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
 _IPV6_RE = re.compile(r"[0-9A-Fa-f:.]+(%[A-Za-z0-9_.-]+)?\Z")
-# No shell metacharacters (what the SSH client refuses too, as OpenSSH does):
-# a user name reaches ProxyCommand lines and the remote's shell.
-_USER_RE = re.compile(r"[^\s:/@\[\]'\"`$;&|<>\\()*?!#-][^\s:/\[\]'\"`$;&|<>\\()*?!#]*\Z")
+_USER_RE = re.compile(r"[^\s:/@\[\]-][^\s:/\[\]]*\Z")
+# What OpenSSH refuses in a user name given to it (a name reaches the
+# shell lines of ProxyCommand, as %r): these, and a trailing backslash.
+_USER_SHELL_CHARS = frozenset("'`\";&<>|(){}")
+
+
+def safe_user(user: str) -> bool:
+    """A user name OpenSSH would take: no blank, no shell metacharacter
+    (``'`";&<>|(){}``), no trailing backslash, not an option (``-x``)."""
+    return (
+        bool(user)
+        and not user.startswith("-")
+        and not user.endswith("\\")
+        and not any(c.isspace() or c in _USER_SHELL_CHARS for c in user)
+    )
+
+
 _SSH_URL = "ssh://"
 
 
@@ -143,7 +157,7 @@ def _split_user(userhost: str, whole: str) -> tuple[str | None, str]:
     user_text, at, host_text = userhost.rpartition("@")
     user: str | None = None
     if at:
-        if not _USER_RE.match(user_text):
+        if not _USER_RE.match(user_text) or not safe_user(user_text):
             raise UsageError(f"bad user name {user_text!r} in replica address {whole!r}")
         user = user_text
     if not host_text:

@@ -254,11 +254,13 @@ class Index:
         """A new index at ``path`` (which does not exist: the replica's lock
         is held); one that cannot be made whole (a full disk) is removed,
         so that the next run makes it afresh instead of finding it broken."""
-        conn = cls._connect(path)
+        conn: sqlite3.Connection | None = None
         try:
+            conn = cls._connect(path)  # its first write too (WAL mode)
             return cls._fill(path, conn, replica_id)
         except BaseException:
-            conn.close()
+            if conn is not None:
+                conn.close()
             for leftover in (
                 path,
                 path.with_name(f"{path.name}-wal"),

@@ -75,7 +75,8 @@ class PairSync:
     second: bool  # the second pass: what reached the hub after the first
     result: SyncResult | None  # None: it failed (``error``)
     error: MerklesyncError | None = None
-    round_trips: int = 0  # of the busier side (the two sides' requests overlap)
+    round_trips: int = 0  # of the busier side (the two sides' requests overlap), the
+    # hub's root asked after it included
 
 
 @dataclass(slots=True)
@@ -91,6 +92,7 @@ class RepairResult:
     syncs: list[PairSync] = field(default_factory=list)
     left_out: list[LeftOut] = field(default_factory=list)
     roots: dict[str, Node] = field(default_factory=dict)  # of each replica at the end
+    round_trips: int = 0  # of the syncs, one after the other, and of the roots asked
 
     def identical(self) -> bool:
         """Every replica reached holds the same tree (same root)."""
@@ -150,12 +152,13 @@ def repair(
             )
         except MerklesyncError as exc:
             error = exc
+        root = hub_root()  # also: whose failure was it?
         made = max(hub.stats.round_trips - trips[0], other.stats.round_trips - trips[1])
+        out.round_trips += made
         done = PairSync(hub.name, other.name, second, result, error, made)
         out.syncs.append(done)
         on_sync(done)
         shared.pop(i, None)
-        root = hub_root()  # also: whose failure was it?
         if root is None:
             return False
         if error is not None:
@@ -176,7 +179,9 @@ def repair(
         current.add(len(others) - 1)
         for i in range(len(others) - 1):
             if i in shared:
+                before = hub.stats.round_trips
                 now = hub_root()
+                out.round_trips += hub.stats.round_trips - before
                 if now is None or (now != shared[i] and not one(i, second=True)):
                     hub_ok = False
                     break
@@ -194,8 +199,10 @@ def repair(
                 )
         return out
     for peer in [hub, *(others[i] for i in range(len(others)) if i in shared)]:
+        before = peer.stats.round_trips
         try:
             out.roots[peer.name] = peer.root()
         except MerklesyncError as exc:
             leave_out(peer, exc)
+        out.round_trips += peer.stats.round_trips - before
     return out

@@ -83,8 +83,7 @@ def test_str_canonical(address: Address, text: str) -> None:
         "[not-ipv6]:p",
         "host::module",
         "a\0b",
-        "machine$@host:p",  # shell metacharacters in a user name: refused, as OpenSSH does
-        "o'brien@host:p",
+        "o'brien@host:p",  # shell metacharacters in a user name: refused, as OpenSSH does
         "a;b@host:p",
         "ssh://u$(x)@host/p",
     ],
@@ -115,3 +114,10 @@ def test_round_trip(host: str, user: str | None, port: int | None, path: str) ->
         path = "." + path  # in an ssh:// URL "/~" means the home directory
     a = Address(path, host=host, user=user, port=port)
     assert parse_address(str(a)) == a
+
+
+@pytest.mark.parametrize(
+    "user", ["svc$", "CORP\\alice", "first.last@corp", "user+tag", "J\u00fcrgen"]
+)
+def test_user_names_openssh_takes(user: str) -> None:
+    assert parse_address(f"{user}@host:p").user == user

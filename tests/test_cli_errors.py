@@ -219,6 +219,8 @@ def test_a_mistyped_name_to_push_to_inside_a_replica_says_no_remote(replica: Pat
         ("mstest:n1", "mstest:./n1/", "source and destination are the same replica"),
         ("ssh://u@h:2222/srv/a", "ssh://u@h:2222/srv/a/b", "is inside the source"),
         ("mstest:", "mstest:data", "is inside the source"),  # the remote home, and in it
+        ("mstest:~/a", "mstest:a/b", "is inside the source"),  # ~/ is the home too
+        ("mstest:~", "ssh://mstest/~/a", "is inside the source"),
     ],
 )
 def test_remote_replicas_on_one_host_must_be_apart(a: str, b: str, said: str) -> None:

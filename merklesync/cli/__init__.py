@@ -29,10 +29,12 @@ def _terminate(signum: int, frame: object) -> None:
 
 def main() -> None:
     # SIGTERM (systemd, timeout, kill) ends a run as a Ctrl-C does: the file
-    # being written is finished or removed, the lock released, one line.
+    # being written is finished or removed, the lock released, one line;
+    # then it dies of the signal (see interrupted).
     global _command_pid
     _command_pid = os.getpid()
-    signal.signal(signal.SIGTERM, _terminate)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # one ignored stays so
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         from merklesync.cli.app import main as run
 
@@ -47,8 +49,10 @@ def main() -> None:
 
 
 def interrupted() -> NoReturn:
-    """Ctrl-C, wherever it lands: one line, exit 130; SIGTERM: 143 (with
-    --json, the same as an object on stdout, as any error)."""
+    """Ctrl-C, wherever it lands: one line, exit 130 (with --json, the same
+    as an object on stdout, as any error). SIGTERM: the same line, then the
+    process dies of the signal, as git and rsync do (a shell says 143; a
+    service manager sees a clean stop)."""
     word, code = (
         ("terminated", EXIT_TERMINATED) if _terminated else ("interrupted", EXIT_INTERRUPTED)
     )
@@ -56,7 +60,12 @@ def interrupted() -> NoReturn:
     if "--json" in sys.argv[1:]:
         with contextlib.suppress(OSError):
             sys.stdout.write(error_json(word, code) + "\n")
-            sys.stdout.flush()
+    with contextlib.suppress(OSError):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    if _terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
     sys.exit(code)
 
 

@@ -68,8 +68,8 @@ LOCAL_REPLICA = LocalReplica()
 def _a_remote(name: str) -> bool:
     try:
         return find_remote(name) is not None
-    except MerklesyncError:  # a remote of another user's replica: a remote all the same
-        return True
+    except MerklesyncError:  # a remotes file that cannot be read: the command says why
+        return False
 
 
 def plural(n: int, word: str) -> str:

@@ -43,7 +43,11 @@ EXIT_STATUS = [
         "Interrupted (Ctrl-C, SIGINT): what was being written is finished or removed; "
         "run the command again to go on.",
     ),
-    (errors.EXIT_TERMINATED, "Terminated (SIGTERM): the same as 130."),
+    (
+        errors.EXIT_TERMINATED,
+        "Terminated (SIGTERM): cleaned up as for 130, then the process ends by the signal "
+        "itself, as git and rsync do (a shell shows 143).",
+    ),
 ]
 
 

@@ -101,7 +101,7 @@ def repair_cmd(
                 engine.entries_compared += done.result.stats.entries_compared
         totals = combined_stats(engine, *taking_part)
         # the scans overlap; the syncs come one after the other
-        totals.round_trips = scanned_trips + sum(done.round_trips for done in result.syncs)
+        totals.round_trips = scanned_trips + result.round_trips
     left += result.left_out
     for gone in result.left_out:
         out.error(f"left out {gone.name}: {gone.error.message}")
@@ -123,7 +123,7 @@ def repair_cmd(
         print_stats(out, totals)
     out.emit_json(
         {
-            "replicas": [p.name for p in taking_part],
+            "replicas": [p.name for p in taking_part if p.name not in {g.name for g in left}],
             "dry_run": dry_run,
             "syncs": [_sync_json(done) for done in result.syncs],
             "left_out": [

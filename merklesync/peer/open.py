@@ -269,7 +269,12 @@ def remote_path(spec: str | None, options: RemoteOptions, near: str | None) -> P
     if not address.is_remote:
         return None
     where = f"{address.user or ''}@{address.host}:{address.port or ''}"
-    path = posixpath.normpath(address.path)
+    path = address.path
+    if path in ("~", "~/"):  # as the agent is given it (AgentCall.command)
+        path = "."
+    elif path.startswith("~/"):
+        path = path[2:]
+    path = posixpath.normpath(path)
     base = "root" if path.startswith("/") else "home"
     return PurePosixPath("/", where, base, path.lstrip("/"))
 

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import NoReturn
 
+from merklesync.address import safe_user
 from merklesync.errors import ConnectionFailed, HostKeyError, RemoteCommandMissing
 from merklesync.transport import StderrTail, command_missing, error_line, silent_for
 from merklesync.transport.lazy_invoke import defer_invoke
@@ -117,7 +118,6 @@ def _config_path() -> str:
 
 
 _SAFE_HOST = re.compile(r"[A-Za-z0-9_.%:-]+\Z")
-_SAFE_USER = re.compile(r"[^\s'\"`$;&|<>\\()*?!#]+\Z")
 
 
 def _resolve(alias: str, user: str | None, port: int | None) -> _Target:
@@ -125,7 +125,7 @@ def _resolve(alias: str, user: str | None, port: int | None) -> _Target:
     # These end up in ssh_config text and in ProxyCommand shell lines (%h, %r).
     if not _SAFE_HOST.match(alias) or alias.startswith("-"):
         raise ConnectionFailed(f"bad host name {alias!r}")
-    if user is not None and (not _SAFE_USER.match(user) or user.startswith("-")):
+    if user is not None and not safe_user(user):
         raise ConnectionFailed(f"bad user name {user!r}")
     if port is not None and not 0 < port < 65536:
         raise ConnectionFailed(f"bad port {port}")
@@ -161,10 +161,7 @@ def _resolve(alias: str, user: str | None, port: int | None) -> _Target:
         resolved_port = int(opt("port") or 22)
     except ValueError as exc:
         raise ConnectionFailed(f"bad Port for host {alias!r} in {path}") from exc
-    try:
-        connect_timeout = float(opt("connecttimeout") or 0) or None
-    except ValueError as exc:
-        raise ConnectionFailed(f"bad ConnectTimeout for host {alias!r} in {path}") from exc
+    connect_timeout = _seconds(opt("connecttimeout"))
     if connect_timeout is not None and not 0 < connect_timeout < 1e6:
         raise ConnectionFailed(f"bad ConnectTimeout for host {alias!r} in {path}")
     hostname = opt("hostname") or alias
@@ -224,6 +221,22 @@ def _resolve(alias: str, user: str | None, port: int | None) -> _Target:
         proxy_jump=opt("proxyjump"),
         connect_timeout=connect_timeout,
     )
+
+
+_TIME_PART = re.compile(r"(\d+)([smhdw]?)", re.IGNORECASE)
+_TIME_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _seconds(text: str | None) -> float | None:
+    """An ssh_config time (``30``, ``30s``, ``1m30s``) in seconds; None
+    when not set or 0; -1 when it does not read as one."""
+    if not text:
+        return None
+    parts = _TIME_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts).lower() != text.lower():
+        return -1.0
+    total = sum(int(n) * _TIME_UNITS[u.lower()] for n, u in parts)
+    return float(total) or None
 
 
 _INCLUDE = re.compile(r"\s*include\s+(.*?)\s*$", re.IGNORECASE)
@@ -528,7 +541,7 @@ def _handshake(t: paramiko.Transport, target: _Target, accept_new: bool, timeout
         raise ConnectionFailed(f"SSH handshake with {target.label} failed: {exc}") from exc
     proxy = t.sock if isinstance(t.sock, paramiko.ProxyCommand) else None
     deadline = time.monotonic() + timeout
-    ended: int | None = None  # the ProxyCommand's exit status, once it has ended
+    ended: str | None = None  # how the ProxyCommand ended, once it has
     while not (finished := done.wait(min(0.1, max(0.0, deadline - time.monotonic())))):
         ended = _ended(proxy) if proxy is not None else None
         if ended is not None or time.monotonic() >= deadline:
@@ -545,7 +558,7 @@ def _handshake(t: paramiko.Transport, target: _Target, accept_new: bool, timeout
             time.sleep(0.05)
     if proxy is not None and ended is not None:
         said = _last_words(proxy)
-        why = f"ProxyCommand exited with status {ended}" + (f": {said}" if said else "")
+        why = f"ProxyCommand {ended}" + (f": {said}" if said else "")
         raise ConnectionFailed(f"SSH handshake with {target.label} failed: {why}")
     if not finished:
         why = f"timed out after {timeout:g} s"
@@ -560,14 +573,19 @@ def _handshake(t: paramiko.Transport, target: _Target, accept_new: bool, timeout
     raise ConnectionFailed(f"SSH handshake with {target.label} failed: {why}{via}")
 
 
-def _ended(proxy: paramiko.ProxyCommand) -> int | None:
-    """A ProxyCommand's exit status once it has ended, else None; it is not
-    reaped here (paramiko signals it by its pid when the transport closes)."""
+def _ended(proxy: paramiko.ProxyCommand) -> str | None:
+    """How a ProxyCommand ended (``exited with status 127``, ``was killed
+    by signal 9``), once it has, else None; it is not reaped here (paramiko
+    signals it by its pid when the transport closes)."""
     try:
         info = os.waitid(os.P_PID, proxy.process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
     except ChildProcessError:
         return None
-    return None if info is None else info.si_status
+    if info is None:
+        return None
+    if info.si_code == os.CLD_EXITED:
+        return f"exited with status {info.si_status}"
+    return f"was killed by signal {info.si_status}"
 
 
 def _last_words(proxy: paramiko.ProxyCommand) -> str:

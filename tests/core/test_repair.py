@@ -207,7 +207,7 @@ def test_when_the_hub_fails_the_round_ends_and_says_who_missed_what(four: list[P
     hub = _Dying(peers[0])  # type: ignore[arg-type]
 
     def after(done: PairSync) -> None:
-        hub.dead = Path(done.other).name == "c"  # dies as c's sync ends
+        hub.dead = Path(done.other).name == "b"  # dies once b's sync is over: c's fails
 
     try:
         refresh_all(peers)

@@ -294,13 +294,16 @@ def test_handshake_timeout() -> None:
             open_ssh("127.0.0.1", None, port, "cat", connect_timeout=0.5)
 
 
-def test_connect_timeout_from_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("given", ["1", "1s", "1S"])
+def test_connect_timeout_from_the_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: str
+) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / ".ssh").mkdir()
     with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never speaks
         port = silent.getsockname()[1]
         (tmp_path / ".ssh" / "config").write_text(
-            f"Host silent\n  HostName 127.0.0.1\n  Port {port}\n  ConnectTimeout 1\n"
+            f"Host silent\n  HostName 127.0.0.1\n  Port {port}\n  ConnectTimeout {given}\n"
         )
         with pytest.raises(ConnectionFailed, match="timed out after 1 s"):
             open_ssh("silent", None, None, "cat")  # not the 15 s given
