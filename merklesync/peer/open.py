@@ -10,6 +10,7 @@ import posixpath
 import shlex
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePath, PurePosixPath
 
@@ -454,18 +455,23 @@ def opened_replicas(
             check_remotes_apart(specs[i], specs[j], options, ("replica", "replica"))
     peers: list[Peer] = []
     failed: list[tuple[int, str, MerklesyncError]] = []
+
+    def opened(i: int) -> Peer:
+        return open_peer(
+            specs[i], create=i > 0, preview=preview, excludes=excludes, remote=options, near=near[i]
+        )
+
+    # Remote ones are reached at the same time (one connection after the
+    # other would add up over a WAN), unless new host keys may be recorded.
+    remote_ones = [i for i, spec in enumerate(specs) if spec is not None and roots[i] is None]
+    parallel = len(remote_ones) > 1 and not options.accept_new_host_key
+    pool = ThreadPoolExecutor(max_workers=min(8, len(remote_ones))) if parallel else None
+    reaching = {i: pool.submit(opened, i) for i in remote_ones} if pool is not None else {}
     try:
         for i, spec in enumerate(specs):
             name = spec if spec is not None else str(first_root or ".")
             try:
-                peer = open_peer(
-                    spec,
-                    create=i > 0,
-                    preview=preview,
-                    excludes=excludes,
-                    remote=options,
-                    near=near[i],
-                )
+                peer = reaching.pop(i).result() if i in reaching else opened(i)
             except ReplicaLocked as exc:
                 if f"(pid {os.getpid()})" in exc.message:
                     raise UsageError(
@@ -489,9 +495,19 @@ def opened_replicas(
             peers.append(peer)
         yield peers, failed
     finally:
+        if pool is not None:  # on the way out early: what is still being reached is left
+            pool.shutdown(wait=False, cancel_futures=True)
+            for future in reaching.values():
+                future.add_done_callback(_close_reached)
         for peer in peers:
             with contextlib.suppress(Exception):
                 peer.close()
+
+
+def _close_reached(future: Future[Peer]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        with contextlib.suppress(Exception):
+            future.result().close()
 
 
 def _bare_missing(spec: str, root: Path) -> bool:

@@ -269,3 +269,38 @@ def test_left_out_replicas_are_named_once_and_the_rest_counted(
     assert "3 of 4 replicas identical" in r.err
     result = ms("repair", *four, "--json").json()
     assert result["identical"] is False and len(set(result["roots"].values())) == 1
+
+
+def test_remote_replicas_are_reached_at_the_same_time(
+    four: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each of two remote replicas waits, as it is reached, for the other to
+    be being reached too: one after the other, the wait would time out."""
+    import threading
+
+    from merklesync.peer import open as opening
+
+    real = opening.open_peer
+    both = threading.Barrier(2, timeout=20)
+
+    def meeting(spec: str | None, **kwargs: object) -> Peer:
+        if spec is not None and spec.startswith("pipehost:"):
+            both.wait()
+        return real(spec, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(opening, "open_peer", meeting)
+    rsh = f"{sys.executable} {Path(__file__).parents[1] / 'remote' / 'rsh.py'}"
+    mutate(four[3], modify=1, add=1, delete=0, seed=14)
+    r = ms(
+        "repair",
+        four[0],
+        f"pipehost:{four[2]}",
+        f"pipehost:{four[3]}",
+        "--rsh",
+        rsh,
+        "--remote-cmd",
+        f"{sys.executable} -m merklesync",
+    )
+    assert r.code == 0, r.err
+    assert_same_tree(four[0], four[2])
+    assert_same_tree(four[0], four[3])
