@@ -35,8 +35,9 @@ def repair_cmd(
     as_json: bool,
 ) -> None:
     """Bring every replica named to the same state, the anti-entropy round
-    to run from cron: A (default: the one around the current directory)
-    syncs with B, then with C and each of the others in turn, gathering
+    to run from cron: A (when only B is named, the one around the current
+    directory; with several, name it `.`) syncs with B, then with C and
+    each of the others in turn, gathering
     every change; then the replicas it met before the last one are synced
     with it once more, to take what arrived after their turn. Each sync is
     the two-way sync of `merklesync sync`, with its conflict policy (local:
