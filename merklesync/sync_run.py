@@ -98,10 +98,6 @@ class RepairResult:
         """Every replica reached holds the same tree (same root)."""
         return len({(n.fingerprint, n.count) for n in self.roots.values()}) <= 1
 
-    def exit_error(self) -> MerklesyncError | None:
-        """The first failure that left a replica out, if any."""
-        return self.left_out[0].error if self.left_out else None
-
 
 def repair(
     peers: Sequence[Peer],
@@ -115,9 +111,9 @@ def repair(
     on_sync: Callable[[PairSync], None] = lambda done: None,
 ) -> RepairResult:
     """Bring ``peers`` (opened and scanned; the first is the hub) to the
-    same state. ``scans_complete``: no scan skipped a file (else no sync
-    is recorded as complete: see sync_pair). ``on_sync`` hears of each sync as it
-    ends. A dry run shows each pair as it stands now, in one pass: what
+    same state. ``scans_complete``: no scan skipped a file (else no sync is
+    recorded as complete: see sync_pair). ``on_sync`` hears of each sync as
+    it ends. A dry run shows each pair as it stands now, in one pass: what
     would reach the hub from one replica is not shown going on to the next."""
     out = RepairResult()
     hub, others = peers[0], list(peers[1:])
@@ -159,7 +155,8 @@ def repair(
         out.syncs.append(done)
         on_sync(done)
         shared.pop(i, None)
-        if root is None:
+        if root is None:  # the hub failed: this one is named too
+            leave_out(other, error or MerklesyncError(f"not synced: {hub.name} failed"))
             return False
         if error is not None:
             leave_out(other, error)
