@@ -162,8 +162,9 @@ def stats_option(func: F) -> F:
     return click.option(
         "--stats",
         is_flag=True,
-        help="Print round trips, nodes and entries compared, bytes exchanged, and files "
-        "scanned, hashed and transferred.",
+        help="Print round trips (those of the comparison and the transfer, after the scans), "
+        "nodes and entries compared, bytes exchanged, and files scanned, hashed and "
+        "transferred.",
     )(func)
 
 
