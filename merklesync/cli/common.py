@@ -162,9 +162,9 @@ def stats_option(func: F) -> F:
     return click.option(
         "--stats",
         is_flag=True,
-        help="Print round trips (those of the comparison and the transfer, after the scans), "
-        "nodes and entries compared, bytes exchanged, and files scanned, hashed and "
-        "transferred.",
+        help="Print on standard error round trips (those of the comparison and the transfer, "
+        "after the scans), nodes and entries compared, bytes exchanged, and files scanned, "
+        "hashed and transferred (a command that only scans: what it read and hashed).",
     )(func)
 
 

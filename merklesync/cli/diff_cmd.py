@@ -42,8 +42,9 @@ def diff(
     """Show how replica A differs from replica B (with one argument: how the
     replica around the current directory differs from A).
 
-    One line per path: `A path` only in A, `D path` only in B (or deleted in
-    A), `M path` different content, `T path` type changed. Exit 0 when the
+    One line per path: `A path` only in the first (A; with one argument,
+    the replica around the current directory), `D path` only in the other
+    (or deleted in the first), `M path` different content, `T path` type changed. Exit 0 when the
     content is the same, 1 when it differs, 2 or more on error, as diff(1).
 
     With --json, each change also says which side is ahead (``action``):

@@ -19,7 +19,7 @@ MAX_RETENTION_DAYS = 36_500  # a century: its nanoseconds fit the index's intege
     "--retention-days",
     type=click.IntRange(min=1, max=MAX_RETENTION_DAYS),
     help="Keep tombstones this many days at most (saved in the replica; default 90). "
-    "Replicas away longer are refused by sync, push and pull.",
+    "Replicas away longer are refused by sync, repair, push and pull.",
 )
 @click.option("-n", "--dry-run", is_flag=True, help="Show what would be collected.")
 @output_options
@@ -29,7 +29,7 @@ def gc(
 ) -> None:
     """Collect the tombstones of REPLICA (default: the one around the current
     directory) that every replica it knows of has seen, or that are older
-    than the retention. sync, push and pull also do this once a day."""
+    than the retention. sync, repair, push and pull also do this once a day."""
     out = Output(quiet, as_json)
     with Replica.open(find_root(replica or Path.cwd(), named=replica is not None)) as r:
         if retention_days is not None and not dry_run:

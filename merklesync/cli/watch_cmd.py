@@ -69,8 +69,9 @@ def watch(
     quiet: bool,
 ) -> None:
     """Watch REPLICA (default: the one around the current directory) for
-    changes until interrupted (SIGINT or SIGTERM). While it runs, status,
-    diff, push, pull and sync on this replica, local or through `merklesync
+    changes until stopped by SIGINT or SIGTERM (exit 0, or 1 when the last
+    --run failed). While it runs, status, diff, push, pull, sync and repair
+    on this replica, local or through `merklesync
     serve`, look only at the directories where something changed instead of
     walking the whole tree. With --run, keep another replica in step. With
     --keep-open, commands run meanwhile reach that remote through a
