@@ -473,7 +473,7 @@ def opened_replicas(
             try:
                 peer = reaching.pop(i).result() if i in reaching else opened(i)
             except ReplicaLocked as exc:
-                if f"(pid {os.getpid()})" in exc.message:
+                if _held_here(exc):
                     raise UsageError(
                         f"{name} is held by this very run: a replica named twice?"
                     ) from exc
@@ -516,6 +516,12 @@ def _bare_missing(spec: str, root: Path) -> bool:
     return "/" not in spec and root == Path(spec).resolve() and not root.exists()
 
 
+def _held_here(exc: ReplicaLocked) -> bool:
+    """The lock is this process's own (its message names the holder's pid):
+    the replica was opened already in this run, by another name."""
+    return f"(pid {os.getpid()})" in exc.message
+
+
 def _second(opener: Callable[[], Peer], first: Peer) -> Peer:
     """The second replica of a pair. Found locked by this very process (its
     lock names our pid): it is the first one, reached again by an address
@@ -523,7 +529,7 @@ def _second(opener: Callable[[], Peer], first: Peer) -> Peer:
     try:
         return opener()
     except ReplicaLocked as exc:
-        if isinstance(first, LocalPeer) and f"(pid {os.getpid()})" in exc.message:
+        if isinstance(first, LocalPeer) and _held_here(exc):
             raise ReplicaLocked(
                 f"{exc.message}; that is this run: the same replica as {first.name}?"
             ) from exc
