@@ -91,6 +91,10 @@ class LocalIOError(MerklesyncError):
     exit_code = EXIT_IO
 
 
+class ReadOnlyReplica(LocalIOError):
+    """A replica on a read-only file system was to be written."""
+
+
 class ConnectionFailed(MerklesyncError):
     """Could not reach the peer."""
 

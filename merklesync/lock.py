@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import time
 from pathlib import Path
 
-from merklesync.errors import LocalIOError, ReplicaLocked
+from merklesync.errors import LocalIOError, ReadOnlyReplica, ReplicaLocked
 
 DEFAULT_WAIT = float(os.environ.get("MERKLESYNC_LOCK_WAIT", "5"))
 
@@ -22,6 +23,10 @@ class ReplicaLock:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
+            if exc.errno == errno.EROFS:
+                raise ReadOnlyReplica(
+                    f"replica {self.path.parent.parent} is on a read-only file system"
+                ) from exc
             raise LocalIOError(f"cannot open lock file {self.path}: {exc.strerror}") from exc
         deadline = time.monotonic() + self.wait
         while True:

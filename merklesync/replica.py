@@ -20,6 +20,7 @@ from merklesync.errors import (
     MerklesyncError,
     NewerFormat,
     NotAReplica,
+    ReadOnlyReplica,
     UsageError,
 )
 from merklesync.ignore import STATE_DIR, IgnoreRules
@@ -96,6 +97,7 @@ class Replica:
         # replicas this run completes with are remembered as of then.
         self.snapshot_ns = time.time_ns()
         self.scratch: Path | None = None  # a preview's throwaway state (see open)
+        self.read_only = False  # on a read-only file system (see open)
 
     @property
     def replica_id(self) -> str:
@@ -109,11 +111,15 @@ class Replica:
         create: bool = False,
         preview: bool = False,
         excludes: Sequence[str] = (),
+        read_only_ok: bool = False,
     ) -> Replica:
         """Open (and lock) the replica at ``root``; create it when asked.
         ``preview`` (a dry run's create): where ``root`` is not a replica
         yet, nothing is written there; its files, if any, are scanned into a
-        throwaway index, as a real run would find them."""
+        throwaway index, as a real run would find them. ``read_only_ok``: a
+        replica on a read-only file system (a snapshot, a read-only mount)
+        is opened from a copy of its index (see _read_only), for a caller
+        that writes nothing there; else that is a ReadOnlyReplica error."""
         root = root.resolve()
         if preview and not is_replica(root):
             return cls._preview(root, excludes)
@@ -132,11 +138,17 @@ class Replica:
         if not (state / INDEX_FILE).exists() and not create:
             raise NotAReplica(f"{root} is not a merklesync replica (run `merklesync init {root}`)")
         try:
-            state.mkdir(exist_ok=True)
+            if not state.is_dir():
+                state.mkdir()
         except OSError as exc:
             raise LocalIOError(f"cannot create {state}: {exc.strerror}") from exc
         lock = ReplicaLock(state / LOCK_FILE)
-        lock.acquire()
+        try:
+            lock.acquire()
+        except ReadOnlyReplica:
+            if not read_only_ok or not (state / INDEX_FILE).is_file():
+                raise
+            return cls._read_only(root, excludes)
         try:
             if (state / INDEX_FILE).exists():
                 index = Index.open(state / INDEX_FILE)
@@ -179,6 +191,46 @@ class Replica:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
         replica.scratch = scratch
+        return replica
+
+    @classmethod
+    def _read_only(cls, root: Path, excludes: Sequence[str]) -> Replica:
+        """The replica at ``root``, on a read-only file system: its index
+        (and the index's log, if a run left one) is copied to a throwaway
+        place and used from there, unlocked (nothing can write at ``root``).
+        Scans record there what they find; writes to the files are refused
+        (LocalPeer.write); nothing is left behind. What a run stopped
+        before its end left unfinished stays as it is: the scan finds the
+        files as they are."""
+        state = root / STATE_DIR
+        scratch = Path(tempfile.mkdtemp(prefix="merklesync-read-only-"))
+        try:
+            try:
+                for name in (INDEX_FILE, f"{INDEX_FILE}-wal"):
+                    if (state / name).is_file():
+                        shutil.copyfile(state / name, scratch / name)
+            except OSError as exc:
+                raise LocalIOError(
+                    f"cannot copy the index of {root} (on a read-only file system) "
+                    f"to {scratch}: {exc.strerror}"
+                ) from exc
+            lock = ReplicaLock(scratch / LOCK_FILE)
+            lock.acquire()
+            try:
+                index = Index.open(scratch / INDEX_FILE)
+            except (CorruptIndex, NewerFormat) as exc:  # named by where it is
+                lock.release()
+                message = exc.message.replace(str(scratch / INDEX_FILE), str(state / INDEX_FILE))
+                raise type(exc)(message) from exc
+            except BaseException:
+                lock.release()
+                raise
+            replica = cls(root, index, lock, excludes)
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        replica.scratch = scratch
+        replica.read_only = True
         return replica
 
     @classmethod

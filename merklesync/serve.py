@@ -45,6 +45,7 @@ from merklesync.protocol.messages import (
     INLINE_PUT,
     MAX_RESULT_ITEMS,
     PROTOCOL_VERSIONS,
+    READ_ONLY,
     Bye,
     ByeResult,
     Children,
@@ -107,7 +108,8 @@ class Agent:
             self.failure = exc
         replica_id = self.peer.replica_id if self.peer is not None else ""
         root_name = display(str(self.peer.replica.root if self.peer is not None else root))
-        hello = Hello(PROTOCOL_VERSIONS, (INLINE_PUT, GUARD), replica_id, SOFTWARE, root_name)
+        caps = (INLINE_PUT, GUARD, *((READ_ONLY,) if self.peer and self.peer.read_only else ()))
+        hello = Hello(PROTOCOL_VERSIONS, caps, replica_id, SOFTWARE, root_name)
         self.session = ServerSession(hello)
         self._out = bytearray()
         self._events: deque[ServerEvent] = deque()

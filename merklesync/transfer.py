@@ -3,10 +3,12 @@ other, in batches, verified and atomic on the receiving side."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from merklesync.errors import ReadOnlyReplica
 from merklesync.model import (
     Action,
     Change,
@@ -187,9 +189,10 @@ def _catch_up(src: Peer, same: list[tuple[Change, Entry]], result: TransferResul
     again (two replicas made apart from the same files, say, would compare
     every entry on every push). Done as any write, compare-and-swap: an
     entry changed on the source since its scan is left as it is, no
-    failure of the run (the next run compares it again); a failure of the
-    replica itself (a lost connection, a full disk) ends the run, as
-    anywhere else."""
+    failure of the run (the next run compares it again); a source on a
+    read-only file system is left as it is too; a failure of the replica
+    itself (a lost connection, a full disk) ends the run, as anywhere
+    else."""
     ops = []
     for change, held in same:  # held: what the destination holds now, if its write went
         s = change.src
@@ -197,7 +200,8 @@ def _catch_up(src: Peer, same: list[tuple[Change, Entry]], result: TransferResul
         if change.action is Action.DEST_NEWER or result.outcomes.get(change.path, _NO).ok:
             ops.append(Op(s.with_version(held.vv, held.stamp), s))
     if ops:
-        apply_ops(src, ops, {}, None)
+        with contextlib.suppress(ReadOnlyReplica):
+            apply_ops(src, ops, {}, None)
 
 
 def _apply(

@@ -53,13 +53,19 @@ def diff(
     they last agreed). Entries whose content is the same are no change,
     whatever their versions (a push merges those without moving data).
 
+    A replica on a read-only file system is compared as any other, and a
+    snapshot with the replica it was taken of (they share an id): what
+    changed since.
+
     A replica may be a local path, a remote address (HOST:PATH,
     USER@HOST:PATH, ssh://USER@HOST:PORT/PATH) or the name of a remote
     (see merklesync-remote(1)); with two remote replicas, the comparison is
     relayed through this machine."""
     out = Output(quiet, as_json)
     left_spec, right_spec = (None, a) if b is None else (a, b)
-    with opened_pair(left_spec, right_spec, remote=remote, checksum=checksum) as (left, right):
+    with opened_pair(
+        left_spec, right_spec, remote=remote, checksum=checksum, compare_only=True
+    ) as (left, right):
         with out.progress("scanning", "files") as progress:
             warnings = refresh_all([left, right], checksum=checksum, progress=progress)
         engine = Stats()

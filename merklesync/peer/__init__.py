@@ -37,6 +37,13 @@ class Peer(Protocol):
     replica_id: str
     stats: Stats
 
+    @property
+    def read_only(self) -> bool:
+        """On a read-only file system (a snapshot, a read-only mount): it is
+        compared and read from, never written (a write fails with
+        ReadOnlyReplica)."""
+        ...
+
     def refresh(self, *, checksum: bool = False, progress: Progress | None = None) -> ScanReport:
         """Bring the index up to date with the data (a scan)."""
         ...

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from merklesync import merkle
-from merklesync.errors import MerklesyncError, ProtocolError
+from merklesync.errors import MerklesyncError, ProtocolError, ReadOnlyReplica
 from merklesync.merkle import NodeId
 from merklesync.model import Entry, EntryKind, Stats, Unreadable
 from merklesync.peer import Node, Outcome, Peer, Progress, ScanReport, WriteItem
@@ -48,9 +48,16 @@ class LocalPeer:
         preview: bool = False,
         excludes: Sequence[str] = (),
     ) -> LocalPeer:
-        """See Replica.open; named as given (a preview may look elsewhere)."""
-        replica = Replica.open(root, create=create, preview=preview, excludes=excludes)
+        """See Replica.open; named as given (a preview may look elsewhere).
+        A replica on a read-only file system opens for reading (see write)."""
+        replica = Replica.open(
+            root, create=create, preview=preview, excludes=excludes, read_only_ok=True
+        )
         return cls(replica, str(root.resolve()))
+
+    @property
+    def read_only(self) -> bool:
+        return self.replica.read_only
 
     def refresh(
         self, *, checksum: bool = False, progress: Progress | None = None, spread: bool = True
@@ -167,6 +174,11 @@ class LocalPeer:
     def write(self, items: Iterable[WriteItem], progress: Progress | None = None) -> list[Outcome]:
         self.stats.round_trips += 1
         r = self.replica
+        if r.read_only:
+            raise ReadOnlyReplica(
+                f"replica {r.root} is on a read-only file system: it can be compared and "
+                "copied from, not written"
+            )
         # Outcomes may come out of order (see DirectorySource.write_items);
         # an item given twice is answered in its turns.
         order: dict[int, list[int]] = {}  # id of an item not yet answered -> its places

@@ -295,16 +295,30 @@ def check_remotes_apart(
     )
 
 
-def check_distinct(a: Peer, b: Peer) -> None:
+def check_distinct(a: Peer, b: Peer, *, compare_only: bool = False) -> None:
     """Two replicas must not share an id: each counts its own writes in the
     version vectors under its id, so the writes of one would pass for the
-    other's, and an edit could be overwritten as if it were older."""
-    if a.replica_id and a.replica_id == b.replica_id:
+    other's, and an edit could be overwritten as if it were older. Save
+    where one is read-only (a snapshot of the other, say) and the command
+    writes to neither (``compare_only``): what its scan counts is thrown
+    away with its copy of the index (Replica.open)."""
+    if not a.replica_id or a.replica_id != b.replica_id:
+        return
+    frozen = next((p for p in (a, b) if p.read_only), None)
+    if frozen is not None:
+        if compare_only:
+            return
+        other = b if frozen is a else a
         raise SameReplicaId(
-            f"{a.name} and {b.name} have the same replica id {a.replica_id}: one is a copy "
-            "of the other (copied with its .merklesync/, or restored from a backup); "
-            "give the copy an id of its own with `merklesync init --new-id DIR` on it"
+            f"{frozen.name} is on a read-only file system and has the replica id of "
+            f"{other.name} ({a.replica_id}): a snapshot or read-only copy of it; `merklesync "
+            "diff` compares the two; to copy from it, copy into another directory"
         )
+    raise SameReplicaId(
+        f"{a.name} and {b.name} have the same replica id {a.replica_id}: one is a copy "
+        "of the other (copied with its .merklesync/, or restored from a backup); "
+        "give the copy an id of its own with `merklesync init --new-id DIR` on it"
+    )
 
 
 def refresh_all(
@@ -374,11 +388,13 @@ def opened_pair(
     excludes: Sequence[str] = (),
     remote: RemoteOptions | None = None,
     checksum: bool = False,
+    compare_only: bool = False,
 ) -> Iterator[tuple[Peer, Peer]]:
     """Open the two replicas of a command (each a remote of the other where
     a bare name says so), once they are known to be apart, and close both
     at the end. ``preview_b``: a dry run, B is not created (see open_peer).
-    Two replicas with the same id are refused (see check_distinct).
+    Two replicas with the same id are refused (see check_distinct; a
+    command that writes to neither says ``compare_only``).
 
     A local replica opened before a remote one starts its scan at once
     (``checksum``: the scan refresh_all will ask for), so it scans while
@@ -423,7 +439,7 @@ def opened_pair(
         if isinstance(first, LocalPeer) and (a_remote if b_first else b_remote):
             first.scan_ahead(checksum=checksum)
         with closing(_second(open_a if b_first else open_b, first)) as second:
-            check_distinct(first, second)
+            check_distinct(first, second, compare_only=compare_only)
             yield (second, first) if b_first else (first, second)
 
 

@@ -39,6 +39,7 @@ from merklesync.protocol.messages import (
     MAX_READ,
     MAX_WRITE_ITEMS,
     PROTOCOL_VERSIONS,
+    READ_ONLY,
     ByeResult,
     ChildrenResult,
     CompareResult,
@@ -85,6 +86,7 @@ class RemotePeer:
         self.name = name
         self.where = where or name  # what error messages start with
         self.replica_id = ""
+        self.read_only = False
         self.stats = Stats()
         self.session = ClientSession(Hello(PROTOCOL_VERSIONS, (), "", SOFTWARE, ""))
         self._events: deque[ClientEvent] = deque()
@@ -109,6 +111,7 @@ class RemotePeer:
         event = self._event()
         assert isinstance(event, Negotiated)  # the session yields nothing else first
         self.replica_id = event.peer.replica_id
+        self.read_only = READ_ONLY in event.peer.capabilities
         if not self.replica_id:
             # The agent could not open its replica: its answer to any request says why.
             self._call(self.session.root(), RootResult)

@@ -40,6 +40,7 @@ from merklesync.errors import (
     NewerFormat,
     NotAReplica,
     ProtocolError,
+    ReadOnlyReplica,
     ReplicaError,
     ReplicaLocked,
     UnsafePath,
@@ -64,6 +65,8 @@ MAX_INLINE = 128 << 10  # the most content a put may carry
 # a server that checks, when asked, that a replica has not been away from
 # its own longer than its tombstone retention (see Guard).
 GUARD = "guard"
+# a server whose replica is on a read-only file system: it refuses writes.
+READ_ONLY = "read-only"
 
 MAX_NODES = 65_536  # nodes per children / compare / entries_under request
 MAX_COMPARE = 65_536  # leaf records per compare request
@@ -602,6 +605,7 @@ ERROR_CODES: dict[str, type[MerklesyncError]] = {
     "newer-format": NewerFormat,
     "locked": ReplicaLocked,
     "io": LocalIOError,
+    "read-only": ReadOnlyReplica,
     "protocol": ProtocolError,
     "unsafe-path": UnsafePath,
 }
