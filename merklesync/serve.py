@@ -22,7 +22,7 @@ import os
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import blake3
@@ -89,23 +89,23 @@ class Agent:
     def __init__(
         self,
         root: Path,
+        opened: LocalPeer | MerklesyncError,
         *,
-        create: bool = False,
-        preview: bool = False,
-        excludes: Sequence[str] = (),
         in_fd: int = 0,
         out_fd: int = 1,
         report: Callable[[str], None] = lambda message: None,
     ) -> None:
+        """``opened``: the replica at ``root`` (see open_replica), or why it
+        could not be opened (said in answer to every request)."""
         self.in_fd = in_fd
         self.out_fd = out_fd
         self.report = report  # one line for the operator (the CLI puts it on stderr)
         self.peer: LocalPeer | None = None
         self.failure: MerklesyncError | None = None
-        try:
-            self.peer = LocalPeer.open(root, create=create, preview=preview, excludes=excludes)
-        except MerklesyncError as exc:
-            self.failure = exc
+        if isinstance(opened, MerklesyncError):
+            self.failure = opened
+        else:
+            self.peer = opened
         replica_id = self.peer.replica_id if self.peer is not None else ""
         root_name = display(str(self.peer.replica.root if self.peer is not None else root))
         caps = (INLINE_PUT, GUARD, *((READ_ONLY,) if self.peer and self.peer.read_only else ()))

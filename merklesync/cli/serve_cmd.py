@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from merklesync.errors import EXIT_OK, EXIT_PROTOCOL
-from merklesync.serve import Agent
+from merklesync.errors import EXIT_OK, EXIT_PROTOCOL, MerklesyncError
+from merklesync.peer.local import LocalPeer
 from merklesync.transport.agent_call import STANDBY_GO
 
 
@@ -74,19 +74,28 @@ def serve(
             os.close(out_fd)
             sys.exit(EXIT_PROTOCOL if go else EXIT_OK)
     try:
-        agent = Agent(
-            root,
-            create=create,
-            preview=preview,
-            excludes=excludes,
-            in_fd=0,
-            out_fd=out_fd,
-            report=report,
-        )
-        code = agent.run()
+        opened = _opened(root, create=create, preview=preview, excludes=excludes)
+        from merklesync.serve import Agent  # the protocol loads while the replica scans
+
+        code = Agent(root, opened, in_fd=0, out_fd=out_fd, report=report).run()
     finally:
         os.close(out_fd)
     sys.exit(code)
+
+
+def _opened(
+    root: Path, *, create: bool, preview: bool, excludes: tuple[str, ...]
+) -> LocalPeer | MerklesyncError:
+    """The replica, its scan started: a client's first request is a
+    refresh, and the scan runs while the rest of the agent loads and the
+    client's hello comes (see LocalPeer.scan_ahead). Or why it could not
+    be opened: the agent says it in answer to every request."""
+    try:
+        peer = LocalPeer.open(root, create=create, preview=preview, excludes=excludes)
+    except MerklesyncError as exc:
+        return exc
+    peer.scan_ahead()
+    return peer
 
 
 def _wait_for_go() -> bytes:
