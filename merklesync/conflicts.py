@@ -234,7 +234,9 @@ def _wanted_copy(
     or came after it: where it changed since that copy was made (its
     vector no longer the copy's), it was written by the replica that
     changed it; else it is the version the copy lost to, from the other
-    side of that conflict. Either way it is newer than every copy."""
+    side of that conflict. Either way it is newer than every copy. Its
+    writer is recorded with it (its origin), save in an index from before
+    origins were: then the vectors tell."""
     me = replica.replica_id
     wanted = [c for c in copies if _on_side(replica, c, local)]
     if not wanted:
@@ -245,7 +247,9 @@ def _wanted_copy(
     if name is None or name.deleted or name.kind is EntryKind.DIR:
         return wanted[-1]
     order = name.vv.compare(newest.vv)
-    if order is Order.EQUAL:
+    if name.origin:
+        name_is_wanted = (name.origin == me) == local
+    elif order is Order.EQUAL:
         name_is_wanted = (copies[-1].writer == me) != local
     elif order is Order.AFTER:
         name_is_wanted = (writer_of(name, newest) == me) == local

@@ -26,7 +26,9 @@ from merklesync.errors import CorruptIndex, LocalIOError, NewerFormat, ReplicaLo
 from merklesync.merkle import MAX_DEPTH, NodeId
 from merklesync.model import LEAF_BYTES, Entry, EntryKind, key_of
 
-FORMAT = 1
+# 2: entries record their origin (the replica whose write made the version);
+# a format-1 index is brought up to 2 when opened.
+FORMAT = 2
 PREFETCH_CHUNK = 8 << 20
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -51,7 +53,8 @@ CREATE TABLE IF NOT EXISTS entries (
     target TEXT NOT NULL,
     stamp INTEGER NOT NULL,
     stat BLOB,
-    learned_ns INTEGER NOT NULL DEFAULT 0
+    learned_ns INTEGER NOT NULL DEFAULT 0,
+    origin TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS entries_key ON entries (key);
 {_DIR_INDEX};
@@ -92,7 +95,9 @@ _LISTINGS_FOUND = "SELECT name FROM sqlite_master WHERE name IN ({})".format(
 
 # The stored leaf hash too: what put computed from the same row (the tree is
 # made of these), so an entry read here needs not compute it again.
-_ENTRY_COLUMNS = "path, kind, deleted, vv, digest, size, mode, mtime_ns, target, stamp, leaf"
+_ENTRY_COLUMNS = (
+    "path, kind, deleted, vv, digest, size, mode, mtime_ns, target, stamp, origin, leaf"
+)
 
 
 def _prefetch(path: Path) -> None:
@@ -174,7 +179,7 @@ class Cached:
 
 
 def _to_entry(row: Sequence[Any]) -> Entry:
-    path, kind, deleted, vv, digest, size, mode, mtime_ns, target, stamp, leaf = row
+    path, kind, deleted, vv, digest, size, mode, mtime_ns, target, stamp, origin, leaf = row
     known = _KIND_OF.get(kind)
     entry = Entry(
         path=path,
@@ -187,6 +192,7 @@ def _to_entry(row: Sequence[Any]) -> Entry:
         target=target,
         deleted=bool(deleted),
         stamp=stamp if stamp <= MAX_STAMP else MAX_STAMP,  # an earlier release's
+        origin=origin,
     )
     if type(leaf) is bytes and len(leaf) == LEAF_BYTES:
         object.__setattr__(entry, "_leaf", leaf)
@@ -200,10 +206,11 @@ _MAX_TRACKED = 250_000  # paths Index remembers storing (see _stored_since_empty
 
 
 _PACKED: dict[VersionVector, bytes] = {}  # the other way: a run writes a few vectors often
-_INSERT = "INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+_INSERT = "INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 _UPDATE = (
     "UPDATE entries SET leaf = ?, kind = ?, deleted = ?, vv = ?, digest = ?, size = ?, "
-    "mode = ?, mtime_ns = ?, target = ?, stamp = ?, stat = ?, learned_ns = ? WHERE path = ?"
+    "mode = ?, mtime_ns = ?, target = ?, stamp = ?, stat = ?, learned_ns = ?, origin = ? "
+    "WHERE path = ?"
 )
 
 
@@ -325,6 +332,12 @@ class Index:
             "CREATE TABLE IF NOT EXISTS peers (replica_id TEXT PRIMARY KEY, "
             "last_sync_ns INTEGER NOT NULL) WITHOUT ROWID"
         )
+        if row[0] < FORMAT:
+            if "origin" not in {c[1] for c in conn.execute("PRAGMA table_info(entries)")}:
+                conn.execute("ALTER TABLE entries ADD COLUMN origin TEXT NOT NULL DEFAULT ''")
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'format'", (FORMAT,))
+            conn.execute("COMMIT")
+            conn.execute("BEGIN")
         if {name for (name,) in conn.execute(_LISTINGS_FOUND)} != {"listings"}:
             for statement in _LISTINGS:
                 conn.execute(statement)
@@ -495,6 +508,7 @@ class Index:
             entry.stamp,
             stat,
             learned,
+            entry.origin,
             entry.path,
         )
         # A row that is there is updated in place: its path, parent and key

@@ -70,6 +70,12 @@ class Entry:
     target: str = ""  # symlink target
     deleted: bool = False
     stamp: int = 0  # hybrid logical clock of the write that made this version
+    # The replica whose write made this content (or deletion), kept as the
+    # version travels, is copied or wins a conflict: the vector alone does
+    # not say, once a resolution has merged two (its writer is in the vector
+    # too). "" where not known (an entry from an index made before it was
+    # recorded): then writer_of guesses from the vectors.
+    origin: str = ""
     # leaf_hash, once asked for: an entry is compared, checked against and
     # stored several times in a run. Not a field of its own anywhere else
     # (dataclasses.replace makes a new entry without it).
@@ -104,12 +110,15 @@ class Entry:
         data = msgpack.packb([self.path, list(self.content()), self.vv.to_wire()])
         return blake3.blake3(data).digest(LEAF_BYTES)
 
-    def tombstone(self, vv: VersionVector, stamp: int) -> Entry:
-        return Entry(self.path, self.kind, vv, deleted=True, stamp=stamp)
+    def tombstone(self, vv: VersionVector, stamp: int, origin: str = "") -> Entry:
+        return Entry(self.path, self.kind, vv, deleted=True, stamp=stamp, origin=origin)
 
-    def with_version(self, vv: VersionVector, stamp: int | None = None) -> Entry:
+    def with_version(
+        self, vv: VersionVector, stamp: int | None = None, origin: str | None = None
+    ) -> Entry:
         """The same entry at another version (made directly: dataclasses.replace
-        costs several times as much, and a run may do this for every entry)."""
+        costs several times as much, and a run may do this for every entry);
+        of the same writer unless ``origin`` says."""
         return Entry(
             self.path,
             self.kind,
@@ -121,6 +130,7 @@ class Entry:
             self.target,
             self.deleted,
             self.stamp if stamp is None else stamp,
+            self.origin if origin is None else origin,
         )
 
     def to_wire(self) -> list[object]:
@@ -135,14 +145,18 @@ class Entry:
             self.target,
             self.deleted,
             self.stamp,
+            self.origin,
         ]
 
     @classmethod
     def from_wire(cls, value: object) -> Entry:
-        """Parse an entry from the peer; raises ValueError when malformed."""
-        if not isinstance(value, list | tuple) or len(value) != 10:
+        """Parse an entry from the peer; raises ValueError when malformed.
+        Its origin, when given, is a replica of its vector (an entry of ten
+        fields, as written before origins were, has none)."""
+        if not isinstance(value, list | tuple) or len(value) not in (10, 11):
             raise ValueError("malformed entry")
-        path, kind, vv, digest, size, mode, mtime_ns, target, deleted, stamp = value
+        path, kind, vv, digest, size, mode, mtime_ns, target, deleted, stamp = value[:10]
+        origin = value[10] if len(value) == 11 else ""
         if not isinstance(path, str) or not isinstance(target, str):
             raise ValueError("malformed entry path")
         if not isinstance(digest, bytes) or len(digest) not in (0, DIGEST_BYTES):
@@ -163,10 +177,13 @@ class Entry:
         if not 0 <= stamp <= MAX_STAMP:
             raise ValueError("entry stamp out of range")
         known = _KINDS.get(kind)
+        version = VersionVector.from_wire(vv)
+        if not isinstance(origin, str) or (origin and not version.get(origin)):
+            raise ValueError("entry origin: not a replica of its version vector")
         return cls(
             path=path,
             kind=known if known is not None else EntryKind(kind),  # ValueError: not a kind
-            vv=VersionVector.from_wire(vv),
+            vv=version,
             digest=digest,
             size=size,
             mode=mode,
@@ -174,6 +191,7 @@ class Entry:
             target=target,
             deleted=deleted,
             stamp=stamp,
+            origin=origin,
         )
 
 

@@ -76,8 +76,11 @@ def attributes_of(root: Path) -> str:
 
 
 def writer_of(entry: Entry, other: Entry) -> str:
-    """The replica that made ``entry`` differ from ``other``: the smallest id
-    whose counter in entry is ahead."""
+    """The replica whose write made ``entry``: its origin; where that is not
+    known (an index from before origins were recorded), the smallest id
+    whose counter in entry is ahead of ``other``'s."""
+    if entry.origin:
+        return entry.origin
     ahead = [r for r, c in entry.vv.pairs if c > other.vv.get(r)]
     return min(ahead) if ahead else (min(r for r, _ in entry.vv.pairs) if entry.vv.pairs else "-")
 

@@ -312,10 +312,13 @@ class Syncer:
         self._conflict(x, y, plan, deferred)
 
     def _resolved(self, winner: Entry, x: Entry, y: Entry) -> Entry:
-        """The winner as a new write (of A) that dominates both sides."""
+        """The winner as a new write (of A) that dominates both sides: the
+        same version to the last-writer-wins rule (its writer and stamp, or
+        the later stamp where the winner is the earlier write), so that the
+        order in which replicas meet decides nothing."""
         vv = x.vv.merge(y.vv).bump(self.a.replica_id)
         self._after_a.add(winner.path)
-        return dataclasses.replace(winner, vv=vv, stamp=max(x.stamp, y.stamp) + 1)
+        return dataclasses.replace(winner, vv=vv, stamp=max(x.stamp, y.stamp))
 
     def _both(self, target: Entry, x: Entry, y: Entry, plan: _Plan, deferred: _Plan) -> None:
         """Write ``target`` on both sides; its content is x's or y's. Both
@@ -377,8 +380,14 @@ class Syncer:
             self.result.warnings.append(f"{exc.message}; kept both")
             return False
         base = self._resolved(x, x, y)
+        stamp = base.stamp + 1  # new content, written by A, after both
         target = dataclasses.replace(
-            base, digest=blake3.blake3(merged).digest(), size=len(merged), mtime_ns=base.stamp
+            base,
+            digest=blake3.blake3(merged).digest(),
+            size=len(merged),
+            mtime_ns=stamp,
+            stamp=stamp,
+            origin=self.a.replica_id,
         )
         plan.to_a.append(Op(target, x, content=merged))
         plan.to_b.append(Op(target, y, content=merged))

@@ -33,7 +33,8 @@ def main() -> None:
     # then it dies of the signal (see interrupted).
     global _command_pid
     _command_pid = os.getpid()
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # one ignored stays so
+    installed = signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # one ignored stays so
+    if installed:
         signal.signal(signal.SIGTERM, _terminate)
     try:
         from merklesync.cli.app import main as run
@@ -42,6 +43,8 @@ def main() -> None:
     except KeyboardInterrupt:  # before a command's own handler is in place
         interrupted()
     finally:
+        if installed:  # for a caller that goes on (a test, a script calling main)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
         # What is left (modules, the objects of the run) is freed as the
         # interpreter ends, without the collector's last pass over all of it
         # first: about 15 ms of every run, more after a large one.

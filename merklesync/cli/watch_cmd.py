@@ -115,16 +115,25 @@ def watch(
         warn=out.warn,
     )
 
+    me = os.getpid()
+
     def stop(signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != me:  # a process forked from this one (a scan): dies of it
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         stopping[0] = True
         watcher.stop()
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    with contextlib.ExitStack() as keepers:
-        for spec in keep_open:
-            keepers.enter_context(_kept_open(spec, root, remote, out))
-        watcher.run(ready=lambda: out.info(f"watching {root}"))
+    before = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with contextlib.ExitStack() as keepers:
+            for spec in keep_open:
+                keepers.enter_context(_kept_open(spec, root, remote, out))
+            watcher.run(ready=lambda: out.info(f"watching {root}"))
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
     out.info(f"stopped watching {root}")
     sys.exit(EXIT_DIFFERENT if failed[0] else 0)  # the last --run failed: cron hears of it
 

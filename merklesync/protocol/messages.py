@@ -55,8 +55,9 @@ NodeId = tuple[int, int]  # (level, prefix), as merkle and peer define it
 # -- versions and caps ---------------------------------------------------
 
 # Lowest and highest protocol this code speaks. 2: children and compare
-# carry salted 8-byte fingerprints and leaf records (merkle.short).
-PROTOCOL_VERSIONS = (2, 2)
+# carry salted 8-byte fingerprints and leaf records (merkle.short). 3: an
+# entry carries its origin (the replica whose write made it).
+PROTOCOL_VERSIONS = (3, 3)
 
 # Capabilities (optional features a hello announces):
 # a server taking a small file's content inside its put (see Put).
@@ -194,7 +195,7 @@ def _nodes(value: object) -> tuple[NodeId, ...]:
 def entry_from_wire(value: object) -> Entry:
     """An entry from the peer: ``Entry.from_wire`` plus a safe path, a bounded
     version vector without duplicate replicas, and a bounded link target."""
-    if isinstance(value, list) and len(value) == 10 and isinstance(value[2], list):
+    if isinstance(value, list) and len(value) in (10, 11) and isinstance(value[2], list):
         _list(value[2], "version vector", limit=MAX_VV_PAIRS)
     try:
         entry = Entry.from_wire(value)

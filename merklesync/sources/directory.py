@@ -571,7 +571,7 @@ class DirectorySource:
         )
         if old is not None and not old.deleted and old.content() == fresh.content():
             # Touched, not changed: no new version.
-            index.put(fresh.with_version(old.vv, old.stamp), stat, old)
+            index.put(fresh.with_version(old.vv, old.stamp, old.origin), stat, old)
             return
         if old is not None and not old.deleted and old.kind is EntryKind.DIR is not kind:
             # No longer a directory: what was under it is gone. (A directory
@@ -581,7 +581,7 @@ class DirectorySource:
         if noted is not None and _as_noted(noted, fresh, old):
             # Written by a run stopped before it recorded the write: its version.
             clock.observe(noted.stamp)
-            index.put(fresh.with_version(noted.vv, noted.stamp), stat, old)
+            index.put(fresh.with_version(noted.vv, noted.stamp, noted.origin), stat, old)
             return
         vv = (old.vv if old is not None else VersionVector()).bump(replica_id)
         # The write's stamp: when it happened (its mtime), and always after
@@ -591,7 +591,7 @@ class DirectorySource:
         written = min(st.st_mtime_ns, time.time_ns())
         stamp = min(max(written, old.stamp + 1 if old is not None else 0), MAX_STAMP)
         clock.observe(stamp)
-        index.put(fresh.with_version(vv, stamp), stat, old)
+        index.put(fresh.with_version(vv, stamp, replica_id), stat, old)
         if old is None or old.deleted:
             report.added.append(rel)
         else:
@@ -638,7 +638,7 @@ class DirectorySource:
         now = clock.tick()
         gone = gone or dir_fds.last_change_above(self._root, entry.path)
         stamp = max(now if gone is None else min(now, gone), entry.stamp + 1)
-        index.put(entry.tombstone(entry.vv.bump(replica_id), stamp), None, entry)
+        index.put(entry.tombstone(entry.vv.bump(replica_id), stamp, replica_id), None, entry)
         report.deleted.append(entry.path)
 
     def _left_out(self, rel: str, entry: Entry, ignored: Callable[[str, bool], bool]) -> bool:

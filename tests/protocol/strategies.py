@@ -23,10 +23,11 @@ stamps = st.integers(0, MAX_STAMP)
 @st.composite
 def entries(draw: st.DrawFn, live_file: bool = False) -> Entry:
     kind = EntryKind.FILE if live_file else draw(st.sampled_from(EntryKind))
+    vv = draw(vvs)
     return Entry(
         path=draw(paths),
         kind=kind,
-        vv=draw(vvs),
+        vv=vv,
         digest=draw(st.sampled_from([b"", b"\x07" * 32])) if not live_file else b"\x09" * 32,
         size=draw(st.integers(0, 5000)),
         mode=draw(st.integers(0, 0o7777)),
@@ -34,6 +35,7 @@ def entries(draw: st.DrawFn, live_file: bool = False) -> Entry:
         target=draw(st.text(NAME_CHARS, max_size=20)) if kind is EntryKind.LINK else "",
         deleted=False if live_file else draw(st.booleans()),
         stamp=draw(stamps),
+        origin=draw(st.sampled_from(["", *(r for r, _ in vv.pairs)])),
     )
 
 
