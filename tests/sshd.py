@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import pwd
+import shlex
 import shutil
 import socket
 import subprocess
@@ -417,6 +418,13 @@ def start_daemon(kind: str, workdir: Path) -> Daemon:
 # -- what the fixture yields ------------------------------------------------------------
 
 
+# The far side runs the code under test, wherever it is (a checkout, a
+# worktree), not whatever merklesync is installed: sshd starts commands with
+# a clean environment.
+CODE_ROOT = Path(__file__).resolve().parents[1]
+REMOTE_CMD = shlex.join(["env", f"PYTHONPATH={CODE_ROOT}", sys.executable, "-m", "merklesync"])
+
+
 @dataclass
 class SSHServer:
     """A running test SSH server and a client HOME configured for it."""
@@ -425,7 +433,7 @@ class SSHServer:
     home: Path
     host: str = ALIAS
     hostname: str = LOCALHOST
-    remote_cmd: str = f"{sys.executable} -m merklesync"
+    remote_cmd: str = REMOTE_CMD
     env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -67,7 +67,7 @@ class Wire:
 
 def main(scenario: str) -> None:
     wire = Wire()
-    versions = [5, 6] if scenario == "future" else [2, 2]
+    versions = [5, 6] if scenario == "future" else [3, 3]
     wire.send(frame(["merklesync", versions, [], "fake0000", "fake agent 9.0", "/fake"]))
     files = {
         "dotdot": [entry("../../escaped")],
