@@ -7,8 +7,10 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import random
 import shlex
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,6 +38,8 @@ from merklesync.transport.relay import attach
 REMOTE_CMD_ENV = "MERKLESYNC_REMOTE_CMD"
 RSH_ENV = "MERKLESYNC_RSH"
 DEFAULT_REMOTE_CMD = "merklesync"
+# How often a pair is opened whose second replica is locked (see opened_pair).
+PAIR_ATTEMPTS = 3
 # Seconds without a word from the agent before a run gives up: far longer
 # than it is ever silent (a scan reports progress every second; an answer
 # is bounded), short enough that a hung run does not hold locks for ever.
@@ -435,12 +439,26 @@ def opened_pair(
         b_spec is not None and root_b is None,
     )
     b_first = a_remote and root_b is not None and is_replica(root_b)
-    with closing(open_b() if b_first else open_a()) as first:
-        if isinstance(first, LocalPeer) and (a_remote if b_first else b_remote):
-            first.scan_ahead(checksum=checksum)
-        with closing(_second(open_a if b_first else open_b, first)) as second:
-            check_distinct(first, second, compare_only=compare_only)
-            yield (second, first) if b_first else (first, second)
+    for attempt in range(1, PAIR_ATTEMPTS + 1):
+        with closing(open_b() if b_first else open_a()) as first:
+            if isinstance(first, LocalPeer) and (a_remote if b_first else b_remote):
+                first.scan_ahead(checksum=checksum)
+            try:
+                second_peer = _second(open_a if b_first else open_b, first)
+            except ReplicaLocked as exc:
+                if attempt == PAIR_ATTEMPTS or _held_here(exc):
+                    raise
+                second_peer = None
+            if second_peer is not None:
+                with closing(second_peer) as second:
+                    check_distinct(first, second, compare_only=compare_only)
+                    yield (second, first) if b_first else (first, second)
+                return
+        # The second one is locked, maybe by a run that holds it and waits
+        # for the first (`sync A host:B` here while `sync B host:A` runs
+        # there, from the same cron minute): let go of the first, so that one
+        # of the two goes on, and try again a moment later.
+        time.sleep(random.uniform(0.1, 1.0) * attempt)
 
 
 @contextlib.contextmanager
