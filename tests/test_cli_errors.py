@@ -96,6 +96,22 @@ def test_a_scan_that_skips_a_file_exits_1(replica: Path) -> None:
         assert "fifo: not a file, directory or link; skipped" in r.stderr
 
 
+def test_quiet_still_says_why_a_run_exits_1(replica: Path, tmp_path: Path) -> None:
+    """Cron mails what is printed: under --quiet, what was skipped or left
+    alone is still said; a conflict settled by its policy is not."""
+    other = tmp_path / "other"
+    assert run("push", "-q", replica, other).returncode == 0
+    os.mkfifo(replica / "fifo")
+    (replica / "f").write_text("edited here")
+    (other / "f").write_text("edited there")
+    pushed = run("push", "-q", replica, other)
+    assert pushed.returncode == 1
+    assert "fifo: not a file, directory or link; skipped" in pushed.stderr
+    assert "left alone: f: conflict" in pushed.stderr
+    synced = run("sync", "-q", "--exclude", "fifo", replica, other)
+    assert synced.returncode == 0 and synced.stderr == ""  # the conflict: kept both
+
+
 def test_a_lock_file_that_is_no_file_is_one_line(replica: Path) -> None:
     lock = replica / ".merklesync" / "lock"
     lock.unlink()

@@ -100,6 +100,14 @@ class Output:
             click.echo(plain(text), err=True)
 
     def warn(self, text: str) -> None:
+        """A problem, under --quiet too (stderr): what a run skipped or left
+        alone, what makes its exit status 1 (cron mails what is printed)."""
+        click.echo(f"merklesync: {plain(text)}", err=True)
+
+    def note(self, text: str) -> None:
+        """Something worth a line that is no problem (a conflict settled by
+        its policy, a version overwritten as --force asked); none under
+        --quiet."""
         if not self.quiet:
             click.echo(f"merklesync: {plain(text)}", err=True)
 
@@ -151,7 +159,12 @@ class Output:
 
 
 def output_options(func: F) -> F:
-    func = click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")(func)
+    func = click.option(
+        "-q",
+        "--quiet",
+        is_flag=True,
+        help="Print nothing but errors and warnings (what was skipped or left alone).",
+    )(func)
     func = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")(
         func
     )

@@ -138,9 +138,9 @@ def report(
         if change.action is Action.FORCE and (dry_run or result.outcomes[change.path].ok):
             lost = result.discarded.get(change.path, "the destination's version")
             if dry_run:
-                out.warn(f"would overwrite {change.path}: {lost} would be lost")
+                out.note(f"would overwrite {change.path}: {lost} would be lost")
             else:
-                out.warn(f"overwrote {change.path}: discarded {lost}")
+                out.note(f"overwrote {change.path}: discarded {lost}")
     done = [c for c in result.changes if c.path not in reasons] if dry_run else result.applied()
     same = sum(1 for c in done if c.kind is ChangeKind.NONE)  # a version only: no data moved
     verb = "would copy" if dry_run else "copied"

@@ -95,7 +95,7 @@ def print_result(
     named = dict(zip(("a->b", "b->a"), arrows, strict=True))
     for event in result.events:
         if event.what in ("conflict", "modify-delete"):
-            out.warn(f"{event.what}: {event.path}: {event.detail}")
+            out.note(f"{event.what}: {event.path}: {event.detail}")
         elif listed and event.what != "merge-version" and event.detail != "=":
             # a->b M path: copied from a to b, a modification there (as diff
             # says it); "=": only the version moves (a deletion to a replica

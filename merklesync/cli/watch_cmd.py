@@ -57,7 +57,7 @@ from merklesync.replica import find_root
     "repeatable.",
 )
 @remote_options
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors and warnings.")
 @handle_errors
 def watch(
     replica: Path | None,
