@@ -112,6 +112,31 @@ def test_quiet_still_says_why_a_run_exits_1(replica: Path, tmp_path: Path) -> No
     assert synced.returncode == 0 and synced.stderr == ""  # the conflict: kept both
 
 
+def test_ctrl_c_while_json_is_written_adds_no_second_document(tmp_path: Path) -> None:
+    """The reader is slow: the document is being written when Ctrl-C comes.
+    It stops there (exit 130); no error object follows the part written."""
+    import select
+
+    src = tmp_path / "src"
+    make_tree(src, files=3000, dirs=30, min_size=1, max_size=8, seed=1)
+    assert run("init", "-q", src).returncode == 0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "merklesync", "push", "--dry-run", "--json", src, tmp_path / "d"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        assert select.select([proc.stdout], [], [], 60)[0]  # the document has begun
+        time.sleep(0.5)  # and fills the pipe: the writer waits for the reader
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert out.startswith(b'{"changes": [') and b'"error"' not in out
+
+
 def test_a_lock_file_that_is_no_file_is_one_line(replica: Path) -> None:
     lock = replica / ".merklesync" / "lock"
     lock.unlink()

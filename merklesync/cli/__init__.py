@@ -15,6 +15,9 @@ from merklesync.errors import EXIT_INTERRUPTED, EXIT_TERMINATED
 
 _terminated = False  # SIGTERM came: the run ends as a Ctrl-C does
 _command_pid = 0  # the process the handler is for, not a child forked from it
+# The command's JSON document has begun on stdout: an error after that (a
+# Ctrl-C while a reader is slow to take it) adds no second document.
+json_begun = False
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -60,7 +63,7 @@ def interrupted() -> NoReturn:
         ("terminated", EXIT_TERMINATED) if _terminated else ("interrupted", EXIT_INTERRUPTED)
     )
     sys.stderr.write(f"merklesync: {word}\n")
-    if "--json" in sys.argv[1:]:
+    if "--json" in sys.argv[1:] and not json_begun:
         with contextlib.suppress(OSError):
             sys.stdout.write(error_json(word, code) + "\n")
     with contextlib.suppress(OSError):

@@ -14,6 +14,7 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import click
 
+import merklesync.cli as cli_state
 from merklesync.address import parse_address
 from merklesync.cli import error_json, error_line, interrupted, plain
 from merklesync.errors import EXIT_IO, EXIT_USAGE, MerklesyncError
@@ -122,6 +123,7 @@ class Output:
         a run of 100,000 changes never holds them all as objects."""
         if not self.json:
             return
+        cli_state.json_begun = True
         parts: list[str] = ["{"]
         for n, (key, value) in enumerate(sorted(payload.items())):
             parts.append(f"{', ' if n else ''}{json.dumps(key)}: ")
@@ -276,6 +278,7 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         as_json = bool(kwargs.get("as_json"))
+        cli_state.json_begun = False
         try:
             return func(*args, **kwargs)
         except MerklesyncError as exc:
@@ -302,7 +305,7 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
 def _fail(message: str, code: int, as_json: bool) -> NoReturn:
     """One line on stderr; with --json, the same as an object on stdout."""
     click.echo(error_line(message), err=True)
-    if as_json:
+    if as_json and not cli_state.json_begun:
         click.echo(error_json(message, code))
     sys.exit(code)
 
