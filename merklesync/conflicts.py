@@ -148,7 +148,9 @@ def resolve(
         by_original[c.original].append(c)
     done: list[str] = []
     failed: list[MerklesyncError] = []
-    for original in originals:
+    # A copy's own copies first: settled, it is settled in its turn as any
+    # copy of its original.
+    for original in sorted(originals, key=lambda o: -o.count(CONFLICT_MARK)):
         copies = sorted(by_original.get(original, []), key=lambda c: c.copy.stamp)
         try:
             done += _settle(replica, original, copies, take, dry_run)

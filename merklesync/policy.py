@@ -142,9 +142,11 @@ def maybe_shortened(copy: str) -> bool:
 
 def original_of(path: str) -> tuple[str, str, str] | None:
     """For a conflict copy: (the original path, the writer, when the
-    version was written: YYYYMMDDTHHMMSS, UTC); else None."""
+    version was written: YYYYMMDDTHHMMSS, UTC); else None. The last mark
+    counts: a copy of a copy (``f.conflict-X-T1.conflict-Y-T2.txt``) is
+    one of ``f.conflict-X-T1.txt``."""
     head, name = posixpath.split(path)
-    stem, mark, rest = name.partition(CONFLICT_MARK)
+    stem, mark, rest = name.rpartition(CONFLICT_MARK)
     writer, dash, tail = rest.partition("-")
     when, dot, ext = tail.partition(".")
     moment, _, n = when.partition("-")

@@ -55,7 +55,9 @@ def sync_options(func: F) -> F:
                 "--merge-cmd",
                 metavar="CMD",
                 help="Merge command for merge-cmd, as git merge drivers: %A ours (the result), "
-                "%B theirs, %O the ancestor (empty when unknown), %P the path.",
+                "%B theirs, %O the ancestor (an empty file: no ancestor is kept), %P the path. "
+                "It runs in a temporary directory (name a script by its full path) and is "
+                "stopped after 60 s; when it fails, both versions are kept.",
             ),
             click.option(
                 "-n", "--dry-run", is_flag=True, help="Show what would change; write nothing."

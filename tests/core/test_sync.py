@@ -788,3 +788,31 @@ def test_a_byte_order_mark_is_no_part_of_the_first_attribute_rule(tmp_path: Path
     assert ms("sync", a, b).code == 0
     assert (a / "f.txt").read_text() == (b / "f.txt").read_text() == "from a, later\n"
     assert ms("conflicts", a).code == 0
+
+
+def test_a_conflict_copy_in_conflict_itself_is_settled_with_it(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy edited on both sides gets a copy of its own
+    (``NAME.conflict-X-T1.conflict-Y-T2.EXT``): listed as a copy of the
+    first copy, and `resolve --all` settles both, leaving no conflict."""
+    a, b = pair
+    hour_ago = time.time() - 3600  # the first conflict's versions: long before the second's
+    for side, text in ((a, "from a\n"), (b, "from b\n")):
+        (side / "shared.txt").write_text(text)
+        os.utime(side / "shared.txt", (hour_ago, hour_ago))
+    assert ms("sync", a, b).code == 0
+    (first,) = [p.name for p in a.glob("shared.conflict-*")]
+    (a / first).write_text("copy edited on a\n")
+    (b / first).write_text("copy edited on b\n")
+    assert ms("sync", a, b).code == 0
+    listed = {c["copy"]: c["path"] for c in ms("conflicts", a, "--json").json()["conflicts"]}
+    (nested,) = [c for c in listed if c != first]
+    assert listed == {first: "shared.txt", nested: first}
+    monkeypatch.chdir(a)
+    assert ms("resolve", "--all", "--take", "local").code == 0
+    assert ms("conflicts", a).code == 0
+    assert sorted(p.name for p in a.iterdir() if p.name != ".merklesync") == [
+        "keep.txt",
+        "shared.txt",
+    ]
