@@ -134,7 +134,7 @@ class Watcher:
         *,
         rescan_every: float = 3600.0,
         settle: float = 2.0,
-        on_settled: Callable[[], None] | None = None,
+        on_settled: Callable[[], float | None] | None = None,
         warn: Callable[[str], None] | None = None,
     ) -> None:
         self.root = root.resolve()
@@ -225,7 +225,10 @@ class Watcher:
                 settled = changed is not None and now - changed >= self.settle
                 if settled and self.on_settled is not None:
                     self._last_event = None  # changes during the call make another one
-                    self.on_settled()
+                    again = self.on_settled()
+                    if again is not None and self._last_event is None:
+                        # Asked to be called again that much later, changes or not.
+                        self._last_event = time.monotonic() + again - self.settle
         finally:
             mounts.close()
             observer.stop()

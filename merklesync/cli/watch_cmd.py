@@ -15,9 +15,12 @@ from types import FrameType
 import click
 
 from merklesync.cli.common import LOCAL_REPLICA, Output, handle_errors, remote_options
-from merklesync.errors import EXIT_DIFFERENT, UsageError
+from merklesync.errors import EXIT_CONNECTION, EXIT_DIFFERENT, EXIT_LOCKED, UsageError
 from merklesync.peer.open import RSH_ENV, RemoteOptions, resolve, split_command
 from merklesync.replica import find_root
+
+RETRY_FIRST = 10.0  # seconds before a --run that found a replica locked runs again
+RETRY_MAX = 600.0
 
 
 @click.command(short_help="Follow file events so scans look only where things changed.")
@@ -28,7 +31,10 @@ from merklesync.replica import find_root
     metavar="CMD",
     help="Run CMD (split as a shell would, not run by one) once at start and again whenever "
     "changes have settled, e.g. --run 'merklesync push . backup:/srv/data'. A run that fails "
-    "is an error on stderr, under --quiet too; watch then exits 1 if the last one failed.",
+    "is an error on stderr, under --quiet too; watch then exits 1 if the last one failed. "
+    "One that exits 4 or 6 (merklesync's status when another run holds a replica, or a host "
+    "cannot be reached) runs again, changes or not, after 10 s, then 20, 40... at most 10 min "
+    "apart, until it does not.",
 )
 @click.option(
     "--settle",
@@ -92,7 +98,9 @@ def watch(
     failed = [False]  # the last --run command's outcome
     stopping = [False]  # a command cut short by the stop is no failure
 
-    def run_command() -> None:
+    pause = [RETRY_FIRST]  # before a run that found a replica locked or a host down is retried
+
+    def run_command() -> float | None:
         assert argv is not None
         out.info(f"running {shlex.join(argv)}")
         try:
@@ -102,10 +110,18 @@ def watch(
             out.error(f"cannot run {argv[0]}: {exc.strerror}")
         else:
             if stopping[0]:
-                return
+                return None
             if code != 0:
                 out.error(f"{shlex.join(argv)} exited with status {code}")
         failed[0] = code != 0
+        if code not in (EXIT_LOCKED, EXIT_CONNECTION):
+            pause[0] = RETRY_FIRST
+            return None
+        # Another run held a replica, or a host was out of reach: what changed
+        # is not yet where it goes. Again later, changes or not.
+        again, pause[0] = pause[0], min(pause[0] * 2, RETRY_MAX)
+        out.info(f"running it again in {again:g} s")
+        return again
 
     watcher = Watcher(
         root,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import select
+import shlex
 import shutil
 import signal
 import subprocess
@@ -420,6 +421,29 @@ def test_watch_run_failing_is_an_error_under_quiet_too(tree: Path, tmp_path: Pat
     )
     assert code == 1, err
     assert "merklesync: error: " in err and "exited with status 3" in err, err
+
+
+def test_watch_run_that_found_a_replica_locked_runs_again(tree: Path, tmp_path: Path) -> None:
+    """A --run sync that found the other replica locked (exit 4: a cron run
+    held it) runs again a little later, though nothing changed since."""
+    runs = tmp_path / "runs"
+    script = (
+        "import pathlib, sys; p = pathlib.Path(sys.argv[1]); n = len(p.read_text()) "
+        "if p.exists() else 0; p.write_text('x' * (n + 1)); sys.exit(4 if n == 0 else 0)"
+    )
+    cmd = shlex.join([sys.executable, "-c", script, str(runs)])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "merklesync", "watch", str(tree), "--run", cmd, "--settle", "0.2"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert wait_for(lambda: runs.exists() and runs.read_text() == "xx", timeout=60)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err  # the last run went well
+    assert "exited with status 4" in err and "running it again in 10 s" in err
 
 
 # -- what events do not say -----------------------------------------------------
