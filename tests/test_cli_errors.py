@@ -88,9 +88,11 @@ def test_a_symlink_loop_as_a_replica_is_one_line(tmp_path: Path) -> None:
         assert "Symlink loop" in one_error_line(r)
 
 
-def test_a_scan_that_skips_a_file_exits_1(replica: Path) -> None:
+def test_a_scan_that_skips_a_file_exits_1(replica: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    assert run("push", "-q", replica, copy).returncode == 0
     os.mkfifo(replica / "fifo")
-    for args in (["status", replica], ["init", replica]):
+    for args in (["status", replica], ["init", replica], ["diff", replica, copy]):
         r = run(*args)
         assert r.returncode == 1, r.stderr
         assert "fifo: not a file, directory or link; skipped" in r.stderr

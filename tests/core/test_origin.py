@@ -127,3 +127,20 @@ def test_an_origin_outside_the_vector_is_refused() -> None:
     with pytest.raises(ProtocolError, match="origin"):
         entry_from_wire([*entry.to_wire()[:10], "../../evil"])
     assert entry_from_wire(entry.to_wire()[:10]).origin == ""  # as protocol 2 had it
+
+
+def test_a_rewrite_with_an_older_time_is_still_a_later_write(tmp_path: Path) -> None:
+    """A file put back with an old time kept (`cp -p`, `tar x`): its
+    version's stamp is after the one it replaces, whatever its mtime."""
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / "f.txt").write_text("one\n")
+    ms("init", a)
+    with Replica.open(a) as r:
+        before = r.index.get("f.txt")
+    assert before is not None
+    edit(a, "two\n", 1_000_000_000)  # 2001
+    assert ms("status", a).code == 0
+    with Replica.open(a) as r:
+        after = r.index.get("f.txt")
+    assert after is not None and after.entry.stamp == before.entry.stamp + 1

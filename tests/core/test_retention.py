@@ -195,3 +195,35 @@ def test_a_run_recorded_by_a_clock_running_ahead_proves_nothing(tmp_path: Path) 
     assert not (a / "gone.txt").exists() and not (b / "gone.txt").exists()
     with Replica.open(a) as r:
         assert retention.collect(r) == ["gone.txt"]  # now it has
+
+
+def test_away_just_longer_than_the_retention_is_refused(tmp_path: Path) -> None:
+    """The limit to the half day: 90 days and a half away is too long, 89
+    and a half is not."""
+    from merklesync.retention import StaleReplica
+
+    a, _ = _pair(tmp_path)
+    with Replica.open(a) as r:
+        [other] = r.index.peers()
+        last = r.index.peers()[other]
+        half = retention.DAY_NS // 2
+        days = retention.retention_days(r)
+        retention.check_not_stale(r, other, now=last + days * retention.DAY_NS - half)
+        try:
+            retention.check_not_stale(r, other, now=last + days * retention.DAY_NS + half)
+        except StaleReplica as exc:
+            assert "90 days ago" in exc.message
+        else:
+            raise AssertionError("not refused")
+
+
+def test_a_dry_run_sync_records_nothing(tmp_path: Path) -> None:
+    """Nor who has seen what, nor collects a tombstone: only a real run may."""
+    a, b = _pair(tmp_path)
+    (a / "gone.txt").unlink()
+    with Replica.open(a) as r:
+        peers_before = r.index.peers()
+    assert ms("sync", a, b, "--dry-run").code == 0
+    with Replica.open(a) as r:
+        assert r.index.peers() == peers_before
+    assert _tombstones(a) == ["gone.txt"]

@@ -61,6 +61,10 @@ def test_accepted(path: str) -> None:
         ("dir/.merklesync", "state directory"),  # a replica planted in a subdirectory
         ("sub/.merklesync/config", "state directory"),
         ("a/b/.MerkleSync./index.db", "state directory"),
+        # Names some file systems take for .merklesync (ignorable code points, a BOM):
+        ("\u200c.merklesync/index.db", "state directory"),
+        ("\ufeff.merklesync/index.db", "state directory"),
+        (".merkle\u200dsync/index.db", "state directory"),
         ("x" * 256, "longer than 255"),
         ("é" * 128, "longer than 255"),
         ("/".join(["y" * 255] * 17), "longer than 4096"),
