@@ -139,6 +139,14 @@ def test_ctrl_c_while_json_is_written_adds_no_second_document(tmp_path: Path) ->
     assert out.startswith(b'{"changes": [') and b'"error"' not in out
 
 
+def test_what_would_break_the_line_is_shown_escaped(tmp_path: Path) -> None:
+    """A newline in a name typed, click's lists of choices: one line still."""
+    r = run("status", tmp_path / "no\nsuch")
+    assert one_error_line(r).endswith("no\\nsuch")
+    r = run("resolve", "f.txt")
+    assert "Choose from: local, remote, both, union" in one_error_line(r)
+
+
 def test_a_lock_file_that_is_no_file_is_one_line(replica: Path) -> None:
     lock = replica / ".merklesync" / "lock"
     lock.unlink()

@@ -90,9 +90,14 @@ def plain(text: str) -> str:
     return _UNSEEN.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def error_line(message: str) -> str:
-    """An error as every command prints it on stderr: one line."""
-    return f"merklesync: error: {plain(message)}"
+    """An error as every command prints it on stderr: one line (a control
+    character from a name typed shown as an escape, ``\\n``)."""
+    shown = _CONTROL.sub(lambda m: repr(m.group())[1:-1], message)
+    return f"merklesync: error: {plain(shown)}"
 
 
 def error_json(message: str, code: int) -> str:

@@ -4,6 +4,7 @@ command runs (or its help is asked for), so a run loads only what it uses."""
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 
 import click
@@ -56,7 +57,7 @@ def main() -> None:
     except click.exceptions.Abort:  # click's word for Ctrl-C (or EOF at a prompt)
         interrupted()
     except click.ClickException as exc:  # before the command ran: its arguments
-        message = exc.format_message()
+        message = re.sub(r"\s*\n\s*", " ", exc.format_message())  # click's lists: one line
         if isinstance(exc, click.UsageError) and exc.ctx is not None:
             message += f" (see `{exc.ctx.command_path} --help`)"
         click.echo(error_line(message), err=True)
