@@ -90,31 +90,41 @@ class Output:
         self.quiet = quiet
         self.json = as_json
         self.verbose = verbose
+        self._bar: Any = None  # the progress bar on the terminal, while one is shown
 
     def line(self, text: str) -> None:
         """A result line (stdout); none under --quiet or --json."""
         if not self.json and not self.quiet:
-            click.echo(plain(text))
+            self._echo(plain(text), err=False)
 
     def info(self, text: str) -> None:
         if not self.quiet and not self.json:
-            click.echo(plain(text), err=True)
+            self._echo(plain(text))
 
     def warn(self, text: str) -> None:
         """A problem, under --quiet too (stderr): what a run skipped or left
         alone, what makes its exit status 1 (cron mails what is printed)."""
-        click.echo(f"merklesync: {plain(text)}", err=True)
+        self._echo(f"merklesync: {plain(text)}")
 
     def note(self, text: str) -> None:
         """Something worth a line that is no problem (a conflict settled by
         its policy, a version overwritten as --force asked); none under
         --quiet."""
         if not self.quiet:
-            click.echo(f"merklesync: {plain(text)}", err=True)
+            self._echo(f"merklesync: {plain(text)}")
 
     def error(self, text: str) -> None:
         """A failure the run goes on after (stderr), under --quiet too."""
-        click.echo(error_line(text), err=True)
+        self._echo(error_line(text))
+
+    def _echo(self, text: str, err: bool = True) -> None:
+        """A line; one written while a progress bar shows goes above it."""
+        if self._bar is None:
+            click.echo(text, err=err)
+            return
+        self._bar.clear()
+        click.echo(text, err=err)
+        self._bar.refresh()
 
     def emit_json(self, payload: dict[str, Any]) -> None:
         """One line of JSON on stdout, as ``json.dumps(payload, sort_keys=True)``
@@ -154,9 +164,11 @@ class Output:
         def advance(n: int) -> None:
             bar.update(n)
 
+        self._bar = bar
         try:
             yield advance
         finally:
+            self._bar = None
             bar.close()
 
 
