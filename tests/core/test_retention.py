@@ -227,3 +227,19 @@ def test_a_dry_run_sync_records_nothing(tmp_path: Path) -> None:
     with Replica.open(a) as r:
         assert r.index.peers() == peers_before
     assert _tombstones(a) == ["gone.txt"]
+
+
+def test_a_writer_known_only_from_the_vectors_must_see_a_deletion_too(tmp_path: Path) -> None:
+    """c syncs with b only; a learns of c from a version c wrote, which came
+    through b. A deletion on a is kept until c too has had it (by way of b:
+    a has no record of c ever syncing, so until the retention)."""
+    a, b = _pair(tmp_path)
+    c = tmp_path / "c"
+    assert ms("sync", b, c).code == 0
+    (c / "stays.txt").write_text("c wrote this")
+    assert ms("sync", b, c).code == 0
+    assert ms("sync", a, b).code == 0  # a now holds c's version
+    (a / "gone.txt").unlink()
+    assert ms("sync", a, b).code == 0
+    with Replica.open(a) as r:
+        assert retention.collect(r) == []
