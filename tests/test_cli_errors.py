@@ -147,6 +147,12 @@ def test_what_would_break_the_line_is_shown_escaped(tmp_path: Path) -> None:
     assert "Choose from: local, remote, both, union" in one_error_line(r)
 
 
+def test_remote_list_of_a_remote_address_is_a_usage_error() -> None:
+    r = run("remote", "list", "--replica", "ssh://127.0.0.1:1/x")
+    assert r.returncode == 2
+    assert "ssh://127.0.0.1:1/x is a remote replica's address: remote list" in one_error_line(r)
+
+
 def test_a_lock_file_that_is_no_file_is_one_line(replica: Path) -> None:
     lock = replica / ".merklesync" / "lock"
     lock.unlink()

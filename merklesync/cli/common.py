@@ -39,7 +39,11 @@ class LocalReplica(click.Path):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, str) and value:
-            command = ctx.info_name if ctx is not None else "this command"
+            command = (
+                ctx.command_path.partition(" ")[2] or str(ctx.info_name)
+                if ctx is not None
+                else "this command"
+            )
             try:
                 remote = parse_address(value).is_remote
             except MerklesyncError:

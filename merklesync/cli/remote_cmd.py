@@ -7,12 +7,12 @@ from pathlib import Path
 import click
 
 from merklesync import remotes
-from merklesync.cli.common import Output, handle_errors, output_options
+from merklesync.cli.common import LOCAL_REPLICA, Output, handle_errors, output_options
 from merklesync.replica import find_root
 
 replica_option = click.option(
     "--replica",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=LOCAL_REPLICA,
     help="The replica whose remotes to use (default: the one around the current directory).",
 )
 
