@@ -215,6 +215,9 @@ class Watcher:
                 if not self._root_in_place():
                     self.failure = f"{self.root} was moved or removed"
                     break
+                if not self._state_in_place():
+                    self.failure = f"{self.state} was removed: {self.root} is no replica now"
+                    break
                 now = time.monotonic()
                 if mounts.changed():
                     self.lost_events()
@@ -249,6 +252,17 @@ class Watcher:
         answer checks again which directories are watched."""
         self.journal.lost_track()
         self._check_all = True
+
+    def _state_in_place(self) -> bool:
+        """Whether the lock this watcher holds is still in the replica's
+        state (a `rm -rf .merklesync` unlinks it; a new `init` there would
+        start another watcher's life)."""
+        if self._lock_fd is None:
+            return True
+        try:
+            return os.fstat(self._lock_fd).st_nlink > 0
+        except OSError:
+            return False
 
     def _root_in_place(self) -> bool:
         try:

@@ -446,6 +446,24 @@ def test_watch_run_that_found_a_replica_locked_runs_again(tree: Path, tmp_path: 
     assert "exited with status 4" in err and "running it again in 10 s" in err
 
 
+def test_watch_stops_when_the_replica_state_is_removed(tree: Path) -> None:
+    """`rm -rf .merklesync` under a running watch: it says so and stops
+    (exit 5), rather than go on answering for a replica that is gone."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "merklesync", "watch", str(tree)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert wait_for(lambda: journal.watcher_running(tree / ".merklesync"))
+        shutil.rmtree(tree / ".merklesync")
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 5, err
+    assert "was removed: " in err and "is no replica now" in err
+
+
 # -- what events do not say -----------------------------------------------------
 
 
