@@ -9,7 +9,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -175,14 +175,33 @@ class Replica:
     def _preview(cls, root: Path, excludes: Sequence[str]) -> Replica:
         if root.exists() and not root.is_dir():
             raise UsageError(f"not a directory: {root}")
-        scratch = Path(tempfile.mkdtemp(prefix="merklesync-preview-"))
+        return cls._in_scratch(
+            "merklesync-preview-",
+            root if root.is_dir() else None,
+            excludes,
+            lambda scratch: Index.create(scratch / INDEX_FILE, new_replica_id()),
+        )
+
+    @classmethod
+    def _in_scratch(
+        cls,
+        prefix: str,
+        files: Path | None,
+        excludes: Sequence[str],
+        make_index: Callable[[Path], Index],
+    ) -> Replica:
+        """A replica of the files at ``files`` (None: an empty directory)
+        whose state is a throwaway directory, removed when it closes:
+        ``make_index`` makes its index there, under its lock."""
+        scratch = Path(tempfile.mkdtemp(prefix=prefix))
         try:
-            files = root if root.is_dir() else scratch / "empty"
-            files.mkdir(exist_ok=True)
+            if files is None:
+                files = scratch / "empty"
+                files.mkdir()
             lock = ReplicaLock(scratch / LOCK_FILE)
             lock.acquire()
             try:
-                index = Index.create(scratch / INDEX_FILE, new_replica_id())
+                index = make_index(scratch)
             except BaseException:
                 lock.release()
                 raise
@@ -203,8 +222,8 @@ class Replica:
         before its end left unfinished stays as it is: the scan finds the
         files as they are."""
         state = root / STATE_DIR
-        scratch = Path(tempfile.mkdtemp(prefix="merklesync-read-only-"))
-        try:
+
+        def copied(scratch: Path) -> Index:
             try:
                 for name in (INDEX_FILE, f"{INDEX_FILE}-wal"):
                     if (state / name).is_file():
@@ -214,22 +233,13 @@ class Replica:
                     f"cannot copy the index of {root} (on a read-only file system) "
                     f"to {scratch}: {exc.strerror}"
                 ) from exc
-            lock = ReplicaLock(scratch / LOCK_FILE)
-            lock.acquire()
             try:
-                index = Index.open(scratch / INDEX_FILE)
+                return Index.open(scratch / INDEX_FILE)
             except (CorruptIndex, NewerFormat) as exc:  # named by where it is
-                lock.release()
                 message = exc.message.replace(str(scratch / INDEX_FILE), str(state / INDEX_FILE))
                 raise type(exc)(message) from exc
-            except BaseException:
-                lock.release()
-                raise
-            replica = cls(root, index, lock, excludes)
-        except BaseException:
-            shutil.rmtree(scratch, ignore_errors=True)
-            raise
-        replica.scratch = scratch
+
+        replica = cls._in_scratch("merklesync-read-only-", root, excludes, copied)
         replica.read_only = True
         return replica
 

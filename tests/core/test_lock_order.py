@@ -64,16 +64,19 @@ def _run_against_the_other(tmp_path: Path, a: Path, b: Path) -> subprocess.Compl
     try:
         while not ready.exists():
             assert other.poll() is None
-        env = {**os.environ, "MERKLESYNC_LOCK_WAIT": "0.5"}
-        run = subprocess.run(
-            [sys.executable, "-m", "merklesync", "sync", "-q", str(a), str(b)],
-            env=env,
-            capture_output=True,
-            text=True,
-        )
+        run = _sync(a, b, lock_wait=0.5)
     finally:
         assert other.wait(60) == 0
     return run
+
+
+def _sync(a: Path, b: Path, lock_wait: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "merklesync", "sync", "-q", str(a), str(b)],
+        env={**os.environ, "MERKLESYNC_LOCK_WAIT": str(lock_wait)},
+        capture_output=True,
+        text=True,
+    )
 
 
 def test_a_pair_locked_the_other_way_round_goes_on(tmp_path: Path) -> None:
@@ -91,13 +94,7 @@ def test_a_second_replica_locked_all_along_still_fails(tmp_path: Path) -> None:
     fd = os.open(b / ".merklesync" / "lock", os.O_RDWR)
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
-        env = {**os.environ, "MERKLESYNC_LOCK_WAIT": "0.2"}
-        run = subprocess.run(
-            [sys.executable, "-m", "merklesync", "sync", "-q", str(a), str(b)],
-            env=env,
-            capture_output=True,
-            text=True,
-        )
+        run = _sync(a, b, lock_wait=0.2)
     finally:
         os.close(fd)
     assert run.returncode == EXIT_LOCKED
