@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import os
 import random
+import shlex
 import shutil
 import socket
 import subprocess
@@ -155,10 +156,13 @@ def test_missing_python_module(srv: SSHServer) -> None:
         t.recv(10)
 
 
-def test_remote_side_can_import_merklesync(srv: SSHServer) -> None:
-    assert srv.remote_cmd == f"{sys.executable} -m merklesync"
-    with connect(srv, f"{sys.executable} -c 'import merklesync; print(1)'") as t:
-        assert read_all(t) == b"1\n"
+def test_remote_side_imports_the_merklesync_under_test(srv: SSHServer) -> None:
+    """The far side runs this checkout's code (see tests/sshd.py REMOTE_CMD)."""
+    import merklesync
+
+    probe = "import merklesync; print(merklesync.__file__)"
+    with connect(srv, f"{srv.remote_cmd.rsplit(' -m ', 1)[0]} -c {shlex.quote(probe)}") as t:
+        assert read_all(t).decode().strip() == merklesync.__file__
 
 
 # -- host keys --------------------------------------------------------------------------
