@@ -33,7 +33,11 @@ EXIT_STATUS = [
         "Replica state: not a replica, corrupt index, index of a newer format, "
         "two replicas with the same id.",
     ),
-    (errors.EXIT_LOCKED, "The replica is locked by another merklesync process."),
+    (
+        errors.EXIT_LOCKED,
+        "The replica is locked by another merklesync process, still after waiting for it "
+        "(5 s; MERKLESYNC_LOCK_WAIT sets how long).",
+    ),
     (errors.EXIT_IO, "Local I/O error: disk full, permission denied, missing directory."),
     (errors.EXIT_CONNECTION, "Connection: refused, timed out, authentication failed, peer died."),
     (errors.EXIT_PROTOCOL, "Protocol: the peer sent something malformed, hostile or unexpected."),
@@ -49,6 +53,34 @@ EXIT_STATUS = [
         "itself, as git and rsync do (a shell shows 143).",
     ),
 ]
+
+
+# Pages whose command ends otherwise: code -> text (None: not returned).
+EXIT_STATUS_OF: dict[str, dict[int, str | None]] = {
+    "merklesync-watch": {
+        errors.EXIT_OK: "Stopped by SIGINT or SIGTERM (Ctrl-C included), the last --run "
+        "command, if any, having succeeded.",
+        errors.EXIT_DIFFERENT: "Stopped after its last --run command failed.",
+        errors.EXIT_PROTOCOL: None,
+        errors.EXIT_HOSTKEY: None,
+        errors.EXIT_INTERRUPTED: None,
+        errors.EXIT_TERMINATED: None,
+    },
+    "merklesync-serve": {
+        errors.EXIT_OK: "The client ended the session (bye, or the end of its input).",
+        errors.EXIT_DIFFERENT: None,
+        errors.EXIT_USAGE: "Usage error, or a failure of the agent itself (said on standard "
+        "error).",
+        errors.EXIT_STATE: None,
+        errors.EXIT_LOCKED: None,
+        errors.EXIT_IO: None,
+        errors.EXIT_CONNECTION: "The client went away (a broken pipe, a reset).",
+        errors.EXIT_PROTOCOL: "The client broke the protocol.",
+        errors.EXIT_HOSTKEY: None,
+        errors.EXIT_INTERRUPTED: None,
+        errors.EXIT_TERMINATED: None,
+    },
+}
 
 
 def _esc(text: str) -> str:
@@ -97,8 +129,11 @@ def page(name: str, command: click.Command, parent: click.Context) -> str:
                     _esc(sub.get_short_help_str(limit=200)),
                 ]
     lines.append(".SH EXIT STATUS")
+    own = EXIT_STATUS_OF.get(title, {})
     for code, text in EXIT_STATUS:
-        lines += [".TP", f"\\fB{code}\\fR", _esc(text)]
+        shown = own.get(code, text)
+        if shown is not None:
+            lines += [".TP", f"\\fB{code}\\fR", _esc(shown)]
     see = ["merklesync(1)"] if title != "merklesync" else []
     see.append("merklesync-protocol(7)")
     lines += [".SH SEE ALSO", ", ".join(_esc(s) for s in see)]
