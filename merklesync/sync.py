@@ -304,9 +304,10 @@ class Syncer:
             return
         merged = x.vv.merge(y.vv)
         if x.same_content(y):
-            self._both(
-                dataclasses.replace(x, vv=merged, stamp=max(x.stamp, y.stamp)), x, y, plan, deferred
-            )
+            # Written on both: the writer of the later write (the same one
+            # whichever side is A).
+            same = x.with_version(merged, max(x.stamp, y.stamp), newer(x, y).origin)
+            self._both(same, x, y, plan, deferred)
             events.append(Event(x.path, "merge-version"))
             return
         self._conflict(x, y, plan, deferred)

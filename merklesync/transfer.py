@@ -20,6 +20,7 @@ from merklesync.model import (
     leaf_of,
 )
 from merklesync.peer import Outcome, Peer, Progress, Unreadable, WriteItem
+from merklesync.policy import newer
 from merklesync.reconcile import differences, plan_one_way
 
 BATCH_FILES = 2048
@@ -106,7 +107,9 @@ def _target(change: Change, writer: str) -> Entry:
     assert src is not None
     if change.action is Action.MERGE_VERSION:
         assert dst is not None
-        return dst.with_version(dst.vv.merge(src.vv), max(src.stamp, dst.stamp))
+        # Written on both: the writer of the later write, whichever pushes.
+        vv = dst.vv.merge(src.vv)
+        return dst.with_version(vv, max(src.stamp, dst.stamp), newer(src, dst).origin)
     if change.action is Action.FORCE:
         assert dst is not None
         # A new write that dominates what it replaces, made by the
@@ -198,7 +201,7 @@ def _catch_up(src: Peer, same: list[tuple[Change, Entry]], result: TransferResul
         s = change.src
         assert s is not None
         if change.action is Action.DEST_NEWER or result.outcomes.get(change.path, _NO).ok:
-            ops.append(Op(s.with_version(held.vv, held.stamp), s))
+            ops.append(Op(s.with_version(held.vv, held.stamp, held.origin), s))
     if ops:
         with contextlib.suppress(ReadOnlyReplica):
             apply_ops(src, ops, {}, None)

@@ -144,3 +144,18 @@ def test_a_rewrite_with_an_older_time_is_still_a_later_write(tmp_path: Path) -> 
     with Replica.open(a) as r:
         after = r.index.get("f.txt")
     assert after is not None and after.entry.stamp == before.entry.stamp + 1
+
+
+@pytest.mark.parametrize("first", ["a", "b"])
+def test_the_same_edit_on_both_sides_is_the_later_writers(tmp_path: Path, first: str) -> None:
+    """Both wrote the same bytes: no conflict, and the version is the later
+    write's, whichever side the sync (or push) starts from."""
+    a, b, _ = three(tmp_path)
+    edit(a, "same\n", BASE_TIME + 100)
+    edit(b, "same\n", BASE_TIME + 200)  # the later write
+    x, y = (a, b) if first == "a" else (b, a)
+    assert ms("push" if first == "a" else "sync", x, y).code == 0
+    for root in (a, b):
+        with Replica.open(root) as r:
+            cached = r.index.get("f.txt")
+        assert cached is not None and cached.entry.origin == _id(b), root
