@@ -249,7 +249,7 @@ def _wanted_copy(
     if name is None or name.deleted or name.kind is EntryKind.DIR:
         return wanted[-1]
     order = name.vv.compare(newest.vv)
-    if name.origin:
+    if name.origin and (name.origin == me or any(c.writer == me for c in copies)):
         name_is_wanted = (name.origin == me) == local
     elif order is Order.EQUAL:
         name_is_wanted = (copies[-1].writer == me) != local

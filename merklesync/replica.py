@@ -396,15 +396,21 @@ class ChildScan:
     def wait(self, progress: Progress | None = None) -> ScanReport:
         died = LocalIOError(f"the scan of {self.replica.root} stopped unexpectedly")
         reported = 0
+        done = False
         try:
             while not self.receiver.poll(0.05):
                 if not self.proc.is_alive() and not self.receiver.poll(0.05):
                     raise died
                 reported = self._progress(progress, reported)
             result = self.receiver.recv()
+            done = True
         except EOFError:
             raise died from None
         finally:
+            if not done and self.proc.is_alive():
+                # Interrupted here (a Ctrl-C or SIGTERM to this process
+                # alone): the child may be writing a report nobody reads.
+                self.proc.terminate()
             self.proc.join()
             self.receiver.close()
         if isinstance(result, MerklesyncError):

@@ -26,6 +26,7 @@ from merklesync.ignore import exclude_predicate
 from merklesync.model import Action, Change, ChangeKind, Stats
 from merklesync.peer.open import (
     RemoteOptions,
+    check_writable,
     combined_stats,
     opened_pair,
     refresh_all,
@@ -85,6 +86,7 @@ def run_transfer(
         checksum=checksum,
     )
     with pair as (src, dst):
+        check_writable(dst, "nothing can be copied into it")
         retention.guard(src, dst, allow_stale=allow_stale)
         with out.progress("scanning", "files") as progress:
             warnings = refresh_all([src, dst], checksum=checksum, progress=progress)

@@ -9,10 +9,16 @@ import click
 
 from merklesync.cli.common import Output, handle_errors, plural, print_stats
 from merklesync.cli.sync_cmd import check_policy, counts, print_result, result_json, sync_options
-from merklesync.errors import EXIT_DIFFERENT, EXIT_OK, MerklesyncError
+from merklesync.errors import EXIT_DIFFERENT, EXIT_OK, MerklesyncError, ReadOnlyReplica
 from merklesync.model import Stats
 from merklesync.peer import Node
-from merklesync.peer.open import RemoteOptions, combined_stats, opened_replicas, refresh_all
+from merklesync.peer.open import (
+    RemoteOptions,
+    check_writable,
+    combined_stats,
+    opened_replicas,
+    refresh_all,
+)
 from merklesync.sync_run import LeftOut, PairSync, repair, rules_for
 
 
@@ -66,13 +72,19 @@ def repair_cmd(
         failed: dict[int, MerklesyncError] = {}
         with out.progress("scanning", "files") as progress:
             skipped = refresh_all(peers, checksum=checksum, progress=progress, failed=failed)
+        for i, peer in enumerate(peers):
+            try:
+                check_writable(peer, "repair writes to every replica")
+            except ReadOnlyReplica as exc:
+                failed.setdefault(i, exc)
         if 0 in failed:
             raise _hub_failed(peers[0].name, failed[0])
         left += [LeftOut(peers[i].name, error) for i, error in sorted(failed.items())]
         taking_part = [p for i, p in enumerate(peers) if i not in failed]
-        for gone in left:
+        ending = len(taking_part) < 2  # then the first one left out is the run's error
+        for gone in left[1:] if ending else left:
             out.error(f"left out {gone.name}: {gone.error.message}")
-        if len(taking_part) < 2:
+        if ending:
             raise left[0].error if left else click.UsageError("repair needs two replicas")
 
         def said(done: PairSync) -> None:

@@ -25,6 +25,7 @@ from merklesync.cli.common import (
 from merklesync.errors import EXIT_DIFFERENT, EXIT_OK
 from merklesync.peer.open import (
     RemoteOptions,
+    check_writable,
     combined_stats,
     opened_pair,
     refresh_all,
@@ -174,6 +175,8 @@ def sync(
         checksum=checksum,
     )
     with pair as (a, b):
+        for peer in (a, b):
+            check_writable(peer, "sync writes to both replicas")
         retention.guard(a, b, allow_stale=allow_stale)
         with out.progress("scanning", "files") as progress:
             skipped = refresh_all([a, b], checksum=checksum, progress=progress)

@@ -97,7 +97,7 @@ class LocalPeer:
             return None
         kind, child = ahead
         if kind != checksum:
-            child.wait(None)  # another kind of scan: this one ends first
+            child.cancel()  # another kind of scan: stopped (what it did is kept or redone)
             return None
         return lambda progress: self._count(child.wait(progress))
 

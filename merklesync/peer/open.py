@@ -23,6 +23,7 @@ from merklesync.errors import (
     LocalIOError,
     MerklesyncError,
     NotAReplica,
+    ReadOnlyReplica,
     ReplicaLocked,
     SameReplicaId,
     UsageError,
@@ -299,6 +300,13 @@ def check_remotes_apart(
     )
 
 
+def check_writable(peer: Peer, why: str) -> None:
+    """Refuse, before anything is written, a run that would write to a
+    replica on a read-only file system (where it could not finish)."""
+    if peer.read_only:
+        raise ReadOnlyReplica(f"replica {peer.name} is on a read-only file system: {why}")
+
+
 def check_distinct(a: Peer, b: Peer, *, compare_only: bool = False) -> None:
     """Two replicas must not share an id: each counts its own writes in the
     version vectors under its id, so the writes of one would pass for the
@@ -458,7 +466,7 @@ def opened_pair(
         # for the first (`sync A host:B` here while `sync B host:A` runs
         # there, from the same cron minute): let go of the first, so that one
         # of the two goes on, and try again a moment later.
-        time.sleep(random.uniform(0.1, 1.0) * attempt)
+        time.sleep(random.uniform(0.2, 2.0) * attempt)
 
 
 @contextlib.contextmanager

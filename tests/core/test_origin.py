@@ -159,3 +159,19 @@ def test_the_same_edit_on_both_sides_is_the_later_writers(tmp_path: Path, first:
         with Replica.open(root) as r:
             cached = r.index.get("f.txt")
         assert cached is not None and cached.entry.origin == _id(b), root
+
+
+def test_on_a_third_replica_remote_takes_the_newest_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica that wrote none of the versions: `--take remote` takes the
+    newest copy, as the help says (local keeps the name)."""
+    a, b, c = three(tmp_path)
+    edit(b, "b edit\n", BASE_TIME + 100)
+    edit(c, "c edit\n", BASE_TIME + 200)  # keeps the name
+    assert ms("sync", b, c).code == 0
+    assert ms("sync", c, a).code == 0
+    monkeypatch.chdir(a)
+    assert ms("resolve", "-n", "f.txt", "--take", "local").lines()[0] == "would keep f.txt"
+    assert ms("resolve", "f.txt", "--take", "remote").code == 0
+    assert (a / "f.txt").read_text() == "b edit\n"

@@ -108,15 +108,20 @@ def test_a_write_there_is_refused_in_one_line(tmp_path: Path, replica: Path) -> 
         'ms push -q b "$RO"; echo push=$?\n'
         'ms push -q b "x:$RO"; echo remote=$?\n'
         'ms sync -q b "$RO"; echo sync=$?\n'
-        'ms gc -q "$RO"; echo gc=$?\n',
+        'ms sync -q -n b "$RO"; echo dry=$?\n'
+        'ms gc -q "$RO"; echo gc=$?\n'
+        'ms repair -q b "$RO"; echo repair=$?\n',
     )
     codes = done.stdout.split()
-    assert codes == [f"{c}={EXIT_IO}" for c in ("push", "remote", "sync", "gc")], done.stderr
+    expected = ("push", "remote", "sync", "dry", "gc", "repair")
+    assert codes == [f"{c}={EXIT_IO}" for c in expected], done.stderr
     lines = done.stderr.splitlines()
-    assert len(lines) == 4, lines
+    assert len(lines) == 6, lines
     assert all("read-only file system" in line for line in lines), lines
     assert "Traceback" not in done.stderr
     assert state_of(replica) == before
+    # Refused before anything was written: the other side holds only its own.
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [".merklesync", "new"]
 
 
 def test_forced_pull_from_it_through_the_agent(tmp_path: Path, replica: Path) -> None:

@@ -68,12 +68,14 @@ def test_the_scan_ahead_is_the_refresh(replica: Path) -> None:
         peer.close()
 
 
-def test_another_kind_of_scan_waits_for_the_one_ahead(replica: Path) -> None:
+def test_another_kind_of_scan_replaces_the_one_ahead(replica: Path) -> None:
+    """What the scan ahead did before it was stopped is kept, or done again."""
     peer = LocalPeer.open(replica)
     try:
         peer.scan_ahead(checksum=False)
         report = peer.refresh(checksum=True)
-        assert report.hashed == 31 and report.added == []  # new.txt: found by the scan ahead
+        assert report.hashed == 31
+        assert peer.replica.index.get("new.txt") is not None
     finally:
         peer.close()
 
@@ -310,3 +312,67 @@ def test_no_scan_ahead_where_a_watcher_says_where_to_look(replica: Path) -> None
             assert peer.refresh(checksum=True).hashed == 31
         finally:
             peer.close()
+
+
+WAIT_INTERRUPTED = """
+import sys
+from pathlib import Path
+from merklesync.model import ScanReport
+from merklesync.replica import Replica
+from merklesync.sources.directory import DirectorySource
+
+def big(*args, progress=None, **kw):
+    progress(1)  # the parent hears of it while it waits
+    return ScanReport(added=[f"f{i:07d}" for i in range(300_000)])  # more than a pipe holds
+
+DirectorySource.scan = big
+with Replica.open(Path(sys.argv[1])) as r:
+    child = r.start_scan()
+    def interrupted(n):
+        raise KeyboardInterrupt  # as a Ctrl-C to this process alone
+    try:
+        child.wait(interrupted)
+    except KeyboardInterrupt:
+        print("alive" if child.proc.is_alive() else "stopped")
+"""
+
+
+def test_a_wait_interrupted_stops_the_scan_instead_of_hanging(replica: Path) -> None:
+    """A Ctrl-C (or SIGTERM) to this process alone while a forked scan sends
+    a large report: the scan is stopped, not waited for (it was blocked on
+    a pipe nobody would read, and the run hung with its locks held)."""
+    done = subprocess.run(
+        [sys.executable, "-c", WAIT_INTERRUPTED, str(replica)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.stdout.strip() == "stopped", done.stderr
+
+
+def test_a_scan_ahead_of_another_kind_is_stopped_not_waited_for(
+    replica: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent starts a plain scan ahead; the client asks for --checksum:
+    the plain one is stopped (waiting for it said nothing for as long as it
+    ran, and a client gave up), and the checksum scan does the work."""
+    from merklesync.sources.directory import DirectorySource
+
+    plain_scan = DirectorySource.scan
+
+    def slow_unless_checksum(self: DirectorySource, *args: object, **kw: object) -> object:
+        if not kw.get("checksum"):
+            time.sleep(30)
+        return plain_scan(self, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(DirectorySource, "scan", slow_unless_checksum)
+    peer = LocalPeer.open(replica)
+    try:
+        peer.scan_ahead()
+        assert peer._ahead is not None
+        child = peer._ahead[1].proc
+        report = peer.refresh(checksum=True)
+        assert child.exitcode == -signal.SIGTERM
+        assert report.added == ["new.txt"]
+    finally:
+        peer.close()
