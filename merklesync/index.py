@@ -361,7 +361,19 @@ class Index:
         return conn
 
     @_guard
-    def close(self) -> None:
+    def close(self, *, commit: bool = True) -> None:
+        """Close; with ``commit`` False (a run ending on a failure or an
+        interruption), what was written since the last commit is dropped:
+        a row can be written and the tree not yet told of it when a Ctrl-C
+        lands, and committed so the tree would be wrong for good. What the
+        run did is found again as a run stopped by SIGKILL leaves it."""
+        if not commit:
+            try:
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
+            finally:
+                self.conn.close()
+            return
         self.commit()
         self.conn.execute("COMMIT")
         self.conn.close()

@@ -326,11 +326,15 @@ class Replica:
         sender.close()
         return ChildScan(self, proc, receiver, counter)
 
-    def close(self) -> None:
+    def close(self, *, commit: bool = True) -> None:
+        """``commit`` False: the run ends on a failure or an interruption;
+        what it wrote in the index since the last commit is dropped (see
+        Index.close)."""
         try:
             self.source.finish()
-            self.index.set_meta("hlc", self.clock.last)
-            self.index.close()
+            if commit:
+                self.index.set_meta("hlc", self.clock.last)
+            self.index.close(commit=commit)
         finally:
             self.lock.release()
             if self.scratch is not None:
@@ -344,7 +348,7 @@ class Replica:
             self.close()
             return
         with contextlib.suppress(Exception):  # the failure in flight says why
-            self.close()
+            self.close(commit=False)
 
 
 # SQLite opens its files by paths shorter than 512 bytes, the index's
@@ -474,8 +478,10 @@ def _scan_child(
                 learned_ns=learned_ns,
                 spread=spread,
             )
-        finally:
-            index.close()
+        except BaseException:
+            index.close(commit=False)  # stopped midway: see Index.close
+            raise
+        index.close()
     except MerklesyncError as exc:
         result = exc
     except OSError as exc:

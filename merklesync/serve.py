@@ -149,14 +149,17 @@ class Agent:
         except Exception as exc:  # a bug: the traceback goes to stderr, never on the wire
             self.report(_bug_text(exc))
             return EXIT_USAGE
+        except BaseException:  # SIGINT, SIGTERM: cut anywhere (see Index.close)
+            self.close(commit=False)
+            raise
         finally:
             self.close()
 
-    def close(self) -> None:
+    def close(self, *, commit: bool = True) -> None:
         if self.peer is not None:
             peer, self.peer = self.peer, None
             self.failure = MerklesyncError("the replica was closed")
-            peer.close()
+            peer.close(commit=commit)
 
     def _answer(self, request: Request) -> None:
         if isinstance(request, Write):

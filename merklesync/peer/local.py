@@ -228,8 +228,9 @@ class LocalPeer:
         self.replica.index.remember_peer(replica_id, self.replica.snapshot_ns)
         self.replica.index.commit()
 
-    def close(self) -> None:
-        """Close the replica. A scan started ahead and never waited for (the
+    def close(self, *, commit: bool = True) -> None:
+        """Close the replica (``commit`` False: the run failed, see
+        Replica.close). A scan started ahead and never waited for (the
         run failed first) is stopped, not waited for: a first scan can take
         long. It writes the index under this process's lock, so it is gone
         before the lock is."""
@@ -238,4 +239,4 @@ class LocalPeer:
             if ahead is not None:
                 ahead[1].cancel()
         finally:
-            self.replica.close()
+            self.replica.close(commit=commit)

@@ -587,6 +587,6 @@ def closing(peer: Peer) -> Iterator[Peer]:
         yield peer
     except BaseException:
         with contextlib.suppress(Exception):
-            peer.close()
+            peer.close(commit=False)
         raise
     peer.close()

@@ -246,10 +246,12 @@ class RemotePeer:
                     self.stats.files_transferred += 1
                     self.stats.bytes_transferred += size
 
-    def close(self) -> None:
+    def close(self, *, commit: bool = True) -> None:
         """Say bye (the agent closes its replica first, so its lock is free
         when this returns) and close the transport: without waiting for the
-        agent to exit, once it has answered (it has nothing left to say)."""
+        agent to exit, once it has answered (it has nothing left to say).
+        The agent keeps what it finished (``commit`` is for a local replica,
+        whose run may be cut anywhere)."""
         if self._closed:
             return
         self._closed = True

@@ -23,7 +23,7 @@ from merklesync.model import Entry, Unreadable
 from merklesync.replica import Replica
 from merklesync.sources import directory, file_write, no_replace, placer
 from tests.clirun import ms
-from tests.treegen import assert_same_tree, make_tree
+from tests.treegen import assert_same_tree, make_tree, mutate
 
 
 def _files(root: Path) -> list[Path]:
@@ -1800,3 +1800,39 @@ def test_a_file_that_cannot_be_read_when_sent_is_named_with_why(
     monkeypatch.undo()
     assert ms("push", src, dst).code == 0
     assert_same_tree(src, dst)
+
+
+def test_a_scan_cut_between_a_row_and_its_leaf_leaves_the_tree_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C lands after a row is written and before the tree hears of
+    it: the run ends without committing (as if killed), so the tree and the
+    rows still agree, and the next scan does the work."""
+    from merklesync import merkle
+
+    root = tmp_path / "r"
+    make_tree(root, files=200, dirs=4, seed=2, min_size=0, max_size=32)
+    assert ms("init", root).code == 0
+    mutate(root, modify=80, add=0, delete=0, seed=3)  # the depth stays: no rebuild
+    change = merkle.Accumulator.change
+    calls = [0]
+
+    def cut(self: merkle.Accumulator, *args: object) -> None:
+        calls[0] += 1
+        if calls[0] == 60:
+            raise KeyboardInterrupt  # the row is in the table already
+        change(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(merkle.Accumulator, "change", cut)
+    with pytest.raises(KeyboardInterrupt), Replica.open(root) as r:
+        r.scan(spread=False)
+    monkeypatch.undo()
+
+    def whole(r: Replica) -> bool:
+        rows = r.index.conn.execute("SELECT key, leaf FROM entries")
+        return r.index.root()[0] == merkle.root_of(rows)
+
+    with Replica.open(root) as r:
+        assert whole(r)
+        assert len(r.scan().modified) == 80  # the work the cut run did not keep
+        assert whole(r)
