@@ -9,23 +9,38 @@ import os
 import re
 import signal
 import sys
+from collections.abc import Callable
+from types import FrameType
 from typing import NoReturn
 
 from merklesync.errors import EXIT_INTERRUPTED, EXIT_TERMINATED
 
 _terminated = False  # SIGTERM came: the run ends as a Ctrl-C does
-_command_pid = 0  # the process the handler is for, not a child forked from it
 # The command's JSON document has begun on stdout: an error after that (a
 # Ctrl-C while a reader is slow to take it) adds no second document.
 json_begun = False
 
 
-def _terminate(signum: int, frame: object) -> None:
+Handler = Callable[[int, FrameType | None], None]
+
+
+def this_process_only(handler: Handler) -> Handler:
+    """``handler``, for the process that installs it; a process forked from
+    it (a scan) dies of the signal instead, as by default."""
+    me = os.getpid()
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != me:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        handler(signum, frame)
+
+    return handle
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
     global _terminated
-    if os.getpid() != _command_pid:  # a forked child: dies of it, as by default
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
-        return
     _terminated = True
     raise KeyboardInterrupt
 
@@ -34,11 +49,9 @@ def main() -> None:
     # SIGTERM (systemd, timeout, kill) ends a run as a Ctrl-C does: the file
     # being written is finished or removed, the lock released, one line;
     # then it dies of the signal (see interrupted).
-    global _command_pid
-    _command_pid = os.getpid()
     installed = signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # one ignored stays so
     if installed:
-        signal.signal(signal.SIGTERM, _terminate)
+        signal.signal(signal.SIGTERM, this_process_only(_terminate))
     try:
         from merklesync.cli.app import main as run
 

@@ -14,6 +14,7 @@ from types import FrameType
 
 import click
 
+from merklesync.cli import this_process_only
 from merklesync.cli.common import LOCAL_REPLICA, Output, handle_errors, remote_options
 from merklesync.errors import EXIT_CONNECTION, EXIT_DIFFERENT, EXIT_LOCKED, UsageError
 from merklesync.peer.open import RSH_ENV, RemoteOptions, resolve, split_command
@@ -131,25 +132,20 @@ def watch(
         warn=out.warn,
     )
 
-    me = os.getpid()
-
     def stop(signum: int, frame: FrameType | None) -> None:
-        if os.getpid() != me:  # a process forked from this one (a scan): dies of it
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
         stopping[0] = True
         watcher.stop()
 
-    before = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    stopper = this_process_only(stop)
+    before = {s: signal.signal(s, stopper) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         with contextlib.ExitStack() as keepers:
             for spec in keep_open:
                 keepers.enter_context(_kept_open(spec, root, remote, out))
             watcher.run(ready=lambda: out.info(f"watching {root}"))
     finally:
-        for signum, handler in before.items():
-            signal.signal(signum, handler)
+        for signum, previous in before.items():
+            signal.signal(signum, previous)
     out.info(f"stopped watching {root}")
     sys.exit(EXIT_DIFFERENT if failed[0] else 0)  # the last --run failed: cron hears of it
 
