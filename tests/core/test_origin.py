@@ -175,3 +175,20 @@ def test_on_a_third_replica_remote_takes_the_newest_copy(
     assert ms("resolve", "-n", "f.txt", "--take", "local").lines()[0] == "would keep f.txt"
     assert ms("resolve", "f.txt", "--take", "remote").code == 0
     assert (a / "f.txt").read_text() == "b edit\n"
+
+
+def test_conflict_copy_names_are_in_utc_whatever_the_zone(tmp_path: Path) -> None:
+    """Every replica names the copy alike, wherever its clock's zone."""
+    import subprocess
+    import sys
+
+    a, b, _ = three(tmp_path)
+    edit(a, "a\n", BASE_TIME + 100)  # 2023-11-14 22:15:00 UTC: the earlier, the copy
+    edit(b, "b\n", BASE_TIME + 200)
+    env = {**os.environ, "TZ": "Asia/Tokyo"}  # 07:15 the next day there
+    done = subprocess.run(
+        [sys.executable, "-m", "merklesync", "sync", "-q", str(a), str(b)], env=env, check=False
+    )
+    assert done.returncode == 0
+    (copy,) = [p.name for p in a.glob("f.conflict-*")]
+    assert copy == f"f.conflict-{_id(a)}-20231114T221500.txt"

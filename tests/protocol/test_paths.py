@@ -26,7 +26,9 @@ from .strategies import paths
         "mailbox:2,S",
         "ünïcödé/文件",
         "x" * 255,
+        "é" * 127 + "x",  # 255 bytes
         "/".join(["y" * 255] * 16),
+        "/".join(["z" * 240] * 17),  # 4096 bytes: the limit itself
     ],
 )
 def test_accepted(path: str) -> None:
@@ -68,6 +70,7 @@ def test_accepted(path: str) -> None:
         ("x" * 256, "longer than 255"),
         ("é" * 128, "longer than 255"),
         ("/".join(["y" * 255] * 17), "longer than 4096"),
+        ("/".join(["z" * 240] * 16 + ["z" * 241]), "longer than 4096"),  # 4097 bytes
     ],
 )
 def test_rejected(path: str, why: str) -> None:
