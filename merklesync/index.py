@@ -562,6 +562,28 @@ class Index:
                 raise CorruptIndex(_corrupt_message(self, "damaged tree node"))
 
     @_guard
+    def tree_matches(self) -> bool:
+        """Whether the stored tree is the one its rows make (an earlier
+        release could commit a run cut between a row and its leaf)."""
+        made = merkle.Accumulator(self.depth)
+        for key, leaf in self.conn.execute("SELECT key, leaf FROM entries"):
+            made.add(key, leaf)
+        wanted = {node: (total, count) for node, (total, count) in made.nodes.items() if count}
+        stored = {
+            (level, prefix): (int.from_bytes(total, "big"), count)
+            for level, prefix, total, count in self.conn.execute("SELECT * FROM nodes")
+        }
+        return stored == wanted
+
+    @_guard
+    def rebuild_tree(self) -> None:
+        """Make the tree again from the rows (their versions kept)."""
+        self._rebuild_nodes(self.depth)
+        self._pending = merkle.Accumulator(self.depth)
+        self._dirty = False
+        self.commit()
+
+    @_guard
     def tombstones(self) -> list[tuple[Entry, int]]:
         """Every tombstone, with the time this replica learned of it."""
         rows = self.conn.execute(f"SELECT {_ENTRY_COLUMNS}, learned_ns FROM entries WHERE deleted")

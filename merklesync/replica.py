@@ -244,10 +244,11 @@ class Replica:
         return replica
 
     @classmethod
-    def rebuild(cls, root: Path) -> tuple[Replica, Path | None]:
+    def rebuild(cls, root: Path) -> tuple[Replica, Path | None, bool]:
         """Set a broken index aside and start a fresh one (with a new
         replica id, since the old counters are lost); the next scan reads
-        every file again."""
+        every file again. An index whose rows read well but whose tree is
+        not the one they make is kept, its tree made again (True)."""
         root = root.resolve()
         state = root / STATE_DIR
         lock = ReplicaLock(state / LOCK_FILE)
@@ -257,6 +258,9 @@ class Replica:
         try:
             old = state / INDEX_FILE
             if old.exists():
+                healed = _tree_healed(old)
+                if healed is not None:
+                    return cls._resumed(cls(root, healed, lock, ())), None, True
                 _refuse_readable(old, root)
                 moved = _aside(state, f"{INDEX_FILE}.broken-{time.strftime('%Y%m%dT%H%M%S')}")
                 # Its log first: one left beside the new index would be
@@ -270,7 +274,7 @@ class Replica:
         except BaseException:
             lock.release()
             raise
-        return cls._resumed(cls(root, index, lock, ())), moved
+        return cls._resumed(cls(root, index, lock, ())), moved, False
 
     def renew_id(self) -> str:
         """Give the replica a fresh random id, keeping its entries and their
@@ -365,6 +369,30 @@ def _check_index_path(root: Path) -> None:
             f"{root}: too deep for a replica: the path of its index would be {size} bytes, "
             f"over the {MAX_INDEX_PATH} SQLite takes"
         )
+
+
+def _tree_healed(path: Path) -> Index | None:
+    """The index at ``path``, its tree made again, when its rows read well
+    and its tree is not the one they make; else None (closed)."""
+    if path.is_symlink() or not path.is_file():
+        return None
+    try:
+        index = Index.open(path)
+    except (CorruptIndex, NewerFormat, LocalIOError):
+        return None
+    try:
+        index.check()
+        if index.tree_matches():
+            index.close()
+            return None
+        index.rebuild_tree()
+    except CorruptIndex:
+        index.close(commit=False)
+        return None
+    except BaseException:
+        index.close(commit=False)
+        raise
+    return index
 
 
 def _refuse_readable(path: Path, root: Path) -> None:

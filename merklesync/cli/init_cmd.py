@@ -27,7 +27,9 @@ from merklesync.replica import Replica, is_replica
     "--rebuild",
     is_flag=True,
     help="Set a corrupt or unreadable index aside and build a new one from the files "
-    "(the replica gets a new id; versions restart).",
+    "(the replica gets a new id; versions restart). An index that reads well but whose "
+    "tree does not match its entries (a run of an earlier release cut short) keeps its "
+    "entries and versions: only its tree is made again.",
 )
 @click.option(
     "--new-id",
@@ -48,12 +50,13 @@ def init(
     if rebuild and new_id:
         raise click.UsageError("--rebuild gives the replica a new id already: not with --new-id")
     moved = None
+    healed = False
     old_id = None
     existing = not rebuild and is_replica(directory)  # then init is a scan, as git init
     if new_id and not existing:
         raise NotAReplica(f"{directory} is not a merklesync replica: --new-id is for one")
     if rebuild:
-        replica, moved = Replica.rebuild(directory)
+        replica, moved, healed = Replica.rebuild(directory)
     else:
         replica = Replica.open(directory, create=True)
     with replica:
@@ -68,6 +71,10 @@ def init(
             out.warn(warning)
         if moved is not None:
             out.info(f"the old index was kept as {moved}")
+        if healed:
+            out.info(
+                "the index's tree did not match its entries: made again from them, versions kept"
+            )
         verb = "Replica {} already in" if existing else "Initialised replica {} in"
         if old_id is not None:
             verb = f"Replica {{}} (new id; it was {old_id}) in"
@@ -83,6 +90,7 @@ def init(
                 "root": replica.root.as_posix(),
                 "replica_id": replica.replica_id,
                 **({"previous_replica_id": old_id} if old_id is not None else {}),
+                **({"tree_rebuilt": True} if healed else {}),
                 "entries": count,
                 "fingerprint": root.hex(),
                 "warnings": report.warnings,

@@ -1836,3 +1836,30 @@ def test_a_scan_cut_between_a_row_and_its_leaf_leaves_the_tree_whole(
         assert whole(r)
         assert len(r.scan().modified) == 80  # the work the cut run did not keep
         assert whole(r)
+
+
+def test_rebuild_makes_a_wrong_tree_again_and_keeps_the_versions(tmp_path: Path) -> None:
+    """An index whose rows read well but whose tree does not match them (an
+    earlier release could commit one when a run was cut): `init --rebuild`
+    makes the tree again from the rows, keeping the id and every version,
+    instead of refusing a readable index."""
+    from merklesync import merkle
+
+    root = tmp_path / "r"
+    make_tree(root, files=40, dirs=2, seed=4)
+    assert ms("init", root).code == 0
+    with Replica.open(root) as r:
+        replica_id = r.replica_id
+        versions = {e.path: e.vv for e in r.index.iter_entries()}
+        r.index.conn.execute("UPDATE nodes SET count = count + 1 WHERE level = 0")
+        assert not r.index.tree_matches()
+    done = ms("init", "--rebuild", root, "--json")
+    assert done.code == 0, done.err
+    assert done.json()["tree_rebuilt"] is True and done.json()["replica_id"] == replica_id
+    with Replica.open(root) as r:
+        assert r.index.tree_matches()
+        assert {e.path: e.vv for e in r.index.iter_entries()} == versions
+        rows = r.index.conn.execute("SELECT key, leaf FROM entries")
+        assert r.index.root()[0] == merkle.root_of(rows)
+    refused = ms("init", "--rebuild", root)  # a whole index: nothing to do, as before
+    assert refused.code == 2 and "is readable" in refused.err
