@@ -36,6 +36,7 @@ EXIT_PROTOCOL = 7
 EXIT_HOSTKEY = 8
 EXIT_INTERRUPTED = 130  # as a shell reports SIGINT
 EXIT_TERMINATED = 143  # SIGTERM
+EXIT_HUNG_UP = 129  # SIGHUP
 
 
 class MerklesyncError(Exception):

@@ -103,7 +103,7 @@ def fork_child(work: Callable[..., None], *fds: int) -> int | None:
     parent = os.getpid()
     # Signals wait until the child is inside its try: one arriving between
     # fork and try would unwind the parent's stack in the child.
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
     try:
         pid = os.fork()
     except OSError:
@@ -114,6 +114,7 @@ def fork_child(work: Callable[..., None], *fds: int) -> int | None:
         try:
             gc.freeze()
             signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the command's handler
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             die_with_parent(parent)
             work(*_keep_only(fds))

@@ -15,7 +15,10 @@ from typing import NoReturn
 
 from merklesync.errors import EXIT_INTERRUPTED, EXIT_TERMINATED
 
-_terminated = False  # SIGTERM came: the run ends as a Ctrl-C does
+# SIGTERM or SIGHUP came (its number): the run ends as a Ctrl-C does, then
+# dies of it.
+_terminated = 0
+ENDING = (signal.SIGTERM, signal.SIGHUP)
 # The command's JSON document has begun on stdout: an error after that (a
 # Ctrl-C while a reader is slow to take it) adds no second document.
 json_begun = False
@@ -41,17 +44,18 @@ def this_process_only(handler: Handler) -> Handler:
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
     global _terminated
-    _terminated = True
+    _terminated = signum
     raise KeyboardInterrupt
 
 
 def main() -> None:
-    # SIGTERM (systemd, timeout, kill) ends a run as a Ctrl-C does: the file
-    # being written is finished or removed, the lock released, one line;
-    # then it dies of the signal (see interrupted).
-    installed = signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # one ignored stays so
-    if installed:
-        signal.signal(signal.SIGTERM, this_process_only(_terminate))
+    # SIGTERM (systemd, timeout, kill) and SIGHUP (the terminal or SSH
+    # session gone) end a run as a Ctrl-C does: the file being written is
+    # finished or removed, the lock released, one line; then it dies of the
+    # signal (see interrupted). One ignored (nohup) stays ignored.
+    installed = [s for s in ENDING if signal.getsignal(s) is signal.SIG_DFL]
+    for signum in installed:
+        signal.signal(signum, this_process_only(_terminate))
     try:
         from merklesync.cli.app import main as run
 
@@ -59,8 +63,8 @@ def main() -> None:
     except KeyboardInterrupt:  # before a command's own handler is in place
         interrupted()
     finally:
-        if installed:  # for a caller that goes on (a test, a script calling main)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for signum in installed:  # for a caller that goes on (a test, a script calling main)
+            signal.signal(signum, signal.SIG_DFL)
         # What is left (modules, the objects of the run) is freed as the
         # interpreter ends, without the collector's last pass over all of it
         # first: about 15 ms of every run, more after a large one.
@@ -69,11 +73,13 @@ def main() -> None:
 
 def interrupted() -> NoReturn:
     """Ctrl-C, wherever it lands: one line, exit 130 (with --json, the same
-    as an object on stdout, as any error). SIGTERM: the same line, then the
-    process dies of the signal, as git and rsync do (a shell says 143; a
-    service manager sees a clean stop)."""
+    as an object on stdout, as any error). SIGTERM or SIGHUP: the same line,
+    then the process dies of the signal, as git and rsync do (a shell says
+    143 or 129; a service manager sees a clean stop)."""
     word, code = (
-        ("terminated", EXIT_TERMINATED) if _terminated else ("interrupted", EXIT_INTERRUPTED)
+        ("terminated", EXIT_TERMINATED - signal.SIGTERM + _terminated)
+        if _terminated
+        else ("interrupted", EXIT_INTERRUPTED)
     )
     sys.stderr.write(f"merklesync: {word}\n")
     if "--json" in sys.argv[1:] and not json_begun:
@@ -83,8 +89,8 @@ def interrupted() -> NoReturn:
         sys.stdout.flush()
         sys.stderr.flush()
     if _terminated:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
+        signal.signal(_terminated, signal.SIG_DFL)
+        os.kill(os.getpid(), _terminated)
     sys.exit(code)
 
 

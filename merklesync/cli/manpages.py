@@ -52,6 +52,11 @@ EXIT_STATUS = [
         "Terminated (SIGTERM): cleaned up as for 130, then the process ends by the signal "
         "itself, as git and rsync do (a shell shows 143).",
     ),
+    (
+        errors.EXIT_HUNG_UP,
+        "Hung up (SIGHUP: the terminal or SSH session went away): as for 143 (a shell shows "
+        "129). Under nohup, SIGHUP stays ignored.",
+    ),
 ]
 
 
@@ -65,8 +70,12 @@ EXIT_STATUS_OF: dict[str, dict[int, str | None]] = {
         errors.EXIT_HOSTKEY: None,
         errors.EXIT_INTERRUPTED: None,
         errors.EXIT_TERMINATED: None,
+        errors.EXIT_HUNG_UP: "Hung up (SIGHUP: the terminal or SSH session went away): it "
+        "stops and ends by the signal (a shell shows 129); run it under nohup or a service "
+        "manager to keep it.",
     },
     "merklesync-serve": {
+        errors.EXIT_HUNG_UP: None,
         errors.EXIT_OK: "The client ended the session (bye, or the end of its input).",
         errors.EXIT_DIFFERENT: None,
         errors.EXIT_USAGE: "Usage error, or a failure of the agent itself (said on standard "

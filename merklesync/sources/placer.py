@@ -326,6 +326,7 @@ def _serve(root: str, jobs: int, answers: int) -> None:
     # kernel's SIGTERM (die_with_parent) unwinds the file being written too,
     # where its default action would leave its temp file behind.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a hang-up too: the parent ends the jobs
     signal.signal(signal.SIGTERM, _terminated)
     dirs = DirFds(root)
     pending: list[bytes] = []

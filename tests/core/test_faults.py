@@ -500,11 +500,18 @@ def test_ctrl_c_in_a_terminal_during_a_first_copy_leaves_no_temp_file(tmp_path: 
     assert set(codes) <= {0, 130} and 130 in codes  # interrupted, at least once
 
 
-@pytest.mark.parametrize("group", [False, True], ids=["the-run", "its-group"])
-def test_sigterm_during_a_first_copy_ends_it_as_ctrl_c_does(tmp_path: Path, group: bool) -> None:
+@pytest.mark.parametrize(
+    ("signum", "group"),
+    [(signal.SIGTERM, False), (signal.SIGTERM, True), (signal.SIGHUP, True)],
+    ids=["sigterm-the-run", "sigterm-its-group", "sighup-its-group"],
+)
+def test_sigterm_during_a_first_copy_ends_it_as_ctrl_c_does(
+    tmp_path: Path, signum: int, group: bool
+) -> None:
     """systemd, timeout and kill send SIGTERM: to the run, or (systemd) to
-    every process of it. One line, no temp file left, then it dies of the
-    signal (as git and rsync do)."""
+    every process of it; a terminal or SSH session that goes sends SIGHUP
+    to all of its processes. One line, no temp file left, then it dies of
+    the signal (as git and rsync do)."""
     src, dst = tmp_path / "src", tmp_path / "dst"
     make_tree(src, files=3000, dirs=30, seed=5, max_size=1500)
     assert ms("init", src).code == 0
@@ -517,12 +524,12 @@ def test_sigterm_during_a_first_copy_ends_it_as_ctrl_c_does(tmp_path: Path, grou
     deadline = time.monotonic() + 60
     while run.poll() is None and time.monotonic() < deadline:
         if dst.exists() and next(dst.rglob("f*"), None) is not None:
-            (os.killpg if group else os.kill)(run.pid, signal.SIGTERM)
+            (os.killpg if group else os.kill)(run.pid, signum)
             break
         time.sleep(0.01)
     _, err = run.communicate(timeout=60)
     time.sleep(0.5)  # anything left behind by a process still ending
-    assert run.returncode == -signal.SIGTERM, err  # dies of it once clean (a shell: 143)
+    assert run.returncode == -signum, err  # dies of it once clean (a shell: 143, 129)
     assert err.strip() == "merklesync: terminated"
     assert _temp_files(dst) == []
     assert ms("push", str(src), str(dst)).code == 0
