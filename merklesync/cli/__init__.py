@@ -81,7 +81,8 @@ def interrupted() -> NoReturn:
         if _terminated
         else ("interrupted", EXIT_INTERRUPTED)
     )
-    sys.stderr.write(f"merklesync: {word}\n")
+    with contextlib.suppress(OSError):  # a hang-up: nobody may be reading any more
+        sys.stderr.write(f"merklesync: {word}\n")
     if "--json" in sys.argv[1:] and not json_begun:
         with contextlib.suppress(OSError):
             sys.stdout.write(error_json(word, code) + "\n")
