@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,3 +30,16 @@ class Result:
 def ms(*args: str | Path) -> Result:
     result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
     return Result(result.exit_code, result.stdout, result.stderr)
+
+
+def run_python(
+    script: str, *args: str | Path, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``script`` in an interpreter of its own (as a run would be), given
+    ``args``; bounded by ``timeout``."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from merklesync.sources import prehash
 from merklesync.sources.directory import DirectorySource
 from merklesync.sources.listing import stat_key
 from merklesync.sources.prehash import Prehasher
-from tests.clirun import ms
+from tests.clirun import ms, run_python
 from tests.treegen import make_tree
 
 
@@ -299,12 +297,7 @@ def test_the_child_hashes_a_large_file_on_one_thread(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_bytes(b"hashed here, then the child starts")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "big").write_bytes(os.urandom(9 << 20))
-    r = subprocess.run(
-        [sys.executable, "-c", _POOL_THEN_INIT, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = run_python(_POOL_THEN_INIT, tmp_path)
     assert r.returncode == 0, r.stderr
     digest = indexed(tmp_path)["sub/big"].digest
     assert digest == blake3.blake3((tmp_path / "sub" / "big").read_bytes()).digest()
@@ -326,10 +319,5 @@ def test_a_scan_in_a_forked_child_hashes_a_large_file_on_one_thread(tmp_path: Pa
     local replicas, a scan while the remote one is reached)."""
     assert ms("init", tmp_path).code == 0
     (tmp_path / "big").write_bytes(os.urandom(9 << 20))
-    r = subprocess.run(
-        [sys.executable, "-c", _POOL_THEN_SCAN_CHILD, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = run_python(_POOL_THEN_SCAN_CHILD, tmp_path)
     assert r.stdout.strip() == "1", r.stderr

@@ -20,7 +20,7 @@ import pytest
 from merklesync.peer import open as peer_open
 from merklesync.peer.local import LocalPeer
 from merklesync.replica import Replica
-from tests.clirun import ms
+from tests.clirun import ms, run_python
 from tests.treegen import make_tree
 
 RSH = f"{sys.executable} {Path(__file__).resolve().parents[1] / 'remote' / 'rsh.py'}"
@@ -341,12 +341,7 @@ def test_a_wait_interrupted_stops_the_scan_instead_of_hanging(replica: Path) -> 
     """A Ctrl-C (or SIGTERM) to this process alone while a forked scan sends
     a large report: the scan is stopped, not waited for (it was blocked on
     a pipe nobody would read, and the run hung with its locks held)."""
-    done = subprocess.run(
-        [sys.executable, "-c", WAIT_INTERRUPTED, str(replica)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_python(WAIT_INTERRUPTED, replica)
     assert done.stdout.strip() == "stopped", done.stderr
 
 
