@@ -110,7 +110,7 @@ def watch(
             code = -1
             out.error(f"cannot run {argv[0]}: {exc.strerror}")
         else:
-            if stopping[0]:
+            if stopping[0] and code != 0:  # cut short by the stop: no failure of its own
                 return None
             if code != 0:
                 out.error(f"{shlex.join(argv)} exited with status {code}")
