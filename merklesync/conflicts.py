@@ -175,11 +175,16 @@ def _settle(
     if take is not Take.BOTH and target.is_dir() and not target.is_symlink():
         raise UsageError(f"{original} is a directory now: move it or its conflict copies by hand")
     done: list[str] = []
+
+    def did(verb: str, what: str) -> None:
+        """What was done (``verb``: "take"), or in a dry run what would be."""
+        done.append(f"would {verb} {what}" if dry_run else f"{_PAST[verb]} {what}")
+
     if take is Take.BOTH:
         planned: set[str] = set()
         for c in copies:
             new = _keep_as_own_file(replica, original, c, dry_run, planned)
-            done.append(f"kept {c.copy.path} as {new}")
+            did("keep", f"{c.copy.path} as {new}")
         return done
     if take is Take.UNION:
         merged = _read_file(target) or b""
@@ -188,7 +193,7 @@ def _settle(
             if theirs is None:
                 raise UsageError(f"{c.copy.path} is gone: sync or scan first")
             merged = merge.union_merge(original, merged, theirs)
-            done.append(f"merged {c.copy.path} into {original}")
+            did("merge", f"{c.copy.path} into {original}")
         if not dry_run:
             _write(str(target), merged)
         chosen = None
@@ -196,9 +201,9 @@ def _settle(
         local = take is Take.LOCAL
         chosen = _wanted_copy(replica, original, copies, local)
         if chosen is None:
-            done.append(f"kept {original}")
+            did("keep", original)
         else:
-            done.append(f"took {chosen.copy.path} for {original}")
+            did("take", f"{chosen.copy.path} for {original}")
     # In an order a run stopped on the way, then run again, chooses the
     # same by: the older copies of the chosen one's side (the newest copy,
     # which the choice is judged by, stays), the chosen one onto the name,
@@ -211,10 +216,13 @@ def _settle(
             if not dry_run:
                 os.replace(replica.root / c.copy.path, target)
             continue
-        done.append(f"removed {c.copy.path}")
+        did("remove", c.copy.path)
         if not dry_run:
             (replica.root / c.copy.path).unlink()
     return done
+
+
+_PAST = {"keep": "kept", "merge": "merged", "take": "took", "remove": "removed"}
 
 
 def _on_side(replica: Replica, c: Conflict, local: bool) -> bool:

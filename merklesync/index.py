@@ -565,9 +565,7 @@ class Index:
     def tree_matches(self) -> bool:
         """Whether the stored tree is the one its rows make (an earlier
         release could commit a run cut between a row and its leaf)."""
-        made = merkle.Accumulator(self.depth)
-        for key, leaf in self.conn.execute("SELECT key, leaf FROM entries"):
-            made.add(key, leaf)
+        made = self._tree_of_rows(self.depth)
         wanted = {node: (total, count) for node, (total, count) in made.nodes.items() if count}
         stored = {
             (level, prefix): (int.from_bytes(total, "big"), count)
@@ -666,10 +664,14 @@ class Index:
                     "DELETE FROM nodes WHERE level = ? AND prefix = ?", (level, prefix)
                 )
 
-    def _rebuild_nodes(self, depth: int) -> None:
+    def _tree_of_rows(self, depth: int) -> merkle.Accumulator:
         acc = merkle.Accumulator(depth)
         for key, leaf in self.conn.execute("SELECT key, leaf FROM entries"):
             acc.add(key, leaf)
+        return acc
+
+    def _rebuild_nodes(self, depth: int) -> None:
+        acc = self._tree_of_rows(depth)
         self.conn.execute("DELETE FROM nodes")
         self.conn.executemany(
             "INSERT INTO nodes VALUES (?, ?, ?, ?)",

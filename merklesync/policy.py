@@ -93,6 +93,15 @@ def newer(x: Entry, y: Entry) -> Entry:
     return x if kx > ky else y
 
 
+def merged_version(held: Entry, other: Entry) -> Entry:
+    """``held`` and ``other`` hold the same content under concurrent
+    versions: ``held`` at one version that dominates both (their vectors
+    merged, the later stamp), the writer of the later write's, so that
+    either side computing it gets the same."""
+    vv = held.vv.merge(other.vv)
+    return held.with_version(vv, max(held.stamp, other.stamp), newer(held, other).origin)
+
+
 def keeps_name(x: Entry, y: Entry) -> Entry:
     """Which of two conflicting versions keeps the path under keep-both: a
     directory (it holds other entries), else the newer one."""

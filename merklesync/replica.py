@@ -258,10 +258,9 @@ class Replica:
         try:
             old = state / INDEX_FILE
             if old.exists():
-                healed = _tree_healed(old)
-                if healed is not None:
-                    return cls._resumed(cls(root, healed, lock, ())), None, True
-                _refuse_readable(old, root)
+                mended = _mended_or_refused(old, root)
+                if mended is not None:
+                    return cls._resumed(cls(root, mended, lock, ())), None, True
                 moved = _aside(state, f"{INDEX_FILE}.broken-{time.strftime('%Y%m%dT%H%M%S')}")
                 # Its log first: one left beside the new index would be
                 # replayed into it.
@@ -371,43 +370,29 @@ def _check_index_path(root: Path) -> None:
         )
 
 
-def _tree_healed(path: Path) -> Index | None:
-    """The index at ``path``, its tree made again, when its rows read well
-    and its tree is not the one they make; else None (closed)."""
+def _mended_or_refused(path: Path, root: Path) -> Index | None:
+    """Rebuilding throws the versions away: only for an index that cannot be
+    used (None; anything but a regular file there is none). One whose rows
+    read well but whose tree is not the one they make keeps them: its tree
+    is made again (the index, open). One that is whole is refused."""
     if path.is_symlink() or not path.is_file():
         return None
     try:
         index = Index.open(path)
-    except (CorruptIndex, NewerFormat, LocalIOError):
+    except (CorruptIndex, NewerFormat):
         return None
     try:
         index.check()
-        if index.tree_matches():
-            index.close()
-            return None
-        index.rebuild_tree()
+        if not index.tree_matches():
+            index.rebuild_tree()
+            return index
     except CorruptIndex:
         index.close(commit=False)
         return None
     except BaseException:
         index.close(commit=False)
         raise
-    return index
-
-
-def _refuse_readable(path: Path, root: Path) -> None:
-    """Rebuilding throws the versions away: only for an index that cannot be
-    used (anything but a regular file there is none)."""
-    if path.is_symlink() or not path.is_file():
-        return
-    try:
-        index = Index.open(path)
-        try:
-            index.check()
-        finally:
-            index.close()
-    except (CorruptIndex, NewerFormat):
-        return
+    index.close()
     raise UsageError(
         f"the index of {root} is readable: rebuilding it would throw away its versions; "
         "nothing done (--rebuild is for an index merklesync cannot read)"

@@ -95,8 +95,9 @@ class Agent:
         out_fd: int = 1,
         report: Callable[[str], None] = lambda message: None,
     ) -> None:
-        """``opened``: the replica at ``root`` (see open_replica), or why it
-        could not be opened (said in answer to every request)."""
+        """``opened``: the replica at ``root`` (the serve command opens it and
+        starts its scan first), or why it could not be opened (said in
+        answer to every request)."""
         self.in_fd = in_fd
         self.out_fd = out_fd
         self.report = report  # one line for the operator (the CLI puts it on stderr)

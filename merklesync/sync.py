@@ -38,7 +38,15 @@ from merklesync.model import (
     key_of,
 )
 from merklesync.peer import Outcome, Peer, Progress
-from merklesync.policy import Policy, Rules, conflict_name, keeps_name, newer, writer_of
+from merklesync.policy import (
+    Policy,
+    Rules,
+    conflict_name,
+    keeps_name,
+    merged_version,
+    newer,
+    writer_of,
+)
 from merklesync.reconcile import differences
 from merklesync.transfer import Op, apply_ops, removes_directory, write_op
 
@@ -302,12 +310,8 @@ class Syncer:
             self._copy(y, self.b, x, plan, deferred, to_b=False)
             events.append(Event(y.path, "b->a", classify(y, x).value))
             return
-        merged = x.vv.merge(y.vv)
         if x.same_content(y):
-            # Written on both: the writer of the later write (the same one
-            # whichever side is A).
-            same = x.with_version(merged, max(x.stamp, y.stamp), newer(x, y).origin)
-            self._both(same, x, y, plan, deferred)
+            self._both(merged_version(x, y), x, y, plan, deferred)
             events.append(Event(x.path, "merge-version"))
             return
         self._conflict(x, y, plan, deferred)

@@ -20,7 +20,7 @@ from merklesync.model import (
     leaf_of,
 )
 from merklesync.peer import Outcome, Peer, Progress, Unreadable, WriteItem
-from merklesync.policy import newer
+from merklesync.policy import merged_version
 from merklesync.reconcile import differences, plan_one_way
 
 BATCH_FILES = 2048
@@ -107,9 +107,7 @@ def _target(change: Change, writer: str) -> Entry:
     assert src is not None
     if change.action is Action.MERGE_VERSION:
         assert dst is not None
-        # Written on both: the writer of the later write, whichever pushes.
-        vv = dst.vv.merge(src.vv)
-        return dst.with_version(vv, max(src.stamp, dst.stamp), newer(src, dst).origin)
+        return merged_version(dst, src)
     if change.action is Action.FORCE:
         assert dst is not None
         # A new write that dominates what it replaces, made by the

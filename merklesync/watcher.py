@@ -18,6 +18,8 @@ system is not watched at all.
 For continuous work, ``on_settled`` is called once changes have been quiet
 for ``settle`` seconds (`watch --run`); what that call itself changes in the
 tree leads to one more call, which finds nothing to do, and it stops there.
+A call that returns a number of seconds is made again that much later,
+changes or not (a run that found a replica locked).
 """
 
 from __future__ import annotations

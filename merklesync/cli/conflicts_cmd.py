@@ -117,7 +117,7 @@ def resolve_cmd(
             originals = [_in_replica(Path(p), r.root) for p in paths]
         resolved = resolve(r, originals, Take(take), dry_run=dry_run)
     for line in resolved.done:
-        out.line(_would(line) if dry_run else line)
+        out.line(line)
     for failure in resolved.failed:
         out.warn(f"not resolved: {failure.message}")
     if stats:
@@ -140,12 +140,3 @@ def _in_replica(path: Path, root: Path) -> str:
     conflict is that link, not the file it points at)."""
     here = path.resolve() if path.name in ("", ".", "..") else path.parent.resolve() / path.name
     return here.relative_to(root).as_posix() if here.is_relative_to(root) else path.as_posix()
-
-
-_WOULD = {"kept": "would keep", "merged": "would merge", "took": "would take"}
-
-
-def _would(line: str) -> str:
-    """A dry run's line, said as what a run would do: ``would take X for Y``."""
-    verb, _, rest = line.partition(" ")
-    return f"{_WOULD.get(verb, 'would ' + verb.removesuffix('d'))} {rest}"

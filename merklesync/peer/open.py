@@ -452,13 +452,12 @@ def opened_pair(
             if isinstance(first, LocalPeer) and (a_remote if b_first else b_remote):
                 first.scan_ahead(checksum=checksum)
             try:
-                second_peer = _second(open_a if b_first else open_b, first)
+                opened = _second(open_a if b_first else open_b, first)
             except ReplicaLocked as exc:
                 if attempt == PAIR_ATTEMPTS or _held_here(exc):
                     raise
-                second_peer = None
-            if second_peer is not None:
-                with closing(second_peer) as second:
+            else:
+                with closing(opened) as second:
                     check_distinct(first, second, compare_only=compare_only)
                     yield (second, first) if b_first else (first, second)
                 return
