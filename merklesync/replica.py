@@ -221,27 +221,58 @@ class Replica:
         (LocalPeer.write); nothing is left behind. What a run stopped
         before its end left unfinished stays as it is: the scan finds the
         files as they are."""
-        state = root / STATE_DIR
 
         def copied(scratch: Path) -> Index:
-            try:
-                for name in (INDEX_FILE, f"{INDEX_FILE}-wal"):
-                    if (state / name).is_file():
-                        shutil.copyfile(state / name, scratch / name)
-            except OSError as exc:
-                raise LocalIOError(
-                    f"cannot copy the index of {root} (on a read-only file system) "
-                    f"to {scratch}: {exc.strerror}"
-                ) from exc
-            try:
-                return Index.open(scratch / INDEX_FILE)
-            except (CorruptIndex, NewerFormat) as exc:  # named by where it is
-                message = exc.message.replace(str(scratch / INDEX_FILE), str(state / INDEX_FILE))
-                raise type(exc)(message) from exc
+            _copy_index(root, scratch, "on a read-only file system")
+            return _opened_copy(root, scratch)
 
         replica = cls._in_scratch("merklesync-read-only-", root, excludes, copied)
         replica.read_only = True
         return replica
+
+    @classmethod
+    def rehearsal(cls, root: Path, *, rebuild: bool) -> tuple[Replica, Path | None, bool]:
+        """For ``init --dry-run``: the replica at ``root`` as init would find
+        it (``rebuild``: as rebuild would leave it, and what rebuild returns
+        besides: where it would set the index aside, whether it would make
+        its tree again; a whole index is refused, as rebuild refuses it).
+        It is made in a throwaway place: nothing is written at ``root``.
+        Its index is copied under its lock (without one on a read-only file
+        system: nothing can change it there either)."""
+        root = root.resolve()
+        state = root / STATE_DIR
+        if not is_replica(root):
+            return cls._preview(root, ()), None, False
+        aside: Path | None = None
+        mended = False
+
+        def copied(scratch: Path) -> Index:
+            nonlocal aside, mended
+            original = state / INDEX_FILE
+            if rebuild and (original.is_symlink() or not original.is_file()):
+                aside = _aside(state)
+                return Index.create(scratch / INDEX_FILE, new_replica_id())
+            lock = ReplicaLock(state / LOCK_FILE)
+            with contextlib.suppress(ReadOnlyReplica):
+                lock.acquire()
+            try:
+                _copy_index(root, scratch, "for a dry run")
+            finally:
+                lock.release()
+            if not rebuild:
+                return _opened_copy(root, scratch)
+            index = _mended_or_refused(scratch / INDEX_FILE, root)
+            if index is not None:
+                mended = True
+                return index
+            aside = _aside(state)
+            for name in (INDEX_FILE, f"{INDEX_FILE}-wal", f"{INDEX_FILE}-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    (scratch / name).unlink()
+            return Index.create(scratch / INDEX_FILE, new_replica_id())
+
+        replica = cls._in_scratch("merklesync-dry-run-", root, (), copied)
+        return replica, aside, mended
 
     @classmethod
     def rebuild(cls, root: Path) -> tuple[Replica, Path | None, bool]:
@@ -261,7 +292,7 @@ class Replica:
                 mended = _mended_or_refused(old, root)
                 if mended is not None:
                     return cls._resumed(cls(root, mended, lock, ())), None, True
-                moved = _aside(state, f"{INDEX_FILE}.broken-{time.strftime('%Y%m%dT%H%M%S')}")
+                moved = _aside(state)
                 # Its log first: one left beside the new index would be
                 # replayed into it.
                 for suffix in ("-wal", "-shm"):
@@ -368,6 +399,30 @@ def _check_index_path(root: Path) -> None:
             f"{root}: too deep for a replica: the path of its index would be {size} bytes, "
             f"over the {MAX_INDEX_PATH} SQLite takes"
         )
+
+
+def _copy_index(root: Path, scratch: Path, why: str) -> None:
+    """Copy the index of the replica at ``root`` (and its log, if a run
+    left one) to ``scratch``."""
+    state = root / STATE_DIR
+    try:
+        for name in (INDEX_FILE, f"{INDEX_FILE}-wal"):
+            if (state / name).is_file():
+                shutil.copyfile(state / name, scratch / name)
+    except OSError as exc:
+        raise LocalIOError(
+            f"cannot copy the index of {root} ({why}) to {scratch}: {exc.strerror}"
+        ) from exc
+
+
+def _opened_copy(root: Path, scratch: Path) -> Index:
+    """The index copied to ``scratch`` by _copy_index, open; an error names
+    the index it is a copy of."""
+    try:
+        return Index.open(scratch / INDEX_FILE)
+    except (CorruptIndex, NewerFormat) as exc:
+        original = root / STATE_DIR / INDEX_FILE
+        raise type(exc)(exc.message.replace(str(scratch / INDEX_FILE), str(original))) from exc
 
 
 def _mended_or_refused(path: Path, root: Path) -> Index | None:
@@ -506,10 +561,12 @@ def _scan_child(
     sender.close()
 
 
-def _aside(state: Path, name: str) -> Path:
-    """A name in ``state`` for a broken index set aside, none of its files
-    taken: a rebuild run twice in a second keeps both (the first may have
-    set aside the user's index, the second what the first left half made)."""
+def _aside(state: Path) -> Path:
+    """A name in ``state`` for a broken index set aside (with when), none
+    of its files taken: a rebuild run twice in a second keeps both (the
+    first may have set aside the user's index, the second what the first
+    left half made)."""
+    name = f"{INDEX_FILE}.broken-{time.strftime('%Y%m%dT%H%M%S')}"
     taken = {p.name for p in state.iterdir()}
     candidate, n = name, 1
     while any(f"{candidate}{suffix}" in taken for suffix in ("", "-wal", "-shm")):

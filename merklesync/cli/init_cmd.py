@@ -39,11 +39,24 @@ from merklesync.replica import Replica, is_replica
     "which merklesync refuses to compare with the original until one of them has a new id. "
     "Changes scanned from then on count as the copy's own.",
 )
+@click.option(
+    "-n",
+    "--dry-run",
+    is_flag=True,
+    help="Show what init would do (the entries it would find, what --rebuild would do with "
+    "the index there); write nothing.",
+)
 @stats_option
 @output_options
 @handle_errors
 def init(
-    directory: Path, rebuild: bool, new_id: bool, stats: bool, quiet: bool, as_json: bool
+    directory: Path,
+    rebuild: bool,
+    new_id: bool,
+    dry_run: bool,
+    stats: bool,
+    quiet: bool,
+    as_json: bool,
 ) -> None:
     """Make DIRECTORY a replica: create DIRECTORY/.merklesync/ and scan it."""
     out = Output(quiet, as_json)
@@ -55,7 +68,9 @@ def init(
     existing = not rebuild and is_replica(directory)  # then init is a scan, as git init
     if new_id and not existing:
         raise NotAReplica(f"{directory} is not a merklesync replica: --new-id is for one")
-    if rebuild:
+    if dry_run:  # the same steps, on a copy of what is there
+        replica, moved, healed = Replica.rehearsal(directory, rebuild=rebuild)
+    elif rebuild:
         replica, moved, healed = Replica.rebuild(directory)
     else:
         replica = Replica.open(directory, create=True)
@@ -70,16 +85,31 @@ def init(
         for warning in report.warnings:
             out.warn(warning)
         if moved is not None:
-            out.info(f"the old index was kept as {moved}")
+            if dry_run:
+                out.info(f"would set the unreadable index aside as {moved} and make a new one")
+            else:
+                out.info(f"the old index was kept as {moved}")
         if healed:
             out.info(
-                "the index's tree did not match its entries: made again from them, versions kept"
+                "the index's tree does not match its entries: "
+                + ("would make it again" if dry_run else "made again")
+                + " from them, versions kept"
             )
-        verb = "Replica {} already in" if existing else "Initialised replica {} in"
-        if old_id is not None:
-            verb = f"Replica {{}} (new id; it was {old_id}) in"
+        # The replica's id; in a dry run, one that would be new is not known yet.
+        known_id = not dry_run or (existing and old_id is None) or healed
+        if not dry_run:
+            verb = "Replica {} already in" if existing else "Initialised replica {} in"
+            if old_id is not None:
+                verb = f"Replica {{}} (new id; it was {old_id}) in"
+        elif old_id is not None:
+            verb = f"Replica {old_id} would get a new id in"
+        elif existing or healed:
+            verb = "Replica {} already in" if existing else "Replica {} in"
+        else:
+            verb = "Would initialise a replica in"
+        where = directory.resolve() if dry_run else replica.root
         out.line(
-            f"{verb.format(replica.replica_id)} {replica.root} "
+            f"{verb.format(replica.replica_id)} {where} "
             f"({plural(count, 'entry')}, root {root.hex()})"
         )
         if stats:
@@ -87,10 +117,12 @@ def init(
         out.emit_json(
             {
                 "stats": scan_stats(report).as_dict(),
-                "root": replica.root.as_posix(),
-                "replica_id": replica.replica_id,
+                "root": where.as_posix(),
+                "replica_id": replica.replica_id if known_id else None,
                 **({"previous_replica_id": old_id} if old_id is not None else {}),
                 **({"tree_rebuilt": True} if healed else {}),
+                **({"index_set_aside": moved.as_posix()} if moved is not None else {}),
+                "dry_run": dry_run,
                 "entries": count,
                 "fingerprint": root.hex(),
                 "warnings": report.warnings,
