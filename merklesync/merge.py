@@ -44,6 +44,7 @@ import json
 import math
 import os
 import re
+import shlex
 import signal
 import subprocess
 import tempfile
@@ -52,7 +53,7 @@ from decimal import Decimal
 from pathlib import Path, PurePosixPath
 from typing import IO, TypeAlias
 
-from merklesync.errors import EXIT_DIFFERENT, MerklesyncError
+from merklesync.errors import EXIT_DIFFERENT, MerklesyncError, UsageError
 
 JSONValue: TypeAlias = "bool | int | float | str | list[JSONValue] | dict[str, JSONValue] | None"
 
@@ -353,6 +354,54 @@ def run_merge_command(
             raise MergeFailed(
                 f"{path}: merge command left no result: {exc.strerror or exc}"
             ) from None
+
+
+def check_command(command: str) -> None:
+    """Refuse a merge command that cannot run, before any conflict needs
+    it (UsageError, one line): one the shell cannot parse, or whose
+    program is not found where it will run (a temporary directory, so a
+    script named by a relative path is not). A program named through a
+    variable or a substitution is left to the run."""
+    script = _with_arguments(command)
+    with tempfile.TemporaryDirectory(prefix="merklesync-merge-") as tmp:
+        parsed = subprocess.run(
+            ["sh", "-n", "-c", script], cwd=tmp, stdin=subprocess.DEVNULL, capture_output=True
+        )
+        if parsed.returncode != 0:
+            detail = _last_line(parsed.stderr).removeprefix("sh: 1: ")
+            raise UsageError(f"--merge-cmd: the shell cannot read it: {detail}")
+        program = _program(command)
+        if program is None:
+            return
+        found = subprocess.run(
+            ["sh", "-c", 'command -v -- "$1" >/dev/null', "merge", program],
+            cwd=tmp,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+        )
+        if found.returncode != 0:
+            if "/" in program and not program.startswith("/"):
+                raise UsageError(
+                    f"--merge-cmd: no {program!r} from the temporary directory the command "
+                    "runs in: name it by its full path"
+                )
+            raise UsageError(f"--merge-cmd: no command {program!r} found")
+
+
+_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+
+
+def _program(command: str) -> str | None:
+    """The program ``command`` runs first, where that is a plain word
+    (after any VAR=value): None when it is made at run time."""
+    try:
+        words = shlex.split(command, posix=True)
+    except ValueError:
+        return None
+    words = words[next((i for i, w in enumerate(words) if not _ASSIGNMENT.match(w)), len(words)) :]
+    if not words or any(ch in words[0] for ch in "$`%(){}<>|;&!*?[\\"):
+        return None
+    return words[0]
 
 
 def _run_shell(

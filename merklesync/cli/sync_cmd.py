@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import click
 
-from merklesync import retention
+from merklesync import merge, retention
 from merklesync.cli.common import (
     Output,
     allow_stale_option,
@@ -58,7 +58,8 @@ def sync_options(func: F) -> F:
                 help="Merge command for merge-cmd, as git merge drivers: %A ours (the result), "
                 "%B theirs, %O the ancestor (an empty file: no ancestor is kept), %P the path. "
                 "It runs in a temporary directory (name a script by its full path) and is "
-                "stopped after 60 s; when it fails, both versions are kept.",
+                "stopped after 60 s; when it fails, both versions are kept. One the shell "
+                "cannot read, or whose program is not found, is refused before the run.",
             ),
             click.option(
                 "-n", "--dry-run", is_flag=True, help="Show what would change; write nothing."
@@ -83,8 +84,12 @@ def sync_options(func: F) -> F:
 
 
 def check_policy(on_conflict: str, merge_cmd: str | None) -> None:
+    """Refuse, before any work, a merge-cmd policy without a command, and
+    a command that cannot run (see merge.check_command)."""
     if on_conflict == Policy.MERGE_CMD.value and not merge_cmd:
         raise click.UsageError("--on-conflict merge-cmd needs --merge-cmd CMD")
+    if merge_cmd:
+        merge.check_command(merge_cmd)
 
 
 def print_result(

@@ -560,6 +560,19 @@ def test_conflicting_options_are_usage_errors(src: Path, tmp_path: Path) -> None
     assert not (tmp_path / "b").exists()
     r = ms("resolve", "--all", "x", "--take", "local")
     assert r.code == 2 and "not both" in r.err
+    # A merge command that cannot run is refused before any work, not at
+    # the first conflict (where both versions would be kept, exit 1).
+    for command, said in [
+        ('cat %B >> "%A', "the shell cannot read it: Syntax error"),
+        ("./merge.sh %A %B", "name it by its full path"),
+        ("no-such-merge-tool %A %B", "no command 'no-such-merge-tool' found"),
+    ]:
+        for cmd in ("sync", "repair"):
+            r = ms(cmd, src, tmp_path / "b", "--merge-cmd", command)
+            assert r.code == 2 and said in r.err and len(r.err.splitlines()) == 1, (cmd, r.err)
+    assert not (tmp_path / "b").exists()
+    for fine in ("cat %B >> %A", "LC_ALL=C sort -u -o %A %A %B", "$SHELL -c true"):
+        assert ms("sync", "-n", src, tmp_path / "b", "--merge-cmd", fine).code == 0, fine
     r = ms("gc", tmp_path / "no-such-dir")  # as the exit status table says: a missing directory
     assert r.code == 5 and "no such directory" in r.err
 
