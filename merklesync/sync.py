@@ -67,6 +67,8 @@ class SyncResult:
     events: list[Event] = field(default_factory=list)
     outcomes_a: dict[str, Outcome] = field(default_factory=dict)  # what writing to A did
     outcomes_b: dict[str, Outcome] = field(default_factory=dict)
+    # What the run could not do as asked: a merge that fell back to keep-both,
+    # a file past the cap on conflict copies, a conflict left unresolved.
     warnings: list[str] = field(default_factory=list)
     unresolved: list[str] = field(default_factory=list)  # conflicts no policy could settle
     stats: Stats = field(default_factory=Stats)
@@ -74,6 +76,11 @@ class SyncResult:
     def failures(self) -> list[Outcome]:
         both = [*self.outcomes_a.values(), *self.outcomes_b.values()]
         return sorted((o for o in both if not o.ok), key=lambda o: o.path)
+
+    def incomplete(self) -> bool:
+        """Whether anything is left for the user (exit status 1): a write
+        that failed, or a warning (see ``warnings``)."""
+        return bool(self.failures() or self.unresolved or self.warnings)
 
 
 @dataclass(slots=True)

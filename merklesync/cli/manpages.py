@@ -21,7 +21,9 @@ EXIT_STATUS = [
         errors.EXIT_DIFFERENT,
         "Finished, but differences remain: diff found differences, or push/pull/sync left "
         "entries alone (a conflict, a newer version on the destination, a file changed "
-        "or unreadable during the run), or a scan skipped files or could not read them "
+        "or unreadable during the run), or sync/repair could not settle a conflict as asked "
+        "(a union or merge-cmd merge failed, so both versions were kept; a file has more "
+        "conflict copies than the cap), or a scan skipped files or could not read them "
         "(so diff could not compare them), or conflicts found conflict copies, or watch "
         "stopped after its last --run command failed, or repair left the replicas "
         "different. Each is listed on standard error. (repair: where a replica was left "

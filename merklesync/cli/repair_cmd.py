@@ -151,10 +151,7 @@ def repair_cmd(
     )
     if left:
         sys.exit(left[0].error.exit_code)
-    unsettled = any(
-        done.result is None or done.result.failures() or done.result.unresolved
-        for done in result.syncs
-    )
+    unsettled = any(done.result is None or done.result.incomplete() for done in result.syncs)
     sys.exit(EXIT_DIFFERENT if unsettled or skipped or identical is False else EXIT_OK)
 
 

@@ -212,5 +212,4 @@ def sync(
             "stats": totals.as_dict(),
         }
     )
-    failed = result.failures() or result.unresolved or skipped
-    sys.exit(EXIT_DIFFERENT if failed else EXIT_OK)
+    sys.exit(EXIT_DIFFERENT if result.incomplete() or skipped else EXIT_OK)

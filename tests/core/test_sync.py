@@ -119,12 +119,40 @@ def test_attributes_choose_the_policy_per_path(pair: tuple[Path, Path]) -> None:
 
 
 def test_dry_run_changes_nothing(pair: tuple[Path, Path]) -> None:
+    """On either side: changes both ways, a conflict, a deletion."""
     a, b = pair
     (a / "new.txt").write_text("n")
+    (b / "from-b.txt").write_text("b")
+    (a / "shared.txt").write_text("a side\n")
+    (b / "shared.txt").write_text("b side\n")
+    (b / "keep.txt").unlink()
+    before = files(a), files(b)
     r = ms("sync", a, b, "--dry-run")
     assert r.code == 0
-    assert "a->b A new.txt" in r.out
-    assert "new.txt" not in files(b)
+    assert "a->b A new.txt" in r.out and "b->a A from-b.txt" in r.out
+    assert "b->a D keep.txt" in r.out
+    assert (files(a), files(b)) == before
+
+
+def test_a_merge_that_fails_keeps_both_and_says_so_in_the_exit_status(
+    pair: tuple[Path, Path],
+) -> None:
+    """The policy asked could not settle the conflict: both versions are
+    kept, a warning says why (under --quiet too) and the status is 1, so
+    that cron tells."""
+    a, b = pair
+    for n, (args, said) in enumerate(
+        [
+            (("--on-conflict", "union"), "cannot merge by union; kept both"),
+            (("--on-conflict", "merge-cmd", "--merge-cmd", "false"), "merge command failed"),
+        ]
+    ):
+        (a / "image.bin").write_bytes(b"\0a%d" % n)
+        (b / "image.bin").write_bytes(b"\0b%d" % n)
+        r = ms("sync", "-q", a, b, *args)
+        assert r.code == 1 and said in r.err, r.err
+        assert files(a) == files(b)
+        assert ms("sync", a, b).code == 0  # settled: both kept
 
 
 def test_conflict_between_file_and_directory_keeps_both(pair: tuple[Path, Path]) -> None:
@@ -257,7 +285,7 @@ def test_warning_past_the_cap_of_conflict_copies(pair: tuple[Path, Path]) -> Non
         (a / "shared.txt").write_text(f"a{round_}\n")
         (b / "shared.txt").write_text(f"b{round_}\n")
         r = ms("sync", a, b)
-        assert r.code == 0, r.err
+        assert r.code == (1 if round_ == 5 else 0), r.err  # past the cap: a warning, exit 1
     assert "shared.txt has 6 conflict copies" in r.err
     assert len([p for p in files(a) if ".conflict-" in p]) == 6
 
