@@ -60,6 +60,10 @@ from merklesync.sources.listing import Listing, listing_sum, refused_name, stat_
 from merklesync.sources.placer import Placer
 
 RACY_NS = 2_000_000_000  # an mtime this close to the scan may hide a same-tick edit
+# A long walk commits what it found this often (seconds), so that one cut
+# short (Ctrl-C, a crash, a reboot) keeps it: a first scan of millions of
+# files starts again where it stopped, mostly (see DirectorySource._keep_so_far).
+SCAN_COMMIT_EVERY = 30.0
 HASH_RETRIES = 3
 THREADED_HASH = 8 << 20
 WATCH_TOKEN = "watch_token"  # index meta: the journal token the last scan covered
@@ -113,6 +117,7 @@ class _Scan:
     # a scan that reads every file (a first one, or --checksum).
     reads_all: bool = False
     prehash: prehash.Prehasher | None = None
+    commit_at: float = field(default_factory=lambda: time.monotonic() + SCAN_COMMIT_EVERY)
 
 
 _Subdir = tuple[str, tuple[int, int] | None]  # a path, and its (device, inode) when listed
@@ -262,6 +267,8 @@ class DirectorySource:
             while stack:
                 directory, identity = stack.pop()
                 stack.extend(self._scan_directory(directory, scan, identity))
+                if stack and time.monotonic() >= scan.commit_at:
+                    self._keep_so_far(scan)
                 if scan.prehash is not None:
                     scan.prehash.finished(directory)
                 elif scan.reads_all and scan.report.hashed >= prehash.MIN_FILES and stack:
@@ -273,6 +280,18 @@ class DirectorySource:
             if scan.prehash is not None:
                 scan.prehash.close()
                 scan.prehash = None
+
+    @staticmethod
+    def _keep_so_far(scan: _Scan) -> None:
+        """Commit what a long walk found so far: every directory it is done
+        with, each entry with its version, and the tree they make. One cut
+        short keeps that; the next scan walks everything again (no
+        watcher's shortcut: this one did not reach the end), and finds what
+        it kept unchanged, by its stat."""
+        scan.index.set_meta(WATCH_TOKEN, None)
+        scan.index.set_meta("hlc", scan.clock.last)
+        scan.index.commit()
+        scan.commit_at = time.monotonic() + SCAN_COMMIT_EVERY
 
     def _scan_changed(self, changes: journal.Changes, index: Index, scan: _Scan) -> None:
         """Re-list the directories a watcher saw change (``shallow``) and walk

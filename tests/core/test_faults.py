@@ -1870,3 +1870,46 @@ def test_rebuild_makes_a_wrong_tree_again_and_keeps_the_versions(tmp_path: Path)
         assert r.index.root()[0] == merkle.root_of(rows)
     refused = ms("init", "--rebuild", root)  # a whole index: nothing to do, as before
     assert refused.code == 2 and "is readable" in refused.err
+
+
+def test_a_long_first_scan_cut_short_keeps_what_it_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long walk commits as it goes (every SCAN_COMMIT_EVERY seconds, at
+    a directory's end): a first scan cut short keeps the directories it
+    finished, with the tree their rows make; the next scan walks everything
+    and reads only the files the cut one did not keep."""
+    from merklesync import merkle
+    from merklesync.sources.directory import WATCH_TOKEN
+
+    root = tmp_path / "r"
+    make_tree(root, files=300, dirs=30, seed=5, min_size=0, max_size=64)
+    monkeypatch.setattr(directory, "SCAN_COMMIT_EVERY", 0.0)
+    scan_directory = directory.DirectorySource._scan_directory
+    done = [0]
+
+    def cut(self: directory.DirectorySource, *args: Any, **kwargs: Any) -> Any:
+        done[0] += 1
+        if done[0] == 12:
+            raise KeyboardInterrupt
+        return scan_directory(self, *args, **kwargs)
+
+    monkeypatch.setattr(directory.DirectorySource, "_scan_directory", cut)
+    with pytest.raises(KeyboardInterrupt), Replica.open(root, create=True) as r:
+        r.scan(spread=False)
+    monkeypatch.undo()
+
+    with Replica.open(root) as r:
+        kept = {e.path for e in r.index.iter_entries()}
+        rows = r.index.conn.execute("SELECT key, leaf FROM entries")
+        assert r.index.root()[0] == merkle.root_of(rows)  # the tree of what was kept
+        assert r.index.meta(WATCH_TOKEN) is None
+        kept_files = {p for p in kept if (root / p).is_file()}
+        assert 0 < len(kept_files) < 300
+        report = r.scan(spread=False)
+        assert report.hashed == 300 - len(kept_files)  # the kept ones are not read again
+        assert {e.path for e in r.index.iter_entries()} >= kept
+    fresh = tmp_path / "fresh"
+    shutil.copytree(root, fresh, ignore=shutil.ignore_patterns(".merklesync"))
+    assert ms("init", fresh).code == 0
+    assert ms("diff", root, fresh).code == 0
