@@ -21,8 +21,10 @@ from merklesync.errors import EXIT_DIFFERENT, EXIT_OK
 from merklesync.replica import Replica, find_root
 
 
-def _open(replica: Path | None) -> Replica:
-    return Replica.open(find_root(replica or Path.cwd(), named=replica is not None))
+def _open(replica: Path | None, *, read_only_ok: bool = False) -> Replica:
+    return Replica.open(
+        find_root(replica or Path.cwd(), named=replica is not None), read_only_ok=read_only_ok
+    )
 
 
 @click.command(short_help="List the conflict copies of a replica.")
@@ -35,7 +37,7 @@ def conflicts(replica: Path | None, stats: bool, quiet: bool, as_json: bool) -> 
     current directory): for each, the file it belongs to, the replica that
     wrote that version, and when. Exit 1 when there are any."""
     out = Output(quiet, as_json)
-    with _open(replica) as r:
+    with _open(replica, read_only_ok=True) as r:  # a snapshot's too
         report = r.scan()
         found = list_conflicts(r)
         me = r.replica_id

@@ -89,9 +89,11 @@ def test_compared_and_copied_from_nothing_written(tmp_path: Path, replica: Path)
         'ms status -q "$RO" >/dev/null; echo status=$?\n'
         'ms push -q "$RO" b; echo push=$?\n'
         'ms diff "$RO" b; echo diff=$?\n'
-        'echo new > b/d0000/added; ms diff --json "$RO" b >/dev/null; echo differ=$?\n',
+        'echo new > b/d0000/added; ms diff --json "$RO" b >/dev/null; echo differ=$?\n'
+        'ms conflicts -q "$RO"; echo conflicts=$?\n',
     )
-    assert done.stdout.split() == ["status=0", "push=0", "diff=0", "differ=1"], done.stderr
+    expected = ["status=0", "push=0", "diff=0", "differ=1", "conflicts=0"]
+    assert done.stdout.split() == expected, done.stderr
     assert done.stderr == ""
     assert state_of(replica) == before
     (tmp_path / "b" / "d0000" / "added").unlink()
