@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from merklesync import scratch as scratch_dir
 from merklesync.clock import HybridClock
 from merklesync.errors import (
     CorruptIndex,
@@ -176,7 +177,7 @@ class Replica:
         if root.exists() and not root.is_dir():
             raise UsageError(f"not a directory: {root}")
         return cls._in_scratch(
-            "merklesync-preview-",
+            "preview",
             root if root.is_dir() else None,
             excludes,
             lambda scratch: Index.create(scratch / INDEX_FILE, new_replica_id()),
@@ -185,20 +186,22 @@ class Replica:
     @classmethod
     def _in_scratch(
         cls,
-        prefix: str,
+        kind: str,
         files: Path | None,
         excludes: Sequence[str],
         make_index: Callable[[Path], Index],
     ) -> Replica:
         """A replica of the files at ``files`` (None: an empty directory)
-        whose state is a throwaway directory, removed when it closes:
-        ``make_index`` makes its index there, under its lock."""
-        scratch = Path(tempfile.mkdtemp(prefix=prefix))
+        whose state is a throwaway directory (see scratch.py: its lock is
+        held while it is used), removed when it closes: ``make_index``
+        makes its index there."""
+        scratch_dir.sweep()  # what killed runs left
+        scratch = Path(tempfile.mkdtemp(prefix=f"{scratch_dir.PREFIX}{kind}-"))
         try:
             if files is None:
                 files = scratch / "empty"
                 files.mkdir()
-            lock = ReplicaLock(scratch / LOCK_FILE)
+            lock = ReplicaLock(scratch / scratch_dir.LOCK_FILE)
             lock.acquire()
             try:
                 index = make_index(scratch)
@@ -226,7 +229,7 @@ class Replica:
             _copy_index(root, scratch, "on a read-only file system")
             return _opened_copy(root, scratch)
 
-        replica = cls._in_scratch("merklesync-read-only-", root, excludes, copied)
+        replica = cls._in_scratch("read-only", root, excludes, copied)
         replica.read_only = True
         return replica
 
@@ -271,7 +274,7 @@ class Replica:
                     (scratch / name).unlink()
             return Index.create(scratch / INDEX_FILE, new_replica_id())
 
-        replica = cls._in_scratch("merklesync-dry-run-", root, (), copied)
+        replica = cls._in_scratch("dry-run", root, (), copied)
         return replica, aside, mended
 
     @classmethod

@@ -19,7 +19,6 @@ new version as a conflict.
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +47,7 @@ from merklesync.policy import (
     writer_of,
 )
 from merklesync.reconcile import differences
+from merklesync.scratch import Scratch
 from merklesync.transfer import Op, apply_ops, removes_directory, write_op
 
 _NOT_YET = Outcome("", False)
@@ -130,7 +130,7 @@ class Syncer:
         self._unsettled: dict[str, str] = {}  # conflicted path -> why no policy settled it
         # Paths whose write on B carries a tick of A: it waits for A's write.
         self._after_a: set[str] = set()
-        self._spool: tempfile.TemporaryDirectory[str] | None = None
+        self._spool: Scratch | None = None
 
     def _fetch(self, peer: Peer, entry: Entry) -> bytes | Path | None:
         """A file's content to write elsewhere: in memory, or spooled."""
@@ -140,8 +140,8 @@ class Syncer:
 
     def _spool_dir(self) -> Path:
         if self._spool is None:
-            self._spool = tempfile.TemporaryDirectory(prefix="merklesync-spool-")
-        return Path(self._spool.name)
+            self._spool = Scratch("spool")
+        return self._spool.path
 
     def run(self, *, dry_run: bool = False, progress: Progress | None = None) -> SyncResult:
         try:

@@ -1,0 +1,96 @@
+"""Throwaway directories: what a killed run left is swept by the next run
+that makes one; nothing a live run uses, nor anyone else's, is touched."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from merklesync import scratch
+from tests.clirun import ms
+
+
+@pytest.fixture
+def temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    where = tmp_path / "tmp"
+    where.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(where))
+    monkeypatch.setenv("TMPDIR", str(where))
+    return where
+
+
+def _killed_run(kind: str) -> Path:
+    """The directory of a run that was killed (SIGKILL) while it held it."""
+    script = (
+        "import os, sys\n"
+        "from merklesync.scratch import Scratch\n"
+        f"s = Scratch({kind!r})\n"
+        "(s.path / 'big.data').write_bytes(b'x' * 1000)\n"
+        "print(s.path, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    path = Path(proc.stdout.readline().strip())
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return path
+
+
+def test_a_killed_runs_directory_is_swept_a_live_ones_is_not(
+    temp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    left = _killed_run("spool")
+    assert left.parent == temp and (left / "big.data").exists()
+    live = scratch.Scratch("spool")
+    assert scratch.sweep() == []  # too young to tell: its lock may not be held yet
+    monkeypatch.setattr(scratch, "SETTLE_S", 0.0)
+    assert scratch.sweep() == [left]
+    assert not left.exists() and live.path.exists()
+    live.cleanup()
+    assert list(temp.iterdir()) == []
+
+
+def test_what_is_not_a_run_directory_of_this_user_stays(
+    temp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scratch, "SETTLE_S", 0.0)
+    (temp / "merklesync-a-file").write_text("not a directory")
+    (temp / "other-dir").mkdir()
+    unlocked = temp / "merklesync-merge-x"  # a merge's: no lock file
+    unlocked.mkdir()
+    target = temp / "target"
+    target.mkdir()
+    (target / "lock").write_text("")
+    (temp / "merklesync-link").symlink_to(target)
+    assert scratch.sweep() == []
+    monkeypatch.setattr(scratch, "UNLOCKED_S", 0.0)  # a day later
+    assert scratch.sweep() == [unlocked]
+    assert sorted(p.name for p in temp.iterdir()) == [
+        "merklesync-a-file",
+        "merklesync-link",
+        "other-dir",
+        "target",
+    ]
+    assert (target / "lock").exists()
+
+
+def test_a_dry_run_sweeps_what_a_killed_one_left(
+    temp: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica's throwaway copy (a dry run's, a snapshot's) is one too."""
+    root = tmp_path / "r"
+    root.mkdir()
+    (root / "f").write_text("f")
+    left = _killed_run("dry-run")
+    os.utime(left, (0, 0))  # long ago
+    assert ms("init", "-n", root).code == 0
+    assert list(temp.iterdir()) == []
