@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import os
 import sqlite3
 import time
@@ -565,13 +566,14 @@ class Index:
     def tree_matches(self) -> bool:
         """Whether the stored tree is the one its rows make (an earlier
         release could commit a run cut between a row and its leaf)."""
-        made = self._tree_of_rows(self.depth)
-        wanted = {node: (total, count) for node, (total, count) in made.nodes.items() if count}
-        stored = {
-            (level, prefix): (int.from_bytes(total, "big"), count)
-            for level, prefix, total, count in self.conn.execute("SELECT * FROM nodes")
-        }
-        return stored == wanted
+        wanted = merkle.tree_of(self.conn.execute("SELECT key, leaf FROM entries"), self.depth)
+        stored = (
+            (level, prefix, int.from_bytes(total, "big"), count)
+            for level, prefix, total, count in self.conn.execute(
+                "SELECT level, prefix, total, count FROM nodes ORDER BY level DESC, prefix"
+            )
+        )
+        return all(a == b for a, b in itertools.zip_longest(wanted, stored))
 
     @_guard
     def rebuild_tree(self) -> None:
@@ -664,22 +666,12 @@ class Index:
                     "DELETE FROM nodes WHERE level = ? AND prefix = ?", (level, prefix)
                 )
 
-    def _tree_of_rows(self, depth: int) -> merkle.Accumulator:
-        acc = merkle.Accumulator(depth)
-        for key, leaf in self.conn.execute("SELECT key, leaf FROM entries"):
-            acc.add(key, leaf)
-        return acc
-
     def _rebuild_nodes(self, depth: int) -> None:
-        acc = self._tree_of_rows(depth)
         self.conn.execute("DELETE FROM nodes")
+        made = merkle.tree_of(self.conn.execute("SELECT key, leaf FROM entries"), depth)
         self.conn.executemany(
             "INSERT INTO nodes VALUES (?, ?, ?, ?)",
-            (
-                (lvl, pfx, (total % merkle.MODULUS).to_bytes(32, "big"), cnt)
-                for (lvl, pfx), (total, cnt) in acc.nodes.items()
-                if cnt
-            ),
+            ((level, prefix, total.to_bytes(32, "big"), n) for level, prefix, total, n in made),
         )
         self.set_meta("depth", depth)
 

@@ -16,7 +16,8 @@ do), which gives three properties:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from array import array
+from collections.abc import Iterable, Iterator
 
 import blake3
 
@@ -151,6 +152,34 @@ class Accumulator:
                 here = above
             self._nodes = nodes
         return self._nodes
+
+
+def tree_of(
+    leaves: Iterable[tuple[bytes, bytes]], depth: int
+) -> Iterator[tuple[int, int, int, int]]:
+    """The nodes of levels 0..``depth`` that hold any of ``leaves`` ((key,
+    leaf hash) pairs, in any order): ``(level, prefix, sum modulo MODULUS,
+    count)``, the deepest level first, each level in prefix order. The
+    leaves are read to the end before the first node comes. Memory: one
+    slot per node of the deepest level in two flat arrays (about 70 bytes
+    a node where the tree is full), not an object per node: a tree of
+    millions of leaves is made in tens of megabytes, not hundreds."""
+    shift = KEY_BYTES * 8 - BITS_PER_LEVEL * depth
+    sums = [0] * FANOUT**depth
+    counts = array("q", bytes(8 * len(sums)))
+    for key, leaf in leaves:
+        prefix = int.from_bytes(key, "big") >> shift
+        sums[prefix] += int.from_bytes(leaf, "big")
+        counts[prefix] += 1
+    for level in range(depth, -1, -1):
+        for prefix, count in enumerate(counts):
+            if count:
+                yield level, prefix, sums[prefix] % MODULUS, count
+        if level:  # the level above: each node the sum of its FANOUT children
+            sums = [sum(sums[i : i + FANOUT]) for i in range(0, len(sums), FANOUT)]
+            counts = array(
+                "q", (sum(counts[i : i + FANOUT]) for i in range(0, len(counts), FANOUT))
+            )
 
 
 def root_of(leaves: Iterable[tuple[bytes, bytes]]) -> bytes:

@@ -49,6 +49,26 @@ def test_change_is_a_delta(pairs: list[tuple[bytes, bytes]], new: bytes) -> None
         assert acc.nodes[node][1] == count
 
 
+@given(leaves, st.integers(0, 4))
+def test_a_tree_made_in_one_go_is_the_one_made_leaf_by_leaf(
+    pairs: list[tuple[bytes, bytes]], depth: int
+) -> None:
+    """tree_of (a whole index's tree, in flat arrays) gives the nodes the
+    Accumulator gives (the incremental one), deepest first, each level in
+    prefix order, with the root's sum and count."""
+    acc = merkle.Accumulator(depth)
+    for key, leaf in pairs:
+        acc.add(key, leaf)
+    made = list(merkle.tree_of(iter(pairs), depth))
+    assert made == sorted(made, key=lambda n: (-n[0], n[1]))
+    expected = {node: (t % merkle.MODULUS, c) for node, (t, c) in acc.nodes.items() if c}
+    assert {(level, prefix): (t, c) for level, prefix, t, c in made} == expected
+    assert len(made) == len(expected)
+    root = [(t, c) for level, _prefix, t, c in made if level == 0]
+    total = sum(merkle.leaf_value(leaf) for _key, leaf in pairs) % merkle.MODULUS
+    assert root == ([(total, len(pairs))] if pairs else [])
+
+
 def test_key_range_covers_prefix() -> None:
     key = key_of("some/file")
     for level in range(0, 5):
