@@ -29,7 +29,9 @@ BATCH_BYTES = 64 << 20
 
 @dataclass(slots=True)
 class TransferResult:
-    """Every difference found (without its entries), and what became of it."""
+    """Every difference found (without its entries), and what became of it;
+    unless the caller let go of those done (``keep_done`` False: see push),
+    which are then only counted."""
 
     changes: list[Change] = field(default_factory=list)
     outcomes: dict[str, Outcome] = field(default_factory=dict)
@@ -37,9 +39,28 @@ class TransferResult:
     # What --force overwrites, by path: the destination's version, as
     # "the version written by R" or "a deletion by R".
     discarded: dict[str, str] = field(default_factory=dict)
+    forgotten: int = 0  # changes applied and let go of (see _let_go)
+    forgotten_same: int = 0  # of those, changes of version only (no data moved)
 
     def applied(self) -> list[Change]:
+        """The changes applied (not those let go of: see forgotten)."""
         return [c for c in self.changes if self.outcomes.get(c.path, _NO).ok]
+
+    def _let_go(self, since: int) -> None:
+        """Forget the changes from ``since`` on that were applied, counting
+        them: a first copy of millions of files does not hold one object
+        per file until the end. What the report names is kept: what was
+        left alone, what failed, what --force overwrote."""
+        kept = self.changes[:since]
+        for change in self.changes[since:]:
+            outcome = self.outcomes.get(change.path)
+            if outcome is None or not outcome.ok or change.action is Action.FORCE:
+                kept.append(change)
+                continue
+            del self.outcomes[change.path]
+            self.forgotten += 1
+            self.forgotten_same += change.kind is ChangeKind.NONE
+        self.changes = kept
 
     def left_alone(self) -> list[tuple[Change, str]]:
         """Differences this run did not resolve, with the reason."""
@@ -129,14 +150,18 @@ def push(
     include: Callable[[str, bool], bool] = lambda path, is_dir: True,
     progress: Progress | None = None,
     force: bool = False,
+    keep_done: bool = True,
 ) -> TransferResult:
     """Make ``dst`` hold ``src``'s version of everything, where that is a
     fast-forward; leave newer and concurrent versions alone, unless
-    ``force`` says to overwrite them."""
+    ``force`` says to overwrite them. ``keep_done`` False: the changes
+    applied are let go of as the run goes, only counted (the caller does
+    not list them), so that memory stays bounded."""
     result = TransferResult()
     deferred: list[tuple[Change, Entry]] = []  # (change, what the destination is to hold)
     deferred_same: list[tuple[Change, Entry]] = []  # their catching up, once they are written
     for pairs in differences(src, dst, result.stats):
+        since = len(result.changes)
         todo: list[tuple[Change, Entry]] = []
         same: list[tuple[Change, Entry]] = []  # same content: the source is to catch up
         for s, d in pairs:
@@ -163,6 +188,8 @@ def push(
         if not dry_run:
             _apply(src, dst, todo, result, progress)
             _catch_up(src, same, result)
+            if not keep_done:
+                result._let_go(since)
     if not dry_run and deferred:
         deferred.sort(key=lambda planned: planned[0].path.count("/"), reverse=True)
         _apply(src, dst, deferred, result, progress)

@@ -93,7 +93,13 @@ def run_transfer(
         include = exclude_predicate(excludes)
         with out.progress("transferring", "B", scale=True) as progress:
             result = push_peers(
-                src, dst, dry_run=dry_run, include=include, progress=progress, force=force
+                src,
+                dst,
+                dry_run=dry_run,
+                include=include,
+                progress=progress,
+                force=force,
+                keep_done=out.verbose or as_json,  # where each change is listed
             )
         totals = combined_stats(result.stats, src, dst)
         left = result.left_alone()
@@ -144,9 +150,11 @@ def report(
             else:
                 out.note(f"overwrote {change.path}: discarded {lost}")
     done = [c for c in result.changes if c.path not in reasons] if dry_run else result.applied()
-    same = sum(1 for c in done if c.kind is ChangeKind.NONE)  # a version only: no data moved
+    # A change of version only moved no data.
+    same = sum(1 for c in done if c.kind is ChangeKind.NONE) + result.forgotten_same
+    copied = len(done) + result.forgotten - same
     verb = "would copy" if dry_run else "copied"
-    line = f"{verb} {plural(len(done) - same, 'entry')} from {src} to {dst}"
+    line = f"{verb} {plural(copied, 'entry')} from {src} to {dst}"
     if same:
         updated = "to update" if dry_run else "updated"
         line += f"; {plural(same, 'entry')} already the same there (versions {updated})"

@@ -733,3 +733,42 @@ def test_force_names_every_replica_whose_writes_it_discards(tmp_path: Path) -> N
             ids.append(replica.replica_id)
     r = ms("push", a, b, "--force", "--dry-run")
     assert f"the version written by {', '.join(sorted(ids))} would be lost" in r.err, r.err
+
+
+def test_a_run_that_lists_nothing_lets_go_of_what_it_applied(tmp_path: Path) -> None:
+    """Without -v or --json, the changes applied are only counted as the
+    run goes (a first copy of millions of files holds no object per file):
+    the summary is the same, and what it names (left alone, overwritten)
+    is kept."""
+    from merklesync.peer.local import LocalPeer
+    from merklesync.transfer import push
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_tree(src, files=300, dirs=30, seed=8)
+    make_tree(dst, files=0, dirs=0)
+    write(src / "same.txt", "same")
+    write(dst / "same.txt", "same")
+    write(src / "theirs.txt", "src")
+    write(dst / "theirs.txt", "dst")
+    write(src / "forced.txt", "src")
+    write(dst / "forced.txt", "dst")
+    for root in (src, dst):
+        assert ms("init", root).code == 0
+    with Replica.open(src) as a, Replica.open(dst) as b:
+        result = push(
+            LocalPeer(a),
+            LocalPeer(b),
+            keep_done=False,
+            include=lambda path, is_dir: path != "forced.txt",
+        )
+    assert sorted(c.path for c in result.changes) == ["theirs.txt"]  # left alone: a conflict
+    assert [c.path for c, _why in result.left_alone()] == ["theirs.txt"]
+    assert result.forgotten == 300 + 30 + 1 and result.forgotten_same == 1
+    assert len(result.outcomes) == 0
+    r = ms("push", "--force", src, dst)  # what --force overwrote is still named
+    assert r.code == 0, r.err
+    assert "overwrote forced.txt" in r.err and "overwrote theirs.txt" in r.err
+    assert "copied 2 entries" in r.err
+    entries = ms("init", src, "--json").json()["entries"]
+    first = ms("push", src, tmp_path / "new")
+    assert f"copied {entries} entries from" in first.err, first.err
