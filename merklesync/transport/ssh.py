@@ -74,6 +74,7 @@ _MAX_JUMPS = 8
 _EXIT_WAIT = 5.0
 _CLOSE_WAIT = 1.0
 _EOF_STATUS_WAIT = 2.0
+_FIRST_WORDS_NAP = 0.002  # between looks for a command's first output
 _HINT = "set the command that starts merklesync there with --remote-cmd or MERKLESYNC_REMOTE_CMD"
 
 
@@ -852,10 +853,12 @@ class SSHTransport:
                 if chan.recv_ready():  # its last words came with its end
                     break
                 return b""
-            # The channel's descriptor is readable on error output too: a
-            # short nap then, so as not to spin while it is drained.
-            if select.select([chan], [], [], min(left, 0.5))[0] and not chan.recv_ready():
-                time.sleep(0.01)
+            # Never the channel's descriptor (select, fileno): paramiko
+            # then shares one event pipe between the output and the error
+            # output, and two threads reading them (StderrTail is the other)
+            # can both try to clear it: one blocks for ever, and with it
+            # every lock of the connection, closing it too.
+            time.sleep(min(left, _FIRST_WORDS_NAP))
         return self.recv(n)
 
     def close_write(self) -> None:

@@ -417,7 +417,21 @@ def test_error_output_before_the_first_bytes_does_not_hold_the_client(
     server: SSHServer, keeper: Keeper, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An agent that writes on stderr but says nothing is declined after
-    AGENT_WAIT, before the client's own patience (15 s) runs out."""
+    AGENT_WAIT, before the client's own patience (15 s) runs out. Waiting
+    for its first words never takes the channel's descriptor: paramiko then
+    shares one event pipe between the output and the error output, and the
+    two threads reading them could both try to clear it, one for ever
+    (every lock of the connection with it: a stop hung)."""
+    import paramiko
+
+    descriptors: list[object] = []
+    real_fileno = paramiko.Channel.fileno
+
+    def fileno(self: paramiko.Channel) -> int:
+        descriptors.append(self)
+        return real_fileno(self)
+
+    monkeypatch.setattr(paramiko.Channel, "fileno", fileno)
     dst = f"{server.host}:{tmp_path / 'dst'}"
     assert cli(server, "push", str(tree), dst).code == 0
     connection = keeper._connection
@@ -432,6 +446,7 @@ def test_error_output_before_the_first_bytes_does_not_hold_the_client(
     assert r.code == 0, r.err
     assert time.monotonic() - started < 14  # declined by the keeper, not timed out by the client
     assert keeper.sessions == 1
+    assert descriptors == []
 
 
 def test_a_relayed_agent_that_fails_leaves_its_last_words(
