@@ -284,6 +284,18 @@ class ScanReport:
     modified: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # skipped, unreadable...
+    # False: the paths changed are not kept (init, whose first scan would
+    # hold every path of the tree to print none of them).
+    listing: bool = field(default=True, compare=False)
+
+    def changed(self, path: str, was: Entry | None) -> None:
+        """Note ``path`` as added (``was`` None or deleted) or modified."""
+        if self.listing:
+            (self.added if was is None or was.deleted else self.modified).append(path)
+
+    def gone(self, path: str) -> None:
+        if self.listing:
+            self.deleted.append(path)
 
     def to_wire(self) -> list[object]:
         return [self.scanned, self.hashed, self.added, self.modified, self.deleted, self.warnings]

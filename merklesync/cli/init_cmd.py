@@ -79,7 +79,7 @@ def init(
             old_id = replica.renew_id()  # before the scan: what changed since is this one's
         with out.progress("scanning", "files") as progress:
             report = replica.source.scan(
-                replica.index, replica.replica_id, replica.clock, progress=progress
+                replica.index, replica.replica_id, replica.clock, progress=progress, listing=False
             )
         root, count = replica.index.root()
         for warning in report.warnings:

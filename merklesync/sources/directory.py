@@ -218,13 +218,16 @@ class DirectorySource:
         progress: Callable[[int], None] | None = None,
         learned_ns: int | None = None,
         spread: bool = True,
+        listing: bool = True,
     ) -> ScanReport:
         """Bring the index up to date: unchanged entries (same stat) cost
         one stat call; changed ones are re-read. With a watcher running
         (journal.py), only the directories it saw change are looked at.
         ``spread``: a full scan may list on a second core (no other scan
-        runs beside this one)."""
+        runs beside this one). ``listing`` False: the report does not name
+        the paths changed (see ScanReport.listing)."""
         scan = _Scan(index, replica_id, clock, checksum, progress)
+        scan.report.listing = listing
         scan.shortcuts = self._shortcuts(checksum)
         scan.reads_all = spread and (checksum or index.root()[1] == 0)
         self.ignore.start_over()  # an ignore file may have changed since the last scan
@@ -611,10 +614,7 @@ class DirectorySource:
         stamp = min(max(written, old.stamp + 1 if old is not None else 0), MAX_STAMP)
         clock.observe(stamp)
         index.put(fresh.with_version(vv, stamp, replica_id), stat, old)
-        if old is None or old.deleted:
-            report.added.append(rel)
-        else:
-            report.modified.append(rel)
+        report.changed(rel, old)
 
     def _tombstone(
         self, index: Index, replica_id: str, clock: HybridClock, entry: Entry, report: ScanReport
@@ -652,13 +652,13 @@ class DirectorySource:
             # Removed by a run stopped before it recorded the removal.
             clock.observe(noted.stamp)
             index.put(noted, None, entry)
-            report.deleted.append(entry.path)
+            report.gone(entry.path)
             return
         now = clock.tick()
         gone = gone or dir_fds.last_change_above(self._root, entry.path)
         stamp = max(now if gone is None else min(now, gone), entry.stamp + 1)
         index.put(entry.tombstone(entry.vv.bump(replica_id), stamp, replica_id), None, entry)
-        report.deleted.append(entry.path)
+        report.gone(entry.path)
 
     def _left_out(self, rel: str, entry: Entry, ignored: Callable[[str, bool], bool]) -> bool:
         """Whether an indexed path is left out by the ignore files (not by

@@ -772,3 +772,19 @@ def test_a_run_that_lists_nothing_lets_go_of_what_it_applied(tmp_path: Path) -> 
     entries = ms("init", src, "--json").json()["entries"]
     first = ms("push", src, tmp_path / "new")
     assert f"copied {entries} entries from" in first.err, first.err
+
+
+def test_a_scan_that_lists_nothing_keeps_no_path(tmp_path: Path) -> None:
+    """init's first scan does not hold every path of the tree to print none
+    of them; status, which prints them, still gets them all."""
+    root = tmp_path / "r"
+    make_tree(root, files=40, dirs=4, seed=9)
+    with Replica.open(root, create=True) as r:
+        report = r.source.scan(r.index, r.replica_id, r.clock, listing=False)
+        assert report.added == [] and report.scanned == 44
+        assert r.index.root()[1] == 44  # the entries are there
+    write(root / "new.txt", "n")
+    (root / "d0000").rename(root / "moved")
+    r2 = ms("status", root, "--json").json()
+    assert "new.txt" in r2["added"] and any(p.startswith("moved/") for p in r2["added"])
+    assert any(p.startswith("d0000/") for p in r2["deleted"])
