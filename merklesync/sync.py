@@ -72,6 +72,8 @@ class SyncResult:
     warnings: list[str] = field(default_factory=list)
     unresolved: list[str] = field(default_factory=list)  # conflicts no policy could settle
     stats: Stats = field(default_factory=Stats)
+    # Copies of content made and let go of (see Syncer.keep_done): only counted.
+    forgotten_copies: int = 0
 
     def failures(self) -> list[Outcome]:
         both = [*self.outcomes_a.values(), *self.outcomes_b.values()]
@@ -115,11 +117,20 @@ def _spool(peer: Peer, entry: Entry, spool: Path) -> Path | None:
 
 class Syncer:
     def __init__(
-        self, a: Peer, b: Peer, rules: Rules, include: Callable[[str, bool], bool]
+        self,
+        a: Peer,
+        b: Peer,
+        rules: Rules,
+        include: Callable[[str, bool], bool],
+        keep_done: bool = True,
     ) -> None:
         self.a, self.b = a, b
         self.rules = rules
         self.include = include
+        # False: a plain copy, once written, is let go of (its event and
+        # outcome) and only counted, where the caller lists no event: a
+        # first sync of millions of files holds no object per file.
+        self.keep_done = keep_done
         self.result = SyncResult()
         self._copies: dict[str, str] = {}  # conflicted path -> its conflict copy
         # (conflicted path, the loser's leaf) -> the copy made of it in this run
@@ -176,6 +187,7 @@ class Syncer:
         deferred = _Plan()
         for pairs in differences(self.a, self.b, self.result.stats):
             plan = _Plan()
+            since = len(self.result.events)
             for x, y in pairs:
                 entry = x or y
                 assert entry is not None
@@ -185,6 +197,8 @@ class Syncer:
                     self._decide(x, y, plan, deferred)
             if not dry_run:
                 self._apply(plan, progress)
+                if not self.keep_done:
+                    self._let_go(since)
         if not dry_run:
             for ops, outcomes in (
                 (deferred.to_a, self.result.outcomes_a),
@@ -206,6 +220,37 @@ class Syncer:
             if o.entry.path not in self._after_a or outcomes_a.get(o.entry.path, _NOT_YET).ok
         ]
         apply_ops(self.b, plan.to_b, self.result.outcomes_b, progress)
+
+    def _let_go(self, since: int) -> None:
+        """Forget the plain copies among the events from ``since`` on that
+        were written (their outcomes too), counting them. Whatever else a
+        later step looks up is kept: conflicts and their copies, writes
+        still to come or that failed."""
+        result = self.result
+        kept = result.events[:since]
+        for event in result.events[since:]:
+            path = event.path
+            if event.what not in ("a->b", "b->a") or self._involved(path):
+                kept.append(event)
+                continue
+            outcomes = [o for o in (result.outcomes_a, result.outcomes_b) if path in o]
+            if not outcomes or not all(o[path].ok for o in outcomes):
+                kept.append(event)
+                continue
+            for o in outcomes:
+                del o[path]
+            result.forgotten_copies += event.detail != "="
+        result.events = kept
+
+    def _involved(self, path: str) -> bool:
+        """Whether ``path`` takes part in a conflict of this run."""
+        return (
+            path in self._copies
+            or path in self._copy_paths
+            or path in self._after_a
+            or path in self._unsettled
+            or path in self._held
+        )
 
     def _made_here(self, path: str) -> bool:
         """A conflict copy this run wrote on both sides, met again by the
@@ -484,5 +529,9 @@ def sync(
     include: Callable[[str, bool], bool] = lambda path, is_dir: True,
     dry_run: bool = False,
     progress: Progress | None = None,
+    keep_done: bool = True,
 ) -> SyncResult:
-    return Syncer(a, b, rules or Rules(), include).run(dry_run=dry_run, progress=progress)
+    """Sync ``a`` and ``b`` (scanned). ``keep_done`` False: plain copies
+    are counted, not listed, in the result (see Syncer.keep_done)."""
+    syncer = Syncer(a, b, rules or Rules(), include, keep_done)
+    return syncer.run(dry_run=dry_run, progress=progress)

@@ -46,13 +46,21 @@ def sync_pair(
     dry_run: bool = False,
     scan_complete: bool = True,
     progress: Progress | None = None,
+    keep_done: bool = True,
 ) -> SyncResult:
     """Sync two scanned replicas (their retention already checked: see
     retention.guard). ``scan_complete``: neither scan skipped a file; only
     then, and with nothing left out or left alone, is the run a proof that
-    each side has all the other has, and recorded as such."""
+    each side has all the other has, and recorded as such. ``keep_done``:
+    see sync."""
     result = sync(
-        a, b, rules=rules, include=exclude_predicate(excludes), dry_run=dry_run, progress=progress
+        a,
+        b,
+        rules=rules,
+        include=exclude_predicate(excludes),
+        dry_run=dry_run,
+        progress=progress,
+        keep_done=keep_done,
     )
     if any(e.what == "conflict" for e in result.events):
         for replica in filter(None, (local_replica(a), local_replica(b))):
@@ -109,6 +117,7 @@ def repair(
     scans_complete: bool = True,
     progress: Progress | None = None,
     on_sync: Callable[[PairSync], None] = lambda done: None,
+    keep_done: bool = True,
 ) -> RepairResult:
     """Bring ``peers`` (opened and scanned; the first is the hub) to the
     same state. ``scans_complete``: no scan skipped a file (else no sync is
@@ -145,6 +154,7 @@ def repair(
                 dry_run=dry_run,
                 scan_complete=scans_complete,
                 progress=progress,
+                keep_done=keep_done,
             )
         except MerklesyncError as exc:
             error = exc

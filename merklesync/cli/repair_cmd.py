@@ -106,6 +106,7 @@ def repair_cmd(
                 scans_complete=not skipped,
                 progress=progress,
                 on_sync=said,
+                keep_done=verbose or as_json,  # where each event is listed
             )
         engine = Stats()
         for done in result.syncs:

@@ -120,7 +120,7 @@ def counts(result: SyncResult) -> str:
     """``3 copied, 1 conflict settled, 0 left alone``."""
     kinds = Counter(e.what for e in result.events if e.detail != "=")
     return (
-        f"{kinds['a->b'] + kinds['b->a']} copied, "
+        f"{kinds['a->b'] + kinds['b->a'] + result.forgotten_copies} copied, "
         f"{plural(kinds['conflict'] + kinds['modify-delete'], 'conflict')} settled, "
         f"{len(result.failures()) + len(result.unresolved)} left alone"
     )
@@ -194,6 +194,7 @@ def sync(
                 dry_run=dry_run,
                 scan_complete=not skipped,
                 progress=progress,
+                keep_done=verbose or as_json,  # where each event is listed
             )
         totals = combined_stats(result.stats, a, b)
     for warning in skipped:

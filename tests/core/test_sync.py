@@ -846,3 +846,34 @@ def test_a_conflict_copy_in_conflict_itself_is_settled_with_it(
         "keep.txt",
         "shared.txt",
     ]
+
+
+def test_a_sync_that_lists_nothing_lets_go_of_its_plain_copies(tmp_path: Path) -> None:
+    """Without -v or --json, each plain copy, once written, is only counted
+    (a first sync of millions of files holds no object per file); the
+    conflicts, their copies and what failed are kept, and the summary is
+    the same."""
+    from merklesync.peer.local import LocalPeer
+    from merklesync.sync import sync
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_tree(a, files=200, dirs=20, seed=11)
+    make_tree(b, files=0, dirs=0)
+    (b / "only-b.txt").write_text("b")
+    (a / "both.txt").write_text("from a\n")
+    (b / "both.txt").write_text("from b\n")
+    for root in (a, b):
+        assert ms("init", root).code == 0
+    with Replica.open(a) as ra, Replica.open(b) as rb:
+        result = sync(LocalPeer(ra), LocalPeer(rb), keep_done=False)
+    assert result.forgotten_copies == 200 + 20 + 1  # a's files and directories, b's file
+    assert {e.path for e in result.events} == {"both.txt"}  # the conflict
+    conflict_copy = [p.name for p in a.glob("both.conflict-*")]
+    assert len(conflict_copy) == 1
+    assert_same_tree(a, b)
+    assert set(result.outcomes_a) | set(result.outcomes_b) <= {"both.txt", conflict_copy[0]}
+    c = tmp_path / "c"
+    r = ms("sync", a, c)
+    assert r.code == 0, r.err
+    entries = ms("status", a, "--json").json()["entries"]
+    assert f"synced {a} and {c}: {entries} copied, 0 conflicts settled, 0 left alone" in r.err
