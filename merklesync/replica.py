@@ -7,7 +7,6 @@ import os
 import secrets
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -195,8 +194,7 @@ class Replica:
         whose state is a throwaway directory (see scratch.py: its lock is
         held while it is used), removed when it closes: ``make_index``
         makes its index there."""
-        scratch_dir.sweep()  # what killed runs left
-        scratch = Path(tempfile.mkdtemp(prefix=f"{scratch_dir.PREFIX}{kind}-"))
+        scratch = scratch_dir.make(kind)
         try:
             if files is None:
                 files = scratch / "empty"
@@ -213,6 +211,7 @@ class Replica:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
         replica.scratch = scratch
+        replica.source.hands_off = True  # its files and state are not this run's to tidy
         return replica
 
     @classmethod

@@ -59,28 +59,40 @@ def test_a_killed_runs_directory_is_swept_a_live_ones_is_not(
     assert list(temp.iterdir()) == []
 
 
-def test_what_is_not_a_run_directory_of_this_user_stays(
-    temp: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_what_no_run_of_merklesync_made_stays(temp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a directory made by scratch.make (marked) whose lock nobody
+    holds is swept: never a directory of the user's that happens to bear
+    the name, with a lock file or a replica in it, however old."""
     monkeypatch.setattr(scratch, "SETTLE_S", 0.0)
     (temp / "merklesync-a-file").write_text("not a directory")
     (temp / "other-dir").mkdir()
-    unlocked = temp / "merklesync-merge-x"  # a merge's: no lock file
-    unlocked.mkdir()
+    users = temp / "merklesync-notes"  # the user's own, with a replica's state in it
+    (users / ".merklesync").mkdir(parents=True)
+    (users / "lock").write_text("")
+    (users / "notes.txt").write_text("keep me")
+    merge = temp / "merklesync-merge-x"  # a merge's: no mark
+    merge.mkdir()
     target = temp / "target"
     target.mkdir()
     (target / "lock").write_text("")
+    (target / scratch.MARK).write_text("")
     (temp / "merklesync-link").symlink_to(target)
+    fake = temp / "merklesync-fake"  # the mark a directory, not a file
+    (fake / scratch.MARK).mkdir(parents=True)
+    (fake / "lock").write_text("")
+    for path in (users, merge, fake):
+        os.utime(path, (0, 0))  # long ago
     assert scratch.sweep() == []
-    monkeypatch.setattr(scratch, "UNLOCKED_S", 0.0)  # a day later
-    assert scratch.sweep() == [unlocked]
+    assert (users / "notes.txt").read_text() == "keep me"
     assert sorted(p.name for p in temp.iterdir()) == [
         "merklesync-a-file",
+        "merklesync-fake",
         "merklesync-link",
+        "merklesync-merge-x",
+        "merklesync-notes",
         "other-dir",
         "target",
     ]
-    assert (target / "lock").exists()
 
 
 def test_a_dry_run_sweeps_what_a_killed_one_left(
