@@ -167,6 +167,10 @@ class DirectorySource:
         self._placer: Placer | None = None  # see write_items
         self._placer_tried = False
         self._new_files = 0
+        # True: scans leave the files and the state directory as they are
+        # (no abandoned temp file tidied, no intent discarded): a replica
+        # opened from a copy of its index (a dry run's, a read-only one's).
+        self.hands_off = False
 
     def abs(self, rel: str) -> str:
         """The path of a (validated, relative) entry path on this machine."""
@@ -260,8 +264,8 @@ class DirectorySource:
         index.set_meta(WATCH_TOKEN, None if changes is None else changes.token)
         index.set_meta("hlc", clock.last)
         index.commit()
-        if noted is not None and not self.ignore.has_excludes:  # else, kept for a scan of all
-            self._intents.discard()
+        if noted is not None and not self.ignore.has_excludes and not self.hands_off:
+            self._intents.discard()  # (else, kept for a scan of all, or for the replica's own)
         return scan.report
 
     def _scan_tree(self, top: str, scan: _Scan) -> None:
@@ -356,7 +360,7 @@ class DirectorySource:
                         )
                         scan.relist.add(directory)
                         return []  # keep what we knew
-                listing = Listing.read(dir_fd)
+                listing = Listing.read(dir_fd, tidy=not self.hands_off)
             except (FileNotFoundError, NotADirectoryError):
                 listing = Listing()
             except OSError as exc:

@@ -123,3 +123,28 @@ def test_a_dry_rebuild_of_a_directory_where_the_index_should_be(tmp_path: Path) 
     assert dry.code == 0, dry.err
     assert dry.json()["index_set_aside"].startswith(f"{index}.broken-")
     assert index.is_dir()  # left as it is
+
+
+def test_a_dry_run_leaves_what_a_killed_run_left_for_the_next_one(tmp_path: Path) -> None:
+    """The notes of writes a killed run made (write intents) and its
+    abandoned temp files are the replica's next real scan's to settle:
+    a dry run reads them, and leaves them where they are."""
+    from merklesync.sources.listing import TEMP_PREFIX
+    from merklesync.sources.write_intents import Intents
+
+    root = tmp_path / "r"
+    root.mkdir()
+    (root / "a").write_text("a")
+    assert ms("init", root).code == 0
+    with Replica.open(root) as r:
+        [entry] = [e for e in r.index.iter_entries() if e.path == "a"]
+    intents = Intents(root / ".merklesync")
+    intents.note(entry)
+    intents.flush()
+    temp = root / f"{TEMP_PREFIX}999999999-x"  # its writer long gone
+    temp.write_text("half written")
+    before = _state(root)
+    assert "intents" in " ".join(before)
+    for args in (("init", "-n", root), ("init", "-n", "--new-id", root)):
+        assert ms(*args).code == 0
+    assert _state(root) == before and temp.exists()
