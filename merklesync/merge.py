@@ -393,13 +393,16 @@ _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 
 def _program(command: str) -> str | None:
     """The program ``command`` runs first, where that is a plain word
-    (after any VAR=value): None when it is made at run time."""
+    looked up as written: None when it is made or found at run time (a
+    variable, a substitution, a ``~``, a VAR=value before it, which may be
+    the PATH it is looked up in)."""
     try:
         words = shlex.split(command, posix=True)
     except ValueError:
         return None
-    words = words[next((i for i, w in enumerate(words) if not _ASSIGNMENT.match(w)), len(words)) :]
-    if not words or any(ch in words[0] for ch in "$`%(){}<>|;&!*?[\\"):
+    if not words or _ASSIGNMENT.match(words[0]) or words[0].startswith("~"):
+        return None
+    if any(ch in words[0] for ch in "$`%(){}<>|;&!*?[\\"):
         return None
     return words[0]
 

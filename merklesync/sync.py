@@ -85,6 +85,9 @@ class SyncResult:
         return bool(self.failures() or self.unresolved or self.warnings)
 
 
+_COPIES = ("a->b", "b->a")  # the events of plain copies
+
+
 @dataclass(slots=True)
 class _Plan:
     to_a: list[Op] = field(default_factory=list)
@@ -166,10 +169,16 @@ class Syncer:
         if not dry_run and (self.result.failures() or self._unsettled):
             self._keep_needed_directories(deferred, progress)
             # An entry can arrive before the directory it lives in replaces
-            # a file: one more pass settles what the first one could not.
+            # a file: one more pass settles what the first one could not
+            # (and tells what it does there: not the first pass's events).
+            failed: set[str] = set()
             for outcomes in (self.result.outcomes_a, self.result.outcomes_b):
                 for path in [p for p, o in outcomes.items() if not o.ok]:
                     del outcomes[path]
+                    failed.add(path)
+            self.result.events = [
+                e for e in self.result.events if e.path not in failed or e.what not in _COPIES
+            ]
             self._unsettled.clear()
             self._copies.clear()
             self._after_a.clear()
@@ -230,7 +239,7 @@ class Syncer:
         kept = result.events[:since]
         for event in result.events[since:]:
             path = event.path
-            if event.what not in ("a->b", "b->a") or self._involved(path):
+            if event.what not in _COPIES or self._involved(path):
                 kept.append(event)
                 continue
             outcomes = [o for o in (result.outcomes_a, result.outcomes_b) if path in o]

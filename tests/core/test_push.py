@@ -571,7 +571,13 @@ def test_conflicting_options_are_usage_errors(src: Path, tmp_path: Path) -> None
             r = ms(cmd, src, tmp_path / "b", "--merge-cmd", command)
             assert r.code == 2 and said in r.err and len(r.err.splitlines()) == 1, (cmd, r.err)
     assert not (tmp_path / "b").exists()
-    for fine in ("cat %B >> %A", "LC_ALL=C sort -u -o %A %A %B", "$SHELL -c true"):
+    for fine in (
+        "cat %B >> %A",
+        "LC_ALL=C sort -u -o %A %A %B",
+        "$SHELL -c true",
+        "~/bin/not-checked %A %B",  # ~ and a PATH given before it: found at run time
+        "PATH=/opt/tools:$PATH mymerge %A %B",
+    ):
         assert ms("sync", "-n", src, tmp_path / "b", "--merge-cmd", fine).code == 0, fine
     r = ms("gc", tmp_path / "no-such-dir")  # as the exit status table says: a missing directory
     assert r.code == 5 and "no such directory" in r.err

@@ -877,3 +877,29 @@ def test_a_sync_that_lists_nothing_lets_go_of_its_plain_copies(tmp_path: Path) -
     assert r.code == 0, r.err
     entries = ms("status", a, "--json").json()["entries"]
     assert f"synced {a} and {c}: {entries} copied, 0 conflicts settled, 0 left alone" in r.err
+
+
+def test_a_second_pass_counts_each_copy_once(tmp_path: Path) -> None:
+    """On A a directory becomes a file while B adds files in it: the first
+    pass's copies into it fail, the second pass makes them. The summary
+    counts each once, listed (-v) or not."""
+    said = []
+    for verbose in ((), ("-v",)):
+        base = tmp_path / f"run{len(said)}"
+        a, b = base / "a", base / "b"
+        (a / "d").mkdir(parents=True)
+        for i in range(10):
+            (a / "d" / f"x{i}").write_text(f"x{i}")
+        assert ms("init", a).code == 0 and ms("sync", a, b).code == 0
+        shutil.rmtree(a / "d")
+        (a / "d").write_text("now a file")
+        for i in range(5):
+            (b / "d" / f"new{i}").write_text(f"new{i}")
+        r = ms("sync", *verbose, a, b)
+        assert r.code == 0, r.err
+        assert_same_tree(a, b)
+        said.append(next(line for line in r.err.splitlines() if line.startswith("synced")))
+        if verbose:
+            listed = [line for line in r.out.splitlines() if line[:4] in ("a->b", "b->a")]
+            assert f"synced {a} and {b}: {len(listed)} copied" in said[-1], (said, r.out)
+    assert said[0].split(": ")[1] == said[1].split(": ")[1], said
