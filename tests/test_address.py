@@ -86,6 +86,9 @@ def test_str_canonical(address: Address, text: str) -> None:
         "o'brien@host:p",  # shell metacharacters in a user name: refused, as OpenSSH does
         "a;b@host:p",
         "ssh://u$(x)@host/p",
+        "bob\\@host:notes",  # a user name ending in a backslash
+        "[1.2.3.4]:notes",  # brackets are for IPv6 addresses
+        "ssh://[10.0.0.1]/srv",
     ],
 )
 def test_bad(text: str) -> None:
@@ -121,3 +124,10 @@ def test_round_trip(host: str, user: str | None, port: int | None, path: str) ->
 )
 def test_user_names_openssh_takes(user: str) -> None:
     assert parse_address(f"{user}@host:p").user == user
+
+
+def test_the_remote_home_directory_in_a_url() -> None:
+    for text in ("ssh://user@host/~", "ssh://user@host/~/"):
+        address = parse_address(text)
+        assert address.path == "."
+        assert parse_address(str(address)) == address

@@ -419,3 +419,13 @@ def test_merge_command_timeout(command: str) -> None:
         run_merge_command(f"echo waiting >&2; {command}", "f", b"a", b"b", None, timeout=0.3)
     assert time.monotonic() - start < 5
     assert info.value.message == "f: merge command timed out after 0.3 s: waiting"
+
+
+def test_union_knows_an_object_whatever_the_order_of_its_keys() -> None:
+    merged = union_merge("cart.json", b'[{"id": 1, "qty": 2}]', b'[{"qty": 2, "id": 1}]')
+    assert json.loads(merged) == [{"id": 1, "qty": 2}]
+
+
+def test_a_backslash_in_single_quotes_is_a_backslash_as_sh_reads_it() -> None:
+    merged = run_merge_command("tr '\\' '/' < %B > %A", "p.txt", b"ours", b"a\\b", None)
+    assert merged == b"a/b"

@@ -93,3 +93,13 @@ def test_any_wire_vector_reads_as_its_canonical_form(pairs: list[tuple[str, int]
     wire = [list(p) for p in pairs]
     assert VersionVector.from_wire(wire) == VersionVector.of(pairs)
     assert VersionVector.from_wire(VersionVector.of(pairs).to_wire()) == VersionVector.of(pairs)
+
+
+def test_a_replica_id_longer_than_64_characters_is_refused_from_the_wire() -> None:
+    import pytest
+
+    from merklesync.clock import VersionVector
+
+    assert VersionVector.from_wire([["a" * 64, 1]]).get("a" * 64) == 1
+    with pytest.raises(ValueError, match="malformed"):
+        VersionVector.from_wire([["a" * 65, 1]])

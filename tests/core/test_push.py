@@ -794,3 +794,27 @@ def test_a_scan_that_lists_nothing_keeps_no_path(tmp_path: Path) -> None:
     r2 = ms("status", root, "--json").json()
     assert "new.txt" in r2["added"] and any(p.startswith("moved/") for p in r2["added"])
     assert any(p.startswith("d0000/") for p in r2["deleted"])
+
+
+def test_a_file_written_never_gets_setuid_or_setgid_whatever_mode_it_is_given(
+    tmp_path: Path,
+) -> None:
+    """The wire takes modes up to 0o7777 (a peer's entry may say 0o4755):
+    the write is where those bits are kept off."""
+    import blake3
+
+    from merklesync.sources.file_write import place_new, write_file
+
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        for name, mode in (("suid", 0o4755), ("sgid", 0o2755), ("both", 0o6755)):
+            data = b"#!/bin/sh\nid\n"
+            digest = blake3.blake3(data).digest()
+
+            def new(tmp: str, name: str = name) -> None:
+                place_new(tmp, name, fd)
+
+            write_file(fd, name, mode, 0, digest, [data], new)
+            assert (tmp_path / name).stat().st_mode & 0o7777 == 0o755, name
+    finally:
+        os.close(fd)

@@ -243,3 +243,56 @@ def test_a_writer_known_only_from_the_vectors_must_see_a_deletion_too(tmp_path: 
     assert ms("sync", a, b).code == 0
     with Replica.open(a) as r:
         assert retention.collect(r) == []
+
+
+def test_a_lone_replica_collects_its_tombstones(tmp_path: Path) -> None:
+    """No other replica is known: nobody is left to tell of the deletion."""
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / "gone.txt").write_text("x")
+    ms("init", a)
+    (a / "gone.txt").unlink()
+    ms("status", a)
+    with Replica.open(a) as r:
+        assert retention.collect(r, dry_run=True) == ["gone.txt"]
+
+
+def test_gc_retention_days_given_is_the_one_used(tmp_path: Path) -> None:
+    a, _b = _pair(tmp_path)
+    c = tmp_path / "c"
+    assert ms("sync", a, c).code == 0
+    (c / "stays.txt").write_text("c")
+    assert ms("sync", a, c).code == 0  # c: a writer a knows of, not told of the deletion
+    (a / "gone.txt").unlink()
+    ms("status", a)
+    later = time.time_ns() + 40 * retention.DAY_NS
+    with Replica.open(a) as r:
+        assert retention.collect(r, now=later, dry_run=True) == []  # 90 days: not yet
+        assert retention.collect(r, now=later, dry_run=True, days=30) == ["gone.txt"]
+
+
+def test_the_configured_retention_decides_who_is_stale(tmp_path: Path) -> None:
+    a, b = _pair(tmp_path)
+    with Replica.open(a) as r:
+        retention.set_retention_days(r, 30)
+        [other] = r.index.peers()
+        r.index.remember_peer(other, time.time_ns() - 40 * retention.DAY_NS)
+        r.index.commit()
+    refused = ms("sync", a, b)
+    assert refused.code == 3 and "(30 days)" in refused.err, refused.err
+
+
+def test_a_run_collects_by_itself_once_a_day(tmp_path: Path) -> None:
+    """Without `gc`: a run collects the tombstones every known replica has
+    seen, at most once a day."""
+    a, b = _pair(tmp_path)
+    (a / "gone.txt").unlink()
+    assert ms("sync", a, b).code == 0  # b learns of the deletion
+    with Replica.open(a) as r:
+        r.index.set_meta("last_gc", 0)  # a day and more since the last collection
+        r.index.commit()
+    assert ms("sync", a, b).code == 0
+    assert _tombstones(a) == []
+    (a / "stays.txt").unlink()
+    assert ms("sync", a, b).code == 0 and ms("sync", a, b).code == 0
+    assert "stays.txt" in _tombstones(a)  # collected today already: kept for now

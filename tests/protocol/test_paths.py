@@ -109,3 +109,9 @@ def test_anything_else_is_safe_or_unsafe_path(value: object) -> None:
     assert ".." not in path.split("/")
     assert "\x00" not in path
     assert not is_state_dir(path.split("/")[0])
+
+
+def test_a_component_of_four_byte_characters_is_measured_in_bytes() -> None:
+    check_relpath("d/" + "\U0001f600" * 63)  # 252 bytes
+    with pytest.raises(UnsafePath, match="longer than 255 bytes"):
+        check_relpath("d/" + "\U0001f600" * 64)  # 64 characters, 256 bytes
