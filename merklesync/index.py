@@ -203,7 +203,33 @@ def _to_entry(row: Sequence[Any]) -> Entry:
 _KIND_OF = {int(kind): kind for kind in EntryKind}
 _VVS: dict[bytes, VersionVector] = {}  # packed -> parsed: most rows share a few vectors
 _MAX_VVS = 4096
-_MAX_TRACKED = 250_000  # paths Index remembers storing (see _stored_since_empty)
+
+
+class PathFilter:
+    """The paths stored since the index was empty, as a Bloom filter of a
+    fixed size (512 KiB, two bits a path): a path not in it is certainly
+    not stored; one in it may be (then SQLite is asked). Memory does not
+    grow with the paths, as a set of them would (about 120 bytes a path):
+    the lookups a first copy of millions of files saves stay saved,
+    fewer of them as the filter fills."""
+
+    BITS = 1 << 22
+    MASK = BITS - 1
+
+    def __init__(self) -> None:
+        self._bits = bytearray(self.BITS // 8)
+
+    def add(self, path: str) -> None:
+        h = hash(path)
+        for bit in (h & self.MASK, (h >> 22) & self.MASK):
+            self._bits[bit >> 3] |= 1 << (bit & 7)
+
+    def __contains__(self, path: str) -> bool:
+        h = hash(path)
+        return all(
+            self._bits[bit >> 3] & (1 << (bit & 7))
+            for bit in (h & self.MASK, (h >> 22) & self.MASK)
+        )
 
 
 _PACKED: dict[VersionVector, bytes] = {}  # the other way: a run writes a few vectors often
@@ -244,8 +270,8 @@ class Index:
         self._dirty = False
         # When the table held no entry as get() first looked (a replica being
         # filled, by a first copy say): the paths stored since, so that get()
-        # answers for every other one without a query. None: ask SQLite.
-        self._stored_since_empty: set[str] | None = None
+        # answers for most others without a query. None: ask SQLite.
+        self._stored_since_empty: PathFilter | None = None
         self._looked = False
         # When tombstones stored now were learned (None: now). A scan sets
         # it to when it started, the moment of the state it records.
@@ -405,7 +431,7 @@ class Index:
         if not self._looked:
             self._looked = True
             if self.conn.execute("SELECT 1 FROM entries LIMIT 1").fetchone() is None:
-                self._stored_since_empty = set()
+                self._stored_since_empty = PathFilter()
         if self._stored_since_empty is not None and path not in self._stored_since_empty:
             return None
         row = self.conn.execute(
@@ -531,11 +557,8 @@ class Index:
             self.conn.execute(_INSERT, (entry.path, parent, key, *fields[:-1]))
         self._pending.change(key, None if old is None else old.leaf_hash(), leaf)
         self._dirty = True
-        stored = self._stored_since_empty
-        if stored is not None:
-            stored.add(entry.path)
-            if len(stored) > _MAX_TRACKED:
-                self._stored_since_empty = None  # memory stays bounded: ask SQLite
+        if self._stored_since_empty is not None:
+            self._stored_since_empty.add(entry.path)
 
     def _learned(self, path: str) -> int:
         """When the tombstone stored at ``path`` was learned (0: none is)."""

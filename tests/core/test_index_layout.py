@@ -112,12 +112,11 @@ def test_an_index_filled_from_empty_answers_from_memory_and_from_others(
 ) -> None:
     """A replica being filled (a first copy) is asked for every path it
     writes: what it stored itself it finds, what another connection stored
-    (a scan in a child process) it finds once it has reloaded, and past
-    the bound on paths remembered it asks SQLite again."""
+    (a scan in a child process) it finds once it has reloaded; a path the
+    filter only may hold is looked up in SQLite."""
     from merklesync.clock import VersionVector
     from merklesync.model import Entry, EntryKind
 
-    monkeypatch.setattr(index_mod, "_MAX_TRACKED", 3)
     root = tmp_path / "r"
     root.mkdir()
     assert ms("init", root).code == 0
@@ -138,9 +137,26 @@ def test_an_index_filled_from_empty_answers_from_memory_and_from_others(
         assert index.get("b") is None  # not reloaded: this connection's view
         index.reload()
         assert index.get("b") is not None
-        for name in "cdefg":  # past the bound: every path is looked up
+        for name in "cdefg":
             index.put(entry(name), None, None)
-        assert index._stored_since_empty is None  # no more than the bound held
         assert all(index.get(name) is not None for name in "abcdefg")
+        full = index_mod.PathFilter()
+        full._bits[:] = b"\xff" * len(full._bits)  # says "maybe" to every path
+        monkeypatch.setattr(index, "_stored_since_empty", full)
+        assert index.get("never-stored") is None and index.get("c") is not None
     finally:
         index.close()
+
+
+def test_the_filter_of_paths_stored_forgets_none_and_stays_small() -> None:
+    """No path added is ever said to be absent (a first copy would write it
+    as new over what is there); of paths never added, few are said to be
+    maybe there; and its size does not grow with the paths."""
+    paths = index_mod.PathFilter()
+    added = [f"d{i % 997}/f{i}.txt" for i in range(300_000)]
+    for path in added:
+        paths.add(path)
+    assert all(path in paths for path in added)
+    maybe = sum(f"other/{i}" in paths for i in range(20_000))
+    assert maybe < 20_000 * 0.05, maybe
+    assert len(paths._bits) == index_mod.PathFilter.BITS // 8
