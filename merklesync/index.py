@@ -589,7 +589,7 @@ class Index:
     def tree_matches(self) -> bool:
         """Whether the stored tree is the one its rows make (an earlier
         release could commit a run cut between a row and its leaf)."""
-        wanted = merkle.tree_of(self.conn.execute("SELECT key, leaf FROM entries"), self.depth)
+        wanted = self._tree_of_rows(self.depth)
         stored = (
             (level, prefix, int.from_bytes(total, "big"), count)
             for level, prefix, total, count in self.conn.execute(
@@ -689,12 +689,18 @@ class Index:
                     "DELETE FROM nodes WHERE level = ? AND prefix = ?", (level, prefix)
                 )
 
+    def _tree_of_rows(self, depth: int) -> Iterator[merkle.Node]:
+        """The nodes the rows make, down to ``depth`` (see merkle.tree_of)."""
+        return merkle.tree_of(self.conn.execute("SELECT key, leaf FROM entries"), depth)
+
     def _rebuild_nodes(self, depth: int) -> None:
         self.conn.execute("DELETE FROM nodes")
-        made = merkle.tree_of(self.conn.execute("SELECT key, leaf FROM entries"), depth)
         self.conn.executemany(
             "INSERT INTO nodes VALUES (?, ?, ?, ?)",
-            ((level, prefix, total.to_bytes(32, "big"), n) for level, prefix, total, n in made),
+            (
+                (level, prefix, total.to_bytes(32, "big"), n)
+                for level, prefix, total, n in self._tree_of_rows(depth)
+            ),
         )
         self.set_meta("depth", depth)
 

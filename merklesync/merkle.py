@@ -154,9 +154,10 @@ class Accumulator:
         return self._nodes
 
 
-def tree_of(
-    leaves: Iterable[tuple[bytes, bytes]], depth: int
-) -> Iterator[tuple[int, int, int, int]]:
+Node = tuple[int, int, int, int]  # level, prefix, sum modulo MODULUS, count
+
+
+def tree_of(leaves: Iterable[tuple[bytes, bytes]], depth: int) -> Iterator[Node]:
     """The nodes of levels 0..``depth`` that hold any of ``leaves`` ((key,
     leaf hash) pairs, in any order): ``(level, prefix, sum modulo MODULUS,
     count)``, the deepest level first, each level in prefix order. The

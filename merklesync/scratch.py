@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from merklesync.lock import ReplicaLock
+
 PREFIX = "merklesync-"
 MARK = ".merklesync-scratch"  # the empty file that says a directory is one of these
 LOCK_FILE = "lock"  # held by the run that made the directory (a replica's lock, in a replica's)
@@ -91,19 +93,18 @@ def _abandoned(path: str) -> bool:
 
 class Scratch:
     """A directory of this run's own in the temporary directory, locked
-    while it lives, removed by ``cleanup`` (or by a later run's sweep)."""
+    while it lives (as a replica's is: ReplicaLock), removed by ``cleanup``
+    (or by a later run's sweep)."""
 
     def __init__(self, kind: str) -> None:
         self.path = make(kind)
+        self._lock = ReplicaLock(self.path / LOCK_FILE)
         try:
-            self._fd: int | None = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._lock.acquire()
         except BaseException:
             shutil.rmtree(self.path, ignore_errors=True)
             raise
 
     def cleanup(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self._lock.release()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,3 +33,14 @@ def ssh_server(ssh_daemon: Daemon, tmp_path: Path) -> SSHServer:
     points this process's HOME at it.
     """
     return SSHServer(daemon=ssh_daemon, home=tmp_path / "home")
+
+
+@pytest.fixture
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temporary directory of the test's own for the runs it makes (in
+    this process and in those it starts), to be checked empty after."""
+    where = tmp_path / "tmp"
+    where.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(where))
+    monkeypatch.setenv("TMPDIR", str(where))
+    return where

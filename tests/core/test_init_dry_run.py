@@ -3,10 +3,7 @@ with nothing written at the replica."""
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
-
-import pytest
 
 from merklesync.replica import Replica
 from tests.clirun import ms
@@ -18,16 +15,9 @@ def _state(root: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(state.iterdir()) if p.is_file()}
 
 
-@pytest.fixture
-def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The temporary directory dry runs make their copies in: left empty."""
-    where = tmp_path / "tmp"
-    where.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(where))
-    return where
-
-
-def test_a_dry_run_finds_what_init_would_and_writes_nothing(tmp_path: Path, scratch: Path) -> None:
+def test_a_dry_run_finds_what_init_would_and_writes_nothing(
+    tmp_path: Path, private_tmp: Path
+) -> None:
     root = tmp_path / "r"
     root.mkdir()
     for name in ("a", "b", "c"):
@@ -43,11 +33,11 @@ def test_a_dry_run_finds_what_init_would_and_writes_nothing(tmp_path: Path, scra
     assert not (tmp_path / "not-yet").exists()
     done = ms("init", root, "--json").json()
     assert done["entries"] == 3 and done["dry_run"] is False
-    assert list(scratch.iterdir()) == []
+    assert list(private_tmp.iterdir()) == []
 
 
 def test_a_dry_run_on_a_replica_neither_records_its_scan_nor_renews_its_id(
-    tmp_path: Path, scratch: Path
+    tmp_path: Path, private_tmp: Path
 ) -> None:
     root = tmp_path / "r"
     root.mkdir()
@@ -63,11 +53,11 @@ def test_a_dry_run_on_a_replica_neither_records_its_scan_nor_renews_its_id(
     assert _state(root) == before
     assert "A new" in ms("status", root).out  # still a change to scan
     assert ms("init", root, "--json").json()["replica_id"] == replica_id
-    assert list(scratch.iterdir()) == []
+    assert list(private_tmp.iterdir()) == []
 
 
 def test_a_dry_rebuild_tells_where_the_unreadable_index_would_go(
-    tmp_path: Path, scratch: Path
+    tmp_path: Path, private_tmp: Path
 ) -> None:
     root = tmp_path / "r"
     root.mkdir()
@@ -86,11 +76,11 @@ def test_a_dry_rebuild_tells_where_the_unreadable_index_would_go(
     done = ms("init", "--rebuild", root, "--json")
     assert done.code == 0 and done.json()["index_set_aside"].startswith(f"{index}.broken-")
     assert Path(done.json()["index_set_aside"]).read_bytes() == before["index.db"]
-    assert list(scratch.iterdir()) == []
+    assert list(private_tmp.iterdir()) == []
 
 
 def test_a_dry_rebuild_tells_a_wrong_tree_would_be_made_again(
-    tmp_path: Path, scratch: Path
+    tmp_path: Path, private_tmp: Path
 ) -> None:
     root = tmp_path / "r"
     root.mkdir()
@@ -108,7 +98,7 @@ def test_a_dry_rebuild_tells_a_wrong_tree_would_be_made_again(
     assert ms("init", "--rebuild", root, "--json").json()["tree_rebuilt"] is True
     refused = ms("init", "-n", "--rebuild", root)  # whole now: refused, as a real run
     assert refused.code == 2 and "is readable" in refused.err
-    assert list(scratch.iterdir()) == []
+    assert list(private_tmp.iterdir()) == []
 
 
 def test_a_dry_rebuild_of_a_directory_where_the_index_should_be(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ that does not use merklesync."""
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -219,10 +218,8 @@ def test_pushing_into_an_unrelated_nonempty_directory_never_overwrites(tmp_path:
     assert (b / "f").read_text() == "theirs"
 
 
-def test_dry_run_writes_nothing(src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    scratch = tmp_path / "scratch"  # where previews keep their throwaway index
-    scratch.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+def test_dry_run_writes_nothing(src: Path, tmp_path: Path, private_tmp: Path) -> None:
+    """(private_tmp: where previews keep their throwaway index.)"""
     dst = tmp_path / "dst"
     dst.mkdir()
     r = ms("push", src, dst, "--dry-run")
@@ -234,7 +231,7 @@ def test_dry_run_writes_nothing(src: Path, tmp_path: Path, monkeypatch: pytest.M
         assert r.code == 0 and not (tmp_path / f"new-{command}").exists(), r.err
     r = ms("pull", src, tmp_path / "new-pull", "--dry-run")
     assert r.code == 0 and not (tmp_path / "new-pull").exists(), r.err
-    assert list(scratch.iterdir()) == []
+    assert list(private_tmp.iterdir()) == []
 
 
 def test_pull_is_push_reversed(src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

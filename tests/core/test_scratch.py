@@ -7,22 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from merklesync import scratch
 from tests.clirun import ms
-
-
-@pytest.fixture
-def temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    where = tmp_path / "tmp"
-    where.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(where))
-    monkeypatch.setenv("TMPDIR", str(where))
-    return where
 
 
 def _killed_run(kind: str) -> Path:
@@ -46,45 +36,47 @@ def _killed_run(kind: str) -> Path:
 
 
 def test_a_killed_runs_directory_is_swept_a_live_ones_is_not(
-    temp: Path, monkeypatch: pytest.MonkeyPatch
+    private_tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     left = _killed_run("spool")
-    assert left.parent == temp and (left / "big.data").exists()
+    assert left.parent == private_tmp and (left / "big.data").exists()
     live = scratch.Scratch("spool")
     assert scratch.sweep() == []  # too young to tell: its lock may not be held yet
     monkeypatch.setattr(scratch, "SETTLE_S", 0.0)
     assert scratch.sweep() == [left]
     assert not left.exists() and live.path.exists()
     live.cleanup()
-    assert list(temp.iterdir()) == []
+    assert list(private_tmp.iterdir()) == []
 
 
-def test_what_no_run_of_merklesync_made_stays(temp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_what_no_run_of_merklesync_made_stays(
+    private_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Only a directory made by scratch.make (marked) whose lock nobody
     holds is swept: never a directory of the user's that happens to bear
     the name, with a lock file or a replica in it, however old."""
     monkeypatch.setattr(scratch, "SETTLE_S", 0.0)
-    (temp / "merklesync-a-file").write_text("not a directory")
-    (temp / "other-dir").mkdir()
-    users = temp / "merklesync-notes"  # the user's own, with a replica's state in it
+    (private_tmp / "merklesync-a-file").write_text("not a directory")
+    (private_tmp / "other-dir").mkdir()
+    users = private_tmp / "merklesync-notes"  # the user's own, with a replica's state in it
     (users / ".merklesync").mkdir(parents=True)
     (users / "lock").write_text("")
     (users / "notes.txt").write_text("keep me")
-    merge = temp / "merklesync-merge-x"  # a merge's: no mark
+    merge = private_tmp / "merklesync-merge-x"  # a merge's: no mark
     merge.mkdir()
-    target = temp / "target"
+    target = private_tmp / "target"
     target.mkdir()
     (target / "lock").write_text("")
     (target / scratch.MARK).write_text("")
-    (temp / "merklesync-link").symlink_to(target)
-    fake = temp / "merklesync-fake"  # the mark a directory, not a file
+    (private_tmp / "merklesync-link").symlink_to(target)
+    fake = private_tmp / "merklesync-fake"  # the mark a directory, not a file
     (fake / scratch.MARK).mkdir(parents=True)
     (fake / "lock").write_text("")
     for path in (users, merge, fake):
         os.utime(path, (0, 0))  # long ago
     assert scratch.sweep() == []
     assert (users / "notes.txt").read_text() == "keep me"
-    assert sorted(p.name for p in temp.iterdir()) == [
+    assert sorted(p.name for p in private_tmp.iterdir()) == [
         "merklesync-a-file",
         "merklesync-fake",
         "merklesync-link",
@@ -95,9 +87,7 @@ def test_what_no_run_of_merklesync_made_stays(temp: Path, monkeypatch: pytest.Mo
     ]
 
 
-def test_a_dry_run_sweeps_what_a_killed_one_left(
-    temp: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_dry_run_sweeps_what_a_killed_one_left(private_tmp: Path, tmp_path: Path) -> None:
     """A replica's throwaway copy (a dry run's, a snapshot's) is one too."""
     root = tmp_path / "r"
     root.mkdir()
@@ -105,4 +95,4 @@ def test_a_dry_run_sweeps_what_a_killed_one_left(
     left = _killed_run("dry-run")
     os.utime(left, (0, 0))  # long ago
     assert ms("init", "-n", root).code == 0
-    assert list(temp.iterdir()) == []
+    assert list(private_tmp.iterdir()) == []
