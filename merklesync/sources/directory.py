@@ -744,8 +744,6 @@ class DirectorySource:
                     continue
                 if self._placer is not None and self._placer.busy:
                     yield from self._settle(handed, index, clock, wait=True)
-                self._intents.note(entry)
-                self._flush_intents()
                 yield item, self._write(item, rel, cached, index, clock)
             if self._placer is not None and self._placer.busy:
                 yield from self._settle(handed, index, clock, wait=True)
@@ -844,25 +842,17 @@ class DirectorySource:
     ) -> Outcome:
         entry = item.entry
         current = cached.entry if cached is not None else None
+        if cached is not None and item.data is None and _version_only(entry, cached.entry):
+            # Only the index changes, and the disk is not looked at: what
+            # changed there since the scan (the stat the index keeps says),
+            # the next scan finds, as a change made after this version.
+            return self._record(entry, cached.stat, cached.entry.mtime_ns, current, index, clock)
         placed = None  # the stat of what was written, where known
         try:
             spot = self._spot_for(rel, entry, cached)
             if spot is not None:
                 on_disk = self._verify_unchanged(spot, cached, entry)
-                if item.data is None and _version_only(entry, current, on_disk):
-                    placed = on_disk  # the same thing is there: only the index changes
-                elif entry.kind is EntryKind.FILE and item.data is None and not entry.deleted:
-                    placed = self._put_file(spot, entry, on_disk, item.data, current)
-                else:  # a name made, replaced or removed in its directory
-                    self._open_up(spot.rel.rpartition("/")[0], spot.fd)
-                    if entry.deleted:
-                        self._remove(spot, on_disk)
-                    elif entry.kind is EntryKind.DIR:
-                        self._put_dir(spot, entry, on_disk)
-                    elif entry.kind is EntryKind.LINK:
-                        self._put_link(spot, entry, on_disk)
-                    else:
-                        placed = self._put_file(spot, entry, on_disk, item.data, current)
+                placed = self._put(spot, item, on_disk, current)
         except (Refused, NotADirectory) as refusal:
             _drain(item)
             return Outcome(rel, False, refusal.message)
@@ -876,6 +866,27 @@ class DirectorySource:
         assert spot is not None
         st = placed or os.stat(spot.name, dir_fd=spot.fd, follow_symlinks=False)
         return self._record(entry, stat_key(st), st.st_mtime_ns, current, index, clock)
+
+    def _put(
+        self, spot: _Spot, item: WriteItem, on_disk: os.stat_result | None, current: Entry | None
+    ) -> os.stat_result | None:
+        """Write ``item`` at ``spot`` (noted first, see write_intents.py);
+        the stat of the file written, where known."""
+        entry = item.entry
+        self._intents.note(entry)
+        self._flush_intents()
+        if entry.kind is EntryKind.FILE and item.data is None and not entry.deleted:
+            return self._put_file(spot, entry, on_disk, item.data, current)
+        self._open_up(spot.rel.rpartition("/")[0], spot.fd)  # a name made, replaced or removed
+        if entry.deleted:
+            self._remove(spot, on_disk)
+        elif entry.kind is EntryKind.DIR:
+            self._put_dir(spot, entry, on_disk)
+        elif entry.kind is EntryKind.LINK:
+            self._put_link(spot, entry, on_disk)
+        else:
+            return self._put_file(spot, entry, on_disk, item.data, current)
+        return None
 
     def _failed(self, rel: str, exc: OSError) -> Outcome:
         """A write that failed: the run goes on, unless the disk is full."""
@@ -1309,19 +1320,17 @@ def _as_noted(noted: Entry, found: Entry, old: Entry | None) -> bool:
     return noted.content() == found.content() and (old is None or noted.vv.dominates(old.vv))
 
 
-def _version_only(entry: Entry, current: Entry | None, on_disk: os.stat_result | None) -> bool:
+def _version_only(entry: Entry, current: Entry) -> bool:
     """Whether writing ``entry`` over ``current`` changes its version only
     (same kind, content and mode; a file's mtime too): then the file,
-    directory or link on disk (``on_disk``, checked unchanged since the
-    scan) is left as it is, not made again or touched (its ctime, a link's
-    inode, a change of mode made meanwhile to a directory all stay)."""
+    directory or link on disk is left as it is, not made again or touched
+    (its ctime, a link's inode, a change of mode made meanwhile to a
+    directory all stay)."""
     return (
-        on_disk is not None
-        and current is not None
+        not entry.deleted
+        and not current.deleted
         and current.same_content(entry)
-        and not entry.deleted
         and (entry.kind is not EntryKind.FILE or current.mtime_ns == entry.mtime_ns)
-        and kind_of(on_disk.st_mode) is entry.kind
     )
 
 

@@ -232,11 +232,13 @@ def test_a_directory_chmodded_on_the_destination_since_the_scan_is_left_alone(
     tmp_path: Path, mode: int
 ) -> None:
     """Compare-and-swap holds for a directory's mode as for a file's: a
-    write of a new mode, or of a new version only, finds the mode the user
-    gave it since the scan and is refused, and the next scan finds that
-    change as the user's."""
+    write of a new mode finds the mode the user gave it since the scan and
+    is refused. A new version only (the same mode) touches nothing on disk
+    and is recorded; either way the user's mode stays, and the next scan
+    finds that change as the user's, made after the version recorded."""
     import dataclasses
 
+    from merklesync.clock import Order
     from merklesync.model import WriteItem, leaf_of
     from merklesync.peer.local import LocalPeer
 
@@ -254,10 +256,20 @@ def test_a_directory_chmodded_on_the_destination_since_the_scan_is_left_alone(
         [outcome] = peer.write([WriteItem(newer, leaf_of(old))])
     finally:
         peer.close()
-    assert not outcome.ok and outcome.reason == "changed on the destination since the scan"
+    if mode == old.mode:
+        assert outcome.ok, outcome
+    else:
+        assert not outcome.ok and outcome.reason == "changed on the destination since the scan"
     assert (root / "d").stat().st_mode & 0o777 == 0o700
     r = ms("status", root, "--json")
     assert r.json()["modified"] == ["d"], r.out
+    peer = LocalPeer.open(root)
+    try:
+        now = peer.replica.index.get("d")
+        assert now is not None and now.entry.mode == 0o700
+        assert now.entry.vv.compare(newer.vv if outcome.ok else old.vv) is Order.AFTER
+    finally:
+        peer.close()
 
 
 def test_unreadable_file_is_skipped_and_the_rest_finishes(
