@@ -125,14 +125,36 @@ def _write(path: str, data: bytes) -> None:
         raise
 
 
+@dataclass(frozen=True)
+class Step:
+    """One thing resolve did (in a dry run, would do): ``action`` is keep,
+    merge, take or remove; ``path`` the conflict copy (or the original,
+    kept as it is); ``target`` the name the copy is kept as, merged into
+    or taken for (None: kept or removed where it is)."""
+
+    action: str
+    path: str
+    target: str | None = None
+
+    def text(self, dry_run: bool) -> str:
+        """``kept a.conflict-... as a-2``, ``would remove a.conflict-...``."""
+        verb = f"would {self.action}" if dry_run else _PAST[self.action]
+        where = f" {_LINK[self.action]} {self.target}" if self.target is not None else ""
+        return f"{verb} {self.path}{where}"
+
+
+_PAST = {"keep": "kept", "merge": "merged", "take": "took", "remove": "removed"}
+_LINK = {"keep": "as", "merge": "into", "take": "for"}
+
+
 @dataclass
 class Resolved:
-    """What resolve did, one line each; the originals it could not settle,
+    """What resolve did, step by step; the originals it could not settle,
     each with why (the others were settled all the same); the scan that
     recorded it all (None on a dry run)."""
 
-    done: list[str]
-    failed: list[MerklesyncError]
+    done: list[Step]
+    failed: list[tuple[str, MerklesyncError]]
     report: ScanReport | None
 
 
@@ -146,8 +168,8 @@ def resolve(
     by_original: dict[str, list[Conflict]] = defaultdict(list)
     for c in list_conflicts(replica):
         by_original[c.original].append(c)
-    done: list[str] = []
-    failed: list[MerklesyncError] = []
+    done: list[Step] = []
+    failed: list[tuple[str, MerklesyncError]] = []
     # A copy's own copies first: settled, it is settled in its turn as any
     # copy of its original.
     for original in sorted(originals, key=lambda o: -o.count(CONFLICT_MARK)):
@@ -155,13 +177,13 @@ def resolve(
         try:
             done += _settle(replica, original, copies, take, dry_run)
         except MerklesyncError as exc:
-            failed.append(exc)
+            failed.append((original, exc))
     return Resolved(done, failed, None if dry_run else replica.scan())
 
 
 def _settle(
     replica: Replica, original: str, copies: list[Conflict], take: Take, dry_run: bool
-) -> list[str]:
+) -> list[Step]:
     """Settle one original's conflict copies (oldest first); what was done.
     A union is merged whole, from every copy, before anything is written."""
     if not copies:
@@ -174,17 +196,12 @@ def _settle(
     target = replica.root / original
     if take is not Take.BOTH and target.is_dir() and not target.is_symlink():
         raise UsageError(f"{original} is a directory now: move it or its conflict copies by hand")
-    done: list[str] = []
-
-    def did(verb: str, what: str) -> None:
-        """What was done (``verb``: "take"), or in a dry run what would be."""
-        done.append(f"would {verb} {what}" if dry_run else f"{_PAST[verb]} {what}")
-
+    done: list[Step] = []
     if take is Take.BOTH:
         planned: set[str] = set()
         for c in copies:
             new = _keep_as_own_file(replica, original, c, dry_run, planned)
-            did("keep", f"{c.copy.path} as {new}")
+            done.append(Step("keep", c.copy.path, new))
         return done
     if take is Take.UNION:
         merged = _read_file(target) or b""
@@ -193,7 +210,7 @@ def _settle(
             if theirs is None:
                 raise UsageError(f"{c.copy.path} is gone: sync or scan first")
             merged = merge.union_merge(original, merged, theirs)
-            did("merge", f"{c.copy.path} into {original}")
+            done.append(Step("merge", c.copy.path, original))
         if not dry_run:
             _write(str(target), merged)
         chosen = None
@@ -201,9 +218,9 @@ def _settle(
         local = take is Take.LOCAL
         chosen = _wanted_copy(replica, original, copies, local)
         if chosen is None:
-            did("keep", original)
+            done.append(Step("keep", original))
         else:
-            did("take", f"{chosen.copy.path} for {original}")
+            done.append(Step("take", chosen.copy.path, original))
     # In an order a run stopped on the way, then run again, chooses the
     # same by: the older copies of the chosen one's side (the newest copy,
     # which the choice is judged by, stays), the chosen one onto the name,
@@ -216,13 +233,10 @@ def _settle(
             if not dry_run:
                 os.replace(replica.root / c.copy.path, target)
             continue
-        did("remove", c.copy.path)
+        done.append(Step("remove", c.copy.path))
         if not dry_run:
             (replica.root / c.copy.path).unlink()
     return done
-
-
-_PAST = {"keep": "kept", "merge": "merged", "take": "took", "remove": "removed"}
 
 
 def _on_side(replica: Replica, c: Conflict, local: bool) -> bool:

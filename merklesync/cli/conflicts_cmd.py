@@ -118,9 +118,9 @@ def resolve_cmd(
         else:
             originals = [_in_replica(Path(p), r.root) for p in paths]
         resolved = resolve(r, originals, Take(take), dry_run=dry_run)
-    for line in resolved.done:
-        out.line(line)
-    for failure in resolved.failed:
+    for step in resolved.done:
+        out.line(step.text(dry_run))
+    for _original, failure in resolved.failed:
         out.warn(f"not resolved: {failure.message}")
     if stats:
         print_stats(out, scan_stats(resolved.report))
@@ -128,12 +128,18 @@ def resolve_cmd(
         {
             "stats": scan_stats(resolved.report).as_dict(),
             "dry_run": dry_run,
-            "done": resolved.done,
-            "failed": [failure.message for failure in resolved.failed],
+            "done": [
+                {"action": step.action, "path": step.path, "target": step.target}
+                for step in resolved.done
+            ],
+            "failed": [
+                {"path": original, "reason": failure.message}
+                for original, failure in resolved.failed
+            ],
         }
     )
     if resolved.failed:
-        sys.exit(max(failure.exit_code for failure in resolved.failed))
+        sys.exit(max(failure.exit_code for _original, failure in resolved.failed))
 
 
 def _in_replica(path: Path, root: Path) -> str:

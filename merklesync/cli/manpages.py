@@ -13,6 +13,7 @@ import click
 
 from merklesync import __version__, errors
 from merklesync.cli.app import cli
+from merklesync.cli.json_fields import FIELDS
 
 DATE = "2026"
 EXIT_STATUS = [
@@ -139,6 +140,14 @@ def page(name: str, command: click.Command, parent: click.Context) -> str:
                     f"\\fB{_esc(title)}\\-{_esc(sub_name)}\\fR(1)",
                     _esc(sub.get_short_help_str(limit=200)),
                 ]
+    fields = FIELDS.get(full.removeprefix("merklesync "))
+    if fields:
+        lines += [
+            ".SH JSON OUTPUT",
+            _esc("With --json, one JSON object on standard output, its keys sorted:"),
+        ]
+        for field in fields:
+            lines += [".TP", f"\\fB{_esc(field.key)}\\fR", _esc(field.text)]
     lines.append(".SH EXIT STATUS")
     own = EXIT_STATUS_OF.get(title, {})
     for code, text in EXIT_STATUS:

@@ -176,7 +176,7 @@ def report(
                 )
                 for c in result.changes
             ),
-            "left_alone": len(left),
+            "left_alone": [{"path": c.path, "reason": why} for c, why in left],
             "warnings": warnings,
             "stats": totals.as_dict(),
         }

@@ -472,7 +472,7 @@ def test_force_overwrites_and_says_what_it_discarded(src: Path, tmp_path: Path) 
     assert (dst / rel).read_text() == "source edit"
     assert_same_tree(src, dst)
     # The forced write dominates: the next push back is a plain fast-forward.
-    assert ms("push", dst, src, "--json").json()["left_alone"] == 0
+    assert ms("push", dst, src, "--json").json()["left_alone"] == []
     with Replica.open(dst) as replica:
         cached = replica.index.get(rel.as_posix())
         assert cached is not None and cached.entry.vv.get(by) >= 2  # the discarded write, and more

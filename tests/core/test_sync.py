@@ -272,8 +272,11 @@ def test_resolve_all_settles_what_it_can_and_says_what_it_cannot(
     assert r.code == 1, r.err
     assert "not resolved: image.bin: not text or JSON; cannot merge by union" in r.err
     out = r.json()
-    assert out["failed"] == ["image.bin: not text or JSON; cannot merge by union"]
-    assert any(line.endswith("into notes.txt") for line in out["done"])
+    assert out["failed"] == [
+        {"path": "image.bin", "reason": "image.bin: not text or JSON; cannot merge by union"}
+    ]
+    [merged] = [step for step in out["done"] if step["action"] == "merge"]
+    assert merged["target"] == "notes.txt" and merged["path"].startswith("notes.conflict-")
     assert sorted((a / "notes.txt").read_text().splitlines()) == ["a", "b"]
     [left] = ms("conflicts", a, "--json").json()["conflicts"]
     assert left["path"] == "image.bin"

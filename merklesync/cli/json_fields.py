@@ -1,0 +1,146 @@
+"""What each command's ``--json`` object holds, key by key: the man pages
+print it (JSON OUTPUT), and a test checks every command's object against it,
+so the two cannot drift apart."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Field(NamedTuple):
+    key: str
+    text: str
+    always: bool = True  # False: present only in the case the text names
+
+
+_STATS = Field(
+    "stats",
+    "The counters --stats prints: round_trips, nodes_compared, entries_compared, bytes_sent, "
+    "bytes_received, files_transferred, bytes_transferred, files_scanned, files_hashed.",
+)
+_WARNINGS = Field("warnings", "Files a scan skipped or could not read, one line each.")
+_DRY_RUN = Field("dry_run", "Whether this was a dry run (nothing written).")
+_CHANGE = (
+    "path, change (A: only in the first replica, D: only in the second, or deleted in the "
+    "first, M: in both, different, T: type changed, =: the same content, only the versions "
+    "differ) and action (what push would do: copy, merge-version, dest-newer, conflict; "
+    "force under --force)"
+)
+_TRANSFER = [
+    Field("source", "The source replica, as named."),
+    Field("destination", "The destination replica, as named."),
+    _DRY_RUN,
+    Field(
+        "changes",
+        f"One object per difference: {_CHANGE}; after a run, ok (whether it was carried out) "
+        "and, when not, reason.",
+    ),
+    Field("left_alone", "What the run left alone, each as {path, reason}: the exit status is 1."),
+    _WARNINGS,
+    _STATS,
+]
+_SYNC = [
+    Field(
+        "events",
+        "What the sync did, each as {path, what, detail}: what is a->b or b->a (copied that "
+        "way; detail says what it does there, as diff's change), merge-version (the same "
+        "content, the versions merged), conflict or modify-delete (settled as detail says).",
+    ),
+    Field("left_alone", "What the sync could not do, each as {path, reason}."),
+    Field("unresolved", "Paths whose conflict no policy settled (both versions kept)."),
+]
+
+FIELDS: dict[str, list[Field]] = {
+    "init": [
+        Field("root", "The replica's directory."),
+        Field("replica_id", "Its id (null in a dry run that would make a new one)."),
+        Field("previous_replica_id", "The id it had, after --new-id.", always=False),
+        Field("tree_rebuilt", "true when --rebuild made the tree again in place.", always=False),
+        Field("index_set_aside", "Where --rebuild moved an unreadable index.", always=False),
+        _DRY_RUN,
+        Field("entries", "Entries in the index (tombstones included)."),
+        Field("fingerprint", "The root fingerprint of its tree, in hex."),
+        _WARNINGS,
+        _STATS,
+    ],
+    "status": [
+        Field("replica", "The replica, as named."),
+        Field("replica_id", "Its id."),
+        Field("fingerprint", "The root fingerprint of its tree, in hex."),
+        Field("entries", "Entries in the index (tombstones included)."),
+        Field("added", "Paths this scan found new."),
+        Field("modified", "Paths this scan found changed."),
+        Field("deleted", "Paths this scan found deleted."),
+        Field("scanned", "Entries the scan looked at."),
+        Field("hashed", "Files the scan read and hashed."),
+        _WARNINGS,
+        _STATS,
+    ],
+    "diff": [
+        Field("a", "The first replica, as named."),
+        Field("b", "The second replica, as named."),
+        Field("identical", "Whether they hold the same content (and nothing went unread)."),
+        Field("changes", f"One object per difference: {_CHANGE}."),
+        _WARNINGS,
+        _STATS,
+    ],
+    "push": _TRANSFER,
+    "pull": _TRANSFER,
+    "sync": [
+        Field("a", "The first replica, as named."),
+        Field("b", "The second replica, as named."),
+        _DRY_RUN,
+        *_SYNC,
+        _WARNINGS,
+        _STATS,
+    ],
+    "repair": [
+        Field("replicas", "The replicas that took part."),
+        _DRY_RUN,
+        Field(
+            "syncs",
+            "Each sync of a pair, as {a, b, second (a second round), events, left_alone, "
+            "unresolved, warnings} (as sync's), or {a, b, second, error, exit_code} when it "
+            "failed.",
+        ),
+        Field(
+            "left_out", "Replicas that could not take part, each as {replica, error, exit_code}."
+        ),
+        Field("identical", "Whether every replica taking part ended with the same root."),
+        Field("roots", "Each replica's root fingerprint at the end, in hex, by name."),
+        _WARNINGS,
+        _STATS,
+    ],
+    "conflicts": [
+        Field(
+            "conflicts",
+            "Each conflict copy, as {path (the original), copy, writer (the replica id that "
+            "wrote that version), this_replica, written (its time, UTC, to the second), "
+            "stamp_ns, size}.",
+        ),
+        _STATS,
+    ],
+    "resolve": [
+        _DRY_RUN,
+        Field(
+            "done",
+            "Each step, as {action (keep, merge, take or remove), path (the conflict copy, or "
+            "the original kept as it is), target (the name the copy is kept as, merged into or "
+            "taken for; null for the others)}.",
+        ),
+        Field("failed", "The originals left as they were, each as {path, reason}."),
+        _STATS,
+    ],
+    "gc": [
+        Field("collected", "The tombstones collected (in a dry run: that would be), by path."),
+        _DRY_RUN,
+        Field("retention_days", "The retention period applied, in days."),
+    ],
+    "remote add": [
+        Field("name", "The remote's name."),
+        Field("url", "Its address."),
+        Field("remote_cmd", "The command that starts merklesync there (null: the default)."),
+    ],
+    "remote list": [Field("remotes", "Each remote, as {name, url, remote_cmd}.")],
+    "remote remove": [Field("removed", "The name of the remote removed.")],
+}

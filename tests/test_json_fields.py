@@ -1,0 +1,94 @@
+"""Every command's --json object holds the keys its man page documents
+(merklesync/cli/json_fields.py), and no other."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+
+from merklesync.cli.app import cli
+from merklesync.cli.json_fields import FIELDS
+from merklesync.model import Stats
+from tests.clirun import Result, ms
+
+
+def _commands_with_json() -> set[str]:
+    found: set[str] = set()
+
+    def visit(command: click.Command, ctx: click.Context, name: str) -> None:
+        if isinstance(command, click.Group):
+            for sub_name in command.list_commands(ctx):
+                sub = command.get_command(ctx, sub_name)
+                assert sub is not None
+                visit(sub, click.Context(sub, info_name=sub_name, parent=ctx), f"{name} {sub_name}")
+        elif any("--json" in p.opts for p in command.params if isinstance(p, click.Option)):
+            found.add(name.strip())
+
+    visit(cli, click.Context(cli, info_name=""), "")
+    return found
+
+
+def test_every_command_with_json_output_is_documented() -> None:
+    assert _commands_with_json() == set(FIELDS)
+
+
+def test_the_counters_documented_are_those_of_stats() -> None:
+    [stats] = {f.text for fields in FIELDS.values() for f in fields if f.key == "stats"}
+    named = stats.split(": ", 1)[1].rstrip(".").split(", ")
+    assert named == [f.name for f in dataclasses.fields(Stats)]
+
+
+def _checked(command: str, r: Result) -> dict[str, Any]:
+    assert r.out.count("\n") == 1, (command, r.out)
+    doc: dict[str, Any] = r.json()
+    fields = FIELDS[command]
+    assert set(doc) <= {f.key for f in fields}, (command, sorted(doc))
+    assert {f.key for f in fields if f.always} <= set(doc), (command, sorted(doc))
+    return doc
+
+
+def test_each_object_has_the_documented_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "x.txt").write_text("x\n")
+    (a / "y.txt").write_text("y\n")
+    seen: set[str] = set()
+
+    def run(command: str, *args: str | Path) -> dict[str, Any]:
+        seen.add(command)
+        return _checked(command, ms(*command.split(), *args, "--json"))
+
+    assert run("init", a)["replica_id"]
+    assert run("init", a, "--new-id")["previous_replica_id"]
+    assert [c["action"] for c in run("push", a, b)["changes"]] == ["copy", "copy"]
+    assert run("pull", a, b)["left_alone"] == []
+    (a / "x.txt").write_text("a's\n")
+    (b / "x.txt").write_text("b's\n")
+    assert run("diff", a, b)["identical"] is False
+    assert run("push", a, b)["left_alone"] == [
+        {"path": "x.txt", "reason": "conflict: both sides changed it"}
+    ]
+    assert run("status", b)["modified"] == []
+    [event] = run("sync", a, b)["events"]
+    assert event["what"] == "conflict"
+    [conflict] = run("conflicts", a)["conflicts"]
+    assert conflict["path"] == "x.txt"
+    monkeypatch.chdir(a)
+    # A's version keeps the name, or its conflict copy is taken for it.
+    [step] = run("resolve", "--all", "--take", "local")["done"]
+    assert step in (
+        {"action": "keep", "path": "x.txt", "target": None},
+        {"action": "take", "path": conflict["copy"], "target": "x.txt"},
+    )
+    assert run("repair", a, b)["left_out"] == []
+    assert run("gc", a)["collected"] == []
+    assert run("remote add", "origin", b)["name"] == "origin"
+    assert [r["name"] for r in run("remote list")["remotes"]] == ["origin"]
+    assert run("remote remove", "origin")["removed"] == "origin"
+    assert seen == set(FIELDS)
