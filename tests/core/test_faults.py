@@ -34,6 +34,28 @@ def _temp_files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.name.startswith(".merklesync-tmp-")]
 
 
+def _wait_for_group_end(pgid: int, timeout: float = 30) -> None:
+    """Until no process of the group is left running (a loaded machine may
+    take a while to end the run's children after the run itself; a zombie
+    nobody reaps, where PID 1 does not, counts as ended)."""
+    deadline = time.monotonic() + timeout
+    while _running_in_group(pgid):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"processes of group {pgid} still running after {timeout} s")
+        time.sleep(0.02)
+
+
+def _running_in_group(pgid: int) -> bool:
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # gone meanwhile
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            return True
+    return False
+
+
 @pytest.fixture
 def pair(tmp_path: Path) -> tuple[Path, Path]:
     src, dst = tmp_path / "src", tmp_path / "dst"
@@ -505,7 +527,7 @@ def test_ctrl_c_in_a_terminal_during_a_first_copy_leaves_no_temp_file(tmp_path: 
                 break
             time.sleep(0.01)
         codes.append(run.wait(60))
-        time.sleep(0.5)  # anything left behind by a process still ending
+        _wait_for_group_end(run.pid)  # anything left behind by a process still ending
         assert _temp_files(dst) == []
         assert ms("push", str(src), str(dst)).code == 0
         assert_same_tree(src, dst)
@@ -540,7 +562,7 @@ def test_sigterm_during_a_first_copy_ends_it_as_ctrl_c_does(
             break
         time.sleep(0.01)
     _, err = run.communicate(timeout=60)
-    time.sleep(0.5)  # anything left behind by a process still ending
+    _wait_for_group_end(run.pid)  # anything left behind by a process still ending
     assert run.returncode == -signum, err  # dies of it once clean (a shell: 143, 129)
     assert err.strip() == "merklesync: terminated"
     assert _temp_files(dst) == []
