@@ -11,9 +11,10 @@ import pytest
 
 CHECK = """
 import sys
-import merklesync.transport.ssh as ssh
+import merklesync.transport.ssh
+from merklesync.transport import ssh_config
 assert type(sys.modules["invoke"]).__name__ == "_Deferred", "invoke imported early"
-target = ssh._resolve("far", None, None)
+target = ssh_config.resolve("far", None, None)
 print(target.hostname)
 assert type(sys.modules["invoke"]).__name__ == "module"
 """
