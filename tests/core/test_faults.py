@@ -21,7 +21,7 @@ from merklesync import reading
 from merklesync.lock import ReplicaLock
 from merklesync.model import Entry, Unreadable
 from merklesync.replica import Replica
-from merklesync.sources import directory, file_write, no_replace, placer
+from merklesync.sources import directory, directory_write, file_write, no_replace, placer
 from tests.clirun import ms
 from tests.treegen import assert_same_tree, make_tree, mutate
 
@@ -177,14 +177,14 @@ def test_destination_changed_after_scan_is_not_overwritten(
     victim = _files(src)[0]
     rel = victim.relative_to(src)
     victim.write_text("new on the source")
-    real = directory.DirectorySource._recheck
+    real = directory_write.DirectoryWriter._recheck
 
-    def edit_first(self: directory.DirectorySource, spot, on_disk):  # type: ignore[no-untyped-def]
+    def edit_first(self: directory_write.DirectoryWriter, spot, on_disk):  # type: ignore[no-untyped-def]
         if spot.rel == rel.as_posix():
             (dst / rel).write_text("a user edit that must survive")
         return real(self, spot, on_disk)
 
-    monkeypatch.setattr(directory.DirectorySource, "_recheck", edit_first)
+    monkeypatch.setattr(directory_write.DirectoryWriter, "_recheck", edit_first)
     r = ms("push", src, dst)
     monkeypatch.undo()
     assert r.code == 1
@@ -214,7 +214,7 @@ def test_a_file_edited_on_the_destination_while_its_mode_is_set_is_not_taken_for
     (a / "f").chmod(0o600)
     if touched:
         os.utime(a / "f", (1_100_000_000, 1_100_000_000))
-    real = directory.DirectorySource._verify_unchanged
+    real = directory_write.DirectoryWriter._verify_unchanged
 
     def verify_then_edit(self, spot, cached, entry):  # type: ignore[no-untyped-def]
         on_disk = real(self, spot, cached, entry)
@@ -222,7 +222,7 @@ def test_a_file_edited_on_the_destination_while_its_mode_is_set_is_not_taken_for
             (b / "f").write_text("USER EDIT!")  # the same size
         return on_disk
 
-    monkeypatch.setattr(directory.DirectorySource, "_verify_unchanged", verify_then_edit)
+    monkeypatch.setattr(directory_write.DirectoryWriter, "_verify_unchanged", verify_then_edit)
     r = ms("push", a, b)
     monkeypatch.undo()
     assert (b / "f").read_text() == "USER EDIT!"
@@ -641,7 +641,7 @@ def test_never_writes_through_a_symlink_made_earlier_in_the_same_batch(
     from merklesync.clock import VersionVector
     from merklesync.model import Entry, EntryKind, WriteItem
     from merklesync.peer.local import LocalPeer
-    from merklesync.sources.directory import link_digest
+    from merklesync.sources.on_disk import link_digest
 
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -1413,14 +1413,14 @@ def test_a_file_under_a_lease_is_opened_waiting_when_it_is_a_file(
 # or by its placing process, is on the disk and in no committed row.
 _KILLED_AT_RECORD = """
 import os, signal
-from merklesync.sources import directory
-_real, _seen = directory.DirectorySource._record, [0]
+from merklesync.sources import directory_write
+_real, _seen = directory_write.DirectoryWriter._record, [0]
 def _record(entry, *args, **kwargs):
     _seen[0] += 1
     if _seen[0] >= {n} or entry.path == {path!r}:
         os.kill(os.getpid(), signal.SIGKILL)
     return _real(entry, *args, **kwargs)
-directory.DirectorySource._record = staticmethod(_record)
+directory_write.DirectoryWriter._record = staticmethod(_record)
 """
 
 
@@ -1742,14 +1742,14 @@ def test_a_directory_whose_mode_cannot_be_set_is_not_left_half_made(
     (src / "w1" / "f").write_text("x")
     os.chmod(src / "w1", 0o755)
     assert ms("init", src).code == 0
-    real = directory._chmod
+    real = directory_write._chmod
 
     def no_descriptor_left(spot: Any, mode: int) -> None:
         if spot.rel == "w1":
             raise OSError(errno.EMFILE, "Too many open files")
         real(spot, mode)
 
-    monkeypatch.setattr(directory, "_chmod", no_descriptor_left)
+    monkeypatch.setattr(directory_write, "_chmod", no_descriptor_left)
     r = ms("push", src, dst)
     assert r.code == 1 and "w1: Too many open files" in r.err
     assert not (dst / "w1").exists() or (dst / "w1").stat().st_mode & 0o777 != 0o700
