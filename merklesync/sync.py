@@ -70,7 +70,11 @@ class SyncResult:
     # What the run could not do as asked: a merge that fell back to keep-both,
     # a file past the cap on conflict copies, a conflict left unresolved.
     warnings: list[str] = field(default_factory=list)
-    unresolved: list[str] = field(default_factory=list)  # conflicts no policy could settle
+    # Conflicts no policy could settle (each replica keeps its own version),
+    # and merges that failed (both versions kept, as keep-both keeps them):
+    # (path, why).
+    unresolved: list[tuple[str, str]] = field(default_factory=list)
+    merges_failed: list[tuple[str, str]] = field(default_factory=list)
     stats: Stats = field(default_factory=Stats)
     # Copies of content made and let go of (see Syncer.keep_done): only counted.
     forgotten_copies: int = 0
@@ -183,7 +187,8 @@ class Syncer:
             self._copies.clear()
             self._after_a.clear()
             self._pass(dry_run, progress)
-        self.result.unresolved = sorted(self._unsettled)
+        self.result.unresolved = sorted(self._unsettled.items())
+        self.result.merges_failed = sorted(set(self.result.merges_failed))
         self.result.warnings += [
             f"{path}: conflict left unresolved: {why}"
             for path, why in sorted(self._unsettled.items())
@@ -433,7 +438,7 @@ class Syncer:
     def _merge(self, x: Entry, y: Entry, policy: Policy, plan: _Plan) -> bool:
         ours, theirs = _content(self.a, x), _content(self.b, y)
         if ours is None or theirs is None:
-            self.result.warnings.append(f"{x.path}: cannot merge ({policy.value}); kept both")
+            self._merge_failed(x.path, f"{x.path}: cannot merge ({policy.value})")
             return False
         try:
             if policy is Policy.UNION:
@@ -443,7 +448,7 @@ class Syncer:
                     raise merge.MergeFailed(f"{x.path}: no --merge-cmd given")
                 merged = merge.run_merge_command(self.rules.merge_cmd, x.path, ours, theirs, None)
         except merge.MergeFailed as exc:
-            self.result.warnings.append(f"{exc.message}; kept both")
+            self._merge_failed(x.path, exc.message)
             return False
         base = self._resolved(x, x, y)
         stamp = base.stamp + 1  # new content, written by A, after both
@@ -478,6 +483,11 @@ class Syncer:
                 self._held[name] = (held[0] is not None, held[1] is not None)
                 return name, True
         return None
+
+    def _merge_failed(self, path: str, why: str) -> None:
+        """A merge that could not be made: both versions are kept instead."""
+        self.result.warnings.append(f"{why}; kept both")
+        self.result.merges_failed.append((path, why))
 
     def _unresolved(self, path: str, why: str) -> None:
         self._unsettled[path] = why

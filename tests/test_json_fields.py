@@ -92,3 +92,29 @@ def test_each_object_has_the_documented_keys(
     assert [r["name"] for r in run("remote list")["remotes"]] == ["origin"]
     assert run("remote remove", "origin")["removed"] == "origin"
     assert seen == set(FIELDS)
+
+
+def test_what_a_sync_could_not_do_is_listed_by_path(tmp_path: Path) -> None:
+    """A merge that failed (both kept) and a replica left out of a repair
+    are named where a script looks for them, as the other lists name them."""
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    a.mkdir()
+    (a / "bin.dat").write_bytes(b"\0one")
+    assert ms("init", a).code == 0 and ms("push", a, b).code == 0
+    (a / "bin.dat").write_bytes(b"\0a's")
+    (b / "bin.dat").write_bytes(b"\0b's")
+    r = ms("sync", a, b, "--on-conflict", "union", "--json")
+    assert r.code == 1, r.err
+    doc = _checked("sync", r)
+    [failed] = doc["merges_failed"]
+    assert failed["path"] == "bin.dat" and "cannot merge by union" in failed["reason"]
+    assert doc["unresolved"] == [] and doc["left_alone"] == []
+    [event] = doc["events"]
+    assert event["what"] == "conflict" and event["ok"] is True  # both versions kept
+    (c / ".merklesync").mkdir(parents=True)
+    (c / ".merklesync" / "index.db").write_bytes(b"not an index")
+    doc = _checked("repair", ms("repair", a, b, c, "--json"))
+    [left] = doc["left_out"]
+    assert left["replica"] == str(c.resolve()) and left["exit_code"] == 3
+    assert set(doc["replicas"]) == set(doc["roots"]) == {str(a.resolve()), str(b.resolve())}
+    assert doc["identical"] is False  # c's state is not known

@@ -1,10 +1,17 @@
 """What each command's ``--json`` object holds, key by key: the man pages
 print it (JSON OUTPUT), and a test checks every command's object against it,
-so the two cannot drift apart."""
+so the two cannot drift apart. A run that fails (exit status 2 or more)
+prints ERROR_OBJECT instead."""
 
 from __future__ import annotations
 
 from typing import NamedTuple
+
+ERROR_OBJECT = (
+    "A run that fails (exit status 2 or more) prints {error, exit_code} instead: the message "
+    "it writes on standard error, and the exit status. One cut short by a signal while it "
+    "writes a long object leaves that object unfinished (its exit status says so)."
+)
 
 
 class Field(NamedTuple):
@@ -20,20 +27,27 @@ _STATS = Field(
 )
 _WARNINGS = Field("warnings", "Files a scan skipped or could not read, one line each.")
 _DRY_RUN = Field("dry_run", "Whether this was a dry run (nothing written).")
-_CHANGE = (
-    "path, change (A: only in the first replica, D: only in the second, or deleted in the "
-    "first, M: in both, different, T: type changed, =: the same content, only the versions "
-    "differ) and action (what push would do: copy, merge-version, dest-newer, conflict; "
-    "force under --force)"
+_KIND = (
+    "change (A: only in the first replica, D: only in the second, or deleted in the first, "
+    "M: in both, different, T: type changed"
 )
+_CHANGE = (
+    f"path, {_KIND}, =: the same content, only the versions differ) and action (copy, "
+    "merge-version, dest-newer, conflict; force under --force)"
+)
+_DIFF_CHANGE = (
+    f"path, {_KIND}) and action (what a push from the first to the second would do: copy, "
+    "dest-newer or conflict)"
+)
+_NAMED = "(a local one by its absolute path, a remote one by its address)"
 _TRANSFER = [
-    Field("source", "The source replica, as named."),
-    Field("destination", "The destination replica, as named."),
+    Field("source", f"The source replica {_NAMED}."),
+    Field("destination", f"The destination replica {_NAMED}."),
     _DRY_RUN,
     Field(
         "changes",
-        f"One object per difference: {_CHANGE}; after a run, ok (whether it was carried out) "
-        "and, when not, reason.",
+        f"One object per difference: {_CHANGE}; after a run, ok (whether it was carried out); "
+        "reason, where it is not (or, in a dry run, would not be).",
     ),
     Field("left_alone", "What the run left alone, each as {path, reason}: the exit status is 1."),
     _WARNINGS,
@@ -42,12 +56,28 @@ _TRANSFER = [
 _SYNC = [
     Field(
         "events",
-        "What the sync did, each as {path, what, detail}: what is a->b or b->a (copied that "
-        "way; detail says what it does there, as diff's change), merge-version (the same "
-        "content, the versions merged), conflict or modify-delete (settled as detail says).",
+        "What the sync did, each as {path, what, detail, ok}: what is a->b or b->a (copied "
+        "that way; detail says what it does there, as diff's change), merge-version (the same "
+        "content, the versions merged; detail empty), conflict or modify-delete (settled as "
+        "detail says, in words); ok (not in a dry run): whether it was carried out (when not, "
+        "its path is in left_alone or unresolved).",
     ),
-    Field("left_alone", "What the sync could not do, each as {path, reason}."),
-    Field("unresolved", "Paths whose conflict no policy settled (both versions kept)."),
+    Field("left_alone", "Writes that did not go, each as {path, reason}."),
+    Field(
+        "unresolved",
+        "Conflicts no policy could settle, each as {path, reason}: each replica keeps its "
+        "own version.",
+    ),
+    Field(
+        "merges_failed",
+        "Conflicts a union or merge-cmd merge could not settle, each as {path, reason}: both "
+        "versions are kept, as keep-both keeps them.",
+    ),
+    Field(
+        "warnings",
+        "In words, one line each: what a scan skipped or could not read, and what the sync "
+        "could not do as asked (the lists above say it for scripts).",
+    ),
 ]
 
 FIELDS: dict[str, list[Field]] = {
@@ -59,12 +89,16 @@ FIELDS: dict[str, list[Field]] = {
         Field("index_set_aside", "Where --rebuild moved an unreadable index.", always=False),
         _DRY_RUN,
         Field("entries", "Entries in the index (tombstones included)."),
-        Field("fingerprint", "The root fingerprint of its tree, in hex."),
+        Field(
+            "fingerprint",
+            "The root fingerprint of its tree, in hex (in a dry run that would give the "
+            "replica an id, made with a stand-in id: not the one the run gives).",
+        ),
         _WARNINGS,
         _STATS,
     ],
     "status": [
-        Field("replica", "The replica, as named."),
+        Field("replica", f"The replica {_NAMED}."),
         Field("replica_id", "Its id."),
         Field("fingerprint", "The root fingerprint of its tree, in hex."),
         Field("entries", "Entries in the index (tombstones included)."),
@@ -77,37 +111,46 @@ FIELDS: dict[str, list[Field]] = {
         _STATS,
     ],
     "diff": [
-        Field("a", "The first replica, as named."),
-        Field("b", "The second replica, as named."),
+        Field("a", f"The first replica {_NAMED}."),
+        Field("b", f"The second replica {_NAMED}."),
         Field("identical", "Whether they hold the same content (and nothing went unread)."),
-        Field("changes", f"One object per difference: {_CHANGE}."),
+        Field("changes", f"One object per difference: {_DIFF_CHANGE}."),
         _WARNINGS,
         _STATS,
     ],
     "push": _TRANSFER,
     "pull": _TRANSFER,
     "sync": [
-        Field("a", "The first replica, as named."),
-        Field("b", "The second replica, as named."),
+        Field("a", f"The first replica {_NAMED}."),
+        Field("b", f"The second replica {_NAMED}."),
         _DRY_RUN,
         *_SYNC,
-        _WARNINGS,
         _STATS,
     ],
     "repair": [
-        Field("replicas", "The replicas that took part."),
+        Field("replicas", f"The replicas that took part {_NAMED}."),
         _DRY_RUN,
         Field(
             "syncs",
             "Each sync of a pair, as {a, b, second (a second round), events, left_alone, "
-            "unresolved, warnings} (as sync's), or {a, b, second, error, exit_code} when it "
-            "failed.",
+            "unresolved, merges_failed, warnings} (as sync's), or {a, b, second, error, "
+            "exit_code} when it failed.",
         ),
         Field(
-            "left_out", "Replicas that could not take part, each as {replica, error, exit_code}."
+            "left_out",
+            "Replicas that could not take part, each as {replica (named as in replicas), "
+            "error, exit_code}.",
         ),
-        Field("identical", "Whether every replica taking part ended with the same root."),
-        Field("roots", "Each replica's root fingerprint at the end, in hex, by name."),
+        Field(
+            "identical",
+            "true when every replica named took part and ended with the same root; null when "
+            "that is not known (a dry run, --exclude).",
+        ),
+        Field(
+            "roots",
+            "Each replica's root fingerprint, in hex, by name: at the end (in a dry run: now; "
+            "zeros for one not made yet).",
+        ),
         _WARNINGS,
         _STATS,
     ],
@@ -115,7 +158,7 @@ FIELDS: dict[str, list[Field]] = {
         Field(
             "conflicts",
             "Each conflict copy, as {path (the original), copy, writer (the replica id that "
-            "wrote that version), this_replica, written (its time, UTC, to the second), "
+            "wrote that version), this_replica, written (its time, UTC, as YYYYMMDDTHHMMSS), "
             "stamp_ns, size}.",
         ),
         _STATS,

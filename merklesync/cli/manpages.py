@@ -13,7 +13,7 @@ import click
 
 from merklesync import __version__, errors
 from merklesync.cli.app import cli
-from merklesync.cli.json_fields import FIELDS
+from merklesync.cli.json_fields import ERROR_OBJECT, FIELDS
 
 DATE = "2026"
 EXIT_STATUS = [
@@ -148,6 +148,7 @@ def page(name: str, command: click.Command, parent: click.Context) -> str:
         ]
         for field in fields:
             lines += [".TP", f"\\fB{_esc(field.key)}\\fR", _esc(field.text)]
+        lines += [".PP", _esc(ERROR_OBJECT)]
     lines.append(".SH EXIT STATUS")
     own = EXIT_STATUS_OF.get(title, {})
     for code, text in EXIT_STATUS:

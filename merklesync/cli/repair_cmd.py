@@ -139,7 +139,7 @@ def repair_cmd(
         {
             "replicas": [p.name for p in taking_part if p.name not in {g.name for g in left}],
             "dry_run": dry_run,
-            "syncs": [_sync_json(done) for done in result.syncs],
+            "syncs": [_sync_json(done, dry_run) for done in result.syncs],
             "left_out": [
                 {"replica": g.name, "error": g.error.message, "exit_code": g.error.exit_code}
                 for g in left
@@ -175,10 +175,10 @@ def _groups(roots: dict[str, Node]) -> list[str]:
     return [" = ".join(names) for names in groups.values()]
 
 
-def _sync_json(done: PairSync) -> dict[str, Any]:
+def _sync_json(done: PairSync, dry_run: bool) -> dict[str, Any]:
     body: dict[str, Any] = {"a": done.hub, "b": done.other, "second": done.second}
     if done.result is None:
         assert done.error is not None
         return {**body, "error": done.error.message, "exit_code": done.error.exit_code}
-    listed = {key: list(value) for key, value in result_json(done.result).items()}
+    listed = {key: list(value) for key, value in result_json(done.result, dry_run).items()}
     return {**body, **listed, "warnings": done.result.warnings}

@@ -31,7 +31,7 @@ from merklesync.peer.open import (
     refresh_all,
 )
 from merklesync.policy import Policy
-from merklesync.sync import SyncResult
+from merklesync.sync import Event, SyncResult
 from merklesync.sync_run import rules_for, sync_pair
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -126,13 +126,24 @@ def counts(result: SyncResult) -> str:
     )
 
 
-def result_json(result: SyncResult) -> dict[str, Any]:
-    """A sync's events, what it left alone and what no policy settled, for
-    --json (the lists as iterators: see Output.emit_json)."""
+def result_json(result: SyncResult, dry_run: bool) -> dict[str, Any]:
+    """A sync's events (after a run, each with whether its writes went),
+    what it left alone and what no policy settled, for --json (the lists as
+    iterators: see Output.emit_json)."""
+
+    undone = {o.path for o in result.failures()} | {path for path, _ in result.unresolved}
+
+    def event(e: Event) -> dict[str, Any]:
+        item: dict[str, Any] = {"path": e.path, "what": e.what, "detail": e.detail}
+        if not dry_run:
+            item["ok"] = e.path not in undone
+        return item
+
     return {
-        "events": ({"path": e.path, "what": e.what, "detail": e.detail} for e in result.events),
+        "events": (event(e) for e in result.events),
         "left_alone": ({"path": f.path, "reason": f.reason} for f in result.failures()),
-        "unresolved": result.unresolved,
+        "unresolved": [{"path": path, "reason": why} for path, why in result.unresolved],
+        "merges_failed": [{"path": path, "reason": why} for path, why in result.merges_failed],
     }
 
 
@@ -208,7 +219,7 @@ def sync(
             "a": a.name,
             "b": b.name,
             "dry_run": dry_run,
-            **result_json(result),
+            **result_json(result, dry_run),
             "warnings": skipped + result.warnings,
             "stats": totals.as_dict(),
         }

@@ -510,7 +510,8 @@ def opened_replicas(
     reaching = {i: pool.submit(opened, i) for i in remote_ones} if pool is not None else {}
     try:
         for i, spec in enumerate(specs):
-            name = spec if spec is not None else str(first_root or ".")
+            # As it would be named open: a local one by its resolved path.
+            name = str(roots[i]) if roots[i] is not None else spec or "."
             try:
                 peer = reaching.pop(i).result() if i in reaching else opened(i)
             except ReplicaLocked as exc:

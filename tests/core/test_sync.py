@@ -315,7 +315,9 @@ def test_winner_is_not_written_where_the_copy_failed(
     r = ms("sync", a, b, "--json")
     monkeypatch.undo()
     assert r.code == 1
-    assert r.json()["unresolved"] == ["shared.txt"]
+    [unresolved] = r.json()["unresolved"]
+    assert unresolved["path"] == "shared.txt" and "could not be written" in unresolved["reason"]
+    assert [e["ok"] for e in r.json()["events"] if e["path"] == "shared.txt"] == [False]
     # Nothing was lost: each side still has its own version.
     assert (a / "shared.txt").read_text() == "from a\n"
     assert (b / "shared.txt").read_text() == "from b\n"
