@@ -118,3 +118,19 @@ def test_what_a_sync_could_not_do_is_listed_by_path(tmp_path: Path) -> None:
     assert left["replica"] == str(c.resolve()) and left["exit_code"] == 3
     assert set(doc["replicas"]) == set(doc["roots"]) == {str(a.resolve()), str(b.resolve())}
     assert doc["identical"] is False  # c's state is not known
+
+
+def test_a_force_says_whose_version_it_overwrote(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "x.txt").write_text("one\n")
+    assert ms("init", a).code == 0 and ms("push", a, b).code == 0
+    (a / "x.txt").write_text("a's\n")
+    (b / "x.txt").write_text("b's\n")
+    b_id = ms("status", b, "--json").json()["replica_id"]
+    for dry in (["--dry-run"], []):
+        doc = _checked("push", ms("push", a, b, "--force", "--json", *dry))
+        [change] = doc["changes"]
+        assert change["action"] == "force" and change.get("ok", True) is True
+        assert change["discarded"] == f"the version written by {b_id}"
+    assert (b / "x.txt").read_text() == "a's\n"

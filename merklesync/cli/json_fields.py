@@ -47,7 +47,8 @@ _TRANSFER = [
     Field(
         "changes",
         f"One object per difference: {_CHANGE}; after a run, ok (whether it was carried out); "
-        "reason, where it is not (or, in a dry run, would not be).",
+        "reason, where it is not (or, in a dry run, would not be); for a force, discarded "
+        "(whose version it overwrote, in words).",
     ),
     Field("left_alone", "What the run left alone, each as {path, reason}: the exit status is 1."),
     _WARNINGS,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -166,16 +167,7 @@ def report(
             "source": src,
             "destination": dst,
             "dry_run": dry_run,
-            "changes": (
-                change_json(
-                    c,
-                    None
-                    if dry_run
-                    else result.outcomes.get(c.path) is not None and result.outcomes[c.path].ok,
-                    reasons.get(c.path, ""),
-                )
-                for c in result.changes
-            ),
+            "changes": (_change_json(c, result, reasons, dry_run) for c in result.changes),
             "left_alone": [{"path": c.path, "reason": why} for c, why in left],
             "warnings": warnings,
             "stats": totals.as_dict(),
@@ -183,6 +175,18 @@ def report(
     )
     # Files a scan skipped or could not read did not travel: not a success.
     sys.exit(EXIT_DIFFERENT if left or warnings else EXIT_OK)
+
+
+def _change_json(
+    c: Change, result: TransferResult, reasons: dict[str, str], dry_run: bool
+) -> dict[str, Any]:
+    outcome = result.outcomes.get(c.path)
+    item = change_json(
+        c, None if dry_run else outcome is not None and outcome.ok, reasons.get(c.path, "")
+    )
+    if c.action is Action.FORCE:
+        item["discarded"] = result.discarded.get(c.path, "the destination's version")
+    return item
 
 
 @click.command(short_help="Copy what SRC has newer into DST (fast-forward only).")
