@@ -52,6 +52,12 @@ class MerklesyncError(Exception):
         return str(self.args[0])
 
 
+def reason_about(path: str, message: str) -> str:
+    """``message`` without the ``path: `` it starts with, for output that
+    names the path in a field of its own (``--json``)."""
+    return message.removeprefix(f"{path}: ")
+
+
 class UsageError(MerklesyncError):
     """Invalid arguments."""
 

@@ -27,6 +27,7 @@ import blake3
 
 from merklesync import merge
 from merklesync.clock import Order
+from merklesync.errors import reason_about
 from merklesync.model import (
     Entry,
     EntryKind,
@@ -487,7 +488,7 @@ class Syncer:
     def _merge_failed(self, path: str, why: str) -> None:
         """A merge that could not be made: both versions are kept instead."""
         self.result.warnings.append(f"{why}; kept both")
-        self.result.merges_failed.append((path, why))
+        self.result.merges_failed.append((path, reason_about(path, why)))
 
     def _unresolved(self, path: str, why: str) -> None:
         self._unsettled[path] = why

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,16 @@ def _checked(command: str, r: Result) -> dict[str, Any]:
     fields = FIELDS[command]
     assert set(doc) <= {f.key for f in fields}, (command, sorted(doc))
     assert {f.key for f in fields if f.always} <= set(doc), (command, sorted(doc))
+    for f in fields:  # objects in a list: the keys its text names in braces
+        items = doc.get(f.key)
+        plain = re.sub(r"\([^()]*\)", "", f.text)  # without what parentheses say of a key
+        named = {
+            k.strip() for group in re.findall(r"\{([^{}]*)\}", plain) for k in group.split(",")
+        }
+        if isinstance(items, list) and items and isinstance(items[0], dict):
+            assert named, (command, f.key)
+            for item in items:
+                assert set(item) <= named, (command, f.key, sorted(item))
     return doc
 
 
@@ -94,7 +105,9 @@ def test_each_object_has_the_documented_keys(
     assert seen == set(FIELDS)
 
 
-def test_what_a_sync_could_not_do_is_listed_by_path(tmp_path: Path) -> None:
+def test_what_a_sync_could_not_do_is_listed_by_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A merge that failed (both kept) and a replica left out of a repair
     are named where a script looks for them, as the other lists name them."""
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
@@ -107,13 +120,14 @@ def test_what_a_sync_could_not_do_is_listed_by_path(tmp_path: Path) -> None:
     assert r.code == 1, r.err
     doc = _checked("sync", r)
     [failed] = doc["merges_failed"]
-    assert failed["path"] == "bin.dat" and "cannot merge by union" in failed["reason"]
+    assert failed == {"path": "bin.dat", "reason": "not text or JSON; cannot merge by union"}
     assert doc["unresolved"] == [] and doc["left_alone"] == []
     [event] = doc["events"]
     assert event["what"] == "conflict" and event["ok"] is True  # both versions kept
     (c / ".merklesync").mkdir(parents=True)
     (c / ".merklesync" / "index.db").write_bytes(b"not an index")
-    doc = _checked("repair", ms("repair", a, b, c, "--json"))
+    monkeypatch.chdir(tmp_path)  # c named relative: listed by its resolved path all the same
+    doc = _checked("repair", ms("repair", a, b, "c", "--json"))
     [left] = doc["left_out"]
     assert left["replica"] == str(c.resolve()) and left["exit_code"] == 3
     assert set(doc["replicas"]) == set(doc["roots"]) == {str(a.resolve()), str(b.resolve())}

@@ -17,7 +17,7 @@ from merklesync.cli.common import (
     stats_option,
 )
 from merklesync.conflicts import Take, list_conflicts, over_cap, resolve
-from merklesync.errors import EXIT_DIFFERENT, EXIT_OK
+from merklesync.errors import EXIT_DIFFERENT, EXIT_OK, reason_about
 from merklesync.replica import Replica, find_root
 
 
@@ -133,7 +133,7 @@ def resolve_cmd(
                 for step in resolved.done
             ],
             "failed": [
-                {"path": original, "reason": failure.message}
+                {"path": original, "reason": reason_about(original, failure.message)}
                 for original, failure in resolved.failed
             ],
         }

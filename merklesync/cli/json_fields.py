@@ -28,28 +28,26 @@ _STATS = Field(
 _WARNINGS = Field("warnings", "Files a scan skipped or could not read, one line each.")
 _DRY_RUN = Field("dry_run", "Whether this was a dry run (nothing written).")
 _KIND = (
-    "change (A: only in the first replica, D: only in the second, or deleted in the first, "
-    "M: in both, different, T: type changed"
+    "change is A (only in the first replica), D (only in the second, or deleted in the first), "
+    "M (in both, different) or T (type changed)"
 )
 _CHANGE = (
-    f"path, {_KIND}, =: the same content, only the versions differ) and action (copy, "
-    "merge-version, dest-newer, conflict; force under --force)"
+    f"{{path, change, action, ok, reason, discarded}}: {_KIND}, or = (the same content, only "
+    "the versions differ); action is copy, merge-version, dest-newer, conflict, or force "
+    "under --force; after a run, ok says whether it was carried out; reason is given where it "
+    "is not (or, in a dry run, would not be); discarded, for a force, whose version it "
+    "overwrote, in words"
 )
 _DIFF_CHANGE = (
-    f"path, {_KIND}) and action (what a push from the first to the second would do: copy, "
-    "dest-newer or conflict)"
+    f"{{path, change, action}}: {_KIND}; action is what a push from the first to the second "
+    "would do: copy, dest-newer or conflict"
 )
 _NAMED = "(a local one by its absolute path, a remote one by its address)"
 _TRANSFER = [
     Field("source", f"The source replica {_NAMED}."),
     Field("destination", f"The destination replica {_NAMED}."),
     _DRY_RUN,
-    Field(
-        "changes",
-        f"One object per difference: {_CHANGE}; after a run, ok (whether it was carried out); "
-        "reason, where it is not (or, in a dry run, would not be); for a force, discarded "
-        "(whose version it overwrote, in words).",
-    ),
+    Field("changes", f"One object per difference, as {_CHANGE}."),
     Field("left_alone", "What the run left alone, each as {path, reason}: the exit status is 1."),
     _WARNINGS,
     _STATS,
@@ -77,7 +75,8 @@ _SYNC = [
     Field(
         "warnings",
         "In words, one line each: what a scan skipped or could not read, and what the sync "
-        "could not do as asked (the lists above say it for scripts).",
+        "could not do as asked (the lists above say it for scripts); a path past the cap of "
+        "conflict copies is named only here.",
     ),
 ]
 
@@ -115,7 +114,7 @@ FIELDS: dict[str, list[Field]] = {
         Field("a", f"The first replica {_NAMED}."),
         Field("b", f"The second replica {_NAMED}."),
         Field("identical", "Whether they hold the same content (and nothing went unread)."),
-        Field("changes", f"One object per difference: {_DIFF_CHANGE}."),
+        Field("changes", f"One object per difference, as {_DIFF_CHANGE}."),
         _WARNINGS,
         _STATS,
     ],

@@ -144,12 +144,11 @@ def report(
     for change, reason in left:
         out.warn(f"left alone: {change.path}: {reason}")
     for change in result.changes:
-        if change.action is Action.FORCE and (dry_run or result.outcomes[change.path].ok):
-            lost = result.discarded.get(change.path, "the destination's version")
-            if dry_run:
-                out.note(f"would overwrite {change.path}: {lost} would be lost")
-            else:
-                out.note(f"overwrote {change.path}: discarded {lost}")
+        lost = _discarded(change, result, dry_run)
+        if lost is not None and dry_run:
+            out.note(f"would overwrite {change.path}: {lost} would be lost")
+        elif lost is not None:
+            out.note(f"overwrote {change.path}: discarded {lost}")
     done = [c for c in result.changes if c.path not in reasons] if dry_run else result.applied()
     # A change of version only moved no data.
     same = sum(1 for c in done if c.kind is ChangeKind.NONE) + result.forgotten_same
@@ -184,9 +183,19 @@ def _change_json(
     item = change_json(
         c, None if dry_run else outcome is not None and outcome.ok, reasons.get(c.path, "")
     )
-    if c.action is Action.FORCE:
-        item["discarded"] = result.discarded.get(c.path, "the destination's version")
+    lost = _discarded(c, result, dry_run)
+    if lost is not None:
+        item["discarded"] = lost
     return item
+
+
+def _discarded(c: Change, result: TransferResult, dry_run: bool) -> str | None:
+    """Whose version a forced change overwrote (or would): None where it
+    is no forced change, or its write failed and nothing was lost."""
+    outcome = result.outcomes.get(c.path)
+    if c.action is not Action.FORCE or not (dry_run or (outcome is not None and outcome.ok)):
+        return None
+    return result.discarded.get(c.path, "the destination's version")
 
 
 @click.command(short_help="Copy what SRC has newer into DST (fast-forward only).")

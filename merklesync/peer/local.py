@@ -179,7 +179,7 @@ class LocalPeer:
                 f"replica {r.root} is on a read-only file system: it can be compared and "
                 "copied from, not written"
             )
-        # Outcomes may come out of order (see DirectorySource.write_items);
+        # Outcomes may come out of order (see DirectoryWriter.write_items);
         # an item given twice is answered in its turns.
         order: dict[int, list[int]] = {}  # id of an item not yet answered -> its places
         outcomes: list[tuple[int, Outcome]] = []

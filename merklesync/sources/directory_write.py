@@ -5,8 +5,8 @@ against the blake3 digest, gets its mode and mtime, and is renamed into
 place only if the destination still holds what the index says it holds
 (compare-and-swap); a write that changes a version only touches the index.
 Writes reach a file through its directories, from the root, never through
-a symlink (dir_fds.py); each is noted first (write_intents.py), and many new
-files go to a placing process (placer.py).
+a symlink (dir_fds.py); each that reaches the disk is noted first
+(write_intents.py), and many new files go to a placing process (placer.py).
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ _UNTRUSTED = os.stat_result((0,) * 10)
 
 class DirectoryWriter:
     """The writes of a DirectorySource (``source``: for its ignore rules and
-    how it reads what is on disk), noted first in ``intents``."""
+    how it reads what is on disk); each write that reaches the disk is noted
+    first in ``intents``."""
 
     def __init__(self, source: DirectorySource, intents: write_intents.Intents) -> None:
         self._source = source

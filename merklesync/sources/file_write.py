@@ -3,7 +3,7 @@ it, verified against its blake3 digest, given its mode and mtime, and only
 then renamed into place, so a reader never sees half a file and a failure
 leaves nothing behind.
 
-Shared by the writes a replica makes itself (sources/directory.py) and those
+Shared by the writes a replica makes itself (sources/directory_write.py) and those
 its placing process makes for it (sources/placer.py).
 """
 

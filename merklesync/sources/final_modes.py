@@ -2,7 +2,7 @@
 
 A directory written read-only (mode 0555, say) stays writable to its owner
 until the end of the run, so that what goes in it can be written (see
-DirectorySource._put_dir and finish). A run stopped before its end (a
+DirectoryWriter._put_dir and finish). A run stopped before its end (a
 signal, kill -9, a crash, a lost connection to an agent that is killed)
 would leave it writable, and the next scan would take that for a change
 made on this replica, which a sync would then spread. So each one is noted

@@ -273,7 +273,7 @@ def test_resolve_all_settles_what_it_can_and_says_what_it_cannot(
     assert "not resolved: image.bin: not text or JSON; cannot merge by union" in r.err
     out = r.json()
     assert out["failed"] == [
-        {"path": "image.bin", "reason": "image.bin: not text or JSON; cannot merge by union"}
+        {"path": "image.bin", "reason": "not text or JSON; cannot merge by union"}
     ]
     [merged] = [step for step in out["done"] if step["action"] == "merge"]
     assert merged["target"] == "notes.txt" and merged["path"].startswith("notes.conflict-")
@@ -467,12 +467,10 @@ def test_an_edit_made_during_a_sync_that_settles_a_conflict_is_kept(
     pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, policy: str, b_deletes: bool
 ) -> None:
     """A's file changes after the scan, before the sync writes anything.
-    A resolution that would replace its content is refused on A, and B
-    must not take it either (else A's edit would look older than it on the
-    next run): the next run meets the edit as a change concurrent with B's.
-    One that keeps A's content changes A's version only, and the edit,
-    found by the next scan, comes after it. Either way the edit is kept
-    and reaches B."""
+    Whatever the policy, the edit is kept on A, the next sync carries it to
+    B (as a change after the resolution, or concurrent with B's version:
+    a resolution that would replace A's content is refused on A, and B must
+    not take it either), and a third changes nothing."""
     from merklesync.sources import directory
 
     a, b = pair
