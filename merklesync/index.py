@@ -14,7 +14,7 @@ import itertools
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -232,12 +232,20 @@ class PathFilter:
         )
 
 
+_MANY_PATHS = 500  # paths per query of get_many (SQLite allows 32,766 parameters)
 _PACKED: dict[VersionVector, bytes] = {}  # the other way: a run writes a few vectors often
 _INSERT = "INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 _UPDATE = (
     "UPDATE entries SET leaf = ?, kind = ?, deleted = ?, vv = ?, digest = ?, size = ?, "
     "mode = ?, mtime_ns = ?, target = ?, stamp = ?, stat = ?, learned_ns = ?, origin = ? "
     "WHERE path = ?"
+)
+# The same, for a row whose stat and deleted flag stay as they are (a new
+# version of the same file, above all): no index of the table is touched.
+_UPDATE_IN_PLACE = (
+    "UPDATE entries SET leaf = ?, kind = ?, vv = ?, digest = ?, size = ?, mode = ?, "
+    "mtime_ns = ?, target = ?, stamp = ?, learned_ns = ?, origin = ? "
+    "WHERE path = ? AND deleted = ? AND stat IS ?"
 )
 
 
@@ -428,11 +436,7 @@ class Index:
 
     @_guard
     def get(self, path: str) -> Cached | None:
-        if not self._looked:
-            self._looked = True
-            if self.conn.execute("SELECT 1 FROM entries LIMIT 1").fetchone() is None:
-                self._stored_since_empty = PathFilter()
-        if self._stored_since_empty is not None and path not in self._stored_since_empty:
+        if not self._may_hold(path):
             return None
         row = self.conn.execute(
             f"SELECT {_ENTRY_COLUMNS}, stat FROM entries WHERE path = ?", (path,)
@@ -440,6 +444,29 @@ class Index:
         if row is None:
             return None
         return Cached(_to_entry(row[:-1]), row[-1])
+
+    @_guard
+    def get_many(self, paths: Iterable[str]) -> dict[str, Cached]:
+        """What get says of each of ``paths``, for those the index holds:
+        a query for many paths, not one each."""
+        wanted = [p for p in dict.fromkeys(paths) if self._may_hold(p)]
+        found: dict[str, Cached] = {}
+        for start in range(0, len(wanted), _MANY_PATHS):
+            chunk = wanted[start : start + _MANY_PATHS]
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT {_ENTRY_COLUMNS}, stat FROM entries WHERE path IN ({marks})"
+            for row in self.conn.execute(query, chunk):
+                found[row[0]] = Cached(_to_entry(row[:-1]), row[-1])
+        return found
+
+    def _may_hold(self, path: str) -> bool:
+        """False when ``path`` is surely not in the index: one that was
+        empty when first asked remembers the paths stored since."""
+        if not self._looked:
+            self._looked = True
+            if self.conn.execute("SELECT 1 FROM entries LIMIT 1").fetchone() is None:
+                self._stored_since_empty = PathFilter()
+        return self._stored_since_empty is None or path in self._stored_since_empty
 
     @_guard
     def stat_cache(self, parent: str) -> dict[str, bytes | None]:
@@ -552,13 +579,25 @@ class Index:
         )
         # A row that is there is updated in place: its path, parent and key
         # stay, so SQLite leaves their indexes alone (a replace would delete
-        # the row and insert it again, in every index).
-        if old is None or not self.conn.execute(_UPDATE, fields).rowcount:
+        # the row and insert it again, in every index); where its stat and
+        # deleted flag stay too (a new version of the same file), the index
+        # of the directories' stat caches as well.
+        same_state = (*fields[:2], *fields[3:10], *fields[11:], fields[2], stat)
+        if not (
+            old is not None
+            and (
+                (old.deleted == entry.deleted and self._updated(_UPDATE_IN_PLACE, same_state))
+                or self._updated(_UPDATE, fields)
+            )
+        ):
             self.conn.execute(_INSERT, (entry.path, parent, key, *fields[:-1]))
         self._pending.change(key, None if old is None else old.leaf_hash(), leaf)
         self._dirty = True
         if self._stored_since_empty is not None:
             self._stored_since_empty.add(entry.path)
+
+    def _updated(self, statement: str, args: tuple[object, ...]) -> bool:
+        return bool(self.conn.execute(statement, args).rowcount)
 
     def _learned(self, path: str) -> int:
         """When the tombstone stored at ``path`` was learned (0: none is)."""

@@ -18,7 +18,7 @@ import os
 import stat as st_mod
 import time
 from collections import Counter
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Container, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -91,7 +91,7 @@ class DirectoryWriter:
         in the order given, as if made here one by one."""
         handed = _Handed()
         try:
-            for item in items:
+            for item, known in _rows_ahead(items, index, handed.live):
                 entry = item.entry
                 rel = check_relpath(entry.path)
                 if self._source.ignore.ignored(rel, entry.kind is EntryKind.DIR):  # deleted or not
@@ -99,7 +99,8 @@ class DirectoryWriter:
                     continue
                 if rel in handed.live:  # its index row is still to come
                     yield from self._settle(handed, index, clock, wait=True)
-                cached = index.get(rel)
+                    known = _ASK
+                cached = index.get(rel) if isinstance(known, _Ask) else known
                 current = cached.entry if cached is not None else None
                 if leaf_of(current) != item.expect:
                     yield item, Outcome(rel, False, _CHANGED_SINCE_COMPARISON)
@@ -584,6 +585,54 @@ class _Handed:
 
     live: dict[str, tuple[WriteItem, Entry | None]] = field(default_factory=dict)
     dropped: Counter[str] = field(default_factory=Counter)
+
+
+class _Ask:
+    """A row not read ahead (see _rows_ahead): the writer asks the index."""
+
+
+_ASK = _Ask()
+_AHEAD = 512  # items whose rows are read in one query
+
+
+def _rows_ahead(
+    items: Iterable[WriteItem], index: Index, pending: Container[str]
+) -> Iterator[tuple[WriteItem, Cached | _Ask | None]]:
+    """Each item, with its path's index row read ahead, together with the
+    rows of the items that follow it (one query, not one per item): of
+    items without content, up to the first with content (its file may be
+    open already: no more are taken in). A row read ahead is the row at
+    the item's turn, because every item before it was written then, and
+    none of them had its path: a path given twice in a window, or whose
+    file is still with the placing process (``pending``), is not read
+    ahead (_ASK)."""
+    window: list[WriteItem] = []
+    for item in items:
+        window.append(item)
+        if item.data is None and len(window) < _AHEAD:
+            continue
+        yield from _with_rows(window, index, pending)
+        window = []
+    yield from _with_rows(window, index, pending)
+
+
+def _with_rows(
+    window: list[WriteItem], index: Index, pending: Container[str]
+) -> Iterator[tuple[WriteItem, Cached | _Ask | None]]:
+    if len(window) < 2:  # one query either way
+        for item in window:
+            yield item, _ASK
+        return
+    times = Counter(item.entry.path for item in window)
+    ahead = {
+        path
+        for path, n in times.items()
+        if n == 1 and isinstance(path, str) and path not in pending
+    }
+    rows = index.get_many(ahead)
+    for item in window:
+        path = item.entry.path
+        yield item, rows.get(path) if path in ahead else _ASK
 
 
 class _Spot(NamedTuple):

@@ -1290,6 +1290,53 @@ def test_outcomes_come_back_in_the_order_of_the_items(tmp_path: Path, placing: s
     assert "changed on the destination since the comparison" in outcomes[-1].reason
 
 
+def test_rows_read_ahead_are_those_the_writes_before_them_left(
+    tmp_path: Path, placing: str
+) -> None:
+    """The writer reads the index rows of many items in one query, ahead of
+    their turn. A row so read is what the writes before it left: a file
+    still with the placing process, or a path given twice, is looked up at
+    its own turn (else each new version below would be refused, its
+    expected leaf missing from a row read too early)."""
+    import blake3
+
+    from merklesync.clock import VersionVector
+    from merklesync.model import EntryKind, WriteItem, leaf_of
+    from merklesync.peer.local import LocalPeer
+
+    vv = VersionVector.of({"peer": 1})
+    newer = VersionVector.of({"peer": 2})
+    peer = LocalPeer.open(tmp_path / "r", create=True)
+    try:
+        old_dir = Entry("kept", EntryKind.DIR, vv, mode=0o755)
+        assert [o.ok for o in peer.write([WriteItem(old_dir, None)])] == [True]
+        data = b"content"
+        file = Entry(
+            "f",
+            EntryKind.FILE,
+            vv,
+            digest=blake3.blake3(data).digest(),
+            size=len(data),
+            mode=0o644,
+            mtime_ns=1_600_000_000 * 10**9,
+        )
+        twice = Entry("d", EntryKind.DIR, vv, mode=0o755)
+        items = [
+            WriteItem(file, None, [data]),  # placed by the child, recorded later
+            WriteItem(Entry("e", EntryKind.DIR, vv, mode=0o755), None),
+            WriteItem(file.with_version(newer, 2), leaf_of(file)),
+            WriteItem(twice, None),
+            WriteItem(twice.with_version(newer, 2), leaf_of(twice)),
+            WriteItem(old_dir.with_version(newer, 2), leaf_of(old_dir)),  # read ahead
+        ]
+        outcomes = peer.write(items)
+        rows = {p: peer.replica.index.get(p) for p in ("f", "d", "kept")}
+    finally:
+        peer.close()
+    assert [(o.path, o.ok, o.reason) for o in outcomes] == [(i.entry.path, True, "") for i in items]
+    assert all(row is not None and row.entry.vv == newer for row in rows.values()), rows
+
+
 # The first file the push reads is swapped for a FIFO just before (no
 # writer ever opens it: opening it to read would wait for ever).
 _SWAPPED_FOR_A_FIFO = """

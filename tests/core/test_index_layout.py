@@ -160,3 +160,98 @@ def test_the_filter_of_paths_stored_forgets_none_and_stays_small() -> None:
     maybe = sum(f"other/{i}" in paths for i in range(20_000))
     assert maybe < 20_000 * 0.05, maybe
     assert len(paths._bits) == index_mod.PathFilter.BITS // 8
+
+
+def test_a_new_version_with_the_same_stat_is_stored_without_touching_the_stat_cache(
+    tmp_path: Path,
+) -> None:
+    """A row whose stat and deleted flag stay (a version-only write) is
+    updated by a statement that leaves the directory index alone, yet
+    every field is stored; a changed stat or a deletion updates the stat
+    cache as well."""
+    from merklesync.clock import VersionVector
+    from merklesync.model import Entry, EntryKind
+
+    root = tmp_path / "r"
+    root.mkdir()
+    assert ms("init", root).code == 0
+    db = root / ".merklesync" / "index.db"
+    index = index_mod.Index.open(db)
+    statements: list[str] = []
+    index.conn.set_trace_callback(statements.append)
+
+    def stored(path: str) -> tuple[Entry, bytes | None]:
+        cached = index.get(path)
+        assert cached is not None
+        return cached.entry, cached.stat
+
+    try:
+        first = Entry("d/f", EntryKind.FILE, VersionVector.of({"a": 1}), b"1" * 32, 3, 0o644, 5)
+        index.put(first, b"stat-1", None)
+        vv = VersionVector.of({"a": 1, "b": 2})
+        second = Entry("d/f", EntryKind.FILE, vv, b"2" * 32, 4, 0o600, 6, stamp=9, origin="b")
+        statements.clear()
+        index.put(second, b"stat-1", first)
+        assert [s.split()[0:3] for s in statements] == [["UPDATE", "entries", "SET"]]
+        assert " stat IS " in statements[0] and " stat = " not in statements[0]
+        assert stored("d/f") == (second, b"stat-1")
+        assert index.stat_cache("d") == {"d/f": b"stat-1"}
+
+        index.put(second, b"stat-2", second)  # the same version, a new stat
+        assert stored("d/f") == (second, b"stat-2")
+        assert index.stat_cache("d") == {"d/f": b"stat-2"}
+        index.put(second, None, second)  # racy: to be read again
+        assert index.stat_cache("d") == {"d/f": None}
+
+        gone = second.tombstone(VersionVector.of({"a": 1, "b": 3}), 10)
+        index.put(gone, None, second)
+        assert stored("d/f")[0].deleted
+        assert index.stat_cache("d") == {"d/f": index_mod.TOMBSTONE}
+        index.commit()
+        assert index.conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        index.close()
+
+
+def test_a_first_push_between_copies_made_apart_reads_and_rewrites_rows_in_bulk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every entry of two replicas made apart from the same files takes a
+    merged version on both sides (their files untouched): each row is
+    updated in place, the stat cache's index left alone, and the rows the
+    writes check are read many to a query, not one query each."""
+    import shutil
+    from collections import Counter
+
+    from tests.treegen import make_tree
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_tree(a, files=1200, dirs=10, seed=5)
+    shutil.copytree(a, b, symlinks=True)
+    assert ms("init", a).code == 0 and ms("init", b).code == 0
+    seen: Counter[str] = Counter()
+
+    def kind(sql: str) -> str:
+        if sql.startswith("UPDATE entries"):
+            return "in place" if " stat IS " in sql else "whole row"
+        if sql.startswith("SELECT") and "FROM entries WHERE path IN" in sql:
+            return "many paths"
+        if sql.startswith("SELECT") and "FROM entries WHERE path = " in sql:
+            return "one path"
+        return "other"
+
+    connect = index_mod.Index._connect
+
+    def traced(path: Path) -> sqlite3.Connection:
+        conn = connect(path)
+        conn.set_trace_callback(lambda sql: seen.update([kind(sql)]))
+        return conn
+
+    monkeypatch.setattr(index_mod.Index, "_connect", staticmethod(traced))
+    r = ms("push", a, b, "--json")
+    assert r.code == 0, r.err
+    with Replica.open(a) as replica:
+        entries = replica.index.count()
+    assert entries == 1210 and len(r.json()["changes"]) == entries
+    assert seen["in place"] == 2 * entries and seen["whole row"] == 0
+    assert seen["one path"] == 0 and 0 < seen["many paths"] <= 2 * entries // 100
