@@ -549,8 +549,14 @@ def test_sigterm_during_a_first_copy_ends_it_as_ctrl_c_does(
     src, dst = tmp_path / "src", tmp_path / "dst"
     make_tree(src, files=3000, dirs=30, seed=5, max_size=1500)
     assert ms("init", src).code == 0
+    # SIGHUP as by default, whatever this process inherited (under nohup, a
+    # run leaves it ignored, as it should).
+    as_by_default = (
+        "import signal; signal.signal(signal.SIGHUP, signal.SIG_DFL); "
+        "from merklesync.cli import main; main()"
+    )
     run = subprocess.Popen(
-        [sys.executable, "-m", "merklesync", "push", str(src), str(dst)],
+        [sys.executable, "-c", as_by_default, "push", str(src), str(dst)],
         start_new_session=True,
         stderr=subprocess.PIPE,
         text=True,
@@ -567,6 +573,36 @@ def test_sigterm_during_a_first_copy_ends_it_as_ctrl_c_does(
     assert err.strip() == "merklesync: terminated"
     assert _temp_files(dst) == []
     assert ms("push", str(src), str(dst)).code == 0
+    assert_same_tree(src, dst)
+
+
+def test_a_run_under_nohup_outlives_the_hangup(tmp_path: Path) -> None:
+    """SIGHUP ignored when the run starts (nohup) stays ignored: the
+    session that goes does not end the copy."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_tree(src, files=3000, dirs=30, seed=5, max_size=1500)
+    assert ms("init", src).code == 0
+    under_nohup = (
+        "import signal; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
+        "from merklesync.cli import main; main()"
+    )
+    run = subprocess.Popen(
+        [sys.executable, "-c", under_nohup, "push", "-q", str(src), str(dst)],
+        start_new_session=True,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    hung_up = False
+    while run.poll() is None and time.monotonic() < deadline:
+        if dst.exists() and next(dst.rglob("f*"), None) is not None:
+            os.killpg(run.pid, signal.SIGHUP)
+            hung_up = True
+            break
+        time.sleep(0.01)
+    _, err = run.communicate(timeout=60)
+    _wait_for_group_end(run.pid)
+    assert hung_up and run.returncode == 0, err
     assert_same_tree(src, dst)
 
 
