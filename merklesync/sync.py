@@ -84,6 +84,11 @@ class SyncResult:
         both = [*self.outcomes_a.values(), *self.outcomes_b.values()]
         return sorted((o for o in both if not o.ok), key=lambda o: o.path)
 
+    def undone(self) -> set[str]:
+        """The paths whose events did not all happen: a write that failed,
+        a conflict no policy settled."""
+        return {o.path for o in self.failures()} | {path for path, _ in self.unresolved}
+
     def incomplete(self) -> bool:
         """Whether anything is left for the user (exit status 1): a write
         that failed, or a warning (see ``warnings``)."""
@@ -301,6 +306,7 @@ class Syncer:
         version that dominates), and a file that wanted its place becomes a
         conflict copy. Nothing under the directory is lost."""
         fixes = _Plan()
+        kept_dirs: set[str] = set()
         sides = (
             (deferred.to_b, self.a, True, self.result.outcomes_b),
             (deferred.to_a, self.b, False, self.result.outcomes_a),
@@ -343,9 +349,14 @@ class Syncer:
                         fixes.to_b.append(Op(copy, None, content=content))
                 (fixes.to_b if to_b else fixes.to_a).append(Op(kept, directory))
                 (fixes.to_a if to_b else fixes.to_b).append(Op(kept, there))
-                self.result.events.append(
-                    Event(path, "conflict", "the directory still holds entries: it stays")
-                )
+                kept_dirs.add(path)
+        if kept_dirs:  # the copy that would have replaced it did not happen: no such event
+            events = self.result.events
+            events[:] = [e for e in events if not (e.what in _COPIES and e.path in kept_dirs)]
+            events += (
+                Event(path, "conflict", "the directory still holds entries: it stays")
+                for path in sorted(kept_dirs)
+            )
         self._apply(fixes, progress)
 
     # -- deciding ----------------------------------------------------------

@@ -101,10 +101,16 @@ def print_result(
     for warning in result.warnings:
         out.warn(warning)
     named = dict(zip(("a->b", "b->a"), arrows, strict=True))
+    undone = result.undone()  # listed as left alone, below
     for event in result.events:
         if event.what in ("conflict", "modify-delete"):
             out.note(f"{event.what}: {event.path}: {event.detail}")
-        elif listed and event.what != "merge-version" and event.detail != "=":
+        elif (
+            listed
+            and event.what != "merge-version"
+            and event.detail != "="
+            and event.path not in undone
+        ):
             # a->b M path: copied from a to b, a modification there (as diff
             # says it); "=": only the version moves (a deletion to a replica
             # that never had the path, say), as push lists it: not at all.
@@ -118,7 +124,8 @@ def print_result(
 
 def counts(result: SyncResult) -> str:
     """``3 copied, 1 conflict settled, 0 left alone``."""
-    kinds = Counter(e.what for e in result.events if e.detail != "=")
+    undone = result.undone()
+    kinds = Counter(e.what for e in result.events if e.detail != "=" and e.path not in undone)
     return (
         f"{kinds['a->b'] + kinds['b->a'] + result.forgotten_copies} copied, "
         f"{plural(kinds['conflict'] + kinds['modify-delete'], 'conflict')} settled, "
@@ -131,7 +138,7 @@ def result_json(result: SyncResult, dry_run: bool) -> dict[str, Any]:
     what it left alone and what no policy settled, for --json (the lists as
     iterators: see Output.emit_json)."""
 
-    undone = {o.path for o in result.failures()} | {path for path, _ in result.unresolved}
+    undone = result.undone()
 
     def event(e: Event) -> dict[str, Any]:
         item: dict[str, Any] = {"path": e.path, "what": e.what, "detail": e.detail}

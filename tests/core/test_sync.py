@@ -908,3 +908,56 @@ def test_a_second_pass_counts_each_copy_once(tmp_path: Path) -> None:
             listed = [line for line in r.out.splitlines() if line[:4] in ("a->b", "b->a")]
             assert f"synced {a} and {b}: {len(listed)} copied" in said[-1], (said, r.out)
     assert said[0].split(": ")[1] == said[1].split(": ")[1], said
+
+
+def test_what_a_sync_could_not_write_is_neither_listed_nor_counted_as_copied(
+    tmp_path: Path,
+) -> None:
+    """A copy the other side refused (its rules ignore the path) is listed
+    as left alone, not as done: -v leaves it out, the count of copies too,
+    and --json says it did not go."""
+
+    def refused(where: Path) -> tuple[Path, Path]:
+        a, b = where / "a", where / "b"
+        a.mkdir(parents=True)
+        (a / "k.tmp").write_text("keep\n")
+        ms("init", a)
+        assert ms("sync", a, b).code == 0
+        (a / ".merklesyncignore").write_text("*.tmp\n")  # A ignores it from now on
+        (a / "k.tmp").unlink()
+        (b / "k.tmp").write_text("edited on b\n")
+        return a, b
+
+    r = ms("sync", *refused(tmp_path / "listed"), "-v")
+    assert r.code == 1, r.err
+    assert r.out.splitlines() == ["a->b A .merklesyncignore"]
+    assert "left alone: k.tmp: ignored on this replica" in r.err
+    assert "1 copied, 0 conflicts settled, 1 left alone" in r.err
+    r = ms("sync", *refused(tmp_path / "json"), "--json")
+    events = sorted(r.json()["events"], key=lambda e: e["path"])
+    assert events == [
+        {"path": ".merklesyncignore", "what": "a->b", "detail": "A", "ok": True},
+        {"path": "k.tmp", "what": "b->a", "detail": "A", "ok": False},
+    ]
+
+
+def test_a_directory_kept_for_what_it_holds_is_not_reported_deleted(tmp_path: Path) -> None:
+    """A deleted a directory whose other side gained a file: the directory
+    stays on both sides, with the file, and the run says so; it does not
+    also say it deleted the directory."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    (a / "d").mkdir(parents=True)
+    (a / "d" / "f").write_text("1\n")
+    ms("init", a)
+    assert ms("sync", a, b).code == 0
+    shutil.rmtree(a / "d")
+    (b / "d" / "new").write_text("2\n")
+    r = ms("sync", a, b, "--json")
+    assert r.code == 0, r.err
+    events = {(e["path"], e["what"]): e for e in r.json()["events"]}
+    assert ("d", "a->b") not in events
+    assert events[("d", "conflict")]["detail"] == "the directory still holds entries: it stays"
+    assert events[("d/new", "b->a")]["ok"] is True
+    assert files(a) == files(b) == {"d/new": "2\n"}
+    r = ms("sync", a, b, "-v")
+    assert r.code == 0 and r.out == "", (r.out, r.err)
