@@ -69,6 +69,15 @@ def find_root(start: Path, *, named: bool = False) -> Path:
     raise NotAReplica(f"not a merklesync replica (or any parent up to /): {start}")
 
 
+def _not_a_replica(root: Path) -> str:
+    """Why ``root`` cannot be opened: no replica there, or one above it
+    (synced whole: a replica made here would hold the same files twice)."""
+    around = next((p for p in root.parents if is_replica(p)), None)
+    if around is not None:
+        return f"{root} is inside the replica {around}, not one itself: name {around}"
+    return f"{root} is not a merklesync replica (run `merklesync init {root}`)"
+
+
 def owned_here(root: Path) -> bool:
     """Whether ``root``'s state belongs to this user (as git's safe.directory
     check: to root, under sudo, the user who ran sudo)."""
@@ -136,7 +145,7 @@ class Replica:
                 raise LocalIOError(f"no such directory: {root}")
         state = root / STATE_DIR
         if not (state / INDEX_FILE).exists() and not create:
-            raise NotAReplica(f"{root} is not a merklesync replica (run `merklesync init {root}`)")
+            raise NotAReplica(_not_a_replica(root))
         try:
             if not state.is_dir():
                 state.mkdir()

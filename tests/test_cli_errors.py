@@ -334,3 +334,22 @@ def test_init_of_a_local_directory_with_a_colon_in_its_name(tmp_path: Path) -> N
     r = run("init", "./odd:name", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "odd:name" / ".merklesync").is_dir()
+
+
+def test_a_directory_inside_a_replica_is_named_as_such(tmp_path: Path) -> None:
+    """A directory of a replica, named where a replica is meant: the error
+    names the replica around it, and does not suggest making another one
+    there (it would hold the same files twice)."""
+    (tmp_path / "a" / "d").mkdir(parents=True)
+    assert run("init", "-q", tmp_path / "a").returncode == 0
+    assert run("init", "-q", tmp_path / "b").returncode == 0
+    inside = tmp_path / "a" / "d"
+    for args in (("status", inside), ("diff", inside, tmp_path / "b"), ("sync", inside, "b")):
+        r = run(*args, cwd=tmp_path)
+        assert r.returncode == 3, r.stderr
+        assert r.stderr == (
+            f"merklesync: error: {inside} is inside the replica {tmp_path / 'a'}, "
+            f"not one itself: name {tmp_path / 'a'}\n"
+        )
+    r = run("status", tmp_path, cwd=tmp_path)  # no replica around it: one may be made
+    assert r.returncode == 3 and f"(run `merklesync init {tmp_path}`)" in r.stderr, r.stderr
