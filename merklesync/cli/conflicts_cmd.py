@@ -95,8 +95,9 @@ def resolve_cmd(
     quiet: bool,
     as_json: bool,
 ) -> None:
-    """Settle the conflicts of PATHS (or of every file, with --all) in the
-    replica around the current directory. The result is an ordinary local
+    """Settle the conflicts of PATHS, in the replica that holds them (or of
+    every file, with --all, in the replica around the current directory).
+    The result is an ordinary local
     change: the next sync or push takes it to the other replicas. A file
     that cannot be settled (no conflict copies, nothing to merge by union)
     is left as it was and named on standard error, the others are settled
@@ -111,7 +112,10 @@ def resolve_cmd(
         raise click.UsageError("name the conflicted PATHS, or use --all")
     if paths and everything:
         raise click.UsageError("name the conflicted PATHS or use --all, not both")
-    with _open(None) as r:
+    # The replica around the first path's directory (the current one for a
+    # bare name), as found from where that path is, not from where we are.
+    around = paths[0].absolute().parent if paths else Path.cwd()
+    with Replica.open(find_root(around)) as r:
         if everything:
             r.scan()
             originals = sorted({c.original for c in list_conflicts(r)})

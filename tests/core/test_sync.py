@@ -226,6 +226,24 @@ def test_resolve_then_sync_settles_everywhere(
     assert not any(".conflict-" in p for p in texts)
 
 
+def test_resolve_finds_the_replica_from_the_paths_named(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Named from outside the replica (here, the directory that holds both
+    replicas), a path is settled in the replica that holds it; the other
+    replica's copy is untouched."""
+    a, b = _conflicted(pair)
+    monkeypatch.chdir(a.parent)
+    r = ms("resolve", Path(a.name) / "shared.txt", "--take", "local")
+    assert r.code == 0, r.err
+    assert files(a)["shared.txt"] == "from a\n"
+    assert not any(".conflict-" in p for p in files(a))
+    assert any(".conflict-" in p for p in files(b))
+    monkeypatch.chdir(b / "..")
+    r = ms("resolve", Path(a.name) / "nothing.txt", "--take", "local")
+    assert r.code == 2 and "no conflict copies of nothing.txt" in r.err
+
+
 def test_resolve_needs_paths_or_all(
     pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
