@@ -34,6 +34,11 @@ PREFETCH_CHUNK = 8 << 20
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
+# Entries dropped from the index as they became ignored (each as Entry.to_wire).
+_FORGOTTEN_TABLE = (
+    "CREATE TABLE IF NOT EXISTS forgotten "
+    "(path TEXT PRIMARY KEY, entry BLOB NOT NULL) WITHOUT ROWID"
+)
 _DIR_INDEX = "CREATE INDEX IF NOT EXISTS entries_dir ON entries (parent, path, deleted, stat)"
 _OLD_PARENT_INDEX = "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'entries_parent'"
 
@@ -59,6 +64,7 @@ CREATE TABLE IF NOT EXISTS entries (
 );
 CREATE INDEX IF NOT EXISTS entries_key ON entries (key);
 {_DIR_INDEX};
+{_FORGOTTEN_TABLE};
 CREATE TABLE IF NOT EXISTS peers (
     replica_id TEXT PRIMARY KEY,
     last_sync_ns INTEGER NOT NULL
@@ -281,6 +287,7 @@ class Index:
         # answers for most others without a query. None: ask SQLite.
         self._stored_since_empty: PathFilter | None = None
         self._looked = False
+        self._any_forgotten: bool | None = None  # None: not looked yet (see forgotten)
         # When tombstones stored now were learned (None: now). A scan sets
         # it to when it started, the moment of the state it records.
         self.learned_at: int | None = None
@@ -367,6 +374,7 @@ class Index:
             "CREATE TABLE IF NOT EXISTS peers (replica_id TEXT PRIMARY KEY, "
             "last_sync_ns INTEGER NOT NULL) WITHOUT ROWID"
         )
+        conn.execute(_FORGOTTEN_TABLE)
         if row[0] < FORMAT:
             if "origin" not in {c[1] for c in conn.execute("PRAGMA table_info(entries)")}:
                 conn.execute("ALTER TABLE entries ADD COLUMN origin TEXT NOT NULL DEFAULT ''")
@@ -670,11 +678,34 @@ class Index:
 
     @_guard
     def forget(self, entry: Entry) -> None:
-        """Drop an entry without a tombstone (it became ignored)."""
+        """Drop an entry without a tombstone (it became ignored), keeping
+        it aside (see forgotten)."""
         self._unlist(parent_of(entry.path))
         self.conn.execute("DELETE FROM entries WHERE path = ?", (entry.path,))
+        self.conn.execute(
+            "INSERT OR REPLACE INTO forgotten VALUES (?, ?)",
+            (entry.path, msgpack.packb(entry.to_wire())),
+        )
+        self._any_forgotten = True
         self._pending.change(entry.key, entry.leaf_hash(), None)
         self._dirty = True
+
+    @_guard
+    def forgotten(self, path: str) -> Entry | None:
+        """The entry last forgotten at ``path``, taken out: what is found
+        there again (no longer ignored) is that version, or a new version
+        of it; not a first one, whose vector the other replicas may hold
+        already, for other content."""
+        if self._any_forgotten is None:
+            found = self.conn.execute("SELECT 1 FROM forgotten LIMIT 1").fetchone()
+            self._any_forgotten = found is not None
+        if not self._any_forgotten:
+            return None
+        row = self.conn.execute("SELECT entry FROM forgotten WHERE path = ?", (path,)).fetchone()
+        if row is None:
+            return None
+        self.conn.execute("DELETE FROM forgotten WHERE path = ?", (path,))
+        return Entry.from_wire(msgpack.unpackb(row[0]))
 
     # -- the tree --------------------------------------------------------
 
@@ -708,6 +739,7 @@ class Index:
         self.commit()
         self._pending = merkle.Accumulator(self.depth)
         self._stored_since_empty, self._looked = None, False  # others may have stored some
+        self._any_forgotten = None
         self.conn.execute("COMMIT")
         self.conn.execute("BEGIN")
 

@@ -542,7 +542,14 @@ class DirectorySource:
             clock.observe(noted.stamp)
             index.put(fresh.with_version(noted.vv, noted.stamp, noted.origin), stat, old)
             return
-        vv = (old.vv if old is not None else VersionVector()).bump(replica_id)
+        base = old.vv if old is not None else VersionVector()
+        if old is None and (gone := index.forgotten(rel)) is not None:
+            if gone.same_content(fresh):  # as it was when it became ignored: that version
+                index.put(fresh.with_version(gone.vv, gone.stamp, gone.origin), stat, None)
+                report.changed(rel, None)
+                return
+            base = gone.vv
+        vv = base.bump(replica_id)
         # The write's stamp: when it happened (its mtime), and always after
         # the version it replaces, whatever the clocks say.
         # A time ahead of this machine's clock (a file dated in the future)

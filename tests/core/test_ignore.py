@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from merklesync.ignore import IgnoreRules, exclude_predicate
+from merklesync.replica import Replica
 from merklesync.sources.listing import TEMP_PREFIX
 
 
@@ -24,3 +25,34 @@ def test_an_excluded_directory_cannot_have_paths_taken_back_below_it() -> None:
     assert not include("secret/keep/x.txt", False)
     assert not include("secret/keep", True)
     assert include("public/x.txt", False)
+
+
+def test_a_path_ignored_for_a_while_comes_back_as_the_version_it_was(tmp_path: Path) -> None:
+    """Ignored, a path leaves the index (no tombstone: the other replicas
+    keep it); no longer ignored, it is not a first version: an edit made
+    meanwhile is a new version of the one synced before (it reaches the
+    other replica, no conflict), an unchanged file is that version again."""
+    from tests.clirun import ms
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    (a / "logs").mkdir(parents=True)
+    (a / "logs" / "keep.txt").write_text("keep\n")
+    (a / "logs" / "same.txt").write_text("same\n")
+    ms("init", a)
+    assert ms("sync", a, b).code == 0
+    with Replica.open(a) as r:
+        before = r.index.get("logs/same.txt")
+    (a / ".merklesyncignore").write_text("*.txt\n")
+    ms("sync", a, b)  # the rule reaches B (which ignores them too); A refuses B's copies
+    (a / "logs" / "keep.txt").write_text("edited\n")
+    (a / ".merklesyncignore").unlink()
+    ms("sync", a, b)  # B still ignores them as this run writes: left alone
+    r = ms("sync", a, b)
+    assert r.code == 0, r.err
+    assert "0 conflicts settled" in r.err and "conflict:" not in r.err
+    assert (b / "logs" / "keep.txt").read_text() == "edited\n"
+    assert sorted(p.name for p in (b / "logs").iterdir()) == ["keep.txt", "same.txt"]
+    with Replica.open(a) as r:
+        after = r.index.get("logs/same.txt")
+    assert before is not None and after is not None and after.entry.vv == before.entry.vv
+    assert ms("diff", a, b).code == 0
