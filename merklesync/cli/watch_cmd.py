@@ -8,6 +8,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
@@ -20,6 +21,7 @@ from merklesync.errors import EXIT_CONNECTION, EXIT_DIFFERENT, EXIT_LOCKED, Usag
 from merklesync.peer.open import RSH_ENV, RemoteOptions, resolve, split_command
 from merklesync.replica import find_root
 
+STOP_GRACE = 2.0  # seconds a running --run command has to end of a stop, before it is passed on
 RETRY_FIRST = 10.0  # seconds before a --run that found a replica locked runs again
 RETRY_MAX = 600.0
 
@@ -77,9 +79,10 @@ def watch(
 ) -> None:
     """Watch REPLICA (default: the one around the current directory) for
     changes until stopped by SIGINT or SIGTERM (exit 0, or 1 when the last
-    --run failed). While it runs, status, diff, push, pull, sync and repair
-    on this replica, local or through `merklesync
-    serve`, look only at the directories where something changed instead of
+    --run failed); a --run command under way stops with it (sent the same
+    signal 2 seconds later, unless it ended by then). While it runs,
+    status, diff, push, pull, sync and repair on this replica, local or
+    through `merklesync serve`, look only at the directories where something changed instead of
     walking the whole tree. With --run, keep another replica in step. With
     --keep-open, commands run meanwhile reach that remote through a
     connection held open here, with its agent already started: no SSH
@@ -96,6 +99,7 @@ def watch(
             f"--keep-open holds connections of the built-in SSH client, not --rsh or ${RSH_ENV}"
         )
 
+    running: list[subprocess.Popen[bytes]] = []  # the --run command under way
     failed = [False]  # the last --run command's outcome
     stopping = [False]  # a command cut short by the stop is no failure
 
@@ -105,11 +109,16 @@ def watch(
         assert argv is not None
         out.info(f"running {shlex.join(argv)}")
         try:
-            code = subprocess.run(argv, stdin=subprocess.DEVNULL, check=False).returncode
+            command = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
         except OSError as exc:
             code = -1
             out.error(f"cannot run {argv[0]}: {exc.strerror}")
         else:
+            running.append(command)
+            try:
+                code = command.wait()
+            finally:
+                running.remove(command)
             if stopping[0] and code != 0:  # cut short by the stop: no failure of its own
                 return None
             if code != 0:
@@ -135,6 +144,13 @@ def watch(
     def stop(signum: int, frame: FrameType | None) -> None:
         stopping[0] = True
         watcher.stop()
+        for command in running:
+            # Sent to watch alone (kill PID), the stop reaches the command
+            # too; sent to the whole group (a terminal, a service manager),
+            # the command has it already: a moment to end of it first.
+            later = threading.Timer(STOP_GRACE, _pass_on, (command, signum))
+            later.daemon = True
+            later.start()
 
     stopper = this_process_only(stop)
     before = {s: signal.signal(s, stopper) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -182,3 +198,10 @@ def _kept_open(spec: str, root: Path, remote: RemoteOptions, out: Output) -> Ite
         yield
     finally:
         keeper.stop(grace=STOP_GRACE)
+
+
+def _pass_on(command: subprocess.Popen[bytes], signum: int) -> None:
+    """The stop, to the --run command, if it still runs."""
+    if command.poll() is None:
+        with contextlib.suppress(OSError):
+            command.send_signal(signum)

@@ -690,6 +690,14 @@ def test_watch_stopped_while_its_command_runs_is_no_failure(tree: Path, tmp_path
     assert code == 0 and "error" not in err, err
 
 
+def test_watch_stopped_alone_stops_its_command_too(tree: Path, tmp_path: Path) -> None:
+    """SIGTERM to watch alone (kill PID), while its command runs: the
+    command is passed the stop (it would run on for a minute), and that
+    is no failure either."""
+    code, err = _stopped_once_run(tree, tmp_path, "import time; time.sleep(60)", group=False)
+    assert code == 0 and "error" not in err, err
+
+
 def _stopped_once_run(
     tree: Path, tmp_path: Path, then: str, *, group: bool, said: str = ""
 ) -> tuple[int, str]:
