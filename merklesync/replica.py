@@ -69,6 +69,15 @@ def find_root(start: Path, *, named: bool = False) -> Path:
     raise NotAReplica(f"not a merklesync replica (or any parent up to /): {start}")
 
 
+def _check_makeable(root: Path) -> None:
+    """A replica's directory is made, not its parent, as rsync makes a
+    destination: a parent that is missing may be a disk not mounted, not
+    one to fill."""
+    if not root.parent.is_dir():
+        missing = f"no such directory: {root.parent}"
+        raise LocalIOError(f"cannot create {root}: {missing} (make it first)")
+
+
 def _not_a_replica(root: Path) -> str:
     """Why ``root`` cannot be opened: no replica there, or one above it
     (synced whole: a replica made here would hold the same files twice)."""
@@ -131,12 +140,15 @@ class Replica:
         that writes nothing there; else that is a ReadOnlyReplica error."""
         root = root.resolve()
         if preview and not is_replica(root):
+            if not root.exists():
+                _check_makeable(root)
             return cls._preview(root, excludes)
         _check_index_path(root)
         if not root.is_dir():
             if create and not root.exists():
+                _check_makeable(root)
                 try:
-                    root.mkdir(parents=True)
+                    root.mkdir()
                 except OSError as exc:
                     raise LocalIOError(f"cannot create {root}: {exc.strerror}") from exc
             elif root.exists():

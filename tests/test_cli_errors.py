@@ -353,3 +353,24 @@ def test_a_directory_inside_a_replica_is_named_as_such(tmp_path: Path) -> None:
         )
     r = run("status", tmp_path, cwd=tmp_path)  # no replica around it: one may be made
     assert r.returncode == 3 and f"(run `merklesync init {tmp_path}`)" in r.stderr, r.stderr
+
+
+def test_a_destination_is_made_but_not_its_missing_parents(tmp_path: Path) -> None:
+    """As rsync: the last directory of a destination is made, a missing
+    parent is an error (a backup disk not mounted must not become a tree
+    on the root file system)."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "f").write_text("x")
+    assert run("init", "-q", tmp_path / "a").returncode == 0
+    deep = tmp_path / "mnt" / "backup" / "a"
+    a = tmp_path / "a"
+    for args in (("push", a, deep), ("sync", a, deep), ("push", "-n", a, deep)):
+        r = run(*args)
+        assert r.returncode == 5, r.stderr
+        assert r.stderr == (
+            f"merklesync: error: cannot create {deep}: no such directory: "
+            f"{deep.parent} (make it first)\n"
+        )
+        assert not (tmp_path / "mnt").exists()
+    assert run("push", tmp_path / "a", tmp_path / "b").returncode == 0
+    assert (tmp_path / "b" / "f").read_text() == "x"

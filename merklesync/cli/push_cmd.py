@@ -208,7 +208,8 @@ def push(replicas: tuple[str, ...], **options: object) -> None:
     concurrent version, it is left alone, listed, and the exit code is 1.
     Where both hold the same content, no data moves: both take the newer
     or merged version (SRC's index too), so the next run has nothing to
-    compare there. DST is initialised when it is not a replica yet.
+    compare there. DST is initialised when it is not a replica yet (made
+    when missing, but not its parent, as rsync does).
 
     SRC and DST may be local paths, remote addresses (HOST:PATH,
     USER@HOST:PATH, ssh://USER@HOST:PORT/PATH) or names of remotes (see

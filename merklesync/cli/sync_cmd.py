@@ -175,9 +175,10 @@ def sync(
     """Two-way sync of replicas A (default: the one around the current
     directory) and B: whatever changed on one side is copied to the other;
     what changed on both is settled by the conflict policy, never silently
-    overwritten. B is initialised when it is not a replica yet. Either may
-    be remote (HOST:PATH, USER@HOST:PATH, ssh://USER@HOST:PORT/PATH, or the
-    name of a remote). For more than two replicas, see `merklesync repair`.
+    overwritten. B is initialised when it is not a replica yet (made when
+    missing, not its parent). Either may be remote (HOST:PATH,
+    USER@HOST:PATH, ssh://USER@HOST:PORT/PATH, or the name of a remote).
+    For more than two replicas, see `merklesync repair`.
 
     A modification and a deletion of the same entry: the modification wins
     (unless the policy is lww, local or remote), and the event is listed."""
