@@ -21,7 +21,7 @@ from merklesync.errors import EXIT_CONNECTION, EXIT_DIFFERENT, EXIT_LOCKED, Usag
 from merklesync.peer.open import RSH_ENV, RemoteOptions, resolve, split_command
 from merklesync.replica import find_root
 
-STOP_GRACE = 2.0  # seconds a running --run command has to end of a stop, before it is passed on
+COMMAND_GRACE = 2.0  # seconds a running --run command has to end of a stop before it is passed on
 RETRY_FIRST = 10.0  # seconds before a --run that found a replica locked runs again
 RETRY_MAX = 600.0
 
@@ -148,7 +148,7 @@ def watch(
             # Sent to watch alone (kill PID), the stop reaches the command
             # too; sent to the whole group (a terminal, a service manager),
             # the command has it already: a moment to end of it first.
-            later = threading.Timer(STOP_GRACE, _pass_on, (command, signum))
+            later = threading.Timer(COMMAND_GRACE, _pass_on, (command, signum))
             later.daemon = True
             later.start()
 
