@@ -608,6 +608,9 @@ def _rows_ahead(
     ahead (_ASK)."""
     window: list[WriteItem] = []
     for item in items:
+        if item.data is not None and not window:  # content after content (a first copy)
+            yield item, _ASK
+            continue
         window.append(item)
         if item.data is None and len(window) < _AHEAD:
             continue
