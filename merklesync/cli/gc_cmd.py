@@ -35,7 +35,7 @@ def gc(
         if retention_days is not None and not dry_run:
             retention.set_retention_days(r, retention_days)
         days = retention.retention_days(r) if retention_days is None else retention_days
-        dropped = retention.collect(r, dry_run=dry_run, days=days)
+        dropped = sorted(retention.collect(r, dry_run=dry_run, days=days))
     for path in dropped if dry_run else []:
         out.line(f"D {path}")
     verb = "would collect" if dry_run else "collected"

@@ -49,7 +49,8 @@ def status(
         out.warn(warning)
     out.line(f"replica {peer.replica_id} at {peer.name}")
     out.line(f"root {root.fingerprint.hex()}  entries {root.count}")
-    for mark, paths in (("A", report.added), ("M", report.modified), ("D", report.deleted)):
+    added, modified, deleted = sorted(report.added), sorted(report.modified), sorted(report.deleted)
+    for mark, paths in (("A", added), ("M", modified), ("D", deleted)):
         for path in paths:
             out.line(f"{mark} {path}")
     out.emit_json(
@@ -58,9 +59,9 @@ def status(
             "replica": peer.name,
             "fingerprint": root.fingerprint.hex(),
             "entries": root.count,
-            "added": report.added,
-            "modified": report.modified,
-            "deleted": report.deleted,
+            "added": added,
+            "modified": modified,
+            "deleted": deleted,
             "scanned": report.scanned,
             "hashed": report.hashed,
             "warnings": report.warnings,

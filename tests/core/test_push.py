@@ -817,3 +817,23 @@ def test_a_file_written_never_gets_setuid_or_setgid_whatever_mode_it_is_given(
             assert (tmp_path / name).stat().st_mode & 0o7777 == 0o755, name
     finally:
         os.close(fd)
+
+
+def test_status_and_gc_list_paths_in_order(tmp_path: Path) -> None:
+    """As git status lists them: by path, not in the order of the tree's
+    hashed keys."""
+    root = tmp_path / "r"
+    root.mkdir()
+    assert ms("init", root).code == 0
+    names = [f"f{i:02d}.txt" for i in range(30)]
+    for name in names:
+        write(root / name, name)
+    r = ms("status", root)
+    assert r.code == 0, r.err
+    assert [line for line in r.lines() if line.startswith("A ")] == [f"A {n}" for n in names]
+    for name in names[::2]:
+        (root / name).unlink()
+    assert ms("status", root, "--json").json()["deleted"] == names[::2]
+    r = ms("gc", root, "-n", "--json")  # no other replica: none is waited for
+    assert r.code == 0, r.err
+    assert r.json()["collected"] == names[::2]
