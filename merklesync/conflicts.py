@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import os
 import posixpath
 from collections import defaultdict
@@ -291,7 +292,8 @@ def _read_file(path: Path) -> bytes | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise UsageError(f"{path}: not a file to merge ({exc.strerror or exc})") from None
+        why = "a symbolic link" if exc.errno == errno.ELOOP else exc.strerror or str(exc)
+        raise UsageError(f"{path}: not a file to merge ({why})") from None
 
 
 def _keep_as_own_file(
