@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from merklesync import retention
 from merklesync.conflicts import list_conflicts, over_cap
 from merklesync.errors import MerklesyncError
-from merklesync.ignore import exclude_predicate
 from merklesync.peer import Node, Peer, Progress
-from merklesync.peer.local import local_replica
+from merklesync.peer.local import included, local_replica
 from merklesync.policy import Policy, Rules, attributes_of, parse_attributes
 from merklesync.sync import SyncResult, sync
 
@@ -57,7 +56,7 @@ def sync_pair(
         a,
         b,
         rules=rules,
-        include=exclude_predicate(excludes),
+        include=included(excludes, (a, b)),
         dry_run=dry_run,
         progress=progress,
         keep_done=keep_done,

@@ -23,8 +23,8 @@ from merklesync.cli.common import (
     stats_option,
 )
 from merklesync.errors import EXIT_DIFFERENT, EXIT_OK
-from merklesync.ignore import exclude_predicate
 from merklesync.model import Action, Change, ChangeKind, Stats
+from merklesync.peer.local import included
 from merklesync.peer.open import (
     RemoteOptions,
     check_writable,
@@ -91,7 +91,7 @@ def run_transfer(
         retention.guard(src, dst, allow_stale=allow_stale)
         with out.progress("scanning", "files") as progress:
             warnings = refresh_all([src, dst], checksum=checksum, progress=progress)
-        include = exclude_predicate(excludes)
+        include = included(excludes, (src, dst))
         with out.progress("transferring", "B", scale=True) as progress:
             result = push_peers(
                 src,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from merklesync import merkle
 from merklesync.errors import MerklesyncError, ProtocolError, ReadOnlyReplica
+from merklesync.ignore import exclude_predicate
 from merklesync.merkle import NodeId
 from merklesync.model import Entry, EntryKind, Stats, Unreadable
 from merklesync.peer import Node, Outcome, Peer, Progress, ScanReport, WriteItem
@@ -20,6 +21,22 @@ COMMIT_EVERY = 2000  # entries written between index commits: progress survives 
 def local_replica(peer: Peer) -> Replica | None:
     """The replica behind a local peer (None for a remote one)."""
     return peer.replica if isinstance(peer, LocalPeer) else None
+
+
+def included(excludes: Sequence[str], peers: Sequence[Peer]) -> Callable[[str, bool], bool]:
+    """What a run between ``peers`` compares: what --exclude's patterns and
+    the ignore rules of each local replica leave in, as they are after the
+    scans. A path a replica leaves out is none of the run's business: its
+    scan keeps it out of its index, and one that has just begun to leave
+    it out (a rule that came with this very run) must not find it newer
+    elsewhere, nor be asked to write it."""
+    by_option = exclude_predicate(excludes)
+    rules = [r.source.ignore for r in filter(None, map(local_replica, peers))]
+
+    def include(path: str, is_dir: bool) -> bool:
+        return by_option(path, is_dir) and not any(rule.ignored(path, is_dir) for rule in rules)
+
+    return include
 
 
 class TooManyEntries(ProtocolError):

@@ -56,3 +56,29 @@ def test_a_path_ignored_for_a_while_comes_back_as_the_version_it_was(tmp_path: P
         after = r.index.get("logs/same.txt")
     assert before is not None and after is not None and after.entry.vv == before.entry.vv
     assert ms("diff", a, b).code == 0
+
+
+def test_a_path_a_replica_begins_to_ignore_is_none_of_that_run_s_business(
+    tmp_path: Path,
+) -> None:
+    """The run that brings a new rule (its scan drops the path from the
+    index) does not find the other side's copy newer, nor ask the side
+    that ignores it to write it: nothing left alone, exit 0; the other
+    replica keeps its copy."""
+    from tests.clirun import ms
+
+    for command in ("push", "sync"):
+        a, b = tmp_path / command / "a", tmp_path / command / "b"
+        a.mkdir(parents=True)
+        (a / "cache.tmp").write_text("k\n")
+        (a / "kept.txt").write_text("k\n")
+        ms("init", a)
+        assert ms(command, a, b).code == 0
+        (a / ".merklesyncignore").write_text("*.tmp\n")
+        (b / "cache.tmp").write_text("edited on b\n")
+        r = ms(command, a, b)
+        assert r.code == 0, (command, r.err)
+        assert "left alone:" not in r.err and "0 left alone" in r.err, r.err
+        assert (b / "cache.tmp").read_text() == "edited on b\n"
+        assert (a / "cache.tmp").read_text() == "k\n"
+        assert (b / ".merklesyncignore").read_text() == "*.tmp\n"

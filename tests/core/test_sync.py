@@ -929,33 +929,43 @@ def test_a_second_pass_counts_each_copy_once(tmp_path: Path) -> None:
 
 
 def test_what_a_sync_could_not_write_is_neither_listed_nor_counted_as_copied(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A copy the other side refused (its rules ignore the path) is listed
-    as left alone, not as done: -v leaves it out, the count of copies too,
+    """A copy that did not go (its content could not be read) is listed as
+    left alone, not as done: -v leaves it out, the count of copies too,
     and --json says it did not go."""
+    from merklesync.model import Entry, Unreadable
+    from merklesync.sources.directory import DirectorySource
 
-    def refused(where: Path) -> tuple[Path, Path]:
+    read = DirectorySource.read
+
+    def unreadable_k(self: DirectorySource, entry: Entry) -> object:
+        if entry.path == "k.txt":
+            return Unreadable("cannot read: Permission denied")
+        return read(self, entry)
+
+    def edited_apart(where: Path) -> tuple[Path, Path]:
         a, b = where / "a", where / "b"
         a.mkdir(parents=True)
-        (a / "k.tmp").write_text("keep\n")
+        (a / "k.txt").write_text("keep\n")
         ms("init", a)
         assert ms("sync", a, b).code == 0
-        (a / ".merklesyncignore").write_text("*.tmp\n")  # A ignores it from now on
-        (a / "k.tmp").unlink()
-        (b / "k.tmp").write_text("edited on b\n")
+        (a / "new.txt").write_text("new\n")
+        (b / "k.txt").write_text("edited on b\n")
         return a, b
 
-    r = ms("sync", *refused(tmp_path / "listed"), "-v")
+    listed, as_json = edited_apart(tmp_path / "listed"), edited_apart(tmp_path / "json")
+    monkeypatch.setattr(DirectorySource, "read", unreadable_k)
+    r = ms("sync", *listed, "-v")
     assert r.code == 1, r.err
-    assert r.out.splitlines() == ["a->b A .merklesyncignore"]
-    assert "left alone: k.tmp: ignored on this replica" in r.err
+    assert r.out.splitlines() == ["a->b A new.txt"]
+    assert "left alone: k.txt: cannot read: Permission denied" in r.err
     assert "1 copied, 0 conflicts settled, 1 left alone" in r.err
-    r = ms("sync", *refused(tmp_path / "json"), "--json")
+    r = ms("sync", *as_json, "--json")
     events = sorted(r.json()["events"], key=lambda e: e["path"])
     assert events == [
-        {"path": ".merklesyncignore", "what": "a->b", "detail": "A", "ok": True},
-        {"path": "k.tmp", "what": "b->a", "detail": "A", "ok": False},
+        {"path": "k.txt", "what": "b->a", "detail": "M", "ok": False},
+        {"path": "new.txt", "what": "a->b", "detail": "A", "ok": True},
     ]
 
 
