@@ -22,7 +22,7 @@ from merklesync import retention
 from merklesync.conflicts import list_conflicts, over_cap
 from merklesync.errors import MerklesyncError
 from merklesync.peer import Node, Peer, Progress
-from merklesync.peer.local import included, local_replica
+from merklesync.peer.local import Included, local_replica
 from merklesync.policy import Policy, Rules, attributes_of, parse_attributes
 from merklesync.sync import SyncResult, sync
 
@@ -52,11 +52,12 @@ def sync_pair(
     then, and with nothing left out or left alone, is the run a proof that
     each side has all the other has, and recorded as such. ``keep_done``:
     see sync."""
+    include = Included(excludes, (a, b))
     result = sync(
         a,
         b,
         rules=rules,
-        include=included(excludes, (a, b)),
+        include=include,
         dry_run=dry_run,
         progress=progress,
         keep_done=keep_done,
@@ -68,7 +69,13 @@ def sync_pair(
                     f"{path} has {n} conflict copies in {replica.root}; "
                     "settle them with `merklesync resolve`"
                 )
-    if not dry_run and not excludes and scan_complete and not result.failures():
+    if (
+        not dry_run
+        and not excludes
+        and not include.left_out
+        and scan_complete
+        and not result.failures()
+    ):
         retention.after_success(a, b)
     return result
 

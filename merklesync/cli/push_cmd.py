@@ -24,7 +24,7 @@ from merklesync.cli.common import (
 )
 from merklesync.errors import EXIT_DIFFERENT, EXIT_OK
 from merklesync.model import Action, Change, ChangeKind, Stats
-from merklesync.peer.local import included
+from merklesync.peer.local import Included
 from merklesync.peer.open import (
     RemoteOptions,
     check_writable,
@@ -91,7 +91,7 @@ def run_transfer(
         retention.guard(src, dst, allow_stale=allow_stale)
         with out.progress("scanning", "files") as progress:
             warnings = refresh_all([src, dst], checksum=checksum, progress=progress)
-        include = included(excludes, (src, dst))
+        include = Included(excludes, (src, dst))
         with out.progress("transferring", "B", scale=True) as progress:
             result = push_peers(
                 src,
@@ -104,9 +104,9 @@ def run_transfer(
             )
         totals = combined_stats(result.stats, src, dst)
         left = result.left_alone()
-        # A partial run (--exclude, files skipped) is not proof the peer
-        # has everything.
-        if not dry_run and not excludes and not warnings and not left:
+        # A partial run (--exclude, a path a replica ignores, files
+        # skipped) is not proof the peer has everything.
+        if not dry_run and not excludes and not include.left_out and not warnings and not left:
             retention.after_success(src, dst, one_way=True)
     report(
         out,

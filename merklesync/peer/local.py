@@ -23,20 +23,28 @@ def local_replica(peer: Peer) -> Replica | None:
     return peer.replica if isinstance(peer, LocalPeer) else None
 
 
-def included(excludes: Sequence[str], peers: Sequence[Peer]) -> Callable[[str, bool], bool]:
+class Included:
     """What a run between ``peers`` compares: what --exclude's patterns and
     the ignore rules of each local replica leave in, as they are after the
     scans. A path a replica leaves out is none of the run's business: its
     scan keeps it out of its index, and one that has just begun to leave
     it out (a rule that came with this very run) must not find it newer
-    elsewhere, nor be asked to write it."""
-    by_option = exclude_predicate(excludes)
-    rules = [r.source.ignore for r in filter(None, map(local_replica, peers))]
+    elsewhere, nor be asked to write it. ``left_out``: whether a replica's
+    rules left out a path that differed (the run then proves less: see
+    retention.after_success)."""
 
-    def include(path: str, is_dir: bool) -> bool:
-        return by_option(path, is_dir) and not any(rule.ignored(path, is_dir) for rule in rules)
+    def __init__(self, excludes: Sequence[str], peers: Sequence[Peer]) -> None:
+        self._by_option = exclude_predicate(excludes)
+        self._rules = [r.source.ignore for r in filter(None, map(local_replica, peers))]
+        self.left_out = False
 
-    return include
+    def __call__(self, path: str, is_dir: bool) -> bool:
+        if not self._by_option(path, is_dir):
+            return False
+        if any(rule.ignored(path, is_dir) for rule in self._rules):
+            self.left_out = True
+            return False
+        return True
 
 
 class TooManyEntries(ProtocolError):

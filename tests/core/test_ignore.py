@@ -82,3 +82,29 @@ def test_a_path_a_replica_begins_to_ignore_is_none_of_that_run_s_business(
         assert (b / "cache.tmp").read_text() == "edited on b\n"
         assert (a / "cache.tmp").read_text() == "k\n"
         assert (b / ".merklesyncignore").read_text() == "*.tmp\n"
+
+
+def test_a_run_that_left_out_what_a_replica_ignores_proves_nothing(tmp_path: Path) -> None:
+    """A deletion the other side ignores did not reach it: the run is not
+    recorded as one after which that side holds all this one has (no
+    tombstone of it may be collected on that proof), for push as for sync."""
+    from tests.clirun import ms
+
+    for command in ("push", "sync"):
+        a, b = tmp_path / command / "a", tmp_path / command / "b"
+        a.mkdir(parents=True)
+        (a / "p.tmp").write_text("p\n")
+        (a / "f").write_text("f\n")
+        ms("init", a)
+        assert ms(command, a, b).code == 0
+        # B now ignores p.tmp (and keeps its copy), and its rule file too:
+        # nothing else differs.
+        (b / ".merklesyncignore").write_text("*.tmp\n.merklesyncignore\n")
+        assert ms("status", b).code == 0
+        (a / "p.tmp").unlink()
+        with Replica.open(a) as r:
+            before = r.index.peers()
+        ms(command, a, b)
+        with Replica.open(a) as r:
+            assert r.index.peers() == before, command
+        assert (b / "p.tmp").read_text() == "p\n"
