@@ -590,22 +590,21 @@ class Index:
         # the row and insert it again, in every index); where its stat and
         # deleted flag stay too (a new version of the same file), the index
         # of the directories' stat caches as well.
-        same_state = (*fields[:2], *fields[3:10], *fields[11:], fields[2], stat)
-        if not (
-            old is not None
-            and (
-                (old.deleted == entry.deleted and self._updated(_UPDATE_IN_PLACE, same_state))
-                or self._updated(_UPDATE, fields)
-            )
-        ):
+        if old is None or not self._update(fields, stat, old.deleted == entry.deleted):
             self.conn.execute(_INSERT, (entry.path, parent, key, *fields[:-1]))
         self._pending.change(key, None if old is None else old.leaf_hash(), leaf)
         self._dirty = True
         if self._stored_since_empty is not None:
             self._stored_since_empty.add(entry.path)
 
-    def _updated(self, statement: str, args: tuple[object, ...]) -> bool:
-        return bool(self.conn.execute(statement, args).rowcount)
+    def _update(self, fields: tuple[object, ...], stat: bytes | None, same_deleted: bool) -> bool:
+        """Update the row at ``fields``' path (the _UPDATE order); False
+        when there is none."""
+        if same_deleted:  # the stat too, unless the statement finds another
+            in_place = (*fields[:2], *fields[3:10], *fields[11:], fields[2], stat)
+            if self.conn.execute(_UPDATE_IN_PLACE, in_place).rowcount:
+                return True
+        return bool(self.conn.execute(_UPDATE, fields).rowcount)
 
     def _learned(self, path: str) -> int:
         """When the tombstone stored at ``path`` was learned (0: none is)."""

@@ -77,18 +77,18 @@ def watch(
     remote: RemoteOptions,
     quiet: bool,
 ) -> None:
-    """Watch REPLICA (default: the one around the current directory) for
-    changes until stopped by SIGINT or SIGTERM (exit 0, or 1 when the last
-    --run failed); a --run command under way stops with it (sent the same
-    signal 2 seconds later, unless it ended by then). While it runs,
-    status, diff, push, pull, sync and repair on this replica, local or
-    through `merklesync serve`, look only at the directories where something changed instead of
+    """Watch REPLICA (default: the one around the current directory) for changes
+    until stopped by SIGINT or SIGTERM (exit 0, or 1 when the last --run
+    failed); a --run command under way stops with it (sent the same signal 2
+    seconds later, unless it ended by then). While it runs, status, diff,
+    push, pull, sync and repair on this replica, local or through `merklesync
+    serve`, look only at the directories where something changed instead of
     walking the whole tree. With --run, keep another replica in step. With
-    --keep-open, commands run meanwhile reach that remote through a
-    connection held open here, with its agent already started: no SSH
-    handshake and no agent start-up on each run (merklesync-protocol(7)).
-    The connection sends SSH keepalives, is made again when lost, and at a
-    stop the sessions running get up to 30 seconds to end."""
+    --keep-open, commands run meanwhile reach that remote through a connection
+    held open here, with its agent already started: no SSH handshake and no
+    agent start-up on each run (merklesync-protocol(7)). The connection sends
+    SSH keepalives, is made again when lost, and at a stop the sessions
+    running get up to 30 seconds to end."""
     from merklesync.watcher import Watcher  # watchdog is needed here only
 
     out = Output(quiet)

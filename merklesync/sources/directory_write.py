@@ -627,11 +627,7 @@ def _with_rows(
             yield item, _ASK
         return
     times = Counter(item.entry.path for item in window)
-    ahead = {
-        path
-        for path, n in times.items()
-        if n == 1 and isinstance(path, str) and path not in pending
-    }
+    ahead = {path for path, n in times.items() if n == 1 and path not in pending}
     rows = index.get_many(ahead)
     for item in window:
         path = item.entry.path

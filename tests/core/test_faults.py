@@ -534,6 +534,40 @@ def test_ctrl_c_in_a_terminal_during_a_first_copy_leaves_no_temp_file(tmp_path: 
     assert set(codes) <= {0, 130} and 130 in codes  # interrupted, at least once
 
 
+def _first_copy_signalled(
+    tmp_path: Path, signum: int, *, group: bool, sighup: str, quiet: bool = False
+) -> tuple[Path, Path, int, str, bool]:
+    """A first copy of a 3,000-file tree by a push in a process of its own,
+    started with SIGHUP's disposition ``sighup`` (SIG_DFL, SIG_IGN as under
+    nohup: whatever this process inherited) and sent ``signum`` (``group``:
+    to its whole process group) once its first file is there. Its source,
+    destination, exit status, standard error, and whether it was sent."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_tree(src, files=3000, dirs=30, seed=5, max_size=1500)
+    assert ms("init", src).code == 0
+    started = (
+        f"import signal; signal.signal(signal.SIGHUP, signal.{sighup}); "
+        "from merklesync.cli import main; main()"
+    )
+    run = subprocess.Popen(
+        [sys.executable, "-c", started, "push", *(["-q"] if quiet else []), str(src), str(dst)],
+        start_new_session=True,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    sent = False
+    deadline = time.monotonic() + 60
+    while run.poll() is None and time.monotonic() < deadline:
+        if dst.exists() and next(dst.rglob("f*"), None) is not None:
+            (os.killpg if group else os.kill)(run.pid, signum)
+            sent = True
+            break
+        time.sleep(0.01)
+    _, err = run.communicate(timeout=60)
+    _wait_for_group_end(run.pid)  # anything left behind by a process still ending
+    return src, dst, run.returncode, err, sent
+
+
 @pytest.mark.parametrize(
     ("signum", "group"),
     [(signal.SIGTERM, False), (signal.SIGTERM, True), (signal.SIGHUP, True)],
@@ -546,30 +580,10 @@ def test_sigterm_during_a_first_copy_ends_it_as_ctrl_c_does(
     every process of it; a terminal or SSH session that goes sends SIGHUP
     to all of its processes. One line, no temp file left, then it dies of
     the signal (as git and rsync do)."""
-    src, dst = tmp_path / "src", tmp_path / "dst"
-    make_tree(src, files=3000, dirs=30, seed=5, max_size=1500)
-    assert ms("init", src).code == 0
-    # SIGHUP as by default, whatever this process inherited (under nohup, a
-    # run leaves it ignored, as it should).
-    as_by_default = (
-        "import signal; signal.signal(signal.SIGHUP, signal.SIG_DFL); "
-        "from merklesync.cli import main; main()"
+    src, dst, code, err, _sent = _first_copy_signalled(
+        tmp_path, signum, group=group, sighup="SIG_DFL"
     )
-    run = subprocess.Popen(
-        [sys.executable, "-c", as_by_default, "push", str(src), str(dst)],
-        start_new_session=True,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while run.poll() is None and time.monotonic() < deadline:
-        if dst.exists() and next(dst.rglob("f*"), None) is not None:
-            (os.killpg if group else os.kill)(run.pid, signum)
-            break
-        time.sleep(0.01)
-    _, err = run.communicate(timeout=60)
-    _wait_for_group_end(run.pid)  # anything left behind by a process still ending
-    assert run.returncode == -signum, err  # dies of it once clean (a shell: 143, 129)
+    assert code == -signum, err  # dies of it once clean (a shell: 143, 129)
     assert err.strip() == "merklesync: terminated"
     assert _temp_files(dst) == []
     assert ms("push", str(src), str(dst)).code == 0
@@ -579,30 +593,10 @@ def test_sigterm_during_a_first_copy_ends_it_as_ctrl_c_does(
 def test_a_run_under_nohup_outlives_the_hangup(tmp_path: Path) -> None:
     """SIGHUP ignored when the run starts (nohup) stays ignored: the
     session that goes does not end the copy."""
-    src, dst = tmp_path / "src", tmp_path / "dst"
-    make_tree(src, files=3000, dirs=30, seed=5, max_size=1500)
-    assert ms("init", src).code == 0
-    under_nohup = (
-        "import signal; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
-        "from merklesync.cli import main; main()"
+    src, dst, code, err, hung_up = _first_copy_signalled(
+        tmp_path, signal.SIGHUP, group=True, sighup="SIG_IGN", quiet=True
     )
-    run = subprocess.Popen(
-        [sys.executable, "-c", under_nohup, "push", "-q", str(src), str(dst)],
-        start_new_session=True,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    hung_up = False
-    while run.poll() is None and time.monotonic() < deadline:
-        if dst.exists() and next(dst.rglob("f*"), None) is not None:
-            os.killpg(run.pid, signal.SIGHUP)
-            hung_up = True
-            break
-        time.sleep(0.01)
-    _, err = run.communicate(timeout=60)
-    _wait_for_group_end(run.pid)
-    assert hung_up and run.returncode == 0, err
+    assert hung_up and code == 0, err
     assert_same_tree(src, dst)
 
 

@@ -68,12 +68,7 @@ def test_a_path_a_replica_begins_to_ignore_is_none_of_that_run_s_business(
     from tests.clirun import ms
 
     for command in ("push", "sync"):
-        a, b = tmp_path / command / "a", tmp_path / command / "b"
-        a.mkdir(parents=True)
-        (a / "cache.tmp").write_text("k\n")
-        (a / "kept.txt").write_text("k\n")
-        ms("init", a)
-        assert ms(command, a, b).code == 0
+        a, b = _run_once(tmp_path / command, command, {"cache.tmp": "k\n", "kept.txt": "k\n"})
         (a / ".merklesyncignore").write_text("*.tmp\n")
         (b / "cache.tmp").write_text("edited on b\n")
         r = ms(command, a, b)
@@ -91,12 +86,7 @@ def test_a_run_that_left_out_what_a_replica_ignores_proves_nothing(tmp_path: Pat
     from tests.clirun import ms
 
     for command in ("push", "sync"):
-        a, b = tmp_path / command / "a", tmp_path / command / "b"
-        a.mkdir(parents=True)
-        (a / "p.tmp").write_text("p\n")
-        (a / "f").write_text("f\n")
-        ms("init", a)
-        assert ms(command, a, b).code == 0
+        a, b = _run_once(tmp_path / command, command, {"p.tmp": "p\n", "f": "f\n"})
         # B now ignores p.tmp (and keeps its copy), and its rule file too:
         # nothing else differs.
         (b / ".merklesyncignore").write_text("*.tmp\n.merklesyncignore\n")
@@ -108,3 +98,17 @@ def test_a_run_that_left_out_what_a_replica_ignores_proves_nothing(tmp_path: Pat
         with Replica.open(a) as r:
             assert r.index.peers() == before, command
         assert (b / "p.tmp").read_text() == "p\n"
+
+
+def _run_once(where: Path, command: str, files: dict[str, str]) -> tuple[Path, Path]:
+    """Replica ``where``/a holding ``files``, and ``where``/b made from it by
+    one run of ``command`` (push or sync)."""
+    from tests.clirun import ms
+
+    a, b = where / "a", where / "b"
+    a.mkdir(parents=True)
+    for name, text in files.items():
+        (a / name).write_text(text)
+    ms("init", a)
+    assert ms(command, a, b).code == 0
+    return a, b
