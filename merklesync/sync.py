@@ -392,7 +392,28 @@ class Syncer:
             self._both(merged_version(x, y), x, y, plan, deferred)
             events.append(Event(x.path, "merge-version"))
             return
+        if _mode_only(x, y):
+            self._mode_conflict(x, y, plan, deferred)
+            return
         self._conflict(x, y, plan, deferred)
+
+    def _mode_conflict(self, x: Entry, y: Entry, plan: _Plan, deferred: _Plan) -> None:
+        """The same bytes (or target) with other permission bits on each
+        side: no content to keep twice, so no conflict copy whatever the
+        policy; the later mode wins (or the side a ``local`` / ``remote``
+        policy names), on both sides, and the event says which."""
+        policy = self.rules.for_path(x.path)
+        winner = {Policy.LOCAL: x, Policy.REMOTE: y}.get(policy) or newer(x, y)
+        loser = y if winner is x else x
+        self._both(self._resolved(winner, x, y), x, y, plan, deferred)
+        self.result.events.append(
+            Event(
+                x.path,
+                "conflict",
+                f"mode only: kept {winner.mode:04o} written by {writer_of(winner, loser)}, "
+                f"not {loser.mode:04o} written by {writer_of(loser, winner)}",
+            )
+        )
 
     def _resolved(self, winner: Entry, x: Entry, y: Entry) -> Entry:
         """The winner as a new write (of A) that dominates both sides: the
@@ -550,6 +571,18 @@ class Syncer:
         if copy_path is not None:
             detail += f"; the other goes to {copy_path}"
         self.result.events.append(Event(x.path, "conflict", detail))
+
+
+def _mode_only(x: Entry, y: Entry) -> bool:
+    """Whether two live versions differ in their permission bits alone."""
+    return (
+        not x.deleted
+        and not y.deleted
+        and x.kind is y.kind
+        and x.digest == y.digest
+        and x.target == y.target
+        and x.mode != y.mode
+    )
 
 
 def sync(

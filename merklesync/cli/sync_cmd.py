@@ -181,7 +181,10 @@ def sync(
     For more than two replicas, see `merklesync repair`.
 
     A modification and a deletion of the same entry: the modification wins
-    (unless the policy is lww, local or remote), and the event is listed."""
+    (unless the policy is lww, local or remote), and the event is listed.
+    The same content with other permission bits on each side: the later
+    change of mode wins (or the side local or remote names), with no
+    conflict copy, and the event is listed."""
     if len(replicas) > 2:
         raise click.UsageError(
             "sync takes at most two replicas: [A] B (`merklesync repair` takes any number)"

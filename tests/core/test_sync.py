@@ -989,3 +989,36 @@ def test_a_directory_kept_for_what_it_holds_is_not_reported_deleted(tmp_path: Pa
     assert files(a) == files(b) == {"d/new": "2\n"}
     r = ms("sync", a, b, "-v")
     assert r.code == 0 and r.out == "", (r.out, r.err)
+
+
+@pytest.mark.parametrize("policy", ["keep-both", "union", "lww"])
+def test_a_change_of_mode_on_each_side_makes_no_copy_of_the_same_bytes(
+    pair: tuple[Path, Path], policy: str
+) -> None:
+    """Only the permission bits differ: the later change wins everywhere,
+    and no conflict copy holds the very same bytes again."""
+    a, b = pair
+    os.chmod(a / "shared.txt", 0o600)
+    os.chmod(b / "shared.txt", 0o755)  # the later change
+    later = time.time_ns() + 2_000_000_000
+    os.utime(b / "shared.txt", ns=(later, later))
+    r = ms("sync", a, b, "--on-conflict", policy, "--json")
+    assert r.code == 0, r.err
+    events = r.json()["events"]
+    assert [(e["path"], e["what"]) for e in events] == [("shared.txt", "conflict")]
+    assert "mode only: kept 0755" in events[0]["detail"]
+    assert files(a) == files(b) == {"keep.txt": "keep\n", "shared.txt": "base\n"}
+    for side in (a, b):
+        assert (side / "shared.txt").stat().st_mode & 0o777 == 0o755
+    assert ms("sync", a, b, "--json").json()["events"] == []
+
+
+def test_a_change_of_mode_with_local_keeps_the_first_replicas_mode(
+    pair: tuple[Path, Path],
+) -> None:
+    a, b = pair
+    os.chmod(a / "shared.txt", 0o600)
+    os.chmod(b / "shared.txt", 0o755)
+    assert ms("sync", a, b, "--on-conflict", "local").code == 0
+    assert (b / "shared.txt").stat().st_mode & 0o777 == 0o600
+    assert ms("diff", a, b).code == 0
