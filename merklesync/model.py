@@ -334,8 +334,19 @@ class Unreadable:
 GONE = Unreadable("changed or gone on the source since the scan")
 
 
+# The reason of a write refused because the writing replica's ignore rules
+# leave the path out: by design, not a failure (the protocol carries it as
+# it is: see merklesync-protocol(7)).
+IGNORED_HERE = "ignored on this replica"
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     path: str
     ok: bool
     reason: str = ""
+
+    @property
+    def ignored(self) -> bool:
+        """Not written because the replica written to ignores the path."""
+        return not self.ok and self.reason == IGNORED_HERE

@@ -80,14 +80,26 @@ class SyncResult:
     # Copies of content made and let go of (see Syncer.keep_done): only counted.
     forgotten_copies: int = 0
 
-    def failures(self) -> list[Outcome]:
+    def _not_written(self) -> list[Outcome]:
         both = [*self.outcomes_a.values(), *self.outcomes_b.values()]
         return sorted((o for o in both if not o.ok), key=lambda o: o.path)
 
+    def failures(self) -> list[Outcome]:
+        """The writes that did not go (not those a side's rules ignore)."""
+        return [o for o in self._not_written() if not o.ignored]
+
+    def ignored(self) -> list[tuple[str, str]]:
+        """(path, "a" or "b"): writes refused because the side written to
+        ignores the path (a remote one: a local one's rules keep it out of
+        the run), by design and no failure; such a run proves less."""
+        sides = (("a", self.outcomes_a), ("b", self.outcomes_b))
+        found = [(o.path, side) for side, outcomes in sides for o in outcomes.values() if o.ignored]
+        return sorted(found)
+
     def undone(self) -> set[str]:
-        """The paths whose events did not all happen: a write that failed,
-        a conflict no policy settled."""
-        return {o.path for o in self.failures()} | {path for path, _ in self.unresolved}
+        """The paths whose events did not all happen: a write that failed
+        or was ignored, a conflict no policy settled."""
+        return {o.path for o in self._not_written()} | {path for path, _ in self.unresolved}
 
     def incomplete(self) -> bool:
         """Whether anything is left for the user (exit status 1): a write

@@ -75,6 +75,7 @@ def sync_pair(
         and not include.left_out
         and scan_complete
         and not result.failures()
+        and not result.ignored()
     ):
         retention.after_success(a, b)
     return result

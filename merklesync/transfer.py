@@ -71,9 +71,15 @@ class TransferResult:
                 out.append((c, "conflict: both sides changed it"))
             elif c.action is Action.DEST_NEWER and c.kind is not ChangeKind.NONE:
                 out.append((c, "the destination has a newer version"))
-            elif outcome is not None and not outcome.ok:
+            elif outcome is not None and not outcome.ok and not outcome.ignored:
                 out.append((c, outcome.reason))
         return out
+
+    def ignored(self) -> list[str]:
+        """The paths not written because the destination's ignore rules
+        leave them out (a remote one: a local one's rules keep them out of
+        the run): no failure, and no proof the destination has everything."""
+        return [c.path for c in self.changes if self.outcomes.get(c.path, _NO).ignored]
 
 
 _NO = Outcome("", False)

@@ -49,6 +49,11 @@ _TRANSFER = [
     _DRY_RUN,
     Field("changes", f"One object per difference, as {_CHANGE}."),
     Field("left_alone", "What the run left alone, each as {path, reason}: the exit status is 1."),
+    Field(
+        "ignored",
+        "The paths a remote destination's ignore rules left out (its refusal, by design: no "
+        "failure); those of a local replica are left out of the run itself.",
+    ),
     _WARNINGS,
     _STATS,
 ]
@@ -62,6 +67,11 @@ _SYNC = [
         "its path is in left_alone or unresolved).",
     ),
     Field("left_alone", "Writes that did not go, each as {path, reason}."),
+    Field(
+        "ignored",
+        "Writes a remote side refused because its ignore rules leave the path out (by design, "
+        "no failure), each as {path, on}: on is a or b, the side written to.",
+    ),
     Field(
         "unresolved",
         "Conflicts no policy could settle, each as {path, reason}: each replica keeps its "
@@ -133,7 +143,7 @@ FIELDS: dict[str, list[Field]] = {
         Field(
             "syncs",
             "Each sync of a pair, as {a, b, second (a second round), events, left_alone, "
-            "unresolved, merges_failed, warnings} (as sync's), or {a, b, second, error, "
+            "ignored, unresolved, merges_failed, warnings} (as sync's), or {a, b, second, error, "
             "exit_code} when it failed.",
         ),
         Field(

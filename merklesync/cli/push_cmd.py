@@ -106,7 +106,8 @@ def run_transfer(
         left = result.left_alone()
         # A partial run (--exclude, a path a replica ignores, files
         # skipped) is not proof the peer has everything.
-        if not dry_run and not excludes and not include.left_out and not warnings and not left:
+        partial = excludes or include.left_out or warnings or left or result.ignored()
+        if not dry_run and not partial:
             retention.after_success(src, dst, one_way=True)
     report(
         out,
@@ -143,6 +144,10 @@ def report(
                 out.line(f"{change.kind.value} {change.path}")
     for change, reason in left:
         out.warn(f"left alone: {change.path}: {reason}")
+    ignored = result.ignored()
+    if out.verbose:
+        for path in ignored:
+            out.note(f"not copied: {path}: {dst} ignores it")
     for change in result.changes:
         lost = _discarded(change, result, dry_run)
         if lost is not None and dry_run:
@@ -158,6 +163,8 @@ def report(
     if same:
         updated = "to update" if dry_run else "updated"
         line += f"; {plural(same, 'entry')} already the same there (versions {updated})"
+    if ignored:
+        line += f"; {plural(len(ignored), 'entry')} left out by its ignore rules"
     out.info(f"{line}; {len(left)} left alone")
     if stats:
         print_stats(out, totals)
@@ -168,6 +175,7 @@ def report(
             "dry_run": dry_run,
             "changes": (_change_json(c, result, reasons, dry_run) for c in result.changes),
             "left_alone": [{"path": c.path, "reason": why} for c, why in left],
+            "ignored": ignored,
             "warnings": warnings,
             "stats": totals.as_dict(),
         }

@@ -120,17 +120,23 @@ def print_result(
                 out.line(f"{event.what} {event.path}")
     for failure in result.failures():
         out.warn(f"left alone: {failure.path}: {failure.reason}")
+    if listed:
+        for path, side in result.ignored():
+            to = named["a->b" if side == "b" else "b->a"]
+            out.note(f"not copied {to}: {path}: ignored there")
 
 
 def counts(result: SyncResult) -> str:
     """``3 copied, 1 conflict settled, 0 left alone``."""
     undone = result.undone()
     kinds = Counter(e.what for e in result.events if e.detail != "=" and e.path not in undone)
-    return (
+    line = (
         f"{kinds['a->b'] + kinds['b->a'] + result.forgotten_copies} copied, "
         f"{plural(kinds['conflict'] + kinds['modify-delete'], 'conflict')} settled, "
         f"{len(result.failures()) + len(result.unresolved)} left alone"
     )
+    ignored = result.ignored()
+    return f"{line}, {len(ignored)} ignored by the side written to" if ignored else line
 
 
 def result_json(result: SyncResult, dry_run: bool) -> dict[str, Any]:
@@ -149,6 +155,7 @@ def result_json(result: SyncResult, dry_run: bool) -> dict[str, Any]:
     return {
         "events": (event(e) for e in result.events),
         "left_alone": ({"path": f.path, "reason": f.reason} for f in result.failures()),
+        "ignored": [{"path": path, "on": side} for path, side in result.ignored()],
         "unresolved": [{"path": path, "reason": why} for path, why in result.unresolved],
         "merges_failed": [{"path": path, "reason": why} for path, why in result.merges_failed],
     }

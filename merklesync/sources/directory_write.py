@@ -27,6 +27,7 @@ from merklesync.errors import LocalIOError
 from merklesync.ignore import STATE_DIR
 from merklesync.index import Cached, Index
 from merklesync.model import (
+    IGNORED_HERE,
     LOCAL_MODE,
     Entry,
     EntryKind,
@@ -95,7 +96,7 @@ class DirectoryWriter:
                 entry = item.entry
                 rel = check_relpath(entry.path)
                 if self._source.ignore.ignored(rel, entry.kind is EntryKind.DIR):  # deleted or not
-                    yield item, Outcome(rel, False, "ignored on this replica")
+                    yield item, Outcome(rel, False, IGNORED_HERE)
                     continue
                 if rel in handed.live:  # its index row is still to come
                     yield from self._settle(handed, index, clock, wait=True)

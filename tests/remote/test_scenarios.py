@@ -456,3 +456,52 @@ def test_diff_counts_the_same_whatever_the_kind_of_peer(
         stats = r.json()["stats"]
         counts.append((stats["round_trips"], stats["nodes_compared"]))
     assert counts[0] == counts[1], counts
+
+
+def test_what_the_destination_alone_ignores_is_no_failure(side: Side, tmp_path: Path) -> None:
+    """Rules of the destination's own (an ignore file that ignores itself
+    too): the paths they leave out are not copied there, run after run,
+    and that is no failure. A local destination's rules keep them out of
+    the run; a remote one refuses them, and the run says so."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "keep.txt", "k")
+    ms("init", a)
+    assert side.ms("push", side.src(a), side.dst(b)).code == 0
+    write(b / ".merklesyncignore", "*.log\n.merklesyncignore\n")
+    write(a / "x.log", "noise")
+    write(a / "more.txt", "m")
+    for _ in range(2):
+        r = side.ms("push", side.src(a), side.dst(b), "--json", "-v")
+        assert r.code == 0, r.err
+        doc = r.json()
+        assert doc["left_alone"] == []
+        assert doc["ignored"] == (["x.log"] if side.direction == "to" and side.remote else [])
+        assert not (b / "x.log").exists()
+        assert (b / "more.txt").read_text() == "m"
+    r = side.ms("push", side.src(a), side.dst(b), "-v")
+    assert r.code == 0, r.err
+    if side.direction == "to" and side.remote:
+        assert "not copied: x.log" in r.err and "left out by its ignore rules" in r.err
+
+
+def test_a_sync_with_a_side_that_alone_ignores_a_path(side: Side, tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "keep.txt", "k")
+    ms("init", a)
+    assert side.ms("sync", side.src(a), side.dst(b)).code == 0
+    write(b / ".merklesyncignore", "*.log\n.merklesyncignore\n")
+    write(a / "x.log", "noise")
+    write(b / "from-b.txt", "b")
+    for _ in range(2):
+        r = side.ms("sync", side.src(a), side.dst(b), "--json")
+        assert r.code == 0, r.err
+        doc = r.json()
+        assert doc["left_alone"] == []
+        remote_b = side.direction == "to" and side.remote
+        assert doc["ignored"] == ([{"path": "x.log", "on": "b"}] if remote_b else [])
+        assert not (b / "x.log").exists()
+        assert (a / "from-b.txt").read_text() == "b"
+    r = side.ms("sync", side.src(a), side.dst(b))
+    assert r.code == 0, r.err
+    if side.direction == "to" and side.remote:
+        assert "1 ignored by the side written to" in r.err
