@@ -99,7 +99,10 @@ def guard(a: Peer, b: Peer, *, allow_stale: bool = False) -> None:
     if allow_stale:
         return
     for mine, other in ((a, b), (b, a)):
-        mine.check_not_stale(other.replica_id)
+        try:
+            mine.check_not_stale(other.replica_id)
+        except StaleReplica as exc:  # named as the user named it, not by its id alone
+            raise StaleReplica(f"{other.name}: {exc.message}") from None
 
 
 def after_success(a: Peer, b: Peer, *, one_way: bool = False) -> list[str]:

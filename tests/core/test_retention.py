@@ -79,6 +79,7 @@ def test_replica_away_longer_than_retention_is_refused(tmp_path: Path) -> None:
     r2 = ms("sync", a, b)
     assert r2.code == 3
     assert "longer than the tombstone retention (90 days)" in r2.err
+    assert r2.err.startswith(f"merklesync: error: {b}: replica {other} last synced with {a} 100")
     assert ms("sync", a, b, "--allow-stale").code == 0
     assert ms("sync", a, b).code == 0  # the successful run refreshed the record
 
