@@ -43,8 +43,15 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _IGNORABLE = re.compile("[\u200c-\u200f\u202a-\u202e\u206a-\u206f\ufeff]")
 
 
+# A byte that is not UTF-8, as os.fsdecode carries it (surrogateescape),
+# once repr has written it out: shown as the byte it is ("\xe9").
+# (An escape, not a backslash of the name followed by "udc..": after an even
+# number of backslashes.)
+_ESCAPED_BYTE = re.compile(r"(?<!\\)((?:\\\\)*)\\udc([89a-f][0-9a-f])")
+
+
 def _show(path: str, limit: int = 80) -> str:
-    text = repr(path)
+    text = _ESCAPED_BYTE.sub(r"\1\\x\2", repr(path))
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import posixpath
 
 import pytest
@@ -115,3 +116,18 @@ def test_a_component_of_four_byte_characters_is_measured_in_bytes() -> None:
     check_relpath("d/" + "\U0001f600" * 63)  # 252 bytes
     with pytest.raises(UnsafePath, match="longer than 255 bytes"):
         check_relpath("d/" + "\U0001f600" * 64)  # 64 characters, 256 bytes
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        (b"caf\xe9.txt", r"'caf\xe9.txt'"),
+        (b"\xff\xfe", r"'\xff\xfe'"),
+        (b"a\\udce9\xe9", r"'a\\udce9\xe9'"),  # a backslash of the name stays one
+        (b"a\\\xe9", r"'a\\\xe9'"),
+    ],
+)
+def test_a_name_that_is_not_utf8_is_shown_with_its_bytes(raw: bytes, shown: str) -> None:
+    with pytest.raises(UnsafePath) as caught:
+        check_relpath(os.fsdecode(raw))
+    assert caught.value.message == f"path is not valid UTF-8: {shown}"
