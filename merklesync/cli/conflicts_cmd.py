@@ -35,12 +35,15 @@ def _open(replica: Path | None, *, read_only_ok: bool = False) -> Replica:
 def conflicts(replica: Path | None, stats: bool, quiet: bool, as_json: bool) -> None:
     """List the conflict copies in REPLICA (default: the one around the
     current directory): for each, the file it belongs to, the replica that
-    wrote that version, and when. Exit 1 when there are any."""
+    wrote that version, and when. Exit 1 when there are any, or when the
+    scan skipped a file (named on standard error)."""
     out = Output(quiet, as_json)
     with _open(replica, read_only_ok=True) as r:  # a snapshot's too
         report = r.scan()
         found = list_conflicts(r)
         me = r.replica_id
+    for warning in report.warnings:
+        out.warn(warning)
     for c in found:
         # The copy's own stamp is its making, after both versions: its
         # version's time is in its name.
@@ -67,9 +70,11 @@ def conflicts(replica: Path | None, stats: bool, quiet: bool, as_json: bool) -> 
                 }
                 for c in found
             ],
+            "warnings": report.warnings,
         }
     )
-    sys.exit(EXIT_DIFFERENT if found else EXIT_OK)
+    # Files the scan skipped or could not read: see the exit codes, as status.
+    sys.exit(EXIT_DIFFERENT if found or report.skipped else EXIT_OK)
 
 
 @click.command(name="resolve", short_help="Settle conflicts: keep one side, both, or merge.")
@@ -101,7 +106,8 @@ def resolve_cmd(
     change: the next sync or push takes it to the other replicas. A file
     that cannot be settled (no conflict copies, nothing to merge by union)
     is left as it was and named on standard error, the others are settled
-    all the same, and the exit status is that failure's (1 or 2).
+    all the same, and the exit status is that failure's (1 or 2); else 1
+    when the scan skipped a file (named on standard error).
 
     On a replica that wrote none of the versions (a third one the conflict
     reached), local keeps the version under the name and remote takes the
@@ -122,6 +128,8 @@ def resolve_cmd(
         else:
             originals = [_in_replica(Path(p), r.root) for p in paths]
         resolved = resolve(r, originals, Take(take), dry_run=dry_run)
+    for warning in resolved.report.warnings:
+        out.warn(warning)
     for step in resolved.done:
         out.line(step.text(dry_run))
     for _original, failure in resolved.failed:
@@ -140,10 +148,13 @@ def resolve_cmd(
                 {"path": original, "reason": reason_about(original, failure.message)}
                 for original, failure in resolved.failed
             ],
+            "warnings": resolved.report.warnings,
         }
     )
     if resolved.failed:
         sys.exit(max(failure.exit_code for _original, failure in resolved.failed))
+    if resolved.report.skipped:
+        sys.exit(EXIT_DIFFERENT)
 
 
 def _in_replica(path: Path, root: Path) -> str:

@@ -171,6 +171,7 @@ FIELDS: dict[str, list[Field]] = {
             "wrote that version), this_replica, written (its time, UTC, as YYYYMMDDTHHMMSS), "
             "stamp_ns, size}.",
         ),
+        _WARNINGS,
         _STATS,
     ],
     "resolve": [
@@ -182,6 +183,7 @@ FIELDS: dict[str, list[Field]] = {
             "taken for; null for the others)}.",
         ),
         Field("failed", "The originals left as they were, each as {path, reason}."),
+        _WARNINGS,
         _STATS,
     ],
     "gc": [

@@ -1022,3 +1022,19 @@ def test_a_change_of_mode_with_local_keeps_the_first_replicas_mode(
     assert ms("sync", a, b, "--on-conflict", "local").code == 0
     assert (b / "shared.txt").stat().st_mode & 0o777 == 0o600
     assert ms("diff", a, b).code == 0
+
+
+def test_conflicts_and_resolve_name_what_their_scan_skipped(pair: tuple[Path, Path]) -> None:
+    """As status: a file the scan skips is named, and the exit status is 1."""
+    a, b = pair
+    os.mkfifo(a / "pipe")
+    r = ms("conflicts", a, "--json")
+    assert r.code == 1
+    assert r.json()["conflicts"] == [] and "pipe" in r.json()["warnings"][0]
+    assert "pipe" in ms("conflicts", a).err
+    (a / "shared.txt").write_text("from a\n")
+    (b / "shared.txt").write_text("from b\n")
+    ms("sync", a, b)
+    r = ms("resolve", a / "shared.txt", "--take", "local", "--json")
+    assert r.code == 1, r.err
+    assert r.json()["done"] and "pipe" in r.json()["warnings"][0]
