@@ -152,11 +152,11 @@ _LINK = {"keep": "as", "merge": "into", "take": "for"}
 class Resolved:
     """What resolve did, step by step; the originals it could not settle,
     each with why (the others were settled all the same); the scan that
-    recorded it all (None on a dry run)."""
+    recorded it all (on a dry run, the one before: nothing was recorded)."""
 
     done: list[Step]
     failed: list[tuple[str, MerklesyncError]]
-    report: ScanReport | None
+    report: ScanReport
 
 
 def resolve(
@@ -165,7 +165,7 @@ def resolve(
     """Settle the conflicts of the given original paths, one after the
     other: one that cannot be settled is left as it was, and the others
     are settled all the same."""
-    replica.scan()
+    before = replica.scan()
     by_original: dict[str, list[Conflict]] = defaultdict(list)
     for c in list_conflicts(replica):
         by_original[c.original].append(c)
@@ -179,7 +179,7 @@ def resolve(
             done += _settle(replica, original, copies, take, dry_run)
         except MerklesyncError as exc:
             failed.append((original, exc))
-    return Resolved(done, failed, None if dry_run else replica.scan())
+    return Resolved(done, failed, before if dry_run else replica.scan())
 
 
 def _settle(
