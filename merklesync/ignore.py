@@ -33,6 +33,10 @@ def compile_patterns(lines: Sequence[str]) -> pathspec.PathSpec[Any]:
 IGNORE_FILE = ".merklesyncignore"
 STATE_DIR = ".merklesync"
 TEMP_PREFIX = ".merklesync-tmp-"
+# A temp file's whole name: the prefix, its writer's pid, a clock, then
+# (part of) the name it is written for (see file_write.temp_name). A name
+# that only begins with the prefix is a file like any other.
+_TEMP_NAME = re.compile(r"\.merklesync-tmp-([0-9]{1,10})-[0-9]+-")
 MAX_IGNORE_BYTES = 1 << 20
 
 
@@ -200,9 +204,16 @@ def _judge(chain: list[tuple[int, pathspec.PathSpec[Any]]]) -> Callable[[str], b
     return judged
 
 
+def temp_writer(name: str) -> int | None:
+    """The pid of the process that writes the temp file ``name``; None
+    when ``name`` is no temp file's."""
+    found = _TEMP_NAME.match(name) if name.startswith(TEMP_PREFIX) else None
+    return int(found.group(1)) if found else None
+
+
 def _reserved(name: str) -> bool:
     """The state directory, and temp files: never part of a replica."""
-    return name == STATE_DIR or name.startswith(TEMP_PREFIX)
+    return name == STATE_DIR or temp_writer(name) is not None
 
 
 def _everything(rel: str, is_dir: bool) -> bool:

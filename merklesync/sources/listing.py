@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import blake3
 
 from merklesync.errors import UnsafePath
-from merklesync.ignore import IGNORE_FILE, STATE_DIR, TEMP_PREFIX
+from merklesync.ignore import IGNORE_FILE, STATE_DIR, temp_writer
 from merklesync.model import int64
 from merklesync.protocol.paths import check_relpath
 
@@ -77,8 +77,9 @@ class Listing:
             if name[0] == ".":
                 if name == STATE_DIR:
                     continue
-                if name.startswith(TEMP_PREFIX):
-                    if tidy and abandoned(name):
+                writer = temp_writer(name)
+                if writer is not None:
+                    if tidy and abandoned(writer):
                         with contextlib.suppress(OSError):  # left by an interrupted run
                             os.unlink(name, dir_fd=dir_fd)
                     else:
@@ -133,14 +134,15 @@ class Listing:
         return listing_sum(rules, self.digest())
 
 
-def abandoned(temp_name: str) -> bool:
-    """A temp file whose writer (its pid is in the name) is gone."""
-    pid = temp_name[len(TEMP_PREFIX) :].partition("-")[0]
-    if not pid.isdigit() or int(pid) == os.getpid():
+def abandoned(pid: int) -> bool:
+    """Whether a temp file written by ``pid`` (the pid in its name) is
+    abandoned: its writer is gone (or it is this process, which writes
+    none while it scans)."""
+    if pid == os.getpid():
         return True
     try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # OverflowError: no pid is that large
         return True
     except PermissionError:
         return False  # alive, someone else's

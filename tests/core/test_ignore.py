@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from merklesync.ignore import IgnoreRules, exclude_predicate
+from merklesync.ignore import TEMP_PREFIX, IgnoreRules, exclude_predicate
 from merklesync.replica import Replica
-from merklesync.sources.listing import TEMP_PREFIX
+from tests.clirun import ms
 
 
 def test_temp_files_of_a_write_are_never_part_of_a_replica(tmp_path: Path) -> None:
@@ -16,6 +16,26 @@ def test_temp_files_of_a_write_are_never_part_of_a_replica(tmp_path: Path) -> No
     assert rules.ignored(f"d/{TEMP_PREFIX}1-2-x", False)
     assert rules.ignored(".merklesync", True) and rules.ignored("d/.merklesync", True)
     assert not rules.ignored("d/f.txt", False)
+    # Only a name of a temp file's whole form: the prefix alone is a name like any other.
+    assert not rules.ignored(f"{TEMP_PREFIX}my notes.txt", False)
+    assert not rules.ignored(f"d/{TEMP_PREFIX}12-x", False)
+
+
+def test_a_file_named_like_a_temp_file_but_not_one_is_kept_and_synced(tmp_path: Path) -> None:
+    """A scan removes the temp files abandoned by a run that died: never a
+    file of the user's whose name only begins the same way."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    mine = [f"{TEMP_PREFIX}my notes.txt", f"{TEMP_PREFIX}12-x", f"{TEMP_PREFIX}-1-2-y"]
+    for name in mine:
+        (src / name).write_text(name)
+    abandoned = src / f"{TEMP_PREFIX}999999999-1-gone.txt"  # no such process
+    abandoned.write_text("half")
+    assert ms("init", src).code == 0
+    assert not abandoned.exists()
+    assert ms("push", src, dst).code == 0
+    for name in mine:
+        assert (src / name).read_text() == name == (dst / name).read_text()
 
 
 def test_an_excluded_directory_cannot_have_paths_taken_back_below_it() -> None:
