@@ -119,7 +119,7 @@ def test_a_dry_run_leaves_what_a_killed_run_left_for_the_next_one(tmp_path: Path
     """The notes of writes a killed run made (write intents) and its
     abandoned temp files are the replica's next real scan's to settle:
     a dry run reads them, and leaves them where they are."""
-    from merklesync.sources.listing import TEMP_PREFIX
+    from merklesync.ignore import TEMP_PREFIX
     from merklesync.sources.write_intents import Intents
 
     root = tmp_path / "r"
@@ -131,7 +131,7 @@ def test_a_dry_run_leaves_what_a_killed_run_left_for_the_next_one(tmp_path: Path
     intents = Intents(root / ".merklesync")
     intents.note(entry)
     intents.flush()
-    temp = root / f"{TEMP_PREFIX}999999999-x"  # its writer long gone
+    temp = root / f"{TEMP_PREFIX}999999999-1-x"  # its writer long gone
     temp.write_text("half written")
     before = _state(root)
     assert "intents" in " ".join(before)
