@@ -3,6 +3,7 @@ syntax, in any directory, relative to it) and `--exclude` patterns."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -38,6 +39,9 @@ TEMP_PREFIX = ".merklesync-tmp-"
 # that only begins with the prefix is a file like any other.
 _TEMP_NAME = re.compile(r"\.merklesync-tmp-([0-9]{1,10})-[0-9]+-")
 MAX_IGNORE_BYTES = 1 << 20
+# Why an ignore file holds no rules, as documented: there is none (or it
+# is a dangling link), it is no regular file, it is too large.
+_NO_RULES = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EINVAL, errno.EFBIG, errno.EAGAIN)
 
 
 def read_rules(path: Path) -> bytes:
@@ -54,6 +58,10 @@ class IgnoreRules:
         self._texts: dict[str, bytes] = {}  # the ignore files read, as read
         self._rules: dict[str, Callable[[str, bool], bool] | None] = {}
         self._excludes = compile_patterns(excludes) if excludes else None
+        # Directories whose ignore file is there but cannot be read (no
+        # permission, an I/O error), with why: what it would leave out is
+        # not known, so everything in them is (see unread).
+        self._unread: dict[str, str] = {}
         # Directories whose ignore file is a symlink or has other hard
         # links: edited through another name, it changes without an event
         # in the tree, where a watcher would see it.
@@ -62,6 +70,7 @@ class IgnoreRules:
     def start_over(self) -> None:
         """Forget the ignore files read: the next look reads them again."""
         self._specs.clear()
+        self._unread.clear()
         self._texts.clear()
         self._rules.clear()
         self.volatile.clear()
@@ -83,10 +92,29 @@ class IgnoreRules:
                 st = os.lstat(path)
                 if stat.S_ISLNK(st.st_mode) or st.st_nlink > 1:
                     self.volatile.add(directory)
-            except (OSError, UsageError):
-                spec = None
+            except OSError as exc:
+                if exc.errno not in _NO_RULES:
+                    rel = f"{directory}/{IGNORE_FILE}" if directory else IGNORE_FILE
+                    self._unread[directory] = f"{rel}: cannot read: {exc.strerror or exc}"
+            except UsageError:
+                pass
             self._specs[directory] = spec
         return self._specs[directory]
+
+    def unread(self, directory: str) -> str | None:
+        """Why the rules in force in ``directory`` are not known (an ignore
+        file there or above it that cannot be read), or None. Everything in
+        such a directory is left out of runs, and a scan keeps what it knew
+        of it: files the rules were meant to keep in never leave. Call
+        ``for_directory`` first."""
+        if not self._unread:
+            return None
+        parts = directory.split("/") if directory else []
+        for depth in range(len(parts) + 1):
+            why = self._unread.get("/".join(parts[:depth]))
+            if why is not None:
+                return why
+        return None
 
     def signature(self, directory: str) -> bytes:
         """What the ignore files in force in ``directory`` say (empty when
@@ -119,6 +147,8 @@ class IgnoreRules:
             spec = self._spec(prefix)
             if spec is not None:
                 chain.append((len(prefix) + 1 if prefix else 0, spec))
+        if self.unread(directory) is not None:
+            return _everything
         excludes = self._excludes
         if excludes is None and not chain:
             return None

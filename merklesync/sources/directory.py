@@ -271,6 +271,8 @@ class DirectorySource:
         pre = scan.prelisted.pop(directory, None)
         if pre is not None and pre.identity == identity and not pre.has_temp_files:
             self.ignore.for_directory(directory, has_file=pre.has_ignore_file)
+            if self._rules_unread(directory, scan):
+                return []
             subdirs = self._unchanged(directory, scan, pre.digest, pre.subdirs.get)
             if subdirs is not None:
                 return subdirs
@@ -313,11 +315,27 @@ class DirectorySource:
         """The rest of _scan_directory, with the directory listed (and open
         as ``dir_fd``; None when it is gone)."""
         ignored = self.ignore.for_directory(directory, has_file=listing.has_ignore_file)
+        if self._rules_unread(directory, scan):
+            return []
         if scan.shortcuts:
             subdirs = self._unchanged(directory, scan, listing.digest(), listing.identity)
             if subdirs is not None:
                 return subdirs
         return self._scan_listing(directory, listing, ignored, scan, dir_fd)
+
+    def _rules_unread(self, directory: str, scan: _Scan) -> bool:
+        """When the ignore rules in force in ``directory`` cannot be read:
+        said, and what the index knew of it is kept as it was (as for a
+        directory that cannot be listed), so that nothing they were meant
+        to leave out is taken in meanwhile."""
+        why = self.ignore.unread(directory)
+        if why is None:
+            return False
+        scan.report.warnings.append(
+            f"{why}; {directory or '.'} is left as it was, and out of runs, until it can be read"
+        )
+        scan.relist.add(directory)
+        return True
 
     def _unchanged(
         self,

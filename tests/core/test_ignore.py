@@ -3,9 +3,13 @@ and --exclude's patterns under a directory left out."""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
-from merklesync.ignore import TEMP_PREFIX, IgnoreRules, exclude_predicate
+import pytest
+
+from merklesync import ignore
+from merklesync.ignore import IGNORE_FILE, TEMP_PREFIX, IgnoreRules, exclude_predicate
 from merklesync.replica import Replica
 from tests.clirun import ms
 
@@ -132,3 +136,40 @@ def _run_once(where: Path, command: str, files: dict[str, str]) -> tuple[Path, P
     ms("init", a)
     assert ms(command, a, b).code == 0
     return a, b
+
+
+def test_rules_that_cannot_be_read_leave_their_directory_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ignore file there but unreadable: what it was meant to leave out
+    must not leave, so its directory is kept as the index knew it and out
+    of runs (said, exit 1) until it can be read; the rest goes on."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    (src / "private").mkdir(parents=True)
+    (src / "private" / IGNORE_FILE).write_text("*.key\n")
+    (src / "private" / "notes.txt").write_text("v1")
+    (src / "private" / "secret.key").write_text("s")
+    assert ms("init", src).code == 0
+    assert ms("push", src, dst).code == 0
+    (src / "private" / "notes.txt").write_text("v2")
+    (src / "private" / "secret2.key").write_text("s2")
+    (src / "top.txt").write_text("t")
+    real = ignore.read_rules
+
+    def unreadable(path: Path) -> bytes:
+        if path == src / "private" / IGNORE_FILE:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path)
+
+    with monkeypatch.context() as m:
+        m.setattr(ignore, "read_rules", unreadable)
+        r = ms("push", src, dst)
+        assert r.code == 1
+        assert f"private/{IGNORE_FILE}: cannot read: Permission denied" in r.err
+        assert (dst / "top.txt").read_text() == "t"
+        assert (dst / "private" / "notes.txt").read_text() == "v1"
+        assert not list(dst.rglob("*.key"))
+    r = ms("push", src, dst)
+    assert r.code == 0, r.err
+    assert (dst / "private" / "notes.txt").read_text() == "v2"
+    assert not list(dst.rglob("*.key"))
