@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from merklesync import merge
-from merklesync.clock import Order
+from merklesync.clock import MAX_STAMP, Order
 from merklesync.errors import MerklesyncError, UsageError
 from merklesync.index import TOMBSTONE
 from merklesync.model import Entry, EntryKind, ScanReport
@@ -173,13 +173,39 @@ def resolve(
     failed: list[tuple[str, MerklesyncError]] = []
     # A copy's own copies first: settled, it is settled in its turn as any
     # copy of its original.
+    settled: list[str] = []
     for original in sorted(originals, key=lambda o: -o.count(CONFLICT_MARK)):
         copies = sorted(by_original.get(original, []), key=lambda c: c.copy.stamp)
         try:
             done += _settle(replica, original, copies, take, dry_run)
         except MerklesyncError as exc:
             failed.append((original, exc))
-    return Resolved(done, failed, before if dry_run else replica.scan())
+        else:
+            settled.append(original)
+    if dry_run:
+        return Resolved(done, failed, before)
+    after = replica.scan()
+    _decided(replica, settled, after)
+    return Resolved(done, failed, after)
+
+
+def _decided(replica: Replica, originals: list[str], report: ScanReport) -> None:
+    """A resolution that left the name as it was (its version kept, under
+    local, remote or both) is a write all the same: the name gets a new
+    version of this replica, as one whose content changed does. Else a
+    replica that chose otherwise (and wrote) would look newer, and its
+    choice would silently undo this one; now the two choices meet as a
+    conflict."""
+    changed = {*report.added, *report.modified}
+    me = replica.replica_id
+    for path in originals:
+        cached = replica.index.get(path) if path not in changed else None
+        if cached is None or cached.entry.deleted:
+            continue
+        entry = cached.entry
+        stamp = min(max(replica.clock.tick(), entry.stamp + 1), MAX_STAMP)
+        replica.clock.observe(stamp)
+        replica.index.put(entry.with_version(entry.vv.bump(me), stamp, me), cached.stat, entry)
 
 
 def _settle(

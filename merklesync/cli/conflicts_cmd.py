@@ -103,7 +103,10 @@ def resolve_cmd(
     """Settle the conflicts of PATHS, in the replica that holds them (or of
     every file, with --all, in the replica around the current directory).
     The result is an ordinary local
-    change: the next sync or push takes it to the other replicas. A file
+    change: the next sync or push takes it to the other replicas. Keeping
+    the name as it is counts as such a change too, so that another
+    replica's different choice meets this one as a conflict instead of
+    silently undoing it. A file
     that cannot be settled (no conflict copies, nothing to merge by union)
     is left as it was and named on standard error, the others are settled
     all the same, and the exit status is that failure's (1 or 2); else 1

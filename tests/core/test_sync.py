@@ -1038,3 +1038,24 @@ def test_conflicts_and_resolve_name_what_their_scan_skipped(pair: tuple[Path, Pa
     r = ms("resolve", a / "shared.txt", "--take", "local", "--json")
     assert r.code == 1, r.err
     assert r.json()["done"] and "pipe" in r.json()["warnings"][0]
+
+
+def test_two_replicas_that_settle_a_conflict_differently_meet_as_a_conflict(
+    pair: tuple[Path, Path],
+) -> None:
+    """Each replica keeps its own version: B's is under the name already
+    (nothing written), A takes its copy onto the name (a write). Neither
+    choice silently undoes the other: the next sync finds them concurrent,
+    and keep-both keeps both versions."""
+    a, b = _conflicted(pair)  # B's version, the later one, keeps the name
+    assert ms("resolve", a / "shared.txt", "--take", "local").code == 0
+    assert files(a)["shared.txt"] == "from a\n"
+    assert ms("resolve", b / "shared.txt", "--take", "local").code == 0
+    assert files(b)["shared.txt"] == "from b\n"
+    r = ms("sync", a, b, "--json")
+    assert r.code == 0, r.err
+    assert [e["what"] for e in r.json()["events"] if e["path"] == "shared.txt"] == ["conflict"]
+    texts = files(a)
+    assert files(b) == texts
+    assert sorted(t for t in texts.values() if t.startswith("from")) == ["from a\n", "from b\n"]
+    assert ms("sync", a, b, "--json").json()["events"] == []
