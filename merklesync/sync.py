@@ -318,7 +318,7 @@ class Syncer:
         version that dominates), and a file that wanted its place becomes a
         conflict copy. Nothing under the directory is lost."""
         fixes = _Plan()
-        kept_dirs: set[str] = set()
+        kept_dirs: dict[str, str] = {}  # path -> what became of what wanted its place
         sides = (
             (deferred.to_b, self.a, True, self.result.outcomes_b),
             (deferred.to_a, self.b, False, self.result.outcomes_a),
@@ -338,6 +338,7 @@ class Syncer:
                 path = directory.path
                 self._after_a.add(path)
                 there = next((e for e in other.entries([key_of(path)]) if e.path == path), None)
+                fate = "the deletion is not made"
                 if not target.deleted:
                     content = op.content
                     if content is None and op.source is not None and op.read_as is not None:
@@ -352,6 +353,7 @@ class Syncer:
                         self._unresolved(path, "no free name for a conflict copy")
                         continue
                     copy_path, made_before = free
+                    fate = f"the {target.kind.name.lower()} that wanted its place goes to {copy_path}"
                     if not made_before:
                         copy = dataclasses.replace(
                             target, path=copy_path, vv=kept.vv, stamp=kept.stamp
@@ -361,13 +363,16 @@ class Syncer:
                         fixes.to_b.append(Op(copy, None, content=content))
                 (fixes.to_b if to_b else fixes.to_a).append(Op(kept, directory))
                 (fixes.to_a if to_b else fixes.to_b).append(Op(kept, there))
-                kept_dirs.add(path)
-        if kept_dirs:  # the copy that would have replaced it did not happen: no such event
+                kept_dirs[path] = fate
+        if kept_dirs:
+            # What was decided for the path did not happen (the copy that
+            # would have replaced the directory, a policy's winner): only
+            # what did is said.
             events = self.result.events
-            events[:] = [e for e in events if not (e.what in _COPIES and e.path in kept_dirs)]
+            events[:] = [e for e in events if e.path not in kept_dirs or e.what == "merge-version"]
             events += (
-                Event(path, "conflict", "the directory still holds entries: it stays")
-                for path in sorted(kept_dirs)
+                Event(path, "conflict", f"the directory still holds entries: it stays; {fate}")
+                for path, fate in sorted(kept_dirs.items())
             )
         self._apply(fixes, progress)
 

@@ -168,6 +168,32 @@ def test_conflict_between_file_and_directory_keeps_both(pair: tuple[Path, Path])
     assert "file edit\n" in files(b).values()
 
 
+@pytest.mark.parametrize("policy", ["remote", "lww"])
+def test_a_file_that_wins_over_a_directory_still_holding_entries_says_where_it_went(
+    pair: tuple[Path, Path], policy: str
+) -> None:
+    """The policy picks B's file, but A's directory holds entries: the
+    directory stays, the file becomes a conflict copy, and the run says
+    that (not that A's version was discarded)."""
+    a, b = pair
+    (a / "shared.txt").unlink()
+    (a / "shared.txt").mkdir()
+    (a / "shared.txt" / "inner").write_text("i")
+    (b / "shared.txt").write_text("file edit\n")  # the later write
+    later = time.time_ns() + 2_000_000_000
+    os.utime(b / "shared.txt", ns=(later, later))
+    r = ms("sync", a, b, "--on-conflict", policy, "--json")
+    assert r.code == 0, r.err
+    [event] = [e for e in r.json()["events"] if e["path"] == "shared.txt"]
+    assert event["what"] == "conflict" and "discarded" not in event["detail"]
+    assert event["detail"].startswith(
+        "the directory still holds entries: it stays; the file that wanted its place goes to "
+        "shared.conflict-"
+    )
+    assert files(a) == files(b)
+    assert "file edit\n" in files(b).values() and (b / "shared.txt" / "inner").exists()
+
+
 def _conflicted(pair: tuple[Path, Path]) -> tuple[Path, Path]:
     a, b = pair
     (a / "shared.txt").write_text("from a\n")
@@ -984,7 +1010,9 @@ def test_a_directory_kept_for_what_it_holds_is_not_reported_deleted(tmp_path: Pa
     assert r.code == 0, r.err
     events = {(e["path"], e["what"]): e for e in r.json()["events"]}
     assert ("d", "a->b") not in events
-    assert events[("d", "conflict")]["detail"] == "the directory still holds entries: it stays"
+    assert events[("d", "conflict")]["detail"] == (
+        "the directory still holds entries: it stays; the deletion is not made"
+    )
     assert events[("d/new", "b->a")]["ok"] is True
     assert files(a) == files(b) == {"d/new": "2\n"}
     r = ms("sync", a, b, "-v")
