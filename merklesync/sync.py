@@ -353,7 +353,8 @@ class Syncer:
                         self._unresolved(path, "no free name for a conflict copy")
                         continue
                     copy_path, made_before = free
-                    fate = f"the {target.kind.name.lower()} that wanted its place goes to {copy_path}"
+                    what = target.kind.name.lower()
+                    fate = f"the {what} that wanted its place goes to {copy_path}"
                     if not made_before:
                         copy = dataclasses.replace(
                             target, path=copy_path, vv=kept.vv, stamp=kept.stamp
