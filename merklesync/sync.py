@@ -117,12 +117,18 @@ class _Plan:
 
 
 def _content(peer: Peer, entry: Entry) -> bytes | None:
-    """A small file's content, for merging."""
+    """A small file's content (None: no such file, or it cannot be read)."""
+    found = _read_small(peer, entry)
+    return found if isinstance(found, bytes) else None
+
+
+def _read_small(peer: Peer, entry: Entry) -> bytes | Unreadable | None:
+    """A small file's content, for merging; None where there is none to
+    merge (no file, or too large), Unreadable where it is not as scanned."""
     if entry.deleted or entry.kind is not EntryKind.FILE or entry.size > merge.MAX_MERGE_BYTES:
         return None
     for _entry, chunks in peer.read([entry]):
-        if not isinstance(chunks, Unreadable):
-            return b"".join(chunks)
+        return chunks if isinstance(chunks, Unreadable) else b"".join(chunks)
     return None
 
 
@@ -198,9 +204,9 @@ class Syncer:
                 for path in [p for p, o in outcomes.items() if not o.ok]:
                     del outcomes[path]
                     failed.add(path)
-            self.result.events = [
-                e for e in self.result.events if e.path not in failed or e.what not in _COPIES
-            ]
+            # What the first pass decided for a path whose write failed is
+            # decided again, and said again, by the second.
+            self.result.events = [e for e in self.result.events if e.path not in failed]
             self._unsettled.clear()
             self._copies.clear()
             self._after_a.clear()
@@ -487,8 +493,12 @@ class Syncer:
         self._keep_both(x, y, plan, deferred)
 
     def _merge(self, x: Entry, y: Entry, policy: Policy, plan: _Plan) -> bool:
-        ours, theirs = _content(self.a, x), _content(self.b, y)
-        if ours is None or theirs is None:
+        ours, theirs = _read_small(self.a, x), _read_small(self.b, y)
+        for side, found in ((self.a, ours), (self.b, theirs)):
+            if isinstance(found, Unreadable):  # changed since the scan: the next run sees it
+                self._unresolved(x.path, f"{found.reason} ({side.name})")
+                return True
+        if not isinstance(ours, bytes) or not isinstance(theirs, bytes):
             self._merge_failed(x.path, f"{x.path}: cannot merge ({policy.value})")
             return False
         try:

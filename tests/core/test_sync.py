@@ -1087,3 +1087,33 @@ def test_two_replicas_that_settle_a_conflict_differently_meet_as_a_conflict(
     assert files(b) == texts
     assert sorted(t for t in texts.values() if t.startswith("from")) == ["from a\n", "from b\n"]
     assert ms("sync", a, b, "--json").json()["events"] == []
+
+
+def test_a_merge_met_by_an_edit_during_the_sync_is_left_alone_and_said_once(
+    pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The merge command runs while A's file is edited: the merge is not
+    written on A (changed since the scan), and the second pass cannot read
+    A's version as scanned either. The conflict is left for the next run,
+    said once as such: not also as a merge done, nor as a failed one."""
+    a, b = pair
+    (a / "shared.txt").write_text("from a\n")
+    (b / "shared.txt").write_text("from b\n")
+    script = tmp_path / "merge.sh"
+    script.write_text(
+        f'#!/bin/sh\necho "edited during the sync" >> {a / "shared.txt"}\ncat "$2" >> "$1"\n'
+    )
+    script.chmod(0o755)
+    r = ms("sync", a, b, "--on-conflict", "merge-cmd", "--merge-cmd", f"{script} %A %B", "--json")
+    assert r.code == 1, r.err
+    doc = r.json()
+    assert [(u["path"], "since the scan" in u["reason"]) for u in doc["unresolved"]] == [
+        ("shared.txt", True)
+    ]
+    assert doc["merges_failed"] == []
+    assert not [e for e in doc["events"] if e["path"] == "shared.txt" and "merged" in e["detail"]]
+    assert (a / "shared.txt").read_text() == "from a\nedited during the sync\n"
+    assert (b / "shared.txt").read_text() == "from b\n"
+    r = ms("sync", a, b)
+    assert r.code == 0, r.err
+    assert files(a) == files(b)
