@@ -40,6 +40,7 @@ class TransferResult:
     # "the version written by R" or "a deletion by R".
     discarded: dict[str, str] = field(default_factory=dict)
     forgotten: int = 0  # changes applied and let go of (see _let_go)
+    only_there: set[str] = field(default_factory=set)  # paths the source never had
     forgotten_same: int = 0  # of those, changes of version only (no data moved)
 
     def applied(self) -> list[Change]:
@@ -70,7 +71,10 @@ class TransferResult:
             if c.action is Action.CONFLICT:
                 out.append((c, "conflict: both sides changed it"))
             elif c.action is Action.DEST_NEWER and c.kind is not ChangeKind.NONE:
-                out.append((c, "the destination has a newer version"))
+                # A path the source never had (not even deleted) is no newer
+                # version of anything: a push copies, it never deletes it.
+                newer = "the destination has a newer version"
+                out.append((c, "only on the destination" if c.path in self.only_there else newer))
             elif outcome is not None and not outcome.ok and not outcome.ignored:
                 out.append((c, outcome.reason))
         return out
@@ -184,6 +188,8 @@ def push(
                     result.discarded[change.path] = _discarded(d, s)
             # Keep what the report needs, not the entries: memory stays bounded.
             result.changes.append(Change(change.path, change.kind, None, None, change.action))
+            if s is None:
+                result.only_there.add(change.path)
             if change.action in (Action.COPY, Action.MERGE_VERSION, Action.FORCE):
                 assert s is not None
                 target = _target(change, dst.replica_id)

@@ -213,7 +213,8 @@ def _discarded(c: Change, result: TransferResult, dry_run: bool) -> str | None:
 def push(replicas: tuple[str, ...], **options: object) -> None:
     """Copy to DST whatever SRC (default: the replica around the current
     directory) has newer. Only fast-forwards: where DST has a newer or a
-    concurrent version, it is left alone, listed, and the exit code is 1.
+    concurrent version, it is left alone, listed, and the exit code is 1;
+    so is a path only DST has (a push never deletes what SRC never had).
     Where both hold the same content, no data moves: both take the newer
     or merged version (SRC's index too), so the next run has nothing to
     compare there. DST is initialised when it is not a replica yet (made

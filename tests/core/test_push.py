@@ -838,3 +838,18 @@ def test_status_and_gc_list_paths_in_order(tmp_path: Path) -> None:
     r = ms("gc", root, "-n", "--json")  # no other replica: none is waited for
     assert r.code == 0, r.err
     assert r.json()["collected"] == names[::2]
+
+
+def test_a_file_only_on_the_destination_is_said_so(tmp_path: Path) -> None:
+    """Not "a newer version": the source never had it. A push copies and
+    never deletes it (exit 1: the replicas still differ), --force neither."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write(src / "f", "a")
+    ms("init", src)
+    assert ms("push", src, dst).code == 0
+    write(dst / "extra", "kept")
+    for force in ((), ("--force",)):
+        r = ms("push", src, dst, *force, "--json")
+        assert r.code == 1
+        assert r.json()["left_alone"] == [{"path": "extra", "reason": "only on the destination"}]
+        assert (dst / "extra").read_text() == "kept"
