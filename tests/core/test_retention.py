@@ -297,3 +297,10 @@ def test_a_run_collects_by_itself_once_a_day(tmp_path: Path) -> None:
     (a / "stays.txt").unlink()
     assert ms("sync", a, b).code == 0 and ms("sync", a, b).code == 0
     assert "stays.txt" in _tombstones(a)  # collected today already: kept for now
+
+
+def test_gc_says_one_day_not_one_days(tmp_path: Path) -> None:
+    a, _b = _pair(tmp_path)
+    assert ms("gc", a, "--retention-days", "1", "--dry-run").lines() == [
+        "would collect 0 tombstones (retention 1 day)"
+    ]
