@@ -80,8 +80,7 @@ class Listing:
                 writer = temp_writer(name)
                 if writer is not None:
                     if tidy and abandoned(writer):
-                        with contextlib.suppress(OSError):  # left by an interrupted run
-                            os.unlink(name, dir_fd=dir_fd)
+                        _remove_abandoned(name, dir_fd)
                     else:
                         listing.has_temp_files = True
                     continue
@@ -132,6 +131,26 @@ class Listing:
     def sum(self, rules: bytes) -> bytes | None:
         """See listing_sum."""
         return listing_sum(rules, self.digest())
+
+
+def _remove_abandoned(name: str, dir_fd: int) -> None:
+    """Remove a temp file left by an interrupted run; from a read-only
+    directory of this user's too (a run writes there, making it writable
+    for the while: see directory_write), which gets its mode back."""
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except PermissionError:
+        with contextlib.suppress(OSError):
+            st = os.fstat(dir_fd)
+            if st.st_uid != os.geteuid() or st.st_mode & st_mod.S_IWUSR:
+                return  # not a matter of this directory's mode
+            os.fchmod(dir_fd, st_mod.S_IMODE(st.st_mode) | st_mod.S_IWUSR)
+            try:
+                os.unlink(name, dir_fd=dir_fd)
+            finally:
+                os.fchmod(dir_fd, st_mod.S_IMODE(st.st_mode))
+    except OSError:
+        pass  # gone already, or not ours to remove: the next scan tries again
 
 
 def abandoned(pid: int) -> bool:

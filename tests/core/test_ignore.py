@@ -4,6 +4,8 @@ and --exclude's patterns under a directory left out."""
 from __future__ import annotations
 
 import errno
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -173,3 +175,28 @@ def test_rules_that_cannot_be_read_leave_their_directory_as_it_was(
     assert r.code == 0, r.err
     assert (dst / "private" / "notes.txt").read_text() == "v2"
     assert not list(dst.rglob("*.key"))
+
+
+def test_a_temp_file_abandoned_in_a_read_only_directory_is_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a user other than root meets it (the directory's mode refuses the
+    unlink): the directory is made writable for the while, and gets its
+    mode back."""
+    root = tmp_path / "r"
+    (root / "ro").mkdir(parents=True)
+    (root / "ro" / "f").write_text("f")
+    left = root / "ro" / f"{TEMP_PREFIX}999999999-1-f"
+    left.write_text("half")
+    (root / "ro").chmod(0o555)
+    real = os.unlink
+
+    def as_a_user(path: str, *, dir_fd: int | None = None) -> None:
+        if dir_fd is not None and not os.fstat(dir_fd).st_mode & stat.S_IWUSR:
+            raise PermissionError(13, "Permission denied", path)
+        real(path, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "unlink", as_a_user)
+    assert ms("init", root).code == 0
+    assert not left.exists() and (root / "ro" / "f").exists()
+    assert stat.S_IMODE((root / "ro").stat().st_mode) == 0o555
