@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from merklesync.sources.directory import DirectorySource
 
 _CHANGED_SINCE_COMPARISON = "changed on the destination since the comparison"
+_CHANGED_DURING = "changed on the destination during the transfer"
 # The stat of a file written here that the stat cache must not vouch for (see _touch_up).
 _UNTRUSTED = os.stat_result((0,) * 10)
 
@@ -550,7 +551,7 @@ class DirectoryWriter:
         try:
             before = os.fstat(fd)
             if stat_key(before) != stat_key(on_disk):
-                raise Refused("changed on the destination during the transfer")
+                raise Refused(_CHANGED_DURING)
             if not _same_mode(before, entry):
                 os.chmod(fd, _mode_in_place(before, entry))
             moved = before.st_mtime_ns != entry.mtime_ns
@@ -575,7 +576,7 @@ class DirectoryWriter:
         if (st is None) != (on_disk is None) or (
             st is not None and on_disk is not None and stat_key(st) != stat_key(on_disk)
         ):
-            raise Refused("changed on the destination during the transfer")
+            raise Refused(_CHANGED_DURING)
 
 
 @dataclass(slots=True)
@@ -655,7 +656,12 @@ def _mode_in_place(st: os.stat_result, entry: Entry) -> int:
 
 
 def _chmod(spot: _Spot, mode: int) -> None:
-    os.chmod(spot.name, mode, dir_fd=spot.fd, follow_symlinks=False)
+    """Change the mode of the file or directory at ``spot``, never through
+    a link: one put there since it was looked at is refused."""
+    try:
+        os.chmod(spot.name, mode, dir_fd=spot.fd, follow_symlinks=False)
+    except (ValueError, NotImplementedError):  # Linux has no mode for a link to take
+        raise Refused(_CHANGED_DURING) from None
 
 
 def _deepest_first(paths: Iterable[str]) -> list[str]:

@@ -2024,3 +2024,36 @@ def test_a_long_first_scan_cut_short_keeps_what_it_committed(
     shutil.copytree(root, fresh, ignore=shutil.ignore_patterns(".merklesync"))
     assert ms("init", fresh).code == 0
     assert ms("diff", root, fresh).code == 0
+
+
+def test_a_directory_swapped_for_a_link_before_its_mode_is_set_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between its check and its chmod, the destination's directory is
+    moved away and a link put in its place: the write is refused as a
+    change made during the transfer (Linux cannot chmod a link, and says so
+    with ValueError, not OSError), nothing is done through the link, and
+    the run goes on."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    (a / "d").mkdir(parents=True)
+    (a / "d" / "f").write_text("x")
+    (a / "g").write_text("g")
+    assert ms("init", a).code == 0 and ms("push", a, b).code == 0
+    (a / "d").chmod(0o700)  # a new mode to give b/d
+    (a / "g").write_text("g2")
+    moved = tmp_path / "moved"
+    real = directory_write.DirectoryWriter._verify_unchanged
+
+    def verify_then_swap(self, spot, cached, entry):  # type: ignore[no-untyped-def]
+        st = real(self, spot, cached, entry)
+        if spot.rel == "d" and self.root == b.resolve():
+            os.rename(b / "d", moved)
+            os.symlink(moved, b / "d")
+        return st
+
+    monkeypatch.setattr(directory_write.DirectoryWriter, "_verify_unchanged", verify_then_swap)
+    r = ms("push", a, b)
+    assert r.code == 1, r.err
+    assert "left alone: d: changed on the destination during the transfer" in r.err
+    assert (b / "g").read_text() == "g2"
+    assert (b / "d").is_symlink() and moved.stat().st_mode & 0o777 == 0o755
