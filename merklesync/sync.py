@@ -29,6 +29,7 @@ from merklesync import merge
 from merklesync.clock import Order
 from merklesync.errors import reason_about
 from merklesync.model import (
+    GONE,
     Entry,
     EntryKind,
     Stats,
@@ -128,7 +129,15 @@ def _read_small(peer: Peer, entry: Entry) -> bytes | Unreadable | None:
     if entry.deleted or entry.kind is not EntryKind.FILE or entry.size > merge.MAX_MERGE_BYTES:
         return None
     for _entry, chunks in peer.read([entry]):
-        return chunks if isinstance(chunks, Unreadable) else b"".join(chunks)
+        if isinstance(chunks, Unreadable):
+            return chunks
+        data = b"".join(chunks)
+        # Merged, these bytes get a digest of their own, which no later
+        # check would hold against them: they must be the version compared
+        # (a file that changed as it was read ends short, or differs).
+        if len(data) != entry.size or blake3.blake3(data).digest() != entry.digest:
+            return GONE
+        return data
     return None
 
 

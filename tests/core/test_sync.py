@@ -1117,3 +1117,37 @@ def test_a_merge_met_by_an_edit_during_the_sync_is_left_alone_and_said_once(
     r = ms("sync", a, b)
     assert r.code == 0, r.err
     assert files(a) == files(b)
+
+
+def test_union_never_merges_a_version_read_short(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """B's version arrives cut short (as from an agent whose file grew as
+    it was read: some data, then "gone"): the merge would hold a line
+    neither side ever had, under a digest of its own. It is not made; the
+    conflict waits for the next run, which merges the versions whole."""
+    from merklesync.model import Unreadable
+    from merklesync.peer.local import LocalPeer
+
+    a, b = pair
+    (a / "shared.txt").write_text("base\nfrom a\n")
+    (b / "shared.txt").write_text("base\nfrom b\n")
+    real = LocalPeer.read
+
+    def cut_short(self, entries):  # type: ignore[no-untyped-def]
+        for entry, chunks in real(self, entries):
+            if self.replica.root == b.resolve() and not isinstance(chunks, Unreadable):
+                chunks = iter([b"".join(chunks)[:7]])  # "base\nfr"
+            yield entry, chunks
+
+    monkeypatch.setattr(LocalPeer, "read", cut_short)
+    r = ms("sync", a, b, "--on-conflict", "union", "--json")
+    monkeypatch.undo()
+    assert r.code == 1, r.err
+    assert [u["path"] for u in r.json()["unresolved"]] == ["shared.txt"]
+    assert (a / "shared.txt").read_text() == "base\nfrom a\n"
+    assert (b / "shared.txt").read_text() == "base\nfrom b\n"
+    assert ms("sync", a, b, "--on-conflict", "union").code == 0
+    merged = (a / "shared.txt").read_text()
+    assert merged == (b / "shared.txt").read_text()
+    assert sorted(merged.splitlines()) == ["base", "from a", "from b"]
