@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, NoReturn, Self
 
@@ -194,7 +194,10 @@ def _nodes(value: object) -> tuple[NodeId, ...]:
 
 def entry_from_wire(value: object) -> Entry:
     """An entry from the peer: ``Entry.from_wire`` plus a safe path, a bounded
-    version vector without duplicate replicas, and a bounded link target."""
+    version vector without duplicate replicas, and a bounded link target.
+    An Entry is one checked already, as its answer arrived (Assembly)."""
+    if isinstance(value, Entry):  # never made by unpacking a frame
+        return value
     if isinstance(value, list) and len(value) in (10, 11) and isinstance(value[2], list):
         _list(value[2], "version vector", limit=MAX_VV_PAIRS)
     try:
@@ -746,10 +749,40 @@ def parse_server_message(obj: object) -> ServerMessage:
 
 Shape = str | tuple[str, ...] | None
 
+# ITEM checks each item of a result's arrays as its part arrives, before
+# the parts are kept until the end of the answer (Assembly): one nested
+# array costs a byte on the wire and some 60 in memory, so an item of the
+# wrong shape is caught in its first frame, not after hundreds of them.
+
+
+def _as_is(value: object) -> object:
+    return value
+
+
+def _text_item(value: object) -> object:
+    if not isinstance(value, str):
+        _fail("answer part: an item that is not text")
+    return value
+
+
+def _children_item(value: object) -> object:
+    _fps, counts = _list(value, "children of a node", length=2)
+    for count in _list(counts, "counts", length=FANOUT):
+        _int(count, "count")
+    return value
+
+
+def _outcome_item(value: object) -> object:
+    for part in _list(value, "outcome", length=3):
+        if isinstance(part, list | dict):
+            _fail("outcome: malformed")
+    return value
+
 
 @dataclass(frozen=True, slots=True)
 class RefreshResult:
     SHAPE: ClassVar[Shape] = ("i", "i", "l", "l", "l", "l")
+    ITEM: ClassVar[Callable[[object], object]] = _text_item
     scanned: int = 0
     hashed: int = 0
     added: list[str] = field(default_factory=list)
@@ -833,6 +866,7 @@ class ChildrenResult:
     a node is ``[16 short fingerprints concatenated, [16 counts]]``."""
 
     SHAPE: ClassVar[Shape] = "*"
+    ITEM: ClassVar[Callable[[object], object]] = _children_item
     children: list[list[tuple[bytes, int]]]
 
     def to_wire(self) -> list[object]:
@@ -857,6 +891,7 @@ class CompareResult:
     ``[[entries], lacking records concatenated]``."""
 
     SHAPE: ClassVar[Shape] = ("l", f"b{SHORT_BYTES}")
+    ITEM: ClassVar[Callable[[object], object]] = entry_from_wire
     entries: list[Entry]
     lacking: list[bytes]
 
@@ -897,6 +932,7 @@ class EntriesResult:
     """The answer to ``entries`` and to ``entries_under``."""
 
     SHAPE: ClassVar[Shape] = "*"
+    ITEM: ClassVar[Callable[[object], object]] = entry_from_wire
     entries: list[Entry]
 
     def to_wire(self) -> list[object]:
@@ -926,6 +962,7 @@ class WriteResult:
     """One (path, ok, reason) per ``put``, in order."""
 
     SHAPE: ClassVar[Shape] = "*"
+    ITEM: ClassVar[Callable[[object], object]] = _outcome_item
     outcomes: list[tuple[str, bool, str]]
 
     def to_wire(self) -> list[object]:
@@ -1061,19 +1098,26 @@ def split_result(result: Result, budget: int = BUDGET) -> list[Ok | More]:
 
 
 class Assembly:
-    """Merges the parts of one answer as they arrive, checking their shape
-    and that all of them together hold at most ``limit`` items in at most
-    MAX_ANSWER_FRAMES frames."""
+    """Merges the parts of one answer as they arrive, checking their shape,
+    each item of their arrays (``item``: see ITEM), and that all of them
+    together hold at most ``limit`` items in at most MAX_ANSWER_FRAMES
+    frames."""
 
-    def __init__(self, shape: Shape, limit: int) -> None:
+    def __init__(self, shape: Shape, limit: int, item: Callable[[object], object] = _as_is) -> None:
         self.shape = shape
         self.limit = limit
+        self.item = item  # each item of an array part, checked (see ITEM)
         self.count = 0
         self.frames = 0
         self._items: list[object] = []
         self._fields: list[object] = [] if not isinstance(shape, tuple) else _empty(shape)
         self._blobs: dict[int, bytearray] = {}
         self._single: object = None
+
+    @classmethod
+    def of(cls, result: type[Result], limit: int) -> Assembly:
+        """For the parts of an answer that is a ``result``."""
+        return cls(result.SHAPE, limit, getattr(result, "ITEM", _as_is))
 
     def _grow(self, n: int) -> None:
         self.count += n
@@ -1092,7 +1136,7 @@ class Assembly:
         elif isinstance(shape, str):
             items = _list(value, "answer part")
             self._grow(len(items))
-            self._items.extend(items)
+            self._items.extend(map(self.item, items))
         else:
             parts = _list(value, "answer part", length=len(shape))
             for i, (kind, part) in enumerate(zip(shape, parts, strict=True)):
@@ -1105,7 +1149,7 @@ class Assembly:
                     self._grow(len(items))
                     target = self._fields[i]
                     assert isinstance(target, list)
-                    target.extend(items)
+                    target.extend(map(self.item, items))
                 else:
                     record = int(kind[1:])
                     blob = _bin(part, "answer part")

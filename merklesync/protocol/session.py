@@ -263,10 +263,10 @@ class ClientSession(_Base):
         return frame
 
     def refresh(self, checksum: bool = False) -> bytes:
-        return self._request(Refresh(checksum), Assembly(RefreshResult.SHAPE, MAX_REPORT_ITEMS))
+        return self._request(Refresh(checksum), Assembly.of(RefreshResult, MAX_REPORT_ITEMS))
 
     def root(self) -> bytes:
-        return self._request(Root(), Assembly(RootResult.SHAPE, 0))
+        return self._request(Root(), Assembly.of(RootResult, 0))
 
     @staticmethod
     def _check_nodes(nodes: Sequence[NodeId]) -> tuple[NodeId, ...]:
@@ -276,7 +276,7 @@ class ClientSession(_Base):
 
     def children(self, nodes: Sequence[NodeId], salt: bytes) -> bytes:
         request = Children(salt, self._check_nodes(nodes))
-        return self._request(request, Assembly(ChildrenResult.SHAPE, len(request.nodes)))
+        return self._request(request, Assembly.of(ChildrenResult, len(request.nodes)))
 
     def compare(self, salt: bytes, groups: Sequence[tuple[NodeId, Sequence[bytes]]]) -> bytes:
         nodes = self._check_nodes([node for node, _ in groups])
@@ -285,17 +285,17 @@ class ClientSession(_Base):
             raise ValueError(f"over {MAX_COMPARE} records in one compare request")
         request = Compare(salt, tuple(zip(nodes, records, strict=True)))
         limit = MAX_RESULT_ITEMS + MAX_COMPARE
-        return self._request(request, Assembly(CompareResult.SHAPE, limit))
+        return self._request(request, Assembly.of(CompareResult, limit))
 
     def entries_under(self, nodes: Sequence[NodeId]) -> bytes:
         request = EntriesUnder(self._check_nodes(nodes))
-        return self._request(request, Assembly(EntriesResult.SHAPE, MAX_RESULT_ITEMS))
+        return self._request(request, Assembly.of(EntriesResult, MAX_RESULT_ITEMS))
 
     def entries(self, keys: Sequence[bytes]) -> bytes:
         if len(keys) > MAX_KEYS:
             raise ValueError(f"{len(keys)} keys in one request, over {MAX_KEYS}")
         request = Entries(tuple(keys))
-        return self._request(request, Assembly(EntriesResult.SHAPE, len(keys) + KEY_SLACK))
+        return self._request(request, Assembly.of(EntriesResult, len(keys) + KEY_SLACK))
 
     def read(self, entries: Sequence[Entry]) -> bytes:
         """Ask for the content of live files. The request must fit one frame:
@@ -309,7 +309,7 @@ class ClientSession(_Base):
 
     def write(self) -> bytes:
         """Open a write stream; then put()... and commit()."""
-        frame = self._request(Write(), Assembly(WriteResult.SHAPE, MAX_WRITE_ITEMS))
+        frame = self._request(Write(), Assembly.of(WriteResult, MAX_WRITE_ITEMS))
         self._write = self._pending[-1]
         return frame
 
@@ -379,7 +379,7 @@ class ClientSession(_Base):
 
     def remember(self, replica_id: str) -> bytes:
         """Ask the agent to record a complete run with ``replica_id``."""
-        return self._request(Remember(replica_id), Assembly(ByeResult.SHAPE, 0))
+        return self._request(Remember(replica_id), Assembly.of(ByeResult, 0))
 
     @property
     def guards(self) -> bool:
@@ -390,10 +390,10 @@ class ClientSession(_Base):
         """Ask the agent whether a run with ``replica_id`` may go on (see Guard)."""
         if not self.guards:
             raise RuntimeError("the server does not check replicas for staleness")
-        return self._request(Guard(replica_id), Assembly(ByeResult.SHAPE, 0))
+        return self._request(Guard(replica_id), Assembly.of(ByeResult, 0))
 
     def bye(self) -> bytes:
-        frame = self._request(Bye(), Assembly(ByeResult.SHAPE, 0))
+        frame = self._request(Bye(), Assembly.of(ByeResult, 0))
         self._bye = True
         return frame
 

@@ -373,6 +373,26 @@ def test_an_answer_in_more_frames_than_any_honest_one_is_refused() -> None:
         client.receive(part + part)
 
 
+@pytest.mark.parametrize(
+    ("request_", "part"),
+    [
+        ("refresh", [0, 0, [], [], [], [[[]] * 100_000]]),
+        ("entries", [[[]] * 100_000]),
+        ("children", [[b"x" * 16 * 8, [[]] * 100_000]]),
+        ("write", [["a", True, [[]] * 100_000]]),
+    ],
+)
+def test_an_item_of_the_wrong_shape_is_refused_in_its_first_part(
+    request_: str, part: list[object]
+) -> None:
+    """Nested empty arrays cost a byte each on the wire and some 60 in
+    memory: a part holding them is refused as it arrives, not kept with
+    hundreds of others until the answer ends."""
+    client = _client_after(request_)
+    with pytest.raises(ProtocolError):
+        client.receive(frame("more", part))
+
+
 def test_client_eof_with_requests_pending() -> None:
     client = _client_after("root")
     with pytest.raises(ConnectionFailed, match="1 request"):
