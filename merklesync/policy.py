@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import posixpath
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -113,6 +114,7 @@ def keeps_name(x: Entry, y: Entry) -> Entry:
 
 
 NAME_MAX = 255  # bytes in one path component
+_NOT_IN_ID = re.compile(r"[^0-9A-Za-z_]")
 
 
 def conflict_name(path: str, writer: str, stamp: int, n: int = 1) -> str:
@@ -120,6 +122,10 @@ def conflict_name(path: str, writer: str, stamp: int, n: int = 1) -> str:
     the time when that name is taken already."""
     head, name = posixpath.split(path)
     stem, dot, ext = split_name(name)
+    # A replica id is hex here; one from a peer may hold anything up to 64
+    # printable characters: never a "/" that would make a directory, nor
+    # a "-" or "." that original_of would read the name apart at.
+    writer = _NOT_IN_ID.sub("_", writer)
     when = time.strftime("%Y%m%dT%H%M%S", time.gmtime(stamp / 1e9))
     if n > 1:
         when += f"-{n}"

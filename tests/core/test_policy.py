@@ -66,3 +66,12 @@ def test_names_that_only_look_like_conflict_copies_are_not() -> None:
         "alice",
         "20240101T120000",
     )
+
+
+def test_a_writer_id_from_a_peer_cannot_shape_the_copy_name() -> None:
+    """A replica id from a peer may hold any printable character: in a
+    copy's name it never makes a directory, nor breaks the name apart."""
+    copy = conflict_name("d/f.txt", "x/../../y-z.w", STAMP)
+    assert copy.startswith("d/f.conflict-x_______y_z_w-") and copy.count("/") == 1
+    parsed = original_of(copy)
+    assert parsed is not None and parsed[:2] == ("d/f.txt", "x_______y_z_w")
