@@ -13,6 +13,9 @@ from pathlib import Path
 
 CHUNK = 1 << 20  # read at a time
 _FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK  # O_NONBLOCK: nothing for a regular file
+# Linux: a descriptor that holds a file without opening it for reading (no
+# lease broken, no FIFO waited on), to open it again through /proc.
+_O_PATH = getattr(os, "O_PATH", 0) if os.path.isdir("/proc/self/fd") else 0
 
 
 def open_to_read(path: str | Path, *, dir_fd: int | None = None, follow: bool = False) -> int:
@@ -25,10 +28,21 @@ def open_to_read(path: str | Path, *, dir_fd: int | None = None, follow: bool = 
     try:
         return os.open(path, flags, dir_fd=dir_fd)
     except BlockingIOError:
-        st = os.stat(path, dir_fd=dir_fd, follow_symlinks=follow)
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN), str(path)) from None
+        pass
+    not_a_file = OSError(errno.EAGAIN, os.strerror(errno.EAGAIN), str(path))
+    if not _O_PATH:  # no way to hold the file itself: by its name, looked at first
+        if not stat.S_ISREG(os.stat(path, dir_fd=dir_fd, follow_symlinks=follow).st_mode):
+            raise not_a_file
         return os.open(path, flags & ~os.O_NONBLOCK, dir_fd=dir_fd)
+    # The very file that was looked at, opened again through its descriptor
+    # (its name may be a FIFO by then).
+    held = os.open(path, _O_PATH | (flags & (os.O_NOFOLLOW | os.O_CLOEXEC)), dir_fd=dir_fd)
+    try:
+        if not stat.S_ISREG(os.fstat(held).st_mode):
+            raise not_a_file
+        return os.open(f"/proc/self/fd/{held}", flags & ~(os.O_NONBLOCK | os.O_NOFOLLOW))
+    finally:
+        os.close(held)
 
 
 def read_file(path: str | Path, *, follow: bool = False, limit: int | None = None) -> bytes:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import tempfile
@@ -46,9 +48,9 @@ def _wait_for_group_end(pgid: int, timeout: float = 30) -> None:
 
 
 def _running_in_group(pgid: int) -> bool:
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rpartition(")")[2].split()
+            fields = stat_file.read_text().rpartition(")")[2].split()
         except OSError:
             continue  # gone meanwhile
         if fields[0] != "Z" and int(fields[2]) == pgid:
@@ -1481,6 +1483,56 @@ def test_a_file_under_a_lease_is_opened_waiting_when_it_is_a_file(
     with pytest.raises(OSError) as raised:
         reading.open_to_read(tmp_path / "p")  # a FIFO: never opened waiting
     assert raised.value.errno == errno.EAGAIN
+
+
+def test_a_leased_file_swapped_for_a_fifo_before_it_is_opened_again_is_still_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the look at a leased file and its opening again (waiting),
+    its name becomes a FIFO: what is opened is the file that was looked at,
+    never the FIFO (whose opening would wait for a writer for ever; one
+    comes here after a while, so that a wrong open ends, with the FIFO's
+    bytes)."""
+    import threading
+
+    name = tmp_path / "f"
+    name.write_bytes(b"the file")
+    real_open, real_stat = os.open, os.stat
+
+    def swap() -> None:
+        if not stat.S_ISFIFO(real_stat(name, follow_symlinks=False).st_mode):
+            os.rename(name, tmp_path / "moved")
+            os.mkfifo(name)
+
+    def leased(path: Any, flags: int, *args: Any, **kw: Any) -> int:
+        if flags & os.O_NONBLOCK:
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+        fd = real_open(path, flags, *args, **kw)
+        if str(path) == str(name) and flags & getattr(os, "O_PATH", 0):
+            swap()  # looked at: now swapped
+        return fd
+
+    def looked_at(path: Any, *args: Any, **kw: Any) -> os.stat_result:
+        found = real_stat(path, *args, **kw)
+        if str(path) == str(name):
+            swap()
+        return found
+
+    def writer() -> None:
+        time.sleep(1)
+        with contextlib.suppress(OSError):
+            fd = real_open(name, os.O_WRONLY | os.O_NONBLOCK)
+            os.write(fd, b"the fifo")
+            os.close(fd)
+
+    monkeypatch.setattr(os, "open", leased)
+    monkeypatch.setattr(os, "stat", looked_at)
+    threading.Thread(target=writer, daemon=True).start()
+    fd = reading.open_to_read(name)
+    try:
+        assert os.read(fd, 100) == b"the file"
+    finally:
+        os.close(fd)
 
 
 # -- writes made, not yet recorded (sources/write_intents.py) -----------------
