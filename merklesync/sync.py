@@ -213,9 +213,17 @@ class Syncer:
                 for path in [p for p, o in outcomes.items() if not o.ok]:
                     del outcomes[path]
                     failed.add(path)
-            # What the first pass decided for a path whose write failed is
-            # decided again, and said again, by the second.
-            self.result.events = [e for e in self.result.events if e.path not in failed]
+            # The second pass decides again, and says again, what the first
+            # decided for a path whose write failed: a plain copy's event
+            # goes; so does any event of a path written on neither side (a
+            # merge or a discard that happened nowhere). Where one side's
+            # write went, what it did stays said.
+            went = self.result.outcomes_a.keys() | self.result.outcomes_b.keys()
+            self.result.events = [
+                e
+                for e in self.result.events
+                if e.path not in failed or (e.what not in _COPIES and e.path in went)
+            ]
             self._unsettled.clear()
             self._copies.clear()
             self._after_a.clear()

@@ -1151,3 +1151,37 @@ def test_union_never_merges_a_version_read_short(
     merged = (a / "shared.txt").read_text()
     assert merged == (b / "shared.txt").read_text()
     assert sorted(merged.splitlines()) == ["base", "from a", "from b"]
+
+
+def test_a_merge_written_on_one_side_only_is_still_said(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The union is written on A; B's write fails, once. The second pass
+    copies A's merged version to B, and the run still says it merged: what
+    happened on A is not lost from the report."""
+    from merklesync.peer import Outcome
+    from merklesync.sources import directory
+
+    a, b = pair
+    (a / "shared.txt").write_text("base\nfrom a\n")
+    (b / "shared.txt").write_text("base\nfrom b\n")
+    real = directory.DirectorySource.write_items
+    refused: list[str] = []
+
+    def refuse_once_on_b(self, items, index, clock):  # type: ignore[no-untyped-def]
+        for item in items:
+            if self.root == b.resolve() and not refused:
+                refused.append(item.entry.path)
+                yield item, Outcome(item.entry.path, False, "disk says no")
+            else:
+                yield from real(self, [item], index, clock)
+
+    monkeypatch.setattr(directory.DirectorySource, "write_items", refuse_once_on_b)
+    r = ms("sync", a, b, "--on-conflict", "union", "--json")
+    monkeypatch.undo()
+    assert refused == ["shared.txt"]
+    assert r.code == 0, r.err
+    said = [(e["what"], e["detail"]) for e in r.json()["events"] if e["path"] == "shared.txt"]
+    assert any(what == "conflict" and "union" in detail for what, detail in said), said
+    assert files(a) == files(b)
+    assert sorted((b / "shared.txt").read_text().splitlines()) == ["base", "from a", "from b"]
