@@ -138,13 +138,14 @@ def report(
     for warning in warnings:
         out.warn(warning)
     reasons = {c.path: reason for c, reason in left}
+    ignored = result.ignored()
     if dry_run or out.verbose:
+        not_made = reasons.keys() | set(ignored)
         for change in result.changes:
-            if change.path not in reasons and change.kind.value != "=":
+            if change.path not in not_made and change.kind.value != "=":
                 out.line(f"{change.kind.value} {change.path}")
     for change, reason in left:
         out.warn(f"left alone: {change.path}: {reason}")
-    ignored = result.ignored()
     if out.verbose:
         for path in ignored:
             out.note(f"not copied: {path}: {dst} ignores it")

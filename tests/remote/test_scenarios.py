@@ -482,6 +482,7 @@ def test_what_the_destination_alone_ignores_is_no_failure(side: Side, tmp_path: 
     assert r.code == 0, r.err
     if side.direction == "to" and side.remote:
         assert "not copied: x.log" in r.err and "left out by its ignore rules" in r.err
+    assert "x.log" not in r.out, r.out  # not listed as a change made
 
 
 def test_a_sync_with_a_side_that_alone_ignores_a_path(side: Side, tmp_path: Path) -> None:
