@@ -200,3 +200,20 @@ def test_a_temp_file_abandoned_in_a_read_only_directory_is_removed(
     assert ms("init", root).code == 0
     assert not left.exists() and (root / "ro" / "f").exists()
     assert stat.S_IMODE((root / "ro").stat().st_mode) == 0o555
+
+
+def test_a_socket_named_as_an_ignore_file_holds_no_rules(tmp_path: Path) -> None:
+    """A socket cannot be opened (ENXIO): no rules, as for a FIFO, not rules
+    that cannot be read (which would keep its directory out of runs for ever)."""
+    import socket
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "f.txt").write_text("f")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(src / "d" / IGNORE_FILE))
+        ms("init", src)  # exit 1: the socket itself is skipped, and said
+        r = ms("push", src, dst)
+        assert "not a file, directory or link" in r.err
+        assert (dst / "d" / "f.txt").read_text() == "f"
+        assert "cannot read" not in r.err, r.err
