@@ -96,8 +96,12 @@ class DirectoryWriter:
             for item, known in _rows_ahead(items, index, handed.live):
                 entry = item.entry
                 rel = check_relpath(entry.path)
-                if self._source.ignore.ignored(rel, entry.kind is EntryKind.DIR):  # deleted or not
-                    yield item, Outcome(rel, False, IGNORED_HERE)
+                rules = self._source.ignore
+                if rules.ignored(rel, entry.kind is EntryKind.DIR):  # deleted or not
+                    # Rules that cannot be read leave everything out: no
+                    # design of this replica's, a failure, said as such.
+                    why = rules.unread(rel.rpartition("/")[0])
+                    yield item, Outcome(rel, False, IGNORED_HERE if why is None else why)
                     continue
                 if rel in handed.live:  # its index row is still to come
                     yield from self._settle(handed, index, clock, wait=True)

@@ -217,3 +217,47 @@ def test_a_socket_named_as_an_ignore_file_holds_no_rules(tmp_path: Path) -> None
         assert "not a file, directory or link" in r.err
         assert (dst / "d" / "f.txt").read_text() == "f"
         assert "cannot read" not in r.err, r.err
+
+
+def test_a_write_refused_for_rules_that_cannot_be_read_is_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replica written to (as an agent's is) cannot read the ignore
+    file of the directory: it refuses the write, and says why; that is no
+    "ignored on this replica", which a run takes as by design."""
+    import blake3
+
+    from merklesync.clock import VersionVector
+    from merklesync.model import Entry, EntryKind, WriteItem
+    from merklesync.peer.local import LocalPeer
+
+    root = tmp_path / "r"
+    (root / "private").mkdir(parents=True)
+    (root / "private" / IGNORE_FILE).write_text("*.key\n")
+    real = ignore.read_rules
+
+    def unreadable(path: Path) -> bytes:
+        if path == root / "private" / IGNORE_FILE:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(ignore, "read_rules", unreadable)
+    data = b"n"
+    entry = Entry(
+        "private/notes.txt",
+        EntryKind.FILE,
+        VersionVector.of({"peer": 1}),
+        digest=blake3.blake3(data).digest(),
+        size=len(data),
+        mode=0o644,
+        mtime_ns=0,
+    )
+    peer = LocalPeer.open(root, create=True)
+    try:
+        peer.refresh()
+        [outcome] = peer.write([WriteItem(entry, None, [data])])
+    finally:
+        peer.close()
+    assert not outcome.ok and not outcome.ignored, outcome
+    assert "cannot read: Permission denied" in outcome.reason
+    assert not (root / "private" / "notes.txt").exists()
