@@ -765,10 +765,17 @@ def _text_item(value: object) -> object:
     return value
 
 
+def _node_children(value: object) -> list[tuple[bytes, int]]:
+    """One node's children, from ``[16 short fingerprints concatenated, [16 counts]]``."""
+    fps, counts = _list(value, "children of a node", length=2)
+    blob = _bin(fps, "fingerprints", size=FANOUT * SHORT_BYTES)
+    cs = [_int(c, "count") for c in _list(counts, "counts", length=FANOUT)]
+    n = SHORT_BYTES
+    return [(blob[i * n : (i + 1) * n], cs[i]) for i in range(FANOUT)]
+
+
 def _children_item(value: object) -> object:
-    _fps, counts = _list(value, "children of a node", length=2)
-    for count in _list(counts, "counts", length=FANOUT):
-        _int(count, "count")
+    _node_children(value)
     return value
 
 
@@ -874,14 +881,7 @@ class ChildrenResult:
 
     @classmethod
     def from_wire(cls, value: object, nodes: Sequence[NodeId]) -> ChildrenResult:
-        out: list[list[tuple[bytes, int]]] = []
-        n = SHORT_BYTES
-        for item in _list(value, "children", length=len(nodes)):
-            fps, counts = _list(item, "children of a node", length=2)
-            blob = _bin(fps, "fingerprints", size=FANOUT * n)
-            cs = [_int(c, "count") for c in _list(counts, "counts", length=FANOUT)]
-            out.append([(blob[i * n : (i + 1) * n], cs[i]) for i in range(FANOUT)])
-        return cls(out)
+        return cls([_node_children(item) for item in _list(value, "children", length=len(nodes))])
 
 
 @dataclass(frozen=True, slots=True)
