@@ -48,7 +48,7 @@ from merklesync.sources.file_write import (
     unlink_quietly,
     write_file,
 )
-from merklesync.sources.listing import stat_key
+from merklesync.sources.listing import remove_abandoned, stat_key
 from merklesync.sources.on_disk import RACY_NS, FileChanged, kind_of, link_digest
 from merklesync.sources.placer import Placer
 
@@ -456,7 +456,8 @@ class DirectoryWriter:
         read-only had; for one written read-only, the mode the index says,
         or the one noted where the index has no row for it. Only one still
         as that run left it (all of its owner's bits, none it did not give
-        it) is changed."""
+        it) is changed. The temp files that run abandoned in them go first,
+        while they are writable."""
         noted = self._notes.read()
         if noted is None:
             return
@@ -471,6 +472,8 @@ class DirectoryWriter:
                     mode = synced_mode(cached.entry.mode) | (left & LOCAL_MODE)
                 with contextlib.suppress(OSError, NotADirectory):  # gone, or no directory now
                     fd = self._dirs.get(rel)
+                    # Still writable: what the run left half written goes now.
+                    remove_abandoned(fd)
                     now = st_mod.S_IMODE(os.fstat(fd).st_mode)
                     if now != mode and now & 0o700 == 0o700 and now & ~(left | 0o700) == 0:
                         os.chmod(fd, mode)

@@ -134,23 +134,21 @@ class Listing:
 
 
 def _remove_abandoned(name: str, dir_fd: int) -> None:
-    """Remove a temp file left by an interrupted run; from a read-only
-    directory of this user's too (a run writes there, making it writable
-    for the while: see directory_write), which gets its mode back."""
-    try:
+    """Remove a temp file left by an interrupted run. One in a directory
+    whose mode refuses it stays (and stays out of runs): the run that wrote
+    it made that directory writable for the while, and the next opening of
+    the replica removes it before the directory gets its mode back (see
+    remove_abandoned, directory_write's resume)."""
+    with contextlib.suppress(OSError):  # gone already, or not ours to remove
         os.unlink(name, dir_fd=dir_fd)
-    except PermissionError:
-        with contextlib.suppress(OSError):
-            st = os.fstat(dir_fd)
-            if st.st_uid != os.geteuid() or st.st_mode & st_mod.S_IWUSR:
-                return  # not a matter of this directory's mode
-            os.fchmod(dir_fd, st_mod.S_IMODE(st.st_mode) | st_mod.S_IWUSR)
-            try:
-                os.unlink(name, dir_fd=dir_fd)
-            finally:
-                os.fchmod(dir_fd, st_mod.S_IMODE(st.st_mode))
-    except OSError:
-        pass  # gone already, or not ours to remove: the next scan tries again
+
+
+def remove_abandoned(dir_fd: int) -> None:
+    """Remove the temp files abandoned in a directory opened as ``dir_fd``."""
+    for name in os.listdir(dir_fd):
+        writer = temp_writer(name)
+        if writer is not None and abandoned(writer):
+            _remove_abandoned(name, dir_fd)
 
 
 def abandoned(pid: int) -> bool:

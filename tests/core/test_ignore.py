@@ -180,26 +180,33 @@ def test_rules_that_cannot_be_read_leave_their_directory_as_it_was(
 def test_a_temp_file_abandoned_in_a_read_only_directory_is_removed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """As a user other than root meets it (the directory's mode refuses the
-    unlink): the directory is made writable for the while, and gets its
-    mode back."""
+    """A run writing in a read-only directory made it writable for the
+    while, noted so, and was killed: the next opening removes what it left
+    half written while the directory is writable, then gives it its mode
+    back. As a user other than root meets it (the mode refuses the unlink)."""
+    import msgpack
+
     root = tmp_path / "r"
     (root / "ro").mkdir(parents=True)
     (root / "ro" / "f").write_text("f")
+    (root / "ro").chmod(0o555)
+    assert ms("init", root).code == 0
+    (root / "ro").chmod(0o755)  # as the killed run left it
     left = root / "ro" / f"{TEMP_PREFIX}999999999-1-f"
     left.write_text("half")
-    (root / "ro").chmod(0o555)
+    (root / ".merklesync" / "final-modes").write_bytes(msgpack.packb(["ro", 0o555, True]))
     real = os.unlink
 
     def as_a_user(path: str, *, dir_fd: int | None = None) -> None:
         if dir_fd is not None and not os.fstat(dir_fd).st_mode & stat.S_IWUSR:
-            raise PermissionError(13, "Permission denied", path)
+            raise PermissionError(errno.EACCES, "Permission denied", path)
         real(path, dir_fd=dir_fd)
 
     monkeypatch.setattr(os, "unlink", as_a_user)
-    assert ms("init", root).code == 0
+    assert ms("status", root).code == 0
     assert not left.exists() and (root / "ro" / "f").exists()
     assert stat.S_IMODE((root / "ro").stat().st_mode) == 0o555
+    (root / "ro").chmod(0o755)
 
 
 def test_a_socket_named_as_an_ignore_file_holds_no_rules(tmp_path: Path) -> None:
