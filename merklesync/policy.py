@@ -94,6 +94,16 @@ def newer(x: Entry, y: Entry) -> Entry:
     return x if kx > ky else y
 
 
+def chosen(policy: Policy, x: Entry, y: Entry) -> Entry:
+    """The version a policy that keeps one side keeps: x under local, y
+    under remote, else the later write (lww)."""
+    if policy is Policy.LOCAL:
+        return x
+    if policy is Policy.REMOTE:
+        return y
+    return newer(x, y)
+
+
 def merged_version(held: Entry, other: Entry) -> Entry:
     """``held`` and ``other`` hold the same content under concurrent
     versions: ``held`` at one version that dominates both (their vectors

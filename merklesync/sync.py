@@ -42,10 +42,10 @@ from merklesync.peer import Outcome, Peer, Progress
 from merklesync.policy import (
     Policy,
     Rules,
+    chosen,
     conflict_name,
     keeps_name,
     merged_version,
-    newer,
     writer_of,
 )
 from merklesync.reconcile import differences
@@ -444,7 +444,7 @@ class Syncer:
         policy; the later mode wins (or the side a ``local`` / ``remote``
         policy names), on both sides, and the event says which."""
         policy = self.rules.for_path(x.path)
-        winner = {Policy.LOCAL: x, Policy.REMOTE: y}.get(policy) or newer(x, y)
+        winner = chosen(policy, x, y)
         loser = y if winner is x else x
         self._both(self._resolved(winner, x, y), x, y, plan, deferred)
         self.result.events.append(
@@ -485,7 +485,7 @@ class Syncer:
         policy = self.rules.for_path(x.path)
         if x.deleted or y.deleted:
             if policy in (Policy.LWW, Policy.LOCAL, Policy.REMOTE):
-                winner = {Policy.LOCAL: x, Policy.REMOTE: y}.get(policy) or newer(x, y)
+                winner = chosen(policy, x, y)
             else:
                 winner = y if x.deleted else x
             self._both(self._resolved(winner, x, y), x, y, plan, deferred)
@@ -494,7 +494,7 @@ class Syncer:
             events.append(Event(x.path, "modify-delete", f"the {what} on {side} wins"))
             return
         if policy in (Policy.LWW, Policy.LOCAL, Policy.REMOTE):
-            winner = {Policy.LOCAL: x, Policy.REMOTE: y}.get(policy) or newer(x, y)
+            winner = chosen(policy, x, y)
             loser = y if winner is x else x
             self._both(self._resolved(winner, x, y), x, y, plan, deferred)
             events.append(

@@ -40,7 +40,8 @@ class TransferResult:
     # "the version written by R" or "a deletion by R".
     discarded: dict[str, str] = field(default_factory=dict)
     forgotten: int = 0  # changes applied and let go of (see _let_go)
-    only_there: set[str] = field(default_factory=set)  # paths the source never had
+    # Paths the source has no row of: it never had them, or collected their tombstone.
+    only_there: set[str] = field(default_factory=set)
     forgotten_same: int = 0  # of those, changes of version only (no data moved)
 
     def applied(self) -> list[Change]:
