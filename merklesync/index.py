@@ -39,6 +39,11 @@ _FORGOTTEN_TABLE = (
     "CREATE TABLE IF NOT EXISTS forgotten "
     "(path TEXT PRIMARY KEY, entry BLOB NOT NULL) WITHOUT ROWID"
 )
+# Runs that ended having left paths out, per other replica (see retention).
+_CONTACTS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS contacts "
+    "(replica_id TEXT PRIMARY KEY, last_ns INTEGER NOT NULL) WITHOUT ROWID"
+)
 _DIR_INDEX = "CREATE INDEX IF NOT EXISTS entries_dir ON entries (parent, path, deleted, stat)"
 _OLD_PARENT_INDEX = "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'entries_parent'"
 
@@ -69,6 +74,7 @@ CREATE TABLE IF NOT EXISTS peers (
     replica_id TEXT PRIMARY KEY,
     last_sync_ns INTEGER NOT NULL
 ) WITHOUT ROWID;
+{_CONTACTS_TABLE};
 CREATE TABLE IF NOT EXISTS nodes (
     level INTEGER NOT NULL,
     prefix INTEGER NOT NULL,
@@ -375,6 +381,7 @@ class Index:
             "last_sync_ns INTEGER NOT NULL) WITHOUT ROWID"
         )
         conn.execute(_FORGOTTEN_TABLE)
+        conn.execute(_CONTACTS_TABLE)
         if row[0] < FORMAT:
             if "origin" not in {c[1] for c in conn.execute("PRAGMA table_info(entries)")}:
                 conn.execute("ALTER TABLE entries ADD COLUMN origin TEXT NOT NULL DEFAULT ''")
@@ -627,6 +634,7 @@ class Index:
             if entry.computed_leaf() != leaf or key_of(entry.path) != key:
                 raise CorruptIndex(_corrupt_message(self, f"damaged row: {entry.path!r}"))
         self.peers()
+        self.contacts()
         for _level, _prefix, total, count in self.conn.execute("SELECT * FROM nodes"):
             if not (isinstance(total, bytes) and len(total) == 32 and isinstance(count, int)):
                 raise CorruptIndex(_corrupt_message(self, "damaged tree node"))
@@ -674,6 +682,16 @@ class Index:
     @_guard
     def remember_peer(self, replica_id: str, when: int) -> None:
         self.conn.execute("INSERT OR REPLACE INTO peers VALUES (?, ?)", (replica_id, when))
+
+    @_guard
+    def contacts(self) -> dict[str, int]:
+        """Replica id -> when this replica last ended a run with it that
+        left some paths out (see retention)."""
+        return dict(self.conn.execute("SELECT replica_id, last_ns FROM contacts"))
+
+    @_guard
+    def remember_contact(self, replica_id: str, when: int) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO contacts VALUES (?, ?)", (replica_id, when))
 
     @_guard
     def forget(self, entry: Entry) -> None:

@@ -6,9 +6,18 @@ with it that began after it learned of the deletion (not the run that brought
 it, which proves nothing new), or once it has known of the deletion for
 longer than the retention period (90 days unless configured); both are
 judged by this replica's own clock, never the writer's. A replica whose last
-sync with this one is older than the retention could bring deleted files
+run with this one is older than the retention could bring deleted files
 back, so it is refused (Cassandra's gc_grace lesson) unless the user says
 otherwise.
+
+A run that ends having left paths out (--exclude, a path one side's rules
+ignore, a file a scan skipped) is no proof that the other side has seen
+every deletion: it is recorded apart, as a contact. A contact keeps the
+other replica from being refused as away; in exchange, the retention
+period alone does not collect a tombstone that a replica in contact within
+that period has not been proven to have seen (it may still hold the file,
+left out of the runs). Such a tombstone waits for a complete run, or for
+that replica to be away longer than the retention, which then refuses it.
 """
 
 from __future__ import annotations
@@ -37,14 +46,24 @@ def set_retention_days(replica: Replica, days: int) -> None:
     replica.index.set_meta("tombstone_retention_days", days)
 
 
+def _last_runs(replica: Replica) -> dict[str, int]:
+    """Replica id -> when this replica last ended a run with it, complete
+    or not (a contact)."""
+    index = replica.index
+    last = index.peers()
+    for other, when in index.contacts().items():
+        last[other] = max(last.get(other, 0), when)
+    return last
+
+
 def check_not_stale(replica: Replica, other: str, now: int | None = None) -> None:
-    last = replica.index.peers().get(other)
+    last = _last_runs(replica).get(other)
     now = time.time_ns() if now is None else now
     days = retention_days(replica)
     if last is not None and now - last > days * DAY_NS:
         away = (now - last) // DAY_NS
         raise StaleReplica(
-            f"replica {other} last synced with {replica.root} {_days(away)} ago, longer than "
+            f"replica {other} last ran with {replica.root} {_days(away)} ago, longer than "
             f"the tombstone retention ({_days(days)}): files deleted since could come back. "
             "Check it, then run again with --allow-stale, or make it a fresh copy"
         )
@@ -58,12 +77,14 @@ def collect(
     replica: Replica, *, now: int | None = None, dry_run: bool = False, days: int | None = None
 ) -> list[str]:
     """Drop the tombstones every known replica has seen, or that are older
-    than the retention (``days``, default the replica's); returns their paths."""
+    than the retention (``days``, default the replica's) and not kept for a
+    replica in contact (see the module's docstring); returns their paths."""
     now = time.time_ns() if now is None else now
     index = replica.index
     horizon = now - (retention_days(replica) if days is None else days) * DAY_NS
     peers = index.peers()
-    known = set(peers) | index.writers()
+    last_runs = _last_runs(replica)
+    known = set(last_runs) | index.writers()
     known.discard(replica.replica_id)
     # Every known replica must have completed a run with this one that began
     # (its scan, see Replica.snapshot_ns) no earlier than this one learned of
@@ -71,9 +92,15 @@ def collect(
     # later than now was stamped by a clock since set back (it ran ahead):
     # when it really happened is unknown, so it proves nothing.
     seen_by_all = min((_trusted(peers.get(r, 0), now) for r in known), default=now)
+    # The retention alone collects nothing that a replica in contact within
+    # it has not been proven to have seen (a contact stamped ahead counts).
+    in_contact = [
+        _trusted(peers.get(r, 0), now) for r, when in last_runs.items() if when >= horizon
+    ]
+    aged = min([horizon, *in_contact])
     dropped = []
     for entry, learned in index.tombstones():
-        if learned < horizon or learned <= seen_by_all:
+        if learned < aged or learned <= seen_by_all:
             dropped.append(entry.path)
             if not dry_run:
                 index.forget(entry)
@@ -103,6 +130,13 @@ def guard(a: Peer, b: Peer, *, allow_stale: bool = False) -> None:
             mine.check_not_stale(other.replica_id)
         except StaleReplica as exc:  # named as the user named it, not by its id alone
             raise StaleReplica(f"{other.name}: {exc.message}") from None
+
+
+def after_contact(a: Peer, b: Peer, *, one_way: bool = False) -> None:
+    """A run that left paths out has ended: record it as a contact (see the
+    module's docstring), on a's side (and, unless one-way, b's)."""
+    for mine, other in ((a, b),) if one_way else ((a, b), (b, a)):
+        mine.contact(other.replica_id)
 
 
 def after_success(a: Peer, b: Peer, *, one_way: bool = False) -> list[str]:

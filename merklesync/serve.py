@@ -41,6 +41,7 @@ from merklesync.peer import WriteItem
 from merklesync.peer.local import LocalPeer
 from merklesync.protocol.framing import encode_frame
 from merklesync.protocol.messages import (
+    CONTACT,
     GUARD,
     INLINE_PUT,
     MAX_RESULT_ITEMS,
@@ -53,6 +54,7 @@ from merklesync.protocol.messages import (
     Commit,
     Compare,
     CompareResult,
+    Contact,
     Data,
     End,
     Entries,
@@ -109,7 +111,8 @@ class Agent:
             self.peer = opened
         replica_id = self.peer.replica_id if self.peer is not None else ""
         root_name = display(str(self.peer.replica.root if self.peer is not None else root))
-        caps = (INLINE_PUT, GUARD, *((READ_ONLY,) if self.peer and self.peer.read_only else ()))
+        read_only = (READ_ONLY,) if self.peer and self.peer.read_only else ()
+        caps = (INLINE_PUT, GUARD, CONTACT, *read_only)
         hello = Hello(PROTOCOL_VERSIONS, caps, replica_id, SOFTWARE, root_name)
         self.session = ServerSession(hello)
         self._out = bytearray()
@@ -214,6 +217,9 @@ class Agent:
             return ByeResult()
         if isinstance(request, Guard):
             peer.check_not_stale(request.replica_id)
+            return ByeResult()
+        if isinstance(request, Contact):
+            peer.contact(request.replica_id)
             return ByeResult()
         assert isinstance(request, EntriesUnder), request
         return EntriesResult(peer.entries_under(request.nodes, limit=MAX_RESULT_ITEMS))

@@ -50,7 +50,8 @@ def sync_pair(
     """Sync two scanned replicas (their retention already checked: see
     retention.guard). ``scan_complete``: neither scan skipped a file; only
     then, and with nothing left out or left alone, is the run a proof that
-    each side has all the other has, and recorded as such. ``keep_done``:
+    each side has all the other has, and recorded as such (else as a
+    contact: see retention). ``keep_done``:
     see sync."""
     include = Included(excludes, (a, b))
     result = sync(
@@ -69,15 +70,15 @@ def sync_pair(
                     f"{path} has {n} conflict copies in {replica.root}; "
                     "settle them with `merklesync resolve`"
                 )
-    if (
-        not dry_run
-        and not excludes
+    complete = (
+        not excludes
         and not include.left_out
         and scan_complete
         and not result.failures()
         and not result.ignored()
-    ):
-        retention.after_success(a, b)
+    )
+    if not dry_run:
+        (retention.after_success if complete else retention.after_contact)(a, b)
     return result
 
 

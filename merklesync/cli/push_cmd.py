@@ -109,6 +109,8 @@ def run_transfer(
         partial = excludes or include.left_out or warnings or left or result.ignored()
         if not dry_run and not partial:
             retention.after_success(src, dst, one_way=True)
+        elif not dry_run:
+            retention.after_contact(src, dst, one_way=True)
     report(
         out,
         result,

@@ -103,6 +103,12 @@ class Peer(Protocol):
         has seen everything that one had (tombstones can be collected)."""
         ...
 
+    def contact(self, replica_id: str) -> None:
+        """Record that a run with ``replica_id`` just ended having left some
+        paths out: no proof that this replica has seen all that one had, yet
+        it was not away (see retention)."""
+        ...
+
     def close(self, *, commit: bool = True) -> None:
         """``commit`` False: the run ends on a failure or an interruption."""
         ...

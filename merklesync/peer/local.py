@@ -253,6 +253,10 @@ class LocalPeer:
         self.replica.index.remember_peer(replica_id, self.replica.snapshot_ns)
         self.replica.index.commit()
 
+    def contact(self, replica_id: str) -> None:
+        self.replica.index.remember_contact(replica_id, self.replica.snapshot_ns)
+        self.replica.index.commit()
+
     def close(self, *, commit: bool = True) -> None:
         """Close the replica (``commit`` False: the run failed, see
         Replica.close). A scan started ahead and never waited for (the

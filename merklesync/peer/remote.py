@@ -145,6 +145,13 @@ class RemotePeer:
         self._settle()
         self._call(self.session.remember(replica_id), ByeResult)
 
+    def contact(self, replica_id: str) -> None:
+        self._ready()
+        if not self.session.records_contact:  # an agent of an earlier version: as before
+            return
+        self._settle()
+        self._call(self.session.contact(replica_id), ByeResult)
+
     def check_not_stale(self, replica_id: str) -> None:
         """Asked without waiting: answers come in order, so the next result
         taken (the scan's, before anything is written) raises the refusal,

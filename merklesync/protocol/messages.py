@@ -68,6 +68,8 @@ MAX_INLINE = 128 << 10  # the most content a put may carry
 GUARD = "guard"
 # a server whose replica is on a read-only file system: it refuses writes.
 READ_ONLY = "read-only"
+# a server that records, when asked, a run that left some paths out (see Contact).
+CONTACT = "contact"
 
 MAX_NODES = 65_536  # nodes per children / compare / entries_under request
 MAX_COMPARE = 65_536  # leaf records per compare request
@@ -565,6 +567,16 @@ class Guard(_AboutReplica):
     TAG: ClassVar[str] = "guard"
 
 
+@dataclass(frozen=True, slots=True)
+class Contact(_AboutReplica):
+    """The client's replica and the agent's met in a run that ended but
+    left some paths out (excluded, ignored by one side, skipped): no proof
+    for tombstone collection, yet no absence either; the agent records it
+    for its staleness check (see retention). Answered with nil."""
+
+    TAG: ClassVar[str] = "contact"
+
+
 # -- answers: server to client -------------------------------------------
 
 
@@ -687,6 +699,7 @@ Request = (
     | Write
     | Remember
     | Guard
+    | Contact
     | Bye
 )
 ClientMessage = Hello | Request | Put | Data | End | Gone | Commit
@@ -703,6 +716,7 @@ _REQUESTS: tuple[type[Request], ...] = (
     Write,
     Remember,
     Guard,
+    Contact,
     Bye,
 )
 OPS: frozenset[str] = frozenset(cls.TAG for cls in _REQUESTS)  # the server's allowlist
@@ -1013,6 +1027,7 @@ RESULT_TYPES: dict[str, type[Result]] = {
     Write.TAG: WriteResult,
     Remember.TAG: ByeResult,  # nil, as for bye
     Guard.TAG: ByeResult,
+    Contact.TAG: ByeResult,
     Bye.TAG: ByeResult,
 }  # read has no result value: it is answered by a stream
 

@@ -38,6 +38,7 @@ from merklesync.errors import ConnectionFailed, MerklesyncError, ProtocolError
 from merklesync.model import Entry, EntryKind
 from merklesync.protocol.framing import MAX_CHUNK, FrameDecoder, encode_frame
 from merklesync.protocol.messages import (
+    CONTACT,
     GUARD,
     INLINE_PUT,
     KEY_SLACK,
@@ -59,6 +60,7 @@ from merklesync.protocol.messages import (
     Commit,
     Compare,
     CompareResult,
+    Contact,
     Data,
     Done,
     End,
@@ -391,6 +393,18 @@ class ClientSession(_Base):
         if not self.guards:
             raise RuntimeError("the server does not check replicas for staleness")
         return self._request(Guard(replica_id), Assembly.of(ByeResult, 0))
+
+    @property
+    def records_contact(self) -> bool:
+        """Whether the server records, when asked, a run that left paths out."""
+        return self.peer is not None and CONTACT in self.peer.capabilities
+
+    def contact(self, replica_id: str) -> bytes:
+        """Ask the agent to record a run with ``replica_id`` that left paths
+        out (see Contact)."""
+        if not self.records_contact:
+            raise RuntimeError("the server does not record runs that left paths out")
+        return self._request(Contact(replica_id), Assembly.of(ByeResult, 0))
 
     def bye(self) -> bytes:
         frame = self._request(Bye(), Assembly.of(ByeResult, 0))

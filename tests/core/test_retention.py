@@ -79,7 +79,7 @@ def test_replica_away_longer_than_retention_is_refused(tmp_path: Path) -> None:
     r2 = ms("sync", a, b)
     assert r2.code == 3
     assert "longer than the tombstone retention (90 days)" in r2.err
-    assert r2.err.startswith(f"merklesync: error: {b}: replica {other} last synced with {a} 100")
+    assert r2.err.startswith(f"merklesync: error: {b}: replica {other} last ran with {a} 100")
     assert ms("sync", a, b, "--allow-stale").code == 0
     assert ms("sync", a, b).code == 0  # the successful run refreshed the record
 
@@ -304,3 +304,52 @@ def test_gc_says_one_day_not_one_days(tmp_path: Path) -> None:
     assert ms("gc", a, "--retention-days", "1", "--dry-run").lines() == [
         "would collect 0 tombstones (retention 1 day)"
     ]
+
+
+def test_runs_that_leave_paths_out_keep_a_replica_from_being_away(tmp_path: Path) -> None:
+    """Replicas whose every run leaves something out (here --exclude; an
+    ignore rule of one side's, a file a scan skips) are in contact all the
+    same: months of such runs do not get them refused as away, on either
+    side; each run is recorded as a contact, not as a complete one."""
+    a, b = _pair(tmp_path)
+    for root in (a, b):
+        with Replica.open(root) as r:
+            [other] = r.index.peers()
+            r.index.remember_peer(other, time.time_ns() - 80 * retention.DAY_NS)
+            r.index.commit()
+    before = {root: _peers(root) for root in (a, b)}
+    assert ms("sync", a, b, "--exclude", "*.log").code == 0
+    assert ms("push", a, b, "--exclude", "*.log").code == 0
+    later = time.time_ns() + 20 * retention.DAY_NS  # 100 days after the last complete run
+    for root in (a, b):
+        assert _peers(root) == before[root]  # no proof of a complete run
+        with Replica.open(root) as r:
+            [other] = r.index.contacts()
+            retention.check_not_stale(r, other, now=later)
+
+
+def test_a_tombstone_a_replica_in_contact_has_not_seen_outlives_the_retention(
+    tmp_path: Path,
+) -> None:
+    """A deletion the runs left out (excluded) never reached b, which still
+    holds the file: while b is in contact, the retention alone does not
+    collect it (b's file would come back once the runs take it in); once b
+    is away longer than the retention, it is collected, and b refused."""
+    a, b = _pair(tmp_path)
+    (a / "gone.txt").unlink()
+    assert ms("sync", a, b, "--exclude", "gone.txt").code == 0
+    assert (b / "gone.txt").exists()
+    later = time.time_ns() + 91 * retention.DAY_NS
+    with Replica.open(a) as r:
+        [other] = r.index.peers()
+        r.index.remember_contact(other, later - retention.DAY_NS)  # runs went on since
+        assert retention.collect(r, now=later, dry_run=True) == []
+        r.index.remember_contact(other, later - 91 * retention.DAY_NS)  # away since
+        assert retention.collect(r, now=later, dry_run=True) == ["gone.txt"]
+    assert ms("sync", a, b).code == 0  # complete now: the deletion reached b
+    assert not (b / "gone.txt").exists()
+
+
+def _peers(root: Path) -> dict[str, int]:
+    with Replica.open(root) as r:
+        return r.index.peers()

@@ -128,6 +128,7 @@ def test_ops_allowlist() -> None:
         "entries",
         "entries_under",
         "read",
+        "contact",
         "write",
         "remember",
         "guard",

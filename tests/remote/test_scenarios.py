@@ -506,3 +506,26 @@ def test_a_sync_with_a_side_that_alone_ignores_a_path(side: Side, tmp_path: Path
     assert r.code == 0, r.err
     if side.direction == "to" and side.remote:
         assert "1 ignored by the side written to" in r.err
+
+
+def test_a_run_that_leaves_paths_out_is_recorded_as_a_contact_on_both_sides(
+    side: Side, tmp_path: Path
+) -> None:
+    """An agent records it too (asked over the protocol): neither side
+    takes the other for away after months of runs that each left
+    something out."""
+    from merklesync.replica import Replica
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "keep.txt", "k")
+    ms("init", a)
+    assert side.ms("sync", side.src(a), side.dst(b)).code == 0
+    write(a / "x.log", "noise")
+    assert side.ms("sync", side.src(a), side.dst(b), "--exclude", "*.log").code == 0
+    ids = {}
+    for root in (a, b):
+        with Replica.open(root) as r:
+            ids[root] = r.replica_id
+    for root, other in ((a, b), (b, a)):
+        with Replica.open(root) as r:
+            assert list(r.index.contacts()) == [ids[other]], root
