@@ -126,10 +126,8 @@ def guard(a: Peer, b: Peer, *, allow_stale: bool = False) -> None:
     if allow_stale:
         return
     for mine, other in ((a, b), (b, a)):
-        try:
-            mine.check_not_stale(other.replica_id)
-        except StaleReplica as exc:  # named as the user named it, not by its id alone
-            raise StaleReplica(f"{other.name}: {exc.message}") from None
+        # Named as the user named it, not by its id alone.
+        mine.check_not_stale(other.replica_id, other.name)
 
 
 def after_contact(a: Peer, b: Peer, *, one_way: bool = False) -> None:

@@ -92,10 +92,12 @@ class Peer(Protocol):
         outcome per item, in the items' order."""
         ...
 
-    def check_not_stale(self, replica_id: str) -> None:
+    def check_not_stale(self, replica_id: str, name: str | None = None) -> None:
         """Refuse a run with ``replica_id`` (StaleReplica) when it has been
         away from this replica longer than this replica's tombstone
-        retention: files deleted here and forgotten since could come back."""
+        retention: files deleted here and forgotten since could come back.
+        ``name``: that replica as the user named it, which the refusal
+        begins with."""
         ...
 
     def remember(self, replica_id: str) -> None:

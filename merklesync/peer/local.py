@@ -242,10 +242,15 @@ class LocalPeer:
         outcomes.sort(key=lambda placed: placed[0])
         return [outcome for _n, outcome in outcomes]
 
-    def check_not_stale(self, replica_id: str) -> None:
+    def check_not_stale(self, replica_id: str, name: str | None = None) -> None:
         from merklesync import retention  # which reads peers of this module
 
-        retention.check_not_stale(self.replica, replica_id)
+        try:
+            retention.check_not_stale(self.replica, replica_id)
+        except retention.StaleReplica as exc:
+            if name is None:
+                raise
+            raise retention.StaleReplica(f"{name}: {exc.message}") from None
 
     def remember(self, replica_id: str) -> None:
         # As of this run's scan: a tombstone that arrived during the run is

@@ -92,7 +92,9 @@ class RemotePeer:
         self._events: deque[ClientEvent] = deque()
         self._tickets: deque[int] = deque()  # requests in flight, oldest first
         self._answers: dict[int, Answered | Failed] = {}
-        self._guards: list[int] = []  # guard requests whose answers are not yet looked at
+        # Guard requests whose answers are not yet looked at, each with the
+        # name of the replica asked about.
+        self._guards: list[tuple[int, str | None]] = []
         self._next_ticket = 0
         self._progress: Progress | None = None
         self._stream: _ReadStream | None = None
@@ -152,13 +154,13 @@ class RemotePeer:
         self._settle()
         self._call(self.session.contact(replica_id), ByeResult)
 
-    def check_not_stale(self, replica_id: str) -> None:
+    def check_not_stale(self, replica_id: str, name: str | None = None) -> None:
         """Asked without waiting: answers come in order, so the next result
         taken (the scan's, before anything is written) raises the refusal,
         and the scan request follows this one with no round trip between."""
         self._ready()
         if self.session.guards:  # an agent of an earlier version: not asked, as before
-            self._guards.append(self._request(self.session.guard(replica_id)))
+            self._guards.append((self._request(self.session.guard(replica_id)), name))
 
     def root(self) -> Node:
         self._ready()
@@ -353,10 +355,12 @@ class RemotePeer:
 
     def _result(self, ticket: int, kind: type[R]) -> R:
         self._await(ticket)
-        while self._guards and self._guards[0] < ticket:  # answered before this one
-            guarded = self._answers.pop(self._guards.pop(0))
-            if isinstance(guarded, Failed):
-                raise self._remote_error(guarded.error)
+        while self._guards and self._guards[0][0] < ticket:  # answered before this one
+            guard, name = self._guards.pop(0)
+            guarded = self._answers.pop(guard)
+            if isinstance(guarded, Failed):  # said of the replica refused, as a local one says it
+                exc = guarded.error.exception()
+                raise type(exc)(f"{name or self.where}: {exc.message}")
         answer = self._answers.pop(ticket)
         if isinstance(answer, Failed):
             raise self._remote_error(answer.error)

@@ -155,15 +155,18 @@ def test_a_replica_away_too_long_is_refused_whichever_side_holds_the_record(
     side: Side, pair: tuple[Path, Path], holder: str
 ) -> None:
     """The record that says a replica has been away is checked where it is
-    kept: in this process, or by the agent on the far side."""
+    kept: in this process, or by the agent on the far side; either way the
+    refusal begins with the name of the replica refused."""
     a, b = pair
     assert side.ms("sync", side.src(a), side.dst(b)).code == 0
     _away(a if holder == "a" else b, 100)
+    away = side.dst(b) if holder == "a" else side.src(a)
     for command in ("sync", "push", "pull"):
         src, dst = (side.src(a), side.dst(b)) if command != "pull" else (side.dst(b), side.src(a))
         r = side.ms(command, src, dst)
         assert r.code == 3, (command, r.out, r.err)
         assert "longer than the tombstone retention (90 days)" in r.err, r.err
+        assert r.err.startswith(f"merklesync: error: {away}: replica "), r.err
     assert side.ms("sync", side.src(a), side.dst(b), "--allow-stale").code == 0
 
 
