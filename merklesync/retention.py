@@ -63,13 +63,14 @@ def check_not_stale(replica: Replica, other: str, now: int | None = None) -> Non
     if last is not None and now - last > days * DAY_NS:
         away = (now - last) // DAY_NS
         raise StaleReplica(
-            f"replica {other} last ran with {replica.root} {_days(away)} ago, longer than "
-            f"the tombstone retention ({_days(days)}): files deleted since could come back. "
+            f"replica {other} last ran with {replica.root} {days_text(away)} ago, longer than "
+            f"the tombstone retention ({days_text(days)}): files deleted since could come back. "
             "Check it, then run again with --allow-stale, or make it a fresh copy"
         )
 
 
-def _days(n: int) -> str:
+def days_text(n: int) -> str:
+    """ "1 day", "2 days"."""
     return "1 day" if n == 1 else f"{n} days"
 
 

@@ -41,6 +41,5 @@ def gc(
     for path in dropped if dry_run else []:
         out.line(f"D {path}")
     verb = "would collect" if dry_run else "collected"
-    span = "1 day" if days == 1 else f"{days} days"
-    out.line(f"{verb} {plural(len(dropped), 'tombstone')} (retention {span})")
+    out.line(f"{verb} {plural(len(dropped), 'tombstone')} (retention {retention.days_text(days)})")
     out.emit_json({"collected": dropped, "dry_run": dry_run, "retention_days": days})
