@@ -70,7 +70,7 @@ def check_not_stale(replica: Replica, other: str, now: int | None = None) -> Non
 
 
 def days_text(n: int) -> str:
-    """ "1 day", "2 days"."""
+    """A count of days as said: 1 day, 2 days."""
     return "1 day" if n == 1 else f"{n} days"
 
 

@@ -570,7 +570,8 @@ class Guard(_AboutReplica):
 @dataclass(frozen=True, slots=True)
 class Contact(_AboutReplica):
     """The client's replica and the agent's met in a run that ended but
-    left some paths out (excluded, ignored by one side, skipped): no proof
+    left some paths out (excluded, ignored by one side, skipped, not
+    written): no proof
     for tombstone collection, yet no absence either; the agent records it
     for its staleness check (see retention). Answered with nil."""
 
