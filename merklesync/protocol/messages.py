@@ -571,9 +571,9 @@ class Guard(_AboutReplica):
 class Contact(_AboutReplica):
     """The client's replica and the agent's met in a run that ended but
     left some paths out (excluded, ignored by one side, skipped, not
-    written): no proof
-    for tombstone collection, yet no absence either; the agent records it
-    for its staleness check (see retention). Answered with nil."""
+    written): no proof for tombstone collection, yet no absence either;
+    the agent records it for its staleness check (see retention).
+    Answered with nil."""
 
     TAG: ClassVar[str] = "contact"
 
