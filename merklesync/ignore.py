@@ -39,11 +39,20 @@ TEMP_PREFIX = ".merklesync-tmp-"
 # that only begins with the prefix is a file like any other.
 _TEMP_NAME = re.compile(r"\.merklesync-tmp-([0-9]{1,10})-[0-9]+-")
 MAX_IGNORE_BYTES = 1 << 20
-# Why an ignore file that is there cannot be read: its rules are not
-# known. Any other error means it holds none, as documented: there is no
-# such file (or a dangling link), it is no regular file (a FIFO, a socket,
-# a device), it is too large.
-_UNREAD = (errno.EACCES, errno.EPERM, errno.EIO, errno.ESTALE)
+# Why an ignore file holds no rules, as documented: there is none (or it
+# is a dangling link), it is no regular file (a FIFO, a socket: ENXIO, a
+# device), it is too large. Any other error (no permission, an I/O error,
+# no file descriptor left) means its rules are not known.
+_NO_RULES = (
+    errno.ENOENT,
+    errno.ENOTDIR,
+    errno.ELOOP,
+    errno.EINVAL,
+    errno.EFBIG,
+    errno.EAGAIN,
+    errno.ENXIO,
+    errno.ENODEV,
+)
 
 
 def read_rules(path: Path) -> bytes:
@@ -95,7 +104,7 @@ class IgnoreRules:
                 if stat.S_ISLNK(st.st_mode) or st.st_nlink > 1:
                     self.volatile.add(directory)
             except OSError as exc:
-                if exc.errno in _UNREAD:
+                if exc.errno not in _NO_RULES:
                     rel = f"{directory}/{IGNORE_FILE}" if directory else IGNORE_FILE
                     self._unread[directory] = f"{rel}: cannot read: {exc.strerror or exc}"
             except UsageError:

@@ -268,3 +268,20 @@ def test_a_write_refused_for_rules_that_cannot_be_read_is_a_failure(
     assert not outcome.ok and not outcome.ignored, outcome
     assert "cannot read: Permission denied" in outcome.reason
     assert not (root / "private" / "notes.txt").exists()
+
+
+@pytest.mark.parametrize("code", [errno.EMFILE, errno.ENOTCONN, errno.EIO])
+def test_an_ignore_file_that_fails_to_open_for_a_passing_reason_leaves_rules_unknown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    """No file descriptor left, a network mount gone: the rules are not
+    known, so what they leave out stays out (it is not taken for no rules)."""
+    (tmp_path / IGNORE_FILE).write_text("secret.env\n")
+
+    def failing(path: Path) -> bytes:
+        raise OSError(code, os.strerror(code), str(path))
+
+    monkeypatch.setattr(ignore, "read_rules", failing)
+    rules = IgnoreRules(tmp_path)
+    assert rules.ignored("secret.env", False)
+    assert rules.unread("") is not None
