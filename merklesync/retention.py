@@ -11,13 +11,14 @@ back, so it is refused (Cassandra's gc_grace lesson) unless the user says
 otherwise.
 
 A run that ends having left paths out (--exclude, a path one side's rules
-ignore, a file a scan skipped) is no proof that the other side has seen
-every deletion: it is recorded apart, as a contact. A contact keeps the
-other replica from being refused as away; in exchange, the retention
-period alone does not collect a tombstone that a replica in contact within
-that period has not been proven to have seen (it may still hold the file,
-left out of the runs). Such a tombstone waits for a complete run, or for
-that replica to be away longer than the retention, which then refuses it.
+ignore, a file a scan skipped, a write that failed or was left alone) is no
+proof that the other side has seen every deletion: it is recorded apart,
+as a contact. A contact keeps the other replica from being refused as
+away; in exchange, the retention period alone does not collect a tombstone
+that a replica in contact within that period has not been proven to have
+seen (it may still hold the file, left out of the runs). Such a tombstone
+waits for a complete run, for that replica to be away longer than the
+retention (which then refuses it), or for one more retention period at most.
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ def collect(
     replica in contact (see the module's docstring); returns their paths."""
     now = time.time_ns() if now is None else now
     index = replica.index
-    horizon = now - (retention_days(replica) if days is None else days) * DAY_NS
+    retention_ns = (retention_days(replica) if days is None else days) * DAY_NS
+    horizon = now - retention_ns
     peers = index.peers()
     last_runs = _last_runs(replica)
     known = set(last_runs) | index.writers()
@@ -94,11 +96,15 @@ def collect(
     # when it really happened is unknown, so it proves nothing.
     seen_by_all = min((_trusted(peers.get(r, 0), now) for r in known), default=now)
     # The retention alone collects nothing that a replica in contact within
-    # it has not been proven to have seen (a contact stamped ahead counts).
+    # it (a contact since its last complete run) has not been proven to have
+    # seen; for one more retention period at most, so that replicas whose
+    # runs always leave something out do not keep every tombstone for ever.
     in_contact = [
-        _trusted(peers.get(r, 0), now) for r, when in last_runs.items() if when >= horizon
+        _trusted(peers.get(r, 0), now)
+        for r, when in index.contacts().items()
+        if when >= horizon and when > peers.get(r, 0)
     ]
-    aged = min([horizon, *in_contact])
+    aged = max(horizon - retention_ns, min([horizon, *in_contact]))
     dropped = []
     for entry, learned in index.tombstones():
         if learned < aged or learned <= seen_by_all:

@@ -353,3 +353,33 @@ def test_a_tombstone_a_replica_in_contact_has_not_seen_outlives_the_retention(
 def _peers(root: Path) -> dict[str, int]:
     with Replica.open(root) as r:
         return r.index.peers()
+
+
+def test_a_contact_holds_a_tombstone_back_for_one_more_retention_at_most(
+    tmp_path: Path,
+) -> None:
+    """Runs that always leave something out never prove anything: their
+    contact keeps a tombstone past the retention, not for ever."""
+    a, b = _pair(tmp_path)
+    (a / "gone.txt").unlink()
+    assert ms("sync", a, b, "--exclude", "gone.txt").code == 0
+    with Replica.open(a) as r:
+        [other] = r.index.peers()
+        for days in (91, 179, 181):
+            later = time.time_ns() + days * retention.DAY_NS
+            r.index.remember_contact(other, later - retention.DAY_NS)
+            expected = ["gone.txt"] if days > 180 else []
+            assert retention.collect(r, now=later, dry_run=True) == expected, days
+
+
+def test_a_complete_run_stamped_ahead_does_not_hold_tombstones_back(tmp_path: Path) -> None:
+    """A record of a complete run from a clock since set back proves nothing,
+    and is no contact either: the retention collects as it did."""
+    a, _b = _pair(tmp_path)
+    (a / "gone.txt").unlink()
+    ms("status", a)
+    with Replica.open(a) as r:
+        [other] = r.index.peers()
+        r.index.remember_peer(other, time.time_ns() + 400 * retention.DAY_NS)
+        later = time.time_ns() + 100 * retention.DAY_NS
+        assert retention.collect(r, now=later, dry_run=True) == ["gone.txt"]
