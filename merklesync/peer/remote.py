@@ -50,6 +50,7 @@ from merklesync.protocol.messages import (
     Result,
     RootResult,
     WriteResult,
+    error_code,
 )
 from merklesync.protocol.session import (
     Answered,
@@ -358,9 +359,13 @@ class RemotePeer:
         while self._guards and self._guards[0][0] < ticket:  # answered before this one
             guard, name = self._guards.pop(0)
             guarded = self._answers.pop(guard)
-            if isinstance(guarded, Failed):  # said of the replica refused, as a local one says it
+            if isinstance(guarded, Failed):
                 exc = guarded.error.exception()
-                raise type(exc)(f"{name or self.where}: {exc.message}")
+                if error_code(exc) == "replica" and name is not None:
+                    # The refusal as away (a "replica" error, see Guard): said
+                    # of the replica refused, as a local one says it.
+                    raise type(exc)(f"{name}: {exc.message}")
+                raise self._remote_error(guarded.error)
         answer = self._answers.pop(ticket)
         if isinstance(answer, Failed):
             raise self._remote_error(answer.error)

@@ -473,7 +473,8 @@ class DirectoryWriter:
                 with contextlib.suppress(OSError, NotADirectory):  # gone, or no directory now
                     fd = self._dirs.get(rel)
                     # Still writable: what the run left half written goes now.
-                    remove_abandoned(fd)
+                    with contextlib.suppress(OSError):
+                        remove_abandoned(fd)
                     now = st_mod.S_IMODE(os.fstat(fd).st_mode)
                     if now != mode and now & 0o700 == 0o700 and now & ~(left | 0o700) == 0:
                         os.chmod(fd, mode)
