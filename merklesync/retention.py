@@ -137,18 +137,17 @@ def guard(a: Peer, b: Peer, *, allow_stale: bool = False) -> None:
         mine.check_not_stale(other.replica_id, other.name)
 
 
-def after_contact(a: Peer, b: Peer, *, one_way: bool = False) -> None:
-    """A run that left paths out has ended: record it as a contact (see the
-    module's docstring), on a's side (and, unless one-way, b's)."""
-    for mine, other in ((a, b),) if one_way else ((a, b), (b, a)):
-        mine.contact(other.replica_id)
-
-
-def after_success(a: Peer, b: Peer, *, one_way: bool = False) -> list[str]:
-    """b now holds all that a has (and, unless one-way, the reverse):
-    remember it, and collect the tombstones that every replica has seen."""
+def after_run(a: Peer, b: Peer, *, complete: bool, one_way: bool = False) -> list[str]:
+    """A run between a and b has ended; recorded on a's side (and, unless
+    one-way, b's). ``complete``: b now holds all that a has (and, unless
+    one-way, the reverse), remembered as such, and the tombstones every
+    replica has seen are collected; else it left paths out, and is recorded
+    as a contact (see the module's docstring)."""
     dropped: list[str] = []
     for mine, other in ((a, b),) if one_way else ((a, b), (b, a)):
+        if not complete:
+            mine.contact(other.replica_id)
+            continue
         mine.remember(other.replica_id)  # a remote agent records (and collects) on its side
         replica = local_replica(mine)
         if replica is not None:

@@ -78,7 +78,7 @@ def sync_pair(
         and not result.ignored()
     )
     if not dry_run:
-        (retention.after_success if complete else retention.after_contact)(a, b)
+        retention.after_run(a, b, complete=complete)
     return result
 
 

@@ -31,8 +31,8 @@ def gc(
     directory) that every replica it knows of has seen, or that are older
     than the retention (those a replica in contact within the retention,
     whose runs left paths out, has not been proven to have seen: older than
-    twice the retention). sync,
-    repair, push and pull also do this once a day."""
+    twice the retention). sync, repair, push and pull also do this once a
+    day."""
     out = Output(quiet, as_json)
     with Replica.open(find_root(replica or Path.cwd(), named=replica is not None)) as r:
         if retention_days is not None and not dry_run:

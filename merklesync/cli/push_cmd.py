@@ -107,10 +107,8 @@ def run_transfer(
         # A partial run (--exclude, a path a replica ignores, files
         # skipped) is not proof the peer has everything.
         partial = excludes or include.left_out or warnings or left or result.ignored()
-        if not dry_run and not partial:
-            retention.after_success(src, dst, one_way=True)
-        elif not dry_run:
-            retention.after_contact(src, dst, one_way=True)
+        if not dry_run:
+            retention.after_run(src, dst, complete=not partial, one_way=True)
     report(
         out,
         result,

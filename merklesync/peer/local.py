@@ -31,7 +31,7 @@ class Included:
     it out (a rule that came with this very run) must not find it newer
     elsewhere, nor be asked to write it. ``left_out``: whether a replica's
     rules left out a path that differed (the run then proves less: see
-    retention.after_success)."""
+    retention.after_run)."""
 
     def __init__(self, excludes: Sequence[str], peers: Sequence[Peer]) -> None:
         self._by_option = exclude_predicate(excludes)
