@@ -140,15 +140,16 @@ def guard(a: Peer, b: Peer, *, allow_stale: bool = False) -> None:
 def after_run(a: Peer, b: Peer, *, complete: bool, one_way: bool = False) -> list[str]:
     """A run between a and b has ended; recorded on a's side (and, unless
     one-way, b's). ``complete``: b now holds all that a has (and, unless
-    one-way, the reverse), remembered as such, and the tombstones every
-    replica has seen are collected; else it left paths out, and is recorded
-    as a contact (see the module's docstring)."""
+    one-way, the reverse), remembered as such; else it left paths out, and
+    is recorded as a contact (see the module's docstring). Either way the
+    tombstones due are collected, at most once a day (a remote agent
+    records and collects on its side)."""
     dropped: list[str] = []
     for mine, other in ((a, b),) if one_way else ((a, b), (b, a)):
-        if not complete:
+        if complete:
+            mine.remember(other.replica_id)
+        else:
             mine.contact(other.replica_id)
-            continue
-        mine.remember(other.replica_id)  # a remote agent records (and collects) on its side
         replica = local_replica(mine)
         if replica is not None:
             dropped += maybe_collect(replica)

@@ -220,6 +220,7 @@ class Agent:
             return ByeResult()
         if isinstance(request, Contact):
             peer.contact(request.replica_id)
+            retention.maybe_collect(peer.replica)
             return ByeResult()
         assert isinstance(request, EntriesUnder), request
         return EntriesResult(peer.entries_under(request.nodes, limit=MAX_RESULT_ITEMS))

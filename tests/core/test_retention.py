@@ -383,3 +383,19 @@ def test_a_complete_run_stamped_ahead_does_not_hold_tombstones_back(tmp_path: Pa
         r.index.remember_peer(other, time.time_ns() + 400 * retention.DAY_NS)
         later = time.time_ns() + 100 * retention.DAY_NS
         assert retention.collect(r, now=later, dry_run=True) == ["gone.txt"]
+
+
+def test_runs_that_leave_paths_out_collect_what_is_due_by_themselves(tmp_path: Path) -> None:
+    """Replicas whose runs always leave something out still collect, once a
+    day, the tombstones older than twice the retention: no gc needed."""
+    a, b = _pair(tmp_path)
+    (a / "gone.txt").unlink()
+    assert ms("sync", a, b, "--exclude", "*.log").code == 0
+    with Replica.open(a) as r:
+        old = time.time_ns() - 200 * retention.DAY_NS
+        r.index.conn.execute("UPDATE entries SET learned_ns = ? WHERE path = 'gone.txt'", (old,))
+        r.index.set_meta("last_gc", 0)
+        r.index.commit()
+    assert _tombstones(a) == ["gone.txt"]
+    assert ms("sync", a, b, "--exclude", "*.log").code == 0
+    assert _tombstones(a) == []
