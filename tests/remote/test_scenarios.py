@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -529,3 +530,34 @@ def test_a_run_that_leaves_paths_out_is_recorded_as_a_contact_on_both_sides(
     for root, other in ((a, b), (b, a)):
         with Replica.open(root) as r:
             assert list(r.index.contacts()) == [ids[other]], root
+
+
+def test_a_run_that_leaves_paths_out_collects_the_tombstones_due_on_both_sides(
+    side: Side, tmp_path: Path
+) -> None:
+    """An agent told of a contact collects what is due on its side too (once
+    a day), as the client does on its own: the replica written to over SSH
+    is the one cron never runs gc on. (b learned of the deletion after its
+    last complete run with a began: only its age lets it go.)"""
+    from merklesync import retention
+    from merklesync.replica import Replica
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "keep.txt", "k")
+    write(a / "gone.txt", "g")
+    ms("init", a)
+    assert side.ms("sync", side.src(a), side.dst(b)).code == 0
+    (a / "gone.txt").unlink()
+    assert side.ms("sync", side.src(a), side.dst(b)).code == 0
+    for root in (a, b):
+        with Replica.open(root) as r:
+            assert [e.path for e, _ in r.index.tombstones()] == ["gone.txt"], root
+            old = time.time_ns() - 200 * retention.DAY_NS  # twice the retention and more
+            r.index.conn.execute("UPDATE entries SET learned_ns = ? WHERE deleted", (old,))
+            r.index.set_meta("last_gc", 0)  # a day and more since the last collection
+            r.index.commit()
+    write(a / "x.log", "noise")
+    assert side.ms("sync", side.src(a), side.dst(b), "--exclude", "*.log").code == 0
+    for root in (a, b):
+        with Replica.open(root) as r:
+            assert r.index.tombstones() == [], root
