@@ -265,7 +265,9 @@ class _Session:
         status = self.proc.wait()
         with contextlib.suppress(Exception):
             self.channel.shutdown_write()
-            self.channel.send_exit_status(status)
+            if status >= 0:  # killed by a signal: OpenSSH sends exit-signal, no status
+                self.channel.send_exit_status(status)
+        with contextlib.suppress(Exception):
             self.channel.close()
 
     def kill(self) -> None:

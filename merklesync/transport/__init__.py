@@ -12,7 +12,9 @@ Contract shared by every transport:
   exited with an error before writing anything), `recv` and `send` raise
   `RemoteCommandMissing` carrying the command's own error line.
 - `send` and `recv` may be called from two different threads (one each).
-- `recv` raises `ConnectionFailed` after ``timeout`` seconds without a byte.
+- `recv` raises `ConnectionFailed` after ``timeout`` seconds without a byte,
+  and `send` after ``timeout`` seconds in which the peer took none (it stopped
+  reading: stopped, or hung).
 - `close` is idempotent; `stderr_text` and `exit_status` work after it
   (``exit_status`` may be ``None`` after ``close(ended=True)``).
 """

@@ -58,6 +58,11 @@ class SubprocessTransport:
         assert self._proc.stdout is not None
         assert self._proc.stderr is not None
         self._stdin_fd = self._proc.stdin.fileno()
+        # Written without blocking, so that a command that stopped reading
+        # is given up after the timeout (see send).
+        os.set_blocking(self._stdin_fd, False)
+        self._stdin_room = select.poll()
+        self._stdin_room.register(self._stdin_fd, select.POLLOUT)
         self._stdout_fd = self._proc.stdout.fileno()
         fd = self._proc.stderr.fileno()
         self._stderr = StderrTail(lambda n: os.read(fd, n), f"stderr-{self._proc.pid}")
@@ -70,9 +75,16 @@ class SubprocessTransport:
         view = memoryview(data)
         total = len(view)
         offset = 0
+        wait_ms = None if self.timeout is None else int(self.timeout * 1000)
         try:
             while offset < total:
-                offset += os.write(self._stdin_fd, view[offset:])
+                try:
+                    offset += os.write(self._stdin_fd, view[offset:])
+                except BlockingIOError:  # the pipe is full: wait for room
+                    if not self._stdin_room.poll(wait_ms):
+                        assert self.timeout is not None
+                        self.bytes_sent += offset
+                        raise ConnectionFailed(silent_for(self.argv[0], self.timeout)) from None
         except OSError as exc:  # BrokenPipeError: the peer is gone
             self.bytes_sent += offset
             self._fail(f"cannot write to {self.argv[0]}: {exc.strerror or exc}")

@@ -34,6 +34,7 @@ ACCEPTED = b"\x01"
 MAX_REQUEST = 64 * 1024
 _SUN_PATH_MAX = 100  # sockaddr_un holds 108 bytes; keep a margin
 _LENGTH = struct.Struct(">I")
+SEND_CHUNK = 1 << 20  # sent at a time (see RelayTransport.send)
 
 
 def socket_path(user: str | None, host: str, port: int | None) -> Path:
@@ -113,11 +114,20 @@ class RelayTransport:
         self._closed = False
 
     def send(self, data: bytes) -> None:
+        view = memoryview(data)
         try:
-            self._sock.sendall(data)
+            # One send at a time, each waiting at most the timeout for room
+            # (sendall's would bound the whole of it, however large).
+            self._sock.settimeout(self.timeout)
+            while view:
+                sent = self._sock.send(view[:SEND_CHUNK])
+                self.bytes_sent += sent
+                view = view[sent:]
+        except TimeoutError:
+            assert self.timeout is not None
+            raise ConnectionFailed(silent_for(self.label, self.timeout)) from None
         except OSError as exc:
             raise self._lost(exc) from None
-        self.bytes_sent += len(data)
 
     def recv(self, n: int) -> bytes:
         if self._closed:

@@ -291,11 +291,19 @@ class SSHTransport:
         view = data if isinstance(data, bytes) else bytes(data)
         offset = 0
         try:
+            # Each send waits at most this long for room in the channel's
+            # window: a command that stopped reading is given up as one
+            # that stopped answering is (recv).
+            chan.settimeout(self.timeout)
             while offset < total:
                 sent = chan.send(view[offset : offset + chunk])
                 if sent <= 0:
                     break
                 offset += sent
+        except TimeoutError:
+            self.bytes_sent += offset
+            assert self.timeout is not None
+            raise ConnectionFailed(silent_for(self.label, self.timeout)) from None
         except (OSError, EOFError, paramiko.SSHException):
             pass
         self.bytes_sent += offset
@@ -419,13 +427,13 @@ class SSHTransport:
         if status is None or status == 0:
             return
         line = error_line(self.stderr_text())
-        if command_missing(status, line):
+        if status > 0 and command_missing(status, line):
             raise RemoteCommandMissing(
                 f"cannot run {self.command!r} on {self.label} (exit status {status}): "
                 f"{line or 'no error message'}; {_HINT}"
             )
         raise ConnectionFailed(
-            f"{self.command!r} on {self.label} exited with status {status} before answering"
+            f"{self.command!r} on {self.label} {_exit_text(status)} before answering"
             + (f": {line}" if line else "")
         )
 
@@ -433,16 +441,23 @@ class SSHTransport:
         if self.bytes_received == 0:
             self._check_started()
         status = self._wait_exit()
-        if status is not None:
+        if status is not None and (status >= 0 or self._hop.transport.is_active()):
             line = error_line(self.stderr_text())
             raise ConnectionFailed(
-                f"{what}: {self.command!r} on {self.label} exited with status {status}"
+                f"{what}: {self.command!r} on {self.label} {_exit_text(status)}"
                 + (f": {line}" if line else "")
             )
         cause = self._hop.transport.get_exception()
         raise ConnectionFailed(
             f"{what}: SSH connection to {self.label} lost" + (f" ({cause})" if cause else "")
         )
+
+
+def _exit_text(status: int) -> str:
+    """How a command ended, by its exit status: paramiko says -1 for a
+    channel closed without one (the command was killed by a signal: OpenSSH
+    then sends exit-signal, which paramiko does not read)."""
+    return "was killed by a signal" if status < 0 else f"exited with status {status}"
 
 
 class SSHConnection:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import blake3
 import msgpack
@@ -90,6 +91,9 @@ def main(scenario: str) -> None:
         tag = msg[0]
         if tag == "merklesync":
             continue
+        if scenario == "deaf" and tag == "write":  # takes no more of what comes, for a while
+            time.sleep(20)
+            return
         if scenario == "unknown-op" and tag == "children":
             wire.send(frame(["exec", "rm -rf ~"]))
             continue

@@ -5,6 +5,7 @@ destination root."""
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,20 @@ def test_an_agent_that_falls_silent_is_given_up_after_the_timeout(tmp_path: Path
     code, err = run("silent", "pull", "--timeout", "0.5", "evilhost:/fake", str(dst))
     assert code == 6, err
     assert err.count("\n") == 1 and "no answer for 0.5 s (--timeout); giving up" in err, err
+
+
+def test_an_agent_that_stops_reading_is_given_up_after_the_timeout(tmp_path: Path) -> None:
+    # A push whose agent takes nothing more (stopped, hung): the run's send
+    # waits no longer than --timeout either, and says so as for silence.
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(b"x" * (8 << 20))  # more than a pipe holds
+    assert ms("init", src).code == 0
+    started = time.monotonic()
+    code, err = run("deaf", "push", "--timeout", "0.5", str(src), "evilhost:/fake")
+    assert code == 6, err
+    assert err.count("\n") == 1 and "no answer for 0.5 s (--timeout); giving up" in err, err
+    assert time.monotonic() - started < 15
 
 
 def test_a_peer_never_gives_a_file_setuid_or_setgid(tmp_path: Path) -> None:

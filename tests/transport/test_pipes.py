@@ -132,3 +132,15 @@ def test_a_command_that_says_nothing_is_given_up_after_the_timeout() -> None:
             t.recv(10)
         t.send(b"here\n")  # within the limit, an answer is an answer
         assert t.recv(10) == b"here\n"
+
+
+def test_a_command_that_stops_reading_is_given_up_after_the_timeout() -> None:
+    """A peer that takes nothing (stopped, hung) fails a send as one that
+    says nothing fails a recv, instead of holding the run for ever."""
+    with SubprocessTransport(["sleep", "30"]) as t:
+        t.timeout = 0.3
+        started = time.monotonic()
+        with pytest.raises(ConnectionFailed, match=r"^sleep: no answer for 0.3 s \(--timeout\)"):
+            t.send(b"x" * (8 << 20))  # more than any pipe holds
+        assert time.monotonic() - started < 10
+        assert 0 < t.bytes_sent < 8 << 20  # what the pipe took

@@ -122,6 +122,35 @@ def test_a_command_that_says_nothing_is_given_up_after_the_timeout(srv: SSHServe
         assert read_all(t) == b"late\n"
 
 
+def test_a_command_that_stops_reading_is_given_up_after_the_timeout(srv: SSHServer) -> None:
+    """It takes nothing, and the channel's window stays shut: the send
+    fails after the timeout, said as for a silent peer (not as a lost
+    connection, seconds later)."""
+    with connect(srv, "exec sleep 10") as t:
+        t.timeout = 0.5
+        started = time.monotonic()
+        with pytest.raises(ConnectionFailed, match=r"no answer for 0.5 s \(--timeout\)"):
+            for _ in range(128):  # beyond any window (the paramiko server's: 64 MiB)
+                t.send(b"x" * (1 << 20))
+        assert time.monotonic() - started < 10
+
+
+def test_a_command_killed_by_a_signal_is_said_to_be(srv: SSHServer) -> None:
+    """No exit status comes (OpenSSH sends exit-signal): not "status -1"."""
+    killed = "was killed by a signal before answering"
+    with connect(srv, "kill -9 $$") as t, pytest.raises(ConnectionFailed, match=killed):
+        t.recv(10)
+    marker = f"sleep 29.{random.randrange(10**6):06d}"  # this test's own
+    with connect(srv, f"echo up; exec {marker}") as t:
+        assert t.recv(3) == b"up\n"
+        subprocess.run(["pkill", "-9", "-f", f"^{marker}$"], check=True)
+        with pytest.raises(ConnectionFailed) as info:
+            for _ in range(128):
+                t.send(b"x" * (1 << 20))
+        assert "was killed by a signal" in info.value.message, info.value.message
+        assert "-1" not in info.value.message
+
+
 def test_stderr_and_exit_status(srv: SSHServer) -> None:
     with connect(srv, "echo out; echo warn >&2; exit 0") as t:
         assert read_all(t) == b"out\n"
