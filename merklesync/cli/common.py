@@ -262,8 +262,8 @@ def remote_options(func: F) -> F:
             default=DEFAULT_TIMEOUT,
             show_default=True,
             metavar="SECONDS",
-            help="Give up (exit 6) when a remote replica says nothing for this long; "
-            "0: wait for ever.",
+            help="Give up (exit 6) when a remote replica says nothing, or takes nothing "
+            "of what is sent, for this long; 0: wait for ever.",
         ),
         click.option(
             "--accept-new-host-key",
