@@ -138,7 +138,7 @@ class Replica:
         replica on a read-only file system (a snapshot, a read-only mount)
         is opened from a copy of its index (see _read_only), for a caller
         that writes nothing there; else that is a ReadOnlyReplica error."""
-        root = root.resolve()
+        root = _resolved(root)
         if preview and not is_replica(root):
             if not root.exists():
                 _check_makeable(root)
@@ -262,7 +262,7 @@ class Replica:
         It is made in a throwaway place: nothing is written at ``root``.
         Its index is copied under its lock (without one on a read-only file
         system: nothing can change it there either)."""
-        root = root.resolve()
+        root = _resolved(root)
         state = root / STATE_DIR
         if not is_replica(root):
             return cls._preview(root, ()), None, False
@@ -303,7 +303,7 @@ class Replica:
         replica id, since the old counters are lost); the next scan reads
         every file again. An index whose rows read well but whose tree is
         not the one they make is kept, its tree made again (True)."""
-        root = root.resolve()
+        root = _resolved(root)
         state = root / STATE_DIR
         lock = ReplicaLock(state / LOCK_FILE)
         state.mkdir(parents=True, exist_ok=True)
@@ -411,6 +411,16 @@ class Replica:
 # SQLite opens its files by paths shorter than 512 bytes, the index's
 # write-ahead log ("-wal") included.
 MAX_INDEX_PATH = 511 - len("-wal")
+
+
+def _resolved(root: Path) -> Path:
+    """``root`` resolved, refused where it lies in a replica's state
+    directory: files put there (a ``config``, an ``index.db``) would be
+    that replica's own."""
+    root = root.resolve()
+    if STATE_DIR in root.parts:
+        raise UsageError(f"{root} is inside a replica's {STATE_DIR} directory: not for files")
+    return root
 
 
 def _check_index_path(root: Path) -> None:

@@ -561,3 +561,25 @@ def test_a_run_that_leaves_paths_out_collects_the_tombstones_due_on_both_sides(
     for root in (a, b):
         with Replica.open(root) as r:
             assert r.index.tombstones() == [], root
+
+
+def test_a_replica_is_never_made_inside_the_state_directory_of_another(
+    side: Side, tmp_path: Path
+) -> None:
+    """Files pushed there would be that replica's own (a ``config``, an
+    ``index.db``): refused as a usage error, on either side of a link."""
+    a, other = tmp_path / "a", tmp_path / "other"
+    write(a / "config", '[remote "x"]\nurl = /nowhere\n')
+    write(other / "keep.txt", "k")
+    ms("init", a)
+    ms("init", other)
+    state = other / ".merklesync"
+    before = sorted(p.name for p in state.iterdir())
+    for target in (state, state / "x"):
+        r = side.ms("push", side.src(a), side.dst(target))
+        assert r.code == 2, r.err
+        assert "inside a replica's .merklesync directory" in r.err, r.err
+        assert r.err.count("\n") == 1 and "Traceback" not in r.err
+    assert sorted(p.name for p in state.iterdir()) == before
+    r = ms("init", state / "y")
+    assert r.code == 2 and not (state / "y").exists(), r.err
