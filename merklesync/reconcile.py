@@ -10,7 +10,7 @@ entries; O(d log N) bytes. Two identical replicas cost one round trip.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -19,7 +19,7 @@ from merklesync.batches import batches
 from merklesync.clock import Order
 from merklesync.errors import ProtocolError
 from merklesync.merkle import NodeId
-from merklesync.model import Action, Change, ChangeKind, Entry, Stats, classify
+from merklesync.model import Action, Change, ChangeKind, Entry, Stats, classify, is_dir_path
 from merklesync.peer import Node, Peer
 
 # A mismatched node this small on both sides: compare its leaves. Twice the
@@ -276,8 +276,19 @@ def plan_one_way(src: Entry | None, dst: Entry | None) -> Change:
     return Change(path, kind, src, dst, action)
 
 
-def diff(a: Peer, b: Peer, stats: Stats | None = None) -> list[Change]:
+def diff(
+    a: Peer,
+    b: Peer,
+    stats: Stats | None = None,
+    include: Callable[[str, bool], bool] = lambda path, is_dir: True,
+) -> list[Change]:
     """Every path whose content differs between a and b, sorted; the action
-    says what a push from a to b would do with it."""
-    changes = [plan_one_way(x, y) for batch in differences(a, b, stats) for x, y in batch]
-    return sorted((c for c in changes if c.kind is not ChangeKind.NONE), key=lambda c: c.path)
+    says what a push from a to b would do with it. ``include``: the paths
+    a run between them would compare (see peer.local.Included)."""
+    changes = []
+    for batch in differences(a, b, stats):
+        for x, y in batch:
+            change = plan_one_way(x, y)
+            if change.kind is not ChangeKind.NONE and include(change.path, is_dir_path(x, y)):
+                changes.append(change)
+    return sorted(changes, key=lambda c: c.path)

@@ -18,6 +18,7 @@ from merklesync.cli.common import (
 )
 from merklesync.errors import EXIT_DIFFERENT, EXIT_OK
 from merklesync.model import Stats
+from merklesync.peer.local import Included
 from merklesync.peer.open import RemoteOptions, combined_stats, opened_pair, refresh_all
 from merklesync.reconcile import diff as diff_peers
 
@@ -53,6 +54,10 @@ def diff(
     they last agreed). Entries whose content is the same are no change,
     whatever their versions (a push merges those without moving data).
 
+    Paths a local replica's ignore rules leave out are not compared, as a
+    run leaves them out (a remote replica's rules are not known here: a
+    push there reports such paths as ignored by the side written to).
+
     A replica on a read-only file system is compared as any other, and a
     snapshot with the replica it was taken of (they share an id): what
     changed since.
@@ -69,7 +74,8 @@ def diff(
         with out.progress("scanning", "files") as progress:
             warnings = refresh_all([left, right], checksum=checksum, progress=progress)
         engine = Stats()
-        changes = diff_peers(left, right, engine)
+        # As a run between them: what a local replica ignores is left out.
+        changes = diff_peers(left, right, engine, Included((), (left, right)))
         totals = combined_stats(engine, left, right)
     for warning in warnings:
         out.warn(warning)

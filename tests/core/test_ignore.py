@@ -285,3 +285,24 @@ def test_an_ignore_file_that_fails_to_open_for_a_passing_reason_leaves_rules_unk
     rules = IgnoreRules(tmp_path)
     assert rules.ignored("secret.env", False)
     assert rules.unread("") is not None
+
+
+def test_diff_leaves_out_what_a_local_replica_ignores_as_a_run_does(tmp_path: Path) -> None:
+    """A pair a push has brought level is no different to diff because of a
+    path one side's rules keep out (for ever, exit 1, to a cron check)."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    (src / "a").write_text("a\n")
+    ms("init", src)
+    assert ms("push", src, dst).code == 0
+    (dst / IGNORE_FILE).write_text("*.bak\n" + IGNORE_FILE + "\n")
+    (src / "x.bak").write_text("kept out there\n")  # the destination ignores it
+    (src / IGNORE_FILE).write_text("*.tmp\n" + IGNORE_FILE + "\n")
+    (dst / "z.tmp").write_text("kept out here\n")  # the source ignores it
+    assert ms("push", src, dst).code == 0
+    r = ms("diff", "--json", src, dst)
+    assert r.code == 0, r.out
+    assert r.json()["changes"] == []
+    (src / "a").write_text("edited\n")
+    r = ms("diff", src, dst)
+    assert r.code == 1 and r.out.splitlines() == ["M a"], r.out
