@@ -338,6 +338,8 @@ GONE = Unreadable("changed or gone on the source since the scan")
 # leave the path out: by design, not a failure (the protocol carries it as
 # it is: see merklesync-protocol(7)).
 IGNORED_HERE = "ignored on this replica"
+# A directory a write would remove (or replace) that holds what the run leaves.
+NOT_EMPTY = "directory is not empty on the destination"
 
 
 @dataclass(frozen=True, slots=True)

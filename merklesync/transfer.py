@@ -3,6 +3,7 @@ other, in batches, verified and atomic on the receiving side."""
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from merklesync.errors import ReadOnlyReplica
 from merklesync.model import (
+    NOT_EMPTY,
     Action,
     Change,
     ChangeKind,
@@ -169,6 +171,7 @@ def push(
     applied are let go of as the run goes, only counted (the caller does
     not list them), so that memory stays bounded."""
     result = TransferResult()
+    blocked: set[str] = set()  # left alone where the destination holds no directory
     deferred: list[tuple[Change, Entry]] = []  # (change, what the destination is to hold)
     deferred_same: list[tuple[Change, Entry]] = []  # their catching up, once they are written
     for pairs in differences(src, dst, result.stats):
@@ -187,6 +190,8 @@ def push(
                 change = Change(change.path, change.kind, s, d, Action.FORCE)
                 if d is not None:
                     result.discarded[change.path] = _discarded(d, s)
+            if change.action in (Action.DEST_NEWER, Action.CONFLICT) and _no_directory(d):
+                blocked.add(change.path)
             # Keep what the report needs, not the entries: memory stays bounded.
             result.changes.append(Change(change.path, change.kind, None, None, change.action))
             if s is None:
@@ -203,12 +208,43 @@ def push(
             _catch_up(src, same, result)
             if not keep_done:
                 result._let_go(since)
+    deferred.sort(key=lambda planned: planned[0].path.count("/"), reverse=True)
     if not dry_run and deferred:
-        deferred.sort(key=lambda planned: planned[0].path.count("/"), reverse=True)
         _apply(src, dst, deferred, result, progress)
         _catch_up(src, deferred_same, result)
     result.changes.sort(key=lambda c: c.path)
+    if dry_run:
+        _foresee(result, blocked, [change.path for change, _target in deferred])
     return result
+
+
+def _no_directory(entry: Entry | None) -> bool:
+    return entry is not None and not entry.deleted and entry.kind is not EntryKind.DIR
+
+
+def _foresee(result: TransferResult, blocked: set[str], removals: list[str]) -> None:
+    """A dry run's word, as the real run would find it, on two writes the
+    plan alone does not tell will fail: one under a path left alone that
+    is no directory on the destination (its parent cannot be made there),
+    and the removal of a directory (deepest first) that holds something the
+    run leaves alone (it is not empty by its turn)."""
+    for change in result.changes:
+        if change.action in (Action.COPY, Action.MERGE_VERSION, Action.FORCE):
+            parts = change.path.split("/")
+            for depth in range(1, len(parts)):
+                parent = "/".join(parts[:depth])
+                if parent in blocked:
+                    reason = f"parent {parent} is not a directory"
+                    result.outcomes[change.path] = Outcome(change.path, False, reason)
+                    break
+    kept = sorted(c.path for c, _reason in result.left_alone())
+    for path in removals:
+        if path in result.outcomes:
+            continue
+        i = bisect.bisect_left(kept, path + "/")
+        if i < len(kept) and kept[i].startswith(path + "/"):
+            result.outcomes[path] = Outcome(path, False, NOT_EMPTY)
+            bisect.insort(kept, path)
 
 
 def _discarded(lost: Entry, kept: Entry) -> str:

@@ -29,6 +29,7 @@ from merklesync.index import Cached, Index
 from merklesync.model import (
     IGNORED_HERE,
     LOCAL_MODE,
+    NOT_EMPTY,
     Entry,
     EntryKind,
     Outcome,
@@ -379,7 +380,7 @@ class DirectoryWriter:
                 os.rmdir(spot.name, dir_fd=spot.fd)
             except OSError as exc:
                 if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise Refused("directory is not empty on the destination") from None
+                    raise Refused(NOT_EMPTY) from None
                 raise
         else:
             self._recheck(spot, on_disk)  # not edited since it was verified

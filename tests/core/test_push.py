@@ -853,3 +853,49 @@ def test_a_file_only_on_the_destination_is_said_so(tmp_path: Path) -> None:
         assert r.code == 1
         assert r.json()["left_alone"] == [{"path": "extra", "reason": "only on the destination"}]
         assert (dst / "extra").read_text() == "kept"
+
+
+def _left_alone_and_done(a: Path, b: Path, *options: str) -> tuple[dict[str, str], list[str]]:
+    """What a push says it left alone (path: reason, the parent of a
+    'not a directory' reason as named) and the paths it says it copied."""
+    r = ms("push", "--json", *options, a, b)
+    doc = r.json()
+    left = {
+        x["path"]: "parent not a directory" if "not a directory" in x["reason"] else x["reason"]
+        for x in doc["left_alone"]
+    }
+    done = sorted(c["path"] for c in doc["changes"] if c["path"] not in left)
+    return left, done
+
+
+def test_a_dry_run_foresees_what_the_run_leaves_alone_beyond_the_plan(tmp_path: Path) -> None:
+    """Two writes whose failure the plan alone does not show: a directory
+    removed (or replaced) that still holds a path the run leaves alone,
+    and a write under a path left alone that is no directory on the
+    destination. The dry run says what the run then does."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "dd" / "one", "1")
+    write(a / "dd" / "sub" / "three", "3")
+    write(a / "keep", "k")
+    ms("init", a)
+    assert ms("push", a, b).code == 0
+    for gone in ("dd/one", "dd/sub/three", "dd/sub", "dd"):
+        path = a / gone
+        path.rmdir() if path.is_dir() else path.unlink()
+    write(b / "dd" / "sub" / "two", "only on b")  # keeps dd and dd/sub there
+    write(a / "X" / "y", "y")
+    write(a / "X" / "Z" / "z", "z")
+    write(b / "X", "a file on b")  # X: a conflict, left alone; no X/ to write in
+    dry = _left_alone_and_done(a, b, "--dry-run")
+    real = _left_alone_and_done(a, b)
+    assert dry == real
+    assert dry[0] == {
+        "X": "conflict: both sides changed it",
+        "X/Z": "parent not a directory",
+        "X/Z/z": "parent not a directory",
+        "X/y": "parent not a directory",
+        "dd": "directory is not empty on the destination",
+        "dd/sub": "directory is not empty on the destination",
+        "dd/sub/two": "only on the destination",
+    }
+    assert dry[1] == ["dd/one", "dd/sub/three"]
