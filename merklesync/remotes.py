@@ -81,9 +81,20 @@ def load(root: Path) -> dict[str, Remote]:
     return out
 
 
+def _check_plain(what: str, text: str) -> None:
+    """A value the config keeps as given: no control characters (a newline
+    would make it a value of several lines, listed as several remotes) and
+    no spaces at either end (the config would lose them)."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in text) or text != text.strip():
+        raise UsageError(f"bad {what} {text!r}: no control characters, nor spaces at either end")
+
+
 def add(root: Path, remote: Remote) -> Remote:
     """Record a new remote; a local URL is stored as an absolute path."""
     check_name(remote.name)
+    _check_plain("remote URL", remote.url)
+    if remote.remote_cmd is not None:
+        _check_plain("remote command", remote.remote_cmd)
     address = parse_address(remote.url)
     url = remote.url if address.is_remote else str(Path(address.path).resolve())
     parser = _parser(root)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from merklesync import remotes
+from merklesync.errors import UsageError
 
 
 @pytest.fixture
@@ -39,3 +40,24 @@ def test_a_section_without_url_is_passed_over(root: Path) -> None:
         '[remote "half"]\nremote-cmd = x\n[remote "o"]\nurl = h:x\nremote-cmd =\n'
     )
     assert remotes.load(root) == {"o": remotes.Remote("o", "h:x", None)}
+
+
+@pytest.mark.parametrize(
+    ("url", "cmd"),
+    [
+        ('h:/r1\n[remote "inj"]\nurl = /tmp', None),
+        ("h:/r1\r", None),
+        (" h:/r1", None),
+        ("h:/r1", "merklesync\nserve"),
+        ("h:/r1", "merklesync "),
+    ],
+)
+def test_a_value_that_would_not_read_back_as_given_is_refused(
+    root: Path, url: str, cmd: str | None
+) -> None:
+    """A newline made one remote read as several lines in `remote list`
+    (and a value of several in the config); the config drops spaces at
+    either end."""
+    with pytest.raises(UsageError, match="no control characters, nor spaces at either end"):
+        remotes.add(root, remotes.Remote("evil", url, cmd))
+    assert remotes.load(root) == {}

@@ -73,7 +73,11 @@ _EXIT_WAIT = 5.0
 _CLOSE_WAIT = 1.0
 _EOF_STATUS_WAIT = 2.0
 _FIRST_WORDS_NAP = 0.002  # between looks for a command's first output
-_HINT = "set the command that starts merklesync there with --remote-cmd or MERKLESYNC_REMOTE_CMD"
+# In the order they are taken (a named remote's stored command outranks the variable).
+_HINT = (
+    "set the command that starts merklesync there: --remote-cmd, "
+    "else the named remote's remote-cmd, else MERKLESYNC_REMOTE_CMD"
+)
 
 
 # -- connecting -------------------------------------------------------------------------

@@ -174,7 +174,7 @@ def test_missing_remote_command(srv: SSHServer) -> None:
             t.recv(10)
     msg = info.value.message
     assert "merklesync-no-such-cmd" in msg and "not found" in msg  # the remote's own line
-    assert "--remote-cmd" in msg and "MERKLESYNC_REMOTE_CMD" in msg
+    assert "--remote-cmd, else the named remote's remote-cmd, else MERKLESYNC_REMOTE_CMD" in msg
     assert "\n" not in msg
     assert info.value.exit_code == EXIT_CONNECTION
 
