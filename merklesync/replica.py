@@ -73,6 +73,8 @@ def _check_makeable(root: Path) -> None:
     """A replica's directory is made, not its parent, as rsync makes a
     destination: a parent that is missing may be a disk not mounted, not
     one to fill."""
+    if root.parent.exists() and not root.parent.is_dir():
+        raise LocalIOError(f"cannot create {root}: {root.parent} is not a directory")
     if not root.parent.is_dir():
         missing = f"no such directory: {root.parent}"
         raise LocalIOError(f"cannot create {root}: {missing} (make it first)")

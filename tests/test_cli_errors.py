@@ -372,5 +372,12 @@ def test_a_destination_is_made_but_not_its_missing_parents(tmp_path: Path) -> No
             f"{deep.parent} (make it first)\n"
         )
         assert not (tmp_path / "mnt").exists()
+    (tmp_path / "afile").write_text("a file")
+    r = run("push", a, tmp_path / "afile" / "x")
+    assert r.returncode == 5, r.stderr
+    assert r.stderr == (
+        f"merklesync: error: cannot create {tmp_path / 'afile' / 'x'}: "
+        f"{tmp_path / 'afile'} is not a directory\n"
+    )
     assert run("push", tmp_path / "a", tmp_path / "b").returncode == 0
     assert (tmp_path / "b" / "f").read_text() == "x"
