@@ -39,7 +39,9 @@ EXIT_STATUS = [
     (
         errors.EXIT_LOCKED,
         "The replica is locked by another merklesync process, still after waiting for it "
-        "(5 s; MERKLESYNC_LOCK_WAIT sets how long).",
+        "(5 s; MERKLESYNC_LOCK_WAIT sets how long). A run between two replicas that finds "
+        "the second locked lets go of the first and tries again, three times in all (up "
+        "to three waits, and short pauses between them).",
     ),
     (errors.EXIT_IO, "Local I/O error: disk full, permission denied, missing directory."),
     (errors.EXIT_CONNECTION, "Connection: refused, timed out, authentication failed, peer died."),
