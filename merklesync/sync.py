@@ -18,6 +18,7 @@ new version as a conflict.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -117,6 +118,11 @@ class _Plan:
     to_b: list[Op] = field(default_factory=list)
 
 
+def _displaced(target: Entry, copy_path: str) -> str:
+    """What becomes of a file or link that wanted a kept directory's place."""
+    return f"the {target.kind.name.lower()} that wanted its place goes to {copy_path}"
+
+
 def _content(peer: Peer, entry: Entry) -> bytes | None:
     """A small file's content (None: no such file, or it cannot be read)."""
     found = _read_small(peer, entry)
@@ -203,7 +209,9 @@ class Syncer:
 
     def _run(self, dry_run: bool, progress: Progress | None) -> SyncResult:
         deferred = self._pass(dry_run, progress)
-        if not dry_run and (self.result.failures() or self._unsettled):
+        if dry_run:
+            self._foresee_kept_directories(deferred)
+        elif self.result.failures() or self._unsettled:
             self._keep_needed_directories(deferred, progress)
             # An entry can arrive before the directory it lives in replaces
             # a file: one more pass settles what the first one could not
@@ -376,8 +384,7 @@ class Syncer:
                         self._unresolved(path, "no free name for a conflict copy")
                         continue
                     copy_path, made_before = free
-                    what = target.kind.name.lower()
-                    fate = f"the {what} that wanted its place goes to {copy_path}"
+                    fate = _displaced(target, copy_path)
                     if not made_before:
                         copy = dataclasses.replace(
                             target, path=copy_path, vv=kept.vv, stamp=kept.stamp
@@ -388,17 +395,52 @@ class Syncer:
                 (fixes.to_b if to_b else fixes.to_a).append(Op(kept, directory))
                 (fixes.to_a if to_b else fixes.to_b).append(Op(kept, there))
                 kept_dirs[path] = fate
+        self._say_kept(kept_dirs)
+        self._apply(fixes, progress)
+
+    def _say_kept(self, kept_dirs: dict[str, str]) -> None:
+        """Directories that stay (path -> what became of what wanted their
+        place): what was decided for them did not happen (the copy that
+        would have replaced the directory, a policy's winner), only what
+        did is said."""
         if kept_dirs:
-            # What was decided for the path did not happen (the copy that
-            # would have replaced the directory, a policy's winner): only
-            # what did is said.
             events = self.result.events
             events[:] = [e for e in events if e.path not in kept_dirs or e.what == "merge-version"]
             events += (
                 Event(path, "conflict", f"the directory still holds entries: it stays; {fate}")
                 for path, fate in sorted(kept_dirs.items())
             )
-        self._apply(fixes, progress)
+
+    def _foresee_kept_directories(self, deferred: _Plan) -> None:
+        """A dry run's word on the directories the run would remove or
+        replace: one that, by its turn, still holds what the run leaves or
+        writes in it stays, as the real run finds (_keep_needed_directories).
+        What a side's rules keep out of the run, the plan does not know."""
+        events = sorted(self.result.events, key=lambda e: e.path)
+        paths = [e.path for e in events]
+        kept_dirs: dict[str, str] = {}
+        for ops, into in ((deferred.to_a, "b->a"), (deferred.to_b, "a->b")):
+            for op in ops:
+                target, directory = op.entry, op.expect
+                assert directory is not None
+                prefix = directory.path + "/"
+                i = bisect.bisect_left(paths, prefix)
+                while i < len(paths) and paths[i].startswith(prefix):
+                    if not (events[i].what == into and events[i].detail == "D"):
+                        break  # something stays in it, or comes into it
+                    i += 1
+                else:
+                    continue  # emptied by its turn
+                fate = "the deletion is not made"
+                if not target.deleted:
+                    free = self._free_name(target, writer_of(target, directory))
+                    fate = (
+                        "no free name for a conflict copy"
+                        if free is None
+                        else (_displaced(target, free[0]))
+                    )
+                kept_dirs[directory.path] = fate
+        self._say_kept(kept_dirs)
 
     # -- deciding ----------------------------------------------------------
 

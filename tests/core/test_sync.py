@@ -1185,3 +1185,29 @@ def test_a_merge_written_on_one_side_only_is_still_said(
     assert any(what == "conflict" and "union" in detail for what, detail in said), said
     assert files(a) == files(b)
     assert sorted((b / "shared.txt").read_text().splitlines()) == ["base", "from a", "from b"]
+
+
+@pytest.mark.parametrize("replaced_by", [None, "a file"])
+def test_a_dry_run_foresees_a_directory_that_stays_for_what_it_still_holds(
+    tmp_path: Path, replaced_by: str | None
+) -> None:
+    """A deletes dd (or puts a file in its place) while B adds to it: the
+    run keeps dd on both sides (a conflict); the dry run said it would
+    delete (or replace) it, and counted the copy."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    (a / "dd" / "sub").mkdir(parents=True)
+    (a / "dd" / "one").write_text("1")
+    (a / "dd" / "sub" / "three").write_text("3")
+    ms("init", a)
+    assert ms("sync", a, b).code == 0
+    shutil.rmtree(a / "dd")
+    if replaced_by is not None:
+        (a / "dd").write_text(replaced_by)
+    (b / "dd" / "sub" / "two").write_text("2")
+    dry, real = (ms("sync", "--json", *extra, a, b) for extra in (["--dry-run"], []))
+    assert dry.code == real.code == 0, real.err
+    done = [{k: v for k, v in e.items() if k != "ok"} for e in real.json()["events"]]
+    assert dry.json()["events"] == done
+    assert dry.err.replace("would sync", "synced") == real.err
+    kept = {e["path"] for e in real.json()["events"] if "still holds entries" in e["detail"]}
+    assert kept == {"dd", "dd/sub"} if replaced_by is None else {"dd"}
