@@ -13,13 +13,15 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import NoReturn
 
-from merklesync.errors import ConnectionFailed, RemoteCommandMissing
+from merklesync.errors import ConnectionFailed, HostKeyError, RemoteCommandMissing
 from merklesync.transport import StderrTail, error_line, how_it_ended, silent_for
 
 __all__ = ["SubprocessTransport"]
 
 _EXIT_WAIT = 5.0
 _CLOSE_WAIT = 2.0
+# What the OpenSSH client says of a host key it refuses (unknown, or changed).
+_HOST_KEY_REFUSED = "Host key verification failed."
 
 
 class SubprocessTransport:
@@ -172,7 +174,10 @@ class SubprocessTransport:
         """At EOF before any byte: did the command fail to start?"""
         status = self._wait_exit()
         if status is not None and status != 0:
-            line = error_line(self.stderr_text()) or "no error message"
+            text = self.stderr_text()
+            if status == 255 and _HOST_KEY_REFUSED in text:  # OpenSSH's client, as --rsh
+                raise HostKeyError(f"{self.argv[0]}: {_HOST_KEY_REFUSED}")
+            line = error_line(text) or "no error message"
             raise RemoteCommandMissing(
                 f"{self.argv[0]} exited with status {status} before answering: {line}"
             )

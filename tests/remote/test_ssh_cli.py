@@ -152,3 +152,27 @@ def test_rsh_runs_the_openssh_client(openssh: Side, tree: Path) -> None:
     assert r.code == 0, r.err
     assert r.json()["stats"]["files_transferred"] == 20
     assert_same_tree(tree, dst)
+
+
+def test_rsh_whose_client_refuses_the_host_key_exits_as_a_host_key_refusal(
+    openssh: Side, tree: Path
+) -> None:
+    """OpenSSH's own refusal (--rsh ssh) is exit 8, as the built-in client's."""
+    server = openssh.server
+    assert server is not None
+    if shutil.which("ssh") is None:
+        pytest.skip("no OpenSSH client")
+    rsh = shlex.join(
+        [
+            "ssh",
+            *("-F", str(server.ssh_config), "-i", str(server.identity)),
+            *("-o", "UserKnownHostsFile=/dev/null", "-o", "GlobalKnownHostsFile=/dev/null"),
+            *("-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"),
+        ]
+    )
+    dst = tree.parent / "dst"
+    argv = ["push", str(tree), openssh.addr(dst), "--rsh", rsh, "--remote-cmd", REMOTE_CMD]
+    r = run_cli(argv, openssh.env)
+    assert r.code == 8, r.err
+    assert r.err == "merklesync: error: ssh: Host key verification failed.\n", r.err
+    assert not dst.exists()
