@@ -202,7 +202,10 @@ def _discarded(c: Change, result: TransferResult, dry_run: bool) -> str | None:
     """Whose version a forced change overwrote (or would): None where it
     is no forced change, or its write failed and nothing was lost."""
     outcome = result.outcomes.get(c.path)
-    if c.action is not Action.FORCE or not (dry_run or (outcome is not None and outcome.ok)):
+    if c.action is not Action.FORCE:
+        return None
+    # A dry run knows of no outcome, unless it foresaw the write fail.
+    if (outcome is not None and not outcome.ok) or (outcome is None and not dry_run):
         return None
     return result.discarded.get(c.path, "the destination's version")
 

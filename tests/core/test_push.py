@@ -899,3 +899,21 @@ def test_a_dry_run_foresees_what_the_run_leaves_alone_beyond_the_plan(tmp_path: 
         "dd/sub/two": "only on the destination",
     }
     assert dry[1] == ["dd/one", "dd/sub/three"]
+
+
+def test_a_forced_write_the_dry_run_foresees_failing_discards_nothing(tmp_path: Path) -> None:
+    """--force over a directory that still holds files: the write is left
+    alone, so no version "would be lost"; the run says the same."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "f.txt", "base")
+    ms("init", a)
+    assert ms("sync", a, b).code == 0
+    write(a / "x", "a file on a")
+    write(b / "x" / "in.txt", "in a directory on b")
+    dry = ms("push", "--json", "--dry-run", "--force", a, b)
+    real = ms("push", "--json", "--force", a, b)
+    assert dry.code == real.code == 1, real.err
+    for r in (dry, real):
+        assert "would be lost" not in r.err and "discarded" not in r.err, r.err
+        assert [x["path"] for x in r.json()["left_alone"]] == ["x", "x/in.txt"]
+        assert all("discarded" not in c for c in r.json()["changes"]), r.out
