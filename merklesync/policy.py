@@ -32,22 +32,34 @@ class Policy(enum.Enum):
     MERGE_CMD = "merge-cmd"
 
 
+Patterns = Sequence[tuple[Any, Policy]]  # parse_attributes
+
+
 @dataclass(frozen=True)
 class Rules:
-    """The policy for each path: per-pattern rules from the replica's
+    """The policy for each path: per-pattern rules from the replicas'
     ``.merklesyncattributes`` (``PATTERN conflict=POLICY``, last match wins,
-    as .gitattributes), else the default."""
+    as .gitattributes), one set per distinct file; where the sets say
+    different things of a path (a file changed on one replica and not yet
+    synced), or none matches, the default. So the replicas of a run settle
+    a conflict alike whichever is named first."""
 
     default: Policy = Policy.KEEP_BOTH
     merge_cmd: str | None = None
-    patterns: Sequence[tuple[Any, Policy]] = field(default_factory=tuple)
+    sets: Sequence[Patterns] = field(default_factory=tuple)
 
     def for_path(self, path: str) -> Policy:
-        chosen = self.default
-        for spec, policy in self.patterns:
-            if spec.match_file(path):
-                chosen = policy
-        return chosen
+        said = {_last_match(patterns, path) for patterns in self.sets}
+        chosen = said.pop() if len(said) == 1 else None
+        return self.default if chosen is None else chosen
+
+
+def _last_match(patterns: Patterns, path: str) -> Policy | None:
+    chosen = None
+    for spec, policy in patterns:
+        if spec.match_file(path):
+            chosen = policy
+    return chosen
 
 
 def parse_attributes(text: str, source: str = ATTRIBUTES_FILE) -> list[tuple[Any, Policy]]:

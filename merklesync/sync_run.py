@@ -21,19 +21,43 @@ from dataclasses import dataclass, field
 from merklesync import retention
 from merklesync.conflicts import list_conflicts, over_cap
 from merklesync.errors import MerklesyncError
+from merklesync.ignore import MAX_IGNORE_BYTES
+from merklesync.model import EntryKind, Unreadable, key_of
 from merklesync.peer import Node, Peer, Progress
 from merklesync.peer.local import Included, local_replica
-from merklesync.policy import Policy, Rules, attributes_of, parse_attributes
+from merklesync.policy import ATTRIBUTES_FILE, Policy, Rules, attributes_of, parse_attributes
 from merklesync.sync import SyncResult, sync
 
 
 def rules_for(peers: Sequence[Peer], policy: str, merge_cmd: str | None) -> Rules:
     """The conflict rules of a run: ``policy`` by default, and the per-path
-    patterns of the first local replica's .merklesyncattributes (the file
-    syncs, so the replicas normally hold the same one)."""
-    here = next(filter(None, map(local_replica, peers)), None)
-    text = attributes_of(here.root) if here is not None else ""
-    return Rules(Policy(policy), merge_cmd, tuple(parse_attributes(text)))
+    patterns of the replicas' .merklesyncattributes, as scanned (the file
+    syncs, so the replicas normally hold the same one; see Rules)."""
+    texts: dict[str, str] = {}  # text -> the replica it was first read from
+    for peer in peers:
+        texts.setdefault(_attributes_text(peer), peer.name)
+    return Rules(
+        Policy(policy),
+        merge_cmd,
+        tuple(parse_attributes(text, f"{name}: {ATTRIBUTES_FILE}") for text, name in texts.items()),
+    )
+
+
+def _attributes_text(peer: Peer) -> str:
+    """A replica's .merklesyncattributes ("" when it has none): a local
+    one's read from the disk, a remote one's as its scan found it."""
+    replica = local_replica(peer)
+    if replica is not None:
+        return attributes_of(replica.root)
+    found = [e for e in peer.entries([key_of(ATTRIBUTES_FILE)]) if e.path == ATTRIBUTES_FILE]
+    if not found or found[0].deleted or found[0].kind is not EntryKind.FILE:
+        return ""
+    if found[0].size > MAX_IGNORE_BYTES:
+        return ""  # as a local one too large to be read
+    for _entry, chunks in peer.read(found):
+        if not isinstance(chunks, Unreadable):
+            return b"".join(chunks).decode("utf-8-sig", errors="replace")
+    return ""
 
 
 def sync_pair(

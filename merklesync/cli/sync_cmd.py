@@ -50,7 +50,7 @@ def sync_options(func: F) -> F:
                 "version becomes NAME.conflict-REPLICA-TIME.EXT), lww (the later write wins), "
                 "local (A wins), remote (B wins), union (merge text lines or JSON sets), "
                 "merge-cmd (run --merge-cmd). Patterns in .merklesyncattributes "
-                "(PATTERN conflict=POLICY) override it.",
+                "(PATTERN conflict=POLICY) override it where the replicas' files agree.",
             ),
             click.option(
                 "--merge-cmd",

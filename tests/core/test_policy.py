@@ -21,7 +21,7 @@ STAMP = 1_700_000_000 * 10**9
 
 
 def test_the_last_matching_attribute_wins_as_in_gitattributes() -> None:
-    rules = Rules(patterns=parse_attributes("* conflict=union\n*.bin conflict=keep-both\n"))
+    rules = Rules(sets=[parse_attributes("* conflict=union\n*.bin conflict=keep-both\n")])
     assert rules.for_path("data.bin") is Policy.KEEP_BOTH
     assert rules.for_path("notes.txt") is Policy.UNION
 
@@ -75,3 +75,13 @@ def test_a_writer_id_from_a_peer_cannot_shape_the_copy_name() -> None:
     assert copy.startswith("d/f.conflict-x_______y_z_w-") and copy.count("/") == 1
     parsed = original_of(copy)
     assert parsed is not None and parsed[:2] == ("d/f.txt", "x_______y_z_w")
+
+
+def test_replicas_whose_attributes_differ_for_a_path_leave_it_to_the_default() -> None:
+    both = parse_attributes("*.txt conflict=union\n*.bin conflict=lww\n")
+    older = parse_attributes("*.bin conflict=lww\n")
+    rules = Rules(Policy.KEEP_BOTH, None, [both, older])
+    assert rules.for_path("data.bin") is Policy.LWW  # the same word from both
+    assert rules.for_path("notes.txt") is Policy.KEEP_BOTH  # union from one only
+    assert rules.for_path("other") is Policy.KEEP_BOTH
+    assert Rules(Policy.LWW, None, [both, []]).for_path("notes.txt") is Policy.LWW

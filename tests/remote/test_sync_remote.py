@@ -218,3 +218,34 @@ def test_repair_goes_on_past_an_unreachable_replica(
     assert_same_tree(a, c)
     result = r.json()
     assert [(g["replica"], g["exit_code"]) for g in result["left_out"]] == [(nowhere, 6)]
+
+
+def test_replicas_whose_attributes_differ_settle_a_conflict_alike_either_way(
+    side: Side, tmp_path: Path
+) -> None:
+    """A's .merklesyncattributes says union, B's (not synced yet) nothing:
+    where they differ the run's policy decides (keep-both), named A B or B
+    A; once both hold the file, union, the remote one read over the wire."""
+    names = []
+    for order in ("ab", "ba"):
+        a, b = tmp_path / order / "a", tmp_path / order / "b"
+        (a).mkdir(parents=True)
+        (a / "f.txt").write_text("base\n")
+        ms("init", a)
+        assert side.ms("sync", side.src(a), side.dst(b)).code == 0
+        (a / ".merklesyncattributes").write_text("*.txt conflict=union\n")
+        (a / "f.txt").write_text("from a\n")
+        (b / "f.txt").write_text("from b\n")
+        named = (side.src(a), side.dst(b)) if order == "ab" else (side.dst(b), side.src(a))
+        r = side.ms("sync", *named)
+        assert r.code == 0, r.err
+        assert "keep-both" in r.err and "union" not in r.err, r.err
+        names.append(sorted(p.name.split(".conflict-")[0] for p in b.iterdir()))
+    assert names[0] == names[1] == [".merklesync", ".merklesyncattributes", "f", "f.txt"]
+    a, b = tmp_path / "ab" / "a", tmp_path / "ab" / "b"
+    (a / "f.txt").write_text("again a\n")
+    (b / "f.txt").write_text("again b\n")
+    r = side.ms("sync", side.src(a), side.dst(b))
+    assert r.code == 0 and "union: merged both" in r.err, r.err
+    assert (a / "f.txt").read_text() == (b / "f.txt").read_text()
+    assert {"again a", "again b"} <= set((b / "f.txt").read_text().splitlines())
