@@ -24,9 +24,11 @@ from merklesync.index import TOMBSTONE
 from merklesync.model import Entry, EntryKind, ScanReport
 from merklesync.policy import (
     CONFLICT_MARK,
+    id_in_name,
     maybe_shortened,
     original_of,
     split_name,
+    time_in_name,
     writer_of,
 )
 from merklesync.reading import read_file
@@ -47,8 +49,8 @@ class Take(enum.Enum):
 class Conflict:
     original: str
     copy: Entry
-    writer: str  # the replica that wrote the copy's version
-    written: str  # when, to the second (YYYYMMDDTHHMMSS, UTC: from its name)
+    writer: str  # the replica that wrote the copy's version (its name says, unless rewritten)
+    written: str  # when, to the second (YYYYMMDDTHHMMSS, UTC)
 
 
 def list_conflicts(replica: Replica) -> list[Conflict]:
@@ -59,6 +61,10 @@ def list_conflicts(replica: Replica) -> list[Conflict]:
         parsed = original_of(entry.path)
         if parsed is not None:
             original, writer, written = parsed
+            if entry.origin and id_in_name(entry.origin) != writer:
+                # Written again since it was made (edited on a replica): its
+                # name tells of the version it first held, not of this one.
+                writer, written = entry.origin, time_in_name(entry.stamp)
             found.append(
                 Conflict(_unshortened(replica, entry.path, original), entry, writer, written)
             )

@@ -139,16 +139,26 @@ NAME_MAX = 255  # bytes in one path component
 _NOT_IN_ID = re.compile(r"[^0-9A-Za-z_]")
 
 
+def id_in_name(replica_id: str) -> str:
+    """A replica id as a conflict copy's name holds it. An id is hex here;
+    one from a peer may hold anything up to 64 printable characters: never
+    a "/" that would make a directory, nor a "-" or "." that original_of
+    would read the name apart at."""
+    return _NOT_IN_ID.sub("_", replica_id)
+
+
+def time_in_name(stamp: int) -> str:
+    """A version's time as a conflict copy's name holds it (UTC, to the second)."""
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(stamp / 1e9))
+
+
 def conflict_name(path: str, writer: str, stamp: int, n: int = 1) -> str:
     """``dir/name.conflict-<replica>-<YYYYMMDDTHHMMSS>.ext``; ``-<n>`` follows
     the time when that name is taken already."""
     head, name = posixpath.split(path)
     stem, dot, ext = split_name(name)
-    # A replica id is hex here; one from a peer may hold anything up to 64
-    # printable characters: never a "/" that would make a directory, nor
-    # a "-" or "." that original_of would read the name apart at.
-    writer = _NOT_IN_ID.sub("_", writer)
-    when = time.strftime("%Y%m%dT%H%M%S", time.gmtime(stamp / 1e9))
+    writer = id_in_name(writer)
+    when = time_in_name(stamp)
     if n > 1:
         when += f"-{n}"
     suffix = f"{CONFLICT_MARK}{writer}-{when}"

@@ -192,3 +192,27 @@ def test_conflict_copy_names_are_in_utc_whatever_the_zone(tmp_path: Path) -> Non
     assert done.returncode == 0
     (copy,) = [p.name for p in a.glob("f.conflict-*")]
     assert copy == f"f.conflict-{_id(a)}-20231114T221500.txt"
+
+
+def test_a_conflict_copy_edited_since_it_was_made_is_listed_as_its_editor_s(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """B edits the copy named after A's version: `conflicts` says B wrote
+    what it holds now (and when), and `resolve` judges and names it so."""
+    a, b, _c = three(tmp_path)
+    ids = {"a": _id(a), "b": _id(b)}
+    edit(a, "written on a\n", BASE_TIME + 100)
+    edit(b, "written on b\n", BASE_TIME + 200)  # the later one: it keeps the name
+    assert ms("sync", a, b).code == 0
+    [copy] = [p.name for p in b.glob("f.conflict-*.txt")]
+    assert ids["a"] in copy
+    (b / copy).write_text("the copy, edited on b\n")
+    os.utime(b / copy, (BASE_TIME + 300, BASE_TIME + 300))
+    assert ms("sync", a, b).code == 0
+    [listed] = ms("conflicts", a, "--json").json()["conflicts"]
+    assert (listed["writer"], listed["this_replica"]) == (ids["b"], False), listed
+    assert "written by " + ids["a"] not in ms("conflicts", a).out
+    monkeypatch.chdir(a)
+    r = ms("resolve", "f.txt", "--take", "both")
+    assert r.code == 0, r.err
+    assert (a / f"f.{ids['b']}.txt").read_text() == "the copy, edited on b\n"
