@@ -142,12 +142,14 @@ class Step:
     action: str
     path: str
     target: str | None = None
+    gone: bool = False  # kept: a deletion (the name holds no file here)
 
     def text(self, dry_run: bool) -> str:
         """``kept a.conflict-... as a-2``, ``would remove a.conflict-...``."""
         verb = f"would {self.action}" if dry_run else _PAST[self.action]
         where = f" {_LINK[self.action]} {self.target}" if self.target is not None else ""
-        return f"{verb} {self.path}{where}"
+        what = f"the deletion of {self.path}" if self.gone else self.path
+        return f"{verb} {what}{where}"
 
 
 _PAST = {"keep": "kept", "merge": "merged", "take": "took", "remove": "removed"}
@@ -251,7 +253,7 @@ def _settle(
         local = take is Take.LOCAL
         chosen = _wanted_copy(replica, original, copies, local)
         if chosen is None:
-            done.append(Step("keep", original))
+            done.append(Step("keep", original, gone=not os.path.lexists(target)))
         else:
             done.append(Step("take", chosen.copy.path, original))
     # In an order a run stopped on the way, then run again, chooses the

@@ -216,3 +216,19 @@ def test_a_conflict_copy_edited_since_it_was_made_is_listed_as_its_editor_s(
     r = ms("resolve", "f.txt", "--take", "both")
     assert r.code == 0, r.err
     assert (a / f"f.{ids['b']}.txt").read_text() == "the copy, edited on b\n"
+
+
+def test_resolve_keeping_a_name_deleted_here_says_it_keeps_the_deletion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b, _c = three(tmp_path)
+    edit(a, "written on a\n", BASE_TIME + 100)
+    edit(b, "written on b\n", BASE_TIME + 200)
+    assert ms("sync", a, b).code == 0
+    (a / "f.txt").unlink()
+    monkeypatch.chdir(a)
+    for dry in (["--dry-run"], []):
+        r = ms("resolve", "f.txt", "--take", "remote", *dry)
+        assert r.code == 0, r.err
+        assert r.lines()[0] == f"{'would keep' if dry else 'kept'} the deletion of f.txt", r.out
+    assert sorted(p.name for p in a.iterdir()) == [".merklesync"]
