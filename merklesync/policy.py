@@ -10,7 +10,7 @@ import enum
 import posixpath
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,20 +35,26 @@ class Policy(enum.Enum):
 Patterns = Sequence[tuple[Any, Policy]]  # parse_attributes
 
 
-@dataclass(frozen=True)
+@dataclass
 class Rules:
     """The policy for each path: per-pattern rules from the replicas'
     ``.merklesyncattributes`` (``PATTERN conflict=POLICY``, last match wins,
     as .gitattributes), one set per distinct file; where the sets say
     different things of a path (a file changed on one replica and not yet
     synced), or none matches, the default. So the replicas of a run settle
-    a conflict alike whichever is named first."""
+    a conflict alike whichever is named first. ``more``: sets read only
+    when a first conflict asks (a remote replica's: a run with no conflict
+    pays no round trip for them)."""
 
     default: Policy = Policy.KEEP_BOTH
     merge_cmd: str | None = None
     sets: Sequence[Patterns] = field(default_factory=tuple)
+    more: Callable[[], Sequence[Patterns]] | None = None
 
     def for_path(self, path: str) -> Policy:
+        if self.more is not None:
+            more, self.more = self.more, None
+            self.sets = [*self.sets, *more()]
         said = {_last_match(patterns, path) for patterns in self.sets}
         chosen = said.pop() if len(said) == 1 else None
         return self.default if chosen is None else chosen

@@ -434,11 +434,10 @@ class Syncer:
                 fate = "the deletion is not made"
                 if not target.deleted:
                     free = self._free_name(target, writer_of(target, directory))
-                    fate = (
-                        "no free name for a conflict copy"
-                        if free is None
-                        else (_displaced(target, free[0]))
-                    )
+                    if free is None:
+                        fate = "no free name for a conflict copy"
+                    else:
+                        fate = _displaced(target, free[0])
                 kept_dirs[directory.path] = fate
         self._say_kept(kept_dirs)
 

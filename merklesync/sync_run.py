@@ -25,30 +25,49 @@ from merklesync.ignore import MAX_IGNORE_BYTES
 from merklesync.model import EntryKind, Unreadable, key_of
 from merklesync.peer import Node, Peer, Progress
 from merklesync.peer.local import Included, local_replica
-from merklesync.policy import ATTRIBUTES_FILE, Policy, Rules, attributes_of, parse_attributes
+from merklesync.policy import (
+    ATTRIBUTES_FILE,
+    Patterns,
+    Policy,
+    Rules,
+    attributes_of,
+    parse_attributes,
+)
 from merklesync.sync import SyncResult, sync
 
 
 def rules_for(peers: Sequence[Peer], policy: str, merge_cmd: str | None) -> Rules:
     """The conflict rules of a run: ``policy`` by default, and the per-path
-    patterns of the replicas' .merklesyncattributes, as scanned (the file
-    syncs, so the replicas normally hold the same one; see Rules)."""
+    patterns of the replicas' .merklesyncattributes (the file syncs, so the
+    replicas normally hold the same one; see Rules): a local one's read
+    now, a remote one's as its scan found it, once a conflict asks."""
     texts: dict[str, str] = {}  # text -> the replica it was first read from
+    remote = []
     for peer in peers:
-        texts.setdefault(_attributes_text(peer), peer.name)
-    return Rules(
-        Policy(policy),
-        merge_cmd,
-        tuple(parse_attributes(text, f"{name}: {ATTRIBUTES_FILE}") for text, name in texts.items()),
-    )
+        replica = local_replica(peer)
+        if replica is None:
+            remote.append(peer)
+        else:
+            texts.setdefault(attributes_of(replica.root), peer.name)
+
+    def remote_sets() -> list[Patterns]:
+        theirs: dict[str, str] = {}
+        for peer in remote:
+            text = _remote_attributes(peer)
+            if text not in texts:
+                theirs.setdefault(text, peer.name)
+        return _parsed(theirs)
+
+    return Rules(Policy(policy), merge_cmd, _parsed(texts), remote_sets if remote else None)
 
 
-def _attributes_text(peer: Peer) -> str:
-    """A replica's .merklesyncattributes ("" when it has none): a local
-    one's read from the disk, a remote one's as its scan found it."""
-    replica = local_replica(peer)
-    if replica is not None:
-        return attributes_of(replica.root)
+def _parsed(texts: dict[str, str]) -> list[Patterns]:
+    return [parse_attributes(text, f"{name}: {ATTRIBUTES_FILE}") for text, name in texts.items()]
+
+
+def _remote_attributes(peer: Peer) -> str:
+    """A remote replica's .merklesyncattributes, as its scan found it (""
+    when it has none)."""
     found = [e for e in peer.entries([key_of(ATTRIBUTES_FILE)]) if e.path == ATTRIBUTES_FILE]
     if not found or found[0].deleted or found[0].kind is not EntryKind.FILE:
         return ""
