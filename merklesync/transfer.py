@@ -164,13 +164,15 @@ def push(
     progress: Progress | None = None,
     force: bool = False,
     keep_done: bool = True,
+    result: TransferResult | None = None,
 ) -> TransferResult:
     """Make ``dst`` hold ``src``'s version of everything, where that is a
     fast-forward; leave newer and concurrent versions alone, unless
     ``force`` says to overwrite them. ``keep_done`` False: the changes
     applied are let go of as the run goes, only counted (the caller does
-    not list them), so that memory stays bounded."""
-    result = TransferResult()
+    not list them), so that memory stays bounded. ``result``: filled as
+    the run goes (a caller interrupted still holds what was done)."""
+    result = TransferResult() if result is None else result
     blocked: set[str] = set()  # left alone where the destination holds no directory
     deferred: list[tuple[Change, Entry]] = []  # (change, what the destination is to hold)
     deferred_same: list[tuple[Change, Entry]] = []  # their catching up, once they are written

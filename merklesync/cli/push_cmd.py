@@ -42,7 +42,12 @@ def transfer_options(func: F) -> F:
             click.option(
                 "-n", "--dry-run", is_flag=True, help="Show what would change; write nothing."
             ),
-            click.option("-v", "--verbose", is_flag=True, help="List every change made."),
+            click.option(
+                "-v",
+                "--verbose",
+                is_flag=True,
+                help="List every change made (a run stopped midway: those made so far).",
+            ),
             click.option(
                 "--force",
                 is_flag=True,
@@ -92,16 +97,23 @@ def run_transfer(
         with out.progress("scanning", "files") as progress:
             warnings = refresh_all([src, dst], checksum=checksum, progress=progress)
         include = Included(excludes, (src, dst))
-        with out.progress("transferring", "B", scale=True) as progress:
-            result = push_peers(
-                src,
-                dst,
-                dry_run=dry_run,
-                include=include,
-                progress=progress,
-                force=force,
-                keep_done=out.verbose or as_json,  # where each change is listed
-            )
+        result = TransferResult()
+        try:
+            with out.progress("transferring", "B", scale=True) as progress:
+                push_peers(
+                    src,
+                    dst,
+                    dry_run=dry_run,
+                    include=include,
+                    progress=progress,
+                    force=force,
+                    keep_done=out.verbose or as_json,  # where each change is listed
+                    result=result,
+                )
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM: -v still lists what was done
+            if out.verbose and not dry_run:
+                _list_done(out, result)
+            raise
         totals = combined_stats(result.stats, src, dst)
         left = result.left_alone()
         # A partial run (--exclude, a path a replica ignores, files
@@ -183,6 +195,13 @@ def report(
     )
     # Files a scan skipped or could not read did not travel: not a success.
     sys.exit(EXIT_DIFFERENT if left or warnings else EXIT_OK)
+
+
+def _list_done(out: Output, result: TransferResult) -> None:
+    """The changes a run stopped midway made, as -v lists them."""
+    for change in sorted(result.applied(), key=lambda c: c.path):
+        if change.kind.value != "=":
+            out.line(f"{change.kind.value} {change.path}")
 
 
 def _change_json(

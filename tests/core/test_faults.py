@@ -507,6 +507,41 @@ def test_interrupted_push_resumes(
     assert_same_tree(src, dst)
 
 
+def test_an_interrupted_push_still_lists_under_v_what_it_did(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """-v lists the changes at the end; a run stopped midway (Ctrl-C,
+    SIGTERM) lists those its finished batches made, each on disk, before
+    it says it was interrupted."""
+    from merklesync import transfer
+
+    src, dst = pair
+    monkeypatch.setattr(transfer, "BATCH_FILES", 8)
+    real = directory.DirectorySource.write_items
+    calls = {"n": 0}
+
+    def crash_midway(self, items, index, clock):  # type: ignore[no-untyped-def]
+        def counted():  # type: ignore[no-untyped-def]
+            for item in items:
+                calls["n"] += 1
+                if calls["n"] == 30:
+                    raise KeyboardInterrupt
+                yield item
+
+        return real(self, counted(), index, clock)
+
+    monkeypatch.setattr(directory.DirectorySource, "write_items", crash_midway)
+    r = ms("push", "-v", src, dst)
+    monkeypatch.undo()
+    assert r.code == 130 and r.err.endswith("merklesync: interrupted\n"), r.err
+    listed = r.lines()
+    assert 8 <= len(listed) < 30, listed
+    assert listed == sorted(listed) and all(line.startswith("A ") for line in listed)
+    assert all((dst / line[2:]).exists() for line in listed)
+    assert ms("push", src, dst).code == 0
+    assert_same_tree(src, dst)
+
+
 def test_ctrl_c_in_a_terminal_during_a_first_copy_leaves_no_temp_file(tmp_path: Path) -> None:
     # Ctrl-C reaches the whole process group: the process placing files as
     # well as the run. The run ends it (the file being placed is finished
