@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 import click
@@ -112,7 +113,7 @@ def run_transfer(
                 )
         except KeyboardInterrupt:  # Ctrl-C, SIGTERM: -v still lists what was done
             if out.verbose and not dry_run:
-                _list_done(out, result)
+                _list(out, sorted(result.applied(), key=lambda c: c.path))
             raise
         totals = combined_stats(result.stats, src, dst)
         left = result.left_alone()
@@ -153,9 +154,7 @@ def report(
     ignored = result.ignored()
     if dry_run or out.verbose:
         not_made = reasons.keys() | set(ignored)
-        for change in result.changes:
-            if change.path not in not_made and change.kind.value != "=":
-                out.line(f"{change.kind.value} {change.path}")
+        _list(out, (c for c in result.changes if c.path not in not_made))
     for change, reason in left:
         out.warn(f"left alone: {change.path}: {reason}")
     if out.verbose:
@@ -197,10 +196,10 @@ def report(
     sys.exit(EXIT_DIFFERENT if left or warnings else EXIT_OK)
 
 
-def _list_done(out: Output, result: TransferResult) -> None:
-    """The changes a run stopped midway made, as -v lists them."""
-    for change in sorted(result.applied(), key=lambda c: c.path):
-        if change.kind.value != "=":
+def _list(out: Output, changes: Iterable[Change]) -> None:
+    """One line per change, as diff says them (a change of version only: none)."""
+    for change in changes:
+        if change.kind is not ChangeKind.NONE:
             out.line(f"{change.kind.value} {change.path}")
 
 

@@ -479,10 +479,8 @@ def test_index_from_a_newer_format_is_refused(pair: tuple[Path, Path]) -> None:
     assert "format 99" in r.err
 
 
-def test_interrupted_push_resumes(
-    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, placing: str
-) -> None:
-    src, dst = pair
+def _interrupt_writes_at(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    """A Ctrl-C as the run's ``n``-th write (of any batch) is about to be made."""
     real = directory.DirectorySource.write_items
     calls = {"n": 0}
 
@@ -490,13 +488,20 @@ def test_interrupted_push_resumes(
         def counted():  # type: ignore[no-untyped-def]
             for item in items:
                 calls["n"] += 1
-                if calls["n"] == 20:
+                if calls["n"] == n:
                     raise KeyboardInterrupt
                 yield item
 
         return real(self, counted(), index, clock)
 
     monkeypatch.setattr(directory.DirectorySource, "write_items", crash_midway)
+
+
+def test_interrupted_push_resumes(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, placing: str
+) -> None:
+    src, dst = pair
+    _interrupt_writes_at(monkeypatch, 20)
     r = ms("push", src, dst)
     monkeypatch.undo()
     assert r.code == 130
@@ -517,20 +522,7 @@ def test_an_interrupted_push_still_lists_under_v_what_it_did(
 
     src, dst = pair
     monkeypatch.setattr(transfer, "BATCH_FILES", 8)
-    real = directory.DirectorySource.write_items
-    calls = {"n": 0}
-
-    def crash_midway(self, items, index, clock):  # type: ignore[no-untyped-def]
-        def counted():  # type: ignore[no-untyped-def]
-            for item in items:
-                calls["n"] += 1
-                if calls["n"] == 30:
-                    raise KeyboardInterrupt
-                yield item
-
-        return real(self, counted(), index, clock)
-
-    monkeypatch.setattr(directory.DirectorySource, "write_items", crash_midway)
+    _interrupt_writes_at(monkeypatch, 30)
     r = ms("push", "-v", src, dst)
     monkeypatch.undo()
     assert r.code == 130 and r.err.endswith("merklesync: interrupted\n"), r.err
