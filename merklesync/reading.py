@@ -110,6 +110,14 @@ class OpenFile:
             self.close()
             raise
 
+    def detach(self) -> int | None:
+        """Give up the descriptor, unread, to whoever reads it instead (it
+        is theirs to close); None once reading has begun, or it is closed."""
+        if self._chunks is not None or self.fd < 0:
+            return None
+        fd, self.fd = self.fd, -1
+        return fd
+
     def close(self) -> None:
         fd, self.fd, self._chunks = self.fd, -1, None  # no read after: the number may be reused
         if fd >= 0:

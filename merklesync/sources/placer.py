@@ -21,7 +21,14 @@ run.
 To a pipe (``jobs``): per file a header (u32 length, then msgpack ``[path,
 mode, mtime_ns, digest]``), its content as chunks (u32 length,
 bytes) and an end mark (u32 0), or an abort mark (u32 ``ABORT``) when the
-content could not be read to the end. ``FLUSH`` (in place of a header) asks
+content could not be read to the end. A file of this replica's own source
+(a local push or sync) is not read here at all: its header is ``[path, mode,
+mtime_ns, digest, size]`` and nothing follows it, and the descriptor this
+process opened it with (as a read of its own, see DirectorySource.read)
+goes to the child on a socket (``passed``, SCM_RIGHTS, in the headers'
+order, before them), which reads the content itself: it is not copied
+through this process and a pipe. The child checks it against the digest
+as any other. ``FLUSH`` (in place of a header) asks
 for the answers so far; the child then closes the directories it holds
 open, since the parent writes itself only once all is answered (a directory
 removed or replaced by then is looked up again, not written into).
@@ -38,10 +45,14 @@ import errno
 import fcntl
 import functools
 import os
+import resource
 import select
 import signal
+import socket
 import struct
 import subprocess
+from array import array
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
@@ -50,6 +61,7 @@ import msgpack
 from merklesync.errors import LocalIOError, UnsafePath
 from merklesync.orphans import can_fork, die_with_parent, fork_child, spawn_child, two_cores
 from merklesync.protocol.paths import check_relpath
+from merklesync.reading import OpenFile, read_chunks
 from merklesync.sources.dir_fds import DirFds, NotADirectory
 from merklesync.sources.file_write import Refused, place_new, write_all, write_file
 from merklesync.sources.listing import stat_key
@@ -59,6 +71,10 @@ IN_FLIGHT = 1024  # files handed over and not answered (their items wait in memo
 SEND_AT = 64 << 10  # bytes gathered before they go down the pipe
 PIPE_SIZE = 1 << 20  # of the pipe to the child, where the system allows
 ANSWER_EVERY = 32  # the child answers in groups this size (or when asked)
+PASS_GROUP = 64  # descriptors per message on the socket
+# Descriptors handed over and not answered: each counts against the open
+# files a process may have while it is on its way, and the child's once there.
+MAX_PASSED = 256
 
 _U32 = struct.Struct(">I")
 END = 0
@@ -86,11 +102,18 @@ class Placer:
         jobs: int,
         answers: int,
         before_send: Callable[[], None],
+        passed: socket.socket | None = None,
+        max_passed: int = 0,
     ) -> None:
         self._reap = reap  # waits for the child to end
         self._before_send = before_send
         self._jobs = jobs
         self._answers = answers
+        self._passed = passed  # None: every content goes down the pipe
+        self._max_passed = max_passed  # at least ANSWER_EVERY, or the wait for answers would stall
+        self._to_pass: list[int] = []  # descriptors of files handed over, not yet sent
+        self._by_fd: deque[bool] = deque()  # of each file not answered: by descriptor?
+        self._passed_waiting = 0  # files handed over by descriptor, not answered
         self._out = bytearray()
         self._unpacker = msgpack.Unpacker(use_list=True, raw=False)
         self._waiting = 0  # handed over, not answered
@@ -102,6 +125,10 @@ class Placer:
         self._both = select.poll()
         self._both.register(answers, select.POLLIN)
         self._both.register(jobs, select.POLLOUT)
+        self._passing = select.poll()
+        self._passing.register(answers, select.POLLIN)
+        if passed is not None:
+            self._passing.register(passed, select.POLLOUT)
 
     @classmethod
     def start(cls, root: str, before_send: Callable[[], None]) -> Placer | None:
@@ -123,9 +150,14 @@ class Placer:
             os.close(jobs_r)
             os.close(jobs_w)
             return None
-        child = _start_child(root, jobs_r, answers_w)
+        max_passed = _max_passed()
+        passing = _socket_pair() if max_passed else None
+        passed_fds = () if passing is None else (passing[1].fileno(),)
+        child = _start_child(root, jobs_r, answers_w, *passed_fds)
         os.close(jobs_r)
         os.close(answers_w)
+        if passing is not None:
+            passing[1].close()
         if child is not None and child.spawned is not None and not _said_ready(answers_r):
             child.spawned.kill()
             child.spawned.wait()
@@ -133,12 +165,17 @@ class Placer:
         if child is None:
             os.close(jobs_w)
             os.close(answers_r)
+            if passing is not None:
+                passing[0].close()
             return None
         with contextlib.suppress(OSError, AttributeError):  # Linux: room for a few files' worth
             fcntl.fcntl(jobs_w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         os.set_blocking(jobs_w, False)
         os.set_blocking(answers_r, False)
-        return cls(child.reap, jobs_w, answers_r, before_send)
+        passed = None if passing is None else passing[0]
+        if passed is not None:
+            passed.setblocking(False)
+        return cls(child.reap, jobs_w, answers_r, before_send, passed, max_passed)
 
     @property
     def busy(self) -> bool:
@@ -158,13 +195,27 @@ class Placer:
         replica). An exception from ``data`` (the content's source) is
         raised here once the child was told to drop the file. The child
         answers for it all the same (ABORTED, or a refusal that came first),
-        in its turn; the caller ignores that answer."""
-        header = msgpack.packb([path, mode, mtime_ns, digest])
+        in its turn; the caller ignores that answer. A file this process
+        opened (an OpenFile not yet read) goes by its descriptor, and the
+        child reads it: an error reading it is the child's answer."""
+        passed = self._passable(data)
+        fields: list[object] = [path, mode, mtime_ns, digest]
+        if passed is not None:
+            fd, size = passed
+            fields.append(size)
+            self._to_pass.append(fd)
+            self._passed_waiting += 1
+        header = msgpack.packb(fields)
         self._unflushed = True
         out = self._out
         out += _U32.pack(len(header))
         out += header
         self._waiting += 1
+        self._by_fd.append(passed is not None)
+        if passed is not None:
+            if len(self._to_pass) >= PASS_GROUP or len(out) >= SEND_AT:
+                self._send()
+            return
         try:
             for chunk in data:
                 if chunk:
@@ -180,6 +231,20 @@ class Placer:
         out += _U32.pack(END)
         if len(out) >= SEND_AT:
             self._send()
+
+    def _passable(self, data: Iterable[bytes]) -> tuple[int, int] | None:
+        """The descriptor and size of a file to hand over by descriptor;
+        None for content that goes down the pipe. With too many on their
+        way, this first waits for some to be answered."""
+        if self._passed is None or not isinstance(data, OpenFile):
+            return None
+        if self._passed_waiting >= self._max_passed:
+            self._send()
+            while self._passed_waiting >= self._max_passed:
+                self._take(block=True)
+        size = data.size
+        fd = data.detach()
+        return None if fd is None else (fd, size)
 
     def answers(self, *, wait: bool = False) -> list[Answer]:
         """Answers that have come; ``wait``: every answer still to come.
@@ -198,6 +263,9 @@ class Placer:
     def close(self) -> None:
         """Tell the child there is nothing more, and reap it: a file it is
         placing is finished or removed, not cut off."""
+        _close_all(self._to_pass)
+        if self._passed is not None:
+            self._passed.close()
         with contextlib.suppress(OSError):
             os.close(self._jobs)
         with contextlib.suppress(OSError):
@@ -211,6 +279,8 @@ class Placer:
         What was sent leaves the buffer even when this is interrupted (a
         Ctrl-C), so an abort mark after it does not send it twice."""
         self._before_send()
+        if self._to_pass:
+            self._pass()
         sent = 0
         try:
             if not self._broken:
@@ -230,6 +300,30 @@ class Placer:
         if self._broken:
             raise _stopped()
 
+    def _pass(self) -> None:
+        """Send the descriptors gathered (before the headers that ask for
+        them), and close them here: they are the child's. While the socket
+        is full, take in answers, as _send does."""
+        fds, self._to_pass = self._to_pass, []
+        assert self._passed is not None
+        try:
+            start = 0
+            while start < len(fds) and not self._broken:
+                group = array("i", fds[start : start + PASS_GROUP])
+                try:
+                    self._passed.sendmsg([b"F"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, group)])
+                except BlockingIOError:
+                    self._passing.poll()
+                    self._take(block=False)
+                    continue
+                start += len(group)
+        except OSError:  # the child is gone
+            self._broken = True
+        finally:
+            _close_all(fds)
+        if self._broken:
+            raise _stopped()
+
     def _take(self, *, block: bool) -> None:
         """Read the answers there are (``block``: at least some)."""
         if block:
@@ -246,17 +340,52 @@ class Placer:
         self._unpacker.feed(data)
         found = [_answer(raw) for raw in self._unpacker]
         self._waiting -= len(found)
+        for _ in found:
+            self._passed_waiting -= self._by_fd.popleft()
         self._ready += found
 
 
-def _start_child(root: str, jobs: int, answers: int) -> _Child | None:
+def _start_child(root: str, jobs: int, answers: int, *passed: int) -> _Child | None:
     """Fork the child, or where that is not safe spawn it; None when
-    neither could be done."""
+    neither could be done. ``passed``: the child's end of the socket
+    descriptors come by, if there is one."""
     if can_fork():
-        pid = fork_child(functools.partial(_serve, root), jobs, answers)
+        pid = fork_child(functools.partial(_serve, root), jobs, answers, *passed)
         return None if pid is None else _Child(functools.partial(os.waitpid, pid, 0), None)
-    proc = spawn_child(_SPAWNED, [os.path.abspath(root)], jobs, answers)
+    proc = spawn_child(_SPAWNED, [os.path.abspath(root)], jobs, answers, *passed)
     return None if proc is None else _Child(proc.wait, proc)
+
+
+def _socket_pair() -> tuple[socket.socket, socket.socket] | None:
+    """The socket for descriptors (this process's end, the child's); None
+    where a system has none, or cannot pass descriptors."""
+    if not hasattr(socket, "SCM_RIGHTS") or not hasattr(socket, "MSG_CMSG_CLOEXEC"):
+        return None
+    try:
+        return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    except (OSError, AttributeError):
+        return None
+
+
+def _max_passed() -> int:
+    """Descriptors on their way at once, well within the open-file limit;
+    0 (none passed) where that leaves too few to wait on: the child
+    answers in groups of ANSWER_EVERY."""
+    try:
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (OSError, ValueError):
+        return 0
+    if soft == resource.RLIM_INFINITY:
+        return MAX_PASSED
+    fits = min(MAX_PASSED, soft // 8)
+    return fits if fits >= ANSWER_EVERY else 0
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    fds.clear()
 
 
 class _Child(NamedTuple):
@@ -284,14 +413,14 @@ READY_WAIT_MS = 10_000  # for a spawned child to start (a slow disk, a cold cach
 
 def main(argv: list[str]) -> None:
     """The child when it was spawned rather than forked: ``ROOT JOBS
-    ANSWERS PARENT``. Like a forked one, it ends with status 0 when done
-    and 1 on any failure, printing nothing (its parent tells what failed)."""
+    ANSWERS [PASSED] PARENT``. Like a forked one, it ends with status 0 when
+    done and 1 on any failure, printing nothing (its parent tells what failed)."""
     status = 1
     try:
-        root, jobs, answers, parent = argv
+        root, jobs, answers, *passed, parent = argv
         die_with_parent(int(parent))
         write_all(int(answers), READY)
-        _serve(root, int(jobs), int(answers))
+        _serve(root, int(jobs), int(answers), *map(int, passed))
         status = 0
     finally:
         os._exit(status)
@@ -320,7 +449,39 @@ class _Aborted(Exception):
     """The parent could not read this file's content to the end."""
 
 
-def _serve(root: str, jobs: int, answers: int) -> None:
+_INT = array("i")
+
+
+class _Passed:
+    """The child's end of the socket: descriptors, in the order of the
+    headers that ask for them."""
+
+    def __init__(self, fd: int) -> None:
+        self._sock = socket.socket(fileno=fd)
+        self._fds: deque[int] = deque()
+
+    def take(self) -> int:
+        if not self._fds:
+            room = socket.CMSG_SPACE(PASS_GROUP * _INT.itemsize)
+            data, ancillary, flags, _ = self._sock.recvmsg(1, room, socket.MSG_CMSG_CLOEXEC)
+            for level, kind, raw in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds = array("i")
+                    fds.frombytes(raw[: len(raw) - len(raw) % fds.itemsize])
+                    self._fds.extend(fds)
+            if not data or not self._fds or flags & socket.MSG_CTRUNC:
+                raise EOFError  # the parent is gone, or the stream is out of step
+        return self._fds.popleft()
+
+    def close(self) -> None:
+        for fd in self._fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds.clear()
+        self._sock.close()
+
+
+def _serve(root: str, jobs: int, answers: int, passed_fd: int | None = None) -> None:
     # A Ctrl-C is for the parent, which then ends the jobs: the file being
     # placed is finished or removed. When the parent dies instead, the
     # kernel's SIGTERM (die_with_parent) unwinds the file being written too,
@@ -329,6 +490,7 @@ def _serve(root: str, jobs: int, answers: int) -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a hang-up too: the parent ends the jobs
     signal.signal(signal.SIGTERM, _terminated)
     dirs = DirFds(root)
+    passed = None if passed_fd is None else _Passed(passed_fd)
     pending: list[bytes] = []
     with os.fdopen(jobs, "rb", buffering=1 << 20) as stream:
 
@@ -354,18 +516,33 @@ def _serve(root: str, jobs: int, answers: int) -> None:
                     _answer_all(answers, pending)
                     dirs.close()  # the parent may change directories now: open them afresh
                     continue
-                path, mode, mtime_ns, digest = msgpack.unpackb(exact(n))
-                content = chunks()
-                pending.append(msgpack.packb(_place(dirs, path, mode, mtime_ns, digest, content)))
-                with contextlib.suppress(_Aborted):
-                    for _ in content:  # what a refused file had left
-                        pass
+                fields = msgpack.unpackb(exact(n))
+                if len(fields) == 5:  # its content is read here, from the descriptor passed
+                    path, mode, mtime_ns, digest, size = fields
+                    if passed is None:
+                        raise EOFError  # out of step: no descriptor can come
+                    fd = passed.take()
+                    try:
+                        done = _place(dirs, path, mode, mtime_ns, digest, read_chunks(fd, size))
+                    finally:
+                        os.close(fd)
+                    pending.append(msgpack.packb(done))
+                else:
+                    path, mode, mtime_ns, digest = fields
+                    content = chunks()
+                    done = _place(dirs, path, mode, mtime_ns, digest, content)
+                    pending.append(msgpack.packb(done))
+                    with contextlib.suppress(_Aborted):
+                        for _ in content:  # what a refused file had left
+                            pass
                 if len(pending) >= ANSWER_EVERY:
                     _answer_all(answers, pending)
         except EOFError:  # the parent is done (or gone)
             _answer_all(answers, pending)
         finally:
             dirs.close()
+            if passed is not None:
+                passed.close()
 
 
 def _terminated(signum: int, frame: object) -> None:

@@ -1142,6 +1142,94 @@ def test_content_unreadable_on_the_way_is_refused_and_the_rest_goes_on(
     assert_same_tree(src, dst)
 
 
+def test_a_source_file_goes_to_the_placing_process_as_its_descriptor(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, placing: str
+) -> None:
+    """A local source's files are not read by the run: the descriptor it
+    opened each with goes to the child, which reads the content itself."""
+    src, dst = pair
+    given: list[int] = []
+    real = reading.OpenFile.detach
+
+    def detach(self: reading.OpenFile) -> int | None:
+        fd = real(self)
+        given.append(fd if fd is not None else -1)
+        return fd
+
+    monkeypatch.setattr(reading.OpenFile, "detach", detach)
+    r = ms("push", src, dst, "--json")
+    assert r.code == 0, r.err
+    assert r.json()["stats"]["files_transferred"] == len(_files(src))
+    assert len(given) == (len(_files(src)) if placing else 0) and -1 not in given
+    assert_same_tree(src, dst)
+    assert _temp_files(dst) == []
+
+
+def test_few_descriptors_on_their_way_at_once(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With room for few descriptors on their way (a low open-file limit),
+    the run waits for answers before it passes more; nothing stalls."""
+    src, dst = pair
+    monkeypatch.setattr(placer, "MIN_FILES", 1)
+    monkeypatch.setattr(placer, "can_fork", lambda: True)
+    limit = placer.ANSWER_EVERY
+    monkeypatch.setattr(placer, "_max_passed", lambda: limit)
+    waiting: list[int] = []
+    real = placer.Placer._take
+
+    def take(self: placer.Placer, *, block: bool) -> None:
+        waiting.append(self._passed_waiting)
+        real(self, block=block)
+
+    monkeypatch.setattr(placer.Placer, "_take", take)
+    r = ms("push", src, dst)
+    assert r.code == 0, r.err
+    assert len(_files(src)) > limit and max(waiting) == limit
+    assert_same_tree(src, dst)
+
+
+def test_no_descriptor_is_passed_under_a_low_open_file_limit() -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert placer._max_passed() == min(placer.MAX_PASSED, soft // 8)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (8 * placer.ANSWER_EVERY - 1, hard))
+        assert placer._max_passed() == 0
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_source_file_failing_as_the_placing_process_reads_it(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading a passed descriptor fails midway in the child (EIO): that
+    file is reported, with no trace on the destination; the rest is copied."""
+    src, dst = pair
+    monkeypatch.setattr(placer, "MIN_FILES", 1)
+    monkeypatch.setattr(placer, "can_fork", lambda: True)
+    victim = _victim(src)
+    real = placer.read_chunks
+
+    def failing(fd: int, size: int) -> Iterator[bytes]:  # runs in the child
+        chunks = real(fd, size)
+        if os.fstat(fd).st_ino == victim.stat().st_ino:
+            yield next(chunks)
+            raise OSError(errno.EIO, "Input/output error")
+        yield from chunks
+
+    monkeypatch.setattr(placer, "read_chunks", failing)
+    r = ms("push", src, dst)
+    rel = victim.relative_to(src).as_posix()
+    assert r.code == 1, r.err
+    assert f"{rel}: Input/output error" in r.err, r.err
+    assert not (dst / rel).exists() and _temp_files(dst) == []
+    monkeypatch.setattr(placer, "read_chunks", real)
+    assert ms("push", src, dst).code == 0
+    assert_same_tree(src, dst)
+
+
 def test_a_placing_process_that_dies_fails_the_run_and_the_next_one_completes(
     pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
