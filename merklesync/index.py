@@ -45,6 +45,12 @@ _CONTACTS_TABLE = (
     "(replica_id TEXT PRIMARY KEY, last_ns INTEGER NOT NULL) WITHOUT ROWID"
 )
 _DIR_INDEX = "CREATE INDEX IF NOT EXISTS entries_dir ON entries (parent, path, deleted, stat)"
+# An index being filled from empty (a first copy, a first scan) makes
+# entries_dir after its rows, in one sorted pass, not row by row: its rows
+# come in no order of it (a copy writes in key order), and keeping it up to
+# date was a third of each insert. It is dropped once this many rows are in.
+_DIR_INDEX_LATER = 1024
+_DIR_INDEX_FOUND = "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'entries_dir'"
 _OLD_PARENT_INDEX = "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'entries_parent'"
 
 SCHEMA = f"""
@@ -293,6 +299,11 @@ class Index:
         # answers for most others without a query. None: ask SQLite.
         self._stored_since_empty: PathFilter | None = None
         self._looked = False
+        # Since then: the directories of the rows stored, and how many rows
+        # (see _DIR_INDEX_LATER); whether entries_dir is dropped for now.
+        self._parents_since_empty: set[str] = set()
+        self._count_since_empty = 0
+        self._dir_index_later = False
         self._any_forgotten: bool | None = None  # None: not looked yet (see forgotten)
         # When tombstones stored now were learned (None: now). A scan sets
         # it to when it started, the moment of the state it records.
@@ -388,6 +399,11 @@ class Index:
             conn.execute("UPDATE meta SET value = ? WHERE key = 'format'", (FORMAT,))
             conn.execute("COMMIT")
             conn.execute("BEGIN")
+        if conn.execute(_DIR_INDEX_FOUND).fetchone() is None:  # a run stopped as it filled
+            with contextlib.suppress(sqlite3.OperationalError):  # a read-only file system
+                conn.execute(_DIR_INDEX)
+                conn.execute("COMMIT")
+                conn.execute("BEGIN")
         if {name for (name,) in conn.execute(_LISTINGS_FOUND)} != {"listings"}:
             for statement in _LISTINGS:
                 conn.execute(statement)
@@ -424,6 +440,7 @@ class Index:
             finally:
                 self.conn.close()
             return
+        self._dir_index_now()
         self.commit()
         self.conn.execute("COMMIT")
         self.conn.close()
@@ -477,16 +494,32 @@ class Index:
     def _may_hold(self, path: str) -> bool:
         """False when ``path`` is surely not in the index: one that was
         empty when first asked remembers the paths stored since."""
+        return not self._filling() or path in self._stored_since_empty  # type: ignore[operator]
+
+    def _filling(self) -> bool:
+        """Whether the table held no entry when first asked (since it was
+        opened, or last reloaded): then every row is one stored since."""
         if not self._looked:
             self._looked = True
             if self.conn.execute("SELECT 1 FROM entries LIMIT 1").fetchone() is None:
                 self._stored_since_empty = PathFilter()
-        return self._stored_since_empty is None or path in self._stored_since_empty
+                self._parents_since_empty = set()
+                self._count_since_empty = 0
+        return self._stored_since_empty is not None
+
+    def _dir_index_now(self) -> None:
+        """Make entries_dir again, if it was dropped while the table filled."""
+        if self._dir_index_later:
+            self.conn.execute(_DIR_INDEX)
+            self._dir_index_later = False
 
     @_guard
     def stat_cache(self, parent: str) -> dict[str, bytes | None]:
         """For the scanner: path -> packed stat of a directory's entries
         (None: to be re-read; ``TOMBSTONE`` for a deleted one)."""
+        if self._filling() and parent not in self._parents_since_empty:
+            return {}
+        self._dir_index_now()
         return dict(
             self.conn.execute(
                 "SELECT path, CASE WHEN deleted THEN ? ELSE stat END FROM entries WHERE parent = ?",
@@ -567,6 +600,7 @@ class Index:
     @_guard
     def put(self, entry: Entry, stat: bytes | None, old: Entry | None) -> None:
         """Store ``entry`` (replacing ``old``, the entry the caller read)."""
+        filling = self._filling()
         key = key_of(entry.path)
         leaf = entry.leaf_hash()
         parent = parent_of(entry.path)
@@ -601,8 +635,14 @@ class Index:
             self.conn.execute(_INSERT, (entry.path, parent, key, *fields[:-1]))
         self._pending.change(key, None if old is None else old.leaf_hash(), leaf)
         self._dirty = True
-        if self._stored_since_empty is not None:
+        if filling:
+            assert self._stored_since_empty is not None
             self._stored_since_empty.add(entry.path)
+            self._parents_since_empty.add(parent)
+            self._count_since_empty += 1
+            if self._count_since_empty == _DIR_INDEX_LATER:
+                self.conn.execute("DROP INDEX IF EXISTS entries_dir")
+                self._dir_index_later = True
 
     def _update(self, fields: tuple[object, ...], stat: bytes | None, same_deleted: bool) -> bool:
         """Update the row at ``fields``' path (the _UPDATE order); False
@@ -753,6 +793,7 @@ class Index:
         """Commit, then see what another connection wrote meanwhile. No
         read is left open: it would pin this connection to what it saw, so
         it could not write after another one did."""
+        self._dir_index_now()  # another connection may look for it
         self.commit()
         self._pending = merkle.Accumulator(self.depth)
         self._stored_since_empty, self._looked = None, False  # others may have stored some

@@ -255,3 +255,89 @@ def test_a_first_push_between_copies_made_apart_reads_and_rewrites_rows_in_bulk(
     assert entries == 1210 and len(r.json()["changes"]) == entries
     assert seen["in place"] == 2 * entries and seen["whole row"] == 0
     assert seen["one path"] == 0 and 0 < seen["many paths"] <= 2 * entries // 100
+
+
+def _indexes(db: Path) -> set[str]:
+    conn = sqlite3.connect(db)
+    try:
+        return {
+            name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+        }
+    finally:
+        conn.close()
+
+
+def _traced_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every statement the indexes opened from now on run."""
+    seen: list[str] = []
+    connect = index_mod.Index._connect
+
+    def traced(path: Path) -> sqlite3.Connection:
+        conn = connect(path)
+        conn.set_trace_callback(seen.append)
+        return conn
+
+    monkeypatch.setattr(index_mod.Index, "_connect", staticmethod(traced))
+    return seen
+
+
+@pytest.mark.parametrize("command", ["push", "init"])
+def test_an_index_filled_from_empty_makes_its_directory_index_after_the_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    """A first copy (or a first scan) drops the stat cache's index once
+    enough rows are in, and makes it in one pass at the end: it is there
+    afterwards, and the stat cache it serves is whole and exact."""
+    from tests.treegen import make_tree
+
+    monkeypatch.setattr(index_mod, "_DIR_INDEX_LATER", 8)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_tree(src, files=60, dirs=4, seed=3, mtime=1_600_000_000)
+    if command == "push":
+        assert ms("init", src).code == 0
+    seen = _traced_statements(monkeypatch)
+    r = ms(command, *((src, dst) if command == "push" else (src,)))
+    assert r.code == 0, r.err
+    made = [s.strip() for s in seen if "INDEX" in s and "entries_dir" in s]
+    drop = "DROP INDEX IF EXISTS entries_dir"
+    assert drop in made and made[made.index(drop) :] == [drop, index_mod._DIR_INDEX], made
+    filled = dst if command == "push" else src
+    db = filled / ".merklesync" / "index.db"
+    assert "entries_dir" in _indexes(db) and "COVERING INDEX entries_dir" in plan(db)
+    status = ms("status", filled, "--json").json()
+    assert status["hashed"] == 0 and status["modified"] == []  # every file's stat cached
+    victim = sorted(p for p in filled.rglob("f*") if p.is_file() and ".merklesync" not in p.parts)[
+        0
+    ]
+    victim.write_bytes(b"changed")
+    status = ms("status", filled, "--json").json()
+    assert status["modified"] == [victim.relative_to(filled).as_posix()]
+
+
+def test_a_run_stopped_as_its_index_filled_gets_the_directory_index_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed after a commit without the stat cache's index (the rows were
+    still coming): the next open makes it again."""
+    from merklesync.clock import VersionVector
+    from merklesync.model import Entry, EntryKind
+
+    monkeypatch.setattr(index_mod, "_DIR_INDEX_LATER", 2)
+    root = tmp_path / "r"
+    root.mkdir()
+    assert ms("init", root).code == 0
+    db = root / ".merklesync" / "index.db"
+    index = index_mod.Index.open(db)
+    for name in ("d", "d/a", "d/b", "e"):
+        index.put(Entry(name, EntryKind.DIR, VersionVector.of({"r": 1}), mode=0o755), None, None)
+    assert index.stat_cache("e") == {}  # nothing stored in e: no index needed to say so
+    index.commit()
+    assert "entries_dir" not in _indexes(db)
+    assert set(index.stat_cache("d")) == {"d/a", "d/b"}  # made again to answer
+    assert "entries_dir" in _indexes(db) or index.conn.in_transaction
+    index.conn.execute("DROP INDEX entries_dir")
+    index.commit()
+    index.conn.close()  # as a SIGKILL leaves it
+    assert "entries_dir" not in _indexes(db)
+    assert ms("status", root, "--json").code == 0
+    assert "entries_dir" in _indexes(db) and "COVERING INDEX entries_dir" in plan(db)
