@@ -7,11 +7,12 @@ import os
 from typing import Any
 
 import click
+import pytest
 from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from merklesync.cli.common import Output
+from merklesync.cli.common import _JSON_ITEMS, Output
 
 scalars = st.none() | st.booleans() | st.integers() | st.text(max_size=8)
 values = st.recursive(
@@ -39,8 +40,9 @@ def test_a_document_is_what_json_dumps_writes_with_iterators_as_lists(
     assert _emitted({**fields, "items": items}) == expected
 
 
-def test_a_long_list_is_written_in_pieces_and_whole() -> None:
-    items = [{"path": f"d/{n}", "ok": n % 3 == 0} for n in range(3 * 4096 + 17)]
+@pytest.mark.parametrize("pieces", [1, 2, 3.5])
+def test_a_long_list_is_written_in_pieces_and_whole(pieces: float) -> None:
+    items = [{"path": f"d/{n}", "ok": n % 3 == 0} for n in range(int(pieces * _JSON_ITEMS))]
     payload = {"a": 1, "changes": items, "z": [None]}
     expected = json.dumps(payload, sort_keys=True) + "\n"
     assert _emitted({**payload, "changes": iter(items)}) == expected

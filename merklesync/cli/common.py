@@ -84,7 +84,8 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word[:-1]}ies" if word.endswith("y") else f"{n} {word}s"
 
 
-_JSON_PARTS = 4096  # pieces of a JSON document gathered before they are written
+_JSON_ITEMS = 4096  # items of a listed value encoded (and written) at a time
+_JSON = json.JSONEncoder(sort_keys=True)  # as json.dumps(..., sort_keys=True), made once
 
 
 class Output:
@@ -142,14 +143,21 @@ class Output:
         for n, (key, value) in enumerate(sorted(payload.items())):
             parts.append(f"{', ' if n else ''}{json.dumps(key)}: ")
             if not isinstance(value, Iterator):
-                parts.append(json.dumps(value, sort_keys=True))
+                parts.append(_JSON.encode(value))
                 continue
             parts.append("[")
-            for i, item in enumerate(value):
-                parts.append(f"{', ' if i else ''}{json.dumps(item, sort_keys=True)}")
-                if len(parts) >= _JSON_PARTS:
+            items: list[Any] = []
+            first = True
+            for item in value:
+                items.append(item)
+                if len(items) == _JSON_ITEMS:  # encoded together: one call, not one each
+                    parts.append(("" if first else ", ") + _JSON.encode(items)[1:-1])
+                    first = False
                     click.echo("".join(parts), nl=False)
                     parts.clear()
+                    items.clear()
+            if items:
+                parts.append(("" if first else ", ") + _JSON.encode(items)[1:-1])
             parts.append("]")
         parts.append("}")
         click.echo("".join(parts))
