@@ -39,6 +39,7 @@ from merklesync.errors import (
 from merklesync.model import GONE, Entry, EntryKind, Unreadable
 from merklesync.peer import WriteItem
 from merklesync.peer.local import LocalPeer
+from merklesync.pipe_room import widen_pipe
 from merklesync.protocol.framing import encode_frame
 from merklesync.protocol.messages import (
     CONTACT,
@@ -102,6 +103,8 @@ class Agent:
         answer to every request)."""
         self.in_fd = in_fd
         self.out_fd = out_fd
+        for fd in (in_fd, out_fd):
+            widen_pipe(fd)
         self.report = report  # one line for the operator (the CLI puts it on stderr)
         self.peer: LocalPeer | None = None
         self.failure: MerklesyncError | None = None

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import functools
 import os
 import resource
@@ -60,6 +59,7 @@ import msgpack
 
 from merklesync.errors import LocalIOError, UnsafePath
 from merklesync.orphans import can_fork, die_with_parent, fork_child, spawn_child, two_cores
+from merklesync.pipe_room import widen_pipe
 from merklesync.protocol.paths import check_relpath
 from merklesync.reading import OpenFile, read_chunks
 from merklesync.sources.dir_fds import DirFds, NotADirectory
@@ -69,7 +69,6 @@ from merklesync.sources.listing import stat_key
 MIN_FILES = 256  # new files in one run before a child is worth forking
 IN_FLIGHT = 1024  # files handed over and not answered (their items wait in memory)
 SEND_AT = 64 << 10  # bytes gathered before they go down the pipe
-PIPE_SIZE = 1 << 20  # of the pipe to the child, where the system allows
 ANSWER_EVERY = 32  # the child answers in groups this size (or when asked)
 PASS_GROUP = 64  # descriptors per message on the socket
 # Descriptors handed over and not answered: each counts against the open
@@ -168,8 +167,7 @@ class Placer:
             if passing is not None:
                 passing[0].close()
             return None
-        with contextlib.suppress(OSError, AttributeError):  # Linux: room for a few files' worth
-            fcntl.fcntl(jobs_w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        widen_pipe(jobs_w)  # room for a few files' worth
         os.set_blocking(jobs_w, False)
         os.set_blocking(answers_r, False)
         passed = None if passing is None else passing[0]

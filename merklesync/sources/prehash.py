@@ -23,7 +23,6 @@ per group of files, ``last`` once per directory.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import signal
 import stat as st_mod
@@ -33,6 +32,7 @@ import msgpack
 
 from merklesync.ignore import IgnoreRules
 from merklesync.orphans import can_fork, fork_child
+from merklesync.pipe_room import widen_pipe
 from merklesync.sources.dir_fds import DIR_FLAGS
 from merklesync.sources.file_write import write_all
 from merklesync.sources.listing import Listing, refused_name, stat_key
@@ -41,7 +41,6 @@ MIN_FILES = 256  # hashed by the scan itself before a child is worth forking
 GROUP = 64  # files per message
 MAX_HELD = 20_000  # digests held for directories not reached: past it, the child stops
 MAX_SIZE = 8 << 20  # larger files are left to the scan, which hashes them on several threads
-PIPE_SIZE = 1 << 20  # of the pipe from the child, where the system allows
 
 Identity = tuple[int, int]  # (device, inode)
 HashFile = Callable[[str, int], tuple[bytes, os.stat_result]]  # (path, its directory's fd)
@@ -88,8 +87,7 @@ class Prehasher:
         if pid is None:
             os.close(read_fd)
             return None
-        with contextlib.suppress(OSError, AttributeError):  # Linux: fewer, larger reads
-            fcntl.fcntl(read_fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        widen_pipe(read_fd)  # fewer, larger reads
         return cls(pid, read_fd)
 
     def digest(self, directory: str, name: str, key: bytes) -> bytes | None:

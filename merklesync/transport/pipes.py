@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import NoReturn
 
 from merklesync.errors import ConnectionFailed, HostKeyError, RemoteCommandMissing
+from merklesync.pipe_room import widen_pipe
 from merklesync.transport import StderrTail, error_line, how_it_ended, silent_for
 
 __all__ = ["SubprocessTransport"]
@@ -60,6 +61,7 @@ class SubprocessTransport:
         assert self._proc.stdout is not None
         assert self._proc.stderr is not None
         self._stdin_fd = self._proc.stdin.fileno()
+        widen_pipe(self._stdin_fd)  # file contents go this way
         # Written without blocking, so that a command that stopped reading
         # is given up after the timeout (see send).
         os.set_blocking(self._stdin_fd, False)
