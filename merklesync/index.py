@@ -494,18 +494,20 @@ class Index:
     def _may_hold(self, path: str) -> bool:
         """False when ``path`` is surely not in the index: one that was
         empty when first asked remembers the paths stored since."""
-        return not self._filling() or path in self._stored_since_empty  # type: ignore[operator]
+        stored = self._since_empty()
+        return stored is None or path in stored
 
-    def _filling(self) -> bool:
-        """Whether the table held no entry when first asked (since it was
-        opened, or last reloaded): then every row is one stored since."""
+    def _since_empty(self) -> PathFilter | None:
+        """The paths stored since the table held no entry, when it held
+        none as first asked (since it was opened, or last reloaded): every
+        row is one of them. None: it held some."""
         if not self._looked:
             self._looked = True
             if self.conn.execute("SELECT 1 FROM entries LIMIT 1").fetchone() is None:
                 self._stored_since_empty = PathFilter()
                 self._parents_since_empty = set()
                 self._count_since_empty = 0
-        return self._stored_since_empty is not None
+        return self._stored_since_empty
 
     def _dir_index_now(self) -> None:
         """Make entries_dir again, if it was dropped while the table filled."""
@@ -517,7 +519,7 @@ class Index:
     def stat_cache(self, parent: str) -> dict[str, bytes | None]:
         """For the scanner: path -> packed stat of a directory's entries
         (None: to be re-read; ``TOMBSTONE`` for a deleted one)."""
-        if self._filling() and parent not in self._parents_since_empty:
+        if self._since_empty() is not None and parent not in self._parents_since_empty:
             return {}
         self._dir_index_now()
         return dict(
@@ -600,7 +602,7 @@ class Index:
     @_guard
     def put(self, entry: Entry, stat: bytes | None, old: Entry | None) -> None:
         """Store ``entry`` (replacing ``old``, the entry the caller read)."""
-        filling = self._filling()
+        stored = self._since_empty()
         key = key_of(entry.path)
         leaf = entry.leaf_hash()
         parent = parent_of(entry.path)
@@ -635,9 +637,8 @@ class Index:
             self.conn.execute(_INSERT, (entry.path, parent, key, *fields[:-1]))
         self._pending.change(key, None if old is None else old.leaf_hash(), leaf)
         self._dirty = True
-        if filling:
-            assert self._stored_since_empty is not None
-            self._stored_since_empty.add(entry.path)
+        if stored is not None:
+            stored.add(entry.path)
             self._parents_since_empty.add(parent)
             self._count_since_empty += 1
             if self._count_since_empty == _DIR_INDEX_LATER:
