@@ -239,15 +239,17 @@ class PathFilter:
 
     def add(self, path: str) -> None:
         h = hash(path)
-        for bit in (h & self.MASK, (h >> 22) & self.MASK):
-            self._bits[bit >> 3] |= 1 << (bit & 7)
+        one, two = h & self.MASK, (h >> 22) & self.MASK
+        bits = self._bits
+        bits[one >> 3] |= 1 << (one & 7)
+        bits[two >> 3] |= 1 << (two & 7)
 
     def __contains__(self, path: str) -> bool:
+        # Spelled out (no loop): a first copy asks once for every file.
         h = hash(path)
-        return all(
-            self._bits[bit >> 3] & (1 << (bit & 7))
-            for bit in (h & self.MASK, (h >> 22) & self.MASK)
-        )
+        one, two = h & self.MASK, (h >> 22) & self.MASK
+        bits = self._bits
+        return bool(bits[one >> 3] & (1 << (one & 7)) and bits[two >> 3] & (1 << (two & 7)))
 
 
 _MANY_PATHS = 500  # paths per query of get_many (SQLite allows 32,766 parameters)

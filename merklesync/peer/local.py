@@ -41,9 +41,10 @@ class Included:
     def __call__(self, path: str, is_dir: bool) -> bool:
         if not self._by_option(path, is_dir):
             return False
-        if any(rule.ignored(path, is_dir) for rule in self._rules):
-            self.left_out = True
-            return False
+        for rule in self._rules:  # a loop, not any(): asked once for every difference
+            if rule.ignored(path, is_dir):
+                self.left_out = True
+                return False
         return True
 
 
