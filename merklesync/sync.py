@@ -108,6 +108,15 @@ class SyncResult:
         that failed, or a warning (see ``warnings``)."""
         return bool(self.failures() or self.unresolved or self.warnings)
 
+    def copies_made(self) -> list[Event]:
+        """The plain copies written so far (not those let go of), by path:
+        what a run stopped midway has done."""
+        written = {"a->b": self.outcomes_b, "b->a": self.outcomes_a}
+        made = [
+            e for e in self.events if e.what in written and written[e.what].get(e.path, _NOT_YET).ok
+        ]
+        return sorted(made, key=lambda e: e.path)
+
 
 _COPIES = ("a->b", "b->a")  # the events of plain copies
 
@@ -169,6 +178,7 @@ class Syncer:
         rules: Rules,
         include: Callable[[str, bool], bool],
         keep_done: bool = True,
+        result: SyncResult | None = None,
     ) -> None:
         self.a, self.b = a, b
         self.rules = rules
@@ -177,7 +187,7 @@ class Syncer:
         # outcome) and only counted, where the caller lists no event: a
         # first sync of millions of files holds no object per file.
         self.keep_done = keep_done
-        self.result = SyncResult()
+        self.result = SyncResult() if result is None else result  # filled as the run goes
         self._copies: dict[str, str] = {}  # conflicted path -> its conflict copy
         # (conflicted path, the loser's leaf) -> the copy made of it in this run
         self._made: dict[tuple[str, bytes], str] = {}
@@ -680,8 +690,11 @@ def sync(
     dry_run: bool = False,
     progress: Progress | None = None,
     keep_done: bool = True,
+    result: SyncResult | None = None,
 ) -> SyncResult:
     """Sync ``a`` and ``b`` (scanned). ``keep_done`` False: plain copies
-    are counted, not listed, in the result (see Syncer.keep_done)."""
-    syncer = Syncer(a, b, rules or Rules(), include, keep_done)
+    are counted, not listed, in the result (see Syncer.keep_done).
+    ``result``: filled as the run goes (a caller interrupted still holds
+    what was done)."""
+    syncer = Syncer(a, b, rules or Rules(), include, keep_done, result)
     return syncer.run(dry_run=dry_run, progress=progress)

@@ -89,13 +89,13 @@ def sync_pair(
     scan_complete: bool = True,
     progress: Progress | None = None,
     keep_done: bool = True,
+    result: SyncResult | None = None,
 ) -> SyncResult:
     """Sync two scanned replicas (their retention already checked: see
     retention.guard). ``scan_complete``: neither scan skipped a file; only
     then, and with nothing left out or left alone, is the run a proof that
     each side has all the other has, and recorded as such (else as a
-    contact: see retention). ``keep_done``:
-    see sync."""
+    contact: see retention). ``keep_done``, ``result``: see sync."""
     include = Included(excludes, (a, b))
     result = sync(
         a,
@@ -105,6 +105,7 @@ def sync_pair(
         dry_run=dry_run,
         progress=progress,
         keep_done=keep_done,
+        result=result,
     )
     if any(e.what == "conflict" for e in result.events):
         for replica in filter(None, (local_replica(a), local_replica(b))):
@@ -169,11 +170,13 @@ def repair(
     progress: Progress | None = None,
     on_sync: Callable[[PairSync], None] = lambda done: None,
     keep_done: bool = True,
+    on_stop: Callable[[PairSync], None] = lambda stopped: None,
 ) -> RepairResult:
     """Bring ``peers`` (opened and scanned; the first is the hub) to the
     same state. ``scans_complete``: no scan skipped a file (else no sync is
     recorded as complete: see sync_pair). ``on_sync`` hears of each sync as
-    it ends. A dry run shows each pair as it stands now, in one pass: what
+    it ends; ``on_stop`` of the one a Ctrl-C or SIGTERM stops, with what it
+    did so far. A dry run shows each pair as it stands now, in one pass: what
     would reach the hub from one replica is not shown going on to the next."""
     out = RepairResult()
     hub, others = peers[0], list(peers[1:])
@@ -195,6 +198,7 @@ def repair(
         result: SyncResult | None = None
         error: MerklesyncError | None = None
         trips = hub.stats.round_trips, other.stats.round_trips
+        so_far = SyncResult()
         try:
             retention.guard(hub, other, allow_stale=allow_stale)
             result = sync_pair(
@@ -206,9 +210,13 @@ def repair(
                 scan_complete=scans_complete,
                 progress=progress,
                 keep_done=keep_done,
+                result=so_far,
             )
         except MerklesyncError as exc:
             error = exc
+        except KeyboardInterrupt:
+            on_stop(PairSync(hub.name, other.name, second, so_far))
+            raise
         root = hub_root()  # also: whose failure was it?
         made = max(hub.stats.round_trips - trips[0], other.stats.round_trips - trips[1])
         out.round_trips += made

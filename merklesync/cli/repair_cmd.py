@@ -8,7 +8,14 @@ from typing import Any
 import click
 
 from merklesync.cli.common import Output, handle_errors, plural, print_stats
-from merklesync.cli.sync_cmd import check_policy, counts, print_result, result_json, sync_options
+from merklesync.cli.sync_cmd import (
+    check_policy,
+    counts,
+    list_copies_made,
+    print_result,
+    result_json,
+    sync_options,
+)
 from merklesync.errors import EXIT_DIFFERENT, EXIT_OK, MerklesyncError, ReadOnlyReplica
 from merklesync.model import Stats
 from merklesync.peer import Node
@@ -87,13 +94,19 @@ def repair_cmd(
         if ending:
             raise left[0].error if left else click.UsageError("repair needs two replicas")
 
+        def arrows(done: PairSync) -> tuple[str, str]:
+            return (f"{done.hub} -> {done.other}", f"{done.other} -> {done.hub}")
+
         def said(done: PairSync) -> None:
             if done.result is None:
                 return  # named with the replicas left out
-            arrows = (f"{done.hub} -> {done.other}", f"{done.other} -> {done.hub}")
-            print_result(out, done.result, listed=dry_run or verbose, arrows=arrows)
+            print_result(out, done.result, listed=dry_run or verbose, arrows=arrows(done))
             word = "would sync" if dry_run else "synced again" if done.second else "synced"
             out.info(f"{word} {done.hub} and {done.other}: {counts(done.result)}")
+
+        def stopped(done: PairSync) -> None:  # by Ctrl-C or SIGTERM: -v lists what it did
+            if done.result is not None and not dry_run:
+                list_copies_made(out, done.result, arrows(done))
 
         scanned_trips = max(p.stats.round_trips for p in taking_part)
         with out.progress("repairing", "B", scale=True) as progress:
@@ -107,6 +120,7 @@ def repair_cmd(
                 progress=progress,
                 on_sync=said,
                 keep_done=verbose or as_json,  # where each event is listed
+                on_stop=stopped,
             )
         engine = Stats()
         for done in result.syncs:

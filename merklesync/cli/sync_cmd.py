@@ -69,7 +69,8 @@ def sync_options(func: F) -> F:
                 "--verbose",
                 is_flag=True,
                 help="List every change made: which way (a->b or b->a; repair names the two "
-                "replicas), what it is there (A, D, M or T, as diff prints it), the path.",
+                "replicas), what it is there (A, D, M or T, as diff prints it), the path "
+                "(a run stopped midway: the copies made so far).",
             ),
             checksum_option,
             allow_stale_option,
@@ -111,19 +112,34 @@ def print_result(
             and event.detail != "="
             and event.path not in undone
         ):
-            # a->b M path: copied from a to b, a modification there (as diff
-            # says it); "=": only the version moves (a deletion to a replica
-            # that never had the path, say), as push lists it: not at all.
-            if event.what in named:
-                out.line(f"{named[event.what]} {event.detail} {event.path}")
-            else:
-                out.line(f"{event.what} {event.path}")
+            _list(out, event, named)
     for failure in result.failures():
         out.warn(f"left alone: {failure.path}: {failure.reason}")
     if listed:
         for path, side in result.ignored():
             to = named["a->b" if side == "b" else "b->a"]
             out.note(f"not copied {to}: {path}: ignored there")
+
+
+def _list(out: Output, event: Event, named: dict[str, str]) -> None:
+    """a->b M path: copied from a to b, a modification there (as diff says
+    it). The caller leaves out "=" (only the version moves: a deletion to a
+    replica that never had the path, say), as push lists it: not at all."""
+    if event.what in named:
+        out.line(f"{named[event.what]} {event.detail} {event.path}")
+    else:
+        out.line(f"{event.what} {event.path}")
+
+
+def list_copies_made(
+    out: Output, result: SyncResult, arrows: tuple[str, str] = ("a->b", "b->a")
+) -> None:
+    """Under -v, the copies a run stopped midway (Ctrl-C, SIGTERM) made."""
+    if out.verbose:
+        named = dict(zip(("a->b", "b->a"), arrows, strict=True))
+        for event in result.copies_made():
+            if event.detail != "=":
+                _list(out, event, named)
 
 
 def counts(result: SyncResult) -> str:
@@ -214,17 +230,24 @@ def sync(
         retention.guard(a, b, allow_stale=allow_stale)
         with out.progress("scanning", "files") as progress:
             skipped = refresh_all([a, b], checksum=checksum, progress=progress)
-        with out.progress("syncing", "B", scale=True) as progress:
-            result = sync_pair(
-                a,
-                b,
-                rules=rules_for([a, b], on_conflict, merge_cmd),
-                excludes=excludes,
-                dry_run=dry_run,
-                scan_complete=not skipped,
-                progress=progress,
-                keep_done=verbose or as_json,  # where each event is listed
-            )
+        result = SyncResult()
+        try:
+            with out.progress("syncing", "B", scale=True) as progress:
+                result = sync_pair(
+                    a,
+                    b,
+                    rules=rules_for([a, b], on_conflict, merge_cmd),
+                    excludes=excludes,
+                    dry_run=dry_run,
+                    scan_complete=not skipped,
+                    progress=progress,
+                    keep_done=verbose or as_json,  # where each event is listed
+                    result=result,
+                )
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM: -v still lists what was done
+            if not dry_run:
+                list_copies_made(out, result)
+            raise
         totals = combined_stats(result.stats, a, b)
     for warning in skipped:
         out.warn(warning)

@@ -534,6 +534,60 @@ def test_an_interrupted_push_still_lists_under_v_what_it_did(
     assert_same_tree(src, dst)
 
 
+def test_an_interrupted_sync_still_lists_under_v_the_copies_it_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As push: a sync stopped midway lists under -v the copies its
+    finished batches made (each on disk there), then says it was
+    interrupted; the next sync completes."""
+    from merklesync import transfer
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_tree(a, files=40, dirs=5, seed=2)
+    make_tree(b, files=10, dirs=2, seed=9)
+    assert ms("init", a).code == 0 and ms("init", b).code == 0
+    monkeypatch.setattr(transfer, "BATCH_FILES", 8)
+    _interrupt_writes_at(monkeypatch, 30)
+    r = ms("sync", "-v", a, b)
+    monkeypatch.undo()
+    assert r.code == 130 and r.err.endswith("merklesync: interrupted\n"), r.err
+    listed = r.lines()
+    assert 8 <= len(listed) < 30, listed
+    assert listed == sorted(listed, key=lambda line: line.split(" ", 2)[2]), listed
+    for line in listed:
+        arrow, kind, path = line.split(" ", 2)
+        assert kind == "A" and arrow in ("a->b", "b->a"), line
+        assert (b / path if arrow == "a->b" else a / path).exists(), line
+    assert ms("sync", a, b).code == 0
+    assert_same_tree(a, b)
+
+
+def test_an_interrupted_repair_lists_under_v_the_copies_of_the_pair_it_stopped_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from merklesync import transfer
+
+    hub, a, b = tmp_path / "hub", tmp_path / "a", tmp_path / "b"
+    make_tree(hub, files=5, dirs=1, seed=3)
+    make_tree(a, files=40, dirs=5, seed=2)
+    b.mkdir()
+    for root in (hub, a, b):
+        assert ms("init", root).code == 0
+    monkeypatch.setattr(transfer, "BATCH_FILES", 8)
+    _interrupt_writes_at(monkeypatch, 30)
+    r = ms("repair", "-v", hub, a, b)
+    monkeypatch.undo()
+    assert r.code == 130 and r.err.endswith("merklesync: interrupted\n"), r.err
+    arrow = f"{a.resolve()} -> {hub.resolve()}"
+    copied = [line for line in r.lines() if line.startswith(arrow + " ")]
+    assert 8 <= len(copied) < 30, r.out
+    assert all(line.split(" ")[3] == "A" for line in copied), copied
+    assert all((hub / line.split(" ", 4)[4]).exists() for line in copied), copied
+    assert ms("repair", hub, a, b).code == 0
+    assert_same_tree(hub, a)
+    assert_same_tree(hub, b)
+
+
 def test_ctrl_c_in_a_terminal_during_a_first_copy_leaves_no_temp_file(tmp_path: Path) -> None:
     # Ctrl-C reaches the whole process group: the process placing files as
     # well as the run. The run ends it (the file being placed is finished
