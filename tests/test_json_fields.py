@@ -94,8 +94,8 @@ def test_each_object_has_the_documented_keys(
     # A's version keeps the name, or its conflict copy is taken for it.
     [step] = run("resolve", "--all", "--take", "local")["done"]
     assert step in (
-        {"action": "keep", "path": "x.txt", "target": None},
-        {"action": "take", "path": conflict["copy"], "target": "x.txt"},
+        {"action": "keep", "path": "x.txt", "target": None, "deletion": False},
+        {"action": "take", "path": conflict["copy"], "target": "x.txt", "deletion": False},
     )
     assert run("repair", a, b)["left_out"] == []
     assert run("gc", a)["collected"] == []

@@ -144,7 +144,12 @@ def resolve_cmd(
             "stats": scan_stats(resolved.report).as_dict(),
             "dry_run": dry_run,
             "done": [
-                {"action": step.action, "path": step.path, "target": step.target}
+                {
+                    "action": step.action,
+                    "path": step.path,
+                    "target": step.target,
+                    "deletion": step.gone,
+                }
                 for step in resolved.done
             ],
             "failed": [

@@ -180,7 +180,8 @@ FIELDS: dict[str, list[Field]] = {
             "done",
             "Each step, as {action (keep, merge, take or remove), path (the conflict copy, or "
             "the original kept as it is), target (the name the copy is kept as, merged into or "
-            "taken for; null for the others)}.",
+            "taken for; null for the others), deletion (true: what is kept is the deletion of "
+            "path, which holds no file here)}.",
         ),
         Field("failed", "The originals left as they were, each as {path, reason}."),
         _WARNINGS,

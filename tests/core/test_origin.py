@@ -227,6 +227,9 @@ def test_resolve_keeping_a_name_deleted_here_says_it_keeps_the_deletion(
     assert ms("sync", a, b).code == 0
     (a / "f.txt").unlink()
     monkeypatch.chdir(a)
+    r = ms("resolve", "f.txt", "--take", "remote", "--dry-run", "--json")
+    [kept] = [step for step in r.json()["done"] if step["action"] == "keep"]
+    assert kept == {"action": "keep", "path": "f.txt", "target": None, "deletion": True}
     for dry in (["--dry-run"], []):
         r = ms("resolve", "f.txt", "--take", "remote", *dry)
         assert r.code == 0, r.err
