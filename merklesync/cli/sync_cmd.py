@@ -106,12 +106,7 @@ def print_result(
     for event in result.events:
         if event.what in ("conflict", "modify-delete"):
             out.note(f"{event.what}: {event.path}: {event.detail}")
-        elif (
-            listed
-            and event.what != "merge-version"
-            and event.detail != "="
-            and event.path not in undone
-        ):
+        elif listed and event.what != "merge-version" and event.path not in undone:
             _list(out, event, named)
     for failure in result.failures():
         out.warn(f"left alone: {failure.path}: {failure.reason}")
@@ -123,8 +118,10 @@ def print_result(
 
 def _list(out: Output, event: Event, named: dict[str, str]) -> None:
     """a->b M path: copied from a to b, a modification there (as diff says
-    it). The caller leaves out "=" (only the version moves: a deletion to a
-    replica that never had the path, say), as push lists it: not at all."""
+    it). "=" (only the version moves: a deletion to a replica that never had
+    the path, say) is not listed, as push lists it: not at all."""
+    if event.detail == "=":
+        return
     if event.what in named:
         out.line(f"{named[event.what]} {event.detail} {event.path}")
     else:
@@ -138,8 +135,7 @@ def list_copies_made(
     if out.verbose:
         named = dict(zip(("a->b", "b->a"), arrows, strict=True))
         for event in result.copies_made():
-            if event.detail != "=":
-                _list(out, event, named)
+            _list(out, event, named)
 
 
 def counts(result: SyncResult) -> str:

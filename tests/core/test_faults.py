@@ -24,7 +24,7 @@ from merklesync.lock import ReplicaLock
 from merklesync.model import Entry, Unreadable
 from merklesync.replica import Replica
 from merklesync.sources import directory, directory_write, file_write, no_replace, placer
-from tests.clirun import ms
+from tests.clirun import Result, ms
 from tests.treegen import assert_same_tree, make_tree, mutate
 
 
@@ -512,21 +512,27 @@ def test_interrupted_push_resumes(
     assert_same_tree(src, dst)
 
 
+def _stopped_midway(monkeypatch: pytest.MonkeyPatch, *args: str | Path) -> Result:
+    """Run a command whose 30th write meets a Ctrl-C, in batches of 8 (so
+    some batches finish first); check it says it was interrupted."""
+    from merklesync import transfer
+
+    monkeypatch.setattr(transfer, "BATCH_FILES", 8)
+    _interrupt_writes_at(monkeypatch, 30)
+    r = ms(*args)
+    monkeypatch.undo()
+    assert r.code == 130 and r.err.endswith("merklesync: interrupted\n"), r.err
+    return r
+
+
 def test_an_interrupted_push_still_lists_under_v_what_it_did(
     pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """-v lists the changes at the end; a run stopped midway (Ctrl-C,
     SIGTERM) lists those its finished batches made, each on disk, before
     it says it was interrupted."""
-    from merklesync import transfer
-
     src, dst = pair
-    monkeypatch.setattr(transfer, "BATCH_FILES", 8)
-    _interrupt_writes_at(monkeypatch, 30)
-    r = ms("push", "-v", src, dst)
-    monkeypatch.undo()
-    assert r.code == 130 and r.err.endswith("merklesync: interrupted\n"), r.err
-    listed = r.lines()
+    listed = _stopped_midway(monkeypatch, "push", "-v", src, dst).lines()
     assert 8 <= len(listed) < 30, listed
     assert listed == sorted(listed) and all(line.startswith("A ") for line in listed)
     assert all((dst / line[2:]).exists() for line in listed)
@@ -540,18 +546,11 @@ def test_an_interrupted_sync_still_lists_under_v_the_copies_it_made(
     """As push: a sync stopped midway lists under -v the copies its
     finished batches made (each on disk there), then says it was
     interrupted; the next sync completes."""
-    from merklesync import transfer
-
     a, b = tmp_path / "a", tmp_path / "b"
     make_tree(a, files=40, dirs=5, seed=2)
     make_tree(b, files=10, dirs=2, seed=9)
     assert ms("init", a).code == 0 and ms("init", b).code == 0
-    monkeypatch.setattr(transfer, "BATCH_FILES", 8)
-    _interrupt_writes_at(monkeypatch, 30)
-    r = ms("sync", "-v", a, b)
-    monkeypatch.undo()
-    assert r.code == 130 and r.err.endswith("merklesync: interrupted\n"), r.err
-    listed = r.lines()
+    listed = _stopped_midway(monkeypatch, "sync", "-v", a, b).lines()
     assert 8 <= len(listed) < 30, listed
     assert listed == sorted(listed, key=lambda line: line.split(" ", 2)[2]), listed
     for line in listed:
@@ -565,19 +564,13 @@ def test_an_interrupted_sync_still_lists_under_v_the_copies_it_made(
 def test_an_interrupted_repair_lists_under_v_the_copies_of_the_pair_it_stopped_in(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from merklesync import transfer
-
     hub, a, b = tmp_path / "hub", tmp_path / "a", tmp_path / "b"
     make_tree(hub, files=5, dirs=1, seed=3)
     make_tree(a, files=40, dirs=5, seed=2)
     b.mkdir()
     for root in (hub, a, b):
         assert ms("init", root).code == 0
-    monkeypatch.setattr(transfer, "BATCH_FILES", 8)
-    _interrupt_writes_at(monkeypatch, 30)
-    r = ms("repair", "-v", hub, a, b)
-    monkeypatch.undo()
-    assert r.code == 130 and r.err.endswith("merklesync: interrupted\n"), r.err
+    r = _stopped_midway(monkeypatch, "repair", "-v", hub, a, b)
     arrow = f"{a.resolve()} -> {hub.resolve()}"
     copied = [line for line in r.lines() if line.startswith(arrow + " ")]
     assert 8 <= len(copied) < 30, r.out
@@ -1247,8 +1240,9 @@ def test_no_descriptor_is_passed_under_a_low_open_file_limit() -> None:
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    assert placer._max_passed() == min(placer.MAX_PASSED, soft // 8)
     try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (8 * placer.ANSWER_EVERY, hard))
+        assert placer._max_passed() == placer.ANSWER_EVERY  # an eighth of the limit
         resource.setrlimit(resource.RLIMIT_NOFILE, (8 * placer.ANSWER_EVERY - 1, hard))
         assert placer._max_passed() == 0
     finally:

@@ -146,9 +146,6 @@ def test_a_command_that_stops_reading_is_given_up_after_the_timeout() -> None:
         assert 0 < t.bytes_sent < 8 << 20  # what the pipe took
 
 
-_F_GETPIPE_SZ = 1032  # fcntl.F_GETPIPE_SZ (Linux), spelled out for older Pythons
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pipe sizes are Linux's")
 def test_file_contents_go_through_pipes_with_room_for_a_mebibyte(tmp_path: Path) -> None:
     """The command's stdin, and both ends of an agent's, hold 1 MiB: a
@@ -159,17 +156,17 @@ def test_file_contents_go_through_pipes_with_room_for_a_mebibyte(tmp_path: Path)
     from merklesync.pipe_room import PIPE_SIZE, widen_pipe
     from merklesync.serve import Agent
 
-    script = "import fcntl, sys; print(fcntl.fcntl(0, 1032))"
+    script = "import fcntl; print(fcntl.fcntl(0, fcntl.F_GETPIPE_SZ))"
     with SubprocessTransport([PY, "-c", script]) as t:
         t.close_write()
         assert int(read_all(t)) == PIPE_SIZE
     read_fd, write_fd = os.pipe()
     out_r, out_w = os.pipe()
     try:
-        assert fcntl.fcntl(read_fd, _F_GETPIPE_SZ) < PIPE_SIZE
+        assert fcntl.fcntl(read_fd, fcntl.F_GETPIPE_SZ) < PIPE_SIZE
         Agent(tmp_path, ConnectionFailed("none here"), in_fd=read_fd, out_fd=out_w)
-        assert fcntl.fcntl(read_fd, _F_GETPIPE_SZ) == PIPE_SIZE
-        assert fcntl.fcntl(out_r, _F_GETPIPE_SZ) == PIPE_SIZE
+        assert fcntl.fcntl(read_fd, fcntl.F_GETPIPE_SZ) == PIPE_SIZE
+        assert fcntl.fcntl(out_r, fcntl.F_GETPIPE_SZ) == PIPE_SIZE
         with open(tmp_path / "f", "wb") as f:
             widen_pipe(f.fileno())  # no pipe: left as it is, quietly
     finally:
