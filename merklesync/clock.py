@@ -2,7 +2,9 @@
 
 A version vector maps a replica id to the number of writes that replica made
 to one entry. Only replicas that actually wrote the entry appear in it, so
-vectors stay small however many replicas exist.
+vectors stay small however many replicas exist. One name is no replica's:
+``=`` and a hash of some content, counting 1, is the version of that content
+as a replica's first scan found it (see model.found_version).
 """
 
 from __future__ import annotations
@@ -17,6 +19,13 @@ from dataclasses import dataclass
 # integers hold) that bumping and ticking from there never overflows.
 MAX_COUNTER = 1 << 62
 MAX_STAMP = 1 << 62
+# What begins the name of a found content's version, never a replica id's.
+FOUND_PREFIX = "="
+
+
+def is_replica(name: str) -> bool:
+    """Whether a name in a version vector is a replica's (not a found content's)."""
+    return not name.startswith(FOUND_PREFIX)
 
 
 class Order(enum.Enum):

@@ -22,7 +22,7 @@ from typing import Any, ParamSpec, TypeVar
 import msgpack
 
 from merklesync import merkle
-from merklesync.clock import MAX_STAMP, VersionVector
+from merklesync.clock import MAX_STAMP, VersionVector, is_replica
 from merklesync.errors import CorruptIndex, LocalIOError, NewerFormat, ReplicaLocked
 from merklesync.merkle import MAX_DEPTH, NodeId
 from merklesync.model import LEAF_BYTES, Entry, EntryKind, key_of
@@ -287,6 +287,11 @@ def _vv(packed: bytes) -> VersionVector:
     return vv
 
 
+# Index meta, from a new replica's making until a scan of it ends: what its
+# scans find there has no history yet, and takes the version of its
+# content (model.found_version).
+FIRST_SCAN = "first_scan"
+
 TOMBSTONE = b"\x00"  # stat_cache's mark of a deleted entry (never a packed stat)
 
 
@@ -318,14 +323,17 @@ class Index:
 
     @classmethod
     @_guard
-    def create(cls, path: Path, replica_id: str) -> Index:
+    def create(cls, path: Path, replica_id: str, *, new: bool = True) -> Index:
         """A new index at ``path`` (which does not exist: the replica's lock
         is held); one that cannot be made whole (a full disk) is removed,
-        so that the next run makes it afresh instead of finding it broken."""
+        so that the next run makes it afresh instead of finding it broken.
+        ``new``: for a new replica, whose first scan finds what is there
+        (FIRST_SCAN); False for one whose index is made again, whose
+        files may hold changes made since its lost versions."""
         conn: sqlite3.Connection | None = None
         try:
             conn = cls._connect(path)  # its first write too (WAL mode)
-            return cls._fill(path, conn, replica_id)
+            return cls._fill(path, conn, replica_id, new)
         except BaseException:
             if conn is not None:
                 conn.close()
@@ -339,14 +347,15 @@ class Index:
             raise
 
     @classmethod
-    def _fill(cls, path: Path, conn: sqlite3.Connection, replica_id: str) -> Index:
+    def _fill(cls, path: Path, conn: sqlite3.Connection, replica_id: str, new: bool) -> Index:
         conn.executescript(SCHEMA)
         for statement in _LISTINGS:
             conn.execute(statement)
         conn.execute("BEGIN")
+        meta = [("format", FORMAT), ("replica_id", replica_id), ("depth", 1), ("hlc", 0)]
         conn.executemany(
             "INSERT OR REPLACE INTO meta VALUES (?, ?)",
-            [("format", FORMAT), ("replica_id", replica_id), ("depth", 1), ("hlc", 0)],
+            [*meta, *([(FIRST_SCAN, 1)] if new else [])],
         )
         conn.execute("COMMIT")
         conn.execute("BEGIN")
@@ -711,11 +720,12 @@ class Index:
 
     @_guard
     def writers(self) -> set[str]:
-        """Every replica named in a version vector here."""
+        """Every replica named in a version vector here (not the names of
+        found contents' versions, see clock.FOUND_PREFIX)."""
         found: set[str] = set()
         for (blob,) in self.conn.execute("SELECT DISTINCT vv FROM entries"):
             found.update(r for r, _c in VersionVector.from_wire(msgpack.unpackb(blob)).pairs)
-        return found
+        return {r for r in found if is_replica(r)}
 
     @_guard
     def peers(self) -> dict[str, int]:

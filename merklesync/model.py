@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields
 import blake3
 import msgpack
 
-from merklesync.clock import MAX_STAMP, VersionVector
+from merklesync.clock import FOUND_PREFIX, MAX_STAMP, VersionVector
 
 KEY_BYTES = 8  # leaves are bucketed by the first bytes of blake3(path)
 LEAF_BYTES = 32
@@ -193,6 +193,18 @@ class Entry:
             stamp=stamp,
             origin=origin,
         )
+
+
+def found_version(entry: Entry) -> VersionVector:
+    """The version of content as a replica's first scan found it: named
+    after the content itself (kind, mode, and digest or link target), so
+    that replicas made apart (copied with rsync or cp -a, restored from one
+    backup) hold the same version of everything they hold alike, and agree
+    from their first run without a word on it. Other content found there
+    is another version, concurrent with this one; a later write there
+    descends from it (its replica's counter added)."""
+    name = blake3.blake3(msgpack.packb(list(entry.content()))).hexdigest(length=16)
+    return VersionVector(((FOUND_PREFIX + name, 1),))
 
 
 def is_dir_path(*entries: Entry | None) -> bool:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from merklesync.clock import is_replica
 from merklesync.errors import UsageError
 from merklesync.ignore import compile_patterns, read_rules
 from merklesync.model import Entry, EntryKind
@@ -94,14 +95,28 @@ def attributes_of(root: Path) -> str:
         return ""
 
 
+# The writer of content a replica's first scan found there (found_version):
+# no replica's write made it.
+FOUND_WRITER = "found"
+
+
 def writer_of(entry: Entry, other: Entry) -> str:
     """The replica whose write made ``entry``: its origin; where that is not
     known (an index from before origins were recorded), the smallest id
-    whose counter in entry is ahead of ``other``'s."""
+    whose counter in entry is ahead of ``other``'s; FOUND_WRITER for
+    content as a first scan found it."""
     if entry.origin:
         return entry.origin
-    ahead = [r for r, c in entry.vv.pairs if c > other.vv.get(r)]
-    return min(ahead) if ahead else (min(r for r, _ in entry.vv.pairs) if entry.vv.pairs else "-")
+    writers = [r for r, _ in entry.vv.pairs if is_replica(r)]
+    ahead = [r for r in writers if entry.vv.get(r) > other.vv.get(r)]
+    if ahead or writers:
+        return min(ahead or writers)
+    return FOUND_WRITER if entry.vv.pairs else "-"
+
+
+def written_by(writer: str) -> str:
+    """How a version's making is told: by its writer (see writer_of)."""
+    return "found by a first scan" if writer == FOUND_WRITER else f"written by {writer}"
 
 
 def newer(x: Entry, y: Entry) -> Entry:

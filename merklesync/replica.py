@@ -276,7 +276,7 @@ class Replica:
             original = state / INDEX_FILE
             if rebuild and (original.is_symlink() or not original.is_file()):
                 aside = _aside(state)
-                return Index.create(scratch / INDEX_FILE, new_replica_id())
+                return Index.create(scratch / INDEX_FILE, new_replica_id(), new=False)
             lock = ReplicaLock(state / LOCK_FILE)
             with contextlib.suppress(ReadOnlyReplica):
                 lock.acquire()
@@ -294,7 +294,7 @@ class Replica:
             for name in (INDEX_FILE, f"{INDEX_FILE}-wal", f"{INDEX_FILE}-shm"):
                 with contextlib.suppress(FileNotFoundError):
                     (scratch / name).unlink()
-            return Index.create(scratch / INDEX_FILE, new_replica_id())
+            return Index.create(scratch / INDEX_FILE, new_replica_id(), new=False)
 
         replica = cls._in_scratch("dry-run", root, (), copied)
         return replica, aside, mended
@@ -325,7 +325,7 @@ class Replica:
                     if side.exists():
                         os.replace(side, state / f"{moved.name}{suffix}")
                 os.replace(old, moved)
-            index = Index.create(old, new_replica_id())
+            index = Index.create(old, new_replica_id(), new=False)
         except BaseException:
             lock.release()
             raise

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from merklesync.clock import is_replica
 from merklesync.errors import ReadOnlyReplica
 from merklesync.model import (
     NOT_EMPTY,
@@ -253,7 +254,7 @@ def _discarded(lost: Entry, kept: Entry) -> str:
     """Whose version --force overwrites: the replicas whose writes it holds
     and the source's does not (which of them wrote last, the vectors do
     not say)."""
-    by = sorted(r for r, c in lost.vv.pairs if c > kept.vv.get(r))
+    by = sorted(r for r, c in lost.vv.pairs if c > kept.vv.get(r) and is_replica(r))
     if not by:
         return "the destination's version"
     what = "a deletion" if lost.deleted else "the version written"

@@ -27,9 +27,10 @@ from merklesync.replica import Replica, is_replica
     "--rebuild",
     is_flag=True,
     help="Set a corrupt or unreadable index aside and build a new one from the files "
-    "(the replica gets a new id; versions restart). An index that reads well but whose "
-    "tree does not match its entries (a run of an earlier release cut short) keeps its "
-    "entries and versions: only its tree is made again.",
+    "(the replica gets a new id; versions restart: every file found counts as its write, "
+    "concurrent with what other replicas hold unless the same). An index that reads well "
+    "but whose tree does not match its entries (a run of an earlier release cut short) "
+    "keeps its entries and versions: only its tree is made again.",
 )
 @click.option(
     "--new-id",
@@ -58,7 +59,12 @@ def init(
     quiet: bool,
     as_json: bool,
 ) -> None:
-    """Make DIRECTORY a replica: create DIRECTORY/.merklesync/ and scan it."""
+    """Make DIRECTORY a replica: create DIRECTORY/.merklesync/ and scan it.
+
+    What this first scan finds takes the version of its content: replicas
+    made apart from the same files (an rsync mirror, a restored backup)
+    hold the same versions of them, and agree from their first run without
+    a word on them; what they hold differently is a conflict."""
     out = Output(quiet, as_json)
     if rebuild and new_id:
         raise click.UsageError("--rebuild gives the replica a new id already: not with --new-id")

@@ -33,6 +33,7 @@ import msgpack
 
 from merklesync import merkle
 from merklesync.batches import batches
+from merklesync.clock import FOUND_PREFIX
 from merklesync.errors import (
     CorruptIndex,
     LocalIOError,
@@ -167,6 +168,14 @@ def _ident(value: object, what: str, *, empty: bool = False) -> str:
     return value
 
 
+def _replica_id(value: object, what: str, *, empty: bool = False) -> str:
+    """An _ident that names a replica: never like a found content's version."""
+    name = _ident(value, what, empty=empty)
+    if name.startswith(FOUND_PREFIX):
+        _fail(f"{what}: may not begin with {FOUND_PREFIX!r}")
+    return name
+
+
 def node_from_wire(value: object) -> NodeId:
     """A node id from the peer: ``[level, prefix]`` with level < 16."""
     try:
@@ -263,7 +272,7 @@ class Hello:
             capabilities=tuple(
                 _ident(c, "capability") for c in _list(caps, "capabilities", limit=MAX_CAPS)
             ),
-            replica_id=_ident(replica_id, "replica id", empty=True),
+            replica_id=_replica_id(replica_id, "replica id", empty=True),
             software=_text(software, "software", MAX_SOFTWARE),
             root_name=_text(root_name, "root name", MAX_PATH_BYTES),
         )
@@ -546,7 +555,7 @@ class _AboutReplica:
     @classmethod
     def from_wire(cls, msg: list[object]) -> Self:
         (replica_id,) = _fields(msg, 1)
-        return cls(_ident(replica_id, f"{cls.TAG}: replica id"))
+        return cls(_replica_id(replica_id, f"{cls.TAG}: replica id"))
 
 
 @dataclass(frozen=True, slots=True)

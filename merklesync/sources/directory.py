@@ -21,7 +21,7 @@ import msgpack
 from merklesync import journal
 from merklesync.clock import MAX_STAMP, HybridClock, VersionVector
 from merklesync.ignore import STATE_DIR, IgnoreRules
-from merklesync.index import TOMBSTONE, Index
+from merklesync.index import FIRST_SCAN, TOMBSTONE, Index
 from merklesync.model import (
     GONE,
     Entry,
@@ -30,6 +30,7 @@ from merklesync.model import (
     ScanReport,
     Unreadable,
     WriteItem,
+    found_version,
     int64,
     synced_mode,
 )
@@ -83,6 +84,9 @@ class _Scan:
     reads_all: bool = False
     prehash: prehash.Prehasher | None = None
     commit_at: float = field(default_factory=lambda: time.monotonic() + SCAN_COMMIT_EVERY)
+    # A new replica's first scan (or the first one to end: index.FIRST_SCAN):
+    # what it finds gets the version of its content (found_version).
+    first: bool = False
 
 
 _Subdir = tuple[str, tuple[int, int] | None]  # a path, and its (device, inode) when listed
@@ -166,6 +170,7 @@ class DirectorySource:
         scan = _Scan(index, replica_id, clock, checksum, progress)
         scan.report.listing = listing
         scan.shortcuts = self._shortcuts(checksum)
+        scan.first = index.meta(FIRST_SCAN) is not None
         scan.reads_all = spread and (checksum or index.root()[1] == 0)
         self.ignore.start_over()  # an ignore file may have changed since the last scan
         changes = journal.ask(self.root, index.meta(WATCH_TOKEN)) if scan.shortcuts else None
@@ -196,6 +201,8 @@ class DirectorySource:
             progress(scan.pending)
         index.set_meta(WATCH_TOKEN, None if changes is None else changes.token)
         index.set_meta("hlc", clock.last)
+        if scan.first:  # it ended: from now on, what is new here is this replica's write
+            index.set_meta(FIRST_SCAN, None)
         index.commit()
         if noted is not None and not self.ignore.has_excludes and not self.hands_off:
             self._intents.discard()  # (else, kept for a scan of all, or for the replica's own)
@@ -447,6 +454,7 @@ class DirectorySource:
                 indexed=cached != _ABSENT,
                 dir_fd=dir_fd,
                 hashed=hashed,
+                first=scan.first,
             )
             if len(report.warnings) > before:  # not read this time: look again next time
                 scan.relist.add(directory)
@@ -504,11 +512,13 @@ class DirectorySource:
         indexed: bool = True,
         dir_fd: int | None = None,
         hashed: bytes | None = None,
+        first: bool = False,
     ) -> None:
         """Read one new or changed entry into the index (``indexed``: the
         index may hold a row for it; False spares the look-up; ``dir_fd``:
         its directory, open, where it is read from; ``hashed``: a file's
-        digest, read with the stat ``st`` by whoever hashed it ahead)."""
+        digest, read with the stat ``st`` by whoever hashed it ahead;
+        ``first``: a replica's first scan, see found_version)."""
         cached = index.get(rel) if indexed else None
         digest, target = b"", ""
         try:
@@ -560,14 +570,17 @@ class DirectorySource:
             clock.observe(noted.stamp)
             index.put(fresh.with_version(noted.vv, noted.stamp, noted.origin), stat, old)
             return
-        base = old.vv if old is not None else VersionVector()
+        base = old.vv if old is not None else None
         if old is None and (gone := index.forgotten(rel)) is not None:
             if gone.same_content(fresh):  # as it was when it became ignored: that version
                 index.put(fresh.with_version(gone.vv, gone.stamp, gone.origin), stat, None)
                 report.changed(rel, None)
                 return
             base = gone.vv
-        vv = base.bump(replica_id)
+        # Found by a replica's first scan, there before it: no write of its
+        # own (nobody's: its origin is unknown), the version of its content.
+        found = base is None and first
+        vv = found_version(fresh) if found else (base or VersionVector()).bump(replica_id)
         # The write's stamp: when it happened (its mtime), and always after
         # the version it replaces, whatever the clocks say.
         # A time ahead of this machine's clock (a file dated in the future)
@@ -575,7 +588,7 @@ class DirectorySource:
         written = min(st.st_mtime_ns, time.time_ns())
         stamp = min(max(written, old.stamp + 1 if old is not None else 0), MAX_STAMP)
         clock.observe(stamp)
-        index.put(fresh.with_version(vv, stamp, replica_id), stat, old)
+        index.put(fresh.with_version(vv, stamp, "" if found else replica_id), stat, old)
         report.changed(rel, old)
 
     def _tombstone(

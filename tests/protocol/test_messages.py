@@ -186,6 +186,8 @@ def test_entries_round_trip_in_put(entry: Entry) -> None:
         (["merklesync", [1], [], "", "", ""], "expected 2 items"),
         (["merklesync", [1, 1], ["has space"], "", "", ""], "capability"),
         (["merklesync", [1, 1], [], "\x1b[2J", "", ""], "replica id"),
+        (["merklesync", [1, 1], [], "=0a1b", "", ""], "may not begin with '='"),
+        (["remember", "=0a1b"], "may not begin with '='"),
     ],
 )
 def test_bad_client_messages(obj: object, match: str) -> None:

@@ -14,7 +14,7 @@ import pytest
 from sshd import Daemon
 
 from merklesync.sources import placer
-from tests.clirun import ms
+from tests.clirun import ms, written_apart
 from tests.remote.conftest import Side, make_side
 from tests.treegen import assert_same_tree, make_tree, mutate, rsync_itemize
 
@@ -165,13 +165,61 @@ def test_concurrent_edits_are_a_conflict_not_an_overwrite(
     assert (dst / rel).read_text() == "destination edit"
 
 
-def test_same_content_on_both_sides_merges_versions(side: Side, tmp_path: Path) -> None:
+def _same_three(root: Path) -> None:
+    write(root / "f", "same")
+    (root / "d").mkdir()
+    os.symlink("f", root / "link")
+
+
+def test_copies_made_apart_agree_from_their_first_run(side: Side, tmp_path: Path) -> None:
+    """Replicas made apart from the same files (copied with rsync, say)
+    hold the same version of each: their first run finds them equal at the
+    root, and writes nothing on either side."""
     a, b = tmp_path / "a", tmp_path / "b"
     for root in (a, b):
-        write(root / "f", "same")
-        (root / "d").mkdir()
-        os.symlink("f", root / "link")
-        ms("init", root)
+        _same_three(root)
+        assert ms("init", root).code == 0
+    before = [(x / n).lstat() for x in (a, b) for n in ("f", "d", "link")]
+    for cmd in ("push", "sync"):
+        r = side.ms(cmd, side.src(a), side.dst(b), "--json", "--stats")
+        assert r.code == 0, r.err
+        assert r.json()["changes" if cmd == "push" else "events"] == []
+        assert r.json()["stats"]["round_trips"] == 1
+        assert r.json()["stats"]["entries_compared"] == 0
+    after = [(x / n).lstat() for x in (a, b) for n in ("f", "d", "link")]
+    assert [(st.st_ino, st.st_ctime_ns) for st in after] == [
+        (st.st_ino, st.st_ctime_ns) for st in before
+    ]
+
+
+def test_what_copies_made_apart_hold_differently_is_a_conflict_and_later_edits_flow(
+    side: Side, tmp_path: Path
+) -> None:
+    """What each of two replicas made apart found alike and one edits or
+    deletes later is a fast-forward to the other; what they found
+    differently neither wrote after the other: a conflict, left alone."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root in (a, b):
+        write(root / "edited.txt", "as copied")
+        write(root / "deleted.txt", "as copied")
+        write(root / "apart.txt", f"only {root.name} has this")
+        assert ms("init", root).code == 0
+    write(a / "edited.txt", "edited on a")
+    (a / "deleted.txt").unlink()
+    r = side.ms("push", side.src(a), side.dst(b), "--json")
+    assert r.code == 1, r.err  # something left alone
+    actions = {c["path"]: c["action"] for c in r.json()["changes"]}
+    assert actions == {"apart.txt": "conflict", "deleted.txt": "copy", "edited.txt": "copy"}
+    assert (b / "edited.txt").read_text() == "edited on a"
+    assert not (b / "deleted.txt").exists()
+    assert (b / "apart.txt").read_text() == "only b has this"
+
+
+def test_same_content_on_both_sides_merges_versions(side: Side, tmp_path: Path) -> None:
+    """The same content written on each side apart (after their first
+    scans): concurrent versions of it, merged without a byte copied."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    written_apart((a, b), _same_three)
     dry = side.ms("push", side.src(a), side.dst(b), "--json", "--dry-run")
     assert [c["action"] for c in dry.json()["changes"]] == ["merge-version"] * 3
     names = ("f", "d", "link")

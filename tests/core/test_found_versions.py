@@ -1,0 +1,176 @@
+"""What a replica's first scan finds carries the version of its content
+(model.found_version): replicas made apart from the same files agree."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from merklesync.clock import FOUND_PREFIX, Order, VersionVector, is_replica
+from merklesync.index import FIRST_SCAN
+from merklesync.model import Entry, EntryKind, found_version
+from merklesync.policy import FOUND_WRITER, writer_of, written_by
+from merklesync.replica import Replica
+from merklesync.sources import directory
+from tests.clirun import ms
+from tests.treegen import make_tree
+
+FILE = Entry("f", EntryKind.FILE, VersionVector(), digest=b"\x01" * 32, size=3, mode=0o644)
+
+
+def _status(root: Path) -> dict[str, object]:
+    r = ms("status", root, "--json")
+    assert r.code == 0, r.err
+    return dict(r.json())
+
+
+def _entry(root: Path, path: str) -> Entry:
+    with Replica.open(root) as replica:
+        cached = replica.index.get(path)
+    assert cached is not None
+    return cached.entry
+
+
+def test_the_found_version_is_named_by_the_content_alone() -> None:
+    same = found_version(FILE)
+    assert same == found_version(
+        Entry(
+            "f",
+            EntryKind.FILE,
+            VersionVector(),
+            digest=b"\x01" * 32,
+            size=3,
+            mode=0o644,
+            mtime_ns=123,
+            stamp=9,
+            origin="x",
+        )
+    )
+    ((name, count),) = same.pairs
+    assert name.startswith(FOUND_PREFIX) and count == 1 and not is_replica(name)
+    others = [
+        Entry("f", EntryKind.FILE, VersionVector(), digest=b"\x02" * 32, size=3, mode=0o644),
+        Entry("f", EntryKind.FILE, VersionVector(), digest=b"\x01" * 32, size=3, mode=0o755),
+        Entry("f", EntryKind.LINK, VersionVector(), digest=b"\x01" * 32, target="t"),
+        Entry("f", EntryKind.DIR, VersionVector(), mode=0o755),
+    ]
+    for other in others:
+        assert found_version(other).compare(same) is Order.CONCURRENT
+    # A write on top of it descends from it.
+    assert same.bump("0123abcd").compare(same) is Order.AFTER
+
+
+def test_a_found_version_has_no_writer_but_the_ones_on_top() -> None:
+    found = FILE.with_version(found_version(FILE))
+    assert writer_of(found, FILE) == FOUND_WRITER
+    assert written_by(FOUND_WRITER) == "found by a first scan"
+    edited = found.with_version(found.vv.bump("beef"))
+    assert writer_of(edited, found) == "beef" == writer_of(edited, edited)
+
+
+def test_the_first_scan_gives_found_versions_and_later_ones_their_own(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    root.mkdir()
+    (root / "there.txt").write_text("there before\n")
+    assert ms("init", root).code == 0
+    there = _entry(root, "there.txt")
+    assert there.vv == found_version(there) and there.origin == ""
+    (root / "new.txt").write_text("written since\n")
+    (root / "there.txt").write_text("edited since\n")
+    _status(root)
+    with Replica.open(root) as replica:
+        me = replica.replica_id
+        assert replica.index.writers() == {me}  # found names are no replica's
+    new, edited = _entry(root, "new.txt"), _entry(root, "there.txt")
+    assert new.vv == VersionVector.of({me: 1}) and new.origin == me
+    assert edited.vv == there.vv.bump(me) and edited.origin == me
+
+
+def test_only_a_new_replica_s_first_scan_finds(tmp_path: Path) -> None:
+    """What comes after a first scan is a write, even into a replica made
+    empty; and an index made again (init --rebuild) finds nothing: its
+    files may hold changes made since the versions it lost (a revert, say,
+    which a found version would take for the first one)."""
+    root = tmp_path / "r"
+    root.mkdir()
+    assert ms("init", root).code == 0
+    (root / "f").write_text("copied in\n")
+    _status(root)
+    with Replica.open(root) as replica:
+        me = replica.replica_id
+    assert _entry(root, "f").vv == VersionVector.of({me: 1})
+    (root / ".merklesync" / "index.db").write_bytes(b"not an index")
+    assert ms("init", "--rebuild", root).code == 0
+    with Replica.open(root) as replica:
+        assert replica.index.meta(FIRST_SCAN) is None
+        assert replica.index.writers() == {replica.replica_id} != {me}
+
+
+def test_a_first_scan_cut_short_goes_on_finding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first scan that commits as it goes and is cut short: the next one
+    gives the rest found versions too; once one ends, new files are writes."""
+    root = tmp_path / "r"
+    make_tree(root, files=60, dirs=6, seed=3)
+    monkeypatch.setattr(directory, "SCAN_COMMIT_EVERY", 0.0)  # commit after every directory
+    original = directory.DirectorySource._count
+    calls = 0
+
+    def count(scan: Any, scanned: int) -> None:  # each directory's entries counted
+        nonlocal calls
+        original(scan, scanned)
+        calls += 1
+        if calls == 3:
+            raise KeyboardInterrupt
+
+    replica = Replica.open(root, create=True)
+    monkeypatch.setattr(directory.DirectorySource, "_count", staticmethod(count))
+    with pytest.raises(KeyboardInterrupt):
+        replica.scan(spread=False)
+    replica.close(commit=False)
+    with Replica.open(root) as replica:
+        kept = replica.index.count()
+        assert kept > 0 and replica.index.meta(FIRST_SCAN) == 1
+    monkeypatch.undo()
+    _status(root)
+    with Replica.open(root) as replica:
+        rows = [c.entry for c in replica.index.get_many(_paths(root)).values()]
+        assert replica.index.meta(FIRST_SCAN) is None
+        assert len(rows) > kept and all(e.vv == found_version(e) for e in rows)
+    (root / "later.txt").write_text("x")
+    _status(root)
+    assert all(is_replica(r) for r, _ in _entry(root, "later.txt").vv.pairs)
+
+
+def _paths(root: Path) -> list[str]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d != ".merklesync"]
+        for name in dirnames + filenames:
+            out.append(os.path.relpath(os.path.join(dirpath, name), root))
+    return out
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(min_value=0, max_value=2**16), st.booleans())
+def test_copies_made_apart_have_the_same_root(seed: int, keep_times: bool) -> None:
+    """Two copies of one tree (times kept or not), each made a replica on
+    its own: the same root, so their first run has nothing to do."""
+    with tempfile.TemporaryDirectory() as tmp:
+        a, b = Path(tmp, "a"), Path(tmp, "b")
+        make_tree(a, files=40, dirs=5, seed=seed, symlinks=3)
+        shutil.copytree(
+            a, b, symlinks=True, copy_function=shutil.copy2 if keep_times else shutil.copy
+        )
+        assert ms("init", a).code == 0 and ms("init", b).code == 0
+        assert _status(a)["fingerprint"] == _status(b)["fingerprint"]
+        r = ms("push", a, b, "--json", "--stats")
+        assert r.json()["changes"] == [] and r.json()["stats"]["round_trips"] == 1
