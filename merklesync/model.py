@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 
@@ -195,6 +196,9 @@ class Entry:
         )
 
 
+_FOUND_HEAD = struct.Struct(">BH")  # kind, mode
+
+
 def found_version(entry: Entry) -> VersionVector:
     """The version of content as a replica's first scan found it: named
     after the content itself (kind, mode, and digest or link target), so
@@ -202,9 +206,10 @@ def found_version(entry: Entry) -> VersionVector:
     backup) hold the same version of everything they hold alike, and agree
     from their first run without a word on it. Other content found there
     is another version, concurrent with this one; a later write there
-    descends from it (its replica's counter added)."""
-    name = blake3.blake3(msgpack.packb(list(entry.content()))).hexdigest(length=16)
-    return VersionVector(((FOUND_PREFIX + name, 1),))
+    descends from it (its replica's counter added). Never a deletion's."""
+    content = _FOUND_HEAD.pack(entry.kind, entry.mode) + entry.digest  # 0 or 32 bytes
+    content += entry.target.encode("utf-8", "surrogateescape")  # the rest
+    return VersionVector(((FOUND_PREFIX + blake3.blake3(content).hexdigest(length=16), 1),))
 
 
 def is_dir_path(*entries: Entry | None) -> bool:
