@@ -22,7 +22,7 @@ from typing import Any, ParamSpec, TypeVar
 import msgpack
 
 from merklesync import merkle
-from merklesync.clock import MAX_STAMP, VersionVector, is_replica
+from merklesync.clock import FOUND_PREFIX, MAX_STAMP, VersionVector, is_replica
 from merklesync.errors import CorruptIndex, LocalIOError, NewerFormat, ReplicaLocked
 from merklesync.merkle import MAX_DEPTH, NodeId
 from merklesync.model import LEAF_BYTES, Entry, EntryKind, key_of
@@ -286,6 +286,11 @@ def _vv(packed: bytes) -> VersionVector:
         vv = _VVS[packed] = VersionVector.from_wire(msgpack.unpackb(packed))
     return vv
 
+
+# A found version packed (model.found_version): its vector holds one pair,
+# a name of a fixed length, beginning with FOUND_PREFIX.
+_FOUND_ONLY = msgpack.packb(VersionVector(((FOUND_PREFIX + "0" * 32, 1),)).to_wire())
+_FOUND_ONLY_HEAD = _FOUND_ONLY[: _FOUND_ONLY.index(FOUND_PREFIX.encode()) + 1]
 
 # Index meta, from a new replica's making until a scan of it ends: what its
 # scans find there has no history yet, and takes the version of its
@@ -721,9 +726,14 @@ class Index:
     @_guard
     def writers(self) -> set[str]:
         """Every replica named in a version vector here (not the names of
-        found contents' versions, see clock.FOUND_PREFIX)."""
+        found contents' versions, see clock.FOUND_PREFIX). The vectors of
+        found versions alone, one for each content, are left out unread."""
         found: set[str] = set()
-        for (blob,) in self.conn.execute("SELECT DISTINCT vv FROM entries"):
+        query = (
+            "SELECT DISTINCT vv FROM entries WHERE NOT (length(vv) = ? AND substr(vv, 1, ?) = ?)"
+        )
+        args = (len(_FOUND_ONLY), len(_FOUND_ONLY_HEAD), _FOUND_ONLY_HEAD)
+        for (blob,) in self.conn.execute(query, args):
             found.update(r for r, _c in VersionVector.from_wire(msgpack.unpackb(blob)).pairs)
         return {r for r in found if is_replica(r)}
 

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from merklesync import index
 from merklesync.clock import FOUND_PREFIX, Order, VersionVector, is_replica
 from merklesync.index import FIRST_SCAN
 from merklesync.model import Entry, EntryKind, found_version
@@ -174,3 +175,28 @@ def test_copies_made_apart_have_the_same_root(seed: int, keep_times: bool) -> No
         assert _status(a)["fingerprint"] == _status(b)["fingerprint"]
         r = ms("push", a, b, "--json", "--stats")
         assert r.json()["changes"] == [] and r.json()["stats"]["round_trips"] == 1
+
+
+def test_the_writers_are_read_without_the_found_versions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every entry of a new replica holds a vector of its own: the index
+    reads the writers (for retention, after every run) past them."""
+    root = tmp_path / "r"
+    make_tree(root, files=50, dirs=3, seed=1)
+    assert ms("init", root).code == 0
+    (root / "d0000" / "edited").write_text("x")
+    _status(root)
+    unpacked: list[bytes] = []
+    unpack = index.msgpack.unpackb
+
+    def counted(blob: bytes, **kwargs: Any) -> Any:
+        unpacked.append(blob)
+        return unpack(blob, **kwargs)
+
+    with Replica.open(root) as replica:
+        monkeypatch.setattr(index.msgpack, "unpackb", counted)
+        writers = replica.index.writers()
+        monkeypatch.undo()
+        assert writers == {replica.replica_id}
+    assert len(unpacked) == 1  # the one vector written since, alone
