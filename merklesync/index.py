@@ -269,16 +269,34 @@ _UPDATE_IN_PLACE = (
 )
 
 
+# A found version packed (model.found_version): its vector holds one pair,
+# a name of a fixed length, beginning with FOUND_PREFIX, counting 1. Each
+# content has its own: packed and unpacked here directly, never cached.
+_FOUND_ONLY = msgpack.packb(VersionVector(((FOUND_PREFIX + "0" * 32, 1),)).to_wire())
+_FOUND_ONLY_HEAD = _FOUND_ONLY[: _FOUND_ONLY.index(FOUND_PREFIX.encode()) + 1]
+_FOUND_NAME = slice(len(_FOUND_ONLY_HEAD) - 1, -1)  # in the packed bytes
+_FOUND_TAIL = _FOUND_ONLY[-1:]  # the counter, 1
+
+
 def _packed(vv: VersionVector) -> bytes:
-    packed = _PACKED.get(vv)
-    if packed is None:
+    pairs = vv.pairs
+    if len(pairs) == 1 and pairs[0][1] == 1 and not is_replica(pairs[0][0]):
+        found = _FOUND_ONLY_HEAD[:-1] + pairs[0][0].encode() + _FOUND_TAIL
+        if len(found) == len(_FOUND_ONLY):
+            return found
+    cached = _PACKED.get(vv)
+    if cached is None:
         if len(_PACKED) >= _MAX_VVS:
             _PACKED.clear()
-        packed = _PACKED[vv] = msgpack.packb(vv.to_wire())
-    return packed
+        cached = _PACKED[vv] = msgpack.packb(vv.to_wire())
+    return cached
 
 
 def _vv(packed: bytes) -> VersionVector:
+    if len(packed) == len(_FOUND_ONLY) and packed.startswith(_FOUND_ONLY_HEAD):
+        name = packed[_FOUND_NAME]
+        if name.isascii() and packed.endswith(_FOUND_TAIL):
+            return VersionVector(((name.decode(), 1),))
     vv = _VVS.get(packed)
     if vv is None:
         if len(_VVS) >= _MAX_VVS:
@@ -286,11 +304,6 @@ def _vv(packed: bytes) -> VersionVector:
         vv = _VVS[packed] = VersionVector.from_wire(msgpack.unpackb(packed))
     return vv
 
-
-# A found version packed (model.found_version): its vector holds one pair,
-# a name of a fixed length, beginning with FOUND_PREFIX.
-_FOUND_ONLY = msgpack.packb(VersionVector(((FOUND_PREFIX + "0" * 32, 1),)).to_wire())
-_FOUND_ONLY_HEAD = _FOUND_ONLY[: _FOUND_ONLY.index(FOUND_PREFIX.encode()) + 1]
 
 # Index meta, from a new replica's making until a scan of it ends: what its
 # scans find there has no history yet, and takes the version of its

@@ -200,3 +200,21 @@ def test_the_writers_are_read_without_the_found_versions(
         monkeypatch.undo()
         assert writers == {replica.replica_id}
     assert len(unpacked) == 1  # the one vector written since, alone
+
+
+def test_a_found_version_is_packed_and_read_as_any_vector() -> None:
+    """The index packs and reads a found version without its cache (each
+    content has its own), byte for byte as msgpack does any vector."""
+    import msgpack
+
+    found = [
+        found_version(Entry("f", EntryKind.FILE, VersionVector(), digest=bytes([i]) * 32))
+        for i in range(5)
+    ]
+    for vv in [*found, found[0].bump("beef"), VersionVector.of({"=short": 1}), VersionVector()]:
+        packed = index._packed(vv)
+        assert packed == msgpack.packb(vv.to_wire())
+        assert index._vv(packed) == vv
+    assert not index._PACKED.keys() & set(found) and not index._VVS.keys() & {
+        index._packed(vv) for vv in found
+    }
