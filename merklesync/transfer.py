@@ -46,6 +46,9 @@ class TransferResult:
     # Paths the source has no row of: it never had them, or collected their tombstone.
     only_there: set[str] = field(default_factory=set)
     forgotten_same: int = 0  # of those, changes of version only (no data moved)
+    # Conflicts of content each replica's first scan found there, neither
+    # written since: nobody changed them (replicas made apart that differ).
+    found_apart: set[str] = field(default_factory=set)
 
     def applied(self) -> list[Change]:
         """The changes applied (not those let go of: see forgotten)."""
@@ -72,7 +75,9 @@ class TransferResult:
         out: list[tuple[Change, str]] = []
         for c in self.changes:
             outcome = self.outcomes.get(c.path)
-            if c.action is Action.CONFLICT:
+            if c.action is Action.CONFLICT and c.path in self.found_apart:
+                out.append((c, "conflict: each side found it different at its first scan"))
+            elif c.action is Action.CONFLICT:
                 out.append((c, "conflict: both sides changed it"))
             elif c.action is Action.DEST_NEWER and c.kind is not ChangeKind.NONE:
                 # A path the source never had (not even deleted) is no newer
@@ -199,6 +204,8 @@ def push(
             result.changes.append(Change(change.path, change.kind, None, None, change.action))
             if s is None:
                 result.only_there.add(change.path)
+            elif change.action is Action.CONFLICT and _as_found(s) and _as_found(d):
+                result.found_apart.add(change.path)
             if change.action in (Action.COPY, Action.MERGE_VERSION, Action.FORCE):
                 assert s is not None
                 target = _target(change, dst.replica_id)
@@ -219,6 +226,12 @@ def push(
     if dry_run:
         _foresee(result, blocked, [change.path for change, _target in deferred])
     return result
+
+
+def _as_found(entry: Entry | None) -> bool:
+    """Whether ``entry`` is as a first scan found it (no replica wrote it since)."""
+    pairs = entry.vv.pairs if entry is not None else ()
+    return bool(pairs) and not any(is_replica(r) for r, _c in pairs)
 
 
 def _no_directory(entry: Entry | None) -> bool:

@@ -202,14 +202,25 @@ def test_what_copies_made_apart_hold_differently_is_a_conflict_and_later_edits_f
     for root in (a, b):
         write(root / "edited.txt", "as copied")
         write(root / "deleted.txt", "as copied")
+        write(root / "both.txt", "as copied")
         write(root / "apart.txt", f"only {root.name} has this")
         assert ms("init", root).code == 0
+        write(root / "both.txt", f"edited on {root.name}")
     write(a / "edited.txt", "edited on a")
     (a / "deleted.txt").unlink()
     r = side.ms("push", side.src(a), side.dst(b), "--json")
     assert r.code == 1, r.err  # something left alone
     actions = {c["path"]: c["action"] for c in r.json()["changes"]}
-    assert actions == {"apart.txt": "conflict", "deleted.txt": "copy", "edited.txt": "copy"}
+    assert actions == {
+        "apart.txt": "conflict",
+        "both.txt": "conflict",
+        "deleted.txt": "copy",
+        "edited.txt": "copy",
+    }
+    assert r.json()["left_alone"] == [
+        {"path": "apart.txt", "reason": "conflict: each side found it different at its first scan"},
+        {"path": "both.txt", "reason": "conflict: both sides changed it"},
+    ]
     assert (b / "edited.txt").read_text() == "edited on a"
     assert not (b / "deleted.txt").exists()
     assert (b / "apart.txt").read_text() == "only b has this"
