@@ -1,3 +1,3 @@
 """merklesync: keep replicas of file trees in sync."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

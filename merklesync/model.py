@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields
 import blake3
 import msgpack
 
-from merklesync.clock import FOUND_PREFIX, MAX_STAMP, VersionVector
+from merklesync.clock import FOUND_PREFIX, MAX_STAMP, VersionVector, is_replica
 
 KEY_BYTES = 8  # leaves are bucketed by the first bytes of blake3(path)
 LEAF_BYTES = 32
@@ -179,7 +179,7 @@ class Entry:
             raise ValueError("entry stamp out of range")
         known = _KINDS.get(kind)
         version = VersionVector.from_wire(vv)
-        if not isinstance(origin, str) or (origin and not version.get(origin)):
+        if not isinstance(origin, str) or (origin and not _may_have_made(origin, version)):
             raise ValueError("entry origin: not a replica of its version vector")
         return cls(
             path=path,
@@ -194,6 +194,14 @@ class Entry:
             stamp=stamp,
             origin=origin,
         )
+
+
+def _may_have_made(origin: str, vv: VersionVector) -> bool:
+    """Whether ``origin`` can be the replica that made a version ``vv``: one
+    of its writers, or, for a found version, any replica (where it was found)."""
+    if vv.get(origin):
+        return True
+    return is_replica(origin) and any(not is_replica(r) for r, _c in vv.pairs)
 
 
 _FOUND_HEAD = struct.Struct(">BH")  # kind, mode

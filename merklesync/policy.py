@@ -95,28 +95,16 @@ def attributes_of(root: Path) -> str:
         return ""
 
 
-# The writer of content a replica's first scan found there (found_version):
-# no replica's write made it.
-FOUND_WRITER = "found"
-
-
 def writer_of(entry: Entry, other: Entry) -> str:
     """The replica whose write made ``entry``: its origin; where that is not
     known (an index from before origins were recorded), the smallest id
-    whose counter in entry is ahead of ``other``'s; FOUND_WRITER for
-    content as a first scan found it."""
+    whose counter in entry is ahead of ``other``'s (a found content's
+    name is no writer's: see model.found_version)."""
     if entry.origin:
         return entry.origin
     writers = [r for r, _ in entry.vv.pairs if is_replica(r)]
     ahead = [r for r in writers if entry.vv.get(r) > other.vv.get(r)]
-    if ahead or writers:
-        return min(ahead or writers)
-    return FOUND_WRITER if entry.vv.pairs else "-"
-
-
-def written_by(writer: str) -> str:
-    """How a version's making is told: by its writer (see writer_of)."""
-    return "found by a first scan" if writer == FOUND_WRITER else f"written by {writer}"
+    return min(ahead or writers) if ahead or writers else "-"
 
 
 def newer(x: Entry, y: Entry) -> Entry:

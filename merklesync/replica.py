@@ -38,6 +38,14 @@ INDEX_FILE = "index.db"
 LOCK_FILE = "lock"
 
 
+def _never_a_replica(root: Path) -> bool:
+    """Whether ``root`` has no state directory, as a directory that was never
+    a replica: its first scan finds what is there (index.FIRST_SCAN). One
+    that has a state directory but lost its index (removed by hand, say) may
+    hold changes made since its lost versions: what it finds is its write."""
+    return not os.path.lexists(root / STATE_DIR)
+
+
 def new_replica_id() -> str:
     return secrets.token_hex(8)
 
@@ -160,6 +168,7 @@ class Replica:
         state = root / STATE_DIR
         if not (state / INDEX_FILE).exists() and not create:
             raise NotAReplica(_not_a_replica(root))
+        new = _never_a_replica(root)
         try:
             if not state.is_dir():
                 state.mkdir()
@@ -176,7 +185,7 @@ class Replica:
             if (state / INDEX_FILE).exists():
                 index = Index.open(state / INDEX_FILE)
             else:
-                index = Index.create(state / INDEX_FILE, new_replica_id())
+                index = Index.create(state / INDEX_FILE, new_replica_id(), new=new)
         except BaseException:
             lock.release()
             raise
@@ -202,7 +211,9 @@ class Replica:
             "preview",
             root if root.is_dir() else None,
             excludes,
-            lambda scratch: Index.create(scratch / INDEX_FILE, new_replica_id()),
+            lambda scratch: Index.create(
+                scratch / INDEX_FILE, new_replica_id(), new=_never_a_replica(root)
+            ),
         )
 
     @classmethod

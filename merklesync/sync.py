@@ -48,7 +48,6 @@ from merklesync.policy import (
     keeps_name,
     merged_version,
     writer_of,
-    written_by,
 )
 from merklesync.reconcile import differences
 from merklesync.scratch import Scratch
@@ -503,8 +502,8 @@ class Syncer:
             Event(
                 x.path,
                 "conflict",
-                f"mode only: kept {winner.mode:04o} {written_by(writer_of(winner, loser))}, "
-                f"not {loser.mode:04o} {written_by(writer_of(loser, winner))}",
+                f"mode only: kept {winner.mode:04o} written by {writer_of(winner, loser)}, "
+                f"not {loser.mode:04o} written by {writer_of(loser, winner)}",
             )
         )
 
@@ -553,7 +552,7 @@ class Syncer:
                 Event(
                     x.path,
                     "conflict",
-                    f"{policy.value}: discarded the version {written_by(writer_of(loser, winner))}",
+                    f"{policy.value}: discarded the version written by {writer_of(loser, winner)}",
                 )
             )
             return

@@ -18,7 +18,6 @@ from merklesync.cli.common import (
 )
 from merklesync.conflicts import Take, list_conflicts, over_cap, resolve
 from merklesync.errors import EXIT_DIFFERENT, EXIT_OK, reason_about
-from merklesync.policy import FOUND_WRITER, written_by
 from merklesync.replica import Replica, find_root
 
 
@@ -50,9 +49,8 @@ def conflicts(replica: Path | None, stats: bool, quiet: bool, as_json: bool) -> 
         # version's time is in its name.
         w = c.written
         when = f"{w[:4]}-{w[4:6]}-{w[6:8]} {w[9:11]}:{w[11:13]}:{w[13:15]}"
-        who = written_by(c.writer) + (" (this replica)" if c.writer == me else "")
-        at = ", dated" if c.writer == FOUND_WRITER else " at"  # the file's time, not the scan's
-        out.line(f"{c.original}\t{c.copy.path}\t{who}{at} {when} UTC")
+        who = f"{c.writer} (this replica)" if c.writer == me else c.writer
+        out.line(f"{c.original}\t{c.copy.path}\twritten by {who} at {when} UTC")
     for path, n in over_cap(found).items():
         out.warn(f"{path} has {n} conflict copies; settle them with `merklesync resolve`")
     if stats:

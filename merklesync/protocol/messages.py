@@ -57,8 +57,10 @@ NodeId = tuple[int, int]  # (level, prefix), as merkle and peer define it
 
 # Lowest and highest protocol this code speaks. 2: children and compare
 # carry salted 8-byte fingerprints and leaf records (merkle.short). 3: an
-# entry carries its origin (the replica whose write made it).
-PROTOCOL_VERSIONS = (3, 3)
+# entry carries its origin (the replica whose write made it). 4: found
+# versions (model.found_version), whose origin is where they were found: an
+# earlier release would take their names for replicas that never run.
+PROTOCOL_VERSIONS = (4, 4)
 
 # Capabilities (optional features a hello announces):
 # a server taking a small file's content inside its put (see Put).

@@ -578,7 +578,7 @@ class DirectorySource:
                 return
             base = gone.vv
         # Found by a replica's first scan, there before it: no write of its
-        # own (nobody's: its origin is unknown), the version of its content.
+        # own, the version of its content (its origin: where it was found).
         found = base is None and first
         vv = found_version(fresh) if found else (base or VersionVector()).bump(replica_id)
         # The write's stamp: when it happened (its mtime), and always after
@@ -588,7 +588,7 @@ class DirectorySource:
         written = min(st.st_mtime_ns, time.time_ns())
         stamp = min(max(written, old.stamp + 1 if old is not None else 0), MAX_STAMP)
         clock.observe(stamp)
-        index.put(fresh.with_version(vv, stamp, "" if found else replica_id), stat, old)
+        index.put(fresh.with_version(vv, stamp, replica_id), stat, old)
         report.changed(rel, old)
 
     def _tombstone(

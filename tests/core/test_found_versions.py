@@ -17,7 +17,7 @@ from merklesync import index
 from merklesync.clock import FOUND_PREFIX, Order, VersionVector, is_replica
 from merklesync.index import FIRST_SCAN
 from merklesync.model import Entry, EntryKind, found_version
-from merklesync.policy import FOUND_WRITER, writer_of, written_by
+from merklesync.policy import writer_of
 from merklesync.replica import Replica
 from merklesync.sources import directory
 from tests.clirun import ms
@@ -68,12 +68,18 @@ def test_the_found_version_is_named_by_the_content_alone() -> None:
     assert same.bump("0123abcd").compare(same) is Order.AFTER
 
 
-def test_a_found_version_has_no_writer_but_the_ones_on_top() -> None:
-    found = FILE.with_version(found_version(FILE))
-    assert writer_of(found, FILE) == FOUND_WRITER
-    assert written_by(FOUND_WRITER) == "found by a first scan"
-    edited = found.with_version(found.vv.bump("beef"))
-    assert writer_of(edited, found) == "beef" == writer_of(edited, edited)
+def test_a_found_version_is_made_where_it_was_found() -> None:
+    """Its origin is the replica that found it, as the wire takes it; a
+    found name is never taken for a writer."""
+    found = FILE.with_version(found_version(FILE), origin="cafe")
+    assert Entry.from_wire(found.to_wire()) == found
+    assert writer_of(found, FILE) == "cafe"
+    assert writer_of(found.with_version(found.vv, origin=""), FILE) == "-"
+    edited = found.with_version(found.vv.bump("beef"), origin="beef")
+    assert writer_of(edited.with_version(edited.vv, origin=""), found) == "beef"
+    for vv, origin in ((VersionVector.of({"beef": 1}), "cafe"), (found.vv, "=abc")):
+        with pytest.raises(ValueError, match="origin"):
+            Entry.from_wire(FILE.with_version(vv, origin=origin).to_wire())
 
 
 def test_the_first_scan_gives_found_versions_and_later_ones_their_own(tmp_path: Path) -> None:
@@ -81,13 +87,14 @@ def test_the_first_scan_gives_found_versions_and_later_ones_their_own(tmp_path: 
     root.mkdir()
     (root / "there.txt").write_text("there before\n")
     assert ms("init", root).code == 0
+    with Replica.open(root) as replica:
+        me = replica.replica_id
     there = _entry(root, "there.txt")
-    assert there.vv == found_version(there) and there.origin == ""
+    assert there.vv == found_version(there) and there.origin == me
     (root / "new.txt").write_text("written since\n")
     (root / "there.txt").write_text("edited since\n")
     _status(root)
     with Replica.open(root) as replica:
-        me = replica.replica_id
         assert replica.index.writers() == {me}  # found names are no replica's
     new, edited = _entry(root, "new.txt"), _entry(root, "there.txt")
     assert new.vv == VersionVector.of({me: 1}) and new.origin == me
@@ -218,3 +225,43 @@ def test_a_found_version_is_packed_and_read_as_any_vector() -> None:
     assert not index._PACKED.keys() & set(found) and not index._VVS.keys() & {
         index._packed(vv) for vv in found
     }
+
+
+def test_each_replica_knows_its_own_found_content_in_a_conflict(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Copies made apart that differ: the conflict copy is named after the
+    replica that found its content, which resolve --take local keeps there."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root in (a, b):
+        root.mkdir()
+        (root / "f").write_text(f"{root.name}'s own text\n")
+        assert ms("init", root).code == 0
+    assert ms("sync", a, b).code == 0
+    for root in (a, b):
+        [c] = ms("conflicts", root, "--json").json()["conflicts"]
+        copy_text = (root / c["copy"]).read_text()
+        assert c["this_replica"] == (copy_text == f"{root.name}'s own text\n")
+    monkeypatch.chdir(b)
+    assert ms("resolve", "f", "--take", "local").code == 0
+    assert (b / "f").read_text() == "b's own text\n"
+
+
+def test_a_replica_that_lost_its_index_finds_nothing_as_new(tmp_path: Path) -> None:
+    """Its index removed by hand: a revert made meanwhile is not taken for
+    the first version found elsewhere (that would let the other side's
+    later one overwrite it); it is a write, in conflict with that one."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "f").write_text("v1\n")
+    assert ms("init", a).code == 0
+    (a / "f").write_text("v2\n")
+    assert ms("sync", a, b).code == 0
+    (b / "f").write_text("v1\n")  # reverted on b
+    (b / ".merklesync" / "index.db").unlink()
+    assert ms("init", b).code == 0
+    with Replica.open(b) as replica:
+        assert replica.index.meta(FIRST_SCAN) is None
+    assert ms("sync", a, b).code == 0
+    texts = sorted(p.read_text() for p in b.iterdir() if p.name.startswith("f"))
+    assert texts == ["v1\n", "v2\n"]  # both kept

@@ -68,7 +68,7 @@ class Wire:
 
 def main(scenario: str) -> None:
     wire = Wire()
-    versions = [5, 6] if scenario == "future" else [3, 3]
+    versions = [5, 6] if scenario == "future" else [4, 4]
     wire.send(frame(["merklesync", versions, [], "fake0000", "fake agent 9.0", "/fake"]))
     files = {
         "dotdot": [entry("../../escaped")],

@@ -38,7 +38,7 @@ def escaped(tmp_path: Path) -> list[Path]:
         ("unknown-op", "unknown message from the server: 'exec'"),
         ("wrong-digest", "the content sent for 'f.txt' does not match its digest"),
         ("text", "over the limit"),
-        ("future", "speaks protocol 5-6, this merklesync speaks 3; upgrade merklesync here"),
+        ("future", "speaks protocol 5-6, this merklesync speaks 4; upgrade merklesync here"),
         ("nested-state", "path inside a .merklesync state directory: 'sub/.merklesync/config'"),
         ("bigstamp", "entry stamp out of range"),
         ("bigsize", "entry size or modification time out of range"),
