@@ -24,7 +24,7 @@ from merklesync.errors import (
     UsageError,
 )
 from merklesync.ignore import STATE_DIR, IgnoreRules
-from merklesync.index import Index
+from merklesync.index import FIRST_SCAN, Index
 from merklesync.lock import ReplicaLock
 from merklesync.model import Progress, ScanReport
 from merklesync.orphans import die_with_parent
@@ -341,6 +341,12 @@ class Replica:
             lock.release()
             raise
         return cls._resumed(cls(root, index, lock, ())), moved, False
+
+    def find_as_written(self) -> None:
+        """What this new replica's scans find counts as its writes, not as
+        the versions of their content (see index.FIRST_SCAN)."""
+        self.index.set_meta(FIRST_SCAN, None)
+        self.index.commit()
 
     def renew_id(self) -> str:
         """Give the replica a fresh random id, keeping its entries and their

@@ -41,6 +41,15 @@ from merklesync.replica import Replica, is_replica
     "Changes scanned from then on count as the copy's own.",
 )
 @click.option(
+    "--own-versions",
+    is_flag=True,
+    help="Count what the first scan of a new replica finds as its own writes, not as the "
+    "versions of their content that replicas made apart share: for files that must not be "
+    "taken for what another replica found first and changed since (a backup restored to "
+    "bring old versions back), which then conflict with its later versions instead of "
+    "being overwritten by them.",
+)
+@click.option(
     "-n",
     "--dry-run",
     is_flag=True,
@@ -54,6 +63,7 @@ def init(
     directory: Path,
     rebuild: bool,
     new_id: bool,
+    own_versions: bool,
     dry_run: bool,
     stats: bool,
     quiet: bool,
@@ -74,6 +84,8 @@ def init(
     existing = not rebuild and is_replica(directory)  # then init is a scan, as git init
     if new_id and not existing:
         raise NotAReplica(f"{directory} is not a merklesync replica: --new-id is for one")
+    if own_versions and existing:
+        raise click.UsageError(f"{directory} is a replica already: --own-versions is for a new one")
     if dry_run:  # the same steps, on a copy of what is there
         replica, moved, healed = Replica.rehearsal(directory, rebuild=rebuild)
     elif rebuild:
@@ -83,6 +95,8 @@ def init(
     with replica:
         if new_id:
             old_id = replica.renew_id()  # before the scan: what changed since is this one's
+        if own_versions:
+            replica.find_as_written()
         with out.progress("scanning", "files") as progress:
             report = replica.source.scan(
                 replica.index, replica.replica_id, replica.clock, progress=progress, listing=False

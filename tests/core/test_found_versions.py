@@ -265,3 +265,23 @@ def test_a_replica_that_lost_its_index_finds_nothing_as_new(tmp_path: Path) -> N
     assert ms("sync", a, b).code == 0
     texts = sorted(p.read_text() for p in b.iterdir() if p.name.startswith("f"))
     assert texts == ["v1\n", "v2\n"]  # both kept
+
+
+def test_a_backup_restored_to_bring_old_versions_back_keeps_them(tmp_path: Path) -> None:
+    """A copy from before a change, made a replica to recover what the
+    change lost: made plainly, its files are found versions that the live
+    replica's later ones overwrite (the copy is behind); with
+    --own-versions they are its writes, and sync keeps both."""
+    live, backup = tmp_path / "live", tmp_path / "backup"
+    live.mkdir()
+    (live / "f").write_text("chapter one\n")
+    shutil.copytree(live, backup)
+    assert ms("init", live).code == 0
+    (live / "f").write_text("clobbered\n")
+    for own, expected in ((False, ["clobbered\n"]), (True, ["chapter one\n", "clobbered\n"])):
+        copy = tmp_path / f"restored-{own}"
+        shutil.copytree(backup, copy)
+        assert ms("init", copy, *(["--own-versions"] if own else [])).code == 0
+        assert ms("sync", live, copy).code == 0
+        assert sorted(p.read_text() for p in copy.iterdir() if p.is_file()) == expected
+    assert ms("init", live, "--own-versions").code == 2  # for a new replica only
