@@ -4,7 +4,7 @@ A version vector maps a replica id to the number of writes that replica made
 to one entry. Only replicas that actually wrote the entry appear in it, so
 vectors stay small however many replicas exist. One name is no replica's:
 ``=`` and a hash of some content, counting 1, is the version of that content
-as a replica's first scan found it (see model.found_version).
+as the first scan of a replica made as a copy found it (model.found_version).
 """
 
 from __future__ import annotations
@@ -26,6 +26,11 @@ FOUND_PREFIX = "="
 def is_replica(name: str) -> bool:
     """Whether a name in a version vector is a replica's (not a found content's)."""
     return not name.startswith(FOUND_PREFIX)
+
+
+def is_found(vv: VersionVector) -> bool:
+    """Whether ``vv`` is a found version: no replica wrote it since."""
+    return bool(vv.pairs) and not any(is_replica(r) for r, _c in vv.pairs)
 
 
 class Order(enum.Enum):

@@ -307,9 +307,9 @@ def _vv(packed: bytes) -> VersionVector:
     return vv
 
 
-# Index meta, from a new replica's making until a scan of it ends: what its
-# scans find there has no history yet, and takes the version of its
-# content (model.found_version).
+# Index meta, from a new replica's making as a copy (init --as-copy) until
+# a scan of it ends: what its scans find takes the version of its content
+# (model.found_version).
 FIRST_SCAN = "first_scan"
 
 TOMBSTONE = b"\x00"  # stat_cache's mark of a deleted entry (never a packed stat)
@@ -343,17 +343,14 @@ class Index:
 
     @classmethod
     @_guard
-    def create(cls, path: Path, replica_id: str, *, new: bool = True) -> Index:
+    def create(cls, path: Path, replica_id: str) -> Index:
         """A new index at ``path`` (which does not exist: the replica's lock
         is held); one that cannot be made whole (a full disk) is removed,
-        so that the next run makes it afresh instead of finding it broken.
-        ``new``: for a new replica, whose first scan finds what is there
-        (FIRST_SCAN); False for one whose index is made again, whose
-        files may hold changes made since its lost versions."""
+        so that the next run makes it afresh instead of finding it broken."""
         conn: sqlite3.Connection | None = None
         try:
             conn = cls._connect(path)  # its first write too (WAL mode)
-            return cls._fill(path, conn, replica_id, new)
+            return cls._fill(path, conn, replica_id)
         except BaseException:
             if conn is not None:
                 conn.close()
@@ -367,15 +364,14 @@ class Index:
             raise
 
     @classmethod
-    def _fill(cls, path: Path, conn: sqlite3.Connection, replica_id: str, new: bool) -> Index:
+    def _fill(cls, path: Path, conn: sqlite3.Connection, replica_id: str) -> Index:
         conn.executescript(SCHEMA)
         for statement in _LISTINGS:
             conn.execute(statement)
         conn.execute("BEGIN")
-        meta = [("format", FORMAT), ("replica_id", replica_id), ("depth", 1), ("hlc", 0)]
         conn.executemany(
             "INSERT OR REPLACE INTO meta VALUES (?, ?)",
-            [*meta, *([(FIRST_SCAN, 1)] if new else [])],
+            [("format", FORMAT), ("replica_id", replica_id), ("depth", 1), ("hlc", 0)],
         )
         conn.execute("COMMIT")
         conn.execute("BEGIN")

@@ -199,16 +199,17 @@ class Entry:
 def _may_have_made(origin: str, vv: VersionVector) -> bool:
     """Whether ``origin`` can be the replica that made a version ``vv``: one
     of its writers, or, for a found version, any replica (where it was found)."""
-    if vv.get(origin):
-        return True
-    return is_replica(origin) and any(not is_replica(r) for r, _c in vv.pairs)
+    if not is_replica(origin):
+        return False
+    return bool(vv.get(origin)) or any(not is_replica(r) for r, _c in vv.pairs)
 
 
 _FOUND_HEAD = struct.Struct(">BH")  # kind, mode
 
 
 def found_version(entry: Entry) -> VersionVector:
-    """The version of content as a replica's first scan found it: named
+    """The version of content as the first scan of a replica made as a copy
+    (init --as-copy, see index.FIRST_SCAN) found it: named
     after the content itself (kind, mode, and digest or link target), so
     that replicas made apart (copied with rsync or cp -a, restored from one
     backup) hold the same version of everything they hold alike, and agree

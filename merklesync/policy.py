@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from merklesync.clock import is_replica
+from merklesync.clock import is_found, is_replica
 from merklesync.errors import UsageError
 from merklesync.ignore import compile_patterns, read_rules
 from merklesync.model import Entry, EntryKind
@@ -109,9 +109,10 @@ def writer_of(entry: Entry, other: Entry) -> str:
 
 def newer(x: Entry, y: Entry) -> Entry:
     """Last write wins: the later hybrid-clock stamp, then the writer id,
-    then the content, so every replica picks the same one."""
-    kx = (x.stamp, writer_of(x, y), x.leaf_hash())
-    ky = (y.stamp, writer_of(y, x), y.leaf_hash())
+    then the content, so every replica picks the same one. A found version
+    has no writer: each replica that found it names itself its origin."""
+    kx = (x.stamp, "" if is_found(x.vv) else writer_of(x, y), x.leaf_hash())
+    ky = (y.stamp, "" if is_found(y.vv) else writer_of(y, x), y.leaf_hash())
     return x if kx > ky else y
 
 

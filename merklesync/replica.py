@@ -38,14 +38,6 @@ INDEX_FILE = "index.db"
 LOCK_FILE = "lock"
 
 
-def _never_a_replica(root: Path) -> bool:
-    """Whether ``root`` has no state directory, as a directory that was never
-    a replica: its first scan finds what is there (index.FIRST_SCAN). One
-    that has a state directory but lost its index (removed by hand, say) may
-    hold changes made since its lost versions: what it finds is its write."""
-    return not os.path.lexists(root / STATE_DIR)
-
-
 def new_replica_id() -> str:
     return secrets.token_hex(8)
 
@@ -168,7 +160,6 @@ class Replica:
         state = root / STATE_DIR
         if not (state / INDEX_FILE).exists() and not create:
             raise NotAReplica(_not_a_replica(root))
-        new = _never_a_replica(root)
         try:
             if not state.is_dir():
                 state.mkdir()
@@ -185,7 +176,7 @@ class Replica:
             if (state / INDEX_FILE).exists():
                 index = Index.open(state / INDEX_FILE)
             else:
-                index = Index.create(state / INDEX_FILE, new_replica_id(), new=new)
+                index = Index.create(state / INDEX_FILE, new_replica_id())
         except BaseException:
             lock.release()
             raise
@@ -211,9 +202,7 @@ class Replica:
             "preview",
             root if root.is_dir() else None,
             excludes,
-            lambda scratch: Index.create(
-                scratch / INDEX_FILE, new_replica_id(), new=_never_a_replica(root)
-            ),
+            lambda scratch: Index.create(scratch / INDEX_FILE, new_replica_id()),
         )
 
     @classmethod
@@ -287,7 +276,7 @@ class Replica:
             original = state / INDEX_FILE
             if rebuild and (original.is_symlink() or not original.is_file()):
                 aside = _aside(state)
-                return Index.create(scratch / INDEX_FILE, new_replica_id(), new=False)
+                return Index.create(scratch / INDEX_FILE, new_replica_id())
             lock = ReplicaLock(state / LOCK_FILE)
             with contextlib.suppress(ReadOnlyReplica):
                 lock.acquire()
@@ -305,7 +294,7 @@ class Replica:
             for name in (INDEX_FILE, f"{INDEX_FILE}-wal", f"{INDEX_FILE}-shm"):
                 with contextlib.suppress(FileNotFoundError):
                     (scratch / name).unlink()
-            return Index.create(scratch / INDEX_FILE, new_replica_id(), new=False)
+            return Index.create(scratch / INDEX_FILE, new_replica_id())
 
         replica = cls._in_scratch("dry-run", root, (), copied)
         return replica, aside, mended
@@ -336,16 +325,16 @@ class Replica:
                     if side.exists():
                         os.replace(side, state / f"{moved.name}{suffix}")
                 os.replace(old, moved)
-            index = Index.create(old, new_replica_id(), new=False)
+            index = Index.create(old, new_replica_id())
         except BaseException:
             lock.release()
             raise
         return cls._resumed(cls(root, index, lock, ())), moved, False
 
-    def find_as_written(self) -> None:
-        """What this new replica's scans find counts as its writes, not as
-        the versions of their content (see index.FIRST_SCAN)."""
-        self.index.set_meta(FIRST_SCAN, None)
+    def find_as_copy(self) -> None:
+        """What this new replica's first scan finds takes the version of its
+        content, as on every replica made so (see index.FIRST_SCAN)."""
+        self.index.set_meta(FIRST_SCAN, 1)
         self.index.commit()
 
     def renew_id(self) -> str:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from merklesync.clock import is_replica
+from merklesync.clock import is_found, is_replica
 from merklesync.errors import ReadOnlyReplica
 from merklesync.model import (
     NOT_EMPTY,
@@ -76,7 +76,7 @@ class TransferResult:
         for c in self.changes:
             outcome = self.outcomes.get(c.path)
             if c.action is Action.CONFLICT and c.path in self.found_apart:
-                out.append((c, "conflict: each side found it different at its first scan"))
+                out.append((c, "conflict: different content found by first scans, unchanged since"))
             elif c.action is Action.CONFLICT:
                 out.append((c, "conflict: both sides changed it"))
             elif c.action is Action.DEST_NEWER and c.kind is not ChangeKind.NONE:
@@ -204,7 +204,7 @@ def push(
             result.changes.append(Change(change.path, change.kind, None, None, change.action))
             if s is None:
                 result.only_there.add(change.path)
-            elif change.action is Action.CONFLICT and _as_found(s) and _as_found(d):
+            elif change.action is Action.CONFLICT and is_found(s.vv) and d and is_found(d.vv):
                 result.found_apart.add(change.path)
             if change.action in (Action.COPY, Action.MERGE_VERSION, Action.FORCE):
                 assert s is not None
@@ -226,12 +226,6 @@ def push(
     if dry_run:
         _foresee(result, blocked, [change.path for change, _target in deferred])
     return result
-
-
-def _as_found(entry: Entry | None) -> bool:
-    """Whether ``entry`` is as a first scan found it (no replica wrote it since)."""
-    pairs = entry.vv.pairs if entry is not None else ()
-    return bool(pairs) and not any(is_replica(r) for r, _c in pairs)
 
 
 def _no_directory(entry: Entry | None) -> bool:

@@ -27,10 +27,9 @@ from merklesync.replica import Replica, is_replica
     "--rebuild",
     is_flag=True,
     help="Set a corrupt or unreadable index aside and build a new one from the files "
-    "(the replica gets a new id; versions restart: every file found counts as its write, "
-    "concurrent with what other replicas hold unless the same). An index that reads well "
-    "but whose tree does not match its entries (a run of an earlier release cut short) "
-    "keeps its entries and versions: only its tree is made again.",
+    "(the replica gets a new id; versions restart). An index that reads well but whose "
+    "tree does not match its entries (a run of an earlier release cut short) keeps its "
+    "entries and versions: only its tree is made again.",
 )
 @click.option(
     "--new-id",
@@ -41,13 +40,16 @@ from merklesync.replica import Replica, is_replica
     "Changes scanned from then on count as the copy's own.",
 )
 @click.option(
-    "--own-versions",
+    "--as-copy",
     is_flag=True,
-    help="Count what the first scan of a new replica finds as its own writes, not as the "
-    "versions of their content that replicas made apart share: for files that must not be "
-    "taken for what another replica found first and changed since (a backup restored to "
-    "bring old versions back), which then conflict with its later versions instead of "
-    "being overwritten by them.",
+    help="DIRECTORY is a copy of files other replicas hold too, made apart (an rsync mirror, "
+    "a copy made with cp -a): what this first scan finds takes the version of its content, "
+    "the same on every replica made --as-copy, so that they agree from their first run on "
+    "all they hold alike (made without it, each merges a version for every such entry). A "
+    "file held alike and changed since on one of them is a fast-forward to the others; one "
+    "held differently is a conflict. Not for a copy that holds changes to keep (a backup "
+    "restored to bring old versions back): those would be taken for the versions changed "
+    "since, and brought up to date.",
 )
 @click.option(
     "-n",
@@ -63,18 +65,14 @@ def init(
     directory: Path,
     rebuild: bool,
     new_id: bool,
-    own_versions: bool,
+    as_copy: bool,
     dry_run: bool,
     stats: bool,
     quiet: bool,
     as_json: bool,
 ) -> None:
     """Make DIRECTORY a replica: create DIRECTORY/.merklesync/ and scan it.
-
-    What this first scan finds takes the version of its content: replicas
-    made apart from the same files (an rsync mirror, a restored backup)
-    hold the same versions of them, and agree from their first run without
-    a word on them; what they hold differently is a conflict."""
+    What it finds counts as its writes, unless --as-copy."""
     out = Output(quiet, as_json)
     if rebuild and new_id:
         raise click.UsageError("--rebuild gives the replica a new id already: not with --new-id")
@@ -84,8 +82,8 @@ def init(
     existing = not rebuild and is_replica(directory)  # then init is a scan, as git init
     if new_id and not existing:
         raise NotAReplica(f"{directory} is not a merklesync replica: --new-id is for one")
-    if own_versions and existing:
-        raise click.UsageError(f"{directory} is a replica already: --own-versions is for a new one")
+    if as_copy and (existing or rebuild):
+        raise click.UsageError(f"{directory} is a replica already: --as-copy is for a new one")
     if dry_run:  # the same steps, on a copy of what is there
         replica, moved, healed = Replica.rehearsal(directory, rebuild=rebuild)
     elif rebuild:
@@ -95,8 +93,8 @@ def init(
     with replica:
         if new_id:
             old_id = replica.renew_id()  # before the scan: what changed since is this one's
-        if own_versions:
-            replica.find_as_written()
+        if as_copy:
+            replica.find_as_copy()
         with out.progress("scanning", "files") as progress:
             report = replica.source.scan(
                 replica.index, replica.replica_id, replica.clock, progress=progress, listing=False

