@@ -180,7 +180,9 @@ def made_apart(tools: Tools) -> list[Row]:
     """Two copies made apart (a mirror kept by rsync until now): a copy of
     SRC's files made a replica of its own, then pushed to, once (every
     entry's versions to merge, no data to move) and again (nothing left to
-    compare). rsync, which keeps no state, does the same both times."""
+    compare); then two such copies both made replicas with --as-copy, whose
+    first push finds them equal. rsync, which keeps no state, does the
+    same every time."""
     print("case: copies made apart", file=sys.stderr)
     apart = dataclasses.replace(
         tools, dst_r=tools.cwd / "apart-rsync", dst_m=tools.cwd / "apart-merklesync"
@@ -202,7 +204,35 @@ def made_apart(tools: Tools) -> list[Row]:
     verify(apart, "copies made apart")
     for copy in (apart.dst_r, apart.dst_m):
         shutil.rmtree(copy)
+    rows.append(_made_apart_as_copies(tools, state))
     return rows
+
+
+def _made_apart_as_copies(tools: Tools, state: Callable[[str, list[str]], set[str]]) -> Row:
+    """Copies made apart, each made a replica with init --as-copy (the source
+    copy untimed, as SRC's own init is in the other rows)."""
+    print("case: copies made apart, --as-copy", file=sys.stderr)
+    src = tools.cwd / "apart-source"
+    copies = dataclasses.replace(
+        tools, src=src, dst_r=tools.cwd / "apart-rsync", dst_m=tools.cwd / "apart-merklesync"
+    )
+    for copy in (src, copies.dst_r, copies.dst_m):
+        shutil.copytree(tools.src, copy, symlinks=True, ignore=state)
+    assert copies.merklesync is not None
+    init_replica(copies.merklesync, src, copies.cwd, "--as-copy")
+    init_dst = init_replica(copies.merklesync, copies.dst_m, copies.cwd, "--as-copy")
+    push = copies.push()
+    row = Row(
+        "copies made apart, --as-copy, first push",
+        Result.combine("rsync", [copies.rsync()]),
+        Result.chain("merklesync", [*init_dst, push]),
+        "single run; both made replicas with init --as-copy; merklesync = init DST + push "
+        f"(the push alone: {push[0].wall_s:.3f} s)",
+    )
+    verify(copies, "copies made apart, --as-copy")
+    for copy in (src, copies.dst_r, copies.dst_m):
+        shutil.rmtree(copy)
+    return row
 
 
 def changes(src: Path, seed: int, modify: int = 0, delete: int = 0) -> Callable[[int], None]:

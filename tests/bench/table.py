@@ -474,11 +474,13 @@ def side_by_side(
     )
 
 
-def init_replica(merklesync: Sequence[str], root: Path, cwd: Path) -> list[Run]:
+def init_replica(
+    merklesync: Sequence[str], root: Path, cwd: Path, *options: str
+) -> list[Run]:
     """``merklesync init ROOT`` when ROOT is not a replica yet (push needs one)."""
     if (root / ".merklesync").exists():
         return []
-    argv = [*merklesync, "init", str(root), "--quiet"]
+    argv = [*merklesync, "init", *options, str(root), "--quiet"]
     return [(checked(argv, run_measured(argv, cwd=cwd)), {})]
 
 
