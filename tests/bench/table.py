@@ -474,9 +474,7 @@ def side_by_side(
     )
 
 
-def init_replica(
-    merklesync: Sequence[str], root: Path, cwd: Path, *options: str
-) -> list[Run]:
+def init_replica(merklesync: Sequence[str], root: Path, cwd: Path, *options: str) -> list[Run]:
     """``merklesync init ROOT`` when ROOT is not a replica yet (push needs one)."""
     if (root / ".merklesync").exists():
         return []
