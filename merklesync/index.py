@@ -28,8 +28,8 @@ from merklesync.merkle import MAX_DEPTH, NodeId
 from merklesync.model import LEAF_BYTES, Entry, EntryKind, key_of
 
 # 2: entries record their origin (the replica whose write made the version).
-# 3: versions found by a new replica's first scan (model.found_version),
-# which an earlier release would misread. An older index is brought up to
+# 3: versions found by the first scan of a replica made as a copy
+# (model.found_version), which an earlier release would misread. An older index is brought up to
 # date when opened (it holds no found version).
 FORMAT = 3
 PREFETCH_CHUNK = 8 << 20

@@ -211,8 +211,8 @@ def found_version(entry: Entry) -> VersionVector:
     """The version of content as the first scan of a replica made as a copy
     (init --as-copy, see index.FIRST_SCAN) found it: named
     after the content itself (kind, mode, and digest or link target), so
-    that replicas made apart (copied with rsync or cp -a, restored from one
-    backup) hold the same version of everything they hold alike, and agree
+    that replicas made apart (copied with rsync -a or cp -a), each made so,
+    hold the same version of everything they hold alike, and agree
     from their first run without a word on it. Other content found there
     is another version, concurrent with this one; a later write there
     descends from it (its replica's counter added). Never a deletion's."""

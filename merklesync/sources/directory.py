@@ -84,8 +84,8 @@ class _Scan:
     reads_all: bool = False
     prehash: prehash.Prehasher | None = None
     commit_at: float = field(default_factory=lambda: time.monotonic() + SCAN_COMMIT_EVERY)
-    # A new replica's first scan (or the first one to end: index.FIRST_SCAN):
-    # what it finds gets the version of its content (found_version).
+    # The first scan of a replica made as a copy (until one ends: see
+    # index.FIRST_SCAN): what it finds gets the version of its content.
     first: bool = False
 
 
@@ -577,7 +577,7 @@ class DirectorySource:
                 report.changed(rel, None)
                 return
             base = gone.vv
-        # Found by a replica's first scan, there before it: no write of its
+        # Found by the first scan of a replica made as a copy: no write of its
         # own, the version of its content (its origin: where it was found).
         found = base is None and first
         vv = found_version(fresh) if found else (base or VersionVector()).bump(replica_id)
