@@ -28,6 +28,11 @@ def is_replica(name: str) -> bool:
     return not name.startswith(FOUND_PREFIX)
 
 
+def descends_from_found(vv: VersionVector) -> bool:
+    """Whether ``vv`` holds a found version's name (it is one, or came after one)."""
+    return any(not is_replica(r) for r, _c in vv.pairs)
+
+
 def is_found(vv: VersionVector) -> bool:
     """Whether ``vv`` is a found version: no replica wrote it since."""
     return bool(vv.pairs) and not any(is_replica(r) for r, _c in vv.pairs)

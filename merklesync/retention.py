@@ -5,7 +5,9 @@ synced with, and every writer named in a version vector) has completed a run
 with it that began after it learned of the deletion (not the run that brought
 it, which proves nothing new), or once it has known of the deletion for
 longer than the retention period (90 days unless configured); both are
-judged by this replica's own clock, never the writer's. A replica whose last
+judged by this replica's own clock, never the writer's. The deletion of a
+version that copies made apart found (init --as-copy) waits for the
+retention alone: a copy that found it and never wrote is named nowhere. A replica whose last
 run with this one is older than the retention could bring deleted files
 back, so it is refused (Cassandra's gc_grace lesson) unless the user says
 otherwise.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import time
 
+from merklesync.clock import descends_from_found
 from merklesync.errors import ReplicaError
 from merklesync.peer import Peer
 from merklesync.peer.local import local_replica
@@ -107,7 +110,10 @@ def collect(
     aged = max(horizon - retention_ns, min([horizon, *in_contact]))
     dropped = []
     for entry, learned in index.tombstones():
-        if learned < aged or learned <= seen_by_all:
+        # Of a version copies made apart found (init --as-copy), a copy that
+        # never wrote may hold the file, unknown here (named in no vector):
+        # only the retention collects it.
+        if learned < aged or (learned <= seen_by_all and not descends_from_found(entry.vv)):
             dropped.append(entry.path)
             if not dry_run:
                 index.forget(entry)

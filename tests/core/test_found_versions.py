@@ -286,3 +286,22 @@ def test_last_write_wins_between_found_versions_never_asks_who_found_them() -> N
         assert (
             newer(x.with_version(x.vv, origin=ox), y.with_version(y.vv, origin=oy)).digest == winner
         )
+
+
+def test_the_deletion_of_a_found_version_waits_for_copies_named_nowhere(tmp_path: Path) -> None:
+    """r2, a copy that never wrote, is named in no vector and unknown to r0
+    and r1: their complete runs prove nothing of it. The tombstone stays
+    (the retention alone collects it), and reaches r2 at its first sync."""
+    roots = [tmp_path / f"r{i}" for i in range(3)]
+    for root in roots:
+        root.mkdir()
+        (root / "a").write_text("as copied\n")
+        (root / "b").write_text("kept\n")
+        assert ms("init", "--as-copy", root).code == 0
+    (roots[1] / "a").unlink()
+    for _ in range(2):  # the second run proves r0 has seen the deletion
+        assert ms("sync", roots[0], roots[1]).code == 0
+    for root in roots[:2]:
+        assert ms("gc", root, "--json").json()["collected"] == []
+    assert ms("sync", roots[0], roots[2]).code == 0
+    assert [not (root / "a").exists() for root in roots] == [True, True, True]

@@ -31,13 +31,16 @@ class ThreeReplicas(RuleBasedStateMachine):
         super().__init__()
         self.tmp = Path(tempfile.mkdtemp())
         self.roots = [self.tmp / f"r{i}" for i in range(3)]
-        for root in self.roots:
-            root.mkdir()
-            assert ms("init", root).code == 0
         self.views: list[set[int]] = [set(), set(), set()]  # writes each replica has seen
         self.writes: dict[int, tuple[str, str]] = {}  # id -> (path, content)
         self.superseded: set[int] = set()
         self.counter = 0
+        self.make_replicas()
+
+    def make_replicas(self) -> None:
+        for root in self.roots:
+            root.mkdir()
+            assert ms("init", root).code == 0
 
     def teardown(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -107,6 +110,33 @@ class ConvergingReplicas(ThreeReplicas):
 
 TestThreeReplicas = ConvergingReplicas.TestCase
 TestThreeReplicas.settings = settings(max_examples=20, stateful_step_count=14, deadline=None)
+
+
+class CopiesMadeApart(ConvergingReplicas):
+    """The same, from three copies made apart, each made a replica with
+    init --as-copy: two files alike on all three, and one that r2 holds
+    differently. What each found counts as a write it has seen."""
+
+    def make_replicas(self) -> None:
+        found = {"a": "a as copied\n", "d/e": "d/e as copied\n", "b": "b as copied\n"}
+        for i, root in enumerate(self.roots):
+            for name, text in found.items():
+                if name == "b" and i == 2:
+                    text = "b as r2 has it\n"
+                (root / name).parent.mkdir(parents=True, exist_ok=True)
+                (root / name).write_text(text)
+                key = (name, text)
+                w = next((w for w, write in self.writes.items() if write == key), None)
+                if w is None:
+                    self.counter += 1
+                    w = self.counter
+                    self.writes[w] = key
+                self.views[i].add(w)
+            assert ms("init", "--as-copy", root).code == 0
+
+
+TestCopiesMadeApart = CopiesMadeApart.TestCase
+TestCopiesMadeApart.settings = settings(max_examples=15, stateful_step_count=12, deadline=None)
 
 
 class RepairedReplicas(ThreeReplicas):
