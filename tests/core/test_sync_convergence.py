@@ -158,3 +158,13 @@ class RepairedReplicas(ThreeReplicas):
 
 TestRepairedReplicas = RepairedReplicas.TestCase
 TestRepairedReplicas.settings = settings(max_examples=10, stateful_step_count=12, deadline=None)
+
+
+class RepairedCopies(RepairedReplicas):
+    """Repair, from three copies made apart (as CopiesMadeApart)."""
+
+    make_replicas = CopiesMadeApart.make_replicas
+
+
+TestRepairedCopies = RepairedCopies.TestCase
+TestRepairedCopies.settings = settings(max_examples=10, stateful_step_count=12, deadline=None)
