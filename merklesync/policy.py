@@ -107,6 +107,12 @@ def writer_of(entry: Entry, other: Entry) -> str:
     return min(ahead or writers) if ahead or writers else "-"
 
 
+def made_by(entry: Entry, other: Entry) -> str:
+    """Whose the version ``entry`` is, as a message says it: "written by R",
+    or "found by R" for a found version (see model.found_version)."""
+    return f"{'found' if is_found(entry.vv) else 'written'} by {writer_of(entry, other)}"
+
+
 def newer(x: Entry, y: Entry) -> Entry:
     """Last write wins: the later hybrid-clock stamp, then the writer id,
     then the content, so every replica picks the same one. A found version

@@ -46,6 +46,7 @@ from merklesync.policy import (
     chosen,
     conflict_name,
     keeps_name,
+    made_by,
     merged_version,
     writer_of,
 )
@@ -502,8 +503,8 @@ class Syncer:
             Event(
                 x.path,
                 "conflict",
-                f"mode only: kept {winner.mode:04o} written by {writer_of(winner, loser)}, "
-                f"not {loser.mode:04o} written by {writer_of(loser, winner)}",
+                f"mode only: kept {winner.mode:04o} {made_by(winner, loser)}, "
+                f"not {loser.mode:04o} {made_by(loser, winner)}",
             )
         )
 
@@ -552,7 +553,7 @@ class Syncer:
                 Event(
                     x.path,
                     "conflict",
-                    f"{policy.value}: discarded the version written by {writer_of(loser, winner)}",
+                    f"{policy.value}: discarded the version {made_by(loser, winner)}",
                 )
             )
             return

@@ -262,6 +262,8 @@ def _discarded(lost: Entry, kept: Entry) -> str:
     and the source's does not (which of them wrote last, the vectors do
     not say)."""
     by = sorted(r for r, c in lost.vv.pairs if c > kept.vv.get(r) and is_replica(r))
+    if not by and is_found(lost.vv) and lost.origin:
+        return f"the version found by {lost.origin}"
     if not by:
         return "the destination's version"
     what = "a deletion" if lost.deleted else "the version written"

@@ -305,3 +305,25 @@ def test_the_deletion_of_a_found_version_waits_for_copies_named_nowhere(tmp_path
         assert ms("gc", root, "--json").json()["collected"] == []
     assert ms("sync", roots[0], roots[2]).code == 0
     assert [not (root / "a").exists() for root in roots] == [True, True, True]
+
+
+def test_messages_say_a_found_version_was_found_not_written(tmp_path: Path) -> None:
+    """Copies made apart that differ: what --force overwrites and what lww
+    discards is named as found by its replica, which wrote nothing."""
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    ids = {}
+    for root, when in ((a, 1_600_000_000), (b, 1_700_000_000), (c, 1_700_000_000)):
+        root.mkdir()
+        (root / "f").write_text(f"{root.name}'s own\n")
+        os.utime(root / "f", (when, when))
+        assert ms("init", "--as-copy", root).code == 0
+        with Replica.open(root) as replica:
+            ids[root.name] = replica.replica_id
+    r = ms("sync", a, c, "--on-conflict", "lww", "--json")  # c's is later
+    assert r.code == 0, r.err
+    [event] = r.json()["events"]
+    assert event["detail"] == f"lww: discarded the version found by {ids['a']}"
+    forced = ms("push", "--force", c, b, "--json")
+    assert forced.code == 0, forced.err
+    [change] = forced.json()["changes"]
+    assert change["discarded"] == f"the version found by {ids['b']}"
