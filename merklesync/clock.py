@@ -19,8 +19,10 @@ from dataclasses import dataclass
 # integers hold) that bumping and ticking from there never overflows.
 MAX_COUNTER = 1 << 62
 MAX_STAMP = 1 << 62
-# What begins the name of a found content's version, never a replica id's.
+# What begins the name of a found content's version, never a replica id's;
+# the hash of the content follows, in hex, of this many bytes.
 FOUND_PREFIX = "="
+FOUND_HASH_BYTES = 16
 
 
 def is_replica(name: str) -> bool:

@@ -22,15 +22,15 @@ from typing import Any, ParamSpec, TypeVar
 import msgpack
 
 from merklesync import merkle
-from merklesync.clock import FOUND_PREFIX, MAX_STAMP, VersionVector, is_replica
+from merklesync.clock import FOUND_HASH_BYTES, FOUND_PREFIX, MAX_STAMP, VersionVector, is_replica
 from merklesync.errors import CorruptIndex, LocalIOError, NewerFormat, ReplicaLocked
 from merklesync.merkle import MAX_DEPTH, NodeId
 from merklesync.model import LEAF_BYTES, Entry, EntryKind, key_of
 
 # 2: entries record their origin (the replica whose write made the version).
 # 3: versions found by the first scan of a replica made as a copy
-# (model.found_version), which an earlier release would misread. An older index is brought up to
-# date when opened (it holds no found version).
+# (model.found_version), which an earlier release would misread. An older
+# index is brought up to date when opened (it holds no found version).
 FORMAT = 3
 PREFETCH_CHUNK = 8 << 20
 _P = ParamSpec("_P")
@@ -274,7 +274,7 @@ _UPDATE_IN_PLACE = (
 # A found version packed (model.found_version): its vector holds one pair,
 # a name of a fixed length, beginning with FOUND_PREFIX, counting 1. Each
 # content has its own: packed and unpacked here directly, never cached.
-_FOUND_ONLY = msgpack.packb(VersionVector(((FOUND_PREFIX + "0" * 32, 1),)).to_wire())
+_FOUND_ONLY = msgpack.packb(VersionVector(((FOUND_PREFIX + "00" * FOUND_HASH_BYTES, 1),)).to_wire())
 _FOUND_ONLY_HEAD = _FOUND_ONLY[: _FOUND_ONLY.index(FOUND_PREFIX.encode()) + 1]
 _FOUND_NAME = slice(len(_FOUND_ONLY_HEAD) - 1, -1)  # in the packed bytes
 _FOUND_TAIL = _FOUND_ONLY[-1:]  # the counter, 1

@@ -10,7 +10,14 @@ from dataclasses import dataclass, field, fields
 import blake3
 import msgpack
 
-from merklesync.clock import FOUND_PREFIX, MAX_STAMP, VersionVector, is_replica
+from merklesync.clock import (
+    FOUND_HASH_BYTES,
+    FOUND_PREFIX,
+    MAX_STAMP,
+    VersionVector,
+    descends_from_found,
+    is_replica,
+)
 
 KEY_BYTES = 8  # leaves are bucketed by the first bytes of blake3(path)
 LEAF_BYTES = 32
@@ -201,7 +208,7 @@ def _may_have_made(origin: str, vv: VersionVector) -> bool:
     of its writers, or, for a found version, any replica (where it was found)."""
     if not is_replica(origin):
         return False
-    return bool(vv.get(origin)) or any(not is_replica(r) for r, _c in vv.pairs)
+    return bool(vv.get(origin)) or descends_from_found(vv)
 
 
 _FOUND_HEAD = struct.Struct(">BH")  # kind, mode
@@ -218,7 +225,8 @@ def found_version(entry: Entry) -> VersionVector:
     descends from it (its replica's counter added). Never a deletion's."""
     content = _FOUND_HEAD.pack(entry.kind, entry.mode) + entry.digest  # 0 or 32 bytes
     content += entry.target.encode("utf-8", "surrogateescape")  # the rest
-    return VersionVector(((FOUND_PREFIX + blake3.blake3(content).hexdigest(length=16), 1),))
+    name = FOUND_PREFIX + blake3.blake3(content).hexdigest(length=FOUND_HASH_BYTES)
+    return VersionVector(((name, 1),))
 
 
 def is_dir_path(*entries: Entry | None) -> bool:

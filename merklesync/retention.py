@@ -7,10 +7,10 @@ it, which proves nothing new), or once it has known of the deletion for
 longer than the retention period (90 days unless configured); both are
 judged by this replica's own clock, never the writer's. The deletion of a
 version that copies made apart found (init --as-copy) waits for the
-retention alone: a copy that found it and never wrote is named nowhere. A replica whose last
-run with this one is older than the retention could bring deleted files
-back, so it is refused (Cassandra's gc_grace lesson) unless the user says
-otherwise.
+retention alone: a copy that found it and never wrote is named nowhere.
+A replica whose last run with this one is older than the retention could
+bring deleted files back, so it is refused (Cassandra's gc_grace lesson)
+unless the user says otherwise.
 
 A run that ends having left paths out (--exclude, a path one side's rules
 ignore, a file a scan skipped, a write that failed or was left alone) is no

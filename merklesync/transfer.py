@@ -23,7 +23,7 @@ from merklesync.model import (
     leaf_of,
 )
 from merklesync.peer import Outcome, Peer, Progress, Unreadable, WriteItem
-from merklesync.policy import merged_version
+from merklesync.policy import made_by, merged_version
 from merklesync.reconcile import differences, plan_one_way
 
 BATCH_FILES = 2048
@@ -263,7 +263,7 @@ def _discarded(lost: Entry, kept: Entry) -> str:
     not say)."""
     by = sorted(r for r, c in lost.vv.pairs if c > kept.vv.get(r) and is_replica(r))
     if not by and is_found(lost.vv) and lost.origin:
-        return f"the version found by {lost.origin}"
+        return f"the version {made_by(lost, kept)}"
     if not by:
         return "the destination's version"
     what = "a deletion" if lost.deleted else "the version written"

@@ -33,7 +33,7 @@ import msgpack
 
 from merklesync import merkle
 from merklesync.batches import batches
-from merklesync.clock import FOUND_PREFIX
+from merklesync.clock import FOUND_PREFIX, is_replica
 from merklesync.errors import (
     CorruptIndex,
     LocalIOError,
@@ -173,7 +173,7 @@ def _ident(value: object, what: str, *, empty: bool = False) -> str:
 def _replica_id(value: object, what: str, *, empty: bool = False) -> str:
     """An _ident that names a replica: never like a found content's version."""
     name = _ident(value, what, empty=empty)
-    if name.startswith(FOUND_PREFIX):
+    if not is_replica(name):
         _fail(f"{what}: may not begin with {FOUND_PREFIX!r}")
     return name
 
