@@ -78,6 +78,12 @@ class CorruptIndex(ReplicaError):
     """The replica index is corrupt."""
 
 
+class ChangeCut(ReplicaError):
+    """A change to the replica index was cut short (an interruption or a
+    failure in the middle of it): what was recorded since its last commit
+    is dropped, and found again by the next scan."""
+
+
 class NewerFormat(ReplicaError):
     """The replica index was written by a newer merklesync."""
 

@@ -23,7 +23,7 @@ import msgpack
 
 from merklesync import merkle
 from merklesync.clock import FOUND_HASH_BYTES, FOUND_PREFIX, MAX_STAMP, VersionVector, is_replica
-from merklesync.errors import CorruptIndex, LocalIOError, NewerFormat, ReplicaLocked
+from merklesync.errors import ChangeCut, CorruptIndex, LocalIOError, NewerFormat, ReplicaLocked
 from merklesync.merkle import MAX_DEPTH, NodeId
 from merklesync.model import LEAF_BYTES, Entry, EntryKind, key_of
 
@@ -321,6 +321,10 @@ class Index:
         self.conn = conn
         self._pending = merkle.Accumulator(self.depth)
         self._dirty = False
+        # A change cut in two (a row written, the tree not yet told of it;
+        # the tree half brought up to date by a commit): an interruption or
+        # a failure landed in it. Such a transaction is never committed.
+        self._torn = False
         # When the table held no entry as get() first looked (a replica being
         # filled, by a first copy say): the paths stored since, so that get()
         # answers for most others without a query. None: ask SQLite.
@@ -638,6 +642,7 @@ class Index:
             learned = self.learned_at or time.time_ns()
             if old is not None and old.deleted:  # known deleted since then
                 learned = self._learned(entry.path) or learned
+        self._torn = True  # until the tree hears of the row
         self._unlist(parent)
         fields = (
             leaf,
@@ -671,6 +676,7 @@ class Index:
             if self._count_since_empty == _DIR_INDEX_LATER:
                 self.conn.execute("DROP INDEX IF EXISTS entries_dir")
                 self._dir_index_later = True
+        self._torn = False
 
     def _update(self, fields: tuple[object, ...], stat: bytes | None, same_deleted: bool) -> bool:
         """Update the row at ``fields``' path (the _UPDATE order); False
@@ -771,6 +777,7 @@ class Index:
     def forget(self, entry: Entry) -> None:
         """Drop an entry without a tombstone (it became ignored), keeping
         it aside (see forgotten)."""
+        self._torn = True  # until the tree hears of it
         self._unlist(parent_of(entry.path))
         self.conn.execute("DELETE FROM entries WHERE path = ?", (entry.path,))
         self.conn.execute(
@@ -780,6 +787,7 @@ class Index:
         self._any_forgotten = True
         self._pending.change(entry.key, entry.leaf_hash(), None)
         self._dirty = True
+        self._torn = False
 
     @_guard
     def forgotten(self, path: str) -> Entry | None:
@@ -802,8 +810,19 @@ class Index:
 
     @_guard
     def commit(self) -> None:
-        """Fold pending leaf changes into the tree and make them durable."""
+        """Fold pending leaf changes into the tree and make them durable.
+        A transaction a change was cut in (see _torn) is rolled back
+        instead (ChangeCut): committed, its tree would not match its rows
+        for good. What it recorded, the next scan finds again, as after a
+        run killed by SIGKILL."""
+        if self._torn:
+            self._roll_back()
+            raise ChangeCut(
+                f"the replica index {self.path}: a change was cut short; "
+                "what was recorded since the last commit is dropped"
+            )
         if self._dirty:
+            self._torn = True
             depth = self.depth
             wanted = merkle.depth_for(self.count())
             if wanted > depth or wanted < depth - 1:
@@ -812,8 +831,10 @@ class Index:
                 self._apply_pending()
             self._pending = merkle.Accumulator(self.depth)
             self._dirty = False
+            self._torn = False
         try:
-            self.conn.execute("COMMIT")
+            if self.conn.in_transaction:  # (not: a commit cut before its BEGIN)
+                self.conn.execute("COMMIT")
         except sqlite3.OperationalError:
             # A full disk: SQLite rolled the transaction back. Begin the next,
             # so that a later commit says what is wrong, not "no transaction".
@@ -822,6 +843,20 @@ class Index:
             raise
         self._unlisted.clear()
         self.conn.execute("BEGIN")
+
+    def _roll_back(self) -> None:
+        """Drop what was written since the last commit, and whatever this
+        object knew of it."""
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.execute("ROLLBACK")
+        self.conn.execute("BEGIN")
+        self._pending = merkle.Accumulator(self.depth)
+        self._dirty = self._torn = False
+        self._unlisted.clear()
+        self._stored_since_empty, self._looked = None, False
+        self._any_forgotten = None
+        self._dir_index_later = True  # dropped, or not: made again if missing
+        self._dir_index_now()
 
     def reload(self) -> None:
         """Commit, then see what another connection wrote meanwhile. No

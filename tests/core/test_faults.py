@@ -2171,6 +2171,42 @@ def test_a_scan_cut_between_a_row_and_its_leaf_leaves_the_tree_whole(
         assert whole(r)
 
 
+def test_a_write_cut_between_a_row_and_its_leaf_leaves_the_tree_whole(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same cut in a push's writes (a SIGTERM, a Ctrl-C, a failure of
+    the index): what the batch wrote since its last commit is not
+    committed with the tree missing a leaf; the files written are found
+    again as the run's writes, and the next push finishes the copy."""
+    from merklesync import merkle
+
+    src, dst = pair
+    mutate(src, modify=30, add=10, delete=0, seed=9)  # the depth stays: no rebuild
+    change, record = merkle.Accumulator.change, directory_write.DirectoryWriter._record
+    writes = [0]
+
+    def counted(*args: Any) -> Any:
+        writes[0] += 1
+        return record(*args)
+
+    def cut(self: merkle.Accumulator, *args: object) -> None:
+        if writes[0] == 25:
+            raise KeyboardInterrupt  # the row is in the table already
+        change(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(directory_write.DirectoryWriter, "_record", staticmethod(counted))
+    monkeypatch.setattr(merkle.Accumulator, "change", cut)
+    assert ms("push", src, dst).code == 130
+    monkeypatch.undo()
+    with Replica.open(dst) as r:
+        assert r.index.tree_matches()
+    again = ms("push", src, dst)
+    assert again.code == 0, again.err
+    assert_same_tree(src, dst)
+    with Replica.open(dst) as r:
+        assert r.index.tree_matches()
+
+
 def test_rebuild_makes_a_wrong_tree_again_and_keeps_the_versions(tmp_path: Path) -> None:
     """An index whose rows read well but whose tree does not match them (an
     earlier release could commit one when a run was cut): `init --rebuild`
