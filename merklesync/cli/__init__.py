@@ -48,6 +48,29 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def _raise_again(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _held_up_in_a_finalizer(
+    default: Callable[[sys.UnraisableHookArgs], object],
+) -> Callable[[sys.UnraisableHookArgs], None]:
+    """An unraisable-exception hook: a Ctrl-C or SIGTERM whose
+    KeyboardInterrupt was raised in a finalizer (a ``__del__``, a generator
+    closed by the collector), where Python prints it and drops it, is
+    raised again a moment later (SIGALRM), in the code the finalizer
+    interrupted; the run would go on as if never told. Anything else goes
+    to ``default``."""
+
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            signal.setitimer(signal.ITIMER_REAL, 0.001)
+            return
+        default(unraisable)
+
+    return hook
+
+
 def main() -> None:
     # SIGTERM (systemd, timeout, kill) and SIGHUP (the terminal or SSH
     # session gone) end a run as a Ctrl-C does: the file being written is
@@ -56,6 +79,9 @@ def main() -> None:
     installed = [s for s in ENDING if signal.getsignal(s) is signal.SIG_DFL]
     for signum in installed:
         signal.signal(signum, this_process_only(_terminate))
+    signal.signal(signal.SIGALRM, this_process_only(_raise_again))
+    unraisable_hook = sys.unraisablehook
+    sys.unraisablehook = _held_up_in_a_finalizer(unraisable_hook)
     try:
         from merklesync.cli.app import main as run
 
@@ -63,7 +89,9 @@ def main() -> None:
     except KeyboardInterrupt:  # before a command's own handler is in place
         interrupted()
     finally:
-        for signum in installed:  # for a caller that goes on (a test, a script calling main)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        sys.unraisablehook = unraisable_hook
+        for signum in (*installed, signal.SIGALRM):  # for a caller that goes on (a test, a script)
             signal.signal(signum, signal.SIG_DFL)
         # What is left (modules, the objects of the run) is freed as the
         # interpreter ends, without the collector's last pass over all of it

@@ -24,7 +24,7 @@ from merklesync.lock import ReplicaLock
 from merklesync.model import Entry, Unreadable
 from merklesync.replica import Replica
 from merklesync.sources import directory, directory_write, file_write, no_replace, placer
-from tests.clirun import Result, ms
+from tests.clirun import Result, ms, run_python
 from tests.treegen import assert_same_tree, make_tree, mutate
 
 
@@ -663,6 +663,42 @@ def test_sigterm_during_a_first_copy_ends_it_as_ctrl_c_does(
     assert err.strip() == "merklesync: terminated"
     assert _temp_files(dst) == []
     assert ms("push", str(src), str(dst)).code == 0
+    assert_same_tree(src, dst)
+
+
+# A SIGTERM or Ctrl-C that lands while a finalizer runs (here the first
+# OpenFile's): Python drops what a __del__ raises, with a traceback.
+_SIGNALLED_IN_A_FINALIZER = """
+import os, signal, sys
+from merklesync import reading
+signum = getattr(signal, sys.argv.pop(1))
+real_del = reading.OpenFile.__del__
+sent = []
+def finalized(self):
+    if not sent:
+        sent.append(1)
+        os.kill(os.getpid(), signum)  # its handler runs here, in the finalizer
+    real_del(self)
+reading.OpenFile.__del__ = finalized
+from merklesync.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_a_signal_that_lands_in_a_finalizer_still_ends_the_run(
+    pair: tuple[Path, Path], signame: str
+) -> None:
+    """It is raised again as the finalizer returns: the run ends as for any
+    other (one line, no traceback), instead of going on as if never told."""
+    src, dst = pair
+    mutate(src, modify=20, add=20, delete=0, seed=8)
+    done = run_python(_SIGNALLED_IN_A_FINALIZER, signame, "push", src, dst)
+    if signame == "SIGTERM":
+        assert (done.returncode, done.stderr) == (-signal.SIGTERM, "merklesync: terminated\n")
+    else:
+        assert (done.returncode, done.stderr) == (130, "merklesync: interrupted\n")
+    assert ms("push", src, dst).code == 0
     assert_same_tree(src, dst)
 
 
