@@ -778,13 +778,20 @@ class Index:
         """Drop an entry without a tombstone (it became ignored), keeping
         it aside (see forgotten)."""
         self._torn = True  # until the tree hears of it
-        self._unlist(parent_of(entry.path))
-        self.conn.execute("DELETE FROM entries WHERE path = ?", (entry.path,))
         self.conn.execute(
             "INSERT OR REPLACE INTO forgotten VALUES (?, ?)",
             (entry.path, msgpack.packb(entry.to_wire())),
         )
         self._any_forgotten = True
+        self.drop(entry)
+
+    @_guard
+    def drop(self, entry: Entry) -> None:
+        """Drop an entry without a tombstone: this replica no longer knows
+        of its path."""
+        self._torn = True  # until the tree hears of it
+        self._unlist(parent_of(entry.path))
+        self.conn.execute("DELETE FROM entries WHERE path = ?", (entry.path,))
         self._pending.change(entry.key, entry.leaf_hash(), None)
         self._dirty = True
         self._torn = False
@@ -803,6 +810,9 @@ class Index:
         row = self.conn.execute("SELECT entry FROM forgotten WHERE path = ?", (path,)).fetchone()
         if row is None:
             return None
+        # Taken out for a row the caller then stores (see _torn): a change
+        # cut before that would lose it.
+        self._torn = True
         self.conn.execute("DELETE FROM forgotten WHERE path = ?", (path,))
         return Entry.from_wire(msgpack.unpackb(row[0]))
 

@@ -496,6 +496,7 @@ def opened_replicas(
             check_remotes_apart(specs[i], specs[j], options, ("replica", "replica"))
     peers: list[Peer] = []
     failed: list[tuple[int, str, MerklesyncError]] = []
+    ended = False
 
     def opened(i: int) -> Peer:
         return open_peer(
@@ -536,6 +537,7 @@ def opened_replicas(
                 continue
             peers.append(peer)
         yield peers, failed
+        ended = True
     finally:
         if pool is not None:  # on the way out early: what is still being reached is left
             pool.shutdown(wait=False, cancel_futures=True)
@@ -543,7 +545,7 @@ def opened_replicas(
                 future.add_done_callback(_close_reached)
         for peer in peers:
             with contextlib.suppress(Exception):
-                peer.close()
+                peer.close(commit=ended)  # stopped midway: as closing() does
 
 
 def _close_reached(future: Future[Peer]) -> None:

@@ -629,6 +629,12 @@ class DirectorySource:
             index.put(noted, None, entry)
             report.gone(entry.path)
             return
+        if noted is not None and _replacing(noted, entry):
+            # Removed by a run stopped before it put the new entry in its
+            # place: no deletion made here. The path is no longer known
+            # here, and the next run brings the new version.
+            index.drop(entry)
+            return
         now = clock.tick()
         gone = gone or dir_fds.last_change_above(self._root, entry.path)
         stamp = max(now if gone is None else min(now, gone), entry.stamp + 1)
@@ -763,6 +769,19 @@ def _below_any(path: str, tops: set[str]) -> bool:
             return True
         path = path.rpartition("/")[0]
     return False
+
+
+def _replacing(noted: Entry, old: Entry) -> bool:
+    """Whether ``noted`` is a write that puts an entry of another kind in
+    place of ``old`` (a directory for a file or a link, or the reverse):
+    the one write that removes what is there before it makes the new
+    entry, so that a run stopped in between leaves neither."""
+    return (
+        not noted.deleted
+        and noted.kind is not old.kind
+        and EntryKind.DIR in (noted.kind, old.kind)
+        and noted.vv.dominates(old.vv)
+    )
 
 
 def _as_noted(noted: Entry, found: Entry, old: Entry | None) -> bool:

@@ -2243,6 +2243,85 @@ def test_a_write_cut_between_a_row_and_its_leaf_leaves_the_tree_whole(
         assert r.index.tree_matches()
 
 
+@pytest.mark.parametrize("was", ["file", "directory"])
+def test_a_kind_change_cut_between_removing_and_making_is_no_deletion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, was: str
+) -> None:
+    """A file replaced by a directory (or the reverse) is removed before
+    its successor is made; a push stopped in between leaves neither. That
+    is no deletion made on the destination: under last-write-wins it
+    deleted the source's new entry on both sides."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    (src / "keep.txt").write_text("k\n")
+    if was == "file":
+        (src / "p").write_text("a file\n")
+    else:
+        (src / "p").mkdir()
+    assert ms("init", src).code == 0
+    assert ms("push", src, dst).code == 0
+    if was == "file":
+        (src / "p").unlink()
+        (src / "p").mkdir()
+        (src / "p" / "inside.txt").write_text("inside\n")
+    else:
+        (src / "p").rmdir()
+        (src / "p").write_text("the new file\n")
+    remove = directory_write.DirectoryWriter._remove
+
+    def cut(self: directory_write.DirectoryWriter, spot: Any, on_disk: Any) -> None:
+        remove(self, spot, on_disk)
+        if spot.rel == "p":
+            raise KeyboardInterrupt  # the old entry is gone, the new one not made
+
+    monkeypatch.setattr(directory_write.DirectoryWriter, "_remove", cut)
+    assert ms("push", src, dst).code == 130
+    monkeypatch.undo()
+    assert not (dst / "p").exists()
+    done = ms("sync", "--on-conflict", "lww", src, dst, "--json")
+    assert done.code == 0, done.err
+    assert {e["what"] for e in done.json()["events"]} == {"a->b"}  # no conflict
+    assert_same_tree(src, dst)
+    assert (src / "p").exists()
+
+
+@pytest.mark.parametrize("command", ["sync", "repair"])
+def test_a_run_stopped_as_it_takes_back_an_ignored_file_keeps_its_edit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    """A file ignored for a while is kept aside with its version; edited
+    meanwhile and no longer ignored, the next scan takes it back as a new
+    version of that one. A run stopped in between keeps it aside (repair
+    committed the half-done scan: the file came back with a first
+    version, which the other replica's older one dominated, and the next
+    repair copied that over the edit)."""
+    from merklesync.index import Index
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "f.txt").write_text("v1\n")
+    assert ms("init", a).code == 0
+    assert ms(command, a, b).code == 0
+    (b / "f.txt").write_text("v2 from b\n")
+    assert ms(command, a, b).code == 0
+    (a / ".merklesyncignore").write_text("f.txt\n")
+    assert ms("status", a).code == 0  # kept aside
+    (a / "f.txt").write_text("edited on a while ignored\n")
+    (a / ".merklesyncignore").unlink()
+    forgotten = Index.forgotten
+
+    def cut(self: Index, path: str) -> Entry | None:
+        if forgotten(self, path) is not None:
+            raise KeyboardInterrupt  # taken out, its successor not yet stored
+        return None
+
+    monkeypatch.setattr(Index, "forgotten", cut)
+    assert ms(command, a, b).code == 130
+    monkeypatch.undo()
+    assert ms(command, a, b).code == 0
+    assert (a / "f.txt").read_text() == (b / "f.txt").read_text() == "edited on a while ignored\n"
+
+
 def test_rebuild_makes_a_wrong_tree_again_and_keeps_the_versions(tmp_path: Path) -> None:
     """An index whose rows read well but whose tree does not match them (an
     earlier release could commit one when a run was cut): `init --rebuild`
