@@ -396,9 +396,9 @@ class DirectoryWriter:
         if on_disk is not None and kind_of(on_disk.st_mode) is EntryKind.DIR:
             mode = _mode_in_place(on_disk, entry)  # its setgid (a shared group's, say) stays
         read_only = mode & 0o700 != 0o700
-        if read_only:
-            self._notes.note(spot.rel, mode, found=False)
         made = on_disk is None or kind_of(on_disk.st_mode) is not EntryKind.DIR
+        if read_only or (made and mode != 0o700):  # made 0o700 first (the umask), then chmod
+            self._notes.note(spot.rel, mode, found=False)
         if made:
             os.mkdir(spot.name, 0o700, dir_fd=spot.fd)
         try:
@@ -408,9 +408,10 @@ class DirectoryWriter:
             else:
                 self._final_modes.pop(spot.rel, None)
                 _chmod(spot, mode)
-        except OSError:
+        except BaseException:
             # Not left half made (at 0o700, which the next scan would take
-            # for an edit made here): as if never written.
+            # for an edit made here): as if never written. (Killed before
+            # this, the next open gives it its mode: final_modes.py.)
             if made:
                 self._final_modes.pop(spot.rel, None)
                 with contextlib.suppress(OSError):

@@ -12,6 +12,10 @@ names that is still as the run left it gets the mode the index says (or,
 where the index has no row for it yet, the mode it was to get). The end of
 a run removes the file.
 
+A directory a run makes is made at 0700 (whatever the umask), then given
+its mode: one to get any other mode is noted too, so that a run killed in
+between does not leave it at 0700.
+
 The same goes for a directory found read-only that a run writes in: it is
 made writable to its owner until the end of the run, noted first with the
 mode it had, and gets that mode back then, or when the replica is next

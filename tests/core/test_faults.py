@@ -2322,6 +2322,41 @@ def test_a_run_stopped_as_it_takes_back_an_ignored_file_keeps_its_edit(
     assert (a / "f.txt").read_text() == (b / "f.txt").read_text() == "edited on a while ignored\n"
 
 
+_KILLED_AT_CHMOD = """
+import os, signal, sys
+from merklesync.sources import directory_write
+how = sys.argv.pop(1)
+def cut(spot, mode):
+    if how == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise KeyboardInterrupt
+directory_write._chmod = cut
+from merklesync.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("how", ["kill", "interrupt"])
+def test_a_directory_made_and_not_yet_given_its_mode_is_no_edit(tmp_path: Path, how: str) -> None:
+    """A directory is made at 0700 (whatever the umask), then given its
+    mode; a run stopped in between (Ctrl-C: it is removed; killed: the
+    next open gives it its mode) leaves no 0700 directory that the next
+    scan takes for an edit made here (a conflict nobody made, which a sync
+    settled by spreading 0700)."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "x.txt").write_text("x\n")
+    (src / "d").chmod(0o755)
+    assert ms("init", src).code == 0
+    stopped = run_python(_KILLED_AT_CHMOD, how, "push", src, dst)
+    assert stopped.returncode == (-signal.SIGKILL if how == "kill" else 130), stopped.stderr
+    done = ms("sync", src, dst, "--json")
+    assert done.code == 0, done.err
+    assert {e["what"] for e in done.json()["events"]} == {"a->b"}  # no conflict
+    assert stat.S_IMODE((src / "d").stat().st_mode) == 0o755
+    assert_same_tree(src, dst)
+
+
 def test_rebuild_makes_a_wrong_tree_again_and_keeps_the_versions(tmp_path: Path) -> None:
     """An index whose rows read well but whose tree does not match them (an
     earlier release could commit one when a run was cut): `init --rebuild`
