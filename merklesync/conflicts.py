@@ -182,10 +182,11 @@ def resolve(
     # A copy's own copies first: settled, it is settled in its turn as any
     # copy of its original.
     settled: list[str] = []
+    decided: set[str] = set()  # their names' new version recorded already
     for original in sorted(originals, key=lambda o: -o.count(CONFLICT_MARK)):
         copies = sorted(by_original.get(original, []), key=lambda c: c.copy.stamp)
         try:
-            done += _settle(replica, original, copies, take, dry_run)
+            done += _settle(replica, original, copies, take, dry_run, decided)
         except MerklesyncError as exc:
             failed.append((original, exc))
         else:
@@ -193,18 +194,18 @@ def resolve(
     if dry_run:
         return Resolved(done, failed, before)
     after = replica.scan()
-    _decided(replica, settled, after)
+    # A merge whose result is what the name held: a choice all the same.
+    _decided(replica, [o for o in settled if o not in decided], {*after.added, *after.modified})
     return Resolved(done, failed, after)
 
 
-def _decided(replica: Replica, originals: list[str], report: ScanReport) -> None:
+def _decided(replica: Replica, originals: list[str], changed: set[str]) -> None:
     """A resolution that left the name as it was (its version kept, under
     local, remote or both) is a write all the same: the name gets a new
-    version of this replica, as one whose content changed does. Else a
-    replica that chose otherwise (and wrote) would look newer, and its
-    choice would silently undo this one; now the two choices meet as a
-    conflict."""
-    changed = {*report.added, *report.modified}
+    version of this replica, as one whose content changed (``changed``:
+    the scan gave it one) does. Else a replica that chose otherwise (and
+    wrote) would look newer, and its choice would silently undo this one;
+    now the two choices meet as a conflict."""
     me = replica.replica_id
     for path in originals:
         cached = replica.index.get(path) if path not in changed else None
@@ -216,11 +217,27 @@ def _decided(replica: Replica, originals: list[str], report: ScanReport) -> None
         replica.index.put(entry.with_version(entry.vv.bump(me), stamp, me), cached.stat, entry)
 
 
+def _decide_first(replica: Replica, original: str, decided: set[str]) -> None:
+    """The name keeps what it holds: its new version is recorded before any
+    copy goes (a run stopped after that would leave nothing to settle, and
+    the choice unmade)."""
+    _decided(replica, [original], set())
+    replica.index.commit()
+    decided.add(original)
+
+
 def _settle(
-    replica: Replica, original: str, copies: list[Conflict], take: Take, dry_run: bool
+    replica: Replica,
+    original: str,
+    copies: list[Conflict],
+    take: Take,
+    dry_run: bool,
+    decided: set[str],
 ) -> list[Step]:
     """Settle one original's conflict copies (oldest first); what was done.
-    A union is merged whole, from every copy, before anything is written."""
+    A union is merged whole, from every copy, before anything is written.
+    Where the name keeps what it holds, its new version comes first
+    (_decide_first, adding it to ``decided``)."""
     if not copies:
         raise UsageError(f"no conflict copies of {original}")
     if _shortened_beyond_telling(replica, copies):
@@ -233,6 +250,8 @@ def _settle(
         raise UsageError(f"{original} is a directory now: move it or its conflict copies by hand")
     done: list[Step] = []
     if take is Take.BOTH:
+        if not dry_run:
+            _decide_first(replica, original, decided)
         planned: set[str] = set()
         for c in copies:
             new = _keep_as_own_file(replica, original, c, dry_run, planned)
@@ -254,6 +273,8 @@ def _settle(
         chosen = _wanted_copy(replica, original, copies, local)
         if chosen is None:
             done.append(Step("keep", original, gone=not os.path.lexists(target)))
+            if not dry_run:
+                _decide_first(replica, original, decided)
         else:
             done.append(Step("take", chosen.copy.path, original))
     # In an order a run stopped on the way, then run again, chooses the

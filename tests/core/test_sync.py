@@ -713,6 +713,38 @@ def test_resolve_stopped_on_the_way_then_run_again_takes_the_same_copy(
     assert ms("conflicts", a).code == 0
 
 
+def test_resolve_stopped_after_removing_a_copy_has_made_its_choice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A keeps the name's version (B's, under --take remote) and is stopped
+    right after removing the copy: its choice is recorded all the same (the
+    name's new version comes before any copy goes), so B's opposite choice
+    meets it as a conflict, as after a run that ended; it was lost, with
+    nothing left to settle, and B's choice silently undid it."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "f.txt").write_text("base\n")
+    assert ms("init", a).code == 0
+    assert ms("sync", a, b).code == 0
+    (a / "f.txt").write_text("edit on a\n")
+    (b / "f.txt").write_text("edit on b, later\n")
+    assert ms("sync", a, b).code == 0  # B's later edit keeps the name on both
+    real_unlink = Path.unlink
+
+    def stopped(self: Path, missing_ok: bool = False) -> None:
+        real_unlink(self, missing_ok)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "unlink", stopped)
+    assert ms("resolve", "--take", "remote", a / "f.txt").code == 130
+    monkeypatch.setattr(Path, "unlink", real_unlink)
+    assert ms("conflicts", a).lines() == []  # nothing left to settle here
+    assert ms("resolve", "--take", "remote", b / "f.txt").code == 0  # B takes A's edit
+    done = ms("sync", a, b, "--json")
+    assert done.code == 0, done.err
+    assert "conflict" in {e["what"] for e in done.json()["events"]}
+
+
 def test_a_deletion_sent_to_a_replica_that_never_had_the_path_is_no_copy(
     tmp_path: Path,
 ) -> None:
