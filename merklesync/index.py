@@ -347,14 +347,15 @@ class Index:
 
     @classmethod
     @_guard
-    def create(cls, path: Path, replica_id: str) -> Index:
+    def create(cls, path: Path, replica_id: str, *, as_copy: bool = False) -> Index:
         """A new index at ``path`` (which does not exist: the replica's lock
         is held); one that cannot be made whole (a full disk) is removed,
-        so that the next run makes it afresh instead of finding it broken."""
+        so that the next run makes it afresh instead of finding it broken.
+        ``as_copy``: made as a copy (see FIRST_SCAN), in the same commit."""
         conn: sqlite3.Connection | None = None
         try:
             conn = cls._connect(path)  # its first write too (WAL mode)
-            return cls._fill(path, conn, replica_id)
+            return cls._fill(path, conn, replica_id, as_copy)
         except BaseException:
             if conn is not None:
                 conn.close()
@@ -368,14 +369,15 @@ class Index:
             raise
 
     @classmethod
-    def _fill(cls, path: Path, conn: sqlite3.Connection, replica_id: str) -> Index:
+    def _fill(cls, path: Path, conn: sqlite3.Connection, replica_id: str, as_copy: bool) -> Index:
         conn.executescript(SCHEMA)
         for statement in _LISTINGS:
             conn.execute(statement)
         conn.execute("BEGIN")
         conn.executemany(
             "INSERT OR REPLACE INTO meta VALUES (?, ?)",
-            [("format", FORMAT), ("replica_id", replica_id), ("depth", 1), ("hlc", 0)],
+            [("format", FORMAT), ("replica_id", replica_id), ("depth", 1), ("hlc", 0)]
+            + ([(FIRST_SCAN, 1)] if as_copy else []),
         )
         conn.execute("COMMIT")
         conn.execute("BEGIN")

@@ -129,11 +129,13 @@ class Replica:
         root: Path,
         *,
         create: bool = False,
+        as_copy: bool = False,
         preview: bool = False,
         excludes: Sequence[str] = (),
         read_only_ok: bool = False,
     ) -> Replica:
-        """Open (and lock) the replica at ``root``; create it when asked.
+        """Open (and lock) the replica at ``root``; create it when asked
+        (``as_copy``: made as a copy, see index.FIRST_SCAN: a new one only).
         ``preview`` (a dry run's create): where ``root`` is not a replica
         yet, nothing is written there; its files, if any, are scanned into a
         throwaway index, as a real run would find them. ``read_only_ok``: a
@@ -144,7 +146,7 @@ class Replica:
         if preview and not is_replica(root):
             if not root.exists():
                 _check_makeable(root)
-            return cls._preview(root, excludes)
+            return cls._preview(root, excludes, as_copy)
         _check_index_path(root)
         if not root.is_dir():
             if create and not root.exists():
@@ -176,7 +178,7 @@ class Replica:
             if (state / INDEX_FILE).exists():
                 index = Index.open(state / INDEX_FILE)
             else:
-                index = Index.create(state / INDEX_FILE, new_replica_id())
+                index = Index.create(state / INDEX_FILE, new_replica_id(), as_copy=as_copy)
         except BaseException:
             lock.release()
             raise
@@ -195,14 +197,14 @@ class Replica:
         return replica
 
     @classmethod
-    def _preview(cls, root: Path, excludes: Sequence[str]) -> Replica:
+    def _preview(cls, root: Path, excludes: Sequence[str], as_copy: bool = False) -> Replica:
         if root.exists() and not root.is_dir():
             raise UsageError(f"not a directory: {root}")
         return cls._in_scratch(
             "preview",
             root if root.is_dir() else None,
             excludes,
-            lambda scratch: Index.create(scratch / INDEX_FILE, new_replica_id()),
+            lambda scratch: Index.create(scratch / INDEX_FILE, new_replica_id(), as_copy=as_copy),
         )
 
     @classmethod
@@ -256,7 +258,9 @@ class Replica:
         return replica
 
     @classmethod
-    def rehearsal(cls, root: Path, *, rebuild: bool) -> tuple[Replica, Path | None, bool]:
+    def rehearsal(
+        cls, root: Path, *, rebuild: bool, as_copy: bool = False
+    ) -> tuple[Replica, Path | None, bool]:
         """For ``init --dry-run``: the replica at ``root`` as init would find
         it (``rebuild``: as rebuild would leave it, and what rebuild returns
         besides: where it would set the index aside, whether it would make
@@ -267,7 +271,7 @@ class Replica:
         root = _resolved(root)
         state = root / STATE_DIR
         if not is_replica(root):
-            return cls._preview(root, ()), None, False
+            return cls._preview(root, (), as_copy), None, False
         aside: Path | None = None
         mended = False
 
@@ -331,11 +335,10 @@ class Replica:
             raise
         return cls._resumed(cls(root, index, lock, ())), moved, False
 
-    def find_as_copy(self) -> None:
-        """What this new replica's first scan finds takes the version of its
-        content, as on every replica made so (see index.FIRST_SCAN)."""
-        self.index.set_meta(FIRST_SCAN, 1)
-        self.index.commit()
+    @property
+    def first_scan_as_copy(self) -> bool:
+        """Made as a copy (init --as-copy), and no scan of it has ended yet."""
+        return self.index.meta(FIRST_SCAN) is not None
 
     def renew_id(self) -> str:
         """Give the replica a fresh random id, keeping its entries and their

@@ -49,7 +49,8 @@ from merklesync.replica import Replica, is_replica
     "file held alike and changed since on one of them is a fast-forward to the others; one "
     "held differently is a conflict. Not for a copy that holds changes to keep (a backup "
     "restored to bring old versions back): those would be taken for the versions changed "
-    "since, and brought up to date.",
+    "since, and brought up to date. For a new replica only (or one made so whose first scan "
+    "was stopped: run it again).",
 )
 @click.option(
     "-n",
@@ -82,19 +83,20 @@ def init(
     existing = not rebuild and is_replica(directory)  # then init is a scan, as git init
     if new_id and not existing:
         raise NotAReplica(f"{directory} is not a merklesync replica: --new-id is for one")
-    if as_copy and (existing or rebuild):
+    if as_copy and rebuild:
         raise click.UsageError(f"{directory} is a replica already: --as-copy is for a new one")
     if dry_run:  # the same steps, on a copy of what is there
-        replica, moved, healed = Replica.rehearsal(directory, rebuild=rebuild)
+        replica, moved, healed = Replica.rehearsal(directory, rebuild=rebuild, as_copy=as_copy)
     elif rebuild:
         replica, moved, healed = Replica.rebuild(directory)
     else:
-        replica = Replica.open(directory, create=True)
+        replica = Replica.open(directory, create=True, as_copy=as_copy)
     with replica:
+        if as_copy and existing and not replica.first_scan_as_copy:
+            # (One made so whose first scan was stopped: init is run again.)
+            raise click.UsageError(f"{directory} is a replica already: --as-copy is for a new one")
         if new_id:
             old_id = replica.renew_id()  # before the scan: what changed since is this one's
-        if as_copy:
-            replica.find_as_copy()
         with out.progress("scanning", "files") as progress:
             report = replica.source.scan(
                 replica.index, replica.replica_id, replica.clock, progress=progress, listing=False

@@ -146,8 +146,7 @@ def test_a_first_scan_cut_short_goes_on_finding(
         if calls == 3:
             raise KeyboardInterrupt
 
-    replica = Replica.open(root, create=True)
-    replica.find_as_copy()
+    replica = Replica.open(root, create=True, as_copy=True)
     monkeypatch.setattr(directory.DirectorySource, "_count", staticmethod(count))
     with pytest.raises(KeyboardInterrupt):
         replica.scan(spread=False)
@@ -164,6 +163,33 @@ def test_a_first_scan_cut_short_goes_on_finding(
     (root / "later.txt").write_text("x")
     _status(root)
     assert all(is_replica(r) for r, _ in _entry(root, "later.txt").vv.pairs)
+
+
+def test_init_as_copy_stopped_in_its_first_scan_is_run_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new index is made as a copy in its first commit: an init stopped
+    in its scan leaves a replica made as a copy, and running the same
+    command again goes on (it is refused once a scan of it has ended)."""
+    root = tmp_path / "r"
+    make_tree(root, files=60, dirs=4, seed=3)
+    original = directory.DirectorySource._count
+    calls = 0
+
+    def count(scan: Any, scanned: int) -> None:
+        nonlocal calls
+        original(scan, scanned)
+        calls += 1
+        if calls == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(directory.DirectorySource, "_count", staticmethod(count))
+    assert ms("init", "--as-copy", root).code == 130
+    monkeypatch.undo()
+    assert ms("init", "--as-copy", root).code == 0
+    rows = [_entry(root, p) for p in _paths(root)]
+    assert rows and all(e.vv == found_version(e) for e in rows)
+    assert ms("init", "--as-copy", root).code == 2
 
 
 def _paths(root: Path) -> list[str]:
