@@ -95,14 +95,18 @@ class LocalPeer:
         return self._count(self.replica.scan(checksum=checksum, progress=progress, spread=spread))
 
     def start_refresh(self, *, checksum: bool = False) -> Callable[[Progress | None], ScanReport]:
-        ahead = self._scanned_ahead(checksum)
-        if ahead is not None:
-            return ahead
-        try:
-            child = self.replica.start_scan(checksum=checksum)
-        except OSError:  # no process to be had (EAGAIN...): the scan waits its turn here
-            return lambda progress: self.refresh(checksum=checksum, progress=progress, spread=False)
-        return lambda progress: self._count(child.wait(progress))
+        if self._ahead is not None and self._ahead[0] != checksum:
+            self._scanned_ahead(checksum)  # another kind of scan: stopped
+        if self._ahead is None:
+            try:
+                # Held as a scan started ahead is: a run that ends before it
+                # is waited for stops it (close), before the lock goes.
+                self._ahead = checksum, self.replica.start_scan(checksum=checksum)
+            except OSError:  # no process to be had (EAGAIN...): the scan waits its turn here
+                return lambda progress: self.refresh(
+                    checksum=checksum, progress=progress, spread=False
+                )
+        return lambda progress: self.refresh(checksum=checksum, progress=progress)
 
     def scan_ahead(self, *, checksum: bool = False) -> None:
         """Start the scan a refresh would do, in a child process, so that it

@@ -103,6 +103,30 @@ def test_closing_stops_the_scan_ahead(replica: Path, monkeypatch: pytest.MonkeyP
     assert "new.txt" in live(replica)
 
 
+def test_closing_stops_a_refresh_not_yet_waited_for(
+    replica: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for the scans refresh_all starts in children (those of the
+    second replica and on), where the run fails before it waits for them
+    (the first one's scan, here, was stopped)."""
+    from merklesync.sources.directory import DirectorySource
+
+    def slow(*args: object, **kw: object) -> None:
+        time.sleep(30)  # the child's scan: stopped long before
+
+    monkeypatch.setattr(DirectorySource, "scan", slow)
+    peer = LocalPeer.open(replica)
+    peer.start_refresh()
+    assert peer._ahead is not None
+    child = peer._ahead[1].proc
+    peer.close(commit=False)
+    assert child.exitcode == -signal.SIGTERM
+    monkeypatch.undo()
+    with Replica.open(replica) as r:  # not locked, and whole
+        r.scan()
+        r.index.check()
+
+
 def test_no_scan_ahead_beside_another_thread(replica: Path, a_thread: None) -> None:
     """fork does not mix with threads: the refresh scans, as it would have."""
     peer = LocalPeer.open(replica)
