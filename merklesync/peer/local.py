@@ -95,8 +95,10 @@ class LocalPeer:
         return self._count(self.replica.scan(checksum=checksum, progress=progress, spread=spread))
 
     def start_refresh(self, *, checksum: bool = False) -> Callable[[Progress | None], ScanReport]:
-        if self._ahead is not None and self._ahead[0] != checksum:
-            self._scanned_ahead(checksum)  # another kind of scan: stopped
+        ahead = self._ahead
+        if ahead is not None and ahead[0] != checksum:  # another kind of scan: stopped
+            self._ahead = None
+            ahead[1].cancel()
         if self._ahead is None:
             try:
                 # Held as a scan started ahead is: a run that ends before it

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from merklesync.clock import MAX_STAMP, VersionVector
+from merklesync.clock import MAX_STAMP, VersionVector, is_replica
 from merklesync.model import Entry, EntryKind
 from merklesync.protocol.messages import PROTOCOL_VERSIONS, Hello
 from merklesync.protocol.paths import is_state_dir
@@ -35,7 +35,8 @@ def entries(draw: st.DrawFn, live_file: bool = False) -> Entry:
         target=draw(st.text(NAME_CHARS, max_size=20)) if kind is EntryKind.LINK else "",
         deleted=False if live_file else draw(st.booleans()),
         stamp=draw(stamps),
-        origin=draw(st.sampled_from(["", *(r for r, _ in vv.pairs)])),
+        # The writer: one of its vector's replicas, never a found content's name.
+        origin=draw(st.sampled_from(["", *(r for r, _ in vv.pairs if is_replica(r))])),
     )
 
 
