@@ -205,7 +205,9 @@ def _decided(replica: Replica, originals: list[str], changed: set[str]) -> None:
     version of this replica, as one whose content changed (``changed``:
     the scan gave it one) does. Else a replica that chose otherwise (and
     wrote) would look newer, and its choice would silently undo this one;
-    now the two choices meet as a conflict."""
+    now the two choices meet as a conflict. Its origin stays the writer of
+    the content (as in a merged version), which tells its side: a run
+    stopped after this, then run again, chooses as the first did."""
     me = replica.replica_id
     for path in originals:
         cached = replica.index.get(path) if path not in changed else None
@@ -214,7 +216,8 @@ def _decided(replica: Replica, originals: list[str], changed: set[str]) -> None:
         entry = cached.entry
         stamp = min(max(replica.clock.tick(), entry.stamp + 1), MAX_STAMP)
         replica.clock.observe(stamp)
-        replica.index.put(entry.with_version(entry.vv.bump(me), stamp, me), cached.stat, entry)
+        decided = entry.with_version(entry.vv.bump(me), stamp, entry.origin)
+        replica.index.put(decided, cached.stat, entry)
 
 
 def _decide_first(replica: Replica, original: str, decided: set[str]) -> None:

@@ -745,6 +745,30 @@ def test_resolve_stopped_after_removing_a_copy_has_made_its_choice(
     assert "conflict" in {e["what"] for e in done.json()["events"]}
 
 
+@pytest.mark.parametrize("take", ["local", "remote"])
+def test_resolve_stopped_after_recording_its_choice_chooses_the_same_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, take: str
+) -> None:
+    """The name's new version is recorded before any copy goes; stopped
+    right then, and run again, resolve must see the same side on the name
+    (the version keeps its content's writer as origin: given this
+    replica's, it took the older copy of the other side over the newest)."""
+    a, b = _two_conflicts(tmp_path)
+    expected = {"local": "R2 (b)\n", "remote": "L2 (a, newest)\n"}[take]
+
+    def stopped(self: Path, missing_ok: bool = False) -> None:
+        raise KeyboardInterrupt  # before the first copy goes
+
+    monkeypatch.setattr(Path, "unlink", stopped)
+    assert ms("resolve", b / "x.txt", "--take", take).code == 130
+    monkeypatch.undo()
+    assert (b / "x.txt").read_text() == expected
+    assert ms("resolve", b / "x.txt", "--take", take).code == 0
+    assert files(b) == {"x.txt": expected}
+    assert ms("sync", a, b).code == 0
+    assert files(a) == files(b) == {"x.txt": expected}
+
+
 def test_a_deletion_sent_to_a_replica_that_never_had_the_path_is_no_copy(
     tmp_path: Path,
 ) -> None:
