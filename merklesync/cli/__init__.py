@@ -79,9 +79,11 @@ def main() -> None:
     installed = [s for s in ENDING if signal.getsignal(s) is signal.SIG_DFL]
     for signum in installed:
         signal.signal(signum, this_process_only(_terminate))
-    signal.signal(signal.SIGALRM, this_process_only(_raise_again))
     unraisable_hook = sys.unraisablehook
-    sys.unraisablehook = _held_up_in_a_finalizer(unraisable_hook)
+    if signal.getsignal(signal.SIGALRM) is signal.SIG_DFL:  # not a caller's (a test's timeout)
+        installed.append(signal.SIGALRM)
+        signal.signal(signal.SIGALRM, this_process_only(_raise_again))
+        sys.unraisablehook = _held_up_in_a_finalizer(unraisable_hook)
     try:
         from merklesync.cli.app import main as run
 
@@ -89,9 +91,10 @@ def main() -> None:
     except KeyboardInterrupt:  # before a command's own handler is in place
         interrupted()
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        sys.unraisablehook = unraisable_hook
-        for signum in (*installed, signal.SIGALRM):  # for a caller that goes on (a test, a script)
+        if signal.SIGALRM in installed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            sys.unraisablehook = unraisable_hook
+        for signum in installed:  # for a caller that goes on (a test, a script calling main)
             signal.signal(signum, signal.SIG_DFL)
         # What is left (modules, the objects of the run) is freed as the
         # interpreter ends, without the collector's last pass over all of it

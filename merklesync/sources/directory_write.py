@@ -222,6 +222,7 @@ class DirectoryWriter:
             # the next scan finds, as a change made after this version.
             return self._record(entry, cached.stat, cached.entry.mtime_ns, current, index, clock)
         placed = None  # the stat of what was written, where known
+        spot = None
         try:
             spot = self._spot_for(rel, entry, cached)
             if spot is not None:
@@ -229,9 +230,11 @@ class DirectoryWriter:
                 placed = self._put(spot, item, on_disk, current)
         except (Refused, NotADirectory) as refusal:
             _drain(item)
+            self._left_empty(spot, entry, current, index)
             return Outcome(rel, False, refusal.message)
         except OSError as exc:
             _drain(item)
+            self._left_empty(spot, entry, current, index)
             return self._failed(rel, exc)
         if entry.deleted:
             return self._record(entry, None, 0, current, index, clock)
@@ -261,6 +264,20 @@ class DirectoryWriter:
         else:
             return self._put_file(spot, entry, on_disk, item.data, current)
         return None
+
+    def _left_empty(
+        self, spot: _Spot | None, entry: Entry, current: Entry | None, index: Index
+    ) -> None:
+        """After a failed write of an entry of another kind than the one
+        the index holds (a directory for a file, or the reverse: what was
+        there is removed first), the path may hold neither: that is no
+        deletion made here, and the path is dropped from the index, as a
+        scan drops it after a run stopped there (DirectorySource._bury)."""
+        if spot is None or current is None or current.deleted or current.kind is entry.kind:
+            return
+        with contextlib.suppress(OSError):
+            if self._lstat(spot) is None:
+                index.drop(current)
 
     def _failed(self, rel: str, exc: OSError) -> Outcome:
         """A write that failed: the run goes on, unless the disk is full."""
@@ -453,13 +470,13 @@ class DirectoryWriter:
 
     def resume(self, index: Index) -> None:
         """Give the directories a run stopped before its end left writable
-        the mode they were to get (see final_modes.py), so that the next
-        scan does not take that for a change made here: the mode one found
-        read-only had; for one written read-only, the mode the index says,
-        or the one noted where the index has no row for it. Only one still
-        as that run left it (all of its owner's bits, none it did not give
-        it) is changed. The temp files that run abandoned in them go first,
-        while they are writable."""
+        (or at 0700, as made) the mode they were to get (see final_modes.py),
+        so that the next scan does not take that for a change made here: the
+        mode one found read-only had; for one written, the mode the index
+        says, or the one noted where the index has no directory there. Only
+        one still as that run left it (all of its owner's bits, none it did
+        not give it) is changed. The temp files that run abandoned in them
+        go first, while they are writable."""
         noted = self._notes.read()
         if noted is None:
             return
@@ -468,10 +485,11 @@ class DirectoryWriter:
                 left, found = noted[rel]
                 mode = left
                 cached = index.get(rel) if rel and not found else None
-                if cached is not None and not cached.entry.deleted:
-                    if cached.entry.kind is not EntryKind.DIR:
-                        continue
-                    mode = synced_mode(cached.entry.mode) | (left & LOCAL_MODE)
+                row = cached.entry if cached is not None and not cached.entry.deleted else None
+                # (A row of another kind: the run was making the directory
+                # in its place. It gets the mode noted.)
+                if row is not None and row.kind is EntryKind.DIR:
+                    mode = synced_mode(row.mode) | (left & LOCAL_MODE)
                 with contextlib.suppress(OSError, NotADirectory):  # gone, or no directory now
                     fd = self._dirs.get(rel)
                     # Still writable: what the run left half written goes now.

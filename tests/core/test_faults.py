@@ -2326,9 +2326,14 @@ _KILLED_AT_CHMOD = """
 import os, signal, sys
 from merklesync.sources import directory_write
 how = sys.argv.pop(1)
+real = directory_write._chmod
 def cut(spot, mode):
+    if spot.rel != "d":
+        return real(spot, mode)
     if how == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if how == "failure":
+        raise PermissionError(1, "Operation not permitted")
     raise KeyboardInterrupt
 directory_write._chmod = cut
 from merklesync.cli import main
@@ -2336,23 +2341,35 @@ main()
 """
 
 
-@pytest.mark.parametrize("how", ["kill", "interrupt"])
-def test_a_directory_made_and_not_yet_given_its_mode_is_no_edit(tmp_path: Path, how: str) -> None:
+@pytest.mark.parametrize("was", ["nothing", "a file"])
+@pytest.mark.parametrize("how", ["kill", "interrupt", "failure"])
+def test_a_directory_made_and_not_yet_given_its_mode_is_no_edit(
+    tmp_path: Path, how: str, was: str
+) -> None:
     """A directory is made at 0700 (whatever the umask), then given its
     mode; a run stopped in between (Ctrl-C: it is removed; killed: the
-    next open gives it its mode) leaves no 0700 directory that the next
-    scan takes for an edit made here (a conflict nobody made, which a sync
-    settled by spreading 0700)."""
+    next open gives it its mode), or whose chmod fails (it is removed),
+    leaves no 0700 directory that the next scan takes for an edit made here
+    (a conflict nobody made, which a sync settled by spreading 0700); nor,
+    where it replaced a file, an empty path taken for a deletion."""
     src, dst = tmp_path / "src", tmp_path / "dst"
-    (src / "d").mkdir(parents=True)
-    (src / "d" / "x.txt").write_text("x\n")
+    src.mkdir()
+    (src / "keep.txt").write_text("k\n")
+    if was == "a file":
+        (src / "d").write_text("a file\n")
+        assert ms("init", src).code == 0
+        assert ms("push", src, dst).code == 0
+        (src / "d").unlink()
+    (src / "d").mkdir()  # empty: nothing written in it makes it again
     (src / "d").chmod(0o755)
-    assert ms("init", src).code == 0
+    if was == "nothing":
+        assert ms("init", src).code == 0
     stopped = run_python(_KILLED_AT_CHMOD, how, "push", src, dst)
-    assert stopped.returncode == (-signal.SIGKILL if how == "kill" else 130), stopped.stderr
-    done = ms("sync", src, dst, "--json")
+    code = {"kill": -signal.SIGKILL, "interrupt": 130, "failure": 1}[how]
+    assert stopped.returncode == code, stopped.stderr
+    done = ms("sync", "--on-conflict", "lww", src, dst, "--json")
     assert done.code == 0, done.err
-    assert {e["what"] for e in done.json()["events"]} == {"a->b"}  # no conflict
+    assert {e["what"] for e in done.json()["events"]} <= {"a->b"}  # no conflict
     assert stat.S_IMODE((src / "d").stat().st_mode) == 0o755
     assert_same_tree(src, dst)
 
