@@ -465,13 +465,18 @@ class Index:
         interruption), what was written since the last commit is dropped:
         a row can be written and the tree not yet told of it when a Ctrl-C
         lands, and committed so the tree would be wrong for good. What the
-        run did is found again as a run stopped by SIGKILL leaves it."""
-        if not commit:
+        run did is found again as a run stopped by SIGKILL leaves it. So
+        it is where a change was cut (see _torn), and that is said
+        (ChangeCut)."""
+        torn = commit and self._torn
+        if not commit or torn:
             try:
                 with contextlib.suppress(sqlite3.Error):
                     self.conn.execute("ROLLBACK")
             finally:
                 self.conn.close()
+            if torn:
+                raise self._cut()
             return
         self._dir_index_now()
         self.commit()
@@ -829,10 +834,7 @@ class Index:
         run killed by SIGKILL."""
         if self._torn:
             self._roll_back()
-            raise ChangeCut(
-                f"the replica index {self.path}: a change was cut short; "
-                "what was recorded since the last commit is dropped"
-            )
+            raise self._cut()
         if self._dirty:
             self._torn = True
             depth = self.depth
@@ -855,6 +857,12 @@ class Index:
             raise
         self._unlisted.clear()
         self.conn.execute("BEGIN")
+
+    def _cut(self) -> ChangeCut:
+        return ChangeCut(
+            f"the replica index {self.path}: a change was cut short; "
+            "what was recorded since the last commit is dropped"
+        )
 
     def _roll_back(self) -> None:
         """Drop what was written since the last commit, and whatever this

@@ -2374,6 +2374,45 @@ def test_a_directory_made_and_not_yet_given_its_mode_is_no_edit(
     assert_same_tree(src, dst)
 
 
+def test_an_index_change_cut_in_two_is_never_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Index: a put cut between its row and its leaf leaves the transaction
+    torn; a commit then rolls it back (ChangeCut), as a close does, and the
+    index goes on from its last commit, its tree whole."""
+    from merklesync import merkle
+    from merklesync.errors import ChangeCut
+    from merklesync.index import Index
+    from tests.protocol.strategies import file_entry
+
+    index = Index.create(tmp_path / "index.db", "r1")
+    index.put(file_entry("kept"), None, None)
+    index.commit()
+    change = merkle.Accumulator.change
+
+    def cut(self: merkle.Accumulator, *args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(merkle.Accumulator, "change", cut)
+    with pytest.raises(KeyboardInterrupt):
+        index.put(file_entry("cut"), None, None)
+    monkeypatch.setattr(merkle.Accumulator, "change", change)
+    with pytest.raises(ChangeCut):
+        index.commit()
+    assert [e.path for e in index.iter_entries()] == ["kept"] and index.tree_matches()
+    index.put(file_entry("later"), None, None)
+    index.commit()
+    monkeypatch.setattr(merkle.Accumulator, "change", cut)
+    with pytest.raises(KeyboardInterrupt):
+        index.put(file_entry("cut"), None, None)
+    with pytest.raises(ChangeCut):
+        index.close()
+    again = Index.open(tmp_path / "index.db")
+    assert sorted(e.path for e in again.iter_entries()) == ["kept", "later"]
+    assert again.tree_matches()
+    again.close()
+
+
 def test_rebuild_makes_a_wrong_tree_again_and_keeps_the_versions(tmp_path: Path) -> None:
     """An index whose rows read well but whose tree does not match them (an
     earlier release could commit one when a run was cut): `init --rebuild`
