@@ -80,10 +80,14 @@ def test_another_kind_of_scan_replaces_the_one_ahead(replica: Path) -> None:
         peer.close()
 
 
-def test_closing_stops_the_scan_ahead(replica: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("started_by", ["scan_ahead", "start_refresh"])
+def test_closing_stops_the_scan_ahead(
+    replica: Path, monkeypatch: pytest.MonkeyPatch, started_by: str
+) -> None:
     """The run failed before it waited for the scan (the remote replica
-    could not be reached, say): the scan is stopped, not waited for, and
-    gone before the lock is released; the next one does its work."""
+    could not be reached, say; for those refresh_all starts, the first
+    replica's scan failed): the scan is stopped, not waited for, and gone
+    before the lock is released; the next one does its work."""
     from merklesync.sources.directory import DirectorySource
 
     def slow(*args: object, **kw: object) -> None:
@@ -91,7 +95,7 @@ def test_closing_stops_the_scan_ahead(replica: Path, monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(DirectorySource, "scan", slow)
     peer = LocalPeer.open(replica)
-    peer.scan_ahead()
+    getattr(peer, started_by)()
     assert peer._ahead is not None
     child = peer._ahead[1].proc
     peer.close()
@@ -101,30 +105,6 @@ def test_closing_stops_the_scan_ahead(replica: Path, monkeypatch: pytest.MonkeyP
         r.scan()
         r.index.check()
     assert "new.txt" in live(replica)
-
-
-def test_closing_stops_a_refresh_not_yet_waited_for(
-    replica: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The same for the scans refresh_all starts in children (those of the
-    second replica and on), where the run fails before it waits for them
-    (the first one's scan, here, was stopped)."""
-    from merklesync.sources.directory import DirectorySource
-
-    def slow(*args: object, **kw: object) -> None:
-        time.sleep(30)  # the child's scan: stopped long before
-
-    monkeypatch.setattr(DirectorySource, "scan", slow)
-    peer = LocalPeer.open(replica)
-    peer.start_refresh()
-    assert peer._ahead is not None
-    child = peer._ahead[1].proc
-    peer.close(commit=False)
-    assert child.exitcode == -signal.SIGTERM
-    monkeypatch.undo()
-    with Replica.open(replica) as r:  # not locked, and whole
-        r.scan()
-        r.index.check()
 
 
 def test_no_scan_ahead_beside_another_thread(replica: Path, a_thread: None) -> None:
