@@ -21,6 +21,10 @@ import threading
 from collections.abc import Callable, Sequence
 
 _PR_SET_PDEATHSIG = 1
+# Held (blocked) across a fork until the child is inside its try: one that
+# arrived in between would unwind the parent's stack in the child (its
+# cleanup releasing the parent's lock, which the two share).
+HELD_ACROSS_FORK = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
 
 
 def die_with_parent(parent: int) -> None:
@@ -101,9 +105,7 @@ def fork_child(work: Callable[..., None], *fds: int) -> int | None:
     are /dev/null, and ``fds`` are moved above 2 first where they were
     below. The parent gets the child's pid; None when fork failed."""
     parent = os.getpid()
-    # Signals wait until the child is inside its try: one arriving between
-    # fork and try would unwind the parent's stack in the child.
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_ACROSS_FORK)
     try:
         pid = os.fork()
     except OSError:

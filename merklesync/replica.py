@@ -6,6 +6,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -27,7 +28,7 @@ from merklesync.ignore import STATE_DIR, IgnoreRules
 from merklesync.index import FIRST_SCAN, Index
 from merklesync.lock import ReplicaLock
 from merklesync.model import Progress, ScanReport
-from merklesync.orphans import die_with_parent
+from merklesync.orphans import HELD_ACROSS_FORK, die_with_parent
 from merklesync.sources.directory import DirectorySource
 
 if TYPE_CHECKING:
@@ -376,21 +377,26 @@ class Replica:
         ctx = multiprocessing.get_context("fork")
         counter = ctx.Value("q", 0, lock=False)
         receiver, sender = ctx.Pipe(duplex=False)
-        proc = ctx.Process(
-            target=_scan_child,
-            args=(
-                os.getpid(),
-                self.source,
-                self.index.path,
-                checksum,
-                spread,
-                self.snapshot_ns,
-                counter,
-                sender,
-            ),
-            daemon=True,
-        )
-        proc.start()
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_ACROSS_FORK)
+        try:
+            proc = ctx.Process(
+                target=_scan_child,
+                args=(
+                    os.getpid(),
+                    mask,
+                    self.source,
+                    self.index.path,
+                    checksum,
+                    spread,
+                    self.snapshot_ns,
+                    counter,
+                    sender,
+                ),
+                daemon=True,
+            )
+            proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         sender.close()
         return ChildScan(self, proc, receiver, counter)
 
@@ -560,6 +566,7 @@ class ChildScan:
 
 def _scan_child(
     parent: int,
+    mask: set[signal.Signals],
     source: DirectorySource,
     index_path: Path,
     checksum: bool,
@@ -570,10 +577,12 @@ def _scan_child(
 ) -> None:
     """Runs in a forked process that shares the parent's lock. What ends
     it is sent to the parent, as one line; an interrupted scan goes quietly
-    (the parent was interrupted too, and says so)."""
+    (the parent was interrupted too, and says so). ``mask``: the signals
+    it is to let in once inside its try (see orphans.HELD_ACROSS_FORK)."""
     die_with_parent(parent)
     result: ScanReport | MerklesyncError
     try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         index = Index.open(index_path)
         try:
 

@@ -107,6 +107,28 @@ def test_closing_stops_the_scan_ahead(
     assert "new.txt" in live(replica)
 
 
+def test_a_scan_child_is_forked_with_the_ending_signals_held(
+    replica: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C or SIGTERM reaching the child between fork and its try
+    would unwind this process's stack there, and that cleanup release the
+    lock both share: such signals wait, held, until it is inside."""
+    import multiprocessing.context
+
+    held: list[set[signal.Signals]] = []
+    start = multiprocessing.context.ForkProcess.start
+
+    def started(self: multiprocessing.context.ForkProcess) -> None:
+        held.append(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+        start(self)
+
+    monkeypatch.setattr(multiprocessing.context.ForkProcess, "start", started)
+    with Replica.open(replica) as r:
+        assert "new.txt" in r.start_scan().wait().added
+    assert {signal.SIGINT, signal.SIGTERM, signal.SIGHUP} <= held[0]
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
 def test_no_scan_ahead_beside_another_thread(replica: Path, a_thread: None) -> None:
     """fork does not mix with threads: the refresh scans, as it would have."""
     peer = LocalPeer.open(replica)
@@ -238,8 +260,9 @@ def test_what_ends_a_child_scan_is_one_line_or_quiet(
     monkeypatch.setattr(replica_mod, "die_with_parent", lambda parent: None)  # not a child here
     sender = _Sender()
     with Replica.open(replica) as r:
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])  # as it is: not a child here
         child = functools.partial(
-            replica_mod._scan_child, os.getppid(), r.source, r.index.path, False, False, 0
+            replica_mod._scan_child, os.getppid(), mask, r.source, r.index.path, False, False, 0
         )
         if expected is None:
             with pytest.raises(SystemExit) as exited:
