@@ -222,19 +222,20 @@ class DirectoryWriter:
             # the next scan finds, as a change made after this version.
             return self._record(entry, cached.stat, cached.entry.mtime_ns, current, index, clock)
         placed = None  # the stat of what was written, where known
-        spot = None
+        putting = None  # where it was being put, once found as the index says
         try:
             spot = self._spot_for(rel, entry, cached)
             if spot is not None:
                 on_disk = self._verify_unchanged(spot, cached, entry)
+                putting = spot
                 placed = self._put(spot, item, on_disk, current)
         except (Refused, NotADirectory) as refusal:
             _drain(item)
-            self._left_empty(spot, entry, current, index)
+            self._left_empty(putting, entry, current, index)
             return Outcome(rel, False, refusal.message)
         except OSError as exc:
             _drain(item)
-            self._left_empty(spot, entry, current, index)
+            self._left_empty(putting, entry, current, index)
             return self._failed(rel, exc)
         if entry.deleted:
             return self._record(entry, None, 0, current, index, clock)
@@ -268,11 +269,12 @@ class DirectoryWriter:
     def _left_empty(
         self, spot: _Spot | None, entry: Entry, current: Entry | None, index: Index
     ) -> None:
-        """After a failed write of an entry of another kind than the one
-        the index holds (a directory for a file, or the reverse: what was
-        there is removed first), the path may hold neither: that is no
-        deletion made here, and the path is dropped from the index, as a
-        scan drops it after a run stopped there (DirectorySource._bury)."""
+        """After a write at ``spot`` (None: it never began) of an entry of
+        another kind than the one the index holds failed (a directory for a
+        file, or the reverse: what was there is removed first), the path may
+        hold neither: that is no deletion made here, and the path is dropped
+        from the index, as a scan drops it after a run stopped there
+        (DirectorySource._bury)."""
         if spot is None or current is None or current.deleted or current.kind is entry.kind:
             return
         with contextlib.suppress(OSError):

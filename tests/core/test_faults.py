@@ -2285,6 +2285,34 @@ def test_a_kind_change_cut_between_removing_and_making_is_no_deletion(
     assert (src / "p").exists()
 
 
+def test_a_deletion_made_during_the_run_where_a_directory_replaces_a_file_is_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not every empty path a kind change leaves is one the write emptied:
+    a file deleted on the destination after its scan, before the write that
+    would replace it with a directory, is that replica's deletion, which
+    meets the source's change as a conflict."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    (src / "p").write_text("a file\n")
+    assert ms("init", src).code == 0
+    assert ms("push", src, dst).code == 0
+    (src / "p").unlink()
+    (src / "p").mkdir()
+    verify = directory_write.DirectoryWriter._verify_unchanged
+
+    def deleted_first(self: directory_write.DirectoryWriter, spot: Any, *args: Any) -> Any:
+        if spot.rel == "p":
+            (dst / "p").unlink()  # by the user, as the run goes
+        return verify(self, spot, *args)
+
+    monkeypatch.setattr(directory_write.DirectoryWriter, "_verify_unchanged", deleted_first)
+    assert ms("push", src, dst).code == 1
+    monkeypatch.undo()
+    done = ms("sync", src, dst, "--json")
+    assert "modify-delete" in {e["what"] for e in done.json()["events"]}, done.out
+
+
 @pytest.mark.parametrize("command", ["sync", "repair"])
 def test_a_run_stopped_as_it_takes_back_an_ignored_file_keeps_its_edit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
