@@ -478,10 +478,12 @@ class Index:
             if torn:
                 raise self._cut()
             return
-        self._dir_index_now()
-        self.commit()
-        self.conn.execute("COMMIT")
-        self.conn.close()
+        try:
+            self._dir_index_now()
+            self.commit()
+            self.conn.execute("COMMIT")
+        finally:  # (cut short: what was not committed is rolled back)
+            self.conn.close()
 
     # -- facts -----------------------------------------------------------
 

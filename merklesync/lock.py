@@ -21,13 +21,22 @@ class ReplicaLock:
 
     def acquire(self) -> None:
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            # Held by the object from the start: see __del__.
+            self._fd = fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             if exc.errno == errno.EROFS:
                 raise ReadOnlyReplica(
                     f"replica {self.path.parent.parent} is on a read-only file system"
                 ) from exc
             raise LocalIOError(f"cannot open lock file {self.path}: {exc.strerror}") from exc
+        try:
+            self._take(fd)
+        except BaseException:
+            self._fd = None
+            os.close(fd)
+            raise
+
+    def _take(self, fd: int) -> None:
         deadline = time.monotonic() + self.wait
         while True:
             try:
@@ -35,26 +44,31 @@ class ReplicaLock:
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    holder = _read_holder(fd)
-                    os.close(fd)
                     raise ReplicaLocked(
                         f"replica {self.path.parent.parent} is in use by another merklesync "
-                        f"process{holder}; try again when it has finished"
+                        f"process{_read_holder(fd)}; try again when it has finished"
                     ) from None
                 time.sleep(0.05)
         try:
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
         except OSError as exc:  # not a regular file (a FIFO put there, say)
-            os.close(fd)
             raise LocalIOError(f"cannot use lock file {self.path}: {exc.strerror}") from exc
-        self._fd = fd
 
     def release(self) -> None:
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+    def __del__(self) -> None:
+        # One never released (a Ctrl-C between taking it and the code that
+        # lets it go) goes with its object, in a process that goes on (a
+        # script, a test). Closed, not unlocked: a forked child's copy of
+        # the descriptor keeps nothing of the parent's lock.
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
 
 def _read_holder(fd: int) -> str:

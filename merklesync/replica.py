@@ -175,15 +175,22 @@ class Replica:
             if not read_only_ok or not (state / INDEX_FILE).is_file():
                 raise
             return cls._read_only(root, excludes)
+        index = None
         try:
             if (state / INDEX_FILE).exists():
                 index = Index.open(state / INDEX_FILE)
             else:
                 index = Index.create(state / INDEX_FILE, new_replica_id(), as_copy=as_copy)
+            replica = cls(root, index, lock, excludes)
         except BaseException:
-            lock.release()
+            try:
+                if index is not None:
+                    with contextlib.suppress(Exception):  # the failure in flight says why
+                        index.close(commit=False)
+            finally:
+                lock.release()
             raise
-        return cls._resumed(cls(root, index, lock, excludes))
+        return cls._resumed(replica)
 
     @staticmethod
     def _resumed(replica: Replica) -> Replica:

@@ -79,7 +79,12 @@ class LocalPeer:
         replica = Replica.open(
             root, create=create, preview=preview, excludes=excludes, read_only_ok=True
         )
-        return cls(replica, str(root.resolve()))
+        try:
+            return cls(replica, str(root.resolve()))
+        except BaseException:  # (a Ctrl-C): not left open, and locked, in this process
+            with contextlib.suppress(Exception):
+                replica.close(commit=False)
+            raise
 
     @property
     def read_only(self) -> bool:

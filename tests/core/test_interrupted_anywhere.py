@@ -1,0 +1,113 @@
+"""A push or a sync stopped at any point of the library's work (a Ctrl-C or
+SIGTERM lands at the entry of its n-th function call, where Python checks
+for signals; a trace function raises it there), then run again to its
+end: the replicas agree, no conflict nobody made is reported, and each
+index's tree is the one its rows make."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from merklesync.replica import Replica
+from tests.clirun import ms, run_python
+from tests.treegen import assert_same_tree, make_tree, mutate
+
+# A run in a process of its own, as a user's is (what a stopped run still
+# held in its process, its lock and its index connection, goes with it),
+# stopped by a KeyboardInterrupt at the entry of its n-th call of a library
+# function (not the CLI's, nor a finalizer's: Python drops what those
+# raise); n = 0: never. It writes how many calls it made to a file.
+_STOPPED_AT = """
+import os, sys
+import merklesync
+n, counted = int(sys.argv.pop(1)), sys.argv.pop(1)
+library = os.path.dirname(merklesync.__file__) + os.sep
+cli = library + "cli" + os.sep
+me = os.getpid()
+calls = 0
+def trace(frame, event, arg):
+    global calls
+    code = frame.f_code
+    if (
+        event == "call"
+        and code.co_filename.startswith(library)
+        and not code.co_filename.startswith(cli)
+        and code.co_name != "__del__"
+        and os.getpid() == me
+    ):
+        calls += 1
+        if calls == n:
+            sys.settrace(None)
+            raise KeyboardInterrupt
+from merklesync.cli import main
+sys.settrace(trace)
+try:
+    main()
+finally:
+    sys.settrace(None)
+    if os.getpid() == me:
+        with open(counted, "w") as f:
+            f.write(str(calls))
+"""
+
+
+def _run(n: int, counted: Path, *args: str | Path) -> tuple[int, int]:
+    """Exit status and calls made of a run stopped at its ``n``-th call."""
+    done = run_python(_STOPPED_AT, str(n), counted, *args, timeout=120)
+    return done.returncode, int(counted.read_text())
+
+
+def _changed(a: Path, b: Path, rng: random.Random, seed: int, two_way: bool) -> None:
+    """Edits, additions and deletions on A, some files replaced by
+    directories; for a sync, new files on B too."""
+    mutate(a, modify=5, add=4, delete=3, seed=seed, min_size=0, max_size=200)
+    files = sorted(p for p in a.rglob("*") if p.is_file() and ".merklesync" not in p.parts)
+    for p in rng.sample(files, 2 if rng.random() < 0.5 else 0):
+        p.unlink()
+        p.mkdir()
+        (p / "in.txt").write_text("inside\n")
+    if two_way:
+        for i in range(3):
+            (b / f"b-{i}.txt").write_text(f"written on b {i}\n")
+
+
+@pytest.mark.parametrize("command", ["push", "sync"])
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10**6), at=st.floats(0, 1))
+def test_a_run_stopped_anywhere_then_run_again_ends_as_one_run(
+    command: str, seed: int, at: float
+) -> None:
+    rng = random.Random(seed)
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        a, b = tmp / "a", tmp / "b"
+        make_tree(a, files=25, dirs=4, seed=seed, min_size=0, max_size=200)
+        assert ms("init", a).code == 0
+        assert ms(command, a, b).code == 0
+        _changed(a, b, rng, seed + 1, command == "sync")
+        # How many calls the run makes, on a copy of both.
+        probe = tmp / "probe"
+        for root in (a, b):
+            shutil.copytree(root, probe / root.name, symlinks=True)
+        _, calls = _run(0, tmp / "calls", command, probe / "a", probe / "b")
+        n = 1 + int(at * (calls - 1))
+        code, _ = _run(n, tmp / "calls", command, a, b)
+        assert code in (0, 130)
+        again = ms(command, a, b, "--json")
+        assert again.code == 0, again.err
+        if command == "sync":
+            made = {e["what"] for e in again.json()["events"]}
+            assert not made & {"conflict", "modify-delete"}, again.out
+        assert_same_tree(a, b)
+        for root in (a, b):
+            with Replica.open(root) as replica:
+                assert replica.index.tree_matches()
+    finally:
+        shutil.rmtree(tmp)
