@@ -21,13 +21,14 @@ from tests.treegen import assert_same_tree, make_tree, mutate
 
 # A run in a process of its own, as a user's is (what a stopped run still
 # held in its process, its lock and its index connection, goes with it),
-# stopped by a KeyboardInterrupt at the entry of its n-th call of a library
-# function (not the CLI's, nor a finalizer's: Python drops what those
-# raise); n = 0: never. It writes how many calls it made to a file.
+# stopped at the entry of its n-th call of a library function (not the
+# CLI's, nor a finalizer's: Python drops what those raise) by a
+# KeyboardInterrupt ("interrupt") or SIGKILL ("kill"); n = 0: never. It
+# writes how many calls it made to a file.
 _STOPPED_AT = """
-import os, sys
+import os, signal, sys
 import merklesync
-n, counted = int(sys.argv.pop(1)), sys.argv.pop(1)
+how, n, counted = sys.argv.pop(1), int(sys.argv.pop(1)), sys.argv.pop(1)
 library = os.path.dirname(merklesync.__file__) + os.sep
 cli = library + "cli" + os.sep
 me = os.getpid()
@@ -45,6 +46,8 @@ def trace(frame, event, arg):
         calls += 1
         if calls == n:
             sys.settrace(None)
+            if how == "kill":
+                os.kill(me, signal.SIGKILL)
             raise KeyboardInterrupt
 from merklesync.cli import main
 sys.settrace(trace)
@@ -58,10 +61,10 @@ finally:
 """
 
 
-def _run(n: int, counted: Path, *args: str | Path) -> tuple[int, int]:
-    """Exit status and calls made of a run stopped at its ``n``-th call."""
-    done = run_python(_STOPPED_AT, str(n), counted, *args, timeout=120)
-    return done.returncode, int(counted.read_text())
+def _run(how: str, n: int, counted: Path, *args: str | Path) -> int:
+    """The exit status of a run stopped at its ``n``-th call; the calls it
+    made are written to ``counted``."""
+    return run_python(_STOPPED_AT, how, str(n), counted, *args, timeout=120).returncode
 
 
 def _changed(a: Path, b: Path, rng: random.Random, seed: int, two_way: bool) -> None:
@@ -78,11 +81,12 @@ def _changed(a: Path, b: Path, rng: random.Random, seed: int, two_way: bool) -> 
             (b / f"b-{i}.txt").write_text(f"written on b {i}\n")
 
 
+@pytest.mark.parametrize("how", ["interrupt", "kill"])
 @pytest.mark.parametrize("command", ["push", "sync"])
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 10**6), at=st.floats(0, 1))
 def test_a_run_stopped_anywhere_then_run_again_ends_as_one_run(
-    command: str, seed: int, at: float
+    command: str, how: str, seed: int, at: float
 ) -> None:
     rng = random.Random(seed)
     tmp = Path(tempfile.mkdtemp())
@@ -96,10 +100,10 @@ def test_a_run_stopped_anywhere_then_run_again_ends_as_one_run(
         probe = tmp / "probe"
         for root in (a, b):
             shutil.copytree(root, probe / root.name, symlinks=True)
-        _, calls = _run(0, tmp / "calls", command, probe / "a", probe / "b")
-        n = 1 + int(at * (calls - 1))
-        code, _ = _run(n, tmp / "calls", command, a, b)
-        assert code in (0, 130)
+        assert _run(how, 0, tmp / "calls", command, probe / "a", probe / "b") == 0
+        n = 1 + int(at * (int((tmp / "calls").read_text()) - 1))
+        code = _run(how, n, tmp / "calls", command, a, b)
+        assert code in (0, 130 if how == "interrupt" else -9)
         again = ms(command, a, b, "--json")
         assert again.code == 0, again.err
         if command == "sync":
