@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -18,6 +19,9 @@ from hypothesis import strategies as st
 from merklesync.replica import Replica
 from tests.clirun import ms, run_python
 from tests.treegen import assert_same_tree, make_tree, mutate
+
+RSH = f"{sys.executable} {Path(__file__).resolve().parents[1] / 'remote' / 'rsh.py'}"
+AGENT = f"{sys.executable} -m merklesync"
 
 # A run in a process of its own, as a user's is (what a stopped run still
 # held in its process, its lock and its index connection, goes with it),
@@ -81,30 +85,39 @@ def _changed(a: Path, b: Path, rng: random.Random, seed: int, two_way: bool) -> 
             (b / f"b-{i}.txt").write_text(f"written on b {i}\n")
 
 
+@pytest.mark.parametrize("where", ["local", "agent"])
 @pytest.mark.parametrize("how", ["interrupt", "kill"])
 @pytest.mark.parametrize("command", ["push", "sync"])
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 10**6), at=st.floats(0, 1))
 def test_a_run_stopped_anywhere_then_run_again_ends_as_one_run(
-    command: str, how: str, seed: int, at: float
+    command: str, how: str, where: str, seed: int, at: float
 ) -> None:
+    """``where``: B is a local replica, or one reached through an agent
+    (``--rsh``), which sees its client go."""
     rng = random.Random(seed)
     tmp = Path(tempfile.mkdtemp())
     try:
         a, b = tmp / "a", tmp / "b"
         make_tree(a, files=25, dirs=4, seed=seed, min_size=0, max_size=200)
         assert ms("init", a).code == 0
-        assert ms(command, a, b).code == 0
+
+        def run(root_a: Path, root_b: Path) -> list[str | Path]:
+            if where == "local":
+                return [command, root_a, root_b]
+            return [command, root_a, f"pipehost:{root_b}", "--rsh", RSH, "--remote-cmd", AGENT]
+
+        assert ms(*run(a, b)).code == 0
         _changed(a, b, rng, seed + 1, command == "sync")
         # How many calls the run makes, on a copy of both.
         probe = tmp / "probe"
         for root in (a, b):
             shutil.copytree(root, probe / root.name, symlinks=True)
-        assert _run(how, 0, tmp / "calls", command, probe / "a", probe / "b") == 0
+        assert _run(how, 0, tmp / "calls", *run(probe / "a", probe / "b")) == 0
         n = 1 + int(at * (int((tmp / "calls").read_text()) - 1))
-        code = _run(how, n, tmp / "calls", command, a, b)
+        code = _run(how, n, tmp / "calls", *run(a, b))
         assert code in (0, 130 if how == "interrupt" else -9)
-        again = ms(command, a, b, "--json")
+        again = ms(*run(a, b), "--json")
         assert again.code == 0, again.err
         if command == "sync":
             made = {e["what"] for e in again.json()["events"]}
