@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -68,7 +69,8 @@ class ReplicaLock:
         # the descriptor keeps nothing of the parent's lock.
         fd, self._fd = self._fd, None
         if fd is not None:
-            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def _read_holder(fd: int) -> str:
