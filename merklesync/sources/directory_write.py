@@ -418,9 +418,13 @@ class DirectoryWriter:
         made = on_disk is None or kind_of(on_disk.st_mode) is not EntryKind.DIR
         if read_only or (made and mode != 0o700):  # made 0o700 first (the umask), then chmod
             self._notes.note(spot.rel, mode, found=False)
-        if made:
-            os.mkdir(spot.name, 0o700, dir_fd=spot.fd)
         try:
+            if made:
+                try:
+                    os.mkdir(spot.name, 0o700, dir_fd=spot.fd)
+                except OSError:
+                    made = False  # none made here
+                    raise
             if read_only:
                 self._final_modes[spot.rel] = mode
                 _chmod(spot, mode | 0o700)
@@ -429,8 +433,10 @@ class DirectoryWriter:
                 _chmod(spot, mode)
         except BaseException:
             # Not left half made (at 0o700, which the next scan would take
-            # for an edit made here): as if never written. (Killed before
-            # this, the next open gives it its mode: final_modes.py.)
+            # for an edit made here): as if never written, whether the chmod
+            # failed or a Ctrl-C came in the meantime (as soon as mkdir
+            # returned, say: a signal that arrived during it). (Killed, it
+            # gets its mode at the next open: final_modes.py.)
             if made:
                 self._final_modes.pop(spot.rel, None)
                 with contextlib.suppress(OSError):

@@ -611,13 +611,21 @@ def test_ctrl_c_in_a_terminal_during_a_first_copy_leaves_no_temp_file(tmp_path: 
 
 
 def _first_copy_signalled(
-    tmp_path: Path, signum: int, *, group: bool, sighup: str, quiet: bool = False
+    tmp_path: Path,
+    signum: int,
+    *,
+    group: bool,
+    sighup: str,
+    quiet: bool = False,
+    first: str = "**/f0*",
 ) -> tuple[Path, Path, int, str, bool]:
     """A first copy of a 3,000-file tree by a push in a process of its own,
     started with SIGHUP's disposition ``sighup`` (SIG_DFL, SIG_IGN as under
     nohup: whatever this process inherited) and sent ``signum`` (``group``:
-    to its whole process group) once its first file is there. Its source,
-    destination, exit status, standard error, and whether it was sent."""
+    to its whole process group) once what ``first`` matches under the
+    destination is there (its first file; the note made before its first
+    directory). Its source, destination, exit status, standard error, and
+    whether it was sent."""
     src, dst = tmp_path / "src", tmp_path / "dst"
     make_tree(src, files=3000, dirs=30, seed=5, max_size=1500)
     assert ms("init", src).code == 0
@@ -634,7 +642,7 @@ def _first_copy_signalled(
     sent = False
     deadline = time.monotonic() + 60
     while run.poll() is None and time.monotonic() < deadline:
-        if dst.exists() and next(dst.rglob("f*"), None) is not None:
+        if dst.exists() and next(dst.glob(first), None) is not None:
             (os.killpg if group else os.kill)(run.pid, signum)
             sent = True
             break
@@ -645,19 +653,25 @@ def _first_copy_signalled(
 
 
 @pytest.mark.parametrize(
+    "first", [".merklesync/final-modes", "**/f0*"], ids=["making-directories", "placing-files"]
+)
+@pytest.mark.parametrize(
     ("signum", "group"),
     [(signal.SIGTERM, False), (signal.SIGTERM, True), (signal.SIGHUP, True)],
     ids=["sigterm-the-run", "sigterm-its-group", "sighup-its-group"],
 )
 def test_sigterm_during_a_first_copy_ends_it_as_ctrl_c_does(
-    tmp_path: Path, signum: int, group: bool
+    tmp_path: Path, signum: int, group: bool, first: str
 ) -> None:
     """systemd, timeout and kill send SIGTERM: to the run, or (systemd) to
     every process of it; a terminal or SSH session that goes sends SIGHUP
     to all of its processes. One line, no temp file left, then it dies of
-    the signal (as git and rsync do)."""
+    the signal (as git and rsync do); while it makes the directories (a
+    signal arriving in a mkdir is raised as it returns) or places the
+    files. The next push finishes the copy: nothing left is taken for a
+    change made there."""
     src, dst, code, err, _sent = _first_copy_signalled(
-        tmp_path, signum, group=group, sighup="SIG_DFL"
+        tmp_path, signum, group=group, sighup="SIG_DFL", first=first
     )
     assert code == -signum, err  # dies of it once clean (a shell: 143, 129)
     assert err.strip() == "merklesync: terminated"
