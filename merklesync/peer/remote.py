@@ -381,20 +381,26 @@ class RemotePeer:
     # -- bytes -----------------------------------------------------------
 
     def _event(self) -> ClientEvent:
-        while not self._events:
-            self._flush()
-            try:
-                data = self.transport.recv(RECV_SIZE)
-            except MerklesyncError as exc:
-                raise self._fail(exc) from None
-            finally:
-                self.stats.bytes_received = self.transport.bytes_received
-            if not data:
-                raise self._fail(self._eof())
-            try:
-                self._events.extend(self.session.receive(data))
-            except ProtocolError as exc:
-                raise self._fail(type(exc)(f"{self.where}: {exc.message}")) from None
+        if self._broken is not None:
+            raise self._broken
+        try:
+            while not self._events:
+                self._flush()
+                try:
+                    data = self.transport.recv(RECV_SIZE)
+                except MerklesyncError as exc:
+                    raise self._fail(exc) from None
+                finally:
+                    self.stats.bytes_received = self.transport.bytes_received
+                if not data:
+                    raise self._fail(self._eof())
+                try:
+                    self._events.extend(self.session.receive(data))
+                except ProtocolError as exc:
+                    raise self._fail(type(exc)(f"{self.where}: {exc.message}")) from None
+        except BaseException as exc:
+            self._interrupted(exc)
+            raise
         return self._events.popleft()
 
     def _eof(self) -> MerklesyncError:
@@ -451,8 +457,19 @@ class RemotePeer:
             self.transport.send(data)
         except MerklesyncError as exc:  # named by the replica: two may share a host
             raise self._fail(type(exc)(f"{self.where}: {exc.message}")) from None
+        except BaseException as exc:
+            self._interrupted(exc)
+            raise
         finally:
             self.stats.bytes_sent = self.transport.bytes_sent
+
+    def _interrupted(self, exc: BaseException) -> None:
+        """A Ctrl-C or SIGTERM (not a failure) in the middle of an answer or
+        a request: what was read of it is lost, or the agent has half of
+        it. Nothing more is read or sent on this connection (a drain or a
+        bye would wait for good), and the run that ends closes it."""
+        if not isinstance(exc, Exception):
+            self._fail(ConnectionFailed(f"{self.where}: interrupted"))
 
     def _fail(self, exc: MerklesyncError) -> MerklesyncError:
         """The connection is unusable from now on; every later call raises ``exc``."""

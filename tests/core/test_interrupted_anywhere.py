@@ -1,8 +1,9 @@
-"""A push or a sync stopped at any point of the library's work (a Ctrl-C or
-SIGTERM lands at the entry of its n-th function call, where Python checks
-for signals; a trace function raises it there), then run again to its
-end: the replicas agree, no conflict nobody made is reported, and each
-index's tree is the one its rows make."""
+"""A push or a sync stopped at any point of the library's work, then run
+again to its end: the replicas agree, no conflict nobody made is
+reported, and each index's tree is the one its rows make. The points are
+where Python raises a Ctrl-C or SIGTERM: the entry of a function, and
+the return of a call into C (a system call during which the signal
+came); a profile function raises it at the n-th of them."""
 
 from __future__ import annotations
 
@@ -25,10 +26,10 @@ AGENT = f"{sys.executable} -m merklesync"
 
 # A run in a process of its own, as a user's is (what a stopped run still
 # held in its process, its lock and its index connection, goes with it),
-# stopped at the entry of its n-th call of a library function (not the
-# CLI's, nor a finalizer's: Python drops what those raise) by a
-# KeyboardInterrupt ("interrupt") or SIGKILL ("kill"); n = 0: never. It
-# writes how many calls it made to a file.
+# stopped at the n-th entry of a library function or return of a C call
+# made by one (not the CLI's, nor a finalizer's: Python drops what those
+# raise) by a KeyboardInterrupt ("interrupt") or SIGKILL ("kill"); n = 0:
+# never. It writes how many such points it passed to a file.
 _STOPPED_AT = """
 import os, signal, sys
 import merklesync
@@ -36,38 +37,38 @@ how, n, counted = sys.argv.pop(1), int(sys.argv.pop(1)), sys.argv.pop(1)
 library = os.path.dirname(merklesync.__file__) + os.sep
 cli = library + "cli" + os.sep
 me = os.getpid()
-calls = 0
-def trace(frame, event, arg):
-    global calls
+passed = 0
+def points(frame, event, arg):
+    global passed
     code = frame.f_code
     if (
-        event == "call"
+        event in ("call", "c_return")
         and code.co_filename.startswith(library)
         and not code.co_filename.startswith(cli)
         and code.co_name != "__del__"
         and os.getpid() == me
     ):
-        calls += 1
-        if calls == n:
-            sys.settrace(None)
+        passed += 1
+        if passed == n:
+            sys.setprofile(None)
             if how == "kill":
                 os.kill(me, signal.SIGKILL)
             raise KeyboardInterrupt
 from merklesync.cli import main
-sys.settrace(trace)
+sys.setprofile(points)
 try:
     main()
 finally:
-    sys.settrace(None)
+    sys.setprofile(None)
     if os.getpid() == me:
         with open(counted, "w") as f:
-            f.write(str(calls))
+            f.write(str(passed))
 """
 
 
 def _run(how: str, n: int, counted: Path, *args: str | Path) -> int:
-    """The exit status of a run stopped at its ``n``-th call; the calls it
-    made are written to ``counted``."""
+    """The exit status of a run stopped at its ``n``-th point; the points
+    it passed are written to ``counted``."""
     return run_python(_STOPPED_AT, how, str(n), counted, *args, timeout=120).returncode
 
 
@@ -109,13 +110,13 @@ def test_a_run_stopped_anywhere_then_run_again_ends_as_one_run(
 
         assert ms(*run(a, b)).code == 0
         _changed(a, b, rng, seed + 1, command == "sync")
-        # How many calls the run makes, on a copy of both.
+        # How many points the run passes, on a copy of both.
         probe = tmp / "probe"
         for root in (a, b):
             shutil.copytree(root, probe / root.name, symlinks=True)
-        assert _run(how, 0, tmp / "calls", *run(probe / "a", probe / "b")) == 0
-        n = 1 + int(at * (int((tmp / "calls").read_text()) - 1))
-        code = _run(how, n, tmp / "calls", *run(a, b))
+        assert _run(how, 0, tmp / "points", *run(probe / "a", probe / "b")) == 0
+        n = 1 + int(at * (int((tmp / "points").read_text()) - 1))
+        code = _run(how, n, tmp / "points", *run(a, b))
         assert code in (0, 130 if how == "interrupt" else -9)
         again = ms(*run(a, b), "--json")
         assert again.code == 0, again.err
