@@ -183,12 +183,10 @@ class Replica:
                 index = Index.create(state / INDEX_FILE, new_replica_id(), as_copy=as_copy)
             replica = cls(root, index, lock, excludes)
         except BaseException:
-            try:
-                if index is not None:
-                    with contextlib.suppress(Exception):  # the failure in flight says why
-                        index.close(commit=False)
-            finally:
-                lock.release()
+            if index is not None:
+                with contextlib.suppress(Exception):  # the failure in flight says why
+                    index.close(commit=False)
+            lock.release()
             raise
         return cls._resumed(replica)
 

@@ -11,6 +11,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from merklesync.errors import EXIT_LOCKED
 from tests.clirun import ms
 
@@ -99,3 +101,21 @@ def test_a_second_replica_locked_all_along_still_fails(tmp_path: Path) -> None:
         os.close(fd)
     assert run.returncode == EXIT_LOCKED
     assert run.stderr.count("\n") == 1 and "in use by another merklesync process" in run.stderr
+
+
+def test_a_lock_never_released_goes_with_its_object(tmp_path: Path) -> None:
+    """A run cut between taking a replica's lock and the code that lets it
+    go leaves the lock object behind: freed, it lets go, so a process that
+    goes on (a script, a test) can open the replica again."""
+    from merklesync.errors import ReplicaLocked
+    from merklesync.lock import ReplicaLock
+
+    path = tmp_path / "lock"
+    held = ReplicaLock(path, wait=0)
+    held.acquire()
+    other = ReplicaLock(path, wait=0)
+    with pytest.raises(ReplicaLocked):
+        other.acquire()
+    del held
+    other.acquire()
+    other.release()
