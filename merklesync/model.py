@@ -293,6 +293,7 @@ class Stats:
     bytes_received: int = 0
     files_transferred: int = 0
     bytes_transferred: int = 0
+    files_copied: int = 0  # made from a file the destination had (a move), not sent
     files_scanned: int = 0
     files_hashed: int = 0
 
@@ -346,11 +347,15 @@ class WriteItem:
     """Make ``entry`` the destination's version of ``entry.path``, provided
     the destination still holds the entry whose leaf hash is ``expect``
     (None: nothing; compare-and-swap). ``data`` is the file content for a
-    file, None otherwise."""
+    file, None otherwise. ``copy_of``: a file of the destination itself
+    that holds the content (a file moved or renamed there: the same digest
+    at its old path), copied there instead of sent (Peer.copies_locally);
+    checked against the digest as any content."""
 
     entry: Entry
     expect: bytes | None
     data: Iterable[bytes] | None = None
+    copy_of: str | None = None
 
 
 def leaf_of(entry: Entry | None) -> bytes | None:

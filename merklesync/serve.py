@@ -45,6 +45,7 @@ from merklesync.protocol.messages import (
     CONTACT,
     GUARD,
     INLINE_PUT,
+    LOCAL_COPY,
     MAX_RESULT_ITEMS,
     PROTOCOL_VERSIONS,
     READ_ONLY,
@@ -115,7 +116,7 @@ class Agent:
         replica_id = self.peer.replica_id if self.peer is not None else ""
         root_name = display(str(self.peer.replica.root if self.peer is not None else root))
         read_only = (READ_ONLY,) if self.peer and self.peer.read_only else ()
-        caps = (INLINE_PUT, GUARD, CONTACT, *read_only)
+        caps = (INLINE_PUT, GUARD, CONTACT, LOCAL_COPY, *read_only)
         hello = Hello(PROTOCOL_VERSIONS, caps, replica_id, SOFTWARE, root_name)
         self.session = ServerSession(hello)
         self._out = bytearray()
@@ -378,6 +379,8 @@ class _Items:
             raise ProtocolError("connection closed in the middle of a write")
         if event.inline is not None:
             return WriteItem(event.entry, event.expect, (event.inline,))
+        if event.copy_of is not None:
+            return WriteItem(event.entry, event.expect, None, event.copy_of)
         if not event.has_data:
             return WriteItem(event.entry, event.expect, None)
         self.current = _Incoming(self.agent)

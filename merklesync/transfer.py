@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 from merklesync.clock import is_found, is_replica
 from merklesync.errors import ReadOnlyReplica
@@ -28,6 +29,7 @@ from merklesync.reconcile import differences, plan_one_way
 
 BATCH_FILES = 2048
 BATCH_BYTES = 64 << 20
+_NOTHING_LEAVING: Mapping[bytes, str] = MappingProxyType({})
 
 
 @dataclass(slots=True)
@@ -182,6 +184,10 @@ def push(
     blocked: set[str] = set()  # left alone where the destination holds no directory
     deferred: list[tuple[Change, Entry]] = []  # (change, what the destination is to hold)
     deferred_same: list[tuple[Change, Entry]] = []  # their catching up, once they are written
+    # Files the destination is to lose (deleted, or replaced by a link), held
+    # until the end: a file moved or renamed may come in a later batch, and
+    # is copied from there meanwhile (see apply_ops).
+    held = _Held() if not dry_run and dst.copies_locally else None
     for pairs in differences(src, dst, result.stats):
         since = len(result.changes)
         todo: list[tuple[Change, Entry]] = []
@@ -210,14 +216,19 @@ def push(
                 assert s is not None
                 target = _target(change, dst.replica_id)
                 later = removes_directory(target, d)
+                if not later and change.action is Action.COPY and held and held.take(target, d):
+                    held.changes.append((change, target))
+                    continue
                 (deferred if later else todo).append((change, target))
                 if change.action in (Action.MERGE_VERSION, Action.FORCE):
                     (deferred_same if later else same).append((change, target))
         if not dry_run:
-            _apply(src, dst, todo, result, progress)
+            _apply(src, dst, todo, result, progress, held.leaving if held else {})
             _catch_up(src, same, result)
             if not keep_done:
                 result._let_go(since)
+    if held and held.changes:
+        _apply(src, dst, held.changes, result, progress)
     deferred.sort(key=lambda planned: planned[0].path.count("/"), reverse=True)
     if not dry_run and deferred:
         _apply(src, dst, deferred, result, progress)
@@ -226,6 +237,42 @@ def push(
     if dry_run:
         _foresee(result, blocked, [change.path for change, _target in deferred])
     return result
+
+
+HELD_MAX = 65_536  # files to lose held until the end of a push (see _Held)
+
+
+@dataclass(slots=True)
+class _Held:
+    """The writes of a push that take a file away from the destination, held
+    until the other writes are done (HELD_MAX at most: memory stays
+    bounded), and the content each takes away: a file moved or renamed is
+    copied from its old path, whichever batch brings it."""
+
+    changes: list[tuple[Change, Entry]] = field(default_factory=list)
+    leaving: dict[bytes, str] = field(default_factory=dict)  # digest -> path
+
+    def take(self, target: Entry, holds: Entry | None) -> bool:
+        """Whether the write of ``target`` where the destination ``holds``
+        a file is held (it then counts that file's content as leaving)."""
+        if len(self.changes) >= HELD_MAX or not _takes_away(target, holds):
+            return False
+        assert holds is not None
+        self.leaving.setdefault(holds.digest, holds.path)
+        return True
+
+
+def _takes_away(target: Entry, holds: Entry | None) -> bool:
+    """Whether writing ``target`` takes away the content of a file the
+    destination ``holds`` (a tombstone or a link in its place; not a
+    directory, made before any copy)."""
+    return (
+        holds is not None
+        and not holds.deleted
+        and holds.kind is EntryKind.FILE
+        and holds.size > 0
+        and (target.deleted or target.kind is EntryKind.LINK)
+    )
 
 
 def _no_directory(entry: Entry | None) -> bool:
@@ -299,36 +346,114 @@ def _apply(
     planned: list[tuple[Change, Entry]],
     result: TransferResult,
     progress: Progress | None,
+    leaving: Mapping[bytes, str] = _NOTHING_LEAVING,
 ) -> None:
     ops = []
     for c, target in planned:
         assert c.src is not None
         ops.append(write_op(target, c.dst, src, c.src))
-    apply_ops(dst, ops, result.outcomes, progress)
+    apply_ops(dst, ops, result.outcomes, progress, leaving)
 
 
 def apply_ops(
-    target: Peer, ops: list[Op], outcomes: dict[str, Outcome], progress: Progress | None
+    target: Peer,
+    ops: list[Op],
+    outcomes: dict[str, Outcome],
+    progress: Progress | None,
+    leaving: Mapping[bytes, str] = _NOTHING_LEAVING,
 ) -> None:
     """Apply writes to one peer: those without streamed content first
     (directories shallow to deep, then deletions deep to shallow, so a
-    directory is empty by its turn), then streams in pipelined batches."""
-    plain = [o for o in ops if o.source is None]
-    plain.sort(key=_plain_order)
-    for start in range(0, len(plain), BATCH_FILES):
-        items = [
-            WriteItem(o.entry, leaf_of(o.expect), _given(o.content))
-            for o in plain[start : start + BATCH_FILES]
-        ]
-        _record(target.write(items, progress), outcomes)
+    directory is empty by its turn), then streams in pipelined batches.
+
+    A file whose content the target holds at a path these writes take it
+    from (a file moved or renamed: deleted there, or replaced by a
+    directory or a link) is copied from that path on the target instead
+    of sent, where the target can (Peer.copies_locally): once the
+    directories are made and before anything is removed; so is one whose
+    content is ``leaving`` (digest -> path: a file a later write takes
+    away). One whose copy fails (that file changed since the scan, say) is
+    sent after all."""
+    plain = sorted((o for o in ops if o.source is None), key=_plain_order)
     # In path order: each directory's files are read and written together,
     # and the index takes its rows in order.
     streamed = sorted((o for o in ops if o.source is not None), key=lambda o: o.entry.path)
+    rest = [o for o in plain if not _makes_directory(o.entry)]
+    copies = _copies(target, rest, streamed, leaving)
+    if copies:
+        _write_plain(target, [o for o in plain if _makes_directory(o.entry)], outcomes, progress)
+        failed = _write_copies(target, streamed, copies, outcomes, progress)
+        streamed = [o for o in streamed if o.entry.path not in copies or o.entry.path in failed]
+        _write_plain(target, rest, outcomes, progress)
+    else:  # in one stream: no round trip more
+        _write_plain(target, plain, outcomes, progress)
     sources = {id(o.source): o.source for o in streamed if o.source is not None}
     for source in sources.values():
         mine = [o for o in streamed if o.source is source]
         for batch in _batches(mine):
             _record(target.write(_stream(source, batch, outcomes), progress), outcomes)
+
+
+def _makes_directory(entry: Entry) -> bool:
+    return entry.kind is EntryKind.DIR and not entry.deleted
+
+
+def _write_plain(
+    target: Peer, ops: list[Op], outcomes: dict[str, Outcome], progress: Progress | None
+) -> None:
+    for start in range(0, len(ops), BATCH_FILES):
+        items = [
+            WriteItem(o.entry, leaf_of(o.expect), _given(o.content))
+            for o in ops[start : start + BATCH_FILES]
+        ]
+        _record(target.write(items, progress), outcomes)
+
+
+def _copies(
+    target: Peer, plain: list[Op], streamed: list[Op], leaving: Mapping[bytes, str]
+) -> dict[str, str]:
+    """The files to copy on the target: path -> the path there whose content
+    the ``plain`` writes (applied after the copies) take away, or that is
+    ``leaving``."""
+    if not streamed or not target.copies_locally:
+        return {}
+    taken: dict[bytes, str] = {}
+    for op in plain:
+        if op.expect is not None and _takes_away(op.entry, op.expect):
+            taken.setdefault(op.expect.digest, op.expect.path)
+    if not taken and not leaving:
+        return {}
+    copies = {}
+    for op in streamed:
+        digest = op.entry.digest
+        found = taken.get(digest) or leaving.get(digest)
+        if found is not None:
+            copies[op.entry.path] = found
+    return copies
+
+
+def _write_copies(
+    target: Peer,
+    streamed: list[Op],
+    copies: dict[str, str],
+    outcomes: dict[str, Outcome],
+    progress: Progress | None,
+) -> set[str]:
+    """Make the files of ``copies`` from the target's own; the paths whose
+    copy failed (to be sent instead)."""
+    ops = [o for o in streamed if o.entry.path in copies]
+    failed: set[str] = set()
+    for start in range(0, len(ops), BATCH_FILES):
+        items = [
+            WriteItem(o.entry, leaf_of(o.expect), None, copies[o.entry.path])
+            for o in ops[start : start + BATCH_FILES]
+        ]
+        for outcome in target.write(items, progress):
+            if outcome.ok:
+                outcomes[outcome.path] = outcome
+            else:
+                failed.add(outcome.path)
+    return failed
 
 
 def _plain_order(op: Op) -> tuple[bool, int, str]:

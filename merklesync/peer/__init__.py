@@ -44,6 +44,13 @@ class Peer(Protocol):
         ReadOnlyReplica)."""
         ...
 
+    @property
+    def copies_locally(self) -> bool:
+        """Whether write takes items whose content is a copy of one of its
+        own files (WriteItem.copy_of): a file moved or renamed on the other
+        side is then copied here from its old path, not sent."""
+        ...
+
     def refresh(self, *, checksum: bool = False, progress: Progress | None = None) -> ScanReport:
         """Bring the index up to date with the data (a scan)."""
         ...

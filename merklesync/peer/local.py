@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -89,6 +90,10 @@ class LocalPeer:
     @property
     def read_only(self) -> bool:
         return self.replica.read_only
+
+    @property
+    def copies_locally(self) -> bool:
+        return True
 
     def refresh(
         self, *, checksum: bool = False, progress: Progress | None = None, spread: bool = True
@@ -223,6 +228,8 @@ class LocalPeer:
 
         def numbered() -> Iterator[WriteItem]:
             for n, item in enumerate(items):
+                if item.copy_of is not None:
+                    item = self._copied(item)
                 order.setdefault(id(item), []).append(n)
                 yield item
 
@@ -234,7 +241,9 @@ class LocalPeer:
                 outcomes.append((places.pop(0), outcome))
                 if not places:
                     del order[id(item)]
-                if outcome.ok and item.entry.kind is EntryKind.FILE and item.data is not None:
+                if outcome.ok and item.copy_of is not None:
+                    self.stats.files_copied += 1
+                elif outcome.ok and item.entry.kind is EntryKind.FILE and item.data is not None:
                     self.stats.files_transferred += 1
                     self.stats.bytes_transferred += item.entry.size
                 if progress is not None:
@@ -245,6 +254,7 @@ class LocalPeer:
         finally:
             writes.close()  # on a failure here, its placing process stops now
             r.source.end_batch()
+            r.source.end_reads()  # of the files copied (see _copied)
             if not failed:
                 r.index.commit()
             else:  # keep what is recorded; the first failure is the one to report
@@ -253,6 +263,34 @@ class LocalPeer:
         r.source.written()
         outcomes.sort(key=lambda placed: placed[0])
         return [outcome for _n, outcome in outcomes]
+
+    def _copied(self, item: WriteItem) -> WriteItem:
+        """An item whose content is to be copied from another of this
+        replica's files (``copy_of``), with that file as its content. Only
+        a live file the index holds with the item's digest is read (as the
+        agent serves reads, see serve._indexed), through its directories
+        from the root, none followed if it is a link; the write checks the
+        content against the digest as any other. Where there is no such
+        file, the item's content fails to be read, and the write with it:
+        the caller sends the content instead."""
+        entry, path = item.entry, item.copy_of
+        assert path is not None
+        cached = self.replica.index.get(path)
+        known = cached.entry if cached is not None else None
+        data: Iterable[bytes] | Unreadable = _NOT_HERE
+        if (
+            known is not None
+            and not known.deleted
+            and known.kind is EntryKind.FILE
+            and known.digest == entry.digest
+            and known.size == entry.size
+            and entry.kind is EntryKind.FILE
+            and not entry.deleted
+        ):
+            data = self.replica.source.read_at(path, entry.size)
+        if isinstance(data, Unreadable):
+            data = _Unread(f"{path}, to copy it from: {data.reason}")
+        return WriteItem(entry, item.expect, data, path)
 
     def check_not_stale(self, replica_id: str, name: str | None = None) -> None:
         from merklesync import retention  # which reads peers of this module
@@ -286,3 +324,19 @@ class LocalPeer:
                 ahead[1].cancel()
         finally:
             self.replica.close(commit=commit)
+
+
+_NOT_HERE = Unreadable("not here with that content")
+
+
+class _Unread:
+    """Content that fails, once read, as a file that cannot be read does."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __iter__(self) -> _Unread:
+        return self
+
+    def __next__(self) -> bytes:
+        raise OSError(errno.ENOENT, self.reason)

@@ -224,6 +224,7 @@ def combined_stats(engine: Stats, *peers: Peer) -> Stats:
         out.files_hashed += s.files_hashed
         out.files_transferred += s.files_transferred
         out.bytes_transferred += s.bytes_transferred
+        out.files_copied += s.files_copied
     return out
 
 

@@ -16,6 +16,7 @@ sides can never wait on each other.
 
 from __future__ import annotations
 
+import enum
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -88,6 +89,7 @@ class RemotePeer:
         self.where = where or name  # what error messages start with
         self.replica_id = ""
         self.read_only = False
+        self.copies_locally = False  # see Peer; as the agent's hello says
         self.stats = Stats()
         self.session = ClientSession(Hello(PROTOCOL_VERSIONS, (), "", SOFTWARE, ""))
         self._events: deque[ClientEvent] = deque()
@@ -115,6 +117,7 @@ class RemotePeer:
         assert isinstance(event, Negotiated)  # the session yields nothing else first
         self.replica_id = event.peer.replica_id
         self.read_only = READ_ONLY in event.peer.capabilities
+        self.copies_locally = self.session.local_copies
         if not self.replica_id:
             # The agent could not open its replica: its answer to any request says why.
             self._call(self.session.root(), RootResult)
@@ -222,7 +225,7 @@ class RemotePeer:
         self._settle()
         self.stats.round_trips += 1
         outcomes: list[Outcome] = []
-        streams: list[tuple[int, list[tuple[int, bool]]]] = []  # answers not yet taken
+        streams: list[tuple[int, list[_Sent]]] = []  # answers not yet taken
         writer = _Writer(self)
         try:
             for item in items:
@@ -244,17 +247,17 @@ class RemotePeer:
         self._collect(streams, outcomes)
         return outcomes
 
-    def _collect(
-        self, streams: list[tuple[int, list[tuple[int, bool]]]], outcomes: list[Outcome]
-    ) -> None:
+    def _collect(self, streams: list[tuple[int, list[_Sent]]], outcomes: list[Outcome]) -> None:
         while streams:
             ticket, puts = streams.pop(0)
             result = self._result(ticket, WriteResult)
-            for (path, ok, reason), (size, has_data) in zip(result.outcomes, puts, strict=True):
+            for (path, ok, reason), (size, how) in zip(result.outcomes, puts, strict=True):
                 outcomes.append(Outcome(path, ok, reason))
-                if ok and has_data:
+                if ok and how is _How.SENT:
                     self.stats.files_transferred += 1
                     self.stats.bytes_transferred += size
+                elif ok and how is _How.COPIED:
+                    self.stats.files_copied += 1
 
     def close(self, *, commit: bool = True) -> None:
         """Say bye (the agent closes its replica first, so its lock is free
@@ -478,16 +481,27 @@ class RemotePeer:
         return exc
 
 
+class _How(enum.Enum):
+    """How an item's content went: none, sent, or copied by the agent."""
+
+    NO_DATA = 0
+    SENT = 1
+    COPIED = 2
+
+
+_Sent = tuple[int, _How]  # an item's size, and how its content went
+
+
 class _Writer:
     """The client's half of write streams: put, data..., end/gone, commit."""
 
     def __init__(self, peer: RemotePeer) -> None:
         self.peer = peer
         self.session = peer.session
-        self.puts: list[tuple[int, bool]] | None = None  # the open stream's items
+        self.puts: list[_Sent] | None = None  # the open stream's items
         self.in_put = False
 
-    def open(self) -> tuple[int, list[tuple[int, bool]]]:
+    def open(self) -> tuple[int, list[_Sent]]:
         peer = self.peer
         ticket = peer._next_ticket
         peer._next_ticket += 1
@@ -502,6 +516,10 @@ class _Writer:
         assert self.puts is not None
         peer = self.peer
         entry = item.entry
+        if item.copy_of is not None and self.session.local_copies:
+            peer._send(self.session.put_copy(entry, item.expect, item.copy_of))
+            self.puts.append((entry.size, _How.COPIED))
+            return
         has_data = item.data is not None
         chunks = iter(item.data) if item.data is not None else None
         unreadable = ""
@@ -513,11 +531,11 @@ class _Writer:
                 content, unreadable = b"", exc.strerror or str(exc)
             if len(content) == entry.size and not unreadable:
                 peer._send(self.session.put_inline(entry, item.expect, content))
-                self.puts.append((entry.size, True))
+                self.puts.append((entry.size, _How.SENT))
                 return
             chunks = iter((content,))  # sent as data, up to its size, then given up
         peer._send(self.session.put(entry, item.expect, has_data))
-        self.puts.append((entry.size, has_data))
+        self.puts.append((entry.size, _How.SENT if has_data else _How.NO_DATA))
         if chunks is None:
             return
         self.in_put = True
@@ -550,7 +568,7 @@ class _Writer:
             self.peer._send(self.session.commit())
             self.puts = None
 
-    def abandon(self, streams: list[tuple[int, list[tuple[int, bool]]]], *, graceful: bool) -> None:
+    def abandon(self, streams: list[tuple[int, list[_Sent]]], *, graceful: bool) -> None:
         """The items failed (a source went away): close the stream cleanly
         so the connection stays usable, and drop the answers. Interrupted:
         just give the connection up."""

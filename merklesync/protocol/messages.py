@@ -73,6 +73,9 @@ GUARD = "guard"
 READ_ONLY = "read-only"
 # a server that records, when asked, a run that left some paths out (see Contact).
 CONTACT = "contact"
+# a server that makes a file from one of its own, named in the put, that
+# holds the same content (a file moved or renamed on the client's side: see Put).
+LOCAL_COPY = "local-copy"
 
 MAX_NODES = 65_536  # nodes per children / compare / entries_under request
 MAX_COMPARE = 65_536  # leaf records per compare request
@@ -463,17 +466,25 @@ class Put:
     the entry whose leaf hash is ``expect`` (nil: nothing). With
     ``has_data``, ``data`` frames then ``end`` (or ``gone``) follow; with
     ``inline`` (to a server announcing INLINE_PUT), the file's whole
-    content is here, in place of ``has_data`` on the wire; with neither,
-    the item is complete."""
+    content is here, in place of ``has_data`` on the wire; with
+    ``copy_of`` (to a server announcing LOCAL_COPY), the path of a file of
+    the server's own replica that holds the content, in the same place:
+    the server copies it from there; with none of them, the item is
+    complete."""
 
     TAG: ClassVar[str] = "put"
     entry: Entry
     expect: bytes | None
     has_data: bool
     inline: bytes | None = None
+    copy_of: str | None = None
 
     def to_wire(self) -> list[object]:
-        data = self.inline if self.inline is not None else self.has_data
+        data: object = self.has_data
+        if self.inline is not None:
+            data = self.inline
+        elif self.copy_of is not None:
+            data = self.copy_of
         return [self.TAG, self.entry.to_wire(), self.expect, data]
 
     @classmethod
@@ -486,6 +497,11 @@ class Put:
             if not _is_live_file(entry) or len(inline) != entry.size:
                 _fail(f"put {entry.path!r}: inline data that is not the file's content")
             return cls(entry, expect, False, inline)
+        if isinstance(data_w, str):
+            copy_of = check_relpath(data_w)
+            if not _is_live_file(entry) or copy_of == entry.path:
+                _fail(f"put {entry.path!r}: a copy for something that is not a new file")
+            return cls(entry, expect, False, None, copy_of)
         has_data = _bool(data_w, "has_data")
         if has_data and not _is_live_file(entry):
             _fail(f"put {entry.path!r}: data for something that is not a file")

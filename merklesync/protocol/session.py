@@ -42,6 +42,7 @@ from merklesync.protocol.messages import (
     GUARD,
     INLINE_PUT,
     KEY_SLACK,
+    LOCAL_COPY,
     MAX_COMPARE,
     MAX_INLINE,
     MAX_KEYS,
@@ -337,6 +338,26 @@ class ClientSession(_Base):
         self._write.paths.append(entry.path)
         return frame
 
+    @property
+    def local_copies(self) -> bool:
+        """Whether the server makes a file from one of its own (put_copy)."""
+        return self.peer is not None and LOCAL_COPY in self.peer.capabilities
+
+    def put_copy(self, entry: Entry, expect: bytes | None, copy_of: str) -> bytes:
+        """A whole item: a file whose content the server's replica holds at
+        ``copy_of``, to a server that copies it from there (``local_copies``)."""
+        if self._write is None or self._put is not None:
+            raise RuntimeError("put_copy() outside a write stream or inside an item")
+        if not self.local_copies:
+            raise RuntimeError("the server does not copy files of its own")
+        if len(self._write.paths) >= MAX_WRITE_ITEMS:
+            raise ValueError(f"over {MAX_WRITE_ITEMS} items in one write; commit and start another")
+        if entry.kind is not EntryKind.FILE or entry.deleted or copy_of == entry.path:
+            raise ValueError(f"put {entry.path!r}: a copy for something that is not a new file")
+        frame = encode_frame(Put(entry, expect, False, None, copy_of).to_wire())
+        self._write.paths.append(entry.path)
+        return frame
+
     def put(self, entry: Entry, expect: bytes | None, has_data: bool) -> bytes:
         if self._write is None or self._put is not None:
             raise RuntimeError("put() outside a write stream or inside an item")
@@ -565,6 +586,8 @@ class ServerSession(_Base):
                     raise ProtocolError(f"over {MAX_WRITE_ITEMS} items in one write")
                 if msg.inline is not None and INLINE_PUT not in self.hello.capabilities:
                     raise ProtocolError("client sent content inside a put, not announced here")
+                if msg.copy_of is not None and LOCAL_COPY not in self.hello.capabilities:
+                    raise ProtocolError("client asked for a copy in a put, not announced here")
                 if msg.has_data:
                     self._put, self._received = msg, 0
                 return msg

@@ -669,7 +669,12 @@ class DirectorySource:
         see dir_fds.py): a directory swapped for a symlink since the scan
         makes the file gone, and nothing outside the replica is ever opened.
         The directories stay open for the next reads until end_reads."""
-        parent, _, name = entry.path.rpartition("/")
+        return self.read_at(entry.path, entry.size)
+
+    def read_at(self, path: str, size: int) -> Iterator[bytes] | Unreadable:
+        """The content of the file at ``path``, as read() reads an entry's
+        of ``size`` bytes."""
+        parent, _, name = path.rpartition("/")
         try:
             fd = open_to_read(name, dir_fd=self._read_dirs.get(parent))
         except NotADirectory:
@@ -679,7 +684,7 @@ class DirectorySource:
                 return GONE
             return Unreadable(f"cannot read it: {exc.strerror or exc}")
         st = os.fstat(fd)
-        if not st_mod.S_ISREG(st.st_mode) or st.st_size != entry.size:
+        if not st_mod.S_ISREG(st.st_mode) or st.st_size != size:
             os.close(fd)
             return GONE
         return OpenFile(fd, st.st_size)
