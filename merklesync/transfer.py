@@ -184,9 +184,8 @@ def push(
     blocked: set[str] = set()  # left alone where the destination holds no directory
     deferred: list[tuple[Change, Entry]] = []  # (change, what the destination is to hold)
     deferred_same: list[tuple[Change, Entry]] = []  # their catching up, once they are written
-    # Files the destination is to lose (deleted, or replaced by a link), held
-    # until the end: a file moved or renamed may come in a later batch, and
-    # is copied from there meanwhile (see apply_ops).
+    # Writes held until the end, so that a file moved or renamed is copied on
+    # the destination whichever batch brings its two paths (see _Held).
     held = _Held() if not dry_run and dst.copies_locally else None
     for pairs in differences(src, dst, result.stats):
         since = len(result.changes)
@@ -216,8 +215,12 @@ def push(
                 assert s is not None
                 target = _target(change, dst.replica_id)
                 later = removes_directory(target, d)
-                if not later and change.action is Action.COPY and held and held.take(target, d):
-                    held.changes.append((change, target))
+                if (
+                    not later
+                    and change.action is Action.COPY
+                    and held
+                    and held.hold(change, target)
+                ):
                     continue
                 (deferred if later else todo).append((change, target))
                 if change.action in (Action.MERGE_VERSION, Action.FORCE):
@@ -227,8 +230,9 @@ def push(
             _catch_up(src, same, result)
             if not keep_done:
                 result._let_go(since)
-    if held and held.changes:
-        _apply(src, dst, held.changes, result, progress)
+    if held:
+        _apply(src, dst, held.arrivals, result, progress, held.leaving)
+        _apply(src, dst, held.removals, result, progress)
     deferred.sort(key=lambda planned: planned[0].path.count("/"), reverse=True)
     if not dry_run and deferred:
         _apply(src, dst, deferred, result, progress)
@@ -239,27 +243,43 @@ def push(
     return result
 
 
-HELD_MAX = 65_536  # files to lose held until the end of a push (see _Held)
+HELD_MAX = 65_536  # writes held until the end of a push (see _Held)
+HOLD_SIZE = 256 << 10  # a new file this large may be a move found in a later batch
 
 
 @dataclass(slots=True)
 class _Held:
-    """The writes of a push that take a file away from the destination, held
-    until the other writes are done (HELD_MAX at most: memory stays
-    bounded), and the content each takes away: a file moved or renamed is
-    copied from its old path, whichever batch brings it."""
+    """Writes of a push held until the others are done, so that a file
+    moved or renamed is copied on the destination from its old path
+    whichever batch of the comparison brings each of its two paths: those
+    that take a file away there (deleted, or a link in its place), with
+    the content each takes away, and the new files large enough to be
+    worth it that no content taken away matched yet. HELD_MAX at most:
+    memory stays bounded (past it, a small move found in two batches is
+    sent)."""
 
-    changes: list[tuple[Change, Entry]] = field(default_factory=list)
+    removals: list[tuple[Change, Entry]] = field(default_factory=list)
+    arrivals: list[tuple[Change, Entry]] = field(default_factory=list)
     leaving: dict[bytes, str] = field(default_factory=dict)  # digest -> path
 
-    def take(self, target: Entry, holds: Entry | None) -> bool:
-        """Whether the write of ``target`` where the destination ``holds``
-        a file is held (it then counts that file's content as leaving)."""
-        if len(self.changes) >= HELD_MAX or not _takes_away(target, holds):
+    def hold(self, change: Change, target: Entry) -> bool:
+        """Whether the write of ``target`` (a plain copy) is held."""
+        if len(self.removals) + len(self.arrivals) >= HELD_MAX:
             return False
-        assert holds is not None
-        self.leaving.setdefault(holds.digest, holds.path)
-        return True
+        holds = change.dst
+        if _takes_away(target, holds):
+            assert holds is not None
+            self.leaving.setdefault(holds.digest, holds.path)
+            self.removals.append((change, target))
+            return True
+        if (
+            target.size >= HOLD_SIZE
+            and needs_content(target, holds)
+            and target.digest not in self.leaving
+        ):
+            self.arrivals.append((change, target))
+            return True
+        return False
 
 
 def _takes_away(target: Entry, holds: Entry | None) -> bool:

@@ -12,7 +12,7 @@ from merklesync import merkle
 from merklesync.errors import MerklesyncError, ProtocolError, ReadOnlyReplica
 from merklesync.ignore import exclude_predicate
 from merklesync.merkle import NodeId
-from merklesync.model import Entry, EntryKind, Stats, Unreadable
+from merklesync.model import GONE, Entry, EntryKind, Stats, Unreadable
 from merklesync.peer import Node, Outcome, Peer, Progress, ScanReport, WriteItem
 from merklesync.replica import ChildScan, Replica
 
@@ -289,7 +289,8 @@ class LocalPeer:
         ):
             data = self.replica.source.read_at(path, entry.size)
         if isinstance(data, Unreadable):
-            data = _Unread(f"{path}, to copy it from: {data.reason}")
+            why = _CHANGED_HERE if data is GONE else data.reason
+            data = _Unread(f"{path}, to copy it from: {why}")
         return WriteItem(entry, item.expect, data, path)
 
     def check_not_stale(self, replica_id: str, name: str | None = None) -> None:
@@ -327,16 +328,22 @@ class LocalPeer:
 
 
 _NOT_HERE = Unreadable("not here with that content")
+_CHANGED_HERE = "changed or gone here since the scan"
 
 
 class _Unread:
-    """Content that fails, once read, as a file that cannot be read does."""
+    """Content that fails once read, as a file that cannot be read does;
+    then ends (what is drained of a failed item)."""
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
+        self.failed = False
 
     def __iter__(self) -> _Unread:
         return self
 
     def __next__(self) -> bytes:
+        if self.failed:
+            raise StopIteration
+        self.failed = True
         raise OSError(errno.ENOENT, self.reason)

@@ -917,3 +917,128 @@ def test_a_forced_write_the_dry_run_foresees_failing_discards_nothing(tmp_path: 
         assert "would be lost" not in r.err and "discarded" not in r.err, r.err
         assert [x["path"] for x in r.json()["left_alone"]] == ["x", "x/in.txt"]
         assert all("discarded" not in c for c in r.json()["changes"]), r.out
+
+
+def _renamed_tree(tmp_path: Path, count: int, size: int = 3000) -> tuple[Path, Path]:
+    """A source and its copy, then a directory of ``count`` files renamed
+    in the source (not yet pushed)."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for i in range(count):
+        write(src / "old" / f"f{i:03}.bin", f"{i:03}" * (size // 3))
+    assert ms("init", src).code == 0
+    assert ms("push", src, dst).code == 0
+    (src / "old").rename(src / "new")
+    return src, dst
+
+
+@pytest.mark.parametrize("leaf_batch", [16_384, 8])
+def test_a_rename_is_copied_whichever_batch_brings_each_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, leaf_batch: int
+) -> None:
+    """The comparison gives its differences in batches (8 leaves at most
+    here, so a new path and its old one come apart): the removals, and the
+    new files large enough (HOLD_SIZE, made small here), wait for the end
+    of the push, and each file finds its old path still there."""
+    from merklesync import reconcile, transfer
+
+    monkeypatch.setattr(reconcile, "LEAF_BATCH", leaf_batch)
+    monkeypatch.setattr(transfer, "HOLD_SIZE", 3000)
+    src, dst = _renamed_tree(tmp_path, 40)
+    r = ms("push", src, dst, "--json")
+    assert r.code == 0, r.err
+    assert r.json()["stats"]["files_copied"] == 40
+    assert r.json()["stats"]["files_transferred"] == 0
+    assert_same_tree(src, dst)
+
+
+def test_past_the_removals_held_a_push_removes_as_it_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Memory stays bounded: past HELD_MAX, a removal is made in its own
+    batch (a move found later is then sent); below HOLD_SIZE, a new file
+    is written in its own batch (sent, unless its old path came first)."""
+    from merklesync import reconcile, transfer
+
+    monkeypatch.setattr(reconcile, "LEAF_BATCH", 8)
+    monkeypatch.setattr(transfer, "HELD_MAX", 3)
+    src, dst = _renamed_tree(tmp_path, 40)
+    r = ms("push", src, dst, "--json")
+    assert r.code == 0, r.err
+    stats = r.json()["stats"]
+    assert stats["files_copied"] + stats["files_transferred"] == 40
+    assert 3 <= stats["files_copied"] < 40
+    assert_same_tree(src, dst)
+
+
+@pytest.mark.parametrize("same_size", [True, False])
+def test_a_move_whose_old_file_changed_on_the_destination_is_sent_after_all(
+    tmp_path: Path, same_size: bool
+) -> None:
+    """The file to copy from was edited on the destination after its scan:
+    the copy does not match the digest (or the size) and is given up, the
+    content is sent instead, and the edit stays (its removal is refused)."""
+    from merklesync.peer.local import LocalPeer
+    from merklesync.transfer import push
+
+    src, dst = _renamed_tree(tmp_path, 2)
+    edit = "x" * 3000 if same_size else "edited"
+    with Replica.open(src) as a, Replica.open(dst) as b:
+        pa, pb = LocalPeer(a), LocalPeer(b)
+        pa.refresh()
+        pb.refresh()
+        write(dst / "old" / "f000.bin", edit)
+        result = push(pa, pb)
+    assert (dst / "new" / "f000.bin").read_text() == "000" * 1000
+    assert (dst / "new" / "f001.bin").read_text() == "001" * 1000
+    assert (dst / "old" / "f000.bin").read_text() == edit
+    assert not (dst / "old" / "f001.bin").exists()
+    assert pb.stats.files_copied == 1 and pb.stats.files_transferred == 1
+    assert not result.outcomes["old/f000.bin"].ok
+    assert "changed on the destination" in result.outcomes["old/f000.bin"].reason
+    assert result.outcomes["new/f000.bin"].ok
+
+
+def test_a_copy_is_made_only_from_a_file_the_index_holds_with_that_content(
+    tmp_path: Path,
+) -> None:
+    """What a peer names to copy from is read only where the index holds a
+    live file with the item's digest: never the state directory, a file
+    behind a link, or a file whose content is another."""
+    import blake3
+
+    from merklesync.clock import VersionVector
+    from merklesync.model import Entry, EntryKind, WriteItem
+    from merklesync.peer.local import LocalPeer
+
+    root, outside = tmp_path / "r", tmp_path / "outside"
+    write(outside / "secret.txt", "secret")
+    write(root / "a.txt", "public")
+    (root / "link").symlink_to(outside)
+    assert ms("init", root).code == 0
+    index_db = (root / ".merklesync" / "index.db").read_bytes()
+
+    def item(path: str, content: bytes, copy_of: str) -> WriteItem:
+        entry = Entry(
+            path,
+            EntryKind.FILE,
+            VersionVector.of({"0123456789abcdef": 1}),
+            blake3.blake3(content).digest(),
+            len(content),
+            0o644,
+            1_600_000_000 * 10**9,
+        )
+        return WriteItem(entry, None, None, copy_of)
+
+    with Replica.open(root) as r:
+        outcomes = LocalPeer(r).write(
+            [
+                item("x1", index_db, ".merklesync/index.db"),
+                item("x2", b"secret", "link/secret.txt"),
+                item("x3", b"secret", "a.txt"),
+                item("x4", b"public", "a.txt"),
+            ]
+        )
+    assert [o.ok for o in outcomes] == [False, False, False, True]
+    assert "to copy it from" in outcomes[0].reason
+    assert not any((root / name).exists() for name in ("x1", "x2", "x3"))
+    assert (root / "x4").read_text() == "public"

@@ -81,6 +81,7 @@ CLIENT: list[ClientMessage] = [
     Write(),
     Put(E, None, True),
     Put(E, None, False, b"x" * E.size),  # its content inline
+    Put(E, None, False, None, "old/name.bin"),  # a copy of the server's own file
     Put(LINK, LINK.tombstone(VersionVector.of({"r": 2}), 4).leaf_hash(), False),
     Data(b"chunk"),
     End(),
@@ -608,3 +609,21 @@ def test_a_refresh_answer_stays_a_few_frames_whatever_the_scan_found() -> None:
     assert received.added == report.added[: len(received.added)]
     assert len(received.added) == REPORT_BYTES // (len(report.added[0]) + 8)
     assert received.warnings[-1].endswith(f"{8_000 - len(received.added):,} added")
+
+
+@pytest.mark.parametrize(
+    ("copy_of", "entry", "message"),
+    [
+        ("../outside", E, "'..'"),
+        ("/etc/passwd", E, "absolute"),
+        ("a\x00b", E, "control"),
+        (E.path, E, "not a new file"),  # itself
+        ("old", E.tombstone(VersionVector.of({"r": 9}), 5), "not a new file"),
+        ("old", LINK, "not a new file"),
+    ],
+)
+def test_a_put_copying_a_file_names_a_safe_path_for_a_live_file(
+    copy_of: str, entry: Entry, message: str
+) -> None:
+    with pytest.raises(ProtocolError, match=message):
+        parse_client_message(["put", entry.to_wire(), None, copy_of])

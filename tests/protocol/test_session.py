@@ -9,6 +9,7 @@ from merklesync.model import key_of
 from merklesync.protocol.framing import encode_frame
 from merklesync.protocol.messages import (
     INLINE_PUT,
+    LOCAL_COPY,
     MAX_ANSWER_FRAMES,
     PROTOCOL_VERSIONS,
     ByeResult,
@@ -226,6 +227,36 @@ def test_small_files_travel_inside_their_put_where_the_server_takes_them() -> No
     outcomes = [("a.txt", True, ""), ("dir/b.bin", True, "")]
     assert client.receive(server.respond(WriteResult(outcomes))) == [
         Answered("write", WriteResult(outcomes))
+    ]
+
+
+def test_a_file_is_copied_by_the_server_only_where_it_said_it_copies() -> None:
+    plain_client, plain_server = connected()  # no LOCAL_COPY announced
+    assert not plain_client.local_copies
+    wire = plain_client.write()
+    with pytest.raises(RuntimeError, match="does not copy"):
+        plain_client.put_copy(A, None, "old.txt")
+    # A client that asks all the same is refused: the server never said it copies.
+    wire += frame("put", A.to_wire(), None, "old.txt")
+    with pytest.raises(ProtocolError, match="not announced"):
+        plain_server.receive(wire)
+
+    client = ClientSession(hello("client"))
+    server = ServerSession(Hello(PROTOCOL_VERSIONS, (LOCAL_COPY,), "rs", "server", "root"))
+    server.receive(client.greeting())
+    client.receive(server.greeting())
+    assert client.local_copies
+    wire = client.write() + client.put_copy(A, None, "old.txt")
+    with pytest.raises(ValueError, match="not a new file"):
+        client.put_copy(B, None, B.path)
+    wire += client.put(B, None, True) + client.data(b"abc") + client.end() + client.commit()
+    assert server.receive(wire) == [
+        Write(),
+        Put(A, None, False, None, "old.txt"),
+        Put(B, None, True),
+        Data(b"abc"),
+        End(),
+        Commit(),
     ]
 
 

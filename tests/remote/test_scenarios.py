@@ -647,3 +647,33 @@ def test_a_replica_is_never_made_inside_the_state_directory_of_another(
     assert sorted(p.name for p in state.iterdir()) == before
     r = ms("init", state / "y")
     assert r.code == 2 and not (state / "y").exists(), r.err
+
+
+def test_files_moved_or_renamed_are_copied_on_the_destination_not_sent(
+    side: Side, tmp_path: Path
+) -> None:
+    """A directory renamed, and a file moved into another one: each file is
+    made on the destination from its old path there (checked against its
+    digest as any content), and nothing of it crosses the wire."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    size, count = 20_000, 12
+    for i in range(count):
+        (src / "old").mkdir(parents=True, exist_ok=True)
+        (src / "old" / f"f{i}.bin").write_bytes(bytes([i]) * size)
+    write(src / "here" / "moved.txt", "m" * size)
+    write(src / "stays.txt", "s")
+    assert ms("init", src).code == 0
+    assert side.ms("push", side.src(src), side.dst(dst)).code == 0
+    (src / "old").rename(src / "new")
+    (src / "here" / "moved.txt").rename(src / "there.txt")
+    r = side.ms("push", side.src(src), side.dst(dst), "--json", "--stats")
+    assert r.code == 0, r.err
+    stats = r.json()["stats"]
+    assert stats["files_copied"] == count + 1
+    assert stats["files_transferred"] == 0 and stats["bytes_transferred"] == 0
+    if side.remote:  # the changes' metadata alone: well under one file's content
+        assert stats["bytes_sent"] + stats["bytes_received"] < size
+    assert_same_tree(src, dst)
+    assert not (dst / "old").exists() and no_temp_files(dst)
+    r = side.ms("push", side.src(src), side.dst(dst), "--json")
+    assert r.code == 0 and r.json()["changes"] == [], r.err
