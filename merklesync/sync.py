@@ -52,7 +52,7 @@ from merklesync.policy import (
 )
 from merklesync.reconcile import differences
 from merklesync.scratch import Scratch
-from merklesync.transfer import Op, apply_ops, removes_directory, write_op
+from merklesync.transfer import Moves, Op, apply_ops, removes_directory, write_op
 
 _NOT_YET = Outcome("", False)
 
@@ -199,6 +199,10 @@ class Syncer:
         # Paths whose write on B carries a tick of A: it waits for A's write.
         self._after_a: set[str] = set()
         self._spool: Scratch | None = None
+        # Of the pass under way, on each side: plain copies held until its
+        # end, so that a file moved is copied from its old path there
+        # (transfer.Moves); None in a dry run, or where a side cannot copy.
+        self._moves: tuple[Moves | None, Moves | None] = (None, None)
 
     def _fetch(self, peer: Peer, entry: Entry) -> bytes | Path | None:
         """A file's content to write elsewhere: in memory, or spooled."""
@@ -259,6 +263,10 @@ class Syncer:
 
     def _pass(self, dry_run: bool, progress: Progress | None) -> _Plan:
         deferred = _Plan()
+        self._moves = (
+            None if dry_run or not self.a.copies_locally else Moves(),
+            None if dry_run or not self.b.copies_locally else Moves(),
+        )
         for pairs in differences(self.a, self.b, self.result.stats):
             plan = _Plan()
             since = len(self.result.events)
@@ -274,6 +282,11 @@ class Syncer:
                 if not self.keep_done:
                     self._let_go(since)
         if not dry_run:
+            moves_a, moves_b = self._moves
+            if moves_a is not None:
+                moves_a.release(self.a, self.result.outcomes_a, progress)
+            if moves_b is not None:
+                moves_b.release(self.b, self.result.outcomes_b, progress)
             for ops, outcomes in (
                 (deferred.to_a, self.result.outcomes_a),
                 (deferred.to_b, self.result.outcomes_b),
@@ -287,13 +300,14 @@ class Syncer:
         """Write A's side, then B's: there, a write that carries a tick of A
         only where A's write of that path went (see the module's docstring)."""
         outcomes_a = self.result.outcomes_a
-        apply_ops(self.a, plan.to_a, outcomes_a, progress)
+        moves_a, moves_b = self._moves
+        apply_ops(self.a, plan.to_a, outcomes_a, progress, moves_a)
         plan.to_b[:] = [
             o
             for o in plan.to_b
             if o.entry.path not in self._after_a or outcomes_a.get(o.entry.path, _NOT_YET).ok
         ]
-        apply_ops(self.b, plan.to_b, self.result.outcomes_b, progress)
+        apply_ops(self.b, plan.to_b, self.result.outcomes_b, progress, moves_b)
 
     def _let_go(self, since: int) -> None:
         """Forget the plain copies among the events from ``since`` on that
@@ -463,22 +477,30 @@ class Syncer:
         deferred: _Plan,
         to_b: bool,
         write_as: Entry | None = None,
+        movable: bool = False,
     ) -> None:
         """Make one side hold ``entry`` (as ``write_as`` if given), its
-        content streamed from ``holder``."""
+        content streamed from ``holder``. ``movable``: a plain copy, which
+        the pass may hold until its end (see _moves)."""
         target = write_as or entry
-        side = deferred if removes_directory(target, expect) else plan
-        (side.to_b if to_b else side.to_a).append(write_op(target, expect, holder, entry))
+        op = write_op(target, expect, holder, entry)
+        if removes_directory(target, expect):
+            (deferred.to_b if to_b else deferred.to_a).append(op)
+            return
+        moves = self._moves[1 if to_b else 0]
+        if movable and moves is not None and target.path not in self._after_a and moves.hold(op):
+            return
+        (plan.to_b if to_b else plan.to_a).append(op)
 
     def _decide(self, x: Entry | None, y: Entry | None, plan: _Plan, deferred: _Plan) -> None:
         events = self.result.events
         if y is None or (x is not None and x.vv.compare(y.vv) is Order.AFTER):
             assert x is not None
-            self._copy(x, self.a, y, plan, deferred, to_b=True)
+            self._copy(x, self.a, y, plan, deferred, to_b=True, movable=True)
             events.append(Event(x.path, "a->b", classify(x, y).value))
             return
         if x is None or x.vv.compare(y.vv) is Order.BEFORE:
-            self._copy(y, self.b, x, plan, deferred, to_b=False)
+            self._copy(y, self.b, x, plan, deferred, to_b=False, movable=True)
             events.append(Event(y.path, "b->a", classify(y, x).value))
             return
         if x.same_content(y):

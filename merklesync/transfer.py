@@ -184,9 +184,7 @@ def push(
     blocked: set[str] = set()  # left alone where the destination holds no directory
     deferred: list[tuple[Change, Entry]] = []  # (change, what the destination is to hold)
     deferred_same: list[tuple[Change, Entry]] = []  # their catching up, once they are written
-    # Writes held until the end, so that a file moved or renamed is copied on
-    # the destination whichever batch brings its two paths (see _Held).
-    held = _Held() if not dry_run and dst.copies_locally else None
+    moves = Moves() if not dry_run and dst.copies_locally else None
     for pairs in differences(src, dst, result.stats):
         since = len(result.changes)
         todo: list[tuple[Change, Entry]] = []
@@ -215,24 +213,20 @@ def push(
                 assert s is not None
                 target = _target(change, dst.replica_id)
                 later = removes_directory(target, d)
-                if (
-                    not later
-                    and change.action is Action.COPY
-                    and held
-                    and held.hold(change, target)
-                ):
-                    continue
+                if not later and change.action is Action.COPY and moves is not None:
+                    assert change.src is not None
+                    if moves.hold(write_op(target, d, src, change.src)):
+                        continue
                 (deferred if later else todo).append((change, target))
                 if change.action in (Action.MERGE_VERSION, Action.FORCE):
                     (deferred_same if later else same).append((change, target))
         if not dry_run:
-            _apply(src, dst, todo, result, progress, held.leaving if held else {})
+            _apply(src, dst, todo, result, progress, moves)
             _catch_up(src, same, result)
             if not keep_done:
                 result._let_go(since)
-    if held:
-        _apply(src, dst, held.arrivals, result, progress, held.leaving)
-        _apply(src, dst, held.removals, result, progress)
+    if moves is not None:
+        moves.release(dst, result.outcomes, progress)
     deferred.sort(key=lambda planned: planned[0].path.count("/"), reverse=True)
     if not dry_run and deferred:
         _apply(src, dst, deferred, result, progress)
@@ -243,43 +237,53 @@ def push(
     return result
 
 
-HELD_MAX = 65_536  # writes held until the end of a push (see _Held)
+HELD_MAX = 65_536  # writes a run holds until its end (see Moves)
 HOLD_SIZE = 256 << 10  # a new file this large may be a move found in a later batch
 
 
 @dataclass(slots=True)
-class _Held:
-    """Writes of a push held until the others are done, so that a file
-    moved or renamed is copied on the destination from its old path
-    whichever batch of the comparison brings each of its two paths: those
-    that take a file away there (deleted, or a link in its place), with
+class Moves:
+    """Writes to one peer held until the others of a run are done, so that
+    a file moved or renamed is copied there from its old path whichever
+    batch of the comparison brings each of its two paths (see apply_ops):
+    those that take a file away (deleted, or a link in its place), with
     the content each takes away, and the new files large enough to be
     worth it that no content taken away matched yet. HELD_MAX at most:
     memory stays bounded (past it, a small move found in two batches is
     sent)."""
 
-    removals: list[tuple[Change, Entry]] = field(default_factory=list)
-    arrivals: list[tuple[Change, Entry]] = field(default_factory=list)
+    removals: list[Op] = field(default_factory=list)
+    arrivals: list[Op] = field(default_factory=list)
     leaving: dict[bytes, str] = field(default_factory=dict)  # digest -> path
 
-    def hold(self, change: Change, target: Entry) -> bool:
-        """Whether the write of ``target`` (a plain copy) is held."""
+    def hold(self, op: Op) -> bool:
+        """Whether ``op`` is held (until release)."""
         if len(self.removals) + len(self.arrivals) >= HELD_MAX:
             return False
-        holds = change.dst
-        if _takes_away(target, holds):
-            assert holds is not None
-            self.leaving.setdefault(holds.digest, holds.path)
-            self.removals.append((change, target))
+        was = op.expect
+        if op.source is None and was is not None and _takes_away(op.entry, was):
+            self.leaving.setdefault(was.digest, was.path)
+            self.removals.append(op)
             return True
         if (
-            target.size >= HOLD_SIZE
-            and needs_content(target, holds)
-            and target.digest not in self.leaving
+            op.source is not None
+            and op.entry.size >= HOLD_SIZE
+            and op.entry.digest not in self.leaving
         ):
-            self.arrivals.append((change, target))
+            self.arrivals.append(op)
             return True
         return False
+
+    def release(
+        self, target: Peer, outcomes: dict[str, Outcome], progress: Progress | None
+    ) -> None:
+        """Apply what was held: the new files (copies where they can be),
+        then the removals."""
+        arrivals, self.arrivals = self.arrivals, []
+        removals, self.removals = self.removals, []
+        apply_ops(target, arrivals, outcomes, progress, self)
+        self.leaving.clear()
+        apply_ops(target, removals, outcomes, progress)
 
 
 def _takes_away(target: Entry, holds: Entry | None) -> bool:
@@ -366,13 +370,13 @@ def _apply(
     planned: list[tuple[Change, Entry]],
     result: TransferResult,
     progress: Progress | None,
-    leaving: Mapping[bytes, str] = _NOTHING_LEAVING,
+    moves: Moves | None = None,
 ) -> None:
     ops = []
     for c, target in planned:
         assert c.src is not None
         ops.append(write_op(target, c.dst, src, c.src))
-    apply_ops(dst, ops, result.outcomes, progress, leaving)
+    apply_ops(dst, ops, result.outcomes, progress, moves)
 
 
 def apply_ops(
@@ -380,26 +384,25 @@ def apply_ops(
     ops: list[Op],
     outcomes: dict[str, Outcome],
     progress: Progress | None,
-    leaving: Mapping[bytes, str] = _NOTHING_LEAVING,
+    moves: Moves | None = None,
 ) -> None:
     """Apply writes to one peer: those without streamed content first
     (directories shallow to deep, then deletions deep to shallow, so a
     directory is empty by its turn), then streams in pipelined batches.
 
     A file whose content the target holds at a path these writes take it
-    from (a file moved or renamed: deleted there, or replaced by a
-    directory or a link) is copied from that path on the target instead
+    from (a file moved or renamed: deleted there, or a link in its place)
+    is copied from that path on the target instead
     of sent, where the target can (Peer.copies_locally): once the
     directories are made and before anything is removed; so is one whose
-    content is ``leaving`` (digest -> path: a file a later write takes
-    away). One whose copy fails (that file changed since the scan, say) is
-    sent after all."""
+    content a write ``moves`` holds takes away. One whose copy fails (that
+    file changed since the scan, say) is sent after all."""
     plain = sorted((o for o in ops if o.source is None), key=_plain_order)
     # In path order: each directory's files are read and written together,
     # and the index takes its rows in order.
     streamed = sorted((o for o in ops if o.source is not None), key=lambda o: o.entry.path)
     rest = [o for o in plain if not _makes_directory(o.entry)]
-    copies = _copies(target, rest, streamed, leaving)
+    copies = _copies(target, rest, streamed, moves.leaving if moves else _NOTHING_LEAVING)
     if copies:
         _write_plain(target, [o for o in plain if _makes_directory(o.entry)], outcomes, progress)
         failed = _write_copies(target, streamed, copies, outcomes, progress)

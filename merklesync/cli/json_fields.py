@@ -22,10 +22,10 @@ class Field(NamedTuple):
 
 _STATS = Field(
     "stats",
-    "The counters --stats prints: round_trips, nodes_compared, entries_compared, bytes_sent, "
-    "bytes_received, files_transferred, bytes_transferred, files_copied (made from a file the "
-    "destination held at another path: a move or rename, nothing sent), files_scanned, "
-    "files_hashed.",
+    "The counters --stats prints (files_copied counts the files made from one the destination "
+    "held at another path, a move or a rename, with nothing sent): round_trips, nodes_compared, "
+    "entries_compared, bytes_sent, bytes_received, files_transferred, bytes_transferred, "
+    "files_copied, files_scanned, files_hashed.",
 )
 _WARNINGS = Field("warnings", "Files a scan skipped or could not read, one line each.")
 _DRY_RUN = Field("dry_run", "Whether this was a dry run (nothing written).")

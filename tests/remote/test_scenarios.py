@@ -677,3 +677,28 @@ def test_files_moved_or_renamed_are_copied_on_the_destination_not_sent(
     assert not (dst / "old").exists() and no_temp_files(dst)
     r = side.ms("push", side.src(src), side.dst(dst), "--json")
     assert r.code == 0 and r.json()["changes"] == [], r.err
+
+
+def test_a_sync_copies_what_moved_on_either_side(side: Side, tmp_path: Path) -> None:
+    """Each side renames a directory, and a sync makes each rename on the
+    other side from the files it already has."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    size = 20_000
+    for i in range(6):
+        (a / "one").mkdir(parents=True, exist_ok=True)
+        (a / "one" / f"f{i}.bin").write_bytes(bytes([i]) * size)
+        (a / "two").mkdir(parents=True, exist_ok=True)
+        (a / "two" / f"g{i}.bin").write_bytes(bytes([100 + i]) * size)
+    assert ms("init", a).code == 0
+    assert side.ms("sync", side.src(a), side.dst(b)).code == 0
+    (a / "one").rename(a / "uno")
+    (b / "two").rename(b / "dos")
+    r = side.ms("sync", side.src(a), side.dst(b), "--json", "--stats")
+    assert r.code == 0, r.err
+    stats = r.json()["stats"]
+    assert stats["files_copied"] == 12
+    assert stats["files_transferred"] == 0
+    if side.remote:
+        assert stats["bytes_sent"] + stats["bytes_received"] < size
+    assert_same_tree(a, b)
+    assert sorted(p.name for p in a.iterdir() if p.name != ".merklesync") == ["dos", "uno"]
