@@ -148,10 +148,11 @@ class SshTools:
     cwd: Path  # every command runs here, so a stray relative path never lands elsewhere
     push_args: list[str] = field(default_factory=list)
 
-    def rsync(self) -> Run:
+    def rsync(self, *options: str) -> Run:
         argv = [
             "rsync",
             "-a",
+            *options,
             "--stats",
             "-e",
             self.ssh.ssh_command,
@@ -248,6 +249,7 @@ COLUMNS = [
     Column("round trips", cand_stat("round_trips")),
     Column("files hashed", cand_stat("files_hashed")),
     Column("files sent", cand_stat("files_transferred")),
+    Column("files copied there", cand_stat("files_copied")),
 ]
 
 
@@ -337,6 +339,17 @@ def run_cases(
             rows.append(row(case, r, m, f"single run; id lower bound {id_bound(d)}"))
             verify(tools, case)
 
+        print("case: a directory renamed", file=sys.stderr)
+        moved, files, size = biggest_directory(tools.src)
+        r, m = interleaved(
+            1, renames(tools.src, moved), functools.partial(tools.rsync, "--delete"), push
+        )
+        note = (
+            f"single run; {moved} ({files:,} files, {fmt_bytes(size)}) renamed; rsync -a --delete"
+        )
+        rows.append(row("a directory renamed", r, m, note))
+        verify(tools, "a directory renamed")
+
         if tools.merklesync is not None:
             rows += WATCHED.rows(
                 tools.merklesync,
@@ -357,6 +370,27 @@ def run_cases(
             )
         raise
     return rows
+
+
+def biggest_directory(src: Path) -> tuple[str, int, int]:
+    """The top-level directory of ``src`` holding the most bytes: its name,
+    its files and their bytes."""
+    best = ("", 0, 0)
+    for top in sorted(p for p in src.iterdir() if p.is_dir() and p.name != ".merklesync"):
+        files = [p for p in top.rglob("*") if p.is_file()]
+        size = sum(p.stat().st_size for p in files)
+        if size > best[2]:
+            best = (top.name, len(files), size)
+    return best
+
+
+def renames(src: Path, name: str) -> Callable[[int], None]:
+    """Setup of a round: rename the directory ``name`` of ``src``."""
+
+    def setup(round_no: int) -> None:
+        (src / name).rename(src / f"{name}-renamed-{round_no}")
+
+    return setup
 
 
 def changes(src: Path, n: int, seed: int) -> Callable[[int], None]:
