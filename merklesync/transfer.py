@@ -239,6 +239,7 @@ def push(
 
 HELD_MAX = 65_536  # writes a run holds until its end (see Moves)
 HOLD_SIZE = 256 << 10  # a new file this large may be a move found in a later batch
+ARRIVALS_MAX = 4_096  # of those, the most held (a first copy of large files holds no more)
 
 
 @dataclass(slots=True)
@@ -248,9 +249,9 @@ class Moves:
     batch of the comparison brings each of its two paths (see apply_ops):
     those that take a file away (deleted, or a link in its place), with
     the content each takes away, and the new files large enough to be
-    worth it that no content taken away matched yet. HELD_MAX at most:
-    memory stays bounded (past it, a small move found in two batches is
-    sent)."""
+    worth it that no content taken away matched yet. HELD_MAX at most,
+    ARRIVALS_MAX of them new files: memory stays bounded (past it, a move
+    found in two batches may be sent)."""
 
     removals: list[Op] = field(default_factory=list)
     arrivals: list[Op] = field(default_factory=list)
@@ -269,6 +270,7 @@ class Moves:
             op.source is not None
             and op.entry.size >= HOLD_SIZE
             and op.entry.digest not in self.leaving
+            and len(self.arrivals) < ARRIVALS_MAX
         ):
             self.arrivals.append(op)
             return True
@@ -392,11 +394,11 @@ def apply_ops(
 
     A file whose content the target holds at a path these writes take it
     from (a file moved or renamed: deleted there, or a link in its place)
-    is copied from that path on the target instead
-    of sent, where the target can (Peer.copies_locally): once the
-    directories are made and before anything is removed; so is one whose
-    content a write ``moves`` holds takes away. One whose copy fails (that
-    file changed since the scan, say) is sent after all."""
+    is copied from that path on the target instead of sent, where the
+    target can (Peer.copies_locally): once the directories are made and
+    before anything is removed; so is one whose content a write ``moves``
+    holds takes away. One whose copy fails (that file changed since the
+    scan, say) is sent after all."""
     plain = sorted((o for o in ops if o.source is None), key=_plain_order)
     # In path order: each directory's files are read and written together,
     # and the index takes its rows in order.
@@ -450,7 +452,7 @@ def _copies(
     for op in streamed:
         digest = op.entry.digest
         found = taken.get(digest) or leaving.get(digest)
-        if found is not None:
+        if found is not None and found != op.entry.path:
             copies[op.entry.path] = found
     return copies
 

@@ -236,7 +236,8 @@ class RemotePeer:
                     streams.append(writer.open())
                 writer.put(item)
                 if progress is not None:
-                    progress(item.entry.size if item.data is not None else 0)
+                    moved = item.data is not None or item.copy_of is not None
+                    progress(item.entry.size if moved else 0)
             if writer.puts is None:  # no item at all: an empty stream
                 streams.append(writer.open())
             writer.commit()
