@@ -267,7 +267,12 @@ class Syncer:
             None if dry_run or not self.a.copies_locally else Moves(),
             None if dry_run or not self.b.copies_locally else Moves(),
         )
+        moves_a, moves_b = self._moves
         for pairs in differences(self.a, self.b, self.result.stats):
+            if moves_a is not None:
+                moves_a.meet(x for x, _y in pairs)
+            if moves_b is not None:
+                moves_b.meet(y for _x, y in pairs)
             plan = _Plan()
             since = len(self.result.events)
             for x, y in pairs:
@@ -282,11 +287,12 @@ class Syncer:
                 if not self.keep_done:
                     self._let_go(since)
         if not dry_run:
-            moves_a, moves_b = self._moves
             if moves_a is not None:
                 moves_a.release(self.a, self.result.outcomes_a, progress)
             if moves_b is not None:
                 moves_b.release(self.b, self.result.outcomes_b, progress)
+            if not self.keep_done and (moves_a is not None or moves_b is not None):
+                self._let_go(0)  # what was held is written now
             for ops, outcomes in (
                 (deferred.to_a, self.result.outcomes_a),
                 (deferred.to_b, self.result.outcomes_b),

@@ -186,6 +186,8 @@ def push(
     deferred_same: list[tuple[Change, Entry]] = []  # their catching up, once they are written
     moves = Moves() if not dry_run and dst.copies_locally else None
     for pairs in differences(src, dst, result.stats):
+        if moves is not None:
+            moves.meet(d for _s, d in pairs)
         since = len(result.changes)
         todo: list[tuple[Change, Entry]] = []
         same: list[tuple[Change, Entry]] = []  # same content: the source is to catch up
@@ -227,6 +229,8 @@ def push(
                 result._let_go(since)
     if moves is not None:
         moves.release(dst, result.outcomes, progress)
+        if not keep_done:
+            result._let_go(0)  # what was held is applied now
     deferred.sort(key=lambda planned: planned[0].path.count("/"), reverse=True)
     if not dry_run and deferred:
         _apply(src, dst, deferred, result, progress)
@@ -238,8 +242,7 @@ def push(
 
 
 HELD_MAX = 65_536  # writes a run holds until its end (see Moves)
-HOLD_SIZE = 256 << 10  # a new file this large may be a move found in a later batch
-ARRIVALS_MAX = 4_096  # of those, the most held (a first copy of large files holds no more)
+ARRIVALS_MAX = 16_384  # of those, new files
 
 
 @dataclass(slots=True)
@@ -248,27 +251,37 @@ class Moves:
     a file moved or renamed is copied there from its old path whichever
     batch of the comparison brings each of its two paths (see apply_ops):
     those that take a file away (deleted, or a link in its place), with
-    the content each takes away, and the new files large enough to be
-    worth it that no content taken away matched yet. HELD_MAX at most,
-    ARRIVALS_MAX of them new files: memory stays bounded (past it, a move
-    found in two batches may be sent)."""
+    the content each takes away, and the new files no content taken away
+    matched yet, once the peer is known to hold files (a first copy into
+    an empty directory holds none: nothing there can have moved). HELD_MAX
+    at most, ARRIVALS_MAX of them new files: memory stays bounded (past
+    it, a move found in two batches may be sent)."""
 
     removals: list[Op] = field(default_factory=list)
     arrivals: list[Op] = field(default_factory=list)
     leaving: dict[bytes, str] = field(default_factory=dict)  # digest -> path
+    holds_files: bool = False  # the comparison met a file there (see meet)
+
+    def meet(self, entries: Iterable[Entry | None]) -> None:
+        """Take note of the peer's ``entries`` in a batch of the comparison,
+        before its writes are held or not: whether it holds files."""
+        if not self.holds_files:
+            self.holds_files = any(
+                e is not None and not e.deleted and e.kind is EntryKind.FILE for e in entries
+            )
 
     def hold(self, op: Op) -> bool:
         """Whether ``op`` is held (until release)."""
+        was = op.expect
         if len(self.removals) + len(self.arrivals) >= HELD_MAX:
             return False
-        was = op.expect
         if op.source is None and was is not None and _takes_away(op.entry, was):
             self.leaving.setdefault(was.digest, was.path)
             self.removals.append(op)
             return True
         if (
             op.source is not None
-            and op.entry.size >= HOLD_SIZE
+            and self.holds_files
             and op.entry.digest not in self.leaving
             and len(self.arrivals) < ARRIVALS_MAX
         ):

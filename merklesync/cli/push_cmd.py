@@ -172,6 +172,8 @@ def report(
     copied = len(done) + result.forgotten - same
     verb = "would copy" if dry_run else "copied"
     line = f"{verb} {plural(copied, 'entry')} from {src} to {dst}"
+    if totals.files_copied:  # a dry run copies nothing
+        line += f" ({totals.files_copied} moved: made there from its own files)"
     if same:
         updated = "to update" if dry_run else "updated"
         line += f"; {plural(same, 'entry')} already the same there (versions {updated})"

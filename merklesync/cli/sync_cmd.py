@@ -138,12 +138,15 @@ def list_copies_made(
             _list(out, event, named)
 
 
-def counts(result: SyncResult) -> str:
-    """``3 copied, 1 conflict settled, 0 left alone``."""
+def counts(result: SyncResult, moved: int = 0) -> str:
+    """``3 copied, 1 conflict settled, 0 left alone``; ``moved``: of those
+    copied, the files made from one the side written to had at another
+    path (``3 copied (2 moved)``)."""
     undone = result.undone()
     kinds = Counter(e.what for e in result.events if e.detail != "=" and e.path not in undone)
+    of_them = f" ({moved} moved)" if moved else ""
     line = (
-        f"{kinds['a->b'] + kinds['b->a'] + result.forgotten_copies} copied, "
+        f"{kinds['a->b'] + kinds['b->a'] + result.forgotten_copies} copied{of_them}, "
         f"{plural(kinds['conflict'] + kinds['modify-delete'], 'conflict')} settled, "
         f"{len(result.failures()) + len(result.unresolved)} left alone"
     )
@@ -248,7 +251,8 @@ def sync(
     for warning in skipped:
         out.warn(warning)
     print_result(out, result, listed=dry_run or verbose)
-    out.info(f"{'would sync' if dry_run else 'synced'} {a.name} and {b.name}: {counts(result)}")
+    line = counts(result, totals.files_copied)
+    out.info(f"{'would sync' if dry_run else 'synced'} {a.name} and {b.name}: {line}")
     if stats:
         print_stats(out, totals)
     out.emit_json(

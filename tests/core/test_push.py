@@ -937,26 +937,35 @@ def test_a_rename_is_copied_whichever_batch_brings_each_file(
 ) -> None:
     """The comparison gives its differences in batches (8 leaves at most
     here, so a new path and its old one come apart): the removals, and the
-    new files large enough (HOLD_SIZE, made small here), wait for the end
+    new files once the destination is seen to hold files, wait for the end
     of the push, and each file finds its old path still there."""
-    from merklesync import reconcile, transfer
+    from merklesync import reconcile
 
     monkeypatch.setattr(reconcile, "LEAF_BATCH", leaf_batch)
-    monkeypatch.setattr(transfer, "HOLD_SIZE", 3000)
     src, dst = _renamed_tree(tmp_path, 40)
     r = ms("push", src, dst, "--json")
     assert r.code == 0, r.err
     assert r.json()["stats"]["files_copied"] == 40
     assert r.json()["stats"]["files_transferred"] == 0
     assert_same_tree(src, dst)
+    (src / "new").rename(src / "newer")
+    r = ms("push", src, dst)
+    assert r.code == 0, r.err
+    assert "copied 82 entries from" in r.err  # 40 files, a directory made, one removed
+    assert "(40 moved: made there from its own files)" in r.err, r.err
+    r = ms("sync", dst, src)  # and back: each side renames, the other follows
+    (dst / "newer").rename(dst / "newest")
+    r = ms("sync", src, dst)
+    assert r.code == 0, r.err
+    assert "82 copied (40 moved), 0 conflicts settled, 0 left alone" in r.err, r.err
+    assert_same_tree(src, dst)
 
 
 def test_past_the_removals_held_a_push_removes_as_it_goes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Memory stays bounded: past HELD_MAX, a removal is made in its own
-    batch (a move found later is then sent); below HOLD_SIZE, a new file
-    is written in its own batch (sent, unless its old path came first)."""
+    """Memory stays bounded: past HELD_MAX, a removal or a new file is
+    written in its own batch (a move found in two batches may be sent)."""
     from merklesync import reconcile, transfer
 
     monkeypatch.setattr(reconcile, "LEAF_BATCH", 8)
