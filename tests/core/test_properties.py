@@ -104,3 +104,44 @@ def test_round_trips_for_one_change_among_2000(tmp_path: Path) -> None:
     assert stats["nodes_compared"] <= 16 + 16 + 2 * 64
     # The push adds the write: depth + 2.
     assert ms("push", src, dst, "--json").json()["stats"]["round_trips"] == 4
+
+
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    contents=st.lists(st.binary(min_size=1, max_size=30), min_size=1, max_size=14),
+    moves=st.lists(st.tuples(st.integers(0, 13), st.sampled_from(["x", "y/z", "w"])), max_size=8),
+    batch=st.sampled_from([2, 5, 16_384]),
+)
+def test_files_moved_travel_as_copies_there(
+    contents: list[bytes], moves: list[tuple[int, str]], batch: int
+) -> None:
+    """Whatever files move where (into new directories too), and however
+    the comparison splits its differences into batches, a push sends none
+    of their content: each is copied on the destination from its old path."""
+    from unittest import mock
+
+    from merklesync import reconcile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp, "src"), Path(tmp, "dst")
+        for i, data in enumerate(contents):
+            (src / f"d{i % 3}").mkdir(parents=True, exist_ok=True)
+            (src / f"d{i % 3}" / f"f{i}").write_bytes(data)
+        assert ms("init", src).code == 0
+        assert ms("push", src, dst).code == 0
+        moved = 0
+        for n, (i, where) in enumerate(moves):
+            old = src / f"d{i % 3}" / f"f{i}"
+            if i < len(contents) and old.exists():
+                new = src / where / f"m{n}"
+                new.parent.mkdir(parents=True, exist_ok=True)
+                old.rename(new)
+                moved += 1
+        with mock.patch.object(reconcile, "LEAF_BATCH", batch):
+            r = ms("push", src, dst, "--json")
+        assert r.code == 0, r.err
+        assert r.json()["stats"]["files_transferred"] == 0
+        assert r.json()["stats"]["files_copied"] == moved
+        assert_same_tree(src, dst)
