@@ -560,3 +560,64 @@ def test_an_agent_killed_midway_is_said_to_be(tree: Path) -> None:
     finally:
         with contextlib.suppress(Exception):
             peer.close()
+
+
+def test_the_agent_copies_only_from_a_file_its_index_holds_with_that_content(
+    tmp_path: Path,
+) -> None:
+    """A client may name a path of the agent's replica to copy a file from
+    (local-copy): the agent reads it only where its index holds a live file
+    with the put's digest, never its state directory, a file behind a link,
+    or another content; the others fail, and nothing is written for them."""
+    import blake3
+
+    from merklesync.clock import VersionVector
+    from merklesync.model import Entry, EntryKind, WriteItem
+
+    root, outside = tmp_path / "r", tmp_path / "outside"
+    (outside).mkdir()
+    (outside / "secret.txt").write_text("secret")
+    root.mkdir()
+    (root / "a.txt").write_text("public")
+    (root / "link").symlink_to(outside)
+    assert ms("init", root).code == 0
+    index_db = (root / ".merklesync" / "index.db").read_bytes()
+
+    def item(path: str, content: bytes, copy_of: str) -> WriteItem:
+        entry = Entry(
+            path,
+            EntryKind.FILE,
+            VersionVector.of({"0123456789abcdef": 1}),
+            blake3.blake3(content).digest(),
+            len(content),
+            0o644,
+            1_600_000_000 * 10**9,
+        )
+        return WriteItem(entry, None, None, copy_of)
+
+    peer = agent(root)
+    try:
+        assert peer.copies_locally
+        peer.refresh()
+        outcomes = peer.write(
+            [
+                item("x2", b"secret", "link/secret.txt"),
+                item("x3", b"secret", "a.txt"),
+                item("x4", b"public", "a.txt"),
+            ]
+        )
+        assert peer.stats.files_copied == 1 and peer.stats.files_transferred == 0
+    finally:
+        peer.close()
+    assert [o.ok for o in outcomes] == [False, False, True]
+    assert "to copy it from" in outcomes[0].reason
+    assert (root / "x4").read_text() == "public"
+    # The state directory is no path of the protocol's: the agent ends the session.
+    peer = agent(root)
+    try:
+        with pytest.raises(MerklesyncError, match=r"inside a \.merklesync state directory"):
+            peer.write([item("x1", index_db, ".merklesync/index.db")])
+    finally:
+        with contextlib.suppress(MerklesyncError):
+            peer.close()
+    assert not any((root / name).exists() for name in ("x1", "x2", "x3"))
