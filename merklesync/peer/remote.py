@@ -517,7 +517,7 @@ class _Writer:
         assert self.puts is not None
         peer = self.peer
         entry = item.entry
-        if item.copy_of is not None and self.session.local_copies:
+        if item.copy_of is not None:  # only to an agent that copies (Peer.copies_locally)
             peer._send(self.session.put_copy(entry, item.expect, item.copy_of))
             self.puts.append((entry.size, _How.COPIED))
             return

@@ -500,7 +500,7 @@ class Put:
         if isinstance(data_w, str):
             copy_of = check_relpath(data_w)
             if not _is_live_file(entry) or copy_of == entry.path:
-                _fail(f"put {entry.path!r}: a copy for something that is not a new file")
+                _fail(f"put {entry.path!r}: a copy of itself, or for something that is not a file")
             return cls(entry, expect, False, None, copy_of)
         has_data = _bool(data_w, "has_data")
         if has_data and not _is_live_file(entry):

@@ -353,7 +353,9 @@ class ClientSession(_Base):
         if len(self._write.paths) >= MAX_WRITE_ITEMS:
             raise ValueError(f"over {MAX_WRITE_ITEMS} items in one write; commit and start another")
         if entry.kind is not EntryKind.FILE or entry.deleted or copy_of == entry.path:
-            raise ValueError(f"put {entry.path!r}: a copy for something that is not a new file")
+            raise ValueError(
+                f"put {entry.path!r}: a copy of itself, or for something that is not a file"
+            )
         frame = encode_frame(Put(entry, expect, False, None, copy_of).to_wire())
         self._write.paths.append(entry.path)
         return frame

@@ -617,9 +617,9 @@ def test_a_refresh_answer_stays_a_few_frames_whatever_the_scan_found() -> None:
         ("../outside", E, "'..'"),
         ("/etc/passwd", E, "absolute"),
         ("a\x00b", E, "control"),
-        (E.path, E, "not a new file"),  # itself
-        ("old", E.tombstone(VersionVector.of({"r": 9}), 5), "not a new file"),
-        ("old", LINK, "not a new file"),
+        (E.path, E, "not a file"),  # itself
+        ("old", E.tombstone(VersionVector.of({"r": 9}), 5), "not a file"),
+        ("old", LINK, "not a file"),
     ],
 )
 def test_a_put_copying_a_file_names_a_safe_path_for_a_live_file(

@@ -247,7 +247,7 @@ def test_a_file_is_copied_by_the_server_only_where_it_said_it_copies() -> None:
     client.receive(server.greeting())
     assert client.local_copies
     wire = client.write() + client.put_copy(A, None, "old.txt")
-    with pytest.raises(ValueError, match="not a new file"):
+    with pytest.raises(ValueError, match="not a file"):
         client.put_copy(B, None, B.path)
     wire += client.put(B, None, True) + client.data(b"abc") + client.end() + client.commit()
     assert server.receive(wire) == [
