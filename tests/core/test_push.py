@@ -1013,11 +1013,9 @@ def test_a_copy_is_made_only_from_a_file_the_index_holds_with_that_content(
     """What a peer names to copy from is read only where the index holds a
     live file with the item's digest: never the state directory, a file
     behind a link, or a file whose content is another."""
-    import blake3
-
-    from merklesync.clock import VersionVector
-    from merklesync.model import Entry, EntryKind, WriteItem
+    from merklesync.model import WriteItem
     from merklesync.peer.local import LocalPeer
+    from tests.protocol.strategies import file_entry_of
 
     root, outside = tmp_path / "r", tmp_path / "outside"
     write(outside / "secret.txt", "secret")
@@ -1027,16 +1025,7 @@ def test_a_copy_is_made_only_from_a_file_the_index_holds_with_that_content(
     index_db = (root / ".merklesync" / "index.db").read_bytes()
 
     def item(path: str, content: bytes, copy_of: str) -> WriteItem:
-        entry = Entry(
-            path,
-            EntryKind.FILE,
-            VersionVector.of({"0123456789abcdef": 1}),
-            blake3.blake3(content).digest(),
-            len(content),
-            0o644,
-            1_600_000_000 * 10**9,
-        )
-        return WriteItem(entry, None, None, copy_of)
+        return WriteItem(file_entry_of(path, content), None, None, copy_of)
 
     with Replica.open(root) as r:
         outcomes = LocalPeer(r).write(

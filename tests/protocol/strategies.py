@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import blake3
 from hypothesis import strategies as st
 
 from merklesync.clock import MAX_STAMP, VersionVector, is_replica
@@ -56,6 +57,19 @@ def file_entry(path: str = "dir/file.txt", size: int = 5) -> Entry:
         "",
         False,
         1,
+    )
+
+
+def file_entry_of(path: str, content: bytes) -> Entry:
+    """A live file's entry whose digest and size are those of ``content``."""
+    return Entry(
+        path,
+        EntryKind.FILE,
+        VersionVector.of({"0123456789abcdef": 1}),
+        blake3.blake3(content).digest(),
+        len(content),
+        0o644,
+        1_600_000_000 * 10**9,
     )
 
 

@@ -31,6 +31,7 @@ from merklesync.sources.directory import DirectorySource
 from merklesync.transfer import push
 from merklesync.transport.pipes import SubprocessTransport
 from tests.clirun import ms
+from tests.protocol.strategies import file_entry_of
 from tests.treegen import assert_same_tree, make_tree
 
 SALT = b"\x03" * merkle.SALT_BYTES
@@ -569,11 +570,6 @@ def test_the_agent_copies_only_from_a_file_its_index_holds_with_that_content(
     (local-copy): the agent reads it only where its index holds a live file
     with the put's digest, never its state directory, a file behind a link,
     or another content; the others fail, and nothing is written for them."""
-    import blake3
-
-    from merklesync.clock import VersionVector
-    from merklesync.model import Entry, EntryKind, WriteItem
-
     root, outside = tmp_path / "r", tmp_path / "outside"
     (outside).mkdir()
     (outside / "secret.txt").write_text("secret")
@@ -584,16 +580,7 @@ def test_the_agent_copies_only_from_a_file_its_index_holds_with_that_content(
     index_db = (root / ".merklesync" / "index.db").read_bytes()
 
     def item(path: str, content: bytes, copy_of: str) -> WriteItem:
-        entry = Entry(
-            path,
-            EntryKind.FILE,
-            VersionVector.of({"0123456789abcdef": 1}),
-            blake3.blake3(content).digest(),
-            len(content),
-            0o644,
-            1_600_000_000 * 10**9,
-        )
-        return WriteItem(entry, None, None, copy_of)
+        return WriteItem(file_entry_of(path, content), None, None, copy_of)
 
     peer = agent(root)
     try:
