@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,9 +252,9 @@ class Moves:
     a file moved or renamed is copied there from its old path whichever
     batch of the comparison brings each of its two paths (see apply_ops):
     those that take a file away (deleted, or a link in its place), with
-    the content each takes away, and the new files no content taken away
-    matched yet, once the peer is known to hold files (a first copy into
-    an empty directory holds none: nothing there can have moved). HELD_MAX
+    the content each takes away, and the new files, once the peer is known
+    to hold files (a first copy into an empty directory holds none:
+    nothing there can have moved). HELD_MAX
     at most, ARRIVALS_MAX of them new files: memory stays bounded (past
     it, a move found in two batches may be sent)."""
 
@@ -279,12 +280,7 @@ class Moves:
             self.leaving.setdefault(was.digest, was.path)
             self.removals.append(op)
             return True
-        if (
-            op.source is not None
-            and self.holds_files
-            and op.entry.digest not in self.leaving
-            and len(self.arrivals) < ARRIVALS_MAX
-        ):
+        if op.source is not None and self.holds_files and len(self.arrivals) < ARRIVALS_MAX:
             self.arrivals.append(op)
             return True
         return False
@@ -293,12 +289,27 @@ class Moves:
         self, target: Peer, outcomes: dict[str, Outcome], progress: Progress | None
     ) -> None:
         """Apply what was held: the new files (copies where they can be),
-        then the removals."""
+        then the removals; then, once more, a new file that failed where a
+        removal freed its name (a file renamed in case alone, on a file
+        system that ignores case: its old name was in the way)."""
         arrivals, self.arrivals = self.arrivals, []
         removals, self.removals = self.removals, []
         apply_ops(target, arrivals, outcomes, progress, self)
         self.leaving.clear()
         apply_ops(target, removals, outcomes, progress)
+        freed = {_folded(o.entry.path) for o in removals if outcomes.get(o.entry.path, _NO).ok}
+        again = [
+            o
+            for o in arrivals
+            if not outcomes.get(o.entry.path, _NO).ok and _folded(o.entry.path) in freed
+        ]
+        if again:
+            apply_ops(target, again, outcomes, progress)
+
+
+def _folded(path: str) -> str:
+    """A path as a file system that ignores case and normalization sees it."""
+    return unicodedata.normalize("NFC", path).casefold()
 
 
 def _takes_away(target: Entry, holds: Entry | None) -> bool:
