@@ -254,9 +254,9 @@ class Moves:
     those that take a file away (deleted, or a link in its place), with
     the content each takes away, and the new files, once the peer is known
     to hold files (a first copy into an empty directory holds none:
-    nothing there can have moved). HELD_MAX
-    at most, ARRIVALS_MAX of them new files: memory stays bounded (past
-    it, a move found in two batches may be sent)."""
+    nothing there can have moved). HELD_MAX at most, ARRIVALS_MAX of them
+    new files: memory stays bounded (past it, a move found in two batches
+    may be sent)."""
 
     removals: list[Op] = field(default_factory=list)
     arrivals: list[Op] = field(default_factory=list)
