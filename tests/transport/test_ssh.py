@@ -143,7 +143,13 @@ def test_a_command_killed_by_a_signal_is_said_to_be(srv: SSHServer) -> None:
     marker = f"sleep 29.{random.randrange(10**6):06d}"  # this test's own
     with connect(srv, f"echo up; exec {marker}") as t:
         assert t.recv(3) == b"up\n"
-        subprocess.run(["pkill", "-9", "-f", f"^{marker}$"], check=True)
+        # "up" comes before the shell has made itself the sleep: wait for it (5 s at most).
+        for _ in range(100):
+            if subprocess.run(["pkill", "-9", "-f", f"^{marker}$"], check=False).returncode == 0:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"no process {marker!r} to kill")
         with pytest.raises(ConnectionFailed) as info:
             for _ in range(128):
                 t.send(b"x" * (1 << 20))
