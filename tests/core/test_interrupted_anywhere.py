@@ -74,13 +74,18 @@ def _run(how: str, n: int, counted: Path, *args: str | Path) -> int:
 
 def _changed(a: Path, b: Path, rng: random.Random, seed: int, two_way: bool) -> None:
     """Edits, additions and deletions on A, some files replaced by
-    directories; for a sync, new files on B too."""
+    directories, some moved (copied there from their old paths); for a
+    sync, new files on B too."""
     mutate(a, modify=5, add=4, delete=3, seed=seed, min_size=0, max_size=200)
     files = sorted(p for p in a.rglob("*") if p.is_file() and ".merklesync" not in p.parts)
-    for p in rng.sample(files, 2 if rng.random() < 0.5 else 0):
+    picked = rng.sample(files, 5 if rng.random() < 0.5 else 3)
+    for p in picked[:2] if len(picked) == 5 else []:
         p.unlink()
         p.mkdir()
         (p / "in.txt").write_text("inside\n")
+    for i, p in enumerate(picked[-3:]):
+        (a / "moved").mkdir(exist_ok=True)
+        p.rename(a / "moved" / f"{i}-{p.name}")
     if two_way:
         for i in range(3):
             (b / f"b-{i}.txt").write_text(f"written on b {i}\n")
