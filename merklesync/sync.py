@@ -269,10 +269,6 @@ class Syncer:
         )
         moves_a, moves_b = self._moves
         for pairs in differences(self.a, self.b, self.result.stats):
-            if moves_a is not None:
-                moves_a.meet(x for x, _y in pairs)
-            if moves_b is not None:
-                moves_b.meet(y for _x, y in pairs)
             plan = _Plan()
             since = len(self.result.events)
             for x, y in pairs:

@@ -187,8 +187,6 @@ def push(
     deferred_same: list[tuple[Change, Entry]] = []  # their catching up, once they are written
     moves = Moves() if not dry_run and dst.copies_locally else None
     for pairs in differences(src, dst, result.stats):
-        if moves is not None:
-            moves.meet(d for _s, d in pairs)
         since = len(result.changes)
         todo: list[tuple[Change, Entry]] = []
         same: list[tuple[Change, Entry]] = []  # same content: the source is to catch up
@@ -252,24 +250,14 @@ class Moves:
     a file moved or renamed is copied there from its old path whichever
     batch of the comparison brings each of its two paths (see apply_ops):
     those that take a file away (deleted, or a link in its place), with
-    the content each takes away, and the new files, once the peer is known
-    to hold files (a first copy into an empty directory holds none:
-    nothing there can have moved). HELD_MAX at most, ARRIVALS_MAX of them
-    new files: memory stays bounded (past it, a move found in two batches
-    may be sent)."""
+    the content each takes away, and the new files (whose old path may
+    come in any later batch, whatever came before: a batch may hold new
+    paths alone). HELD_MAX at most, ARRIVALS_MAX of them new files: memory
+    stays bounded (past it, a move found in two batches may be sent)."""
 
     removals: list[Op] = field(default_factory=list)
     arrivals: list[Op] = field(default_factory=list)
     leaving: dict[bytes, str] = field(default_factory=dict)  # digest -> path
-    holds_files: bool = False  # the comparison met a file there (see meet)
-
-    def meet(self, entries: Iterable[Entry | None]) -> None:
-        """Take note of the peer's ``entries`` in a batch of the comparison,
-        before its writes are held or not: whether it holds files."""
-        if not self.holds_files:
-            self.holds_files = any(
-                e is not None and not e.deleted and e.kind is EntryKind.FILE for e in entries
-            )
 
     def hold(self, op: Op) -> bool:
         """Whether ``op`` is held (until release)."""
@@ -280,7 +268,7 @@ class Moves:
             self.leaving.setdefault(was.digest, was.path)
             self.removals.append(op)
             return True
-        if op.source is not None and self.holds_files and len(self.arrivals) < ARRIVALS_MAX:
+        if op.source is not None and len(self.arrivals) < ARRIVALS_MAX:
             self.arrivals.append(op)
             return True
         return False

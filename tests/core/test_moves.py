@@ -65,22 +65,9 @@ def test_a_name_changed_in_case_alone_is_written_once_its_old_name_is_gone() -> 
     dst = CaseBlindPeer({"readme": content})
     source = Source({"README": content})
     moves = Moves()
-    moves.meet([old])
     assert moves.hold(Op(gone, old))
     assert moves.hold(Op(new, None, source, new))  # type: ignore[arg-type]
     outcomes: dict[str, Outcome] = {}
     moves.release(dst, outcomes, None)  # type: ignore[arg-type]
     assert dst.files == {"README": content}
     assert outcomes["README"].ok and outcomes["readme"].ok
-
-
-def test_a_new_file_is_held_only_once_the_destination_is_seen_to_hold_files() -> None:
-    """A first copy into an empty directory holds nothing back: nothing
-    there can have moved."""
-    entry = file_entry_of("a", b"a")
-    source = Source({"a": b"a"})
-    moves = Moves()
-    moves.meet([None, file_entry_of("d", b"").tombstone(VersionVector.of({"r": 1}), 1)])
-    assert not moves.hold(Op(entry, None, source, entry))  # type: ignore[arg-type]
-    moves.meet([file_entry_of("b", b"b")])
-    assert moves.hold(Op(entry, None, source, entry))  # type: ignore[arg-type]
