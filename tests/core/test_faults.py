@@ -1010,7 +1010,11 @@ def test_a_parent_swapped_for_a_symlink_mid_push_leads_no_write_outside(
     ms("push", src, dst)
     monkeypatch.undo()
     assert swapped and list(outside.iterdir()) == []
-    assert [p.name for p in (dst / "d-moved").iterdir()] == [swapped[0]]  # where it was checked
+    # Where it was checked: in the directory opened before the swap (the
+    # writes of the same batch too, through the same descriptor; later
+    # batches find the link, and refuse).
+    written = {p.name for p in (dst / "d-moved").iterdir()}
+    assert swapped[0] in written and written <= {f"f{i}" for i in range(5)}
 
 
 def test_a_directory_swapped_for_a_symlink_after_the_scan_is_never_read_through(
