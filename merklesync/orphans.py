@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 _PR_SET_PDEATHSIG = 1
 # Held (blocked) across a fork until the child is inside its try: one that
@@ -105,26 +105,35 @@ def fork_child(work: Callable[..., None], *fds: int) -> int | None:
     are /dev/null, and ``fds`` are moved above 2 first where they were
     below. The parent gets the child's pid; None when fork failed."""
     parent = os.getpid()
+    with signals_held() as mask:  # a Ctrl-C after it still reaps the child
+        try:
+            pid = os.fork()
+        except OSError:
+            return None
+        if pid == 0:
+            status = 1
+            try:
+                gc.freeze()
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the command's handler
+                signal.signal(signal.SIGHUP, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+                die_with_parent(parent)
+                work(*_keep_only(fds))
+                status = 0
+            finally:
+                os._exit(status)
+    return pid
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[set[signal.Signals | int]]:
+    """HELD_ACROSS_FORK blocked in this process for the block (a fork made
+    in it); gives the mask before, which a child sets once inside its try."""
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_ACROSS_FORK)
     try:
-        pid = os.fork()
-    except OSError:
+        yield mask
+    finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        return None
-    if pid == 0:
-        status = 1
-        try:
-            gc.freeze()
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the command's handler
-            signal.signal(signal.SIGHUP, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            die_with_parent(parent)
-            work(*_keep_only(fds))
-            status = 0
-        finally:
-            os._exit(status)
-    signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a Ctrl-C now still reaps the child
-    return pid
 
 
 def _keep_only(fds: tuple[int, ...]) -> list[int]:

@@ -28,7 +28,7 @@ from merklesync.ignore import STATE_DIR, IgnoreRules
 from merklesync.index import FIRST_SCAN, Index
 from merklesync.lock import ReplicaLock
 from merklesync.model import Progress, ScanReport
-from merklesync.orphans import HELD_ACROSS_FORK, die_with_parent
+from merklesync.orphans import die_with_parent, signals_held
 from merklesync.sources.directory import DirectorySource
 
 if TYPE_CHECKING:
@@ -382,8 +382,7 @@ class Replica:
         ctx = multiprocessing.get_context("fork")
         counter = ctx.Value("q", 0, lock=False)
         receiver, sender = ctx.Pipe(duplex=False)
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_ACROSS_FORK)
-        try:
+        with signals_held() as mask:
             proc = ctx.Process(
                 target=_scan_child,
                 args=(
@@ -400,8 +399,6 @@ class Replica:
                 daemon=True,
             )
             proc.start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         sender.close()
         return ChildScan(self, proc, receiver, counter)
 
@@ -583,7 +580,7 @@ def _scan_child(
     """Runs in a forked process that shares the parent's lock. What ends
     it is sent to the parent, as one line; an interrupted scan goes quietly
     (the parent was interrupted too, and says so). ``mask``: the signals
-    it is to let in once inside its try (see orphans.HELD_ACROSS_FORK)."""
+    it is to let in once inside its try (see orphans.signals_held)."""
     die_with_parent(parent)
     result: ScanReport | MerklesyncError
     try:

@@ -9,7 +9,6 @@ import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 
 from merklesync.clock import is_found, is_replica
 from merklesync.errors import ReadOnlyReplica
@@ -30,7 +29,6 @@ from merklesync.reconcile import differences, plan_one_way
 
 BATCH_FILES = 2048
 BATCH_BYTES = 64 << 20
-_NOTHING_LEAVING: Mapping[bytes, str] = MappingProxyType({})
 
 
 @dataclass(slots=True)
@@ -214,10 +212,13 @@ def push(
                 assert s is not None
                 target = _target(change, dst.replica_id)
                 later = removes_directory(target, d)
-                if not later and change.action is Action.COPY and moves is not None:
-                    assert change.src is not None
-                    if moves.hold(write_op(target, d, src, change.src)):
-                        continue
+                if (
+                    moves is not None
+                    and not later
+                    and change.action is Action.COPY
+                    and moves.hold(write_op(target, d, src, s))
+                ):
+                    continue
                 (deferred if later else todo).append((change, target))
                 if change.action in (Action.MERGE_VERSION, Action.FORCE):
                     (deferred_same if later else same).append((change, target))
@@ -416,7 +417,7 @@ def apply_ops(
     # and the index takes its rows in order.
     streamed = sorted((o for o in ops if o.source is not None), key=lambda o: o.entry.path)
     rest = [o for o in plain if not _makes_directory(o.entry)]
-    copies = _copies(target, rest, streamed, moves.leaving if moves else _NOTHING_LEAVING)
+    copies = _copies(target, rest, streamed, moves.leaving if moves else {})
     if copies:
         _write_plain(target, [o for o in plain if _makes_directory(o.entry)], outcomes, progress)
         failed = _write_copies(target, streamed, copies, outcomes, progress)

@@ -324,19 +324,25 @@ class ClientSession(_Base):
     def put_inline(self, entry: Entry, expect: bytes | None, content: bytes) -> bytes:
         """A whole item: a file with its content (at most MAX_INLINE bytes,
         exactly its size), to a server that takes it (``inline_puts``)."""
-        if self._write is None or self._put is not None:
-            raise RuntimeError("put_inline() outside a write stream or inside an item")
+        stream = self._stream_with_room("put_inline")
         if not self.inline_puts:
             raise RuntimeError("the server does not take content inside a put")
-        if len(self._write.paths) >= MAX_WRITE_ITEMS:
-            raise ValueError(f"over {MAX_WRITE_ITEMS} items in one write; commit and start another")
         if entry.kind is not EntryKind.FILE or entry.deleted or len(content) != entry.size:
             raise ValueError(f"put {entry.path!r}: inline content that is not the file's")
         if len(content) > MAX_INLINE:
             raise ValueError(f"put {entry.path!r}: over {MAX_INLINE} bytes to send inline")
         frame = encode_frame(Put(entry, expect, False, content).to_wire())
-        self._write.paths.append(entry.path)
+        stream.paths.append(entry.path)
         return frame
+
+    def _stream_with_room(self, what: str) -> _Pending:
+        """The write stream an item begins in: one is open, between items,
+        with room for one more."""
+        if self._write is None or self._put is not None:
+            raise RuntimeError(f"{what}() outside a write stream or inside an item")
+        if len(self._write.paths) >= MAX_WRITE_ITEMS:
+            raise ValueError(f"over {MAX_WRITE_ITEMS} items in one write; commit and start another")
+        return self._write
 
     @property
     def local_copies(self) -> bool:
@@ -346,29 +352,23 @@ class ClientSession(_Base):
     def put_copy(self, entry: Entry, expect: bytes | None, copy_of: str) -> bytes:
         """A whole item: a file whose content the server's replica holds at
         ``copy_of``, to a server that copies it from there (``local_copies``)."""
-        if self._write is None or self._put is not None:
-            raise RuntimeError("put_copy() outside a write stream or inside an item")
+        stream = self._stream_with_room("put_copy")
         if not self.local_copies:
             raise RuntimeError("the server does not copy files of its own")
-        if len(self._write.paths) >= MAX_WRITE_ITEMS:
-            raise ValueError(f"over {MAX_WRITE_ITEMS} items in one write; commit and start another")
         if entry.kind is not EntryKind.FILE or entry.deleted or copy_of == entry.path:
             raise ValueError(
                 f"put {entry.path!r}: a copy of itself, or for something that is not a file"
             )
         frame = encode_frame(Put(entry, expect, False, None, copy_of).to_wire())
-        self._write.paths.append(entry.path)
+        stream.paths.append(entry.path)
         return frame
 
     def put(self, entry: Entry, expect: bytes | None, has_data: bool) -> bytes:
-        if self._write is None or self._put is not None:
-            raise RuntimeError("put() outside a write stream or inside an item")
-        if len(self._write.paths) >= MAX_WRITE_ITEMS:
-            raise ValueError(f"over {MAX_WRITE_ITEMS} items in one write; commit and start another")
+        stream = self._stream_with_room("put")
         if has_data and (entry.kind is not EntryKind.FILE or entry.deleted):
             raise ValueError(f"put {entry.path!r}: data for something that is not a file")
         frame = encode_frame(Put(entry, expect, has_data).to_wire())
-        self._write.paths.append(entry.path)
+        stream.paths.append(entry.path)
         if has_data:
             self._put, self._sent = Put(entry, expect, has_data), 0
         return frame
